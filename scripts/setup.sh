@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what Stowage's tests, benchmarks and local sandbox need on a Debian 12 machine:
+# Node 24 when the machine's Node is older than 22, the real components the tests start on
+# loopback (CNCF distribution, containerd with CRI, skopeo, promtool, lua), and npm packages.
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+major=$(node --version 2>/dev/null | sed -E 's/^v([0-9]+).*/\1/' || true)
+if [ "${major:-0}" -lt 22 ]; then
+  echo "setup: Node ${major:-none} is too old, installing Node 24 from the npm registry" >&2
+  as_root npm install -g --force node@24
+  hash -r
+fi
+echo "setup: node $(node --version)" >&2
+
+packages=(docker-registry skopeo containerd prometheus lua5.1 lua-dkjson apache2-utils openssl)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}" >&2
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+npm ci --no-audit --no-fund
