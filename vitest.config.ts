@@ -9,6 +9,6 @@ export default defineConfig({
     hookTimeout: 60_000,
     pool: "forks",
     maxWorkers: 2,
-    reporters: process.env.CI ? ["default"] : ["default"],
+    reporters: ["default", "./test/support/summaryReporter.ts"],
   },
 });
