@@ -1,0 +1,181 @@
+/**
+ * A plain-HTTP proxy on 127.0.0.1 in front of a registry that injects faults into chosen
+ * responses: dropped connections, flipped bytes, delays and canned error statuses.
+ */
+import {
+  createServer,
+  request as httpRequest,
+  type IncomingMessage,
+  type OutgoingHttpHeaders,
+} from "node:http";
+import { request as httpsRequest } from "node:https";
+import type { AddressInfo, Socket } from "node:net";
+
+export interface FaultRule {
+  match?: { method?: string; path?: RegExp };
+  times?: number;
+  action:
+    | { kind: "dropAfterBytes"; bytes: number }
+    | { kind: "flipByte"; offset: number }
+    | { kind: "delay"; ms: number }
+    | { kind: "status"; status: number; retryAfterSeconds?: number; body?: string };
+}
+
+export interface SeenRequest {
+  method: string;
+  /** Path with query string, as the client sent it. */
+  path: string;
+  status: number;
+  range?: string;
+  /** The fault applied to this request, if any. */
+  fault?: FaultRule["action"]["kind"];
+}
+
+export interface FaultProxy {
+  host: string;
+  url: string;
+  addRule(rule: FaultRule): void;
+  clearRules(): void;
+  seen(): SeenRequest[];
+  stop(): Promise<void>;
+}
+
+interface ActiveRule {
+  rule: FaultRule;
+  remaining: number;
+}
+
+export async function startFaultProxy(target: string, options: { caPem?: string } = {}): Promise<FaultProxy> {
+  const targetUrl = new URL(target);
+  const targetOrigin = targetUrl.origin;
+  const requestFn = targetUrl.protocol === "https:" ? httpsRequest : httpRequest;
+  let rules: ActiveRule[] = [];
+  const seenRequests: SeenRequest[] = [];
+  const sockets = new Set<Socket>();
+  let proxyOrigin = "";
+
+  const takeRule = (req: IncomingMessage): FaultRule | undefined => {
+    const path = req.url ?? "/";
+    for (const active of rules) {
+      if (active.remaining <= 0) continue;
+      const { match } = active.rule;
+      if (match?.method && match.method.toUpperCase() !== req.method) continue;
+      if (match?.path && !match.path.test(path)) continue;
+      active.remaining--;
+      return active.rule;
+    }
+    return undefined;
+  };
+
+  const server = createServer((req, res) => {
+    const rule = takeRule(req);
+    const record: SeenRequest = {
+      method: req.method ?? "GET",
+      path: req.url ?? "/",
+      status: 0,
+      range: typeof req.headers.range === "string" ? req.headers.range : undefined,
+      fault: rule?.action.kind,
+    };
+    seenRequests.push(record);
+    const action = rule?.action;
+
+    if (action?.kind === "status") {
+      req.resume();
+      const headers: OutgoingHttpHeaders = { "content-type": "application/json" };
+      if (action.retryAfterSeconds !== undefined) headers["retry-after"] = String(action.retryAfterSeconds);
+      const body =
+        action.body ??
+        JSON.stringify({
+          errors: [{ code: "FAULT", message: `injected status ${action.status}`, detail: null }],
+        });
+      headers["content-length"] = String(Buffer.byteLength(body));
+      record.status = action.status;
+      res.writeHead(action.status, headers);
+      res.end(body);
+      return;
+    }
+
+    const forward = () => {
+      const headers: OutgoingHttpHeaders = { ...req.headers, host: targetUrl.host };
+      delete headers.connection;
+      const upstream = requestFn(
+        `${targetOrigin}${req.url ?? "/"}`,
+        { method: req.method, headers, ca: options.caPem, agent: false },
+        (upstreamRes) => {
+          const responseHeaders: OutgoingHttpHeaders = { ...upstreamRes.headers };
+          const location = upstreamRes.headers.location;
+          if (location?.startsWith(targetOrigin)) {
+            responseHeaders.location = proxyOrigin + location.slice(targetOrigin.length);
+          }
+          delete responseHeaders.connection;
+          const status = upstreamRes.statusCode ?? 502;
+          record.status = status;
+          res.writeHead(status, responseHeaders);
+          let sent = 0;
+          upstreamRes.on("data", (chunk: Buffer) => {
+            let out = chunk;
+            if (action?.kind === "flipByte" && action.offset >= sent && action.offset < sent + chunk.length) {
+              out = Buffer.from(chunk);
+              out[action.offset - sent] ^= 0xff;
+            }
+            if (action?.kind === "dropAfterBytes" && sent + out.length >= action.bytes) {
+              const keep = action.bytes - sent;
+              sent += keep;
+              upstreamRes.destroy();
+              // Flush what the rule lets through, then cut the connection without a clean end.
+              res.write(out.subarray(0, keep), () => res.socket?.destroy());
+              return;
+            }
+            sent += out.length;
+            if (!res.write(out)) {
+              upstreamRes.pause();
+              res.once("drain", () => upstreamRes.resume());
+            }
+          });
+          upstreamRes.on("end", () => res.end());
+          upstreamRes.on("error", () => res.socket?.destroy());
+        },
+      );
+      upstream.on("error", () => {
+        if (!res.headersSent) {
+          record.status = 502;
+          res.writeHead(502);
+          res.end();
+        } else {
+          res.socket?.destroy();
+        }
+      });
+      req.pipe(upstream);
+      req.on("error", () => upstream.destroy());
+    };
+
+    if (action?.kind === "delay") setTimeout(forward, action.ms);
+    else forward();
+  });
+  server.on("connection", (socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+  });
+
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  const host = `127.0.0.1:${port}`;
+  proxyOrigin = `http://${host}`;
+
+  return {
+    host,
+    url: proxyOrigin,
+    addRule(rule) {
+      rules.push({ rule, remaining: rule.times ?? 1 });
+    },
+    clearRules() {
+      rules = [];
+    },
+    seen: () => seenRequests.map((record) => ({ ...record })),
+    stop: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        for (const socket of sockets) socket.destroy();
+      }),
+  };
+}
