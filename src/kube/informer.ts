@@ -1,0 +1,349 @@
+import { Watch } from "@kubernetes/client-node";
+import { defaultRuntimeMetrics, type RuntimeMetrics } from "../metrics.ts";
+import { type Clock, systemClock } from "../util/clock.ts";
+import { type Logger, silentLogger } from "../util/log.ts";
+import {
+  apiVersionOf,
+  isGone,
+  type KubeClient,
+  type KubeObject,
+  type ObjectClient,
+  type ResourceType,
+} from "./client.ts";
+import { type EventHandler, type EventSource, objectKey } from "./controller.ts";
+
+export interface InformerOptions {
+  client: KubeClient;
+  type: ResourceType;
+  /** Watch one namespace only; all namespaces when omitted. */
+  namespace?: string;
+  labelSelector?: string;
+  fieldSelector?: string;
+  clock?: Clock;
+  metrics?: RuntimeMetrics;
+  log?: Logger;
+  /** Backoff between failed list/watch attempts. */
+  backoff?: { initialMs?: number; maxMs?: number };
+  pageSize?: number;
+  /** Server-side watch timeout; the watch is renewed from the last resourceVersion after it. */
+  watchTimeoutSeconds?: number;
+}
+
+type WatchOutcome = "closed" | "gone" | "stopped";
+
+/**
+ * A list+watch cache of one resource type, in the client-go reflector style. It never
+ * stops on its own: a dropped or failed watch is resumed from the last resourceVersion seen
+ * (bookmarks keep it fresh), a 410 Gone relists and compares caches so objects that vanished
+ * meanwhile are reported deleted, and any other error is retried with backoff.
+ */
+export class Informer<T extends KubeObject = KubeObject> implements EventSource<T> {
+  readonly type: ResourceType;
+  readonly resourceLabel: string;
+  readonly #objects: ObjectClient<T>;
+  readonly #client: KubeClient;
+  readonly #options: InformerOptions;
+  readonly #clock: Clock;
+  readonly #metrics: RuntimeMetrics;
+  readonly #log: Logger;
+  readonly #cache = new Map<string, T>();
+  readonly #indexers = new Map<string, (obj: T) => string[]>();
+  readonly #indices = new Map<string, Map<string, Set<string>>>();
+  readonly #handlers = new Set<EventHandler<T>>();
+  readonly #syncWaiters: (() => void)[] = [];
+  #resourceVersion: string | undefined;
+  #synced = false;
+  #stopped = false;
+  #stopSignal = new AbortController();
+  #currentWatch: AbortController | undefined;
+  #loop: Promise<void> | undefined;
+
+  constructor(options: InformerOptions) {
+    this.#options = options;
+    this.type = options.type;
+    this.#client = options.client;
+    this.#objects = options.client.resource<T>(options.type);
+    this.#clock = options.clock ?? systemClock;
+    this.#metrics = options.metrics ?? defaultRuntimeMetrics();
+    this.resourceLabel = options.type.group
+      ? `${options.type.plural}.${options.type.group}`
+      : options.type.plural;
+    this.#log = (options.log ?? silentLogger()).child({ informer: this.resourceLabel });
+    this.addIndexer("namespace", (obj) => (obj.metadata?.namespace ? [obj.metadata.namespace] : []));
+  }
+
+  start(): void {
+    if (this.#loop) return;
+    this.#stopped = false;
+    this.#stopSignal = new AbortController();
+    this.#loop = this.#run();
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    this.#stopSignal.abort();
+    this.#currentWatch?.abort();
+    await this.#loop;
+    this.#loop = undefined;
+  }
+
+  hasSynced(): boolean {
+    return this.#synced;
+  }
+
+  /** Resolves once the first list has filled the cache. */
+  waitForSync(signal?: AbortSignal): Promise<void> {
+    if (this.#synced) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      if (signal?.aborted) return reject(signal.reason);
+      this.#syncWaiters.push(resolve);
+      signal?.addEventListener("abort", () => reject(signal.reason), { once: true });
+    });
+  }
+
+  /** The last resourceVersion seen (list, event or bookmark). */
+  get resourceVersion(): string | undefined {
+    return this.#resourceVersion;
+  }
+
+  /** By key: "namespace/name", or "name" for cluster-scoped objects. */
+  get(key: string): T | undefined {
+    return this.#cache.get(key);
+  }
+
+  list(): T[] {
+    return [...this.#cache.values()];
+  }
+
+  keys(): string[] {
+    return [...this.#cache.keys()];
+  }
+
+  byNamespace(namespace: string): T[] {
+    return this.byIndex("namespace", namespace);
+  }
+
+  /** Add an index (e.g. by node name or owner); objects already cached are indexed at once. */
+  addIndexer(name: string, indexFunc: (obj: T) => string[]): void {
+    this.#indexers.set(name, indexFunc);
+    const index = new Map<string, Set<string>>();
+    this.#indices.set(name, index);
+    for (const [key, obj] of this.#cache) {
+      for (const value of indexFunc(obj)) addToIndex(index, value, key);
+    }
+  }
+
+  byIndex(name: string, value: string): T[] {
+    const keys = this.#indices.get(name)?.get(value);
+    if (!keys) return [];
+    return [...keys].map((key) => this.#cache.get(key)).filter((obj): obj is T => obj !== undefined);
+  }
+
+  /**
+   * Subscribe to add/update/delete. A handler added after the cache filled gets an `add`
+   * for every cached object first, so late subscribers miss nothing. Returns the unsubscribe.
+   */
+  addEventHandler(handler: EventHandler<T>): () => void {
+    this.#handlers.add(handler);
+    for (const obj of this.#cache.values()) this.#call(handler, "add", obj);
+    return () => this.#handlers.delete(handler);
+  }
+
+  async #run(): Promise<void> {
+    const initialMs = this.#options.backoff?.initialMs ?? 200;
+    const maxMs = this.#options.backoff?.maxMs ?? 30_000;
+    let failures = 0;
+    let first = true;
+    while (!this.#stopped) {
+      if (!first) this.#metrics.informerRestarts.inc({ resource: this.resourceLabel });
+      first = false;
+      try {
+        if (this.#resourceVersion === undefined) await this.#relist();
+        if (this.#stopped) break;
+        const outcome = await this.#watch();
+        if (outcome === "stopped") break;
+        if (outcome === "gone") {
+          this.#log.info({ resourceVersion: this.#resourceVersion }, "watch expired (410); relisting");
+          this.#resourceVersion = undefined;
+        }
+        failures = 0;
+      } catch (err) {
+        if (this.#stopped) break;
+        if (isGone(err)) {
+          this.#resourceVersion = undefined;
+          failures = 0;
+          continue;
+        }
+        const delayMs = Math.min(initialMs * 2 ** failures, maxMs);
+        failures++;
+        this.#log.warn({ error: (err as Error).message, delayMs }, "list/watch failed; retrying");
+        try {
+          await this.#clock.sleep(delayMs, this.#stopSignal.signal);
+        } catch {
+          break; // stopped
+        }
+      }
+    }
+  }
+
+  /** List everything (paged), replace the cache and report the differences as events. */
+  async #relist(): Promise<void> {
+    const items: T[] = [];
+    let continueToken: string | undefined;
+    let resourceVersion: string | undefined;
+    do {
+      const page = await this.#objects.list({
+        namespace: this.#options.namespace,
+        labelSelector: this.#options.labelSelector,
+        fieldSelector: this.#options.fieldSelector,
+        limit: this.#options.pageSize ?? 500,
+        continue: continueToken,
+      });
+      items.push(...page.items);
+      continueToken = page.metadata?.continue || undefined;
+      resourceVersion ??= page.metadata?.resourceVersion;
+      if (this.#stopped) return;
+    } while (continueToken);
+
+    const listed = new Set<string>();
+    for (const item of items) {
+      // List items carry no TypeMeta; give cached objects the same shape as watched ones.
+      const obj = { apiVersion: apiVersionOf(this.type), kind: this.type.kind, ...item } as T;
+      const key = objectKey(obj);
+      listed.add(key);
+      this.#upsert(key, obj);
+    }
+    for (const [key, obj] of this.#cache) {
+      if (!listed.has(key)) this.#remove(key, obj);
+    }
+    this.#resourceVersion = resourceVersion ?? "";
+    if (!this.#synced) {
+      this.#synced = true;
+      for (const resolve of this.#syncWaiters.splice(0)) resolve();
+    }
+  }
+
+  #watch(): Promise<WatchOutcome> {
+    const watch = new Watch(this.#client.kubeConfig);
+    const timeoutSeconds = this.#options.watchTimeoutSeconds ?? 300 + Math.floor(Math.random() * 300);
+    let outcome: WatchOutcome | undefined;
+    return new Promise<WatchOutcome>((resolve, reject) => {
+      const onEvent = (type: string, obj: T & { code?: number; message?: string }) => {
+        if (outcome !== undefined) return;
+        switch (type) {
+          case "ADDED":
+          case "MODIFIED": {
+            this.#upsert(objectKey(obj), obj);
+            this.#resourceVersion = obj.metadata?.resourceVersion ?? this.#resourceVersion;
+            return;
+          }
+          case "DELETED": {
+            const key = objectKey(obj);
+            if (this.#cache.has(key)) this.#remove(key, obj);
+            this.#resourceVersion = obj.metadata?.resourceVersion ?? this.#resourceVersion;
+            return;
+          }
+          case "BOOKMARK":
+            this.#resourceVersion = obj.metadata?.resourceVersion ?? this.#resourceVersion;
+            return;
+          case "ERROR": {
+            // A Status object: 410 means our resourceVersion was compacted away.
+            outcome = obj.code === 410 ? "gone" : "closed";
+            if (obj.code !== 410) this.#log.warn({ code: obj.code, error: obj.message }, "watch error event");
+            this.#currentWatch?.abort();
+            return;
+          }
+        }
+      };
+      const onDone = (err: unknown) => {
+        if (this.#stopped) return resolve("stopped");
+        if (outcome) return resolve(outcome);
+        if (!err) return resolve("closed");
+        const code = (err as { statusCode?: number }).statusCode;
+        if (code === 410) return resolve("gone");
+        reject(err);
+      };
+      watch
+        .watch(
+          this.#objects.collectionPath(this.#options.namespace),
+          {
+            resourceVersion: this.#resourceVersion,
+            allowWatchBookmarks: true,
+            timeoutSeconds,
+            labelSelector: this.#options.labelSelector,
+            fieldSelector: this.#options.fieldSelector,
+          },
+          onEvent as (type: string, obj: unknown) => void,
+          onDone,
+        )
+        .then(
+          (abort) => {
+            this.#currentWatch = abort;
+            if (this.#stopped || outcome) abort.abort();
+          },
+          (err) => onDone(err ?? new Error("watch failed")),
+        );
+    });
+  }
+
+  #upsert(key: string, obj: T): void {
+    const old = this.#cache.get(key);
+    if (old?.metadata?.uid && obj.metadata?.uid && old.metadata.uid !== obj.metadata.uid) {
+      // Same name, new object: the old one was deleted while we were not looking.
+      this.#remove(key, old);
+    } else if (old) {
+      if (old.metadata?.resourceVersion === obj.metadata?.resourceVersion) return;
+      this.#store(key, obj, old);
+      for (const handler of this.#handlers) this.#call(handler, "update", obj, old);
+      return;
+    }
+    this.#store(key, obj, undefined);
+    for (const handler of this.#handlers) this.#call(handler, "add", obj);
+  }
+
+  #remove(key: string, lastKnown: T): void {
+    const old = this.#cache.get(key);
+    if (!old) return;
+    this.#cache.delete(key);
+    for (const [name, indexFunc] of this.#indexers) {
+      const index = this.#indices.get(name)!;
+      for (const value of indexFunc(old)) removeFromIndex(index, value, key);
+    }
+    for (const handler of this.#handlers) this.#call(handler, "delete", lastKnown);
+  }
+
+  #store(key: string, obj: T, old: T | undefined): void {
+    this.#cache.set(key, obj);
+    for (const [name, indexFunc] of this.#indexers) {
+      const index = this.#indices.get(name)!;
+      if (old) for (const value of indexFunc(old)) removeFromIndex(index, value, key);
+      for (const value of indexFunc(obj)) addToIndex(index, value, key);
+    }
+  }
+
+  #call(handler: EventHandler<T>, kind: "add" | "update" | "delete", obj: T, old?: T): void {
+    try {
+      if (kind === "add") handler.add?.(obj);
+      else if (kind === "update") handler.update?.(old!, obj);
+      else handler.delete?.(obj);
+    } catch (err) {
+      this.#log.error({ error: (err as Error).message, event: kind }, "event handler threw");
+    }
+  }
+}
+
+function addToIndex(index: Map<string, Set<string>>, value: string, key: string): void {
+  let keys = index.get(value);
+  if (!keys) {
+    keys = new Set();
+    index.set(value, keys);
+  }
+  keys.add(key);
+}
+
+function removeFromIndex(index: Map<string, Set<string>>, value: string, key: string): void {
+  const keys = index.get(value);
+  if (!keys) return;
+  keys.delete(key);
+  if (keys.size === 0) index.delete(value);
+}
