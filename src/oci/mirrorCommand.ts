@@ -1,0 +1,235 @@
+/**
+ * `stowage mirror SRC DST`: the mirror engine as a one-shot command.
+ * Exit codes: 0 copied, 1 copy failed, 2 bad usage. Errors are one line on stderr with the reason.
+ */
+import { readFile } from "node:fs/promises";
+import { parseArgs } from "node:util";
+import { credentialsFromDockerConfig, loadDockerConfig } from "../auth/dockerConfig.ts";
+import { asStowageError, StowageError } from "../util/errors.ts";
+import { createLogger } from "../util/log.ts";
+import { Copier, type CopyOptions } from "./copy.ts";
+import { parsePlatformList } from "./platforms.ts";
+import { createProgressReporter, formatBytes } from "./progress.ts";
+import { type ImageReference, parseReference } from "./reference.ts";
+import { type CredentialLookup, type Credentials, RegistryClient } from "./registry.ts";
+
+export const mirrorHelp = `Usage: stowage mirror [flags] SRC DST
+
+Copy an image or image index from SRC to DST, verifying every byte against its digest.
+Blobs the target already has are skipped, blobs in another repository of the target are
+mounted, manifests are copied byte-exact (a filtered index gets a new digest).
+When DST names no tag, the source's tag is used.
+
+Flags:
+  --platform OS/ARCH[/VARIANT]  copy only these platforms of an index (repeatable, or a comma list)
+  --all-platforms               copy every platform and keep the upstream index digest (default)
+  --referrers                   also copy referrers (signatures, SBOMs) of the copied manifests
+  --insecure-registry HOST      talk plain HTTP to HOST, e.g. 127.0.0.1:5000 (repeatable)
+  --authfile PATH               docker config.json with credentials (default $DOCKER_CONFIG/config.json
+                                or ~/.docker/config.json)
+  --src-creds USER:PASS         credentials for the source registry
+  --dest-creds USER:PASS        credentials for the destination registry
+  --ca-file PATH                extra CA certificate(s) to trust, PEM (repeatable)
+  --concurrency N               blob transfers in flight per registry (default 4)
+  --json                        print one JSON object with the result on stdout
+  --quiet                       no progress output
+  -h, --help                    show this help
+
+Exit codes: 0 copied, 1 copy failed, 2 bad usage.
+`;
+
+class UsageError extends Error {}
+
+function oneLine(text: string): string {
+  return text.replace(/\s*\n\s*/g, " ").trim();
+}
+
+function parseCreds(value: string | undefined, flag: string): Credentials | undefined {
+  if (value === undefined) return undefined;
+  const colon = value.indexOf(":");
+  if (colon <= 0) throw new UsageError(`${flag} must be USER:PASS`);
+  return { username: value.slice(0, colon), password: value.slice(colon + 1) };
+}
+
+/** DST without an explicit tag or digest takes the source's tag (skopeo would use "latest"; people expect the tag kept). */
+function hasExplicitTagOrDigest(input: string): boolean {
+  if (input.includes("@")) return true;
+  return input.slice(input.lastIndexOf("/") + 1).includes(":");
+}
+
+interface MirrorInvocation {
+  source: ImageReference;
+  target: ImageReference;
+  options: CopyOptions;
+  insecureHosts: string[];
+  caPem: string[];
+  authfile?: string;
+  srcCreds?: Credentials;
+  destCreds?: Credentials;
+  json: boolean;
+  quiet: boolean;
+}
+
+async function parseInvocation(args: string[]): Promise<MirrorInvocation | "help"> {
+  let parsed: ReturnType<typeof parseFlags>;
+  try {
+    parsed = parseFlags(args);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  const { values, positionals } = parsed;
+  if (values.help) return "help";
+  if (positionals.length !== 2) {
+    throw new UsageError(
+      `expected SRC and DST, got ${positionals.length} argument(s); see stowage mirror --help`,
+    );
+  }
+  if (values["all-platforms"] && values.platform && values.platform.length > 0) {
+    throw new UsageError("--platform and --all-platforms cannot be used together");
+  }
+  const [sourceInput, targetInput] = positionals;
+  const source = parseReference(sourceInput);
+  const target = parseReference(targetInput);
+  if (!hasExplicitTagOrDigest(targetInput)) {
+    if (source.tag !== undefined) target.tag = source.tag;
+    else delete target.tag; // digest-only source: push by digest
+  }
+  let concurrency: number | undefined;
+  if (values.concurrency !== undefined) {
+    concurrency = Number(values.concurrency);
+    if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 64) {
+      throw new UsageError(`--concurrency must be an integer from 1 to 64, got "${values.concurrency}"`);
+    }
+  }
+  const platforms = values.platform ? parsePlatformList(values.platform) : undefined;
+  const caPem: string[] = [];
+  for (const path of values["ca-file"] ?? []) {
+    try {
+      caPem.push(await readFile(path, "utf8"));
+    } catch (err) {
+      throw new UsageError(`cannot read --ca-file ${path}: ${(err as Error).message}`);
+    }
+  }
+  return {
+    source,
+    target,
+    options: {
+      platforms: platforms && platforms.length > 0 ? platforms : undefined,
+      allPlatforms: values["all-platforms"] ?? false,
+      referrers: values.referrers ?? false,
+      concurrency,
+    },
+    insecureHosts: (values["insecure-registry"] ?? []).map((h) =>
+      h.replace(/^https?:\/\//, "").replace(/\/+$/, ""),
+    ),
+    caPem,
+    authfile: values.authfile,
+    srcCreds: parseCreds(values["src-creds"], "--src-creds"),
+    destCreds: parseCreds(values["dest-creds"], "--dest-creds"),
+    json: values.json ?? false,
+    quiet: values.quiet ?? false,
+  };
+}
+
+function parseFlags(args: string[]) {
+  return parseArgs({
+    args,
+    allowPositionals: true,
+    strict: true,
+    options: {
+      platform: { type: "string", multiple: true },
+      "all-platforms": { type: "boolean" },
+      referrers: { type: "boolean" },
+      "insecure-registry": { type: "string", multiple: true },
+      authfile: { type: "string" },
+      "src-creds": { type: "string" },
+      "dest-creds": { type: "string" },
+      "ca-file": { type: "string", multiple: true },
+      concurrency: { type: "string" },
+      json: { type: "boolean" },
+      quiet: { type: "boolean", short: "q" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+}
+
+/**
+ * Flag credentials win for their registry (when source and destination are the same
+ * registry, --dest-creds wins: pushing needs them and they normally allow pulls too);
+ * everything else comes from the docker config.
+ */
+async function credentialLookup(invocation: MirrorInvocation): Promise<CredentialLookup> {
+  const fromConfig = credentialsFromDockerConfig(await loadDockerConfig(invocation.authfile));
+  return (registry: string) => {
+    if (invocation.destCreds && registry === invocation.target.registry) return invocation.destCreds;
+    if (invocation.srcCreds && registry === invocation.source.registry) return invocation.srcCreds;
+    return fromConfig(registry);
+  };
+}
+
+export async function runMirror(args: string[]): Promise<number> {
+  let invocation: MirrorInvocation | "help";
+  try {
+    invocation = await parseInvocation(args);
+  } catch (err) {
+    const reason = err instanceof StowageError ? err.reason : "InvalidArgument";
+    process.stderr.write(`stowage: ${reason}: ${oneLine((err as Error).message)}\n`);
+    return 2;
+  }
+  if (invocation === "help") {
+    process.stdout.write(mirrorHelp);
+    return 0;
+  }
+
+  const logger = createLogger({
+    level: process.env.STOWAGE_LOG_LEVEL ?? (invocation.quiet ? "error" : "warn"),
+  });
+  const abort = new AbortController();
+  const onSignal = () =>
+    abort.abort(new StowageError("Aborted", "interrupted; nothing partial was committed to the target"));
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  const progress = createProgressReporter({
+    stream: process.stderr,
+    tty: process.stderr.isTTY === true,
+    quiet: invocation.quiet || invocation.json,
+    columns: process.stderr.columns,
+  });
+  let client: RegistryClient | undefined;
+  try {
+    client = new RegistryClient({
+      credentials: await credentialLookup(invocation),
+      insecureHosts: invocation.insecureHosts,
+      caPem: invocation.caPem.length > 0 ? invocation.caPem : undefined,
+      userAgent: "stowage-mirror",
+      logger,
+    });
+    const copier = new Copier({ client, logger });
+    const result = await copier.copy(invocation.source, invocation.target, {
+      ...invocation.options,
+      signal: abort.signal,
+      onProgress: (event) => progress.onProgress(event),
+    });
+    progress.finish();
+    if (invocation.json) {
+      process.stdout.write(`${JSON.stringify(result)}\n`);
+    } else if (!invocation.quiet) {
+      process.stdout.write(
+        `mirrored ${result.source} -> ${result.target} ${result.targetDigest} ` +
+          `(${formatBytes(result.bytes.transferred)} transferred, ${formatBytes(result.bytes.mounted)} mounted, ` +
+          `${formatBytes(result.bytes.skipped)} skipped, ${result.platforms.join(",") || "no platform"}) ` +
+          `in ${(result.durationMs / 1000).toFixed(2)}s\n`,
+      );
+    }
+    return 0;
+  } catch (err) {
+    progress.finish();
+    const error = asStowageError(err);
+    process.stderr.write(`stowage: ${error.reason}: ${oneLine(error.message)}\n`);
+    return 1;
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+    await client?.close().catch(() => undefined);
+  }
+}
