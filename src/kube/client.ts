@@ -216,6 +216,7 @@ export class KubeClient {
       query?: Record<string, string | number | boolean | undefined>;
       body?: unknown;
       contentType?: string;
+      signal?: AbortSignal;
     } = {},
   ): Promise<R> {
     const url = new URL(this.#server + path);
@@ -233,6 +234,7 @@ export class KubeClient {
         headers,
         body: options.body === undefined ? undefined : JSON.stringify(options.body),
         dispatcher: ctx.getDispatcher(),
+        signal: options.signal,
       });
     } catch (err) {
       throw new KubeApiError(0, "ConnectionFailed", `${method} ${url.pathname}: ${(err as Error).message}`, {
@@ -255,6 +257,10 @@ export class KubeClient {
     }
     return (text ? JSON.parse(text) : undefined) as R;
   }
+}
+
+export interface RequestOptions {
+  signal?: AbortSignal;
 }
 
 /** get/list/create/update/patch/updateStatus/delete for one resource type. */
@@ -282,8 +288,8 @@ export class ObjectClient<T extends KubeObject> {
     return subresource ? `${path}/${subresource}` : path;
   }
 
-  get(name: string, namespace?: string): Promise<T> {
-    return this.#client.request<T>("GET", this.objectPath(name, namespace));
+  get(name: string, namespace?: string, options: RequestOptions = {}): Promise<T> {
+    return this.#client.request<T>("GET", this.objectPath(name, namespace), options);
   }
 
   /** The object, or undefined when it does not exist. */
@@ -303,15 +309,16 @@ export class ObjectClient<T extends KubeObject> {
     });
   }
 
-  create(obj: T): Promise<T> {
+  create(obj: T, options: RequestOptions = {}): Promise<T> {
     return this.#client.request<T>("POST", this.collectionPath(obj.metadata?.namespace), {
+      ...options,
       body: this.#withTypeMeta(obj),
     });
   }
 
   /** PUT the whole object; fails with 409 when metadata.resourceVersion is stale. */
-  update(obj: T): Promise<T> {
-    return this.#client.request<T>("PUT", this.#pathOf(obj), { body: this.#withTypeMeta(obj) });
+  update(obj: T, options: RequestOptions = {}): Promise<T> {
+    return this.#client.request<T>("PUT", this.#pathOf(obj), { ...options, body: this.#withTypeMeta(obj) });
   }
 
   /** PUT through the /status subresource: only status changes are kept. */

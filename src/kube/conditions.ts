@@ -1,3 +1,5 @@
+import { formatTime } from "./time.ts";
+
 /** A metav1.Condition, as kstatus, kubectl and Argo CD read it. */
 export interface Condition {
   type: string;
@@ -9,11 +11,6 @@ export interface Condition {
 }
 
 export type ConditionInput = Omit<Condition, "lastTransitionTime">;
-
-/** RFC 3339 with second precision, the format metav1.Time serialises to. */
-export function formatTime(ms: number): string {
-  return new Date(Math.floor(ms / 1000) * 1000).toISOString().replace(".000Z", "Z");
-}
 
 /**
  * The conditions with `input` set. `lastTransitionTime` changes only when the status flips
