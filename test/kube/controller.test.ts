@@ -65,9 +65,11 @@ describe("controller loop", () => {
       await counter(metrics, "controller_reconcile_total", { controller: "test", result: "success" }),
     ).toBe(3);
     const time = await metrics.registry.getSingleMetric("controller_reconcile_time_seconds")?.get();
-    expect(time?.values.find((v) => v.metricName === "controller_reconcile_time_seconds_count")?.value).toBe(
-      3,
-    );
+    expect(
+      (time?.values as { metricName?: string; value: number }[] | undefined)?.find(
+        (v) => v.metricName === "controller_reconcile_time_seconds_count",
+      )?.value,
+    ).toBe(3);
   });
 
   it("maps a secondary source's objects to the primary keys they affect", async () => {
