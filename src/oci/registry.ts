@@ -1,0 +1,769 @@
+/**
+ * A streaming client for the OCI distribution API: manifests byte-exact and verified,
+ * blobs streamed with digest verification and resume, uploads monolithic with a chunked
+ * fallback, cross-repository mounts, referrers and tag listing, behind token/Basic auth
+ * and a retry policy.
+ */
+import { Readable } from "node:stream";
+import { type Clock, systemClock } from "../util/clock.ts";
+import { StowageError } from "../util/errors.ts";
+import { type Logger, silentLogger } from "../util/log.ts";
+import { Authenticator, type CredentialLookup, pullScope, pushScope } from "./challenge.ts";
+import { errorFromNetwork, errorFromResponse } from "./errors.ts";
+import { backoffDelay, type RetryOptions, type RetryPolicy, retryPolicy, withRetry } from "./retry.ts";
+import { type HttpMethod, headerValue, type ResponseData, Transport } from "./transport.ts";
+import { type Descriptor, type ImageIndex, ManifestAccept, MediaType, type RawManifest } from "./types.ts";
+import { DigestVerifier, digestOf } from "./verify.ts";
+
+export type { CredentialLookup, Credentials } from "./challenge.ts";
+export { digestOf } from "./verify.ts";
+
+export interface RegistryClientOptions {
+  credentials?: CredentialLookup;
+  /** Hosts ("127.0.0.1:5000") spoken to over plain HTTP; every other host is HTTPS. */
+  insecureHosts?: string[];
+  /** Extra trusted CAs, on top of the system ones. */
+  caPem?: string | string[];
+  userAgent?: string;
+  /** Undici pool size per origin. Default 16. */
+  maxConnectionsPerHost?: number;
+  /** Default 5 attempts, 200 ms base, 30 s cap. */
+  retry?: RetryOptions;
+  clock?: Clock;
+  logger?: Logger;
+  /** Size of PATCH chunks when a registry refuses monolithic uploads. Default 64 MiB. */
+  chunkSizeBytes?: number;
+}
+
+export interface RepoRef {
+  registry: string;
+  repository: string;
+}
+
+export interface BlobTransferOptions {
+  signal?: AbortSignal;
+  /** Called with the number of new bytes each time some arrive (a delta, not a total). */
+  onBytes?: (n: number) => void;
+}
+
+/** Manifests larger than this are refused (distribution itself caps them at 4 MiB). */
+export const MANIFEST_SIZE_LIMIT = 4 * 1024 * 1024;
+const OCI_ARTIFACT_MANIFEST = "application/vnd.oci.artifact.manifest.v1+json";
+export const MANIFEST_ACCEPT = [...ManifestAccept, OCI_ARTIFACT_MANIFEST].join(", ");
+const KNOWN_MANIFEST_TYPES = new Set<string>([...ManifestAccept, OCI_ARTIFACT_MANIFEST]);
+const DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024;
+
+interface ExchangeRequest {
+  registry: string;
+  method: HttpMethod;
+  /** A path under the registry ("/v2/...") or an absolute URL (upload locations). */
+  target: string;
+  headers?: Record<string, string>;
+  body?: Buffer | string | Readable | null;
+  scopes: string[];
+  /** Statuses handed back to the caller; anything else becomes a StowageError. */
+  expect: number[];
+  subject: string;
+  notFound?: StowageError["reason"];
+  signal?: AbortSignal;
+}
+
+function isDigest(reference: string): boolean {
+  return /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/.test(reference);
+}
+
+function displayName(repo: RepoRef, reference?: string): string {
+  const name = `${repo.registry}/${repo.repository}`;
+  if (reference === undefined) return name;
+  return isDigest(reference) ? `${name}@${reference}` : `${name}:${reference}`;
+}
+
+function appendQuery(url: string, params: Record<string, string>): string {
+  const query = Object.entries(params)
+    .map(([key, value]) => `${encodeURIComponent(key)}=${encodeURIComponent(value)}`)
+    .join("&");
+  return `${url}${url.includes("?") ? "&" : "?"}${query}`;
+}
+
+async function readLimited(body: ResponseData["body"], limit: number, what: string): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of body) {
+    total += (chunk as Buffer).length;
+    if (total > limit) {
+      body.destroy();
+      throw new StowageError("ManifestInvalid", `${what} is larger than the ${limit}-byte manifest limit`);
+    }
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
+/** Pulls exact-length pieces off a byte stream, for chunked uploads. */
+class ChunkReader {
+  private readonly iterator: AsyncIterator<Buffer>;
+  private leftover: Buffer | undefined;
+
+  constructor(source: AsyncIterable<Buffer>) {
+    this.iterator = source[Symbol.asyncIterator]();
+  }
+
+  async *take(length: number): AsyncGenerator<Buffer> {
+    let remaining = length;
+    while (remaining > 0) {
+      let chunk = this.leftover;
+      this.leftover = undefined;
+      if (!chunk) {
+        const next = await this.iterator.next();
+        if (next.done) {
+          throw new StowageError("SizeMismatch", `source ended ${remaining} bytes before the declared size`);
+        }
+        chunk = next.value;
+      }
+      if (chunk.length > remaining) {
+        this.leftover = chunk.subarray(remaining);
+        chunk = chunk.subarray(0, remaining);
+      }
+      remaining -= chunk.length;
+      yield chunk;
+    }
+  }
+}
+
+/** Thrown by a monolithic PUT the registry refused in a way that chunks may fix. */
+class MonolithicRefused extends Error {}
+
+export class RegistryClient {
+  private readonly transport: Transport;
+  private readonly auth: Authenticator;
+  private readonly policy: RetryPolicy;
+  private readonly clock: Clock;
+  private readonly logger: Logger;
+  private readonly chunkSize: number;
+
+  constructor(options: RegistryClientOptions = {}) {
+    this.transport = new Transport({
+      insecureHosts: options.insecureHosts,
+      caPem: options.caPem,
+      maxConnectionsPerHost: options.maxConnectionsPerHost,
+      userAgent: options.userAgent,
+    });
+    this.clock = options.clock ?? systemClock;
+    this.logger = options.logger ?? silentLogger();
+    this.policy = retryPolicy(options.retry);
+    this.auth = new Authenticator({
+      transport: this.transport,
+      credentials: options.credentials,
+      clock: this.clock,
+    });
+    this.chunkSize = options.chunkSizeBytes ?? DEFAULT_CHUNK_SIZE;
+  }
+
+  /** Checks the registry answers the API (and, when it asks for auth, that our credentials work). */
+  async ping(registry: string): Promise<void> {
+    await this.retrying(`ping ${registry}`, undefined, async () => {
+      const response = await this.exchange({
+        registry,
+        method: "GET",
+        target: "/v2/",
+        scopes: [],
+        expect: [200],
+        subject: "the API root /v2/",
+      });
+      await response.body.dump();
+    });
+  }
+
+  async getManifest(repo: RepoRef, reference: string): Promise<RawManifest> {
+    const name = displayName(repo, reference);
+    return this.retrying(`get manifest ${name}`, undefined, async () => {
+      const response = await this.exchange({
+        registry: repo.registry,
+        method: "GET",
+        target: `/v2/${repo.repository}/manifests/${reference}`,
+        headers: { accept: MANIFEST_ACCEPT },
+        scopes: [pullScope(repo.repository)],
+        expect: [200],
+        subject: `image ${name}`,
+        notFound: "ImageNotFound",
+      });
+      const declaredLength = Number(headerValue(response.headers, "content-length") ?? "0");
+      if (declaredLength > MANIFEST_SIZE_LIMIT) {
+        await response.body.dump();
+        throw new StowageError(
+          "ManifestInvalid",
+          `manifest ${name} is ${declaredLength} bytes, over the ${MANIFEST_SIZE_LIMIT}-byte limit`,
+        );
+      }
+      const bytes = await readLimited(response.body, MANIFEST_SIZE_LIMIT, `manifest ${name}`);
+      const mediaType = this.manifestMediaType(headerValue(response.headers, "content-type"), bytes, name);
+      const served = headerValue(response.headers, "docker-content-digest");
+      const expected = isDigest(reference) ? reference : served;
+      const algorithm = expected?.startsWith("sha512:") ? "sha512" : "sha256";
+      const digest = digestOf(bytes, algorithm);
+      if (expected !== undefined && expected !== digest) {
+        throw new StowageError(
+          "DigestMismatch",
+          `manifest ${name} hashes to ${digest}, but ${isDigest(reference) ? "was requested" : "the registry says it is"} ${expected}`,
+        );
+      }
+      return { mediaType, digest, bytes };
+    });
+  }
+
+  async headManifest(
+    repo: RepoRef,
+    reference: string,
+  ): Promise<{ digest: string; mediaType: string; size: number } | undefined> {
+    const name = displayName(repo, reference);
+    const head = await this.retrying(`head manifest ${name}`, undefined, async () => {
+      const response = await this.exchange({
+        registry: repo.registry,
+        method: "HEAD",
+        target: `/v2/${repo.repository}/manifests/${reference}`,
+        headers: { accept: MANIFEST_ACCEPT },
+        scopes: [pullScope(repo.repository)],
+        expect: [200, 404],
+        subject: `image ${name}`,
+        notFound: "ImageNotFound",
+      });
+      await response.body.dump();
+      if (response.statusCode === 404) return null;
+      return {
+        digest: headerValue(response.headers, "docker-content-digest"),
+        mediaType: (headerValue(response.headers, "content-type") ?? "").split(";")[0].trim(),
+        size: Number(headerValue(response.headers, "content-length") ?? "-1"),
+      };
+    });
+    if (head === null) return undefined;
+    if (head.digest && head.size >= 0 && KNOWN_MANIFEST_TYPES.has(head.mediaType)) {
+      return { digest: head.digest, mediaType: head.mediaType, size: head.size };
+    }
+    // Some registries omit the digest or a useful content type on HEAD: ask for the body.
+    const manifest = await this.getManifest(repo, reference);
+    return { digest: manifest.digest, mediaType: manifest.mediaType, size: manifest.bytes.length };
+  }
+
+  /** Pushes the exact bytes under a tag or digest; returns the digest the registry stored. */
+  async putManifest(repo: RepoRef, reference: string, manifest: RawManifest): Promise<string> {
+    const name = displayName(repo, reference);
+    const algorithm = manifest.digest?.startsWith("sha512:") ? "sha512" : "sha256";
+    const digest = digestOf(manifest.bytes, algorithm);
+    if (isDigest(reference) && reference !== digest) {
+      throw new StowageError(
+        "DigestMismatch",
+        `manifest bytes hash to ${digest}, not to ${reference} (${name})`,
+      );
+    }
+    return this.retrying(`put manifest ${name}`, undefined, async () => {
+      const response = await this.exchange({
+        registry: repo.registry,
+        method: "PUT",
+        target: `/v2/${repo.repository}/manifests/${reference}`,
+        headers: { "content-type": manifest.mediaType },
+        body: manifest.bytes,
+        scopes: [pushScope(repo.repository)],
+        expect: [200, 201, 202],
+        subject: `manifest ${name}`,
+        notFound: "ImageNotFound",
+      });
+      await response.body.dump();
+      return headerValue(response.headers, "docker-content-digest") ?? digest;
+    });
+  }
+
+  /** Deletes a manifest by digest; false when it was not there. */
+  async deleteManifest(repo: RepoRef, digest: string): Promise<boolean> {
+    const name = displayName(repo, digest);
+    return this.retrying(`delete manifest ${name}`, undefined, async () => {
+      const response = await this.exchange({
+        registry: repo.registry,
+        method: "DELETE",
+        target: `/v2/${repo.repository}/manifests/${digest}`,
+        scopes: [`repository:${repo.repository}:delete`, pushScope(repo.repository)],
+        expect: [202, 200, 404],
+        subject: `manifest ${name}`,
+      });
+      await response.body.dump();
+      return response.statusCode !== 404;
+    });
+  }
+
+  /** The blob's size when the repository has it, undefined when it does not. */
+  async hasBlob(repo: RepoRef, digest: string): Promise<number | undefined> {
+    return this.retrying(`head blob ${digest}`, undefined, async () => {
+      const response = await this.exchange({
+        registry: repo.registry,
+        method: "HEAD",
+        target: `/v2/${repo.repository}/blobs/${digest}`,
+        scopes: [pullScope(repo.repository)],
+        expect: [200, 404],
+        subject: `blob ${digest} in ${displayName(repo)}`,
+        notFound: "BlobNotFound",
+      });
+      await response.body.dump();
+      if (response.statusCode === 404) return undefined;
+      return Number(headerValue(response.headers, "content-length") ?? "0");
+    });
+  }
+
+  /**
+   * The blob as a stream, verified against `descriptor` while it flows. The last chunk is
+   * held back until the digest checks out; on mismatch the stream errors with
+   * DigestMismatch instead. Dropped connections resume with a Range request.
+   */
+  getBlob(repo: RepoRef, descriptor: Descriptor, options: BlobTransferOptions = {}): Readable {
+    const stream = Readable.from(this.blobChunks(repo, descriptor, options), { objectMode: false });
+    return stream;
+  }
+
+  private async *blobChunks(
+    repo: RepoRef,
+    descriptor: Descriptor,
+    options: BlobTransferOptions,
+  ): AsyncGenerator<Buffer, void, undefined> {
+    const { signal, onBytes } = options;
+    const subject = `blob ${descriptor.digest} in ${displayName(repo)}`;
+    const verifier = new DigestVerifier(descriptor);
+    let held: Buffer | undefined;
+    let failures = 0;
+    for (;;) {
+      signal?.throwIfAborted();
+      const start = verifier.received;
+      let response: Awaited<ReturnType<RegistryClient["exchange"]>> | undefined;
+      try {
+        response = await this.exchange({
+          registry: repo.registry,
+          method: "GET",
+          target: `/v2/${repo.repository}/blobs/${descriptor.digest}`,
+          headers: start > 0 ? { range: `bytes=${start}-` } : {},
+          scopes: [pullScope(repo.repository)],
+          expect: [200, 206],
+          subject,
+          notFound: "BlobNotFound",
+          signal,
+        });
+        let skip = 0;
+        if (start > 0) {
+          if (response.statusCode === 206) {
+            const range = /^bytes (\d+)-/.exec(headerValue(response.headers, "content-range") ?? "");
+            const rangeStart = range ? Number(range[1]) : Number.NaN;
+            if (!(rangeStart <= start)) {
+              throw new StowageError(
+                "UpstreamUnavailable",
+                `${repo.registry} answered a range request for ${subject} with Content-Range "${headerValue(response.headers, "content-range")}"`,
+                { retryable: true },
+              );
+            }
+            skip = start - rangeStart;
+          } else {
+            // The server ignored Range: it restarts from byte 0; skip what we already have.
+            skip = start;
+          }
+        }
+        for await (const chunk of response.body) {
+          let piece = chunk as Buffer;
+          if (skip > 0) {
+            if (piece.length <= skip) {
+              skip -= piece.length;
+              continue;
+            }
+            piece = piece.subarray(skip);
+            skip = 0;
+          }
+          verifier.update(piece);
+          onBytes?.(piece.length);
+          if (held) yield held;
+          held = piece;
+        }
+        if (verifier.received < descriptor.size) {
+          throw new StowageError(
+            "UpstreamUnavailable",
+            `${repo.registry} ended ${subject} after ${verifier.received} of ${descriptor.size} bytes`,
+            { retryable: true },
+          );
+        }
+        break;
+      } catch (caught) {
+        if (signal?.aborted) throw caught;
+        const err = errorFromNetwork(caught, repo.registry, subject);
+        if (!err.retryable) throw err;
+        if (verifier.received > start) failures = 0;
+        failures++;
+        if (failures >= this.policy.attempts) {
+          throw new StowageError(err.reason, `${err.message} (gave up after ${failures} attempts)`, {
+            cause: err,
+            retryable: true,
+            status: err.status,
+          });
+        }
+        this.logger.debug(
+          { blob: descriptor.digest, received: verifier.received, err: err.message },
+          "resuming blob",
+        );
+        await this.clock.sleep(backoffDelay(this.policy, failures - 1), signal);
+      } finally {
+        if (response && !response.body.destroyed) response.body.destroy();
+      }
+    }
+    try {
+      verifier.finish();
+    } catch (err) {
+      const failure = err as StowageError;
+      throw new StowageError(failure.reason, `${subject}: ${failure.message}`, { cause: err });
+    }
+    if (held) yield held;
+  }
+
+  /** Cross-repository mount: true when mounted (201); false when the registry opened an upload instead. */
+  async mountBlob(target: RepoRef, digest: string, fromRepository: string): Promise<boolean> {
+    return this.retrying(`mount ${digest}`, undefined, async () => {
+      const response = await this.exchange({
+        registry: target.registry,
+        method: "POST",
+        target: `/v2/${target.repository}/blobs/uploads/?mount=${encodeURIComponent(digest)}&from=${encodeURIComponent(fromRepository)}`,
+        scopes: [pushScope(target.repository), pullScope(fromRepository)],
+        expect: [201, 202],
+        subject: `mount of ${digest} from ${fromRepository} into ${displayName(target)}`,
+      });
+      await response.body.dump();
+      if (response.statusCode === 201) return true;
+      const location = headerValue(response.headers, "location");
+      if (location) await this.cancelUpload(target, new URL(location, response.url).toString());
+      return false;
+    });
+  }
+
+  /**
+   * Uploads a blob from `open()`'s stream: one monolithic PUT, or PATCH chunks when the
+   * registry refuses that. Retryable failures open the source again and start over.
+   */
+  async pushBlob(
+    repo: RepoRef,
+    descriptor: Descriptor,
+    open: () => Readable | Promise<Readable>,
+    options: BlobTransferOptions = {},
+  ): Promise<void> {
+    let chunked = false;
+    await this.retrying(`push blob ${descriptor.digest}`, options.signal, async () => {
+      for (;;) {
+        try {
+          await this.uploadOnce(repo, descriptor, open, options, chunked);
+          return;
+        } catch (err) {
+          if (err instanceof MonolithicRefused && !chunked) {
+            this.logger.debug(
+              { blob: descriptor.digest, registry: repo.registry },
+              "monolithic upload refused",
+            );
+            chunked = true;
+            continue;
+          }
+          throw err;
+        }
+      }
+    });
+  }
+
+  private async uploadOnce(
+    repo: RepoRef,
+    descriptor: Descriptor,
+    open: () => Readable | Promise<Readable>,
+    options: BlobTransferOptions,
+    chunked: boolean,
+  ): Promise<void> {
+    const subject = `upload of ${descriptor.digest} to ${displayName(repo)}`;
+    let location = await this.startUpload(repo, subject, options.signal);
+    const source = await open();
+    let sourceError: unknown;
+    const counted = (async function* counting(): AsyncGenerator<Buffer> {
+      try {
+        for await (const chunk of source) {
+          options.onBytes?.((chunk as Buffer).length);
+          yield chunk as Buffer;
+        }
+      } catch (err) {
+        sourceError = err;
+        throw err;
+      }
+    })();
+    try {
+      if (!chunked) {
+        const response = await this.exchange({
+          registry: repo.registry,
+          method: "PUT",
+          target: appendQuery(location, { digest: descriptor.digest }),
+          headers: { "content-type": "application/octet-stream", "content-length": String(descriptor.size) },
+          body: Readable.from(counted, { objectMode: false }),
+          scopes: [pushScope(repo.repository)],
+          expect: [201, 204, 400, 405, 413, 416],
+          subject,
+          signal: options.signal,
+        });
+        const text = await response.body.text();
+        if (response.statusCode === 201 || response.statusCode === 204) return;
+        const err = errorFromResponse(response.statusCode, text, { host: repo.registry, subject });
+        if (sourceError) throw sourceError;
+        if (err.reason === "DigestMismatch" || err.reason === "SizeMismatch") throw err;
+        throw new MonolithicRefused(err.message);
+      }
+      const reader = new ChunkReader(counted);
+      for (let offset = 0; offset < descriptor.size; ) {
+        const length = Math.min(this.chunkSize, descriptor.size - offset);
+        const response = await this.exchange({
+          registry: repo.registry,
+          method: "PATCH",
+          target: location,
+          headers: {
+            "content-type": "application/octet-stream",
+            "content-length": String(length),
+            "content-range": `${offset}-${offset + length - 1}`,
+          },
+          body: Readable.from(reader.take(length), { objectMode: false }),
+          scopes: [pushScope(repo.repository)],
+          expect: [202, 204],
+          subject,
+          signal: options.signal,
+        });
+        await response.body.dump();
+        location = this.uploadLocation(response, location);
+        offset += length;
+      }
+      // The source must end exactly at the declared size (and, if verifying, check out).
+      for await (const extra of counted) {
+        if (extra.length > 0) {
+          throw new StowageError(
+            "SizeMismatch",
+            `source of ${subject} is longer than ${descriptor.size} bytes`,
+          );
+        }
+      }
+      const response = await this.exchange({
+        registry: repo.registry,
+        method: "PUT",
+        target: appendQuery(location, { digest: descriptor.digest }),
+        headers: { "content-type": "application/octet-stream", "content-length": "0" },
+        scopes: [pushScope(repo.repository)],
+        expect: [201, 204],
+        subject,
+        signal: options.signal,
+      });
+      await response.body.dump();
+    } catch (err) {
+      source.destroy();
+      await this.cancelUpload(repo, location);
+      if (sourceError) throw sourceError;
+      throw err;
+    }
+  }
+
+  private async startUpload(repo: RepoRef, subject: string, signal?: AbortSignal): Promise<string> {
+    const response = await this.exchange({
+      registry: repo.registry,
+      method: "POST",
+      target: `/v2/${repo.repository}/blobs/uploads/`,
+      headers: { "content-length": "0" },
+      scopes: [pushScope(repo.repository)],
+      expect: [202],
+      subject,
+      signal,
+    });
+    await response.body.dump();
+    return this.uploadLocation(response, undefined);
+  }
+
+  private uploadLocation(response: ResponseData & { url: string }, previous: string | undefined): string {
+    const location = headerValue(response.headers, "location");
+    if (!location) {
+      if (previous) return previous;
+      throw new StowageError(
+        "UpstreamUnavailable",
+        `registry did not say where to upload (no Location header)`,
+      );
+    }
+    return new URL(location, response.url).toString();
+  }
+
+  private async cancelUpload(repo: RepoRef, location: string): Promise<void> {
+    try {
+      const response = await this.exchange({
+        registry: repo.registry,
+        method: "DELETE",
+        target: location,
+        scopes: [pushScope(repo.repository)],
+        expect: [200, 202, 204, 404],
+        subject: "upload cancel",
+      });
+      await response.body.dump();
+    } catch (err) {
+      this.logger.debug({ registry: repo.registry, err: (err as Error).message }, "could not cancel upload");
+    }
+  }
+
+  /**
+   * Descriptors of manifests that refer to `digest`: the OCI 1.1 referrers API, or the
+   * `sha256-<hex>` tag schema where the registry lacks it; [] when there are none.
+   */
+  async referrers(
+    repo: RepoRef,
+    digest: string,
+    options: { artifactType?: string } = {},
+  ): Promise<Descriptor[]> {
+    const name = displayName(repo, digest);
+    const filter = (descriptors: Descriptor[]) =>
+      options.artifactType === undefined
+        ? descriptors
+        : descriptors.filter((descriptor) => descriptor.artifactType === options.artifactType);
+    const api = await this.retrying(`referrers of ${name}`, undefined, async () => {
+      let target = `/v2/${repo.repository}/referrers/${digest}`;
+      if (options.artifactType) target = appendQuery(target, { artifactType: options.artifactType });
+      const response = await this.exchange({
+        registry: repo.registry,
+        method: "GET",
+        target,
+        headers: { accept: MediaType.OciIndex },
+        scopes: [pullScope(repo.repository)],
+        expect: [200, 400, 404, 405],
+        subject: `referrers of ${name}`,
+      });
+      if (response.statusCode !== 200) {
+        await response.body.dump();
+        return undefined;
+      }
+      const contentType = headerValue(response.headers, "content-type") ?? "";
+      const text = await response.body.text();
+      if (!contentType.startsWith(MediaType.OciIndex) && !contentType.startsWith("application/json"))
+        return undefined;
+      return (JSON.parse(text) as ImageIndex).manifests ?? [];
+    });
+    if (api !== undefined) return filter(api);
+    try {
+      const index = await this.getManifest(repo, digest.replace(":", "-"));
+      return filter((JSON.parse(index.bytes.toString("utf8")) as ImageIndex).manifests ?? []);
+    } catch (err) {
+      if (err instanceof StowageError && err.reason === "ImageNotFound") return [];
+      throw err;
+    }
+  }
+
+  /** Every tag of the repository, following `Link: <...>; rel="next"` pages. */
+  async listTags(repo: RepoRef, options: { pageSize?: number } = {}): Promise<string[]> {
+    const tags: string[] = [];
+    let target: string | undefined = `/v2/${repo.repository}/tags/list`;
+    if (options.pageSize) target = appendQuery(target, { n: String(options.pageSize) });
+    while (target !== undefined) {
+      const page: string = target;
+      const result = await this.retrying(`list tags of ${displayName(repo)}`, undefined, async () => {
+        const response = await this.exchange({
+          registry: repo.registry,
+          method: "GET",
+          target: page,
+          scopes: [pullScope(repo.repository)],
+          expect: [200],
+          subject: `repository ${displayName(repo)}`,
+          notFound: "ImageNotFound",
+        });
+        const body = JSON.parse(await response.body.text()) as { tags?: string[] | null };
+        const link = headerValue(response.headers, "link");
+        const next = link ? /<([^>]+)>\s*;\s*rel="?next"?/.exec(link)?.[1] : undefined;
+        return { tags: body.tags ?? [], next: next ? new URL(next, response.url).toString() : undefined };
+      });
+      tags.push(...result.tags);
+      target = result.next;
+    }
+    return tags;
+  }
+
+  close(): Promise<void> {
+    return this.transport.close();
+  }
+
+  private manifestMediaType(contentType: string | undefined, bytes: Buffer, name: string): string {
+    const served = (contentType ?? "").split(";")[0].trim();
+    let declared: string | undefined;
+    try {
+      declared = (JSON.parse(bytes.toString("utf8")) as { mediaType?: string }).mediaType;
+    } catch (cause) {
+      throw new StowageError("ManifestInvalid", `manifest ${name} is not valid JSON`, { cause });
+    }
+    if (KNOWN_MANIFEST_TYPES.has(served)) return served;
+    return declared ?? served;
+  }
+
+  private retrying<T>(
+    what: string,
+    signal: AbortSignal | undefined,
+    operation: () => Promise<T>,
+  ): Promise<T> {
+    return withRetry(operation, {
+      policy: this.policy,
+      clock: this.clock,
+      logger: this.logger,
+      what,
+      signal,
+    });
+  }
+
+  /**
+   * One request with authentication: answers a 401 challenge once (fetching a token for
+   * the scopes, or sending Basic credentials), and turns unexpected statuses into errors.
+   */
+  private async exchange(request: ExchangeRequest): Promise<ResponseData & { url: string }> {
+    const base = this.transport.baseUrl(request.registry);
+    const url = request.target.startsWith("/") ? base + request.target : request.target;
+    const sameOrigin = new URL(url).origin === new URL(base).origin;
+    const attempt = async (authorization: string | undefined) => {
+      const headers = { ...request.headers };
+      if (authorization && sameOrigin) headers.authorization = authorization;
+      try {
+        return await this.transport.send({
+          method: request.method,
+          url,
+          headers,
+          body: request.body,
+          signal: request.signal,
+        });
+      } catch (err) {
+        if (request.signal?.aborted) {
+          throw new StowageError("Aborted", `${request.subject} was aborted`, { cause: err });
+        }
+        throw errorFromNetwork(err, request.registry, request.subject);
+      }
+    };
+
+    let authorization = await this.auth.authorization(request.registry, request.scopes, request.signal);
+    let response = await attempt(authorization);
+    if (response.statusCode === 401) {
+      const challenge = headerValue(response.headers, "www-authenticate");
+      const said = await response.body.text();
+      const scopes = this.auth.onChallenge(request.registry, challenge, request.scopes);
+      const canResend = !(request.body instanceof Readable);
+      authorization = await this.auth.authorization(request.registry, scopes, request.signal);
+      if (!canResend || authorization === undefined) {
+        const credentials = await this.auth.credentialsFor(request.registry);
+        const err = errorFromResponse(401, said, { host: request.registry, subject: request.subject });
+        const hint = credentials ? "" : ` (no credentials configured for ${request.registry})`;
+        // A streamed body cannot be sent twice: let the retry loop open the source again.
+        throw new StowageError("AuthFailed", `${err.message}${hint}`, { status: 401, retryable: !canResend });
+      }
+      response = await attempt(authorization);
+      if (response.statusCode === 401) {
+        const text = await response.body.text();
+        const credentials = await this.auth.credentialsFor(request.registry);
+        const err = errorFromResponse(401, text, { host: request.registry, subject: request.subject });
+        const hint = credentials ? "" : ` (no credentials configured for ${request.registry})`;
+        throw new StowageError("AuthFailed", `${err.message}${hint}`, { status: 401 });
+      }
+    }
+    if (request.expect.includes(response.statusCode)) return response;
+    const text = request.method === "HEAD" ? "" : await response.body.text().catch(() => "");
+    if (request.method === "HEAD") await response.body.dump();
+    throw errorFromResponse(response.statusCode, text, {
+      host: request.registry,
+      subject: request.subject,
+      notFound: request.notFound,
+      retryAfter: headerValue(response.headers, "retry-after"),
+      nowMs: this.clock.now(),
+    });
+  }
+}

@@ -1,0 +1,105 @@
+/**
+ * Digest and size verification while bytes stream past. The last chunk is held back until
+ * the whole content has been verified, so a consumer that pipes into an upload never sends
+ * the final bytes of bad content: the upload comes up short and nothing is committed.
+ */
+import { createHash, type Hash } from "node:crypto";
+import { Transform, type TransformCallback } from "node:stream";
+import { StowageError } from "../util/errors.ts";
+import type { Descriptor } from "./types.ts";
+
+const ALGORITHMS: Record<string, string> = { sha256: "sha256", sha512: "sha512" };
+
+/** "sha256:<hex>" of these bytes. */
+export function digestOf(bytes: Buffer, algorithm: "sha256" | "sha512" = "sha256"): string {
+  return `${algorithm}:${createHash(algorithm).update(bytes).digest("hex")}`;
+}
+
+export function hashFor(digest: string): Hash {
+  const algorithm = ALGORITHMS[digest.slice(0, digest.indexOf(":"))];
+  if (!algorithm) throw new StowageError("InvalidArgument", `unsupported digest algorithm in "${digest}"`);
+  return createHash(algorithm);
+}
+
+/** Accumulates a digest and a byte count, and says whether they match a descriptor. */
+export class DigestVerifier {
+  readonly expected: Pick<Descriptor, "digest" | "size">;
+  private readonly hash: Hash;
+  private count = 0;
+
+  constructor(expected: Pick<Descriptor, "digest" | "size">) {
+    this.expected = expected;
+    this.hash = hashFor(expected.digest);
+  }
+
+  get received(): number {
+    return this.count;
+  }
+
+  /** Feed bytes; throws SizeMismatch as soon as there are more than expected. */
+  update(chunk: Buffer): void {
+    this.count += chunk.length;
+    if (this.expected.size >= 0 && this.count > this.expected.size) {
+      throw new StowageError(
+        "SizeMismatch",
+        `content for ${this.expected.digest} is longer than its declared ${this.expected.size} bytes`,
+      );
+    }
+    this.hash.update(chunk);
+  }
+
+  /** Throws SizeMismatch or DigestMismatch unless everything matched. */
+  finish(): void {
+    if (this.expected.size >= 0 && this.count !== this.expected.size) {
+      throw new StowageError(
+        "SizeMismatch",
+        `content for ${this.expected.digest} ended after ${this.count} of ${this.expected.size} bytes`,
+      );
+    }
+    const actual = `${this.expected.digest.slice(0, this.expected.digest.indexOf(":"))}:${this.hash.digest("hex")}`;
+    if (actual !== this.expected.digest) {
+      throw new StowageError(
+        "DigestMismatch",
+        `content expected to be ${this.expected.digest} hashes to ${actual}`,
+      );
+    }
+  }
+}
+
+/**
+ * A Transform that passes bytes through while verifying them against `expected`, holding
+ * back the final chunk until verification succeeds; on failure it errors instead.
+ */
+export class VerifyingTransform extends Transform {
+  private readonly verifier: DigestVerifier;
+  private held: Buffer | undefined;
+
+  constructor(expected: Pick<Descriptor, "digest" | "size">) {
+    super();
+    this.verifier = new DigestVerifier(expected);
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    try {
+      this.verifier.update(chunk);
+    } catch (err) {
+      callback(err as Error);
+      return;
+    }
+    if (this.held) this.push(this.held);
+    this.held = chunk;
+    callback();
+  }
+
+  override _flush(callback: TransformCallback): void {
+    try {
+      this.verifier.finish();
+    } catch (err) {
+      callback(err as Error);
+      return;
+    }
+    if (this.held) this.push(this.held);
+    this.held = undefined;
+    callback();
+  }
+}
