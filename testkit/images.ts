@@ -259,17 +259,22 @@ export function buildIndex(
   );
 }
 
-/** Pushes the blobs the registry lacks (streamed), then the manifest under `tag` (or its digest). */
+/**
+ * Pushes the blobs the repository lacks (streamed; mounted from `mountFrom` when that
+ * repository has them), then the manifest under `tag` (or its digest).
+ */
 export async function pushImage(
   client: RegistryClient,
   repo: RepoRef,
   image: SyntheticImage,
   tag?: string,
+  options: { mountFrom?: string } = {},
 ): Promise<string> {
   for (const blob of image.blobs) {
-    if ((await client.hasBlob(repo, blob.descriptor.digest)) === undefined) {
-      await client.pushBlob(repo, blob.descriptor, () => blob.open());
-    }
+    if ((await client.hasBlob(repo, blob.descriptor.digest)) !== undefined) continue;
+    if (options.mountFrom && (await client.mountBlob(repo, blob.descriptor.digest, options.mountFrom)))
+      continue;
+    await client.pushBlob(repo, blob.descriptor, () => blob.open());
   }
   return client.putManifest(repo, tag ?? image.manifest.digest, image.manifest);
 }
@@ -287,14 +292,14 @@ export async function pushSinglePlatformImage(
   client: RegistryClient,
   repo: RepoRef,
   tag: string,
-  spec: Partial<ImageSpec> & { seed?: string; layerSizes?: number[] } = {},
+  spec: Partial<ImageSpec> & { seed?: string; layerSizes?: number[]; mountFrom?: string } = {},
 ): Promise<PushedImage> {
   const seed = spec.seed ?? `${repo.repository}:${tag}`;
   const layers =
     spec.layers ??
     (spec.layerSizes ?? [64 * 1024, 256 * 1024]).map((size, i) => ({ seed: `${seed}/${i}`, size }));
   const image = await buildImage({ ...spec, layers });
-  const digest = await pushImage(client, repo, image, tag);
+  const digest = await pushImage(client, repo, image, tag, { mountFrom: spec.mountFrom });
   return { repo, tag, digest, mediaType: image.manifest.mediaType, image };
 }
 
@@ -398,6 +403,7 @@ export async function pushSharedBaseImages(
           { seed: `${seed}/base`, size: options.baseSize ?? 512 * 1024 },
           { seed: `${seed}/top-${i}`, size: options.topSize ?? 16 * 1024 },
         ],
+        mountFrom: i > 0 ? `${prefix}-0` : undefined,
       }),
     );
   }
