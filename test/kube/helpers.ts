@@ -46,3 +46,45 @@ export function rvByKey(objects: KubeObject[]): Map<string, string> {
     ]),
   );
 }
+
+export const WidgetType = {
+  group: "test.stowage.dev",
+  version: "v1",
+  plural: "widgets",
+  kind: "Widget",
+  namespaced: true,
+} as const;
+
+export interface Widget extends KubeObject {
+  spec?: { size?: number };
+  status?: { observedGeneration?: number; phase?: string; conditions?: unknown[]; notes?: string[] };
+}
+
+/** A namespaced CRD with a status subresource, for tests that need a custom resource. */
+export async function createWidgetCrd(client: KubeClient): Promise<void> {
+  await client.resource(Resources.CustomResourceDefinition).create({
+    metadata: { name: "widgets.test.stowage.dev" },
+    spec: {
+      group: "test.stowage.dev",
+      scope: "Namespaced",
+      names: { plural: "widgets", singular: "widget", kind: "Widget", listKind: "WidgetList" },
+      versions: [
+        {
+          name: "v1",
+          served: true,
+          storage: true,
+          subresources: { status: {} },
+          schema: { openAPIV3Schema: { type: "object", "x-kubernetes-preserve-unknown-fields": true } },
+        },
+      ],
+    },
+  } as KubeObject);
+  await eventually("the widget CRD is served", async () => {
+    try {
+      await client.resource(WidgetType).list({ limit: 1 });
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
