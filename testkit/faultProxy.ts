@@ -18,6 +18,8 @@ export interface FaultRule {
     | { kind: "dropAfterBytes"; bytes: number }
     | { kind: "flipByte"; offset: number }
     | { kind: "delay"; ms: number }
+    /** Forward without the Range header, as a server that does not support ranges would answer. */
+    | { kind: "ignoreRange" }
     | { kind: "status"; status: number; retryAfterSeconds?: number; body?: string };
 }
 
@@ -98,6 +100,7 @@ export async function startFaultProxy(target: string, options: { caPem?: string 
     const forward = () => {
       const headers: OutgoingHttpHeaders = { ...req.headers, host: targetUrl.host };
       delete headers.connection;
+      if (action?.kind === "ignoreRange") delete headers.range;
       const upstream = requestFn(
         `${targetOrigin}${req.url ?? "/"}`,
         { method: req.method, headers, ca: options.caPem, agent: false },
