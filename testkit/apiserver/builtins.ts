@@ -1,0 +1,281 @@
+import type { PrinterColumn, ResourceDef } from "./resources.ts";
+
+/** The built-in kinds Stowage touches, with the discovery facts kubectl and client-node rely on. */
+interface BuiltinSpec {
+  group: string;
+  version: string;
+  plural: string;
+  kind: string;
+  namespaced: boolean;
+  shortNames?: string[];
+  categories?: string[];
+  status?: boolean;
+  statusOnCreate?: "keep" | "reset";
+  initialStatus?: () => Record<string, unknown>;
+  fields?: string[];
+  columns?: PrinterColumn[];
+}
+
+const age: PrinterColumn = { name: "Age", type: "date", jsonPath: ".metadata.creationTimestamp" };
+
+const specs: BuiltinSpec[] = [
+  {
+    group: "",
+    version: "v1",
+    plural: "namespaces",
+    kind: "Namespace",
+    namespaced: false,
+    shortNames: ["ns"],
+    status: true,
+    statusOnCreate: "reset",
+    initialStatus: () => ({ phase: "Active" }),
+    fields: ["status.phase"],
+    columns: [{ name: "Status", type: "string", jsonPath: ".status.phase" }, age],
+  },
+  {
+    group: "",
+    version: "v1",
+    plural: "nodes",
+    kind: "Node",
+    namespaced: false,
+    shortNames: ["no"],
+    status: true,
+    statusOnCreate: "keep",
+    fields: ["spec.unschedulable"],
+    columns: [
+      { name: "Status", type: "string", jsonPath: '.status.conditions[?(@.type=="Ready")].type' },
+      age,
+      { name: "Version", type: "string", jsonPath: ".status.nodeInfo.kubeletVersion" },
+    ],
+  },
+  {
+    group: "",
+    version: "v1",
+    plural: "pods",
+    kind: "Pod",
+    namespaced: true,
+    shortNames: ["po"],
+    categories: ["all"],
+    status: true,
+    statusOnCreate: "reset",
+    initialStatus: () => ({ phase: "Pending", qosClass: "BestEffort" }),
+    fields: [
+      "spec.nodeName",
+      "spec.restartPolicy",
+      "spec.schedulerName",
+      "spec.serviceAccountName",
+      "spec.hostNetwork",
+      "status.phase",
+      "status.podIP",
+      "status.nominatedNodeName",
+    ],
+    columns: [
+      { name: "Status", type: "string", jsonPath: ".status.phase" },
+      { name: "Node", type: "string", jsonPath: ".spec.nodeName", priority: 1 },
+      age,
+    ],
+  },
+  {
+    group: "",
+    version: "v1",
+    plural: "secrets",
+    kind: "Secret",
+    namespaced: true,
+    fields: ["type"],
+    columns: [{ name: "Type", type: "string", jsonPath: ".type" }, age],
+  },
+  {
+    group: "",
+    version: "v1",
+    plural: "configmaps",
+    kind: "ConfigMap",
+    namespaced: true,
+    shortNames: ["cm"],
+    columns: [age],
+  },
+  {
+    group: "",
+    version: "v1",
+    plural: "events",
+    kind: "Event",
+    namespaced: true,
+    shortNames: ["ev"],
+    fields: [
+      "involvedObject.kind",
+      "involvedObject.namespace",
+      "involvedObject.name",
+      "involvedObject.uid",
+      "involvedObject.apiVersion",
+      "involvedObject.resourceVersion",
+      "involvedObject.fieldPath",
+      "reason",
+      "reportingComponent",
+      "source",
+      "type",
+    ],
+    columns: [
+      { name: "Type", type: "string", jsonPath: ".type" },
+      { name: "Reason", type: "string", jsonPath: ".reason" },
+      { name: "Message", type: "string", jsonPath: ".message" },
+      age,
+    ],
+  },
+  {
+    group: "",
+    version: "v1",
+    plural: "serviceaccounts",
+    kind: "ServiceAccount",
+    namespaced: true,
+    shortNames: ["sa"],
+    columns: [age],
+  },
+  {
+    group: "",
+    version: "v1",
+    plural: "services",
+    kind: "Service",
+    namespaced: true,
+    shortNames: ["svc"],
+    categories: ["all"],
+    status: true,
+    statusOnCreate: "reset",
+    initialStatus: () => ({ loadBalancer: {} }),
+    columns: [
+      { name: "Type", type: "string", jsonPath: ".spec.type" },
+      { name: "Cluster-IP", type: "string", jsonPath: ".spec.clusterIP" },
+      age,
+    ],
+  },
+  {
+    group: "events.k8s.io",
+    version: "v1",
+    plural: "events",
+    kind: "Event",
+    namespaced: true,
+    shortNames: ["ev"],
+    fields: ["reason", "type", "regarding.kind", "regarding.name", "regarding.namespace", "regarding.uid"],
+    columns: [
+      { name: "Type", type: "string", jsonPath: ".type" },
+      { name: "Reason", type: "string", jsonPath: ".reason" },
+      { name: "Note", type: "string", jsonPath: ".note" },
+      age,
+    ],
+  },
+  {
+    group: "coordination.k8s.io",
+    version: "v1",
+    plural: "leases",
+    kind: "Lease",
+    namespaced: true,
+    columns: [{ name: "Holder", type: "string", jsonPath: ".spec.holderIdentity" }, age],
+  },
+  {
+    group: "apps",
+    version: "v1",
+    plural: "deployments",
+    kind: "Deployment",
+    namespaced: true,
+    shortNames: ["deploy"],
+    categories: ["all"],
+    status: true,
+    statusOnCreate: "reset",
+    columns: [
+      { name: "Ready", type: "string", jsonPath: ".status.readyReplicas" },
+      { name: "Available", type: "string", jsonPath: ".status.availableReplicas" },
+      age,
+    ],
+  },
+  {
+    group: "apps",
+    version: "v1",
+    plural: "daemonsets",
+    kind: "DaemonSet",
+    namespaced: true,
+    shortNames: ["ds"],
+    categories: ["all"],
+    status: true,
+    statusOnCreate: "reset",
+    columns: [
+      { name: "Desired", type: "integer", jsonPath: ".status.desiredNumberScheduled" },
+      { name: "Ready", type: "integer", jsonPath: ".status.numberReady" },
+      age,
+    ],
+  },
+  {
+    group: "admissionregistration.k8s.io",
+    version: "v1",
+    plural: "mutatingwebhookconfigurations",
+    kind: "MutatingWebhookConfiguration",
+    namespaced: false,
+    categories: ["api-extensions"],
+    columns: [age],
+  },
+  {
+    group: "apiextensions.k8s.io",
+    version: "v1",
+    plural: "customresourcedefinitions",
+    kind: "CustomResourceDefinition",
+    namespaced: false,
+    shortNames: ["crd", "crds"],
+    categories: ["api-extensions"],
+    status: true,
+    statusOnCreate: "reset",
+    columns: [{ name: "Created At", type: "date", jsonPath: ".metadata.creationTimestamp" }],
+  },
+  {
+    group: "rbac.authorization.k8s.io",
+    version: "v1",
+    plural: "roles",
+    kind: "Role",
+    namespaced: true,
+    columns: [age],
+  },
+  {
+    group: "rbac.authorization.k8s.io",
+    version: "v1",
+    plural: "clusterroles",
+    kind: "ClusterRole",
+    namespaced: false,
+    columns: [age],
+  },
+  {
+    group: "rbac.authorization.k8s.io",
+    version: "v1",
+    plural: "rolebindings",
+    kind: "RoleBinding",
+    namespaced: true,
+    columns: [{ name: "Role", type: "string", jsonPath: ".roleRef.name" }, age],
+  },
+  {
+    group: "rbac.authorization.k8s.io",
+    version: "v1",
+    plural: "clusterrolebindings",
+    kind: "ClusterRoleBinding",
+    namespaced: false,
+    columns: [{ name: "Role", type: "string", jsonPath: ".roleRef.name" }, age],
+  },
+];
+
+export function builtinResources(): ResourceDef[] {
+  return specs.map((spec) => ({
+    group: spec.group,
+    version: spec.version,
+    plural: spec.plural,
+    singular: spec.kind.toLowerCase(),
+    kind: spec.kind,
+    listKind: `${spec.kind}List`,
+    namespaced: spec.namespaced,
+    shortNames: spec.shortNames ?? [],
+    categories: spec.categories ?? [],
+    subresources: spec.status ? ["status"] : [],
+    bucket: `${spec.group}/${spec.plural}`,
+    strategicMerge: true,
+    statusOnCreate: spec.statusOnCreate ?? "reset",
+    initialStatus: spec.initialStatus,
+    selectableFields: spec.fields ?? [],
+    printerColumns: spec.columns ?? [age],
+  }));
+}
+
+/** Namespaces every cluster starts with. */
+export const initialNamespaces = ["default", "kube-system", "kube-public", "kube-node-lease"];

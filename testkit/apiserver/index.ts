@@ -1,0 +1,80 @@
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { renderKubeconfig } from "./kubeconfig.ts";
+import type { AdmissionPlugin } from "./rest.ts";
+import { ApiHttpServer, type RequestLogEntry } from "./server.ts";
+import type { KubeObject } from "./types.ts";
+
+/**
+ * A Kubernetes API server test double: real REST + watch over HTTP on 127.0.0.1, driven unchanged
+ * by kubectl and @kubernetes/client-node. Test-only: production code never imports testkit/.
+ */
+export interface ApiServerOptions {
+  port?: number;
+  /** watch events retained for resume (default 1000); older resourceVersions → 410 */
+  historyLimit?: number;
+  /** default 1000 (only to watches that asked allowWatchBookmarks=true) */
+  bookmarkIntervalMs?: number;
+  /** default: a temp file */
+  kubeconfigPath?: string;
+  /** CustomResourceDefinition objects to create before the server answers */
+  crds?: KubeObject[];
+}
+
+export interface TestApiServer {
+  url: string;
+  kubeconfigPath: string;
+  kubeconfig: string;
+  dropWatches(): void;
+  compact(): void;
+  requestLog(): RequestLogEntry[];
+  resetRequestLog(): void;
+  /** the request pipeline's admission chain: plugins run in order on every create/update/patch/delete */
+  admission: AdmissionPlugin[];
+  /** create any object directly (e.g. CRDs, nodes) as a client would, without HTTP */
+  create(obj: KubeObject): Promise<KubeObject>;
+  stop(): Promise<void>;
+}
+
+export type { AdmissionPlugin, AdmissionRequest } from "./rest.ts";
+export type { RequestLogEntry } from "./server.ts";
+export type { KubeObject } from "./types.ts";
+
+export async function startApiServer(options: ApiServerOptions = {}): Promise<TestApiServer> {
+  const server = new ApiHttpServer({
+    historyLimit: options.historyLimit,
+    bookmarkIntervalMs: options.bookmarkIntervalMs,
+  });
+  const createObject = async (obj: KubeObject): Promise<KubeObject> => {
+    const apiVersion = obj.apiVersion ?? "";
+    const def = server.registry.findByKind(apiVersion, obj.kind ?? "");
+    if (!def) throw new Error(`no resource serves ${obj.kind} in ${apiVersion}`);
+    return server.core.create(def, obj.metadata?.namespace, obj, { warnings: [], fieldManager: "testkit" });
+  };
+  for (const crd of options.crds ?? []) await createObject(crd);
+  const url = await server.listen(options.port ?? 0);
+  let tempDir: string | undefined;
+  let kubeconfigPath = options.kubeconfigPath;
+  if (!kubeconfigPath) {
+    tempDir = mkdtempSync(join(tmpdir(), "stowage-apiserver-"));
+    kubeconfigPath = join(tempDir, "kubeconfig");
+  }
+  const kubeconfig = renderKubeconfig(url);
+  writeFileSync(kubeconfigPath, kubeconfig, { mode: 0o600 });
+  return {
+    url,
+    kubeconfigPath,
+    kubeconfig,
+    admission: server.core.admission,
+    dropWatches: () => server.dropWatches(),
+    compact: () => server.store.compact(),
+    requestLog: () => server.requestLog(),
+    resetRequestLog: () => server.resetRequestLog(),
+    create: createObject,
+    async stop() {
+      await server.close();
+      if (tempDir) rmSync(tempDir, { recursive: true, force: true });
+    },
+  };
+}

@@ -1,0 +1,593 @@
+import { randomUUID } from "node:crypto";
+import { parse as parseYaml } from "yaml";
+import {
+  ApiError,
+  alreadyExists,
+  badRequest,
+  conflict,
+  forbidden,
+  notFound,
+  unsupportedMediaType,
+} from "./errors.ts";
+import { type FieldScope, recordUpdate, serverSideApply } from "./managed-fields.ts";
+import { jsonPatch, mergePatch, strategicMergePatch } from "./patch.ts";
+import { apiVersionOf, hasStatus, type ResourceDef, type ResourceRegistry } from "./resources.ts";
+import { matchesFilter, type ObjectFilter } from "./selectors.ts";
+import type { Store } from "./store.ts";
+import { clone, deepEqual, isPlainObject, type Json, type KubeObject, kubeTimestamp } from "./types.ts";
+
+/** How unknown fields in a custom resource are treated (the `fieldValidation` query parameter). */
+export type FieldValidation = "Strict" | "Warn" | "Ignore";
+
+export interface WriteContext {
+  dryRun?: boolean;
+  fieldManager?: string;
+  fieldValidation?: FieldValidation;
+  userAgent?: string;
+  /** filled by the operation: `Warning` headers for the response */
+  warnings: string[];
+  /** set by the operation when an apply created the object */
+  created?: boolean;
+}
+
+/**
+ * One step of the request pipeline that sees every write before it is stored: where the admission
+ * chain (mutating, then validating webhooks) plugs in. Return a replacement object to mutate, throw
+ * an ApiError to deny.
+ */
+export interface AdmissionRequest {
+  operation: "CREATE" | "UPDATE" | "DELETE";
+  def: ResourceDef;
+  subresource?: string;
+  object?: KubeObject;
+  oldObject?: KubeObject;
+  dryRun: boolean;
+}
+export type AdmissionPlugin = (
+  request: AdmissionRequest,
+) => KubeObject | undefined | Promise<KubeObject | undefined>;
+
+/** Defaulting, pruning and validation of an object of a resource; custom resources get the CRD schema. */
+export type ObjectPreparer = (
+  def: ResourceDef,
+  obj: KubeObject,
+  old: KubeObject | undefined,
+  ctx: WriteContext,
+) => KubeObject;
+
+export interface ListOptions {
+  filter: ObjectFilter;
+  limit?: number;
+  continueToken?: string;
+}
+
+const generateNameAlphabet = "bcdfghjklmnpqrstvwxz2456789";
+const namespaceBucket = "/namespaces";
+const crdBucket = "apiextensions.k8s.io/customresourcedefinitions";
+
+function randomSuffix(): string {
+  let out = "";
+  for (let i = 0; i < 5; i++)
+    out += generateNameAlphabet[Math.floor(Math.random() * generateNameAlphabet.length)];
+  return out;
+}
+
+/** Everything but metadata (and status when it is a subresource) — what `metadata.generation` tracks. */
+function specPart(def: ResourceDef, obj: KubeObject): Json {
+  const { metadata: _m, status, apiVersion: _a, kind: _k, ...rest } = obj;
+  return hasStatus(def) ? rest : { ...rest, status };
+}
+
+function managerName(ctx: WriteContext): string {
+  if (ctx.fieldManager) return ctx.fieldManager;
+  const product = (ctx.userAgent ?? "unknown").split("/")[0];
+  return product || "unknown";
+}
+
+/**
+ * The REST semantics of the Kubernetes API server over the store: create/get/list/update/patch/delete
+ * with resourceVersion preconditions, generation, status subresource isolation, finalizers, and the
+ * namespace and CRD cascades. HTTP concerns live in server.ts.
+ */
+export class ApiCore {
+  readonly store: Store;
+  readonly registry: ResourceRegistry;
+  readonly admission: AdmissionPlugin[] = [];
+  private readonly preparers: ObjectPreparer[] = [];
+  private readonly afterWrite: ((bucket: string, obj: KubeObject, deleted: boolean) => void)[] = [];
+
+  constructor(store: Store, registry: ResourceRegistry) {
+    this.store = store;
+    this.registry = registry;
+  }
+
+  addPreparer(preparer: ObjectPreparer): void {
+    this.preparers.push(preparer);
+  }
+
+  onWrite(listener: (bucket: string, obj: KubeObject, deleted: boolean) => void): void {
+    this.afterWrite.push(listener);
+  }
+
+  /** The stored object as the requested version presents it (custom resources convert by apiVersion only). */
+  present(def: ResourceDef, obj: KubeObject): KubeObject {
+    return { ...obj, apiVersion: apiVersionOf(def), kind: def.kind };
+  }
+
+  get(def: ResourceDef, namespace: string | undefined, name: string): KubeObject {
+    const obj = this.store.get(def.bucket, def.namespaced ? namespace : undefined, name);
+    if (!obj) throw notFound(def.group, def.plural, name);
+    return this.present(def, obj);
+  }
+
+  list(def: ResourceDef, namespace: string | undefined, options: ListOptions): Json {
+    const revision = this.store.revision;
+    let items = this.store
+      .list(def.bucket, def.namespaced ? namespace : undefined)
+      .filter((obj) => matchesFilter(options.filter, obj));
+    // paging: a continue token names the last key returned; later pages see current state (the real
+    // server serves them from the first page's snapshot)
+    if (options.continueToken) {
+      let after: string;
+      try {
+        after = JSON.parse(Buffer.from(options.continueToken, "base64url").toString("utf8")).start;
+      } catch {
+        throw badRequest("continue key is not valid");
+      }
+      items = items.filter((obj) => `${obj.metadata.namespace ?? ""}/${obj.metadata.name}` > after);
+    }
+    const metadata: Json = { resourceVersion: String(revision) };
+    if (options.limit && options.limit > 0 && items.length > options.limit) {
+      const remaining = items.length - options.limit;
+      items = items.slice(0, options.limit);
+      const last = items[items.length - 1];
+      metadata.continue = Buffer.from(
+        JSON.stringify({ rv: revision, start: `${last.metadata.namespace ?? ""}/${last.metadata.name}` }),
+      ).toString("base64url");
+      metadata.remainingItemCount = remaining;
+    }
+    return {
+      kind: def.listKind,
+      apiVersion: apiVersionOf(def),
+      metadata,
+      items: items.map((obj) => this.present(def, obj)),
+    };
+  }
+
+  async create(
+    def: ResourceDef,
+    namespace: string | undefined,
+    body: Json,
+    ctx: WriteContext,
+    managedFieldsFromApply = false,
+  ): Promise<KubeObject> {
+    const obj = this.checkBody(def, body);
+    const meta = obj.metadata;
+    if (def.namespaced) {
+      const ns = namespace ?? meta.namespace;
+      if (!ns) throw badRequest("the server could not find the requested resource: a namespace is required");
+      if (meta.namespace && meta.namespace !== ns)
+        throw badRequest(
+          "the namespace of the provided object does not match the namespace sent on the request",
+        );
+      meta.namespace = ns;
+      const owner = this.store.get(namespaceBucket, undefined, ns);
+      if (!owner) throw notFound("", "namespaces", ns);
+      if (owner.metadata.deletionTimestamp)
+        throw forbidden(
+          `${def.plural} "${meta.name ?? meta.generateName ?? ""}" is forbidden: unable to create new content in namespace ${ns} because it is being terminated`,
+        );
+    } else delete meta.namespace;
+    if (!meta.name) {
+      if (!meta.generateName)
+        throw new ApiError(
+          422,
+          "Invalid",
+          `${def.kind} "" is invalid: metadata.name: Required value: name or generateName is required`,
+        );
+      meta.name = `${meta.generateName}${randomSuffix()}`;
+    }
+    if (def.bucket === namespaceBucket) {
+      meta.labels = { ...(meta.labels ?? {}), "kubernetes.io/metadata.name": meta.name };
+      obj.spec = { finalizers: ["kubernetes"], ...(obj.spec ?? {}) };
+    }
+    meta.uid = randomUUID();
+    meta.creationTimestamp = kubeTimestamp();
+    meta.generation = 1;
+    delete meta.resourceVersion;
+    delete meta.deletionTimestamp;
+    delete meta.deletionGracePeriodSeconds;
+    if (hasStatus(def) && def.statusOnCreate === "reset") {
+      if (def.initialStatus) obj.status = def.initialStatus();
+      else delete obj.status;
+    }
+    let prepared = this.prepare(def, obj, undefined, ctx);
+    prepared = await this.admit({ operation: "CREATE", def, object: prepared, dryRun: !!ctx.dryRun });
+    if (this.store.get(def.bucket, prepared.metadata.namespace, prepared.metadata.name!))
+      throw alreadyExists(def.group, def.plural, prepared.metadata.name!);
+    if (!managedFieldsFromApply) {
+      prepared.metadata.managedFields = recordUpdate(undefined, prepared, {
+        manager: managerName(ctx),
+        apiVersion: apiVersionOf(def),
+        scope: "all",
+      });
+    }
+    if (ctx.dryRun) return this.present(def, prepared);
+    const stored = this.store.create(def.bucket, prepared);
+    this.notify(def.bucket, stored, false);
+    return this.present(def, stored);
+  }
+
+  async update(
+    def: ResourceDef,
+    namespace: string | undefined,
+    name: string,
+    body: Json,
+    subresource: string | undefined,
+    ctx: WriteContext,
+  ): Promise<KubeObject> {
+    const candidate = this.checkBody(def, body);
+    if (candidate.metadata.name && candidate.metadata.name !== name)
+      throw badRequest(
+        `the name of the object (${candidate.metadata.name}) does not match the name on the URL (${name})`,
+      );
+    const current = this.store.get(def.bucket, def.namespaced ? namespace : undefined, name);
+    if (!current) throw notFound(def.group, def.plural, name);
+    return this.write(def, current, candidate, subresource, ctx, "Update");
+  }
+
+  async patch(
+    def: ResourceDef,
+    namespace: string | undefined,
+    name: string,
+    contentType: string,
+    rawBody: string,
+    subresource: string | undefined,
+    ctx: WriteContext & { force?: boolean },
+  ): Promise<KubeObject> {
+    const type = contentType.split(";")[0].trim().toLowerCase();
+    const current = this.store.get(def.bucket, def.namespaced ? namespace : undefined, name);
+    if (type === "application/apply-patch+yaml")
+      return this.apply(def, namespace, name, current, rawBody, subresource, ctx);
+    if (!current) throw notFound(def.group, def.plural, name);
+    let patchBody: Json;
+    try {
+      patchBody = JSON.parse(rawBody);
+    } catch (err) {
+      throw badRequest(`error decoding patch: ${(err as Error).message}`);
+    }
+    const base = this.present(def, current);
+    let patched: Json;
+    if (type === "application/merge-patch+json") patched = mergePatch(base, patchBody);
+    else if (type === "application/json-patch+json") patched = jsonPatch(base, patchBody);
+    else if (type === "application/strategic-merge-patch+json") {
+      if (!def.strategicMerge) throw unsupportedMediaType(contentType);
+      patched = strategicMergePatch(base, patchBody);
+    } else throw unsupportedMediaType(contentType);
+    if (!isPlainObject(patched) || !isPlainObject(patched.metadata))
+      throw badRequest("patch removed the object's metadata");
+    // a resourceVersion the patch did not change is the current one; one it set is a precondition
+    return this.write(def, current, patched as KubeObject, subresource, ctx, "Update");
+  }
+
+  private async apply(
+    def: ResourceDef,
+    namespace: string | undefined,
+    name: string,
+    current: KubeObject | undefined,
+    rawBody: string,
+    subresource: string | undefined,
+    ctx: WriteContext & { force?: boolean },
+  ): Promise<KubeObject> {
+    if (!ctx.fieldManager)
+      throw badRequest("PATCH, application/apply-patch+yaml: fieldManager is required for apply requests");
+    let config: Json;
+    try {
+      config = parseYaml(rawBody);
+    } catch (err) {
+      throw badRequest(`error decoding YAML: ${(err as Error).message}`);
+    }
+    if (!isPlainObject(config)) throw badRequest("apply configuration must be an object");
+    config.metadata ??= {};
+    if (config.metadata.name && config.metadata.name !== name)
+      throw badRequest(
+        `the name of the object (${config.metadata.name}) does not match the name on the URL (${name})`,
+      );
+    config.metadata.name = name;
+    if (config.apiVersion && config.apiVersion !== apiVersionOf(def))
+      throw badRequest(
+        `the API version in the data (${config.apiVersion}) does not match the expected API version (${apiVersionOf(def)})`,
+      );
+    if (config.kind && config.kind !== def.kind)
+      throw badRequest(
+        `the kind in the data (${config.kind}) does not match the expected kind (${def.kind})`,
+      );
+    const scope: FieldScope = subresource === "status" ? "status" : hasStatus(def) ? "main" : "all";
+    const applyOptions = {
+      manager: ctx.fieldManager,
+      force: !!ctx.force,
+      apiVersion: apiVersionOf(def),
+      subresource,
+      scope,
+    };
+    if (!current) {
+      if (subresource) throw notFound(def.group, def.plural, name);
+      const created = serverSideApply(undefined, config as KubeObject, applyOptions);
+      created.apiVersion = apiVersionOf(def);
+      created.kind = def.kind;
+      if (def.namespaced) created.metadata.namespace = namespace;
+      ctx.created = true;
+      return this.create(def, namespace, created, ctx, true);
+    }
+    const rv = config.metadata.resourceVersion;
+    const applied = serverSideApply(this.present(def, current), config as KubeObject, applyOptions);
+    if (rv) applied.metadata.resourceVersion = rv;
+    return this.write(def, current, applied, subresource, ctx, "Apply");
+  }
+
+  /** The shared update path: preconditions, status isolation, validation, generation, finalizers. */
+  private async write(
+    def: ResourceDef,
+    current: KubeObject,
+    candidate: KubeObject,
+    subresource: string | undefined,
+    ctx: WriteContext,
+    operation: "Update" | "Apply",
+  ): Promise<KubeObject> {
+    const name = current.metadata.name!;
+    const requested = candidate.metadata.resourceVersion;
+    if (requested && requested !== current.metadata.resourceVersion)
+      throw conflict(def.group, def.plural, name);
+    if (subresource && subresource !== "status")
+      throw notFound(def.group, `${def.plural}/${subresource}`, name);
+    if (subresource === "status" && !hasStatus(def)) throw notFound(def.group, `${def.plural}/status`, name);
+
+    let next: KubeObject;
+    if (subresource === "status") {
+      // a status write changes only .status; metadata edits are ignored, except managedFields from apply
+      next = clone(current);
+      if (candidate.status === undefined) delete next.status;
+      else next.status = clone(candidate.status);
+      if (operation === "Apply") next.metadata.managedFields = candidate.metadata.managedFields;
+    } else {
+      next = clone(candidate);
+      next.apiVersion = current.apiVersion;
+      next.kind = current.kind;
+      if (hasStatus(def)) {
+        if (current.status === undefined) delete next.status;
+        else next.status = clone(current.status);
+      }
+      const meta = next.metadata;
+      for (const key of [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+      ]) {
+        if (current.metadata[key] === undefined) delete meta[key];
+        else meta[key] = current.metadata[key];
+      }
+      meta.name = current.metadata.name;
+      if (def.namespaced) meta.namespace = current.metadata.namespace;
+      else delete meta.namespace;
+      if (operation !== "Apply") meta.managedFields = current.metadata.managedFields;
+      if (current.metadata.deletionTimestamp) {
+        const before = new Set(current.metadata.finalizers ?? []);
+        const added = (meta.finalizers ?? []).filter((f: string) => !before.has(f));
+        if (added.length > 0)
+          throw new ApiError(
+            422,
+            "Invalid",
+            `${def.kind} "${name}" is invalid: metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers ${JSON.stringify(added)}`,
+          );
+      }
+    }
+    next.metadata.resourceVersion = current.metadata.resourceVersion;
+
+    let prepared = this.prepare(def, next, current, ctx);
+    prepared = await this.admit({
+      operation: "UPDATE",
+      def,
+      subresource,
+      object: prepared,
+      oldObject: current,
+      dryRun: !!ctx.dryRun,
+    });
+    if (!deepEqual(specPart(def, prepared), specPart(def, current)))
+      prepared.metadata.generation = (current.metadata.generation ?? 0) + 1;
+
+    if (operation === "Update") {
+      prepared.metadata.managedFields = recordUpdate(current, prepared, {
+        manager: managerName(ctx),
+        apiVersion: apiVersionOf(def),
+        subresource,
+        scope: subresource === "status" ? "status" : hasStatus(def) ? "main" : "all",
+      });
+    }
+
+    // an update that changes nothing is not a write: no new resourceVersion, no watch event
+    const withoutBookkeeping = (obj: KubeObject) => {
+      const copy = clone(obj);
+      delete copy.metadata.managedFields;
+      delete copy.metadata.resourceVersion;
+      delete copy.apiVersion;
+      return copy;
+    };
+    if (deepEqual(withoutBookkeeping(prepared), withoutBookkeeping(current)))
+      return this.present(def, current);
+    if (ctx.dryRun) return this.present(def, prepared);
+
+    if (prepared.metadata.deletionTimestamp && (prepared.metadata.finalizers ?? []).length === 0) {
+      const gone = this.store.delete(def.bucket, current.metadata.namespace, name)!;
+      this.notify(def.bucket, gone, true);
+      return this.present(def, {
+        ...prepared,
+        metadata: { ...prepared.metadata, resourceVersion: gone.metadata.resourceVersion },
+      });
+    }
+    const stored = this.store.update(def.bucket, prepared);
+    this.notify(def.bucket, stored, false);
+    return this.present(def, stored);
+  }
+
+  async delete(
+    def: ResourceDef,
+    namespace: string | undefined,
+    name: string,
+    options: Json,
+    ctx: WriteContext,
+  ): Promise<KubeObject> {
+    const current = this.store.get(def.bucket, def.namespaced ? namespace : undefined, name);
+    if (!current) throw notFound(def.group, def.plural, name);
+    const pre = isPlainObject(options?.preconditions) ? options.preconditions : {};
+    if (pre.uid && pre.uid !== current.metadata.uid)
+      throw conflict(
+        def.group,
+        def.plural,
+        name,
+        `Precondition failed: UID in precondition: ${pre.uid}, UID in object meta: ${current.metadata.uid}`,
+      );
+    if (pre.resourceVersion && pre.resourceVersion !== current.metadata.resourceVersion)
+      throw conflict(
+        def.group,
+        def.plural,
+        name,
+        `Precondition failed: ResourceVersion in precondition: ${pre.resourceVersion}, ResourceVersion in object meta: ${current.metadata.resourceVersion}`,
+      );
+    await this.admit({ operation: "DELETE", def, oldObject: current, dryRun: !!ctx.dryRun });
+    if (ctx.dryRun) return this.present(def, current);
+    return this.present(def, this.deleteObject(def.bucket, current));
+  }
+
+  /** Delete honouring finalizers; namespaces and CRDs first delete what they contain. */
+  private deleteObject(bucket: string, current: KubeObject): KubeObject {
+    const cascades = bucket === namespaceBucket || bucket === crdBucket;
+    if (current.metadata.deletionTimestamp) return current;
+    if ((current.metadata.finalizers ?? []).length === 0 && !cascades) {
+      const gone = this.store.delete(bucket, current.metadata.namespace, current.metadata.name!)!;
+      this.notify(bucket, gone, true);
+      return gone;
+    }
+    const marked = clone(current);
+    marked.metadata.deletionTimestamp = kubeTimestamp();
+    marked.metadata.deletionGracePeriodSeconds = 0;
+    if (bucket === namespaceBucket) {
+      marked.status = { ...(marked.status ?? {}), phase: "Terminating" };
+    }
+    if (bucket === crdBucket) {
+      const conditions = (marked.status?.conditions ?? []).filter((c: Json) => c.type !== "Terminating");
+      conditions.push({
+        type: "Terminating",
+        status: "True",
+        lastTransitionTime: kubeTimestamp(),
+        reason: "InstanceDeletionInProgress",
+        message: "CustomResource deletion is in progress",
+      });
+      marked.status = { ...(marked.status ?? {}), conditions };
+    }
+    const stored = this.store.update(bucket, marked);
+    this.notify(bucket, stored, false);
+    if (cascades) setImmediate(() => this.runCascade(bucket, stored.metadata.name!));
+    return stored;
+  }
+
+  private cascadeTargets(bucket: string, name: string): { bucket: string; namespace?: string }[] {
+    if (bucket === namespaceBucket) {
+      const buckets = new Set(
+        this.registry
+          .allDefs()
+          .filter((d) => d.namespaced)
+          .map((d) => d.bucket),
+      );
+      return [...buckets].map((b) => ({ bucket: b, namespace: name }));
+    }
+    const crd = this.store.get(crdBucket, undefined, name);
+    if (!crd) return [];
+    return [{ bucket: `${crd.spec?.group}/${crd.spec?.names?.plural}` }];
+  }
+
+  /** Delete the contents of a terminating namespace or CRD; remove it once nothing is left. */
+  private runCascade(bucket: string, name: string): void {
+    const owner = this.store.get(bucket, undefined, name);
+    if (!owner?.metadata.deletionTimestamp) return;
+    let remaining = 0;
+    for (const target of this.cascadeTargets(bucket, name)) {
+      for (const obj of this.store.list(target.bucket, target.namespace)) {
+        const after = this.deleteObject(target.bucket, obj);
+        if (this.store.get(target.bucket, after.metadata.namespace, after.metadata.name!)) remaining++;
+      }
+    }
+    if (remaining > 0 || (owner.metadata.finalizers ?? []).length > 0) return;
+    const gone = this.store.delete(bucket, undefined, name);
+    if (gone) this.notify(bucket, gone, true);
+  }
+
+  private notify(bucket: string, obj: KubeObject, deleted: boolean): void {
+    for (const listener of this.afterWrite) listener(bucket, obj, deleted);
+    // the last object of a terminating namespace or CRD going away lets that owner go too
+    if (deleted && obj.metadata.namespace) {
+      const ns = this.store.get(namespaceBucket, undefined, obj.metadata.namespace);
+      if (ns?.metadata.deletionTimestamp)
+        setImmediate(() => this.runCascade(namespaceBucket, ns.metadata.name!));
+    }
+    if (deleted && bucket !== crdBucket) {
+      for (const crd of this.store.list(crdBucket)) {
+        if (crd.metadata.deletionTimestamp && `${crd.spec?.group}/${crd.spec?.names?.plural}` === bucket)
+          setImmediate(() => this.runCascade(crdBucket, crd.metadata.name!));
+      }
+    }
+  }
+
+  private prepare(
+    def: ResourceDef,
+    obj: KubeObject,
+    old: KubeObject | undefined,
+    ctx: WriteContext,
+  ): KubeObject {
+    let out = obj;
+    for (const preparer of this.preparers) out = preparer(def, out, old, ctx);
+    return out;
+  }
+
+  private async admit(request: AdmissionRequest): Promise<KubeObject> {
+    let object = request.object;
+    for (const plugin of this.admission) {
+      const replaced = await plugin({ ...request, object });
+      if (replaced) object = replaced;
+    }
+    return object as KubeObject;
+  }
+
+  private checkBody(def: ResourceDef, body: Json): KubeObject {
+    if (!isPlainObject(body)) throw badRequest("the body of the request must be a JSON object");
+    const obj = clone(body) as KubeObject;
+    if (obj.kind && obj.kind !== def.kind)
+      throw badRequest(`the kind in the data (${obj.kind}) does not match the expected kind (${def.kind})`);
+    if (obj.apiVersion && obj.apiVersion !== apiVersionOf(def))
+      throw badRequest(
+        `the API version in the data (${obj.apiVersion}) does not match the expected API version (${apiVersionOf(def)})`,
+      );
+    obj.apiVersion = apiVersionOf(def);
+    obj.kind = def.kind;
+    if (!isPlainObject(obj.metadata)) obj.metadata = {};
+    return obj;
+  }
+}
+
+export function bootstrapNamespaces(core: ApiCore, names: string[]): void {
+  for (const name of names) {
+    core.store.create(namespaceBucket, {
+      apiVersion: "v1",
+      kind: "Namespace",
+      metadata: {
+        name,
+        uid: randomUUID(),
+        creationTimestamp: kubeTimestamp(),
+        labels: { "kubernetes.io/metadata.name": name },
+      },
+      spec: { finalizers: ["kubernetes"] },
+      status: { phase: "Active" },
+    });
+  }
+}

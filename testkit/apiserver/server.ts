@@ -1,0 +1,441 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { builtinResources, initialNamespaces } from "./builtins.ts";
+import { installCrdSupport } from "./crd.ts";
+import {
+  aggregatedDiscovery,
+  aggregatedDiscoveryType,
+  apiGroup,
+  coreVersions,
+  groupList,
+  resourceList,
+  versionInfo,
+  wantsAggregated,
+} from "./discovery.ts";
+import { ApiError, badRequest, methodNotAllowed, statusObject, unsupportedMediaType } from "./errors.ts";
+import { openApiGroupVersion, openApiRoot } from "./openapi.ts";
+import { type ResourceDef, ResourceRegistry } from "./resources.ts";
+import { ApiCore, bootstrapNamespaces, type FieldValidation, type WriteContext } from "./rest.ts";
+import { type ObjectFilter, parseFieldSelector, parseLabelSelector } from "./selectors.ts";
+import { Store } from "./store.ts";
+import { type IncludeObject, toTable, wantsTable } from "./table.ts";
+import type { Json, KubeObject } from "./types.ts";
+import { type OpenWatch, serveWatch } from "./watch.ts";
+
+export type Verb =
+  | "get"
+  | "list"
+  | "watch"
+  | "create"
+  | "update"
+  | "patch"
+  | "delete"
+  | "deletecollection"
+  | "discovery";
+
+export interface RequestLogEntry {
+  method: string;
+  path: string;
+  verb: string;
+  status: number;
+}
+
+/** What a resource request is about, parsed from its path (apiserver's RequestInfo). */
+export interface RequestInfo {
+  verb: Verb;
+  group: string;
+  version: string;
+  resource: string;
+  subresource?: string;
+  namespace?: string;
+  name?: string;
+}
+
+export interface ServerOptions {
+  historyLimit?: number;
+  bookmarkIntervalMs?: number;
+}
+
+async function readBody(req: IncomingMessage): Promise<string> {
+  const type = String(req.headers["content-type"] ?? "");
+  // protobuf is not spoken here; the real server would accept it, clients fall back to JSON on 415
+  if (type.includes("protobuf") || type.includes("cbor")) throw unsupportedMediaType(type);
+  const chunks: Buffer[] = [];
+  for await (const chunk of req) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString("utf8");
+}
+
+function parseJson(text: string): Json {
+  if (text.trim() === "") return undefined;
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw badRequest(`error decoding request body: ${(err as Error).message}`);
+  }
+}
+
+/**
+ * The HTTP face of the test double: one pipeline per request — parse the path into a RequestInfo,
+ * (authorize: not yet), dispatch to discovery or the REST core (which runs admission), write JSON.
+ */
+export class ApiHttpServer {
+  readonly store: Store;
+  readonly registry = new ResourceRegistry();
+  readonly core: ApiCore;
+  private readonly server: Server;
+  private readonly watches = new Set<OpenWatch>();
+  private readonly log: RequestLogEntry[] = [];
+  private readonly bookmarkIntervalMs: number;
+  private address = "";
+
+  constructor(options: ServerOptions = {}) {
+    this.store = new Store({ historyLimit: options.historyLimit });
+    this.bookmarkIntervalMs = options.bookmarkIntervalMs ?? 1000;
+    for (const def of builtinResources()) this.registry.add(def);
+    this.core = new ApiCore(this.store, this.registry);
+    installCrdSupport(this.core);
+    bootstrapNamespaces(this.core, initialNamespaces);
+    this.server = createServer((req, res) => {
+      this.handle(req, res).catch((err) => this.fail(req, res, err, "unknown"));
+    });
+    this.server.keepAliveTimeout = 60_000;
+  }
+
+  async listen(port = 0): Promise<string> {
+    await new Promise<void>((resolve, reject) => {
+      this.server.once("error", reject);
+      this.server.listen(port, "127.0.0.1", () => resolve());
+    });
+    const { port: bound } = this.server.address() as AddressInfo;
+    this.address = `127.0.0.1:${bound}`;
+    return `http://${this.address}`;
+  }
+
+  dropWatches(): void {
+    for (const watch of [...this.watches]) watch.close();
+  }
+
+  requestLog(): RequestLogEntry[] {
+    return this.log.map((e) => ({ ...e }));
+  }
+
+  resetRequestLog(): void {
+    this.log.length = 0;
+  }
+
+  async close(): Promise<void> {
+    this.dropWatches();
+    this.server.closeAllConnections();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  private record(req: IncomingMessage, verb: string, status: number): void {
+    const url = new URL(req.url ?? "/", "http://localhost");
+    this.log.push({ method: req.method ?? "GET", path: url.pathname, verb, status });
+  }
+
+  private send(
+    req: IncomingMessage,
+    res: ServerResponse,
+    verb: string,
+    status: number,
+    body: Json,
+    contentType = "application/json",
+    warnings: string[] = [],
+  ): void {
+    this.record(req, verb, status);
+    const headers: Record<string, string | string[]> = {
+      "Content-Type": contentType,
+      "Cache-Control": "no-cache, private",
+    };
+    if (warnings.length > 0) headers.Warning = warnings.map((w) => `299 - ${JSON.stringify(w)}`);
+    const text = JSON.stringify(body);
+    headers["Content-Length"] = String(Buffer.byteLength(text));
+    res.writeHead(status, headers);
+    res.end(text);
+  }
+
+  private fail(req: IncomingMessage, res: ServerResponse, err: unknown, verb: string): void {
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    const apiError =
+      err instanceof ApiError
+        ? err
+        : new ApiError(
+            500,
+            "InternalError",
+            `Internal error occurred: ${(err as Error)?.message ?? String(err)}`,
+          );
+    this.send(req, res, verb, apiError.code, apiError.toStatus());
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? "/", "http://localhost");
+    const path = url.pathname.replace(/\/+$/, "") || "/";
+    const accept = req.headers.accept;
+    const segments = path.split("/").filter(Boolean);
+
+    if (req.method === "GET") {
+      if (path === "/version") return this.send(req, res, "get", 200, versionInfo());
+      if (path === "/healthz" || path === "/readyz" || path === "/livez") {
+        this.record(req, "get", 200);
+        res.writeHead(200, { "Content-Type": "text/plain" });
+        res.end("ok");
+        return;
+      }
+      if (path === "/openapi/v3") return this.send(req, res, "get", 200, openApiRoot(this.registry));
+      if (path.startsWith("/openapi/v3/")) {
+        const rest = segments.slice(2);
+        const [group, version] = rest[0] === "api" ? ["", rest[1]] : [rest[1], rest[2]];
+        const doc = openApiGroupVersion(this.registry, group ?? "", version ?? "");
+        if (doc) return this.send(req, res, "get", 200, doc);
+      }
+      if (path === "/api") {
+        if (wantsAggregated(accept))
+          return this.send(
+            req,
+            res,
+            "get",
+            200,
+            aggregatedDiscovery(this.registry, true),
+            aggregatedDiscoveryType,
+          );
+        return this.send(req, res, "get", 200, coreVersions(this.address));
+      }
+      if (path === "/apis") {
+        if (wantsAggregated(accept))
+          return this.send(
+            req,
+            res,
+            "get",
+            200,
+            aggregatedDiscovery(this.registry, false),
+            aggregatedDiscoveryType,
+          );
+        return this.send(req, res, "get", 200, groupList(this.registry));
+      }
+      if (segments[0] === "apis" && segments.length === 2) {
+        const group = apiGroup(this.registry, segments[1]);
+        if (group) return this.send(req, res, "get", 200, group);
+      }
+      if (
+        (segments[0] === "api" && segments.length === 2) ||
+        (segments[0] === "apis" && segments.length === 3)
+      ) {
+        const [group, version] = segments[0] === "api" ? ["", segments[1]] : [segments[1], segments[2]];
+        if (this.registry.hasGroupVersion(group, version))
+          return this.send(req, res, "get", 200, resourceList(this.registry, group, version));
+      }
+    }
+
+    const info = this.parseRequestInfo(req.method ?? "GET", url, segments);
+    if (!info) {
+      return this.send(
+        req,
+        res,
+        "unknown",
+        404,
+        statusObject(404, "NotFound", "the server could not find the requested resource", {}),
+      );
+    }
+    const def = this.registry.find(info.group, info.version, info.resource);
+    if (!def) {
+      return this.send(
+        req,
+        res,
+        info.verb,
+        404,
+        statusObject(404, "NotFound", "the server could not find the requested resource", {}),
+      );
+    }
+    try {
+      await this.serveResource(req, res, url, info, def);
+    } catch (err) {
+      this.fail(req, res, err, info.verb);
+    }
+  }
+
+  private parseRequestInfo(method: string, url: URL, segments: string[]): RequestInfo | undefined {
+    let group: string;
+    let version: string;
+    let rest: string[];
+    if (segments[0] === "api" && segments.length >= 3) {
+      group = "";
+      version = segments[1];
+      rest = segments.slice(2);
+    } else if (segments[0] === "apis" && segments.length >= 4) {
+      group = segments[1];
+      version = segments[2];
+      rest = segments.slice(3);
+    } else return undefined;
+    let namespace: string | undefined;
+    if (rest[0] === "namespaces" && rest.length >= 3) {
+      const inner = this.registry.find(group, version, rest[2]);
+      if (inner?.namespaced) {
+        namespace = rest[1];
+        rest = rest.slice(2);
+      }
+    }
+    const [resource, name, subresource] = rest;
+    if (rest.length > 3) return undefined;
+    const watch = url.searchParams.get("watch");
+    let verb: Verb;
+    switch (method) {
+      case "GET":
+        verb = name ? "get" : watch === "true" || watch === "1" ? "watch" : "list";
+        break;
+      case "POST":
+        verb = "create";
+        break;
+      case "PUT":
+        verb = "update";
+        break;
+      case "PATCH":
+        verb = "patch";
+        break;
+      case "DELETE":
+        verb = name ? "delete" : "deletecollection";
+        break;
+      default:
+        verb = "get";
+    }
+    return { verb, group, version, resource, name, subresource, namespace };
+  }
+
+  private filterFrom(url: URL, def: ResourceDef): ObjectFilter {
+    const fields = ["metadata.name", "metadata.namespace", ...def.selectableFields];
+    return {
+      labels: parseLabelSelector(url.searchParams.get("labelSelector")),
+      fields: parseFieldSelector(url.searchParams.get("fieldSelector"), fields),
+    };
+  }
+
+  private writeContext(req: IncomingMessage, url: URL): WriteContext {
+    const validation = url.searchParams.get("fieldValidation");
+    if (validation && !["Strict", "Warn", "Ignore"].includes(validation))
+      throw badRequest(`fieldValidation parameter unsupported: ${validation}`);
+    return {
+      dryRun: url.searchParams.getAll("dryRun").includes("All"),
+      fieldManager: url.searchParams.get("fieldManager") ?? undefined,
+      fieldValidation: (validation as FieldValidation | null) ?? "Warn",
+      userAgent: req.headers["user-agent"],
+      warnings: [],
+    };
+  }
+
+  private async serveResource(
+    req: IncomingMessage,
+    res: ServerResponse,
+    url: URL,
+    info: RequestInfo,
+    def: ResourceDef,
+  ): Promise<void> {
+    const namespace = def.namespaced ? info.namespace : undefined;
+    const accept = req.headers.accept;
+    const include = (url.searchParams.get("includeObject") ?? "Metadata") as IncludeObject;
+    if (info.subresource && info.subresource !== "status")
+      throw methodNotAllowed(`${def.plural}/${info.subresource} is not served`);
+    switch (info.verb) {
+      case "get": {
+        const obj = this.core.get(def, namespace, info.name!);
+        if (wantsTable(accept))
+          return this.send(
+            req,
+            res,
+            "get",
+            200,
+            toTable(def, [obj], { resourceVersion: obj.metadata.resourceVersion }, include),
+          );
+        return this.send(req, res, "get", 200, obj);
+      }
+      case "list": {
+        const limit = Number(url.searchParams.get("limit") ?? "0") || undefined;
+        const list = this.core.list(def, namespace, {
+          filter: this.filterFrom(url, def),
+          limit,
+          continueToken: url.searchParams.get("continue") ?? undefined,
+        });
+        if (wantsTable(accept))
+          return this.send(req, res, "list", 200, toTable(def, list.items, list.metadata, include));
+        return this.send(req, res, "list", 200, list);
+      }
+      case "watch": {
+        const timeout = url.searchParams.get("timeoutSeconds");
+        serveWatch(
+          this.core,
+          {
+            def,
+            namespace,
+            filter: this.filterFrom(url, def),
+            resourceVersion: url.searchParams.get("resourceVersion") ?? undefined,
+            timeoutSeconds: timeout ? Number(timeout) : undefined,
+            allowBookmarks: url.searchParams.get("allowWatchBookmarks") === "true",
+            bookmarkIntervalMs: this.bookmarkIntervalMs,
+          },
+          req,
+          res,
+          (watch) => {
+            this.watches.add(watch);
+            return () => this.watches.delete(watch);
+          },
+        );
+        this.record(req, "watch", 200);
+        return;
+      }
+      case "create": {
+        if (info.name)
+          throw methodNotAllowed(`the server does not allow this method on the requested resource`);
+        const ctx = this.writeContext(req, url);
+        const body = parseJson(await readBody(req));
+        const created = await this.core.create(def, namespace, body, ctx);
+        return this.send(req, res, "create", 201, created, "application/json", ctx.warnings);
+      }
+      case "update": {
+        if (!info.name)
+          throw methodNotAllowed("the server does not allow this method on the requested resource");
+        const ctx = this.writeContext(req, url);
+        const body = parseJson(await readBody(req));
+        const updated = await this.core.update(def, namespace, info.name, body, info.subresource, ctx);
+        return this.send(req, res, "update", 200, updated, "application/json", ctx.warnings);
+      }
+      case "patch": {
+        if (!info.name)
+          throw methodNotAllowed("the server does not allow this method on the requested resource");
+        const ctx = { ...this.writeContext(req, url), force: url.searchParams.get("force") === "true" };
+        const body = await readBody(req);
+        const patched = await this.core.patch(
+          def,
+          namespace,
+          info.name,
+          String(req.headers["content-type"] ?? ""),
+          body,
+          info.subresource,
+          ctx,
+        );
+        // an apply that created the object answers 201 like the real server
+        const status = ctx.created ? 201 : 200;
+        return this.send(req, res, "patch", status, patched, "application/json", ctx.warnings);
+      }
+      case "delete": {
+        const ctx = this.writeContext(req, url);
+        const body = parseJson(await readBody(req));
+        const deleted = await this.core.delete(def, namespace, info.name!, body, ctx);
+        return this.send(req, res, "delete", 200, deleted);
+      }
+      case "deletecollection": {
+        const ctx = this.writeContext(req, url);
+        const list = this.core.list(def, namespace, { filter: this.filterFrom(url, def) });
+        const deleted: KubeObject[] = [];
+        for (const item of list.items)
+          deleted.push(
+            await this.core.delete(def, item.metadata.namespace, item.metadata.name, undefined, ctx),
+          );
+        return this.send(req, res, "deletecollection", 200, { ...list, items: deleted });
+      }
+      default:
+        throw methodNotAllowed("the server does not allow this method on the requested resource");
+    }
+  }
+}

@@ -1,0 +1,141 @@
+import { clone, type KubeObject } from "./types.ts";
+
+/**
+ * Objects plus one global revision, as etcd keeps them: every write bumps the revision and
+ * stamps it on the object as `metadata.resourceVersion`; a bounded history of changes lets a
+ * watch resume from any revision newer than the compaction point.
+ */
+export interface StoreEvent {
+  revision: number;
+  type: "ADDED" | "MODIFIED" | "DELETED";
+  /** which collection, e.g. "apps/deployments" or "/pods" */
+  bucket: string;
+  object: KubeObject;
+  /** the object before this change, for selector transitions in filtered watches */
+  previous?: KubeObject;
+}
+
+type Listener = (event: StoreEvent) => void;
+
+function objectKey(namespace: string | undefined, name: string): string {
+  return `${namespace ?? ""}/${name}`;
+}
+
+export class Store {
+  private revisionCounter = 0;
+  private readonly buckets = new Map<string, Map<string, KubeObject>>();
+  private history: StoreEvent[] = [];
+  /** watches may resume from this revision or any later one */
+  private compactedRevision = 0;
+  private readonly listeners = new Set<Listener>();
+  private readonly historyLimit: number;
+
+  constructor(options: { historyLimit?: number } = {}) {
+    this.historyLimit = options.historyLimit ?? 1000;
+  }
+
+  get revision(): number {
+    return this.revisionCounter;
+  }
+
+  /** The oldest revision a watch may still resume from. */
+  get oldestResumable(): number {
+    return this.compactedRevision;
+  }
+
+  get(bucket: string, namespace: string | undefined, name: string): KubeObject | undefined {
+    const found = this.buckets.get(bucket)?.get(objectKey(namespace, name));
+    return found ? clone(found) : undefined;
+  }
+
+  /** Objects sorted by namespace then name, like etcd's key order. */
+  list(bucket: string, namespace?: string): KubeObject[] {
+    const items = this.buckets.get(bucket);
+    if (!items) return [];
+    const keys = [...items.keys()].sort();
+    const out: KubeObject[] = [];
+    for (const key of keys) {
+      const obj = items.get(key)!;
+      if (namespace !== undefined && (obj.metadata.namespace ?? "") !== namespace) continue;
+      out.push(clone(obj));
+    }
+    return out;
+  }
+
+  count(bucket: string, namespace?: string): number {
+    return this.list(bucket, namespace).length;
+  }
+
+  bucketNames(): string[] {
+    return [...this.buckets.keys()];
+  }
+
+  create(bucket: string, obj: KubeObject): KubeObject {
+    return this.write(bucket, obj, "ADDED");
+  }
+
+  update(bucket: string, obj: KubeObject): KubeObject {
+    return this.write(bucket, obj, "MODIFIED");
+  }
+
+  delete(bucket: string, namespace: string | undefined, name: string): KubeObject | undefined {
+    const items = this.buckets.get(bucket);
+    const key = objectKey(namespace, name);
+    const previous = items?.get(key);
+    if (!items || !previous) return undefined;
+    items.delete(key);
+    const revision = ++this.revisionCounter;
+    // etcd reports a deleted object at the revision of its deletion
+    const tombstone = clone(previous);
+    tombstone.metadata.resourceVersion = String(revision);
+    this.record({ revision, type: "DELETED", bucket, object: tombstone, previous: clone(previous) });
+    return clone(tombstone);
+  }
+
+  /** Events after `revision` in the given bucket, oldest first. */
+  eventsSince(revision: number, bucket: string): StoreEvent[] {
+    return this.history.filter((e) => e.revision > revision && e.bucket === bucket).map((e) => clone(e));
+  }
+
+  subscribe(listener: Listener): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /** Forget all history: any watch from an older revision now gets 410 Gone. */
+  compact(): void {
+    this.history = [];
+    this.compactedRevision = this.revisionCounter;
+  }
+
+  private write(bucket: string, obj: KubeObject, type: "ADDED" | "MODIFIED"): KubeObject {
+    let items = this.buckets.get(bucket);
+    if (!items) {
+      items = new Map();
+      this.buckets.set(bucket, items);
+    }
+    const key = objectKey(obj.metadata.namespace, obj.metadata.name!);
+    const previous = items.get(key);
+    const revision = ++this.revisionCounter;
+    const stored = clone(obj);
+    stored.metadata.resourceVersion = String(revision);
+    items.set(key, stored);
+    this.record({
+      revision,
+      type,
+      bucket,
+      object: clone(stored),
+      previous: previous ? clone(previous) : undefined,
+    });
+    return clone(stored);
+  }
+
+  private record(event: StoreEvent): void {
+    this.history.push(event);
+    while (this.history.length > this.historyLimit) {
+      const dropped = this.history.shift()!;
+      this.compactedRevision = dropped.revision;
+    }
+    for (const listener of [...this.listeners]) listener(event);
+  }
+}

@@ -1,0 +1,123 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { ApiError, expired } from "./errors.ts";
+import { apiVersionOf, type ResourceDef } from "./resources.ts";
+import type { ApiCore } from "./rest.ts";
+import { matchesFilter, type ObjectFilter } from "./selectors.ts";
+import type { StoreEvent } from "./store.ts";
+import type { Json, KubeObject, WatchEventType } from "./types.ts";
+
+export interface WatchRequest {
+  def: ResourceDef;
+  namespace?: string;
+  filter: ObjectFilter;
+  resourceVersion?: string;
+  timeoutSeconds?: number;
+  allowBookmarks: boolean;
+  bookmarkIntervalMs: number;
+}
+
+/** An open watch the server can close (dropWatches, stop). */
+export interface OpenWatch {
+  close(): void;
+}
+
+/**
+ * Serve one watch: newline-delimited JSON events on a chunked response that stays open.
+ * Resource versions resume like the watch cache: events strictly after the given revision, or an
+ * initial ADDED replay of current state when none (or "0") is given; a revision older than the
+ * retained history gets one ERROR event (Status 410 Expired) and the stream ends.
+ */
+export function serveWatch(
+  core: ApiCore,
+  request: WatchRequest,
+  req: IncomingMessage,
+  res: ServerResponse,
+  onOpen: (watch: OpenWatch) => () => void,
+): void {
+  const { def, namespace, filter } = request;
+  const inScope = (obj: KubeObject | undefined) =>
+    !!obj &&
+    (!def.namespaced || namespace === undefined || obj.metadata.namespace === namespace) &&
+    matchesFilter(filter, obj);
+
+  let since: number;
+  const replay: { type: WatchEventType; object: KubeObject }[] = [];
+  const rv = request.resourceVersion;
+  if (rv === undefined || rv === "" || rv === "0") {
+    since = core.store.revision;
+    for (const obj of core.store.list(def.bucket, def.namespaced ? namespace : undefined))
+      if (inScope(obj)) replay.push({ type: "ADDED", object: obj });
+  } else {
+    since = Number(rv);
+    if (!Number.isInteger(since) || since < 0)
+      throw new ApiError(
+        400,
+        "BadRequest",
+        `resourceVersion: Invalid value: "${rv}": must be a non-negative integer`,
+      );
+  }
+
+  res.writeHead(200, { "Content-Type": "application/json", "Cache-Control": "no-cache, private" });
+  res.flushHeaders();
+  const send = (type: WatchEventType, object: Json) => {
+    if (!res.writableEnded) res.write(`${JSON.stringify({ type, object })}\n`);
+  };
+
+  if (replay.length === 0 && since < core.store.oldestResumable) {
+    send("ERROR", expired(rv!, core.store.oldestResumable + 1).toStatus());
+    res.end();
+    return;
+  }
+
+  const translate = (event: StoreEvent): { type: WatchEventType; object: KubeObject } | undefined => {
+    if (event.bucket !== def.bucket) return undefined;
+    const now = inScope(event.object);
+    const before = inScope(event.previous);
+    switch (event.type) {
+      case "ADDED":
+        return now ? { type: "ADDED", object: event.object } : undefined;
+      case "DELETED":
+        return before || now ? { type: "DELETED", object: event.object } : undefined;
+      case "MODIFIED":
+        // like the watch cache: leaving the selection is a deletion, entering it an addition
+        if (now && before) return { type: "MODIFIED", object: event.object };
+        if (now) return { type: "ADDED", object: event.object };
+        if (before) return { type: "DELETED", object: event.object };
+        return undefined;
+    }
+  };
+  const deliver = (event: StoreEvent) => {
+    const out = translate(event);
+    if (out) send(out.type, core.present(def, out.object));
+  };
+
+  const backlog = replay.length > 0 ? [] : core.store.eventsSince(since, def.bucket);
+  const unsubscribe = core.store.subscribe(deliver);
+  for (const event of replay) send(event.type, core.present(def, event.object));
+  for (const event of backlog) deliver(event);
+
+  const timers: NodeJS.Timeout[] = [];
+  if (request.allowBookmarks) {
+    timers.push(
+      setInterval(() => {
+        send("BOOKMARK", {
+          kind: def.kind,
+          apiVersion: apiVersionOf(def),
+          metadata: { resourceVersion: String(core.store.revision) },
+        });
+      }, request.bookmarkIntervalMs),
+    );
+  }
+  let unregister = () => {};
+  const close = () => {
+    unsubscribe();
+    for (const timer of timers) clearInterval(timer);
+    unregister();
+    if (!res.writableEnded) res.end();
+  };
+  if (request.timeoutSeconds !== undefined && request.timeoutSeconds > 0)
+    timers.push(setTimeout(close, request.timeoutSeconds * 1000));
+  unregister = onOpen({ close });
+  req.on("close", close);
+  res.on("close", close);
+}
