@@ -41,6 +41,8 @@ export interface LeaderElectionOptions {
   /** Called after leadership ends (lost or released); awaited before campaigning again. */
   onStoppedLeading?: () => void | Promise<void>;
   onNewLeader?: (identity: string) => void;
+  /** Release the lease when `run` is cancelled (default true). False leaves it to expire, like a crash. */
+  releaseOnCancel?: boolean;
 }
 
 /**
@@ -112,7 +114,7 @@ export class LeaderElector {
       await leading;
       await this.#options.onStoppedLeading?.();
       if (signal.aborted) {
-        await this.release();
+        if (this.#options.releaseOnCancel !== false) await this.release();
       } else {
         this.#log.warn({ identity: this.identity }, "lost leadership");
       }

@@ -22,6 +22,8 @@ export interface ManagerOptions {
     leaseDurationMs?: number;
     renewDeadlineMs?: number;
     retryPeriodMs?: number;
+    /** Release the lease on stop (default true); false leaves it to expire, as after a crash. */
+    releaseOnCancel?: boolean;
   };
   /** Serve /healthz, /readyz and /metrics on this port (0 picks a free one); omit for no server. */
   healthPort?: number;
@@ -53,6 +55,11 @@ export class Manager {
   #stopping: Promise<void> | undefined;
   #signalHandler: (() => void) | undefined;
   #controllersRunning = false;
+  #resolveStopped: () => void = () => {};
+  /** Resolves once the manager has stopped (after `stop()` or a handled signal). */
+  readonly stopped: Promise<void> = new Promise((resolve) => {
+    this.#resolveStopped = resolve;
+  });
 
   constructor(options: ManagerOptions) {
     this.#options = options;
@@ -161,6 +168,7 @@ export class Manager {
     await new Promise<void>((resolve) => (this.#server ? this.#server.close(() => resolve()) : resolve()));
     this.#server?.closeAllConnections();
     this.#log.info("manager stopped");
+    this.#resolveStopped();
   }
 
   async #runControllersUnconditionally(): Promise<void> {

@@ -1,0 +1,193 @@
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { fileURLToPath } from "node:url";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type KubeClient, type KubeObject, Resources } from "../../src/kube/client.ts";
+import { done } from "../../src/kube/controller.ts";
+import type { Lease } from "../../src/kube/leaderElection.ts";
+import { Manager } from "../../src/kube/manager.ts";
+import { createRuntimeMetrics } from "../../src/metrics.ts";
+import { type ApiServer, createNamespace, eventually, metricSum, startCluster } from "./helpers.ts";
+
+let server: ApiServer;
+let client: KubeClient;
+const running: Manager[] = [];
+
+beforeAll(async () => {
+  ({ server, client } = await startCluster());
+});
+
+afterAll(async () => {
+  await Promise.all(running.map((m) => m.stop()));
+  await server?.stop();
+});
+
+const timing = { leaseDurationMs: 1500, renewDeadlineMs: 1000, retryPeriodMs: 200 };
+
+/** A manager whose reconciler records which replica reconciled what. */
+function replica(
+  namespace: string,
+  identity: string,
+  calls: string[],
+  options: { releaseOnCancel?: boolean } = {},
+) {
+  const manager = new Manager({
+    client,
+    metrics: createRuntimeMetrics(),
+    leaderElection: { namespace, name: "stowage-controller", identity, ...timing, ...options },
+    shutdownDeadlineMs: 2000,
+  });
+  const configMaps = manager.addInformer({ type: Resources.ConfigMap, namespace });
+  manager
+    .addController({
+      name: "recorder",
+      reconcile: async (key) => {
+        calls.push(`${identity} ${key}`);
+        return done();
+      },
+    })
+    .watches(configMaps);
+  running.push(manager);
+  return manager;
+}
+
+async function holder(namespace: string): Promise<Lease["spec"]> {
+  return (await client.resource<Lease>(Resources.Lease).get("stowage-controller", namespace)).spec;
+}
+
+/** Every holderIdentity written to the namespace's Lease, in order (recorded by an admission plugin). */
+function recordHolders(namespace: string): string[] {
+  const holders: string[] = [];
+  server.admission.push((request) => {
+    const obj = request.object as (KubeObject & { spec?: { holderIdentity?: string } }) | undefined;
+    if (
+      request.def.plural === "leases" &&
+      obj?.metadata?.namespace === namespace &&
+      request.operation !== "DELETE"
+    ) {
+      const next = obj.spec?.holderIdentity ?? "";
+      if (holders.at(-1) !== next) holders.push(next);
+    }
+    return undefined;
+  });
+  return holders;
+}
+
+async function createConfigMap(namespace: string, name: string) {
+  await client.resource(Resources.ConfigMap).create({ metadata: { name, namespace } });
+}
+
+describe("leader election", () => {
+  it("runs the reconciler only on the leader, and the other replica takes over after the leader dies without releasing", async () => {
+    const ns = "le-crash";
+    await createNamespace(client, ns);
+    await createConfigMap(ns, "one");
+    const calls: string[] = [];
+    const holders = recordHolders(ns);
+    const a = replica(ns, "replica-a", calls, { releaseOnCancel: false });
+    await a.start();
+    await eventually("replica-a leads", () => a.isLeader() && calls.includes(`replica-a ${ns}/one`));
+    const b = replica(ns, "replica-b", calls);
+    await b.start();
+    await b.waitForSync();
+    await createConfigMap(ns, "two");
+    await eventually("the leader reconciles two", () => calls.includes(`replica-a ${ns}/two`));
+    // Several retry periods pass with both replicas running: the follower never reconciles.
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    expect(calls.filter((c) => c.startsWith("replica-b"))).toEqual([]);
+    expect(b.isLeader()).toBe(false);
+    expect(await metricSum(a.metrics, "leader_election_master_status", { name: "stowage-controller" })).toBe(
+      1,
+    );
+    expect(await metricSum(b.metrics, "leader_election_master_status", { name: "stowage-controller" })).toBe(
+      0,
+    );
+
+    await a.stop(); // like a crash: the lease is left to expire
+    expect((await holder(ns))?.holderIdentity).toBe("replica-a");
+    await eventually("replica-b takes over", () => b.isLeader(), 3 * timing.leaseDurationMs + 5000);
+    await eventually("replica-b reconciles", () => calls.includes(`replica-b ${ns}/one`));
+    const lease = await holder(ns);
+    expect(lease?.holderIdentity).toBe("replica-b");
+    expect(lease?.leaseTransitions).toBe(1);
+    expect(lease?.renewTime).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/);
+    expect(holders).toEqual(["replica-a", "replica-b"]);
+    await b.stop();
+  });
+
+  it("releases the lease on a graceful stop so the other replica takes over without waiting for expiry", async () => {
+    const ns = "le-release";
+    await createNamespace(client, ns);
+    await createConfigMap(ns, "one");
+    const calls: string[] = [];
+    const holders = recordHolders(ns);
+    const a = replica(ns, "replica-a", calls);
+    await a.start();
+    await eventually("replica-a leads", () => a.isLeader());
+    const b = replica(ns, "replica-b", calls);
+    await b.start();
+    await a.stop();
+    expect(a.isLeader()).toBe(false);
+    await eventually("replica-b takes over", () => b.isLeader());
+    await eventually("replica-b reconciles", () => calls.includes(`replica-b ${ns}/one`));
+    // The handover went through an empty holder: released, not expired.
+    expect(holders).toEqual(["replica-a", "", "replica-b"]);
+    await b.stop();
+    expect((await holder(ns))?.holderIdentity).toBe("");
+    expect((await holder(ns))?.leaseDurationSeconds).toBe(1);
+  });
+
+  it("stops its reconcilers when it cannot renew the lease within the renew deadline", async () => {
+    const ns = "le-lost";
+    await createNamespace(client, ns);
+    await createConfigMap(ns, "one");
+    const calls: string[] = [];
+    const a = replica(ns, "replica-a", calls);
+    await a.start();
+    await eventually("replica-a leads", () => a.isLeader());
+    let refuseRenewals = true;
+    server.admission.push((request) => {
+      const obj = request.object as (KubeObject & { spec?: { holderIdentity?: string } }) | undefined;
+      if (refuseRenewals && request.def.plural === "leases" && obj?.metadata?.namespace === ns) {
+        throw new Error("lease writes refused by the test");
+      }
+      return undefined;
+    });
+    await eventually("replica-a steps down", () => !a.isLeader(), 10_000);
+    expect(await metricSum(a.metrics, "leader_election_master_status", { name: "stowage-controller" })).toBe(
+      0,
+    );
+    const reconcilesAfterLoss = calls.length;
+    await createConfigMap(ns, "while-not-leading");
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(calls.length).toBe(reconcilesAfterLoss);
+    // Once the API accepts writes again it campaigns, wins, and reconciles what it missed.
+    refuseRenewals = false;
+    await eventually("replica-a leads again", () => a.isLeader(), 10_000);
+    await eventually("the missed object is reconciled", () =>
+      calls.includes(`replica-a ${ns}/while-not-leading`),
+    );
+    await a.stop();
+  });
+
+  it("releases the lease when a controller process gets SIGTERM", async () => {
+    const ns = "le-sigterm";
+    await createNamespace(client, ns);
+    const script = fileURLToPath(new URL("./fixtures/managerProcess.ts", import.meta.url));
+    const child = spawn(process.execPath, [script, server.kubeconfigPath, ns, "replica-proc"], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    let output = "";
+    child.stdout.on("data", (chunk) => {
+      output += chunk;
+    });
+    const exited = once(child, "exit");
+    await eventually("the child leads", () => output.includes("leading"), 20_000);
+    expect((await holder(ns))?.holderIdentity).toBe("replica-proc");
+    child.kill("SIGTERM");
+    const [code] = await exited;
+    expect(code).toBe(0);
+    expect(output).toContain("stopped");
+    expect((await holder(ns))?.holderIdentity).toBe("");
+  });
+});
