@@ -1,0 +1,329 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parse } from "yaml";
+import type { TestApiServer } from "../../testkit/apiserver/index.ts";
+import { type Clients, clients, group, Kubectl, startWithWidgets, widget, widgets } from "./helpers.ts";
+
+let server: TestApiServer;
+let kubectl: Kubectl;
+let api: Clients;
+
+beforeAll(async () => {
+  server = await startWithWidgets();
+  kubectl = new Kubectl(server);
+  api = clients(server);
+});
+
+afterAll(async () => {
+  kubectl.cleanup();
+  await server.stop();
+});
+
+describe("the real kubectl against the API server double", () => {
+  it("creates a custom resource with apply, and a second apply with a change updates it", async () => {
+    const first = await kubectl.apply([widget("applied", { image: "nginx:1", a: "x", size: 2 })]);
+    expect(first.stderr).toBe("");
+    expect(first.stdout).toContain(`widget.${group}/applied created`);
+
+    const second = await kubectl.apply([widget("applied", { image: "nginx:1", a: "x", size: 5 })]);
+    expect(second.stdout).toContain(`widget.${group}/applied configured`);
+    const stored = (await api.custom.getNamespacedCustomObject({ ...widgets(), name: "applied" })) as {
+      spec: { size: number };
+      metadata: { generation: number };
+    };
+    expect(stored.spec.size).toBe(5);
+    expect(stored.metadata.generation).toBe(2);
+
+    const unchanged = await kubectl.apply([widget("applied", { image: "nginx:1", a: "x", size: 5 })]);
+    expect(unchanged.stdout).toContain("unchanged");
+  });
+
+  it("applies built-in kinds (namespace, configmap, deployment) and updates them", async () => {
+    const objects = [
+      { apiVersion: "v1", kind: "Namespace", metadata: { name: "applied-ns" } },
+      {
+        apiVersion: "v1",
+        kind: "ConfigMap",
+        metadata: { name: "settings", namespace: "applied-ns" },
+        data: { a: "1" },
+      },
+      {
+        apiVersion: "apps/v1",
+        kind: "Deployment",
+        metadata: { name: "web", namespace: "applied-ns" },
+        spec: {
+          replicas: 1,
+          selector: { matchLabels: { app: "web" } },
+          template: {
+            metadata: { labels: { app: "web" } },
+            spec: { containers: [{ name: "web", image: "nginx:1" }] },
+          },
+        },
+      },
+    ];
+    const created = await kubectl.apply(objects);
+    expect(created.stderr).toBe("");
+    expect(created.stdout).toContain("namespace/applied-ns created");
+    expect(created.stdout).toContain("configmap/settings created");
+    expect(created.stdout).toContain("deployment.apps/web created");
+
+    objects[1].data = { a: "2" };
+    const updated = await kubectl.apply(objects);
+    expect(updated.stdout).toContain("configmap/settings configured");
+    const cm = await api.core.readNamespacedConfigMap({ name: "settings", namespace: "applied-ns" });
+    expect(cm.data).toEqual({ a: "2" });
+  });
+
+  it("shows the CRD's printer columns in kubectl get, NAME first and AGE last", async () => {
+    await api.custom.createNamespacedCustomObject({
+      ...widgets(),
+      body: widget("printed", { image: "redis:7", b: "y", size: 3 }),
+    });
+    await api.custom.patchNamespacedCustomObjectStatus(
+      {
+        ...widgets(),
+        name: "printed",
+        body: { status: { conditions: [{ type: "Ready", status: "True" }] } },
+      },
+      (await import("@kubernetes/client-node")).setHeaderOptions(
+        "Content-Type",
+        "application/merge-patch+json",
+      ),
+    );
+    const out = await kubectl.run(["get", "widgets", "printed"]);
+    expect(out.stderr).toBe("");
+    const [header, row] = out.stdout.trim().split("\n");
+    expect(header.split(/\s+/)).toEqual(["NAME", "IMAGE", "READY", "SIZE", "AGE"]);
+    const cells = row.split(/\s+/);
+    expect(cells.slice(0, 4)).toEqual(["printed", "redis:7", "True", "3"]);
+    expect(cells[4]).toMatch(/^\d+s$/);
+
+    const short = await kubectl.run(["get", "wg", "printed", "-o", "name"]);
+    expect(short.stdout.trim()).toBe(`widget.${group}/printed`);
+  });
+
+  it("prints the stored object with server-set metadata in kubectl get -o yaml", async () => {
+    await kubectl.apply([widget("yaml-one", { image: "nginx:1", a: "x" })]);
+    const out = await kubectl.run(["get", "widget", "yaml-one", "-o", "yaml"]);
+    const obj = parse(out.stdout);
+    expect(obj.kind).toBe("Widget");
+    expect(obj.metadata.uid).toMatch(/^[0-9a-f-]{36}$/);
+    expect(obj.metadata.resourceVersion).toMatch(/^\d+$/);
+    expect(obj.metadata.creationTimestamp).toMatch(/Z$/);
+    expect(obj.spec.mode).toBe("fast");
+    expect(obj.spec.settings).toEqual({ retries: 3, timeout: "30s" });
+  });
+
+  it("filters kubectl get by label selector", async () => {
+    for (const [name, tier] of [
+      ["lbl-a", "gpu"],
+      ["lbl-b", "cpu"],
+      ["lbl-c", "gpu"],
+    ]) {
+      await api.core.createNamespacedConfigMap({
+        namespace: "default",
+        body: { metadata: { name, labels: { tier, suite: "kubectl-labels" } } },
+      });
+    }
+    const out = await kubectl.run(["get", "configmaps", "-l", "suite=kubectl-labels,tier=gpu", "-o", "name"]);
+    expect(out.stdout.trim().split("\n")).toEqual(["configmap/lbl-a", "configmap/lbl-c"]);
+    const notIn = await kubectl.run([
+      "get",
+      "configmaps",
+      "-l",
+      "suite=kubectl-labels,tier notin (gpu)",
+      "-o",
+      "name",
+    ]);
+    expect(notIn.stdout.trim()).toBe("configmap/lbl-b");
+  });
+
+  it("describes a custom resource with its spec, status and events", async () => {
+    const created = (await api.custom.createNamespacedCustomObject({
+      ...widgets(),
+      body: widget("described", { image: "nginx:1", a: "x" }),
+    })) as { metadata: { uid: string } };
+    await api.core.createNamespacedEvent({
+      namespace: "default",
+      body: {
+        metadata: { name: "described.1" },
+        involvedObject: {
+          apiVersion: `${group}/v1`,
+          kind: "Widget",
+          name: "described",
+          namespace: "default",
+          uid: created.metadata.uid,
+        },
+        reason: "Synced",
+        message: "mirrored 3 images",
+        type: "Normal",
+        source: { component: "stowage" },
+        count: 1,
+        firstTimestamp: new Date().toISOString(),
+        lastTimestamp: new Date().toISOString(),
+      },
+    });
+    const out = await kubectl.run(["describe", "widget", "described"]);
+    expect(out.stderr).toBe("");
+    expect(out.stdout).toMatch(/Name:\s+described/);
+    expect(out.stdout).toMatch(/Image:\s+nginx:1/);
+    expect(out.stdout).toMatch(/Normal\s+Synced\s+.*stowage\s+mirrored 3 images/);
+  });
+
+  it("describes a built-in pod with its events", async () => {
+    const pod = await api.core.createNamespacedPod({
+      namespace: "default",
+      body: {
+        metadata: { name: "described-pod", labels: { app: "x" } },
+        spec: {
+          containers: [{ name: "main", image: "nginx:1" }],
+          schedulingGates: [{ name: "stowage.dev/prewarm" }],
+        },
+      },
+    });
+    await api.core.createNamespacedEvent({
+      namespace: "default",
+      body: {
+        metadata: { name: "described-pod.1" },
+        involvedObject: {
+          apiVersion: "v1",
+          kind: "Pod",
+          name: "described-pod",
+          namespace: "default",
+          uid: pod.metadata?.uid,
+        },
+        reason: "Gated",
+        message: "waiting for image warm-up",
+        type: "Normal",
+        source: { component: "stowage" },
+        firstTimestamp: new Date().toISOString(),
+        lastTimestamp: new Date().toISOString(),
+      },
+    });
+    const out = await kubectl.run(["describe", "pod", "described-pod"]);
+    expect(out.stderr).toBe("");
+    expect(out.stdout).toMatch(/Status:\s+Pending/);
+    expect(out.stdout).toMatch(/Image:\s+nginx:1/);
+    expect(out.stdout).toMatch(/Gated\s+.*waiting for image warm-up/);
+  });
+
+  it("changes objects with kubectl patch --type merge and --type json", async () => {
+    await kubectl.apply([widget("patched", { image: "nginx:1", a: "x", size: 1 })]);
+    const merge = await kubectl.run([
+      "patch",
+      "widget",
+      "patched",
+      "--type",
+      "merge",
+      "-p",
+      '{"spec":{"size":4}}',
+    ]);
+    expect(merge.stdout).toContain(`widget.${group}/patched patched`);
+    const json = await kubectl.run([
+      "patch",
+      "widget",
+      "patched",
+      "--type",
+      "json",
+      "-p",
+      '[{"op":"test","path":"/spec/size","value":4},{"op":"replace","path":"/spec/image","value":"redis:7"}]',
+    ]);
+    expect(json.stdout).toContain(`widget.${group}/patched patched`);
+    const stored = (await api.custom.getNamespacedCustomObject({ ...widgets(), name: "patched" })) as {
+      spec: { size: number; image: string };
+    };
+    expect(stored.spec).toMatchObject({ size: 4, image: "redis:7" });
+
+    const failedTest = await kubectl.run([
+      "patch",
+      "widget",
+      "patched",
+      "--type",
+      "json",
+      "-p",
+      '[{"op":"test","path":"/spec/size","value":9},{"op":"replace","path":"/spec/size","value":1}]',
+    ]);
+    expect(failedTest.code).not.toBe(0);
+  });
+
+  it("deletes an object at once, and one with a finalizer only after the finalizer is removed", async () => {
+    await kubectl.apply([widget("deleted-plain")]);
+    const plain = await kubectl.run(["delete", "widget", "deleted-plain"]);
+    expect(plain.stdout).toContain(`widget.${group} "deleted-plain" deleted`);
+    expect((await kubectl.run(["get", "widget", "deleted-plain"])).stderr).toContain("NotFound");
+
+    await kubectl.apply([
+      {
+        ...widget("deleted-final"),
+        metadata: { name: "deleted-final", finalizers: ["stowage.dev/cleanup"] },
+      },
+    ]);
+    const pending = await kubectl.run(["delete", "widget", "deleted-final", "--wait=false"]);
+    expect(pending.code).toBe(0);
+    const still = parse((await kubectl.run(["get", "widget", "deleted-final", "-o", "yaml"])).stdout);
+    expect(still.metadata.deletionTimestamp).toBeTruthy();
+    await kubectl.run([
+      "patch",
+      "widget",
+      "deleted-final",
+      "--type",
+      "merge",
+      "-p",
+      '{"metadata":{"finalizers":null}}',
+    ]);
+    expect((await kubectl.run(["get", "widget", "deleted-final"])).stderr).toContain("NotFound");
+  });
+
+  it("waits for condition Ready until the status subresource reports it", async () => {
+    await kubectl.apply([widget("waited")]);
+    const waiting = kubectl.run(["wait", "--for=condition=Ready", "widget/waited", "--timeout=20s"]);
+    // the status write happens while kubectl is already watching (or about to); wait sees it either way
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const current = (await api.custom.getNamespacedCustomObject({ ...widgets(), name: "waited" })) as Record<
+      string,
+      unknown
+    >;
+    await api.custom.replaceNamespacedCustomObjectStatus({
+      ...widgets(),
+      name: "waited",
+      body: {
+        ...current,
+        status: { conditions: [{ type: "Ready", status: "True", reason: "Warm", message: "ok" }] },
+      },
+    });
+    const result = await waiting;
+    expect(result.stderr).toBe("");
+    expect(result.stdout).toContain(`widget.${group}/waited condition met`);
+  });
+
+  it("refuses invalid custom resources with messages that name the field", async () => {
+    const badPattern = await kubectl.apply([widget("bad-pattern", { image: "Foo//bar", a: "x" })]);
+    expect(badPattern.code).not.toBe(0);
+    expect(badPattern.stderr).toContain(
+      `spec.image: Invalid value: "Foo//bar": spec.image in body should match '^[a-z0-9]+([._/:-][a-z0-9]+)*$'`,
+    );
+
+    const missing = await kubectl.apply([widget("bad-required", { a: "x" })]);
+    // kubectl rebuilds the message from the Status details: "The <Kind> \"name\" is invalid: ..."
+    expect(missing.stderr).toContain(`The Widget "bad-required" is invalid: spec.image: Required value`);
+
+    const enumValue = await kubectl.apply([widget("bad-enum", { image: "nginx", a: "x", mode: "turbo" })]);
+    expect(enumValue.stderr).toContain(
+      `spec.mode: Unsupported value: "turbo": supported values: "fast", "slow"`,
+    );
+
+    const cel = await kubectl.apply([widget("bad-cel", { image: "nginx", a: "ay", b: "bee" })]);
+    expect(cel.stderr).toContain(`spec: Invalid value: "object": exactly one of a or b must be set`);
+
+    const several = await kubectl.apply([widget("bad-many", { image: "UPPER", size: 11, a: "x" })]);
+    // several causes: kubectl lists each cause on its own line
+    expect(several.stderr).toContain(`* spec.image: Invalid value: "UPPER": spec.image in body should match`);
+    expect(several.stderr).toContain(
+      "* spec.size: Invalid value: 11: spec.size in body should be less than or equal to 10",
+    );
+
+    const unknownField = await kubectl.apply([
+      widget("bad-unknown", { image: "nginx", a: "x", colour: "red" }),
+    ]);
+    expect(unknownField.stderr).toContain('strict decoding error: unknown field "spec.colour"');
+  });
+});
