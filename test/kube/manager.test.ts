@@ -1,0 +1,70 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { KubeClient } from "../../src/kube/client.ts";
+import { done } from "../../src/kube/controller.ts";
+import { Manager } from "../../src/kube/manager.ts";
+import { createRuntimeMetrics } from "../../src/metrics.ts";
+import {
+  type ApiServer,
+  createNamespace,
+  createWidgetCrd,
+  eventually,
+  startCluster,
+  WidgetType,
+} from "./helpers.ts";
+
+let server: ApiServer;
+let client: KubeClient;
+
+beforeAll(async () => {
+  ({ server, client } = await startCluster());
+  await createNamespace(client, "health");
+});
+
+afterAll(async () => {
+  await server?.stop();
+});
+
+describe("manager", () => {
+  it("serves /healthz, /readyz once informers synced, and /metrics from its registry", async () => {
+    const reconciled: string[] = [];
+    const manager = new Manager({
+      client,
+      metrics: createRuntimeMetrics(),
+      healthPort: 0,
+      healthHost: "127.0.0.1",
+    });
+    // The Widget CRD does not exist yet: the informer's list fails and it keeps retrying.
+    const widgets = manager.addInformer({
+      type: WidgetType,
+      namespace: "health",
+      backoff: { initialMs: 20, maxMs: 200 },
+    });
+    manager
+      .addController({
+        name: "health-test",
+        reconcile: async (key) => {
+          reconciled.push(key);
+          return done();
+        },
+      })
+      .watches(widgets);
+    await manager.start();
+    const { port } = manager.healthAddress!;
+    const get = (path: string) => fetch(`http://127.0.0.1:${port}${path}`);
+    expect((await get("/healthz")).status).toBe(200);
+    const notReady = await get("/readyz");
+    expect(notReady.status).toBe(503);
+    expect(await notReady.text()).toContain("widgets.test.stowage.dev");
+
+    await createWidgetCrd(client);
+    await client.resource(WidgetType).create({ metadata: { name: "w1", namespace: "health" } });
+    await eventually("ready", async () => (await get("/readyz")).status === 200);
+    await eventually("reconciled", () => reconciled.includes("health/w1"));
+    const metrics = await (await get("/metrics")).text();
+    expect(metrics).toContain('controller_reconcile_total{controller="health-test",result="success"} 1');
+    expect(metrics).toMatch(/stowage_informer_restarts_total\{resource="widgets.test.stowage.dev"\} [1-9]/);
+    expect(metrics).toContain('workqueue_adds_total{name="health-test"} 1');
+    await manager.stop();
+    await expect(get("/healthz")).rejects.toThrow();
+  });
+});
