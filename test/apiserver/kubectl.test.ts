@@ -158,8 +158,8 @@ describe("the real kubectl against the API server double", () => {
         type: "Normal",
         source: { component: "stowage" },
         count: 1,
-        firstTimestamp: new Date().toISOString(),
-        lastTimestamp: new Date().toISOString(),
+        firstTimestamp: new Date(),
+        lastTimestamp: new Date(),
       },
     });
     const out = await kubectl.run(["describe", "widget", "described"]);
@@ -195,8 +195,8 @@ describe("the real kubectl against the API server double", () => {
         message: "waiting for image warm-up",
         type: "Normal",
         source: { component: "stowage" },
-        firstTimestamp: new Date().toISOString(),
-        lastTimestamp: new Date().toISOString(),
+        firstTimestamp: new Date(),
+        lastTimestamp: new Date(),
       },
     });
     const out = await kubectl.run(["describe", "pod", "described-pod"]);

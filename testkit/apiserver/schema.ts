@@ -254,9 +254,8 @@ function validateValue(
       );
     validateListType(value, schema, path, errors);
     const oldByKey = correlateList(old, schema);
-    value.forEach((item, i) =>
-      validateValue(item, schema.items, `${path}[${i}]`, oldByKey?.(item), isUpdate, errors),
-    );
+    for (const [i, item] of value.entries())
+      validateValue(item, schema.items, `${path}[${i}]`, oldByKey?.(item), isUpdate, errors);
   }
   if (isPlainObject(value)) {
     const count = Object.keys(value).length;
