@@ -18,7 +18,11 @@ class Recorder {
   private controller?: AbortController;
   private readonly waiters: (() => void)[] = [];
 
-  static async start(kc: k8s.KubeConfig, path: string, query: Record<string, unknown>): Promise<Recorder> {
+  static async start(
+    kc: k8s.KubeConfig,
+    path: string,
+    query: Record<string, string | number | boolean | undefined>,
+  ): Promise<Recorder> {
     const recorder = new Recorder();
     recorder.controller = await new k8s.Watch(kc).watch(
       path,
