@@ -9,13 +9,7 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import PQueue from "p-queue";
-import {
-  KubeClient,
-  type KubeObject,
-  loadKubeConfig,
-  Resources,
-  type ResourceType,
-} from "../src/kube/client.ts";
+import { KubeClient, type KubeObject, Resources, type ResourceType } from "../src/kube/client.ts";
 import { done } from "../src/kube/controller.ts";
 import { Manager } from "../src/kube/manager.ts";
 import { createRuntimeMetrics } from "../src/metrics.ts";
@@ -46,7 +40,7 @@ else await runBenchmark();
 
 /** The process under test: a manager with a no-op reconciler over the items and a Node informer. */
 async function runManager(kubeconfigPath: string): Promise<void> {
-  const client = new KubeClient(loadKubeConfig({ path: kubeconfigPath }));
+  const client = KubeClient.load({ path: kubeconfigPath });
   const started = performance.now();
   const manager = new Manager({ client, metrics: createRuntimeMetrics() });
   const items = manager.addInformer({ type: ItemType });
@@ -81,7 +75,7 @@ function report(message: Record<string, unknown>): void {
 async function runBenchmark(): Promise<void> {
   const server = await startApiServer();
   try {
-    const client = new KubeClient(loadKubeConfig({ path: server.kubeconfigPath }));
+    const client = KubeClient.load({ path: server.kubeconfigPath });
     await setUp(client);
 
     server.resetRequestLog();

@@ -1,15 +1,14 @@
-import { existsSync } from "node:fs";
-import {
+import { readFile } from "node:fs/promises";
+import type {
   AppsV1Api,
   CoordinationV1Api,
   CoreV1Api,
   EventsV1Api,
-  HttpMethod,
   KubeConfig,
-  RequestContext,
 } from "@kubernetes/client-node";
-import { fetch } from "undici";
+import { Agent, type Dispatcher, fetch } from "undici";
 import { type Reason, StowageError } from "../util/errors.ts";
+import { type ClusterConfig, clientNodeKubeConfig, loadClusterConfig } from "./kubeconfig.ts";
 
 /** Where a kind lives in the REST API. */
 export interface ResourceType {
@@ -120,35 +119,6 @@ export function isGone(err: unknown): boolean {
   return err instanceof KubeApiError && err.code === 410;
 }
 
-/**
- * Load a kubeconfig: an explicit file, else `KUBECONFIG`, else the in-cluster service
- * account, else ~/.kube/config.
- */
-export function loadKubeConfig(options: { path?: string; inCluster?: boolean } = {}): KubeConfig {
-  const kc = new KubeConfig();
-  if (options.path) {
-    kc.loadFromFile(options.path);
-  } else if (options.inCluster) {
-    kc.loadFromCluster();
-  } else if (process.env.KUBECONFIG) {
-    kc.loadFromDefault();
-  } else if (
-    process.env.KUBERNETES_SERVICE_HOST &&
-    existsSync("/var/run/secrets/kubernetes.io/serviceaccount/token")
-  ) {
-    kc.loadFromCluster();
-  } else {
-    kc.loadFromDefault();
-  }
-  if (!kc.getCurrentCluster()) {
-    throw new StowageError(
-      "InvalidArgument",
-      "no Kubernetes cluster configured: set KUBECONFIG or run in a pod",
-    );
-  }
-  return kc;
-}
-
 export type MergePatch = Record<string, unknown>;
 export type JsonPatchOp =
   | { op: "add" | "replace" | "test"; path: string; value: unknown }
@@ -160,103 +130,237 @@ export const PatchType = {
   json: "application/json-patch+json",
 } as const;
 
+/** client-node's typed APIs for built-ins, over the same cluster configuration. */
+export interface TypedApis {
+  kubeConfig: KubeConfig;
+  core: CoreV1Api;
+  apps: AppsV1Api;
+  coordination: CoordinationV1Api;
+  events: EventsV1Api;
+}
+
+type Method = "GET" | "POST" | "PUT" | "PATCH" | "DELETE";
+
+export interface RequestInit {
+  query?: Record<string, string | number | boolean | undefined>;
+  body?: unknown;
+  contentType?: string;
+  signal?: AbortSignal;
+}
+
+export type WatchEventType = "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK" | "ERROR";
+
 /**
- * One client per cluster. Built-ins are reachable both through client-node's typed APIs
- * (`core`, `coordination`, ...) and through the generic `resource(type)` client, which is
- * the one custom resources use.
+ * One client per cluster: JSON over undici with the cluster's TLS material and credentials.
+ * Custom resources and built-ins alike go through `resource(type)`; client-node's typed APIs
+ * are available through `typed()`, imported on first use (see kubeconfig.ts for why).
  */
 export class KubeClient {
-  readonly kubeConfig: KubeConfig;
-  readonly #server: string;
-  #core: CoreV1Api | undefined;
-  #apps: AppsV1Api | undefined;
-  #coordination: CoordinationV1Api | undefined;
-  #events: EventsV1Api | undefined;
+  readonly config: ClusterConfig;
+  readonly #dispatcher: Dispatcher;
+  #typed: Promise<TypedApis> | undefined;
+  #delegate: Promise<KubeConfig> | undefined;
+  #fileToken: { value: string; readAt: number } | undefined;
 
-  constructor(kubeConfig: KubeConfig) {
-    this.kubeConfig = kubeConfig;
-    const cluster = kubeConfig.getCurrentCluster();
-    if (!cluster) throw new StowageError("InvalidArgument", "kubeconfig has no current cluster");
-    this.#server = cluster.server.replace(/\/+$/, "");
+  constructor(config: ClusterConfig) {
+    this.config = config;
+    this.#dispatcher = new Agent({
+      keepAliveTimeout: 30_000,
+      connect: {
+        ca: config.tls.ca,
+        cert: config.tls.cert,
+        key: config.tls.key,
+        rejectUnauthorized: !config.tls.insecureSkipTLSVerify,
+        servername: config.tls.serverName,
+      },
+    });
   }
 
-  static fromFile(path: string): KubeClient {
-    return new KubeClient(loadKubeConfig({ path }));
+  /** A client for the cluster `loadClusterConfig` resolves (explicit file, KUBECONFIG, in-cluster, ~/.kube/config). */
+  static load(options: { path?: string; inCluster?: boolean; context?: string } = {}): KubeClient {
+    return new KubeClient(loadClusterConfig(options));
   }
 
-  get core(): CoreV1Api {
-    this.#core ??= this.kubeConfig.makeApiClient(CoreV1Api);
-    return this.#core;
+  get server(): string {
+    return this.config.server;
   }
 
-  get apps(): AppsV1Api {
-    this.#apps ??= this.kubeConfig.makeApiClient(AppsV1Api);
-    return this.#apps;
-  }
-
-  get coordination(): CoordinationV1Api {
-    this.#coordination ??= this.kubeConfig.makeApiClient(CoordinationV1Api);
-    return this.#coordination;
-  }
-
-  get events(): EventsV1Api {
-    this.#events ??= this.kubeConfig.makeApiClient(EventsV1Api);
-    return this.#events;
+  typed(): Promise<TypedApis> {
+    this.#typed ??= (async () => {
+      const kc = await clientNodeKubeConfig(this.config.source);
+      const { AppsV1Api, CoordinationV1Api, CoreV1Api, EventsV1Api } = await import(
+        "@kubernetes/client-node"
+      );
+      return {
+        kubeConfig: kc,
+        core: kc.makeApiClient(CoreV1Api),
+        apps: kc.makeApiClient(AppsV1Api),
+        coordination: kc.makeApiClient(CoordinationV1Api),
+        events: kc.makeApiClient(EventsV1Api),
+      };
+    })();
+    return this.#typed;
   }
 
   resource<T extends KubeObject = KubeObject>(type: ResourceType): ObjectClient<T> {
     return new ObjectClient<T>(this, type);
   }
 
-  /** One REST call with the kubeconfig's credentials and TLS settings; JSON in, JSON out. */
-  async request<R>(
-    method: "GET" | "POST" | "PUT" | "PATCH" | "DELETE",
+  /** One REST call; JSON in, JSON out; non-2xx answers become KubeApiError. */
+  async request<R>(method: Method, path: string, init: RequestInit = {}): Promise<R> {
+    const response = await this.#fetch(method, path, init);
+    const text = await response.text();
+    if (!response.ok) throw apiError(method, path, response.status, response.statusText, text);
+    return (text ? JSON.parse(text) : undefined) as R;
+  }
+
+  /**
+   * Watch a collection: calls `onEvent` for each event until the server ends the stream
+   * (resolves), the connection fails or nothing arrives for `inactivityMs` (rejects), or
+   * `signal` aborts (resolves). A non-200 answer rejects with KubeApiError (410 when the
+   * resourceVersion is too old).
+   */
+  async watch(
     path: string,
-    options: {
-      query?: Record<string, string | number | boolean | undefined>;
-      body?: unknown;
-      contentType?: string;
-      signal?: AbortSignal;
-    } = {},
-  ): Promise<R> {
-    const url = new URL(this.#server + path);
-    for (const [name, value] of Object.entries(options.query ?? {})) {
+    query: Record<string, string | number | boolean | undefined>,
+    onEvent: (type: WatchEventType, object: unknown) => void,
+    options: { signal?: AbortSignal; inactivityMs?: number } = {},
+  ): Promise<void> {
+    const abort = new AbortController();
+    const stop = () => abort.abort(options.signal?.reason);
+    options.signal?.addEventListener("abort", stop, { once: true });
+    let inactive = false;
+    let timer: NodeJS.Timeout | undefined;
+    const resetTimer = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        inactive = true;
+        abort.abort(new Error("watch inactive"));
+      }, options.inactivityMs ?? 120_000);
+      timer.unref();
+    };
+    try {
+      resetTimer();
+      const response = await this.#fetch("GET", path, {
+        query: { ...query, watch: true },
+        signal: abort.signal,
+      });
+      if (response.status !== 200) {
+        throw apiError("WATCH", path, response.status, response.statusText, await response.text());
+      }
+      if (!response.body) return;
+      let buffered = "";
+      const decoder = new TextDecoder();
+      for await (const chunk of response.body) {
+        resetTimer();
+        buffered += decoder.decode(chunk as Uint8Array, { stream: true });
+        let newline = buffered.indexOf("\n");
+        while (newline >= 0) {
+          const line = buffered.slice(0, newline).trim();
+          buffered = buffered.slice(newline + 1);
+          if (line) {
+            const event = JSON.parse(line) as { type: WatchEventType; object: unknown };
+            onEvent(event.type, event.object);
+          }
+          newline = buffered.indexOf("\n");
+        }
+      }
+    } catch (err) {
+      if (options.signal?.aborted) return;
+      if (inactive)
+        throw new KubeApiError(
+          0,
+          "Timeout",
+          `WATCH ${path}: no data for ${options.inactivityMs ?? 120_000} ms`,
+        );
+      throw err;
+    } finally {
+      clearTimeout(timer);
+      options.signal?.removeEventListener("abort", stop);
+    }
+  }
+
+  /** Close pooled connections. */
+  async close(): Promise<void> {
+    await this.#dispatcher.close();
+  }
+
+  async #fetch(method: Method | "WATCH", path: string, init: RequestInit) {
+    const url = new URL(this.config.server + path);
+    for (const [name, value] of Object.entries(init.query ?? {})) {
       if (value !== undefined && value !== "") url.searchParams.set(name, String(value));
     }
-    const ctx = new RequestContext(url.toString(), HttpMethod[method]);
-    await this.kubeConfig.applySecurityAuthentication(ctx);
-    const headers: Record<string, string> = { ...ctx.getHeaders(), accept: "application/json" };
-    if (options.body !== undefined) headers["content-type"] = options.contentType ?? "application/json";
-    let response: Awaited<ReturnType<typeof fetch>>;
+    const headers: Record<string, string> = { accept: "application/json" };
+    if (init.body !== undefined) headers["content-type"] = init.contentType ?? "application/json";
+    const dispatcher = await this.#authorize(url, method, headers);
     try {
-      response = await fetch(url, {
-        method,
+      return await fetch(url, {
+        method: method === "WATCH" ? "GET" : method,
         headers,
-        body: options.body === undefined ? undefined : JSON.stringify(options.body),
-        dispatcher: ctx.getDispatcher(),
-        signal: options.signal,
+        body: init.body === undefined ? undefined : JSON.stringify(init.body),
+        dispatcher,
+        signal: init.signal,
       });
     } catch (err) {
+      if (init.signal?.aborted) throw err;
       throw new KubeApiError(0, "ConnectionFailed", `${method} ${url.pathname}: ${(err as Error).message}`, {
         cause: err,
       });
     }
-    const text = await response.text();
-    if (!response.ok) {
-      let status: { reason?: string; message?: string } = {};
-      try {
-        status = JSON.parse(text);
-      } catch {
-        // not a Status object: keep the raw text as the message
-      }
-      throw new KubeApiError(
-        response.status,
-        status.reason ?? response.statusText,
-        `${method} ${url.pathname}: ${response.status} ${status.message ?? text.slice(0, 200)}`,
-      );
-    }
-    return (text ? JSON.parse(text) : undefined) as R;
   }
+
+  /** Add credentials to `headers`; returns the dispatcher to use. */
+  async #authorize(url: URL, method: string, headers: Record<string, string>): Promise<Dispatcher> {
+    if (this.config.delegateAuth) {
+      // exec / auth-provider: client-node runs the plugin and caches the credential.
+      this.#delegate ??= clientNodeKubeConfig(this.config.source);
+      const kc = await this.#delegate;
+      const { RequestContext, HttpMethod } = await import("@kubernetes/client-node");
+      const ctx = new RequestContext(
+        url.toString(),
+        method === "WATCH" ? HttpMethod.GET : HttpMethod[method as Method],
+      );
+      await kc.applySecurityAuthentication(ctx);
+      Object.assign(headers, ctx.getHeaders());
+      return ctx.getDispatcher() ?? this.#dispatcher;
+    }
+    const token = await this.#token();
+    if (token) headers.authorization = `Bearer ${token}`;
+    else if (this.config.basic) {
+      const { username, password } = this.config.basic;
+      headers.authorization = `Basic ${Buffer.from(`${username}:${password}`).toString("base64")}`;
+    }
+    return this.#dispatcher;
+  }
+
+  async #token(): Promise<string | undefined> {
+    if (!this.config.tokenFile) return this.config.token;
+    // Projected service-account tokens rotate: re-read the file every minute.
+    if (!this.#fileToken || Date.now() - this.#fileToken.readAt > 60_000) {
+      this.#fileToken = { value: (await readFile(this.config.tokenFile, "utf8")).trim(), readAt: Date.now() };
+    }
+    return this.#fileToken.value;
+  }
+}
+
+function apiError(
+  method: string,
+  path: string,
+  code: number,
+  statusText: string,
+  body: string,
+): KubeApiError {
+  let status: { reason?: string; message?: string } = {};
+  try {
+    status = JSON.parse(body);
+  } catch {
+    // not a Status object: keep the raw text as the message
+  }
+  return new KubeApiError(
+    code,
+    status.reason ?? statusText,
+    `${method} ${path}: ${code} ${status.message ?? body.slice(0, 200)}`,
+  );
 }
 
 export interface RequestOptions {

@@ -1,4 +1,3 @@
-import { Watch } from "@kubernetes/client-node";
 import { defaultRuntimeMetrics, type RuntimeMetrics } from "../metrics.ts";
 import { type Clock, systemClock } from "../util/clock.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
@@ -9,6 +8,7 @@ import {
   type KubeObject,
   type ObjectClient,
   type ResourceType,
+  type WatchEventType,
 } from "./client.ts";
 import { type EventHandler, type EventSource, objectKey } from "./controller.ts";
 
@@ -27,6 +27,8 @@ export interface InformerOptions {
   pageSize?: number;
   /** Server-side watch timeout; the watch is renewed from the last resourceVersion after it. */
   watchTimeoutSeconds?: number;
+  /** Restart a watch that delivered nothing, not even a bookmark, for this long (default 120 s). */
+  watchInactivityMs?: number;
 }
 
 type WatchOutcome = "closed" | "gone" | "stopped";
@@ -55,7 +57,6 @@ export class Informer<T extends KubeObject = KubeObject> implements EventSource<
   #synced = false;
   #stopped = false;
   #stopSignal = new AbortController();
-  #currentWatch: AbortController | undefined;
   #loop: Promise<void> | undefined;
 
   constructor(options: InformerOptions) {
@@ -82,7 +83,6 @@ export class Informer<T extends KubeObject = KubeObject> implements EventSource<
   async stop(): Promise<void> {
     this.#stopped = true;
     this.#stopSignal.abort();
-    this.#currentWatch?.abort();
     await this.#loop;
     this.#loop = undefined;
   }
@@ -223,67 +223,57 @@ export class Informer<T extends KubeObject = KubeObject> implements EventSource<
     }
   }
 
-  #watch(): Promise<WatchOutcome> {
-    const watch = new Watch(this.#client.kubeConfig);
+  async #watch(): Promise<WatchOutcome> {
     const timeoutSeconds = this.#options.watchTimeoutSeconds ?? 300 + Math.floor(Math.random() * 300);
     let outcome: WatchOutcome | undefined;
-    return new Promise<WatchOutcome>((resolve, reject) => {
-      const onEvent = (type: string, obj: T & { code?: number; message?: string }) => {
-        if (outcome !== undefined) return;
-        switch (type) {
-          case "ADDED":
-          case "MODIFIED": {
-            this.#upsert(objectKey(obj), obj);
-            this.#resourceVersion = obj.metadata?.resourceVersion ?? this.#resourceVersion;
-            return;
-          }
-          case "DELETED": {
-            const key = objectKey(obj);
-            if (this.#cache.has(key)) this.#remove(key, obj);
-            this.#resourceVersion = obj.metadata?.resourceVersion ?? this.#resourceVersion;
-            return;
-          }
-          case "BOOKMARK":
-            this.#resourceVersion = obj.metadata?.resourceVersion ?? this.#resourceVersion;
-            return;
-          case "ERROR": {
-            // A Status object: 410 means our resourceVersion was compacted away.
-            outcome = obj.code === 410 ? "gone" : "closed";
-            if (obj.code !== 410) this.#log.warn({ code: obj.code, error: obj.message }, "watch error event");
-            this.#currentWatch?.abort();
-            return;
-          }
+    const abort = new AbortController();
+    const stopped = () => abort.abort();
+    this.#stopSignal.signal.addEventListener("abort", stopped, { once: true });
+    const onEvent = (type: WatchEventType, raw: unknown) => {
+      if (outcome !== undefined) return;
+      const obj = raw as T & { code?: number; message?: string };
+      switch (type) {
+        case "ADDED":
+        case "MODIFIED":
+          this.#upsert(objectKey(obj), obj);
+          break;
+        case "DELETED": {
+          const key = objectKey(obj);
+          if (this.#cache.has(key)) this.#remove(key, obj);
+          break;
         }
-      };
-      const onDone = (err: unknown) => {
-        if (this.#stopped) return resolve("stopped");
-        if (outcome) return resolve(outcome);
-        if (!err) return resolve("closed");
-        const code = (err as { statusCode?: number }).statusCode;
-        if (code === 410) return resolve("gone");
-        reject(err);
-      };
-      watch
-        .watch(
-          this.#objects.collectionPath(this.#options.namespace),
-          {
-            resourceVersion: this.#resourceVersion,
-            allowWatchBookmarks: true,
-            timeoutSeconds,
-            labelSelector: this.#options.labelSelector,
-            fieldSelector: this.#options.fieldSelector,
-          },
-          onEvent as (type: string, obj: unknown) => void,
-          onDone,
-        )
-        .then(
-          (abort) => {
-            this.#currentWatch = abort;
-            if (this.#stopped || outcome) abort.abort();
-          },
-          (err) => onDone(err ?? new Error("watch failed")),
-        );
-    });
+        case "BOOKMARK":
+          break;
+        case "ERROR":
+          // A Status object: 410 means our resourceVersion was compacted away.
+          outcome = obj.code === 410 ? "gone" : "closed";
+          if (obj.code !== 410) this.#log.warn({ code: obj.code, error: obj.message }, "watch error event");
+          abort.abort();
+          return;
+      }
+      this.#resourceVersion = obj.metadata?.resourceVersion ?? this.#resourceVersion;
+    };
+    try {
+      await this.#client.watch(
+        this.#objects.collectionPath(this.#options.namespace),
+        {
+          resourceVersion: this.#resourceVersion,
+          allowWatchBookmarks: true,
+          timeoutSeconds,
+          labelSelector: this.#options.labelSelector,
+          fieldSelector: this.#options.fieldSelector,
+        },
+        onEvent,
+        { signal: abort.signal, inactivityMs: this.#options.watchInactivityMs },
+      );
+    } catch (err) {
+      if (isGone(err)) return "gone";
+      throw err;
+    } finally {
+      this.#stopSignal.signal.removeEventListener("abort", stopped);
+    }
+    if (this.#stopped) return "stopped";
+    return outcome ?? "closed";
   }
 
   #upsert(key: string, obj: T): void {

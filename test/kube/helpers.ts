@@ -1,4 +1,4 @@
-import { KubeClient, type KubeObject, loadKubeConfig, Resources } from "../../src/kube/client.ts";
+import { KubeClient, type KubeObject, Resources } from "../../src/kube/client.ts";
 import type { RuntimeMetrics } from "../../src/metrics.ts";
 import { startApiServer } from "../../testkit/apiserver/index.ts";
 
@@ -7,7 +7,7 @@ export type ApiServer = Awaited<ReturnType<typeof startApiServer>>;
 /** C's API server test double on a free loopback port, and a client for it. */
 export async function startCluster(options: Parameters<typeof startApiServer>[0] = {}) {
   const server = await startApiServer(options);
-  const client = new KubeClient(loadKubeConfig({ path: server.kubeconfigPath }));
+  const client = KubeClient.load({ path: server.kubeconfigPath });
   return { server, client };
 }
 

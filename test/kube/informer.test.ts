@@ -96,7 +96,7 @@ describe("informer", () => {
     churning = false;
     await disruptions;
 
-    const serverList = await client.core.listNamespacedConfigMap({ namespace: "churn" });
+    const serverList = await (await client.typed()).core.listNamespacedConfigMap({ namespace: "churn" });
     const expected = rvByKey(serverList.items as KubeObject[]);
     await eventually("the informer cache matches the server", () => {
       const cached = rvByKey(informer.list());
