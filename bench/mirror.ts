@@ -28,10 +28,12 @@ const { values } = parseArgs({
     scale: { type: "string" },
     concurrency: { type: "string" },
     "skip-skopeo": { type: "boolean" },
+    rounds: { type: "string" },
   },
 });
 const scale = Number(values.scale ?? process.env.STOWAGE_BENCH_SCALE ?? "1");
 if (!(scale > 0)) throw new Error(`--scale must be a positive number, got ${values.scale}`);
+const rounds = Number(values.rounds ?? "3");
 const size = (bytes: number) => Math.max(1024, Math.round(bytes * scale));
 
 const bigLayers = [1536 * MiB, 256 * MiB, 64 * MiB, 16 * MiB, 4 * MiB].map(size);
@@ -84,6 +86,12 @@ function runMeasured(command: string, args: string[]): Promise<ProcessRun> {
   });
 }
 
+function median(numbers: number[]): number {
+  const sorted = [...numbers].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
 function mbps(bytes: number, ms: number): number {
   return bytes / 1e6 / (ms / 1000);
 }
@@ -107,16 +115,16 @@ function imageBytes(image: PushedImage): number {
 
 async function main(): Promise<void> {
   console.log(`stowage mirror benchmark, scale ${scale}, node ${process.version}`);
-  const registries: RunningRegistry[] = [];
+  const registries = new Set<RunningRegistry>();
+  const stop = async (registry: RunningRegistry) => {
+    registries.delete(registry);
+    await registry.stop();
+  };
   const client = new RegistryClient({ insecureHosts: [] });
   try {
-    const [source, stowageTarget, skopeoTarget] = await Promise.all([
-      startRegistry(),
-      startRegistry(),
-      startRegistry(),
-    ]);
-    registries.push(source, stowageTarget, skopeoTarget);
-    const hosts = [source.host, stowageTarget.host, skopeoTarget.host];
+    const source = await startRegistry();
+    registries.add(source);
+    const hosts = [source.host];
     const seeding = new RegistryClient({ insecureHosts: hosts });
 
     // 1. Seed the source registry (streamed: layers are generated while they upload).
@@ -139,9 +147,12 @@ async function main(): Promise<void> {
         `${sharedCount} images sharing a ${fmtMB(sharedBase)} base, in ${((performance.now() - started) / 1000).toFixed(1)} s`,
     );
 
-    // 2. Cold copy of the big image: stowage CLI vs skopeo, each into its own fresh registry.
+    // 2. Cold copy of the big image, in interleaved rounds (stowage first, then skopeo first, ...)
+    //    so load from other processes on this shared machine hits both tools alike. Every
+    //    round copies into FRESH registries: skopeo's blob-info cache would otherwise mount
+    //    blobs it saw in an earlier round instead of uploading them.
     const concurrency = values.concurrency ? ["--concurrency", values.concurrency] : [];
-    const stowageArgs = (target: string) => [
+    const stowageArgs = (target: RunningRegistry) => [
       "bin/stowage.js",
       "mirror",
       "--json",
@@ -149,52 +160,82 @@ async function main(): Promise<void> {
       "--insecure-registry",
       source.host,
       "--insecure-registry",
-      stowageTarget.host,
+      target.host,
       `${source.host}/bench/big:v1`,
-      target,
+      `${target.host}/bench/big:v1`,
     ];
-    const cold = await runMeasured(process.execPath, stowageArgs(`${stowageTarget.host}/bench/big:v1`));
-    if (cold.code !== 0) throw new Error(`stowage mirror failed: ${cold.stderr}`);
-    const coldResult = JSON.parse(cold.stdout) as CopyResult;
-    const stowageRate = mbps(coldResult.bytes.transferred, cold.wallMs);
-    console.log(
-      `stowage cold:  ${fmtMB(coldResult.bytes.transferred)} uploaded in ${(cold.wallMs / 1000).toFixed(2)} s ` +
-        `(process), ${(coldResult.durationMs / 1000).toFixed(2)} s (copy) → ${stowageRate.toFixed(1)} MB/s, ` +
-        `peak RSS ${fmtRss(cold.peakRssKiB)}`,
-    );
-
-    let skopeoRate: number | undefined;
-    if (!values["skip-skopeo"]) {
-      const skopeo = await runMeasured("skopeo", [
+    const runStowage = async (target: RunningRegistry) => {
+      const run = await runMeasured(process.execPath, stowageArgs(target));
+      if (run.code !== 0) throw new Error(`stowage mirror failed: ${run.stderr}`);
+      const result = JSON.parse(run.stdout) as CopyResult;
+      const rate = mbps(result.bytes.transferred, run.wallMs);
+      console.log(
+        `  stowage: ${fmtMB(result.bytes.transferred)} uploaded in ${(run.wallMs / 1000).toFixed(2)} s ` +
+          `(process; copy ${(result.durationMs / 1000).toFixed(2)} s) → ${rate.toFixed(1)} MB/s, peak RSS ${fmtRss(run.peakRssKiB)}`,
+      );
+      return { rate, rss: run.peakRssKiB, result };
+    };
+    const runSkopeo = async (target: RunningRegistry) => {
+      const run = await runMeasured("skopeo", [
         "copy",
         "--quiet",
         "--preserve-digests",
         "--src-tls-verify=false",
         "--dest-tls-verify=false",
         `docker://${source.host}/bench/big:v1`,
-        `docker://${skopeoTarget.host}/bench/big:v1`,
+        `docker://${target.host}/bench/big:v1`,
       ]);
-      if (skopeo.code !== 0) throw new Error(`skopeo copy failed: ${skopeo.stderr}`);
-      skopeoRate = mbps(bigBytes, skopeo.wallMs);
+      if (run.code !== 0) throw new Error(`skopeo copy failed: ${run.stderr}`);
+      const rate = mbps(bigBytes, run.wallMs);
       console.log(
-        `skopeo cold:   ${fmtMB(bigBytes)} in ${(skopeo.wallMs / 1000).toFixed(2)} s → ${skopeoRate.toFixed(1)} MB/s, ` +
-          `peak RSS ${fmtRss(skopeo.peakRssKiB)}`,
+        `  skopeo:  ${fmtMB(bigBytes)} in ${(run.wallMs / 1000).toFixed(2)} s → ${rate.toFixed(1)} MB/s, peak RSS ${fmtRss(run.peakRssKiB)}`,
       );
-      console.log(`ratio stowage/skopeo: ${(stowageRate / skopeoRate).toFixed(2)}`);
+      return { rate, rss: run.peakRssKiB };
+    };
+    const stowageRuns: { rate: number; rss?: number; result: CopyResult }[] = [];
+    const skopeoRuns: { rate: number; rss?: number }[] = [];
+    let stowageTarget: RunningRegistry | undefined;
+    for (let round = 0; round < rounds; round++) {
+      console.log(`cold copy of the big image, round ${round + 1}/${rounds}:`);
+      const [forStowage, forSkopeo] = await Promise.all([startRegistry(), startRegistry()]);
+      registries.add(forStowage);
+      registries.add(forSkopeo);
+      const order = round % 2 === 0 ? ["stowage", "skopeo"] : ["skopeo", "stowage"];
+      for (const tool of order) {
+        if (tool === "stowage") stowageRuns.push(await runStowage(forStowage));
+        else if (!values["skip-skopeo"]) skopeoRuns.push(await runSkopeo(forSkopeo));
+      }
+      await stop(forSkopeo);
+      if (stowageTarget) await stop(stowageTarget);
+      stowageTarget = forStowage; // the last one stays for the re-sync and shared-set steps
+    }
+    if (!stowageTarget) throw new Error("--rounds must be at least 1");
+    hosts.push(stowageTarget.host);
+    const stowageRate = median(stowageRuns.map((r) => r.rate));
+    const peakRss = Math.max(...stowageRuns.map((r) => r.rss ?? Number.POSITIVE_INFINITY));
+    console.log(
+      `stowage cold, median of ${rounds}: ${stowageRate.toFixed(1)} MB/s, worst peak RSS ${fmtRss(peakRss)}`,
+    );
+    if (skopeoRuns.length > 0) {
+      const skopeoRate = median(skopeoRuns.map((r) => r.rate));
+      console.log(
+        `skopeo cold, median of ${rounds}: ${skopeoRate.toFixed(1)} MB/s, worst peak RSS ${fmtRss(Math.max(...skopeoRuns.map((r) => r.rss ?? 0)))}`,
+      );
+      console.log(`ratio stowage/skopeo (medians): ${(stowageRate / skopeoRate).toFixed(2)}`);
       verdict(
         "cold throughput >= skopeo",
         stowageRate >= skopeoRate,
-        `${stowageRate.toFixed(1)} vs ${skopeoRate.toFixed(1)} MB/s`,
+        `median ${stowageRate.toFixed(1)} vs ${skopeoRate.toFixed(1)} MB/s`,
       );
     }
     verdict(
       "peak RSS < 200 MB while copying the 1.5 GiB-layer image",
-      cold.peakRssKiB !== undefined && cold.peakRssKiB * 1024 < 200e6,
-      fmtRss(cold.peakRssKiB),
+      peakRss * 1024 < 200e6,
+      `worst of ${rounds} runs: ${fmtRss(peakRss)}`,
     );
 
     // 3. Unchanged re-sync: the CLI (dominated by process start-up) and in-process.
-    const resyncCli = await runMeasured(process.execPath, stowageArgs(`${stowageTarget.host}/bench/big:v1`));
+    const resyncCli = await runMeasured(process.execPath, stowageArgs(stowageTarget));
     const resyncCliResult = JSON.parse(resyncCli.stdout) as CopyResult;
     console.log(
       `stowage re-sync (CLI): ${resyncCli.wallMs.toFixed(0)} ms process, ${resyncCliResult.durationMs} ms copy, ` +
@@ -257,6 +298,8 @@ async function main(): Promise<void> {
     );
 
     if (!values["skip-skopeo"]) {
+      const skopeoTarget = await startRegistry();
+      registries.add(skopeoTarget);
       started = performance.now();
       for (const image of shared) {
         const run = await runMeasured("skopeo", [
@@ -278,7 +321,7 @@ async function main(): Promise<void> {
     await seeding.close();
   } finally {
     await client.close();
-    await Promise.all(registries.map((r) => r.stop()));
+    await Promise.all([...registries].map((r) => r.stop()));
   }
 
   console.log("");
