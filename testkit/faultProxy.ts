@@ -20,6 +20,8 @@ export interface FaultRule {
     | { kind: "delay"; ms: number }
     /** Forward without the Range header, as a server that does not support ranges would answer. */
     | { kind: "ignoreRange" }
+    /** Answer 307 to the same path on another origin (object storage, a CDN). */
+    | { kind: "redirect"; to: string }
     | { kind: "status"; status: number; retryAfterSeconds?: number; body?: string };
 }
 
@@ -29,6 +31,8 @@ export interface SeenRequest {
   path: string;
   status: number;
   range?: string;
+  /** Whether the request carried an Authorization header. */
+  authorized: boolean;
   /** The fault applied to this request, if any. */
   fault?: FaultRule["action"]["kind"];
 }
@@ -76,6 +80,7 @@ export async function startFaultProxy(target: string, options: { caPem?: string 
       path: req.url ?? "/",
       status: 0,
       range: typeof req.headers.range === "string" ? req.headers.range : undefined,
+      authorized: req.headers.authorization !== undefined,
       fault: rule?.action.kind,
     };
     seenRequests.push(record);
@@ -94,6 +99,17 @@ export async function startFaultProxy(target: string, options: { caPem?: string 
       record.status = action.status;
       res.writeHead(action.status, headers);
       res.end(body);
+      return;
+    }
+
+    if (action?.kind === "redirect") {
+      req.resume();
+      record.status = 307;
+      res.writeHead(307, {
+        location: `${action.to.replace(/\/$/, "")}${req.url ?? "/"}`,
+        "content-length": "0",
+      });
+      res.end();
       return;
     }
 

@@ -45,6 +45,26 @@ export function parseChallenges(header: string): Challenge[] {
   return challenges;
 }
 
+/**
+ * One scope per resource with its actions united and sorted, resources sorted: the
+ * registry may name "push,pull" where we asked "pull,push" (distribution builds it from a
+ * Go map), and both must find the same cached token.
+ */
+export function mergeScopes(scopes: string[]): string[] {
+  const actionsByResource = new Map<string, Set<string>>();
+  for (const scope of scopes) {
+    const last = scope.lastIndexOf(":");
+    if (!scope || last <= 0) continue;
+    const resource = scope.slice(0, last);
+    const actions = actionsByResource.get(resource) ?? new Set<string>();
+    for (const action of scope.slice(last + 1).split(",")) if (action) actions.add(action);
+    actionsByResource.set(resource, actions);
+  }
+  return [...actionsByResource.entries()]
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([resource, actions]) => `${resource}:${[...actions].sort().join(",")}`);
+}
+
 export function pullScope(repository: string): string {
   return `repository:${repository}:pull`;
 }
@@ -110,7 +130,7 @@ export class Authenticator {
       return `Basic ${basic}`;
     }
     if (credentials?.registryToken) return `Bearer ${credentials.registryToken}`;
-    const scopeSet = [...new Set(scopes)].sort();
+    const scopeSet = mergeScopes(scopes);
     const key = `${registry}|${scopeSet.join(" ")}`;
     const cached = this.tokens.get(key);
     if (cached && cached.expiresAt > this.clock.now()) return `Bearer ${cached.token}`;
@@ -148,11 +168,8 @@ export class Authenticator {
       );
     }
     this.challenges.set(registry, challenge);
-    const wanted = [...scopes];
-    const named = challenge.params.scope;
-    if (named) for (const scope of named.split(" ")) if (scope && !wanted.includes(scope)) wanted.push(scope);
-    this.tokens.delete(`${registry}|${[...new Set(scopes)].sort().join(" ")}`);
-    return wanted;
+    this.tokens.delete(`${registry}|${mergeScopes(scopes).join(" ")}`);
+    return mergeScopes([...scopes, ...(challenge.params.scope?.split(" ") ?? [])]);
   }
 
   private async fetchToken(

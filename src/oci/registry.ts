@@ -328,7 +328,7 @@ export class RegistryClient {
     let held: Buffer | undefined;
     let failures = 0;
     for (;;) {
-      signal?.throwIfAborted();
+      if (signal?.aborted) throw new StowageError("Aborted", `download of ${subject} was aborted`);
       const start = verifier.received;
       let response: Awaited<ReturnType<RegistryClient["exchange"]>> | undefined;
       try {
@@ -385,7 +385,8 @@ export class RegistryClient {
         }
         break;
       } catch (caught) {
-        if (signal?.aborted) throw caught;
+        if (signal?.aborted)
+          throw new StowageError("Aborted", `download of ${subject} was aborted`, { cause: caught });
         const err = errorFromNetwork(caught, repo.registry, subject);
         if (!err.retryable) throw err;
         if (verifier.received > start) failures = 0;
@@ -474,11 +475,18 @@ export class RegistryClient {
   ): Promise<void> {
     const subject = `upload of ${descriptor.digest} to ${displayName(repo)}`;
     let location = await this.startUpload(repo, subject, options.signal);
-    const source = await open();
+    let source: Readable | undefined;
     let sourceError: unknown;
+    try {
+      source = await open();
+    } catch (err) {
+      await this.cancelUpload(repo, location);
+      throw err;
+    }
+    const opened = source;
     const counted = (async function* counting(): AsyncGenerator<Buffer> {
       try {
-        for await (const chunk of source) {
+        for await (const chunk of opened) {
           options.onBytes?.((chunk as Buffer).length);
           yield chunk as Buffer;
         }
@@ -550,7 +558,7 @@ export class RegistryClient {
       });
       await response.body.dump();
     } catch (err) {
-      source.destroy();
+      opened.destroy();
       await this.cancelUpload(repo, location);
       if (sourceError) throw sourceError;
       throw err;

@@ -5,9 +5,11 @@ import { join } from "node:path";
 import { Readable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { credentialsFromDockerConfig, loadDockerConfig } from "../../src/auth/dockerConfig.ts";
+import { mergeScopes, parseChallenges } from "../../src/oci/challenge.ts";
 import { type Credentials, digestOf, RegistryClient, type RepoRef } from "../../src/oci/registry.ts";
 import { type Descriptor, MediaType } from "../../src/oci/types.ts";
 import { StowageError } from "../../src/util/errors.ts";
+import { type FaultProxy, startFaultProxy } from "../../testkit/faultProxy.ts";
 import { type RunningRegistry, startRegistry, TOKEN_SERVICE } from "../../testkit/registry.ts";
 
 const clients: RegistryClient[] = [];
@@ -43,6 +45,34 @@ async function failure(promise: Promise<unknown>): Promise<StowageError> {
 
 afterAll(async () => {
   await Promise.all(clients.map((client) => client.close()));
+});
+
+describe("challenges", () => {
+  it("parses Bearer and Basic challenges, quoted commas included, and merges scopes however actions are ordered", () => {
+    expect(
+      parseChallenges(
+        'Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push",error="insufficient_scope"',
+      ),
+    ).toEqual([
+      {
+        scheme: "bearer",
+        params: {
+          realm: "https://auth.example/token",
+          service: "registry.example",
+          scope: "repository:a/b:pull,push",
+          error: "insufficient_scope",
+        },
+      },
+    ]);
+    expect(mergeScopes(["repository:b:push,pull", "repository:a:pull", "repository:b:pull,push"])).toEqual([
+      "repository:a:pull",
+      "repository:b:pull,push",
+    ]);
+    expect(parseChallenges('Basic realm="x", Bearer realm="y",service=z')).toEqual([
+      { scheme: "basic", params: { realm: "x" } },
+      { scheme: "bearer", params: { realm: "y", service: "z" } },
+    ]);
+  });
 });
 
 describe("htpasswd (Basic) registry", () => {
@@ -98,6 +128,50 @@ describe("htpasswd (Basic) registry", () => {
   });
 });
 
+describe("redirects", () => {
+  let guarded: RunningRegistry;
+  let storage: RunningRegistry;
+  let front: FaultProxy;
+  let objectStore: FaultProxy;
+  beforeAll(async () => {
+    [guarded, storage] = await Promise.all([startRegistry({ auth: "htpasswd" }), startRegistry()]);
+    front = await startFaultProxy(guarded.url);
+    objectStore = await startFaultProxy(storage.url);
+  });
+  afterAll(async () => {
+    await Promise.all([front?.stop(), objectStore?.stop()]);
+    await Promise.all([guarded?.stop(), storage?.stop()]);
+  });
+
+  it("follows a blob redirect to another origin without sending it the Authorization header", async () => {
+    const content = blob(30_000);
+    const repo = "redirect/blob";
+    const open = () => Readable.from([content.bytes]);
+    await clientFor(guarded, guarded.users[0]).pushBlob(
+      { registry: guarded.host, repository: repo },
+      content.descriptor,
+      open,
+    );
+    // The "object storage" origin holds the same bytes under the same path.
+    await clientFor(storage).pushBlob({ registry: storage.host, repository: repo }, content.descriptor, open);
+    front.addRule({
+      match: { method: "GET", path: /\/blobs\/sha256:/ },
+      action: { kind: "redirect", to: objectStore.url },
+    });
+
+    const client = new RegistryClient({ insecureHosts: [front.host], credentials: () => guarded.users[0] });
+    clients.push(client);
+    await client.ping(front.host);
+    const fetched = await readAll(
+      client.getBlob({ registry: front.host, repository: repo }, content.descriptor),
+    );
+    expect(fetched.equals(content.bytes)).toBe(true);
+    const redirected = front.seen().filter((r) => r.fault === "redirect");
+    expect(redirected.map((r) => [r.status, r.authorized])).toEqual([[307, true]]);
+    expect(objectStore.seen().map((r) => [r.method, r.status, r.authorized])).toEqual([["GET", 200, false]]);
+  });
+});
+
 describe("token registry", () => {
   let registry: RunningRegistry;
   beforeAll(async () => {
@@ -120,10 +194,10 @@ describe("token registry", () => {
       .tokenIssuer!.requests()
       .filter((r) => r.scope.some((s) => s.includes("token/cached")));
     // One token for pull,push and one for pull, each fetched once despite several requests.
-    expect(issued.map((r) => r.scope)).toEqual([
-      ["repository:token/cached:pull,push"],
-      ["repository:token/cached:pull"],
-    ]);
+    expect(
+      issued.map((r) => r.scope),
+      JSON.stringify(registry.tokenIssuer!.requests()),
+    ).toEqual([["repository:token/cached:pull,push"], ["repository:token/cached:pull"]]);
     expect(issued.every((r) => r.account === "stowage")).toBe(true);
   });
 

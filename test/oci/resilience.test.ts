@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { digestOf, RegistryClient, type RepoRef } from "../../src/oci/registry.ts";
+import { backoffDelay, parseRetryAfter } from "../../src/oci/retry.ts";
 import { type Descriptor, MediaType, type RawManifest } from "../../src/oci/types.ts";
 import type { Clock } from "../../src/util/clock.ts";
 import { StowageError } from "../../src/util/errors.ts";
@@ -156,6 +157,20 @@ describe("blob downloads", () => {
     expect(uploads.some((r) => r.status === 201)).toBe(false);
   });
 
+  it("stops a download with Aborted when its signal fires", async () => {
+    const content = await seedBlob("abort/blob", 3_000_000);
+    const controller = new AbortController();
+    const stream = clientWith(recordingClock()).getBlob(viaProxy("abort/blob"), content.descriptor, {
+      signal: controller.signal,
+    });
+    const err = await failure(
+      (async () => {
+        for await (const _chunk of stream) controller.abort();
+      })(),
+    );
+    expect(err.reason).toBe("Aborted");
+  });
+
   it("gives up after the configured attempts with a retryable UpstreamUnavailable", async () => {
     const content = await seedBlob("giveup/blob", 10_000);
     proxy.addRule({ match: { path: /\/blobs\/sha256:/ }, times: 3, action: { kind: "status", status: 502 } });
@@ -254,6 +269,25 @@ describe("retries", () => {
     expect(
       await direct.hasBlob({ registry: source.host, repository: "retry/upload" }, descriptor.digest),
     ).toBe(50_000);
+  });
+});
+
+describe("retry policy", () => {
+  it("reads Retry-After as seconds or as an HTTP date", () => {
+    const now = Date.UTC(2026, 0, 1, 12, 0, 0);
+    expect(parseRetryAfter("5", now)).toBe(5_000);
+    expect(parseRetryAfter(new Date(now + 30_000).toUTCString(), now)).toBe(30_000);
+    expect(parseRetryAfter(new Date(now - 30_000).toUTCString(), now)).toBe(0);
+    expect(parseRetryAfter("soon", now)).toBeUndefined();
+    expect(parseRetryAfter(undefined, now)).toBeUndefined();
+  });
+
+  it("draws backoff with full jitter under an exponentially growing, capped ceiling", () => {
+    const policy = { attempts: 5, baseDelayMs: 200, maxDelayMs: 1_000 };
+    expect([0, 1, 2, 3, 4].map((retry) => backoffDelay(policy, retry, () => 0.999_999))).toEqual([
+      199, 399, 799, 999, 999,
+    ]);
+    expect(backoffDelay(policy, 3, () => 0)).toBe(0);
   });
 });
 
