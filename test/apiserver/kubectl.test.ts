@@ -1,3 +1,4 @@
+import { setHeaderOptions } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse } from "yaml";
 import type { TestApiServer } from "../../testkit/apiserver/index.ts";

@@ -49,13 +49,12 @@ export function validateCustomResource(
 
   const errors: FieldError[] = [];
   validateName(result, errors);
+  for (const [key, propSchema] of Object.entries<Json>(schema?.properties ?? {})) {
+    if (key === "apiVersion" || key === "kind" || key === "metadata" || result[key] === undefined) continue;
+    validateValue(result[key], propSchema, key, old?.[key], old !== undefined, errors);
+  }
   for (const key of schema?.required ?? []) {
     if (result[key] === undefined) errors.push(fieldErrors.required(key));
-  }
-  for (const [key, value] of Object.entries(result)) {
-    if (key === "apiVersion" || key === "kind" || key === "metadata") continue;
-    const propSchema = schema?.properties?.[key];
-    if (propSchema) validateValue(value, propSchema, key, old?.[key], old !== undefined, errors);
   }
   // root-level rules see the whole object (metadata included)
   if (schema?.["x-kubernetes-validations"]) runRules(result, schema, "", old, old !== undefined, errors);
@@ -269,15 +268,21 @@ function validateValue(
           `${path} in body should have at least ${schema.minProperties} properties`,
         ),
       );
+    // declared properties in schema order, then map entries, then missing required fields
+    for (const [key, propSchema] of Object.entries<Json>(schema.properties ?? {})) {
+      if (value[key] === undefined) continue;
+      const oldChild = isPlainObject(old) ? old[key] : undefined;
+      validateValue(value[key], propSchema, childPath(path, key), oldChild, isUpdate, errors);
+    }
+    if (isPlainObject(schema.additionalProperties)) {
+      for (const [key, child] of Object.entries(value)) {
+        if (schema.properties?.[key]) continue;
+        const oldChild = isPlainObject(old) ? old[key] : undefined;
+        validateValue(child, schema.additionalProperties, `${path}[${key}]`, oldChild, isUpdate, errors);
+      }
+    }
     for (const key of schema.required ?? []) {
       if (value[key] === undefined) errors.push(fieldErrors.required(childPath(path, key)));
-    }
-    for (const [key, child] of Object.entries(value)) {
-      const propSchema = schema.properties?.[key];
-      const oldChild = isPlainObject(old) ? old[key] : undefined;
-      if (propSchema) validateValue(child, propSchema, childPath(path, key), oldChild, isUpdate, errors);
-      else if (isPlainObject(schema.additionalProperties))
-        validateValue(child, schema.additionalProperties, `${path}[${key}]`, oldChild, isUpdate, errors);
     }
   }
   for (const sub of schema.allOf ?? [])
