@@ -24,6 +24,11 @@ export interface InformerOptions {
   log?: Logger;
   /** Backoff between failed list/watch attempts. */
   backoff?: { initialMs?: number; maxMs?: number };
+  /**
+   * List in pages of this many objects. Off by default: an unpaged list is one consistent
+   * snapshot, which is what the watch resumes from (client-go gets the same by listing from
+   * the watch cache, where limits are ignored).
+   */
   pageSize?: number;
   /** Server-side watch timeout; the watch is renewed from the last resourceVersion after it. */
   watchTimeoutSeconds?: number;
@@ -196,7 +201,7 @@ export class Informer<T extends KubeObject = KubeObject> implements EventSource<
         namespace: this.#options.namespace,
         labelSelector: this.#options.labelSelector,
         fieldSelector: this.#options.fieldSelector,
-        limit: this.#options.pageSize ?? 500,
+        limit: this.#options.pageSize,
         continue: continueToken,
       });
       items.push(...page.items);
@@ -239,7 +244,10 @@ export class Informer<T extends KubeObject = KubeObject> implements EventSource<
           break;
         case "DELETED": {
           const key = objectKey(obj);
-          if (this.#cache.has(key)) this.#remove(key, obj);
+          const cached = this.#cache.get(key);
+          // A delete of an older incarnation (same name, other uid) must not drop the newer one.
+          if (cached && (!cached.metadata?.uid || cached.metadata.uid === obj.metadata?.uid))
+            this.#remove(key, obj);
           break;
         }
         case "BOOKMARK":

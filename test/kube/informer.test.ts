@@ -1,7 +1,13 @@
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type KubeClient, type KubeObject, Resources } from "../../src/kube/client.ts";
+import { KubeClient, type KubeObject, Resources } from "../../src/kube/client.ts";
 import { Informer } from "../../src/kube/informer.ts";
 import { createRuntimeMetrics } from "../../src/metrics.ts";
+import { startApiServer } from "../../testkit/apiserver/index.ts";
+import { freePort } from "../../testkit/ports.ts";
+import { FakeClock } from "./fakeClock.ts";
 import { type ApiServer, createNamespace, eventually, metricSum, rvByKey, startCluster } from "./helpers.ts";
 
 interface ConfigMap extends KubeObject {
@@ -58,7 +64,6 @@ describe("informer", () => {
       namespace: "churn",
       metrics,
       backoff: { initialMs: 10, maxMs: 200 },
-      pageSize: 7,
     });
     const seen = recordEvents(informer);
     informer.start();
@@ -148,6 +153,80 @@ describe("informer", () => {
     const calls = server.requestLog().filter((r) => r.path.includes("/namespaces/relist/configmaps"));
     expect(calls.map((r) => r.verb)).toContain("list");
     await informer.stop();
+  });
+
+  it("resumes from a bookmark's resourceVersion after a drop instead of relisting when history was compacted", async () => {
+    await createNamespace(client, "quiet");
+    await createNamespace(client, "busy");
+    const configMaps = client.resource<ConfigMap>(Resources.ConfigMap);
+    await configMaps.create({ metadata: { name: "first", namespace: "quiet" } });
+    const informer = new Informer<ConfigMap>({
+      client,
+      type: Resources.ConfigMap,
+      namespace: "quiet",
+      metrics: createRuntimeMetrics(),
+    });
+    informer.start();
+    await informer.waitForSync();
+    // Changes elsewhere move the server's resourceVersion past anything this watch sees.
+    let latest = "";
+    for (let i = 0; i < 60; i++) {
+      latest = (await configMaps.create({ metadata: { name: `other-${i}`, namespace: "busy" } })).metadata
+        ?.resourceVersion as string;
+    }
+    await eventually(
+      "a bookmark carries the informer to the latest resourceVersion",
+      () => informer.resourceVersion === latest,
+    );
+    server.compact();
+    server.resetRequestLog();
+    server.dropWatches();
+    await configMaps.create({ metadata: { name: "second", namespace: "quiet" } });
+    await eventually(
+      "the resumed watch delivers the new object",
+      () => informer.get("quiet/second") !== undefined,
+    );
+    const verbs = server
+      .requestLog()
+      .filter((r) => r.path.includes("/namespaces/quiet/configmaps"))
+      .map((r) => r.verb);
+    expect(verbs).not.toContain("list");
+    await informer.stop();
+  });
+
+  it("retries with growing backoff on its clock while the API server is down, and syncs once it is up", async () => {
+    const port = await freePort();
+    const kubeconfigPath = join(mkdtempSync(join(tmpdir(), "stowage-informer-")), "kubeconfig");
+    writeFileSync(kubeconfigPath, server.kubeconfig.replace(new URL(server.url).host, `127.0.0.1:${port}`));
+    const clock = new FakeClock();
+    const metrics = createRuntimeMetrics();
+    const informer = new Informer({
+      client: KubeClient.load({ path: kubeconfigPath }),
+      type: Resources.Namespace,
+      clock,
+      metrics,
+      backoff: { initialMs: 100, maxMs: 400 },
+    });
+    informer.start();
+    const delays: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      await eventually("the informer waits out a backoff", () => clock.pendingSleeps().length === 1);
+      delays.push(clock.pendingSleeps()[0]);
+      await clock.advance(delays.at(-1)!);
+    }
+    expect(delays).toEqual([100, 200, 400, 400]);
+    expect(informer.hasSynced()).toBe(false);
+    const second = await startApiServer({ port });
+    try {
+      await eventually("the informer waits out a backoff", () => clock.pendingSleeps().length === 1);
+      await clock.advance(clock.pendingSleeps()[0]);
+      await informer.waitForSync();
+      expect(informer.get("default")).toBeDefined();
+      expect(await metricSum(metrics, "stowage_informer_restarts_total", { resource: "namespaces" })).toBe(5);
+      await informer.stop();
+    } finally {
+      await second.stop();
+    }
   });
 
   it("keeps only objects matching its label and field selectors", async () => {
