@@ -272,6 +272,35 @@ describe("Copier against real registries", () => {
     expect(await client.headManifest(repo(target, "corrupt/app"), "v1")).toBeUndefined();
   });
 
+  it("resumes a source download that drops mid-blob and still copies the image byte-exact", async () => {
+    const pushed = await pushSinglePlatformImage(client, repo(source, "flaky/app"), "v1", {
+      layers: [{ seed: "flaky/layer", size: 600_000 }],
+    });
+    const layer = pushed.image.layers[0].descriptor;
+    proxy.addRule({
+      match: { method: "GET", path: new RegExp(`/blobs/${layer.digest}$`) },
+      times: 1,
+      action: { kind: "dropAfterBytes", bytes: 250_000 },
+    });
+    try {
+      const result = await copier.copy(ref(proxy, "flaky/app:v1"), ref(target, "flaky/app:v1"));
+      expect(result.targetDigest).toBe(pushed.digest);
+      expect(result.bytes.transferred).toBe(
+        pushed.image.blobs.reduce((sum, b) => sum + b.descriptor.size, 0),
+      );
+    } finally {
+      proxy.clearRules();
+    }
+    const layerGets = proxy
+      .seen()
+      .filter((r) => r.method === "GET" && r.path.endsWith(`/blobs/${layer.digest}`));
+    expect(layerGets[0].fault).toBe("dropAfterBytes");
+    expect(layerGets[1].range).toMatch(/^bytes=\d+-$/);
+    expect(await client.hasBlob(repo(target, "flaky/app"), layer.digest)).toBe(layer.size);
+    const copied = await client.getManifest(repo(target, "flaky/app"), "v1");
+    expect(copied.bytes.equals(pushed.image.manifest.bytes)).toBe(true);
+  });
+
   it("fails with PlatformNotFound when no platform of the index matches, naming what it has", async () => {
     await pushMultiArchIndex(client, repo(source, "multi/none"), "v1");
     const error = await rejection(
