@@ -15,7 +15,6 @@ const CODE_REASONS: Record<string, Reason> = {
   MANIFEST_UNKNOWN: "ImageNotFound",
   NAME_UNKNOWN: "ImageNotFound",
   BLOB_UNKNOWN: "BlobNotFound",
-  BLOB_UPLOAD_UNKNOWN: "BlobNotFound",
   UNAUTHORIZED: "AuthFailed",
   DENIED: "Denied",
   DIGEST_INVALID: "DigestMismatch",
@@ -80,7 +79,10 @@ export function errorFromResponse(status: number, body: string, context: Respons
     else if (status >= 500 || status === 408) reason = "UpstreamUnavailable";
     else reason = "InvalidArgument";
   }
-  const retryable = isRetryableStatus(status);
+  // An upload session the registry forgot (restart, purge): a fresh upload will do.
+  const uploadLost = entries.some((entry) => entry.code === "BLOB_UPLOAD_UNKNOWN");
+  if (uploadLost) reason = "UpstreamUnavailable";
+  const retryable = isRetryableStatus(status) || uploadLost;
   let message: string;
   switch (reason) {
     case "ImageNotFound":

@@ -5,6 +5,7 @@ import { Readable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { digestOf, RegistryClient, type RepoRef } from "../../src/oci/registry.ts";
 import { type Descriptor, MediaType, type RawManifest } from "../../src/oci/types.ts";
+import { VerifyingTransform } from "../../src/oci/verify.ts";
 import { StowageError } from "../../src/util/errors.ts";
 import { type FaultProxy, startFaultProxy } from "../../testkit/faultProxy.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
@@ -261,6 +262,49 @@ describe("blobs", () => {
       .catch((e: unknown) => e);
     expect((err as StowageError).reason).toBe("DigestMismatch");
     expect(await client.hasBlob(repo("blobs/lie"), lying.digest)).toBeUndefined();
+  });
+});
+
+describe("VerifyingTransform", () => {
+  /** Feeds chunks through the transform, collecting what it lets out as it lets it out. */
+  function through(bytes: Buffer[], expected: Descriptor): Promise<{ passed: Buffer; error?: StowageError }> {
+    const passed: Buffer[] = [];
+    const transform = new VerifyingTransform(expected);
+    transform.on("data", (chunk: Buffer) => passed.push(chunk));
+    return new Promise((resolve) => {
+      transform.on("end", () => resolve({ passed: Buffer.concat(passed) }));
+      transform.on("error", (err) => resolve({ passed: Buffer.concat(passed), error: err as StowageError }));
+      for (const chunk of bytes) transform.write(chunk);
+      transform.end();
+    });
+  }
+
+  it("passes good content through whole", async () => {
+    const content = blob(randomBytes(3_000));
+    const { passed, error } = await through(
+      [content.bytes.subarray(0, 1_000), content.bytes.subarray(1_000)],
+      content.descriptor,
+    );
+    expect(error).toBeUndefined();
+    expect(passed.equals(content.bytes)).toBe(true);
+  });
+
+  it("holds back the final chunk of content that does not match its digest", async () => {
+    const content = blob(randomBytes(3_000));
+    const corrupted = Buffer.from(content.bytes);
+    corrupted[2_500] ^= 1;
+    const { passed, error } = await through(
+      [corrupted.subarray(0, 1_000), corrupted.subarray(1_000, 2_000), corrupted.subarray(2_000)],
+      content.descriptor,
+    );
+    expect(error?.reason).toBe("DigestMismatch");
+    expect(passed.length).toBe(2_000);
+  });
+
+  it("fails with SizeMismatch when content is shorter than declared", async () => {
+    const content = blob(randomBytes(3_000));
+    const { error } = await through([content.bytes.subarray(0, 2_999)], content.descriptor);
+    expect(error?.reason).toBe("SizeMismatch");
   });
 });
 
