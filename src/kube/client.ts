@@ -397,9 +397,9 @@ export class ObjectClient<T extends KubeObject> {
   }
 
   /** The object, or undefined when it does not exist. */
-  async find(name: string, namespace?: string): Promise<T | undefined> {
+  async find(name: string, namespace?: string, options: RequestOptions = {}): Promise<T | undefined> {
     try {
-      return await this.get(name, namespace);
+      return await this.get(name, namespace, options);
     } catch (err) {
       if (isNotFound(err)) return undefined;
       throw err;

@@ -148,7 +148,8 @@ export class LeaderElector {
 
   async #acquire(signal: AbortSignal): Promise<boolean> {
     while (!signal.aborted) {
-      if (await this.#tryAcquireOrRenew(signal)) return true;
+      const attempt = AbortSignal.any([signal, AbortSignal.timeout(this.#renewDeadlineMs)]);
+      if (await this.#tryAcquireOrRenew(attempt)) return true;
       if (!(await this.#sleep(jitter(this.#retryPeriodMs), signal))) return false;
     }
     return false;
@@ -175,7 +176,7 @@ export class LeaderElector {
     const now = this.#clock.now();
     const leaseDurationSeconds = Math.max(1, Math.ceil(this.#leaseDurationMs / 1000));
     try {
-      const current = await this.#leases.find(name, namespace);
+      const current = await this.#leases.find(name, namespace, { signal });
       if (!current) {
         const created = await this.#leases.create(
           {

@@ -1,3 +1,4 @@
+import { pino } from "pino";
 import { describe, expect, it } from "vitest";
 import {
   Controller,
@@ -96,12 +97,15 @@ describe("controller loop", () => {
   it("retries a failing reconcile with growing backoff and records the error result", async () => {
     const clock = new FakeClock();
     const metrics = createRuntimeMetrics();
+    const logLines: Record<string, unknown>[] = [];
+    const log = pino({ level: "info" }, { write: (line: string) => logLines.push(JSON.parse(line)) });
     let attempts = 0;
     const controller = new Controller({
       name: "failing",
       workers: 1,
       clock,
       metrics,
+      log,
       reconcile: async () => {
         attempts++;
         if (attempts <= 3)
@@ -132,6 +136,9 @@ describe("controller loop", () => {
       await counter(metrics, "controller_reconcile_total", { controller: "failing", result: "success" }),
     ).toBe(1);
     expect(await counter(metrics, "workqueue_retries_total", { name: "failing" })).toBe(3);
+    const failures = logLines.filter((l) => l.msg === "reconcile failed");
+    expect(failures).toHaveLength(3);
+    expect(failures[0]).toMatchObject({ key: "ns/x", reason: "UpstreamUnavailable", error: "registry down" });
     await controller.stop();
   });
 

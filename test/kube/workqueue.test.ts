@@ -26,7 +26,7 @@ describe("work queue", () => {
   });
 
   it("never hands one key to two workers at once, and re-queues a key re-added during processing", async () => {
-    const { queue } = newQueue();
+    const { queue, metrics } = newQueue();
     const keys = ["a", "b", "c", "d"];
     const active = new Set<string>();
     let overlaps = 0;
@@ -57,6 +57,15 @@ describe("work queue", () => {
     await Promise.all(workers);
     expect(overlaps).toBe(0);
     expect(processed.length).toBeGreaterThan(100);
+    const histogramCount = async (name: string) =>
+      (
+        (await metrics.registry.getSingleMetric(name)?.get())?.values as {
+          metricName?: string;
+          value: number;
+        }[]
+      ).find((v) => v.metricName === `${name}_count`)?.value;
+    expect(await histogramCount("workqueue_queue_duration_seconds")).toBe(processed.length);
+    expect(await histogramCount("workqueue_work_duration_seconds")).toBe(processed.length);
     // Every key re-added while processing came back after done.
     for (const key of keys) expect(processed.filter((k) => k === key).length).toBeGreaterThan(1);
   });
