@@ -10,7 +10,14 @@ import { StowageError } from "../util/errors.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
 import { Authenticator, type CredentialLookup, pullScope, pushScope } from "./challenge.ts";
 import { errorFromNetwork, errorFromResponse } from "./errors.ts";
-import { backoffDelay, type RetryOptions, type RetryPolicy, retryPolicy, withRetry } from "./retry.ts";
+import {
+  backoffDelay,
+  type RetryOptions,
+  type RetryPolicy,
+  retryAfterOf,
+  retryPolicy,
+  withRetry,
+} from "./retry.ts";
 import { type HttpMethod, headerValue, type ResponseData, Transport } from "./transport.ts";
 import { type Descriptor, type ImageIndex, ManifestAccept, MediaType, type RawManifest } from "./types.ts";
 import { DigestVerifier, digestOf } from "./verify.ts";
@@ -402,7 +409,12 @@ export class RegistryClient {
           { blob: descriptor.digest, received: verifier.received, err: err.message },
           "resuming blob",
         );
-        await this.clock.sleep(backoffDelay(this.policy, failures - 1), signal);
+        const requested = retryAfterOf(err);
+        const delay =
+          requested !== undefined
+            ? Math.min(requested, this.policy.maxDelayMs)
+            : backoffDelay(this.policy, failures - 1);
+        await this.clock.sleep(delay, signal);
       } finally {
         if (response && !response.body.destroyed) response.body.destroy();
       }

@@ -205,6 +205,18 @@ describe("retries", () => {
     expect(clock.sleeps).toEqual([7_000]);
   });
 
+  it("honours Retry-After on a blob download too", async () => {
+    const content = await seedBlob("ratelimit/blob", 20_000);
+    proxy.addRule({
+      match: { path: /ratelimit\/blob\/blobs\/sha256:/ },
+      action: { kind: "status", status: 429, retryAfterSeconds: 4 },
+    });
+    const clock = recordingClock();
+    const fetched = await readAll(clientWith(clock).getBlob(viaProxy("ratelimit/blob"), content.descriptor));
+    expect(fetched.equals(content.bytes)).toBe(true);
+    expect(clock.sleeps).toEqual([4_000]);
+  });
+
   it("reports RateLimited, retryable, when 429s outlast the attempts", async () => {
     await seedManifest("ratelimit/always", "v1");
     proxy.addRule({
