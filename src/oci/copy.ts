@@ -128,17 +128,45 @@ function mediaTypeOf(raw: RawManifest): string {
   return raw.mediaType;
 }
 
+/**
+ * Where blobs were last seen in target registries, remembered across runs so a later image
+ * mounts a shared base instead of uploading it again. Only a hint: a failed mount falls
+ * back to an upload. Bounded, oldest entries dropped first.
+ */
+class BlobLocations {
+  readonly #entries = new Map<string, string>();
+  readonly #limit: number;
+
+  constructor(limit: number) {
+    this.#limit = limit;
+  }
+
+  get(key: string): string | undefined {
+    return this.#entries.get(key);
+  }
+
+  set(key: string, repository: string): void {
+    this.#entries.delete(key);
+    this.#entries.set(key, repository);
+    if (this.#entries.size > this.#limit) {
+      const oldest = this.#entries.keys().next().value;
+      if (oldest !== undefined) this.#entries.delete(oldest);
+    }
+  }
+}
+
 /** State shared by every image of one run: queues per target registry, in-flight transfers, known blob locations. */
 class RunState {
   readonly queues = new Map<string, PQueue>();
   /** `${registry}|${digest}` → transfer in progress, resolving to the repository the blob landed in. */
   readonly inflight = new Map<string, Promise<string>>();
-  /** `${registry}|${digest}` → a repository of that registry known to hold the blob. */
-  readonly locations = new Map<string, string>();
+  /** `${registry}|${digest}` → a repository of that registry known to hold the blob (shared across runs). */
+  readonly locations: BlobLocations;
   readonly concurrency: number;
 
-  constructor(concurrency: number) {
+  constructor(concurrency: number, locations: BlobLocations) {
     this.concurrency = concurrency;
+    this.locations = locations;
   }
 
   queueFor(registry: string): PQueue {
@@ -169,6 +197,7 @@ export class Copier {
   readonly #client: RegistryClient;
   readonly #logger: Logger;
   readonly #clock: Clock;
+  readonly #locations = new BlobLocations(50_000);
 
   constructor(deps: { client: RegistryClient; logger?: Logger; clock?: Clock }) {
     this.#client = deps.client;
@@ -198,7 +227,7 @@ export class Copier {
     jobs: CopyJob[],
     options: CopyOptions = {},
   ): Promise<PromiseSettledResult<CopyResult>[]> {
-    const run = new RunState(Math.max(1, options.concurrency ?? 4));
+    const run = new RunState(Math.max(1, options.concurrency ?? 4), this.#locations);
     // Plans run one after another so a later image sees which blobs an earlier one already
     // holds or is moving (mount instead of upload); transfers then overlap freely.
     const executions: Promise<CopyResult>[] = [];
@@ -480,8 +509,18 @@ export class Copier {
     return queue.add(
       async () => {
         if (signal.aborted) throw signal.reason;
-        if (mountFrom && (await client.mountBlob(targetRepo, blob.digest, mountFrom)))
-          return "mounted" as const;
+        if (mountFrom) {
+          try {
+            if (await client.mountBlob(targetRepo, blob.digest, mountFrom)) return "mounted" as const;
+          } catch (err) {
+            // A mount is an optimisation (the source repository may be gone or unreadable): upload instead.
+            if (signal.aborted) throw err;
+            this.#logger.debug(
+              { blob: blob.digest, from: mountFrom, err: (err as Error).message },
+              "mount failed",
+            );
+          }
+        }
         const onBytes = (bytes: number) => emit({ type: "bytes", image, bytes });
         await client.pushBlob(targetRepo, blob, () => client.getBlob(sourceRepo, blob, { signal }), {
           signal,

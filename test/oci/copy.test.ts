@@ -228,6 +228,20 @@ describe("Copier against real registries", () => {
     expect(baseDownloads).toHaveLength(1);
   });
 
+  it("mounts a blob that an earlier copy by the same Copier put into another repository", async () => {
+    const images = await pushSharedBaseImages(client, source.host, {
+      prefix: "later/app",
+      count: 2,
+      baseSize: 300_000,
+    });
+    const base = images[0].image.layers[0].descriptor;
+    const first = await copier.copy(ref(source, "later/app-0:v1"), ref(target, "later-copy/app-0:v1"));
+    const second = await copier.copy(ref(source, "later/app-1:v1"), ref(target, "later-copy/app-1:v1"));
+    expect(first.blobs.mounted).toBe(0);
+    expect(second.blobs.mounted).toBe(1);
+    expect(second.bytes.mounted).toBe(base.size);
+  });
+
   it("copies referrers with their blobs and lists them under the fallback tag", async () => {
     const image = await pushSinglePlatformImage(client, repo(source, "signed/app"), "v1");
     const signature = await pushReferrer(client, repo(source, "signed/app"), image.image.descriptor);
