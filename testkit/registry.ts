@@ -42,6 +42,13 @@ export interface RunningRegistry {
   stop(): Promise<void>;
 }
 
+// Registries still running when the test process exits (a test that forgot stop(), a
+// crash) are killed rather than left behind holding ports.
+const running = new Set<ChildProcess>();
+process.once("exit", () => {
+  for (const child of running) child.kill("SIGKILL");
+});
+
 export const TOKEN_SERVICE = "stowage-test-registry";
 export const TOKEN_ISSUER = "stowage-test-issuer";
 
@@ -154,6 +161,9 @@ async function startOnce(opts: RegistryOptions): Promise<RunningRegistry> {
     let stdoutRest = "";
     let stderrTail = "";
     child = spawn(REGISTRY_BINARY, ["serve", configPath], { stdio: ["ignore", "pipe", "pipe"] });
+    running.add(child);
+    const started = child;
+    child.once("exit", () => running.delete(started));
     child.stdout?.setEncoding("utf8");
     child.stdout?.on("data", (chunk: string) => {
       const parts = (stdoutRest + chunk).split("\n");
