@@ -51,7 +51,14 @@ interface ActiveRule {
   remaining: number;
 }
 
-export async function startFaultProxy(target: string, options: { caPem?: string } = {}): Promise<FaultProxy> {
+export interface FaultProxyOptions {
+  /** CA to trust when the target is HTTPS. */
+  caPem?: string;
+  /** Hand Location headers back as paths ("/v2/..."), as some registries do. */
+  relativeLocations?: boolean;
+}
+
+export async function startFaultProxy(target: string, options: FaultProxyOptions = {}): Promise<FaultProxy> {
   const targetUrl = new URL(target);
   const targetOrigin = targetUrl.origin;
   const requestFn = targetUrl.protocol === "https:" ? httpsRequest : httpRequest;
@@ -124,7 +131,8 @@ export async function startFaultProxy(target: string, options: { caPem?: string 
           const responseHeaders: OutgoingHttpHeaders = { ...upstreamRes.headers };
           const location = upstreamRes.headers.location;
           if (location?.startsWith(targetOrigin)) {
-            responseHeaders.location = proxyOrigin + location.slice(targetOrigin.length);
+            const path = location.slice(targetOrigin.length);
+            responseHeaders.location = options.relativeLocations ? path : proxyOrigin + path;
           }
           delete responseHeaders.connection;
           const status = upstreamRes.statusCode ?? 502;

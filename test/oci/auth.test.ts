@@ -201,6 +201,26 @@ describe("token registry", () => {
     expect(issued.every((r) => r.account === "stowage")).toBe(true);
   });
 
+  it("fetches a new token once the cached one has expired", async () => {
+    let now = Date.now();
+    const client = new RegistryClient({
+      insecureHosts: [registry.host],
+      credentials: () => registry.users[0],
+      clock: { now: () => now, sleep: async () => {} },
+    });
+    clients.push(client);
+    const repo: RepoRef = { registry: registry.host, repository: "token/expiry" };
+    const digest = digestOf(Buffer.from("absent"));
+    const issuedFor = () =>
+      registry.tokenIssuer!.requests().filter((r) => r.scope.includes("repository:token/expiry:pull")).length;
+    await client.hasBlob(repo, digest);
+    await client.hasBlob(repo, digest);
+    expect(issuedFor()).toBe(1);
+    now += 301_000; // the issuer's tokens live 300 s
+    await client.hasBlob(repo, digest);
+    expect(issuedFor()).toBe(2);
+  });
+
   it("asks for the source repository's pull scope when mounting", async () => {
     const client = clientFor(registry, registry.users[0]);
     const content = blob(5_000);

@@ -254,6 +254,25 @@ describe("blobs", () => {
     expect(fetched.equals(content.bytes)).toBe(true);
   });
 
+  it("uploads through relative upload locations, chunked too", async () => {
+    const relative = await startFaultProxy(registry.url, { relativeLocations: true });
+    const viaRelative = new RegistryClient({ insecureHosts: [relative.host], chunkSizeBytes: 40_000 });
+    try {
+      const target: RepoRef = { registry: relative.host, repository: "relative/blob" };
+      const content = blob(randomBytes(100_000));
+      await viaRelative.pushBlob(target, content.descriptor, () => Readable.from([content.bytes]));
+      relative.addRule({ match: { method: "PUT" }, action: { kind: "status", status: 405 } });
+      const chunked = blob(randomBytes(100_000));
+      await viaRelative.pushBlob(target, chunked.descriptor, () => Readable.from([chunked.bytes]));
+      expect(relative.seen().filter((r) => r.method === "PATCH").length).toBe(3);
+      expect(await client.hasBlob(repo("relative/blob"), content.descriptor.digest)).toBe(100_000);
+      expect(await client.hasBlob(repo("relative/blob"), chunked.descriptor.digest)).toBe(100_000);
+    } finally {
+      await viaRelative.close();
+      await relative.stop();
+    }
+  });
+
   it("refuses to commit an upload whose bytes do not match the digest", async () => {
     const content = blob(randomBytes(5_000));
     const lying = { ...content.descriptor, digest: digestOf(Buffer.from("something else")) };
