@@ -170,6 +170,55 @@ describe("the real kubectl against the API server double", () => {
     expect(out.stdout).toMatch(/Normal\s+Synced\s+.*stowage\s+mirrored 3 images/);
   });
 
+  it("shows events recorded through events.k8s.io/v1 in kubectl describe, which reads core/v1 events", async () => {
+    const created = (await api.custom.createNamespacedCustomObject({
+      ...widgets(),
+      body: widget("described-v1", { image: "nginx:1", a: "x" }),
+    })) as { metadata: { uid: string } };
+    const event = {
+      apiVersion: "events.k8s.io/v1",
+      kind: "Event",
+      metadata: { name: "described-v1.1" },
+      regarding: {
+        apiVersion: `${group}/v1`,
+        kind: "Widget",
+        name: "described-v1",
+        namespace: "default",
+        uid: created.metadata.uid,
+      },
+      reason: "UpstreamUnavailable",
+      note: "registry answered 503",
+      type: "Warning",
+      action: "Sync",
+      reportingController: "stowage.dev/controller",
+      reportingInstance: "stowage-0",
+      eventTime: "2026-01-02T03:04:05.123Z",
+    };
+    const post = (body: unknown) =>
+      fetch(`${server.url}/apis/events.k8s.io/v1/namespaces/default/events`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+      });
+    // like the real server, a MicroTime needs exactly six fractional digits (toISOString() has three)
+    const refused = await post(event);
+    expect(refused.status).toBe(400);
+    expect(((await refused.json()) as { message: string }).message).toContain(
+      'as "2006-01-02T15:04:05.000000Z07:00"',
+    );
+    const accepted = await post({ ...event, eventTime: new Date().toISOString().replace(/Z$/, "000Z") });
+    expect(accepted.status).toBe(201);
+    const core = await api.core.listNamespacedEvent({
+      namespace: "default",
+      fieldSelector: "involvedObject.name=described-v1",
+    });
+    expect(core.items.map((e) => [e.reason, e.message, e.involvedObject.kind])).toEqual([
+      ["UpstreamUnavailable", "registry answered 503", "Widget"],
+    ]);
+    const out = await kubectl.run(["describe", "widget", "described-v1"]);
+    expect(out.stdout).toMatch(/Warning\s+UpstreamUnavailable\s+.*registry answered 503/);
+  });
+
   it("describes a built-in pod with its events", async () => {
     const pod = await api.core.createNamespacedPod({
       namespace: "default",

@@ -1,4 +1,7 @@
+import { badRequest } from "./errors.ts";
+import { eventFromCore, eventToCore } from "./events.ts";
 import type { PrinterColumn, ResourceDef } from "./resources.ts";
+import type { Json, KubeObject } from "./types.ts";
 
 /** The built-in kinds Stowage touches, with the discovery facts kubectl and client-node rely on. */
 interface BuiltinSpec {
@@ -257,25 +260,63 @@ const specs: BuiltinSpec[] = [
 ];
 
 export function builtinResources(): ResourceDef[] {
-  return specs.map((spec) => ({
-    group: spec.group,
-    version: spec.version,
-    plural: spec.plural,
-    singular: spec.kind.toLowerCase(),
-    kind: spec.kind,
-    listKind: `${spec.kind}List`,
-    namespaced: spec.namespaced,
-    shortNames: spec.shortNames ?? [],
-    categories: spec.categories ?? [],
-    subresources: spec.status ? ["status"] : [],
-    bucket: `${spec.group}/${spec.plural}`,
-    strategicMerge: true,
-    statusOnCreate: spec.statusOnCreate ?? "reset",
-    initialStatus: spec.initialStatus,
-    selectableFields: spec.fields ?? [],
-    printerColumns: spec.columns ?? [age],
-  }));
+  const defs = specs.map(
+    (spec): ResourceDef => ({
+      group: spec.group,
+      version: spec.version,
+      plural: spec.plural,
+      singular: spec.kind.toLowerCase(),
+      kind: spec.kind,
+      listKind: `${spec.kind}List`,
+      namespaced: spec.namespaced,
+      shortNames: spec.shortNames ?? [],
+      categories: spec.categories ?? [],
+      subresources: spec.status ? ["status"] : [],
+      bucket: `${spec.group}/${spec.plural}`,
+      strategicMerge: true,
+      statusOnCreate: spec.statusOnCreate ?? "reset",
+      initialStatus: spec.initialStatus,
+      selectableFields: spec.fields ?? [],
+      printerColumns: spec.columns ?? [age],
+    }),
+  );
+  const newEvents = defs.find((d) => d.group === "events.k8s.io")!;
+  newEvents.bucket = "/events";
+  newEvents.convert = { toStorage: eventToCore, fromStorage: eventFromCore };
+  return defs;
 }
 
 /** Namespaces every cluster starts with. */
 export const initialNamespaces = ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/** metav1.MicroTime fields of built-ins, by kind: the real server decodes them with a fixed six-digit layout. */
+const microTimeFields: Record<string, string[][]> = {
+  Event: [["eventTime"], ["series", "lastObservedTime"]],
+  Lease: [
+    ["spec", "acquireTime"],
+    ["spec", "renewTime"],
+  ],
+};
+
+const microTimeLayout = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(Z|[+-]\d{2}:\d{2})$/;
+
+/**
+ * Refuse MicroTime values that are not `2006-01-02T15:04:05.000000Z07:00`, as the real server's
+ * decoder does (JavaScript's toISOString() has three fractional digits and is refused with 400).
+ */
+export function checkMicroTimes(def: ResourceDef, obj: KubeObject): KubeObject {
+  if (!def.strategicMerge) return obj;
+  for (const path of microTimeFields[def.kind] ?? []) {
+    let value: Json = obj;
+    for (const part of path) value = value?.[part];
+    if (value === undefined || value === null) continue;
+    if (typeof value !== "string" || !microTimeLayout.test(value)) {
+      const seconds = typeof value === "string" ? (/^[^.Z+]*:\d{2}/.exec(value)?.[0] ?? "") : "";
+      const rest = typeof value === "string" ? value.slice(seconds.length) : String(value);
+      throw badRequest(
+        `${def.kind} in version "${def.version}" cannot be handled as a ${def.kind}: parsing time ${JSON.stringify(value)} as "2006-01-02T15:04:05.000000Z07:00": cannot parse ${JSON.stringify(rest)} as ".000000"`,
+      );
+    }
+  }
+  return obj;
+}

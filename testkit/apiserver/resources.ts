@@ -1,4 +1,4 @@
-import type { Json } from "./types.ts";
+import type { Json, KubeObject } from "./types.ts";
 
 /** What the server knows about one resource in one group/version: everything discovery, routing and the REST semantics need. */
 export interface PrinterColumn {
@@ -37,6 +37,8 @@ export interface ResourceDef {
   schema?: Json;
   /** true when this version is the CRD's storage version (unused by the store, shown in discovery) */
   storage?: boolean;
+  /** for a kind stored in another version's shape (events.k8s.io/v1 Event is stored as core/v1) */
+  convert?: { toStorage(obj: KubeObject): KubeObject; fromStorage(obj: KubeObject): KubeObject };
 }
 
 export const allVerbs = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];

@@ -111,7 +111,12 @@ export class ApiCore {
 
   /** The stored object as the requested version presents it (custom resources convert by apiVersion only). */
   present(def: ResourceDef, obj: KubeObject): KubeObject {
-    return { ...obj, apiVersion: apiVersionOf(def), kind: def.kind };
+    const viewed = def.convert && obj.apiVersion !== apiVersionOf(def) ? def.convert.fromStorage(obj) : obj;
+    return { ...viewed, apiVersion: apiVersionOf(def), kind: def.kind };
+  }
+
+  private toStorage(def: ResourceDef, obj: KubeObject): KubeObject {
+    return def.convert && obj.apiVersion === apiVersionOf(def) ? def.convert.toStorage(obj) : obj;
   }
 
   get(def: ResourceDef, namespace: string | undefined, name: string): KubeObject {
@@ -124,6 +129,7 @@ export class ApiCore {
     const revision = this.store.revision;
     let items = this.store
       .list(def.bucket, def.namespaced ? namespace : undefined)
+      .map((obj) => this.present(def, obj))
       .filter((obj) => matchesFilter(options.filter, obj));
     // paging: a continue token names the last key returned; later pages see current state (the real
     // server serves them from the first page's snapshot)
@@ -213,7 +219,7 @@ export class ApiCore {
       });
     }
     if (ctx.dryRun) return this.present(def, prepared);
-    const stored = this.store.create(def.bucket, prepared);
+    const stored = this.store.create(def.bucket, this.toStorage(def, prepared));
     this.notify(def.bucket, stored, false);
     return this.present(def, stored);
   }
@@ -334,6 +340,8 @@ export class ApiCore {
     ctx: WriteContext,
     operation: "Update" | "Apply",
   ): Promise<KubeObject> {
+    // work on the object as this version shows it; it is converted back to storage form when written
+    current = this.present(def, current);
     const name = current.metadata.name!;
     const requested = candidate.metadata.resourceVersion;
     if (requested && requested !== current.metadata.resourceVersion)
@@ -426,7 +434,7 @@ export class ApiCore {
         metadata: { ...prepared.metadata, resourceVersion: gone.metadata.resourceVersion },
       });
     }
-    const stored = this.store.update(def.bucket, prepared);
+    const stored = this.store.update(def.bucket, this.toStorage(def, prepared));
     this.notify(def.bucket, stored, false);
     return this.present(def, stored);
   }

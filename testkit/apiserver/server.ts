@@ -1,6 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { builtinResources, initialNamespaces } from "./builtins.ts";
+import { builtinResources, checkMicroTimes, initialNamespaces } from "./builtins.ts";
 import { installCrdSupport } from "./crd.ts";
 import {
   aggregatedDiscovery,
@@ -93,6 +93,7 @@ export class ApiHttpServer {
     this.bookmarkIntervalMs = options.bookmarkIntervalMs ?? 1000;
     for (const def of builtinResources()) this.registry.add(def);
     this.core = new ApiCore(this.store, this.registry);
+    this.core.addPreparer((def, obj) => checkMicroTimes(def, obj));
     installCrdSupport(this.core);
     bootstrapNamespaces(this.core, initialNamespaces);
     this.server = createServer((req, res) => {

@@ -38,7 +38,7 @@ export function serveWatch(
   const inScope = (obj: KubeObject | undefined) =>
     !!obj &&
     (!def.namespaced || namespace === undefined || obj.metadata.namespace === namespace) &&
-    matchesFilter(filter, obj);
+    matchesFilter(filter, core.present(def, obj));
 
   let since: number;
   const replay: { type: WatchEventType; object: KubeObject }[] = [];
