@@ -1,7 +1,7 @@
-import { badRequest } from "./errors.ts";
+import { badRequest, type FieldError, fieldErrors, invalid } from "./errors.ts";
 import { eventFromCore, eventToCore } from "./events.ts";
 import type { PrinterColumn, ResourceDef } from "./resources.ts";
-import type { Json, KubeObject } from "./types.ts";
+import { clone, deepEqual, isPlainObject, type Json, type KubeObject } from "./types.ts";
 
 /** The built-in kinds Stowage touches, with the discovery facts kubectl and client-node rely on. */
 interface BuiltinSpec {
@@ -318,5 +318,92 @@ export function checkMicroTimes(def: ResourceDef, obj: KubeObject): KubeObject {
       );
     }
   }
+  return obj;
+}
+
+const podMutableNote =
+  "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)";
+
+/** Pod spec without the fields an update may change, to compare old and new. */
+function podSpecImmutablePart(spec: Json, gated: boolean): Json {
+  const copy = clone(spec ?? {});
+  for (const list of ["containers", "initContainers"]) for (const c of copy[list] ?? []) delete c.image;
+  delete copy.activeDeadlineSeconds;
+  delete copy.tolerations;
+  delete copy.terminationGracePeriodSeconds;
+  delete copy.schedulingGates;
+  delete copy.ephemeralContainers;
+  if (gated) {
+    // scheduling directives of a pod that still has scheduling gates may be tightened (Kubernetes 1.30+)
+    delete copy.nodeSelector;
+    delete copy.affinity;
+  }
+  return copy;
+}
+
+/**
+ * The pod update rules a gate controller meets: scheduling gates can only be removed, never added,
+ * after creation; the rest of the spec is immutable except images, tolerations (additions) and deadlines.
+ */
+export function checkPodUpdate(def: ResourceDef, obj: KubeObject, old: KubeObject | undefined): KubeObject {
+  if (!old || def.kind !== "Pod" || def.group !== "") return obj;
+  const name = obj.metadata.name ?? "";
+  const errors: FieldError[] = [];
+  const oldGates = new Set((old.spec?.schedulingGates ?? []).map((g: Json) => g.name));
+  for (const gate of obj.spec?.schedulingGates ?? []) {
+    if (!oldGates.has(gate.name))
+      errors.push(
+        fieldErrors.forbidden(
+          "spec.schedulingGates",
+          `only deletion is allowed, but found new scheduling gate '${gate.name}'`,
+        ),
+      );
+  }
+  const gated = oldGates.size > 0;
+  if (!deepEqual(podSpecImmutablePart(obj.spec, gated), podSpecImmutablePart(old.spec, gated)))
+    errors.push(fieldErrors.forbidden("spec", podMutableNote));
+  const oldTolerations: Json[] = old.spec?.tolerations ?? [];
+  const newTolerations: Json[] = obj.spec?.tolerations ?? [];
+  if (oldTolerations.some((t) => !newTolerations.some((n) => deepEqual(n, t))))
+    errors.push(
+      fieldErrors.forbidden(
+        "spec.tolerations",
+        "existing toleration can not be modified except its tolerationSeconds",
+      ),
+    );
+  if (errors.length > 0) throw invalid("Pod", "", name, errors);
+  return obj;
+}
+
+/** Secrets: `stringData` is write-only convenience, merged into base64 `data` by the server. */
+export function foldSecretStringData(def: ResourceDef, obj: KubeObject): KubeObject {
+  if (def.kind !== "Secret" || def.group !== "" || !isPlainObject(obj.stringData)) return obj;
+  const data: Record<string, string> = { ...(obj.data ?? {}) };
+  for (const [key, value] of Object.entries(obj.stringData))
+    data[key] = Buffer.from(String(value), "utf8").toString("base64");
+  const { stringData: _dropped, ...rest } = obj;
+  return { ...rest, data } as KubeObject;
+}
+
+const dnsSubdomain = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+const dnsLabel = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+
+/** Object names: DNS labels for namespaces, DNS subdomains for the other built-ins (RBAC and events are laxer). */
+export function checkBuiltinName(def: ResourceDef, obj: KubeObject, old: KubeObject | undefined): KubeObject {
+  if (old || !def.strategicMerge || def.group === "rbac.authorization.k8s.io" || def.kind === "Event")
+    return obj;
+  const name = obj.metadata.name ?? "";
+  const label = def.kind === "Namespace";
+  const ok = label ? dnsLabel.test(name) && name.length <= 63 : dnsSubdomain.test(name) && name.length <= 253;
+  if (!ok)
+    throw invalid(def.kind, def.group, name, [
+      fieldErrors.invalid(
+        "metadata.name",
+        name,
+        label
+          ? "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+          : "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+      ),
+    ]);
   return obj;
 }

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { renderKubeconfig } from "./kubeconfig.ts";
 import type { AdmissionPlugin } from "./rest.ts";
-import { ApiHttpServer, type RequestLogEntry } from "./server.ts";
+import { ApiHttpServer, type Authorizer, type RequestLogEntry } from "./server.ts";
 import type { KubeObject } from "./types.ts";
 
 /**
@@ -32,13 +32,16 @@ export interface TestApiServer {
   resetRequestLog(): void;
   /** the request pipeline's admission chain: plugins run in order on every create/update/patch/delete */
   admission: AdmissionPlugin[];
+  /** the request pipeline's authorization step: any authorizer returning a reason refuses with 403 */
+  authorizers: Authorizer[];
   /** create any object directly (e.g. CRDs, nodes) as a client would, without HTTP */
   create(obj: KubeObject): Promise<KubeObject>;
   stop(): Promise<void>;
 }
 
+export { ApiError } from "./errors.ts";
 export type { AdmissionPlugin, AdmissionRequest } from "./rest.ts";
-export type { RequestLogEntry } from "./server.ts";
+export type { Authorizer, RequestInfo, RequestLogEntry } from "./server.ts";
 export type { KubeObject } from "./types.ts";
 
 export async function startApiServer(options: ApiServerOptions = {}): Promise<TestApiServer> {
@@ -67,6 +70,7 @@ export async function startApiServer(options: ApiServerOptions = {}): Promise<Te
     kubeconfigPath,
     kubeconfig,
     admission: server.core.admission,
+    authorizers: server.authorizers,
     dropWatches: () => server.dropWatches(),
     compact: () => server.store.compact(),
     requestLog: () => server.requestLog(),

@@ -465,6 +465,8 @@ export class ApiCore {
       );
     await this.admit({ operation: "DELETE", def, oldObject: current, dryRun: !!ctx.dryRun });
     if (ctx.dryRun) return this.present(def, current);
+    if (options?.propagationPolicy === "Orphan" || options?.orphanDependents === true)
+      this.releaseDependents(current.metadata.uid!);
     return this.present(def, this.deleteObject(def.bucket, current));
   }
 
@@ -531,8 +533,55 @@ export class ApiCore {
     if (gone) this.notify(bucket, gone, true);
   }
 
+  /** Every stored object whose ownerReferences name `uid`, with its bucket. */
+  private dependentsOf(uid: string): { bucket: string; obj: KubeObject }[] {
+    const out: { bucket: string; obj: KubeObject }[] = [];
+    for (const bucket of this.store.bucketNames())
+      for (const obj of this.store.list(bucket))
+        if ((obj.metadata.ownerReferences ?? []).some((ref: Json) => ref.uid === uid))
+          out.push({ bucket, obj });
+    return out;
+  }
+
+  private uidExists(uid: string): boolean {
+    return this.store
+      .bucketNames()
+      .some((bucket) => this.store.list(bucket).some((obj) => obj.metadata.uid === uid));
+  }
+
+  private dropOwner(bucket: string, obj: KubeObject, uid: string): void {
+    const released = clone(obj);
+    released.metadata.ownerReferences = (obj.metadata.ownerReferences ?? []).filter(
+      (ref: Json) => ref.uid !== uid,
+    );
+    if (released.metadata.ownerReferences.length === 0) delete released.metadata.ownerReferences;
+    this.notify(bucket, this.store.update(bucket, released), false);
+  }
+
+  /** propagationPolicy=Orphan: dependents lose their reference to the owner and stay. */
+  private releaseDependents(uid: string): void {
+    for (const { bucket, obj } of this.dependentsOf(uid)) this.dropOwner(bucket, obj, uid);
+  }
+
+  /**
+   * The garbage collector, in background mode: once an owner is gone, a dependent with no other live
+   * owner is deleted (finalizers honoured); one with other live owners only loses the dangling reference.
+   * Foreground deletion is treated as background.
+   */
+  private collectGarbage(uid: string): void {
+    for (const { bucket, obj } of this.dependentsOf(uid)) {
+      const others = (obj.metadata.ownerReferences ?? []).filter(
+        (ref: Json) => ref.uid !== uid && this.uidExists(ref.uid),
+      );
+      if (others.length === 0) this.deleteObject(bucket, obj);
+      else this.dropOwner(bucket, obj, uid);
+    }
+  }
+
   private notify(bucket: string, obj: KubeObject, deleted: boolean): void {
     for (const listener of this.afterWrite) listener(bucket, obj, deleted);
+    const uid = obj.metadata.uid;
+    if (deleted && uid) setImmediate(() => this.collectGarbage(uid));
     // the last object of a terminating namespace or CRD going away lets that owner go too
     if (deleted && obj.metadata.namespace) {
       const ns = this.store.get(namespaceBucket, undefined, obj.metadata.namespace);

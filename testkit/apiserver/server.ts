@@ -1,6 +1,13 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { builtinResources, checkMicroTimes, initialNamespaces } from "./builtins.ts";
+import {
+  builtinResources,
+  checkBuiltinName,
+  checkMicroTimes,
+  checkPodUpdate,
+  foldSecretStringData,
+  initialNamespaces,
+} from "./builtins.ts";
 import { installCrdSupport } from "./crd.ts";
 import {
   aggregatedDiscovery,
@@ -12,7 +19,14 @@ import {
   versionInfo,
   wantsAggregated,
 } from "./discovery.ts";
-import { ApiError, badRequest, methodNotAllowed, statusObject, unsupportedMediaType } from "./errors.ts";
+import {
+  ApiError,
+  badRequest,
+  methodNotAllowed,
+  qualifiedResource,
+  statusObject,
+  unsupportedMediaType,
+} from "./errors.ts";
 import { openApiGroupVersion, openApiRoot } from "./openapi.ts";
 import { type ResourceDef, ResourceRegistry } from "./resources.ts";
 import { ApiCore, bootstrapNamespaces, type FieldValidation, type WriteContext } from "./rest.ts";
@@ -51,6 +65,12 @@ export interface RequestInfo {
   name?: string;
 }
 
+/**
+ * The authorization step of the request pipeline (RBAC comes later): return a reason to refuse the
+ * request with 403 Forbidden, or undefined to let it through.
+ */
+export type Authorizer = (request: RequestInfo & { user: string }) => string | undefined;
+
 export interface ServerOptions {
   historyLimit?: number;
   bookmarkIntervalMs?: number;
@@ -83,6 +103,7 @@ export class ApiHttpServer {
   readonly registry = new ResourceRegistry();
   readonly core: ApiCore;
   private readonly server: Server;
+  readonly authorizers: Authorizer[] = [];
   private readonly watches = new Set<OpenWatch>();
   private readonly log: RequestLogEntry[] = [];
   private readonly bookmarkIntervalMs: number;
@@ -93,7 +114,10 @@ export class ApiHttpServer {
     this.bookmarkIntervalMs = options.bookmarkIntervalMs ?? 1000;
     for (const def of builtinResources()) this.registry.add(def);
     this.core = new ApiCore(this.store, this.registry);
-    this.core.addPreparer((def, obj) => checkMicroTimes(def, obj));
+    this.core.addPreparer((def, obj, old) => {
+      const named = checkBuiltinName(def, obj, old);
+      return checkPodUpdate(def, foldSecretStringData(def, checkMicroTimes(def, named)), old);
+    });
     installCrdSupport(this.core);
     bootstrapNamespaces(this.core, initialNamespaces);
     this.server = createServer((req, res) => {
@@ -252,9 +276,31 @@ export class ApiHttpServer {
       );
     }
     try {
+      this.authorize(req, info, def);
       await this.serveResource(req, res, url, info, def);
     } catch (err) {
       this.fail(req, res, err, info.verb);
+    }
+  }
+
+  private authorize(req: IncomingMessage, info: RequestInfo, def: ResourceDef): void {
+    if (this.authorizers.length === 0) return;
+    const bearer = /^Bearer\s+(.+)$/i.exec(String(req.headers.authorization ?? ""))?.[1];
+    const user = bearer ?? "system:anonymous";
+    for (const authorizer of this.authorizers) {
+      const denied = authorizer({ ...info, user });
+      if (denied === undefined) continue;
+      const target = info.name
+        ? `${qualifiedResource(def.group, def.plural)} "${info.name}"`
+        : qualifiedResource(def.group, def.plural);
+      const where = info.namespace ? ` in the namespace "${info.namespace}"` : " at the cluster scope";
+      const resource = info.subresource ? `${def.plural}/${info.subresource}` : def.plural;
+      throw new ApiError(
+        403,
+        "Forbidden",
+        `${target} is forbidden: User "${user}" cannot ${info.verb} resource "${resource}" in API group "${def.group}"${where}: ${denied}`,
+        { name: info.name, group: def.group, kind: def.plural },
+      );
     }
   }
 
@@ -374,6 +420,7 @@ export class ApiHttpServer {
             timeoutSeconds: timeout ? Number(timeout) : undefined,
             allowBookmarks: url.searchParams.get("allowWatchBookmarks") === "true",
             bookmarkIntervalMs: this.bookmarkIntervalMs,
+            table: wantsTable(accept) ? { include } : undefined,
           },
           req,
           res,
@@ -421,8 +468,12 @@ export class ApiHttpServer {
       }
       case "delete": {
         const ctx = this.writeContext(req, url);
-        const body = parseJson(await readBody(req));
-        const deleted = await this.core.delete(def, namespace, info.name!, body, ctx);
+        const options = { ...(parseJson(await readBody(req)) ?? {}) };
+        // DeleteOptions may also come as query parameters
+        const policy = url.searchParams.get("propagationPolicy");
+        if (policy) options.propagationPolicy = policy;
+        if (url.searchParams.get("orphanDependents") === "true") options.orphanDependents = true;
+        const deleted = await this.core.delete(def, namespace, info.name!, options, ctx);
         return this.send(req, res, "delete", 200, deleted);
       }
       case "deletecollection": {

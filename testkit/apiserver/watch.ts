@@ -4,6 +4,7 @@ import { apiVersionOf, type ResourceDef } from "./resources.ts";
 import type { ApiCore } from "./rest.ts";
 import { matchesFilter, type ObjectFilter } from "./selectors.ts";
 import type { StoreEvent } from "./store.ts";
+import { type IncludeObject, toTable } from "./table.ts";
 import type { Json, KubeObject, WatchEventType } from "./types.ts";
 
 export interface WatchRequest {
@@ -14,6 +15,8 @@ export interface WatchRequest {
   timeoutSeconds?: number;
   allowBookmarks: boolean;
   bookmarkIntervalMs: number;
+  /** `kubectl get -w` asks for each event's object as a one-row Table */
+  table?: { include: IncludeObject };
 }
 
 /** An open watch the server can close (dropWatches, stop). */
@@ -69,6 +72,11 @@ export function serveWatch(
     return;
   }
 
+  const render = (obj: KubeObject): Json => {
+    const shown = core.present(def, obj);
+    if (!request.table) return shown;
+    return toTable(def, [shown], { resourceVersion: shown.metadata.resourceVersion }, request.table.include);
+  };
   const translate = (event: StoreEvent): { type: WatchEventType; object: KubeObject } | undefined => {
     if (event.bucket !== def.bucket) return undefined;
     const now = inScope(event.object);
@@ -88,12 +96,12 @@ export function serveWatch(
   };
   const deliver = (event: StoreEvent) => {
     const out = translate(event);
-    if (out) send(out.type, core.present(def, out.object));
+    if (out) send(out.type, render(out.object));
   };
 
   const backlog = replay.length > 0 ? [] : core.store.eventsSince(since, def.bucket);
   const unsubscribe = core.store.subscribe(deliver);
-  for (const event of replay) send(event.type, core.present(def, event.object));
+  for (const event of replay) send(event.type, render(event.object));
   for (const event of backlog) deliver(event);
 
   const timers: NodeJS.Timeout[] = [];
