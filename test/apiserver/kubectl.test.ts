@@ -74,6 +74,42 @@ describe("the real kubectl against the API server double", () => {
     expect(cm.data).toEqual({ a: "2" });
   });
 
+  it("creates namespaces, docker-registry secrets and configmaps imperatively (kubectl sends protobuf)", async () => {
+    expect((await kubectl.run(["create", "namespace", "imperative"])).stdout).toContain(
+      "namespace/imperative created",
+    );
+    const secret = await kubectl.run([
+      "create",
+      "secret",
+      "docker-registry",
+      "ngc",
+      "-n",
+      "imperative",
+      "--docker-server=nvcr.io",
+      "--docker-username=$oauthtoken",
+      "--docker-password=s3cret",
+    ]);
+    expect(secret.stdout).toContain("secret/ngc created");
+    const stored = await api.core.readNamespacedSecret({ name: "ngc", namespace: "imperative" });
+    expect(stored.type).toBe("kubernetes.io/dockerconfigjson");
+    const config = JSON.parse(Buffer.from(stored.data![".dockerconfigjson"], "base64").toString("utf8"));
+    expect(config.auths["nvcr.io"]).toMatchObject({ username: "$oauthtoken", password: "s3cret" });
+    const cm = await kubectl.run([
+      "create",
+      "configmap",
+      "tuning",
+      "-n",
+      "imperative",
+      "--from-literal=threads=8",
+    ]);
+    expect(cm.stdout).toContain("configmap/tuning created");
+    expect(
+      (await api.core.readNamespacedConfigMap({ name: "tuning", namespace: "imperative" })).data,
+    ).toEqual({ threads: "8" });
+    const ns = await api.core.readNamespace({ name: "imperative" });
+    expect(ns.spec?.finalizers).toEqual(["kubernetes"]);
+  });
+
   it("shows the CRD's printer columns in kubectl get, NAME first and AGE last", async () => {
     await api.custom.createNamespacedCustomObject({
       ...widgets(),

@@ -28,6 +28,7 @@ import {
   unsupportedMediaType,
 } from "./errors.ts";
 import { openApiGroupVersion, openApiRoot } from "./openapi.ts";
+import { decodeKubeProtobuf } from "./protobuf.ts";
 import { type ResourceDef, ResourceRegistry } from "./resources.ts";
 import { ApiCore, bootstrapNamespaces, type FieldValidation, type WriteContext } from "./rest.ts";
 import { type ObjectFilter, parseFieldSelector, parseLabelSelector } from "./selectors.ts";
@@ -76,13 +77,24 @@ export interface ServerOptions {
   bookmarkIntervalMs?: number;
 }
 
-async function readBody(req: IncomingMessage): Promise<string> {
-  const type = String(req.headers["content-type"] ?? "");
-  // protobuf is not spoken here; the real server would accept it, clients fall back to JSON on 415
-  if (type.includes("protobuf") || type.includes("cbor")) throw unsupportedMediaType(type);
+async function readRaw(req: IncomingMessage): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const chunk of req) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks).toString("utf8");
+  return Buffer.concat(chunks);
+}
+
+async function readBody(req: IncomingMessage): Promise<string> {
+  const type = String(req.headers["content-type"] ?? "");
+  if (type.includes("protobuf") || type.includes("cbor")) throw unsupportedMediaType(type);
+  return (await readRaw(req)).toString("utf8");
+}
+
+/** A create/update body: JSON, or the protobuf kubectl's typed clients send for a few kinds. */
+async function readObject(req: IncomingMessage): Promise<Json> {
+  const type = String(req.headers["content-type"] ?? "");
+  if (type.includes("application/vnd.kubernetes.protobuf"))
+    return decodeKubeProtobuf(await readRaw(req), type);
+  return parseJson(await readBody(req));
 }
 
 function parseJson(text: string): Json {
@@ -436,7 +448,7 @@ export class ApiHttpServer {
         if (info.name)
           throw methodNotAllowed(`the server does not allow this method on the requested resource`);
         const ctx = this.writeContext(req, url);
-        const body = parseJson(await readBody(req));
+        const body = await readObject(req);
         const created = await this.core.create(def, namespace, body, ctx);
         return this.send(req, res, "create", 201, created, "application/json", ctx.warnings);
       }
@@ -444,7 +456,7 @@ export class ApiHttpServer {
         if (!info.name)
           throw methodNotAllowed("the server does not allow this method on the requested resource");
         const ctx = this.writeContext(req, url);
-        const body = parseJson(await readBody(req));
+        const body = await readObject(req);
         const updated = await this.core.update(def, namespace, info.name, body, info.subresource, ctx);
         return this.send(req, res, "update", 200, updated, "application/json", ctx.warnings);
       }
