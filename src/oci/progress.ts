@@ -71,6 +71,7 @@ export function createProgressReporter(options: {
       onProgress(event) {
         const now = clock.now();
         if (event.type === "planned") {
+          lastLine = now; // the first progress line comes one interval in, when the rate means something
           images.set(event.image, {
             name: event.image,
             totalBytes: event.totalBytes,
