@@ -282,6 +282,40 @@ describe("CRD lifecycle", () => {
     expect(gone.status).toBe(404);
   });
 
+  it("refuses a CRD whose schema is not structural, has a default its schema rejects, or a rule that does not compile", async () => {
+    const bad = sprocketCrd(["v1"]);
+    bad.spec.versions[0].schema.openAPIV3Schema = {
+      type: "object",
+      properties: {
+        spec: {
+          type: "object",
+          "x-kubernetes-validations": [{ rule: "self.a ==", message: "broken" }],
+          properties: {
+            untyped: { description: "no type" },
+            list: { type: "array" },
+            mode: { type: "string", enum: ["a", "b"], default: "c" },
+          },
+        },
+      },
+    };
+    // POSTed as JSON: client-node's typed model would drop the x-kubernetes-* keys written this way
+    const response = await fetch(`${server.url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(bad),
+    });
+    expect(response.status).toBe(422);
+    const status = (await response.json()) as Json;
+    const fields = status.details.causes.map((c: Json) => c.field);
+    const root = "spec.versions[0].schema.openAPIV3Schema.properties[spec]";
+    expect(fields).toEqual([
+      `${root}.x-kubernetes-validations[0].rule`,
+      `${root}.properties[untyped].type`,
+      `${root}.properties[list].items`,
+      `${root}.properties[mode].default`,
+    ]);
+  });
+
   it("refuses a CRD whose name is not <plural>.<group>", async () => {
     const crdApi = api.kc.makeApiClient(ApiextensionsV1Api);
     const bad = { ...sprocketCrd(["v1"]), metadata: { name: "wrong.name" } };

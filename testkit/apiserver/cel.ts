@@ -23,7 +23,7 @@ const environment = new Environment({ unlistedVariablesAreDyn: true, homogeneous
 type Compiled = (context: Record<string, unknown>) => unknown;
 const cache = new Map<string, Compiled | Error>();
 
-function compile(expression: string): Compiled {
+export function compileCel(expression: string): Compiled {
   let compiled = cache.get(expression);
   if (!compiled) {
     try {
@@ -43,7 +43,7 @@ export function usesOldSelf(rule: string): boolean {
 
 /** Evaluate an expression; throws the library's error (compile or evaluation) for the caller to report. */
 export function evaluateCel(expression: string, context: Record<string, unknown>): unknown {
-  return compile(expression)(context);
+  return compileCel(expression)(context);
 }
 
 /** JSON → CEL values: integers the schema declares as `integer` become int (bigint), the rest stays. */

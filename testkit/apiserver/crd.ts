@@ -1,7 +1,7 @@
-import { fieldErrors, invalid } from "./errors.ts";
+import { type FieldError, fieldErrors, invalid } from "./errors.ts";
 import type { PrinterColumn, ResourceDef } from "./resources.ts";
 import type { ApiCore } from "./rest.ts";
-import { validateCustomResource } from "./schema.ts";
+import { structuralErrors, validateCustomResource } from "./schema.ts";
 import { isPlainObject, type Json, type KubeObject, kubeTimestamp } from "./types.ts";
 
 /** CustomResourceDefinitions: serving their versions, and their schema on every custom resource write. */
@@ -48,7 +48,7 @@ export function crdResourceDefs(crd: KubeObject): ResourceDef[] {
 
 function validateCrd(crd: KubeObject): void {
   const spec = crd.spec ?? {};
-  const errors = [];
+  const errors: FieldError[] = [];
   if (!spec.group) errors.push(fieldErrors.required("spec.group"));
   if (!spec.names?.plural) errors.push(fieldErrors.required("spec.names.plural"));
   if (!spec.names?.kind) errors.push(fieldErrors.required("spec.names.kind"));
@@ -71,6 +71,10 @@ function validateCrd(crd: KubeObject): void {
     errors.push(
       fieldErrors.invalid("metadata.name", crd.metadata.name, 'must be spec.names.plural+"."+spec.group'),
     );
+  for (const [i, version] of versions.entries()) {
+    const schema = version.schema?.openAPIV3Schema;
+    if (schema) errors.push(...structuralErrors(schema, `spec.versions[${i}].schema.openAPIV3Schema`));
+  }
   if (errors.length > 0)
     throw invalid("CustomResourceDefinition", "apiextensions.k8s.io", crd.metadata.name ?? "", errors);
 }

@@ -1,4 +1,4 @@
-import { evaluateCel, toCelValue, usesOldSelf } from "./cel.ts";
+import { compileCel, evaluateCel, toCelValue, usesOldSelf } from "./cel.ts";
 import { badRequest, type FieldError, fieldErrors, invalid } from "./errors.ts";
 import type { ResourceDef } from "./resources.ts";
 import type { WriteContext } from "./rest.ts";
@@ -392,4 +392,57 @@ function runRules(
       : `${field}: Invalid value: "${celTypeName(value)}": ${message}`;
     errors.push({ reason, field, message: shown } as FieldError);
   }
+}
+
+/**
+ * What the real server checks when a CRD is written: the schema is structural (every node has a
+ * type unless int-or-string or preserve-unknown-fields; arrays have items; properties and
+ * additionalProperties exclude each other), defaults validate against their schema, and CEL rules
+ * compile. A CRD that passes here would pass on a real cluster for these reasons at least.
+ */
+export function structuralErrors(schema: Json, path: string): FieldError[] {
+  const errors: FieldError[] = [];
+  const walk = (node: Json, at: string, root: boolean) => {
+    if (!isPlainObject(node)) return;
+    const intOrString = !!node["x-kubernetes-int-or-string"];
+    if (!node.type && !intOrString && !node["x-kubernetes-preserve-unknown-fields"])
+      errors.push(fieldErrors.required(`${at}.type`, "must not be empty for specified object fields"));
+    if (root && node.type && node.type !== "object")
+      errors.push(fieldErrors.invalid(`${at}.type`, node.type, "must be object at the root"));
+    if (node.type === "array" && !node.items)
+      errors.push(fieldErrors.required(`${at}.items`, "must be specified"));
+    if (node.properties && node.additionalProperties !== undefined && node.additionalProperties !== false)
+      errors.push(
+        fieldErrors.forbidden(
+          `${at}.additionalProperties`,
+          "additionalProperties and properties are mutual exclusive",
+        ),
+      );
+    if (node.default !== undefined) {
+      const defaultErrors: FieldError[] = [];
+      validateValue(node.default, node, `${at}.default`, undefined, false, defaultErrors);
+      errors.push(...defaultErrors);
+    }
+    for (const [i, rule] of (node["x-kubernetes-validations"] ?? []).entries()) {
+      const rulePath = `${at}.x-kubernetes-validations[${i}].rule`;
+      try {
+        compileCel(rule.rule);
+      } catch (err) {
+        errors.push(
+          fieldErrors.invalid(
+            rulePath,
+            rule.rule,
+            `compilation failed: ${(err as Error).message.split("\n")[0]}`,
+          ),
+        );
+      }
+    }
+    for (const [key, child] of Object.entries<Json>(node.properties ?? {}))
+      walk(child, `${at}.properties[${key}]`, false);
+    if (isPlainObject(node.additionalProperties))
+      walk(node.additionalProperties, `${at}.additionalProperties`, false);
+    if (isPlainObject(node.items)) walk(node.items, `${at}.items`, false);
+  };
+  walk(schema, path, true);
+  return errors;
 }
