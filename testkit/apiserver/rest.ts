@@ -533,22 +533,6 @@ export class ApiCore {
     if (gone) this.notify(bucket, gone, true);
   }
 
-  /** Every stored object whose ownerReferences name `uid`, with its bucket. */
-  private dependentsOf(uid: string): { bucket: string; obj: KubeObject }[] {
-    const out: { bucket: string; obj: KubeObject }[] = [];
-    for (const bucket of this.store.bucketNames())
-      for (const obj of this.store.list(bucket))
-        if ((obj.metadata.ownerReferences ?? []).some((ref: Json) => ref.uid === uid))
-          out.push({ bucket, obj });
-    return out;
-  }
-
-  private uidExists(uid: string): boolean {
-    return this.store
-      .bucketNames()
-      .some((bucket) => this.store.list(bucket).some((obj) => obj.metadata.uid === uid));
-  }
-
   private dropOwner(bucket: string, obj: KubeObject, uid: string): void {
     const released = clone(obj);
     released.metadata.ownerReferences = (obj.metadata.ownerReferences ?? []).filter(
@@ -560,7 +544,7 @@ export class ApiCore {
 
   /** propagationPolicy=Orphan: dependents lose their reference to the owner and stay. */
   private releaseDependents(uid: string): void {
-    for (const { bucket, obj } of this.dependentsOf(uid)) this.dropOwner(bucket, obj, uid);
+    for (const { bucket, object } of this.store.dependents(uid)) this.dropOwner(bucket, object, uid);
   }
 
   /**
@@ -569,12 +553,12 @@ export class ApiCore {
    * Foreground deletion is treated as background.
    */
   private collectGarbage(uid: string): void {
-    for (const { bucket, obj } of this.dependentsOf(uid)) {
-      const others = (obj.metadata.ownerReferences ?? []).filter(
-        (ref: Json) => ref.uid !== uid && this.uidExists(ref.uid),
+    for (const { bucket, object } of this.store.dependents(uid)) {
+      const others = (object.metadata.ownerReferences ?? []).filter(
+        (ref: Json) => ref.uid !== uid && this.store.hasUid(ref.uid),
       );
-      if (others.length === 0) this.deleteObject(bucket, obj);
-      else this.dropOwner(bucket, obj, uid);
+      if (others.length === 0) this.deleteObject(bucket, object);
+      else this.dropOwner(bucket, object, uid);
     }
   }
 

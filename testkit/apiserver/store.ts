@@ -29,6 +29,9 @@ export class Store {
   private compactedRevision = 0;
   private readonly listeners = new Set<Listener>();
   private readonly historyLimit: number;
+  /** uid → where the object lives, and owner uid → dependents, so garbage collection does not scan */
+  private readonly byUid = new Map<string, { bucket: string; key: string }>();
+  private readonly byOwner = new Map<string, Set<string>>();
 
   constructor(options: { historyLimit?: number } = {}) {
     this.historyLimit = options.historyLimit ?? 1000;
@@ -66,6 +69,47 @@ export class Store {
     return this.list(bucket, namespace).length;
   }
 
+  hasUid(uid: string): boolean {
+    return this.byUid.has(uid);
+  }
+
+  /** Objects whose ownerReferences name `uid`, with their bucket. */
+  dependents(uid: string): { bucket: string; object: KubeObject }[] {
+    const out: { bucket: string; object: KubeObject }[] = [];
+    for (const dependentUid of this.byOwner.get(uid) ?? []) {
+      const where = this.byUid.get(dependentUid);
+      const obj = where && this.buckets.get(where.bucket)?.get(where.key);
+      if (where && obj) out.push({ bucket: where.bucket, object: clone(obj) });
+    }
+    return out;
+  }
+
+  private index(
+    bucket: string,
+    key: string,
+    obj: KubeObject | undefined,
+    previous: KubeObject | undefined,
+  ): void {
+    const ownersOf = (o: KubeObject | undefined): string[] =>
+      (o?.metadata.ownerReferences ?? []).map((ref) => String(ref?.uid ?? "")).filter((u) => u !== "");
+    const uid = obj?.metadata.uid ?? previous?.metadata.uid;
+    if (!uid) return;
+    for (const owner of ownersOf(previous)) this.byOwner.get(owner)?.delete(uid);
+    if (!obj) {
+      this.byUid.delete(uid);
+      return;
+    }
+    this.byUid.set(uid, { bucket, key });
+    for (const owner of ownersOf(obj)) {
+      let set = this.byOwner.get(owner);
+      if (!set) {
+        set = new Set();
+        this.byOwner.set(owner, set);
+      }
+      set.add(uid);
+    }
+  }
+
   bucketNames(): string[] {
     return [...this.buckets.keys()];
   }
@@ -84,6 +128,7 @@ export class Store {
     const previous = items?.get(key);
     if (!items || !previous) return undefined;
     items.delete(key);
+    this.index(bucket, key, undefined, previous);
     const revision = ++this.revisionCounter;
     // etcd reports a deleted object at the revision of its deletion
     const tombstone = clone(previous);
@@ -120,6 +165,7 @@ export class Store {
     const stored = clone(obj);
     stored.metadata.resourceVersion = String(revision);
     items.set(key, stored);
+    this.index(bucket, key, stored, previous);
     this.record({
       revision,
       type,
