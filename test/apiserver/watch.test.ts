@@ -1,3 +1,7 @@
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import * as k8s from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
@@ -75,13 +79,16 @@ class Recorder {
 
 let server: TestApiServer;
 let api: Clients;
+let cacheDir: string;
 
 beforeAll(async () => {
   server = await startWithWidgets({ bookmarkIntervalMs: 100 });
   api = clients(server);
+  cacheDir = mkdtempSync(join(tmpdir(), "stowage-kubectl-watch-"));
 });
 
 afterAll(async () => {
+  rmSync(cacheDir, { recursive: true, force: true });
   await server.stop();
 });
 
@@ -199,6 +206,85 @@ describe("watch", () => {
     await resumed.untilCount(1);
     resumed.stop();
     expect(resumed.summary()).toEqual(["ADDED latest"]);
+  });
+
+  it("replays state then marks its end with an annotated BOOKMARK for sendInitialEvents (watch-list)", async () => {
+    await namespace("w-list");
+    await api.core.createNamespacedConfigMap({
+      namespace: "w-list",
+      body: { metadata: { name: "existing" } },
+    });
+    const watch = await Recorder.start(api.kc, cmPath("w-list"), {
+      sendInitialEvents: true,
+      resourceVersionMatch: "NotOlderThan",
+      allowWatchBookmarks: true,
+    });
+    await watch.untilCount(2);
+    await api.core.createNamespacedConfigMap({ namespace: "w-list", body: { metadata: { name: "later" } } });
+    await watch.until(() => watch.events.some((e) => e.name === "later"));
+    watch.stop();
+    expect(
+      watch
+        .summary()
+        .filter((e) => e !== "BOOKMARK")
+        .slice(0, 2),
+    ).toEqual(["ADDED existing", "ADDED later"]);
+    expect(watch.events[1]).toMatchObject({
+      type: "BOOKMARK",
+      object: { metadata: { annotations: { "k8s.io/initial-events-end": "true" } } },
+    });
+  });
+
+  it("streams one-row Tables to kubectl get -w", async () => {
+    const child = spawn(
+      "/usr/bin/kubectl",
+      [
+        "--kubeconfig",
+        server.kubeconfigPath,
+        "--cache-dir",
+        cacheDir,
+        "get",
+        "configmaps",
+        "-n",
+        "w-table",
+        "-w",
+        "--output-watch-events",
+      ],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
+    try {
+      await namespace("w-table");
+      let output = "";
+      const seen = (text: string) =>
+        new Promise<void>((resolve, reject) => {
+          const check = () => {
+            if (output.includes(text)) resolve();
+          };
+          child.stdout.on("data", (chunk) => {
+            output += chunk;
+            check();
+          });
+          child.once("exit", () => reject(new Error(`kubectl exited; output so far: ${output}`)));
+          check();
+        });
+      const appeared = seen("ADDED");
+      await api.core.createNamespacedConfigMap({
+        namespace: "w-table",
+        body: { metadata: { name: "watched" }, data: { a: "1" } },
+      });
+      await appeared;
+      const modified = seen("MODIFIED");
+      await api.core.patchNamespacedConfigMap(
+        { name: "watched", namespace: "w-table", body: { data: { b: "2" } } },
+        k8s.setHeaderOptions("Content-Type", "application/merge-patch+json"),
+      );
+      await modified;
+      expect(output).toMatch(/EVENT\s+NAME\s+AGE/);
+      expect(output).toMatch(/ADDED\s+watched\s+\d+s/);
+      expect(output).toMatch(/MODIFIED\s+watched\s+\d+s/);
+    } finally {
+      child.kill("SIGTERM");
+    }
   });
 
   it("closes every open watch stream on dropWatches()", async () => {

@@ -433,6 +433,7 @@ export class ApiHttpServer {
             allowBookmarks: url.searchParams.get("allowWatchBookmarks") === "true",
             bookmarkIntervalMs: this.bookmarkIntervalMs,
             table: wantsTable(accept) ? { include } : undefined,
+            sendInitialEvents: url.searchParams.get("sendInitialEvents") === "true",
           },
           req,
           res,

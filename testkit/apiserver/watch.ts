@@ -15,6 +15,8 @@ export interface WatchRequest {
   timeoutSeconds?: number;
   allowBookmarks: boolean;
   bookmarkIntervalMs: number;
+  /** watch-list: replay current state, then a bookmark annotated k8s.io/initial-events-end */
+  sendInitialEvents?: boolean;
   /** `kubectl get -w` asks for each event's object as a one-row Table */
   table?: { include: IncludeObject };
 }
@@ -46,7 +48,8 @@ export function serveWatch(
   let since: number;
   const replay: { type: WatchEventType; object: KubeObject }[] = [];
   const rv = request.resourceVersion;
-  if (rv === undefined || rv === "" || rv === "0") {
+  const replayState = rv === undefined || rv === "" || rv === "0" || !!request.sendInitialEvents;
+  if (replayState) {
     since = core.store.revision;
     for (const obj of core.store.list(def.bucket, def.namespaced ? namespace : undefined))
       if (inScope(obj)) replay.push({ type: "ADDED", object: obj });
@@ -66,7 +69,7 @@ export function serveWatch(
     if (!res.writableEnded) res.write(`${JSON.stringify({ type, object })}\n`);
   };
 
-  if (replay.length === 0 && since < core.store.oldestResumable) {
+  if (!replayState && since < core.store.oldestResumable) {
     send("ERROR", expired(rv!, core.store.oldestResumable + 1).toStatus());
     res.end();
     return;
@@ -99,9 +102,17 @@ export function serveWatch(
     if (out) send(out.type, render(out.object));
   };
 
-  const backlog = replay.length > 0 ? [] : core.store.eventsSince(since, def.bucket);
+  const backlog = replayState ? [] : core.store.eventsSince(since, def.bucket);
   const unsubscribe = core.store.subscribe(deliver);
   for (const event of replay) send(event.type, render(event.object));
+  if (request.sendInitialEvents && request.allowBookmarks) {
+    // the watch-list protocol: a bookmark marks the end of the initial state
+    send("BOOKMARK", {
+      kind: def.kind,
+      apiVersion: apiVersionOf(def),
+      metadata: { resourceVersion: String(since), annotations: { "k8s.io/initial-events-end": "true" } },
+    });
+  }
   for (const event of backlog) deliver(event);
 
   const timers: NodeJS.Timeout[] = [];
