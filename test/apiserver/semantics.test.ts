@@ -104,6 +104,51 @@ describe("built-in object rules", () => {
     expect(secret.stringData).toBeUndefined();
   });
 
+  it("stores metav1.Time fields of built-ins in whole seconds, as a typed decoder does, but keeps custom resources as sent", async () => {
+    const node = await api.core.createNode({
+      body: {
+        metadata: { name: "timed-node" },
+        status: {
+          conditions: [
+            {
+              type: "Ready",
+              status: "True",
+              lastHeartbeatTime: "2026-01-02T03:04:05.678Z" as unknown as Date,
+            },
+          ],
+        },
+      },
+    });
+    expect(node.status?.conditions?.[0].lastHeartbeatTime?.toISOString()).toBe("2026-01-02T03:04:05.000Z");
+    const response = await fetch(
+      `${server.url}/apis/test.stowage.dev/v1/namespaces/default/widgets/timed/status`,
+      {
+        method: "PATCH",
+        headers: { "Content-Type": "application/merge-patch+json" },
+        body: JSON.stringify({
+          status: {
+            conditions: [{ type: "Ready", status: "True", lastTransitionTime: "2026-01-02T03:04:05.678Z" }],
+          },
+        }),
+      },
+    ).catch(() => undefined);
+    expect(response?.status).toBe(404);
+    await api.custom.createNamespacedCustomObject({ ...widgets(), body: widget("timed") });
+    const patched = (await api.custom.patchNamespacedCustomObjectStatus(
+      {
+        ...widgets(),
+        name: "timed",
+        body: {
+          status: {
+            conditions: [{ type: "Ready", status: "True", lastTransitionTime: "2026-01-02T03:04:05.678Z" }],
+          },
+        },
+      },
+      mergeType,
+    )) as Json;
+    expect(patched.status.conditions[0].lastTransitionTime).toBe("2026-01-02T03:04:05.678Z");
+  });
+
   it("refuses names that are not DNS subdomains (DNS labels for namespaces)", async () => {
     expect(
       (

@@ -407,3 +407,39 @@ export function checkBuiltinName(def: ResourceDef, obj: KubeObject, old: KubeObj
     ]);
   return obj;
 }
+
+/** metav1.Time fields (whole seconds on the wire) that clients set in built-in objects. */
+const timeFieldNames = new Set([
+  "lastTransitionTime",
+  "lastHeartbeatTime",
+  "lastProbeTime",
+  "lastUpdateTime",
+  "firstTimestamp",
+  "lastTimestamp",
+  "startTime",
+  "startedAt",
+  "finishedAt",
+]);
+
+const fractionalTime = /^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})\.\d+(Z|[+-]\d{2}:\d{2})$/;
+
+/**
+ * Built-in objects are decoded into Go structs, so a metav1.Time written with fractional seconds
+ * reads back truncated to whole seconds (a controller that compares what it wrote with what it
+ * reads must cope). Custom resources keep the string as sent.
+ */
+export function truncateTimes(def: ResourceDef, obj: KubeObject): KubeObject {
+  if (!def.strategicMerge) return obj;
+  const walk = (node: Json): Json => {
+    if (Array.isArray(node)) return node.map(walk);
+    if (!isPlainObject(node)) return node;
+    const out: Json = {};
+    for (const [key, value] of Object.entries(node)) {
+      const m = typeof value === "string" && timeFieldNames.has(key) ? fractionalTime.exec(value) : null;
+      out[key] = m ? `${m[1]}${m[2]}` : walk(value);
+    }
+    return out;
+  };
+  const { metadata, ...rest } = obj;
+  return { metadata, ...walk(rest) };
+}

@@ -7,6 +7,7 @@ import {
   checkPodUpdate,
   foldSecretStringData,
   initialNamespaces,
+  truncateTimes,
 } from "./builtins.ts";
 import { installCrdSupport } from "./crd.ts";
 import {
@@ -128,7 +129,11 @@ export class ApiHttpServer {
     this.core = new ApiCore(this.store, this.registry);
     this.core.addPreparer((def, obj, old) => {
       const named = checkBuiltinName(def, obj, old);
-      return checkPodUpdate(def, foldSecretStringData(def, checkMicroTimes(def, named)), old);
+      return checkPodUpdate(
+        def,
+        foldSecretStringData(def, truncateTimes(def, checkMicroTimes(def, named))),
+        old,
+      );
     });
     installCrdSupport(this.core);
     bootstrapNamespaces(this.core, initialNamespaces);
