@@ -221,17 +221,24 @@ async function main(): Promise<void> {
       console.log(
         `skopeo cold, median of ${rounds}: ${skopeoRate.toFixed(1)} MB/s, worst peak RSS ${fmtRss(Math.max(...skopeoRuns.map((r) => r.rss ?? 0)))}`,
       );
-      console.log(`ratio stowage/skopeo (medians): ${(stowageRate / skopeoRate).toFixed(2)}`);
+      // Rounds run back to back, so a round's two runs see similar machine load; the per-round
+      // ratio is the fair comparison on a shared machine, the medians are shown alongside.
+      const pairedRatios = skopeoRuns.map((skopeoRun, i) => stowageRuns[i].rate / skopeoRun.rate);
+      const pairedRatio = median(pairedRatios);
+      console.log(
+        `ratio stowage/skopeo: per round ${pairedRatios.map((r) => r.toFixed(2)).join(", ")}; ` +
+          `median of rounds ${pairedRatio.toFixed(2)}; ratio of medians ${(stowageRate / skopeoRate).toFixed(2)}`,
+      );
       verdict(
         "cold throughput >= skopeo",
-        stowageRate >= skopeoRate,
-        `median ${stowageRate.toFixed(1)} vs ${skopeoRate.toFixed(1)} MB/s`,
+        pairedRatio >= 1,
+        `median per-round ratio ${pairedRatio.toFixed(2)}; medians ${stowageRate.toFixed(1)} vs ${skopeoRate.toFixed(1)} MB/s`,
       );
     }
     verdict(
       "peak RSS < 200 MB while copying the 1.5 GiB-layer image",
       peakRss * 1024 < 200e6,
-      `worst of ${rounds} runs: ${fmtRss(peakRss)}`,
+      `worst of ${rounds} runs: ${fmtRss(peakRss)} = ${((peakRss * 1024) / 1e6).toFixed(0)} MB`,
     );
 
     // 3. Unchanged re-sync: the CLI (dominated by process start-up) and in-process.
