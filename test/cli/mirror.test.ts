@@ -39,16 +39,18 @@ function stowage(args: string[], env: Record<string, string> = {}): Promise<Run>
 let source: RunningRegistry;
 let target: RunningRegistry;
 let secured: RunningRegistry;
+let tls: RunningRegistry;
 let client: RegistryClient;
 let dir: string;
 let indexDigest: string;
 const insecure = () => ["--insecure-registry", source.host, "--insecure-registry", `http://${target.host}`];
 
 beforeAll(async () => {
-  [source, target, secured] = await Promise.all([
+  [source, target, secured, tls] = await Promise.all([
     startRegistry(),
     startRegistry(),
     startRegistry({ auth: "htpasswd" }),
+    startRegistry({ tls: true }),
   ]);
   dir = await mkdtemp(join(tmpdir(), "stowage-cli-"));
   client = new RegistryClient({ insecureHosts: [source.host, target.host] });
@@ -59,7 +61,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await client?.close();
-  await Promise.all([source?.stop(), target?.stop(), secured?.stop()]);
+  await Promise.all([source?.stop(), target?.stop(), secured?.stop(), tls?.stop()]);
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
@@ -169,6 +171,25 @@ describe("stowage mirror", () => {
     ]);
     expect(run.stderr).toBe("");
     expect(run.code).toBe(0);
+  });
+
+  it("trusts a registry's private CA given with --ca-file, and fails without it", async () => {
+    const caFile = join(dir, "ca.pem");
+    await writeFile(caFile, tls.caPem ?? "");
+    const args = [
+      "--insecure-registry",
+      source.host,
+      "--quiet",
+      `${source.host}/cli/small:v1`,
+      `${tls.host}/cli/tls:v1`,
+    ];
+    const trusted = await stowage(["mirror", "--ca-file", caFile, ...args]);
+    expect(trusted.stderr).toBe("");
+    expect(trusted.code).toBe(0);
+    const untrusted = await stowage(["mirror", ...args]);
+    expect(untrusted.code).toBe(1);
+    expect(untrusted.stderr.trim().split("\n")).toHaveLength(1);
+    expect(untrusted.stderr).toMatch(/^stowage: \w+: .*127\.0\.0\.1/);
   });
 
   it("exits 1 with AuthFailed naming the host when credentials are wrong", async () => {
