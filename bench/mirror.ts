@@ -16,7 +16,13 @@ import { parseArgs } from "node:util";
 import { Copier, type CopyResult } from "../src/oci/copy.ts";
 import { parseReference } from "../src/oci/reference.ts";
 import { RegistryClient } from "../src/oci/registry.ts";
-import { type PushedImage, pushSharedBaseImages, pushSinglePlatformImage } from "../testkit/images.ts";
+import {
+  drain,
+  type PushedImage,
+  pushSharedBaseImages,
+  pushSinglePlatformImage,
+  tarStream,
+} from "../testkit/images.ts";
 import { type RunningRegistry, startRegistry } from "../testkit/registry.ts";
 
 const MiB = 1024 * 1024;
@@ -127,8 +133,15 @@ async function main(): Promise<void> {
     const hosts = [source.host];
     const seeding = new RegistryClient({ insecureHosts: hosts });
 
-    // 1. Seed the source registry (streamed: layers are generated while they upload).
+    // 0. How fast synthetic layers are generated (the seed step and tests depend on it).
     let started = performance.now();
+    const generated = await drain(tarStream("bench/generation-rate", bigLayers[0]));
+    console.log(
+      `synthetic layer generation: ${fmtMB(generated)} at ${mbps(generated, performance.now() - started).toFixed(0)} MB/s`,
+    );
+
+    // 1. Seed the source registry (streamed: layers are generated while they upload).
+    started = performance.now();
     const big = await pushSinglePlatformImage(
       seeding,
       { registry: source.host, repository: "bench/big" },
