@@ -7,7 +7,12 @@ import { isPlainObject, type Json } from "./types.ts";
  * `filter`), string `startsWith/endsWith/contains/lowerAscii/upperAscii/split/trim/indexOf/substring/join`,
  * `duration` and `timestamp`; the Kubernetes string extras it lacks are registered here.
  */
-const environment = new Environment({ unlistedVariablesAreDyn: true, homogeneousAggregateLiterals: false })
+const environment = new Environment({
+  unlistedVariablesAreDyn: true,
+  homogeneousAggregateLiterals: false,
+  // Kubernetes CEL has optionals (`self.?field.orValue(x)`) since 1.29
+  enableOptionalTypes: true,
+})
   .registerFunction("string.replace(string, string): string", (self: string, from: string, to: string) =>
     self.split(from).join(to),
   )
