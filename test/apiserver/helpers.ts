@@ -45,6 +45,12 @@ export const widgetCrd: Json = {
                 required: ["image"],
                 "x-kubernetes-validations": [
                   { rule: "has(self.a) != has(self.b)", message: "exactly one of a or b must be set" },
+                  {
+                    rule: "!has(self.nickname) || self.nickname != 'root'",
+                    messageExpression: "'nickname ' + self.nickname + ' is reserved'",
+                    fieldPath: ".nickname",
+                    reason: "FieldValueForbidden",
+                  },
                 ],
                 properties: {
                   image: { type: "string", pattern: "^[a-z0-9]+([._/:-][a-z0-9]+)*$" },
@@ -76,6 +82,21 @@ export const widgetCrd: Json = {
                     },
                   },
                   labels: { type: "object", additionalProperties: { type: "string" } },
+                  ports: {
+                    type: "array",
+                    "x-kubernetes-list-type": "map",
+                    "x-kubernetes-list-map-keys": ["name"],
+                    items: {
+                      type: "object",
+                      required: ["name"],
+                      properties: { name: { type: "string" }, port: { type: "integer", format: "int32" } },
+                    },
+                  },
+                  tags: {
+                    type: "array",
+                    "x-kubernetes-list-type": "set",
+                    items: { type: "string", maxLength: 8 },
+                  },
                   extra: { type: "object", "x-kubernetes-preserve-unknown-fields": true },
                   port: { "x-kubernetes-int-or-string": true },
                   nickname: { type: "string", nullable: true },

@@ -185,6 +185,43 @@ describe("validation", () => {
     ).toBe(201);
   });
 
+  it("reports a CEL rule's messageExpression at its fieldPath with its reason", async () => {
+    const { status } = await failure(create("cel-reason", { image: "nginx", a: "x", nickname: "root" }));
+    expect(status.message).toBe(
+      `Widget.${group} "cel-reason" is invalid: spec.nickname: Forbidden: nickname root is reserved`,
+    );
+    expect(status.details.causes).toEqual([
+      {
+        reason: "FieldValueForbidden",
+        message: "Forbidden: nickname root is reserved",
+        field: "spec.nickname",
+      },
+    ]);
+  });
+
+  it("refuses duplicate keys in list-type map and duplicate items in list-type set", async () => {
+    const { status } = await failure(
+      create("lists", {
+        image: "nginx",
+        a: "x",
+        ports: [
+          { name: "http", port: 80 },
+          { name: "http", port: 8080 },
+        ],
+        tags: ["gpu", "cpu", "gpu", "much-too-long"],
+      }),
+    );
+    expect(status.details.causes).toEqual([
+      { reason: "FieldValueDuplicate", message: 'Duplicate value: {"name":"http"}', field: "spec.ports[1]" },
+      { reason: "FieldValueDuplicate", message: 'Duplicate value: "gpu"', field: "spec.tags[2]" },
+      {
+        reason: "FieldValueTooLong",
+        message: "Too long: may not be more than 8 bytes",
+        field: "spec.tags[3]",
+      },
+    ]);
+  });
+
   it("evaluates transition rules with oldSelf only on update", async () => {
     await create("immutable", { image: "nginx", a: "x", immutableId: "one" });
     const { code, status } = await failure(
