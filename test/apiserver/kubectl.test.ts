@@ -292,6 +292,20 @@ describe("the real kubectl against the API server double", () => {
     expect(out.stdout).toMatch(/Gated\s+.*waiting for image warm-up/);
   });
 
+  it("describes a namespace and a node, whose describers list quotas, limit ranges and pods", async () => {
+    const ns = await kubectl.run(["describe", "namespace", "default"]);
+    expect(ns.stderr).toBe("");
+    expect(ns.stdout).toMatch(/Status:\s+Active/);
+    expect(ns.stdout).toContain("No resource quota.");
+    await kubectl.apply([
+      { apiVersion: "v1", kind: "Node", metadata: { name: "described-node", labels: { gpu: "true" } } },
+    ]);
+    const node = await kubectl.run(["describe", "node", "described-node"]);
+    expect(node.stderr).toBe("");
+    expect(node.stdout).toMatch(/Labels:\s+gpu=true/);
+    expect(node.stdout).toContain("Non-terminated Pods:");
+  });
+
   it("changes objects with kubectl patch --type merge and --type json", async () => {
     await kubectl.apply([widget("patched", { image: "nginx:1", a: "x", size: 1 })]);
     const merge = await kubectl.run([

@@ -96,6 +96,26 @@ const specs: BuiltinSpec[] = [
     shortNames: ["cm"],
     columns: [age],
   },
+  // storage only: kubectl describe namespace lists them
+  {
+    group: "",
+    version: "v1",
+    plural: "resourcequotas",
+    kind: "ResourceQuota",
+    namespaced: true,
+    shortNames: ["quota"],
+    status: true,
+    columns: [age],
+  },
+  {
+    group: "",
+    version: "v1",
+    plural: "limitranges",
+    kind: "LimitRange",
+    namespaced: true,
+    shortNames: ["limits"],
+    columns: [age],
+  },
   {
     group: "",
     version: "v1",

@@ -344,6 +344,9 @@ export class ApiHttpServer {
     }
     const [resource, name, subresource] = rest;
     if (rest.length > 3) return undefined;
+    // /api/v1/namespaces/x/<unknown> is an unknown namespaced resource, not a namespace subresource
+    if (resource === "namespaces" && subresource && !["status", "finalize"].includes(subresource))
+      return undefined;
     const watch = url.searchParams.get("watch");
     let verb: Verb;
     switch (method) {
