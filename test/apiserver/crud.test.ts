@@ -487,6 +487,41 @@ describe("list", () => {
     expect(seen).toEqual(["s-cpu-a", "s-gpu-a", "s-gpu-b", "s-none"]);
   });
 
+  it("serves later pages from the first page's snapshot, and expires the token after compaction", async () => {
+    await createNamespace("paging");
+    for (const name of ["p-a", "p-b", "p-c", "p-d"])
+      await api.core.createNamespacedConfigMap({ namespace: "paging", body: { metadata: { name } } });
+    const first = await api.core.listNamespacedConfigMap({ namespace: "paging", limit: 2 });
+    expect(first.items.map((i) => i.metadata?.name)).toEqual(["p-a", "p-b"]);
+    await api.core.deleteNamespacedConfigMap({ name: "p-d", namespace: "paging" });
+    await api.core.createNamespacedConfigMap({ namespace: "paging", body: { metadata: { name: "p-e" } } });
+    await api.core.patchNamespacedConfigMap(
+      { name: "p-c", namespace: "paging", body: { data: { changed: "yes" } } },
+      setHeaderOptions("Content-Type", "application/merge-patch+json"),
+    );
+    const second = await api.core.listNamespacedConfigMap({
+      namespace: "paging",
+      limit: 2,
+      _continue: first.metadata?._continue,
+    });
+    expect(second.items.map((i) => i.metadata?.name)).toEqual(["p-c", "p-d"]);
+    expect(second.items[0].data).toBeUndefined();
+    expect(second.metadata?.resourceVersion).toBe(first.metadata?.resourceVersion);
+
+    const again = await api.core.listNamespacedConfigMap({ namespace: "paging", limit: 2 });
+    await api.core.createNamespacedConfigMap({ namespace: "paging", body: { metadata: { name: "p-f" } } });
+    server.compact();
+    const { code, status } = await failure(
+      api.core.listNamespacedConfigMap({
+        namespace: "paging",
+        limit: 2,
+        _continue: again.metadata?._continue,
+      }),
+    );
+    expect(code).toBe(410);
+    expect(status.reason).toBe("Expired");
+  });
+
   it("lists across all namespaces", async () => {
     await api.core.createNamespacedConfigMap({
       namespace: "kube-system",

@@ -126,21 +126,37 @@ export class ApiCore {
   }
 
   list(def: ResourceDef, namespace: string | undefined, options: ListOptions): Json {
-    const revision = this.store.revision;
-    let items = this.store
-      .list(def.bucket, def.namespaced ? namespace : undefined)
-      .map((obj) => this.present(def, obj))
-      .filter((obj) => matchesFilter(options.filter, obj));
-    // paging: a continue token names the last key returned; later pages see current state (the real
-    // server serves them from the first page's snapshot)
+    // later pages are served from the first page's snapshot, like etcd reads at a revision
+    let revision = this.store.revision;
+    let after: string | undefined;
     if (options.continueToken) {
-      let after: string;
+      let token: { rv?: unknown; start?: unknown };
       try {
-        after = JSON.parse(Buffer.from(options.continueToken, "base64url").toString("utf8")).start;
+        token = JSON.parse(Buffer.from(options.continueToken, "base64url").toString("utf8"));
       } catch {
         throw badRequest("continue key is not valid");
       }
-      items = items.filter((obj) => `${obj.metadata.namespace ?? ""}/${obj.metadata.name}` > after);
+      if (typeof token.rv !== "number" || typeof token.start !== "string")
+        throw badRequest("continue key is not valid");
+      if (token.rv < this.store.oldestResumable)
+        throw new ApiError(
+          410,
+          "Expired",
+          "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+        );
+      revision = token.rv;
+      after = token.start;
+    }
+    const snapshot =
+      revision === this.store.revision
+        ? this.store.list(def.bucket, def.namespaced ? namespace : undefined)
+        : this.store.listAt(def.bucket, def.namespaced ? namespace : undefined, revision);
+    let items = snapshot
+      .map((obj) => this.present(def, obj))
+      .filter((obj) => matchesFilter(options.filter, obj));
+    if (after !== undefined) {
+      const start = after;
+      items = items.filter((obj) => `${obj.metadata.namespace ?? ""}/${obj.metadata.name}` > start);
     }
     const metadata: Json = { resourceVersion: String(revision) };
     if (options.limit && options.limit > 0 && items.length > options.limit) {

@@ -65,6 +65,27 @@ export class Store {
     return out;
   }
 
+  /**
+   * The bucket as it was at `revision`, rebuilt by undoing the retained history after it (callers
+   * check `oldestResumable` first). Sorted like `list`.
+   */
+  listAt(bucket: string, namespace: string | undefined, revision: number): KubeObject[] {
+    const state = new Map<string, KubeObject>();
+    for (const obj of this.list(bucket))
+      state.set(objectKey(obj.metadata.namespace, obj.metadata.name!), obj);
+    for (const event of [...this.history].reverse()) {
+      if (event.revision <= revision) break;
+      if (event.bucket !== bucket) continue;
+      const key = objectKey(event.object.metadata.namespace, event.object.metadata.name!);
+      if (event.type === "ADDED") state.delete(key);
+      else if (event.previous) state.set(key, clone(event.previous));
+    }
+    return [...state.keys()]
+      .sort()
+      .map((key) => state.get(key)!)
+      .filter((obj) => namespace === undefined || (obj.metadata.namespace ?? "") === namespace);
+  }
+
   count(bucket: string, namespace?: string): number {
     return this.list(bucket, namespace).length;
   }
