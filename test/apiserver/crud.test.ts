@@ -522,6 +522,28 @@ describe("list", () => {
     expect(status.reason).toBe("Expired");
   });
 
+  it("lists the state at a revision with resourceVersionMatch=Exact", async () => {
+    await createNamespace("exact");
+    const before = await api.core.createNamespacedConfigMap({
+      namespace: "exact",
+      body: { metadata: { name: "x-1" } },
+    });
+    await api.core.createNamespacedConfigMap({ namespace: "exact", body: { metadata: { name: "x-2" } } });
+    const atBefore = await api.core.listNamespacedConfigMap({
+      namespace: "exact",
+      resourceVersion: before.metadata?.resourceVersion,
+      resourceVersionMatch: "Exact",
+    });
+    expect(atBefore.items.map((i) => i.metadata?.name)).toEqual(["x-1"]);
+    expect(atBefore.metadata?.resourceVersion).toBe(before.metadata?.resourceVersion);
+    const notOlder = await api.core.listNamespacedConfigMap({
+      namespace: "exact",
+      resourceVersion: before.metadata?.resourceVersion,
+      resourceVersionMatch: "NotOlderThan",
+    });
+    expect(notOlder.items.map((i) => i.metadata?.name)).toEqual(["x-1", "x-2"]);
+  });
+
   it("lists across all namespaces", async () => {
     await api.core.createNamespacedConfigMap({
       namespace: "kube-system",

@@ -59,6 +59,8 @@ export interface ListOptions {
   filter: ObjectFilter;
   limit?: number;
   continueToken?: string;
+  /** resourceVersionMatch=Exact: the list as it was at this revision */
+  exactRevision?: number;
 }
 
 const generateNameAlphabet = "bcdfghjklmnpqrstvwxz2456789";
@@ -129,6 +131,15 @@ export class ApiCore {
     // later pages are served from the first page's snapshot, like etcd reads at a revision
     let revision = this.store.revision;
     let after: string | undefined;
+    if (options.exactRevision !== undefined) {
+      if (options.exactRevision < this.store.oldestResumable)
+        throw new ApiError(
+          410,
+          "Expired",
+          `too old resource version: ${options.exactRevision} (${this.store.oldestResumable + 1})`,
+        );
+      revision = Math.min(options.exactRevision, this.store.revision);
+    }
     if (options.continueToken) {
       let token: { rv?: unknown; start?: unknown };
       try {

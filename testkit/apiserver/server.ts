@@ -423,6 +423,11 @@ export class ApiHttpServer {
           filter: this.filterFrom(url, def),
           limit,
           continueToken: url.searchParams.get("continue") ?? undefined,
+          // NotOlderThan (or no match) is served from current state, which is never older
+          exactRevision:
+            url.searchParams.get("resourceVersionMatch") === "Exact"
+              ? Number(url.searchParams.get("resourceVersion"))
+              : undefined,
         });
         if (wantsTable(accept))
           return this.send(req, res, "list", 200, toTable(def, list.items, list.metadata, include));
