@@ -2,7 +2,6 @@
  * The shared vocabulary of the mirror engine: media types, descriptors and the registry
  * client contract that the copy engine is written against.
  */
-import type { Readable } from "node:stream";
 
 export const MediaType = {
   OciIndex: "application/vnd.oci.image.index.v1+json",
