@@ -248,7 +248,7 @@ export function recordUpdate(
   if (changed.length === 0) return entries;
   const changedKeys = new Set(changed.map(keyOf));
   const presentNow = changed.filter((path) => getPath(next, path) !== undefined);
-  let mine = entries.find(
+  const mine = entries.find(
     (e) =>
       e.manager === options.manager && e.operation === "Update" && sameSubresource(e, options.subresource),
   );
@@ -264,6 +264,5 @@ export function recordUpdate(
   };
   if (options.subresource) entry.subresource = options.subresource;
   const result = mine ? kept.map((e) => (e === mine ? entry : e)) : [...kept, entry];
-  mine = undefined;
   return result.filter((e) => decodeFields(e.fieldsV1).length > 0);
 }
