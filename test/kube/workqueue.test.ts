@@ -57,13 +57,12 @@ describe("work queue", () => {
     await Promise.all(workers);
     expect(overlaps).toBe(0);
     expect(processed.length).toBeGreaterThan(100);
-    const histogramCount = async (name: string) =>
-      (
-        (await metrics.registry.getSingleMetric(name)?.get())?.values as {
-          metricName?: string;
-          value: number;
-        }[]
-      ).find((v) => v.metricName === `${name}_count`)?.value;
+    const histogramCount = async (name: string) => {
+      const samples = (await metrics.registry.getSingleMetric(name)?.get())?.values ?? [];
+      return (samples as { metricName?: string; value: number }[]).find(
+        (v) => v.metricName === `${name}_count`,
+      )?.value;
+    };
     expect(await histogramCount("workqueue_queue_duration_seconds")).toBe(processed.length);
     expect(await histogramCount("workqueue_work_duration_seconds")).toBe(processed.length);
     // Every key re-added while processing came back after done.
