@@ -363,7 +363,8 @@ export class KubeClient {
       await (await this.#delegate).applyToHTTPSOptions(delegated);
       Object.assign(headers, delegated.headers);
       if (delegated.auth) headers.authorization = `Basic ${Buffer.from(delegated.auth).toString("base64")}`;
-      if (delegated.agent) options.agent = delegated.agent;
+      // Its agent carries TLS material (possibly an exec-issued client certificate).
+      if (delegated.agent && this.#https) options.agent = delegated.agent;
       return;
     }
     const token = await this.#token();

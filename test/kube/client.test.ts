@@ -110,6 +110,39 @@ describe("kube client", () => {
     ).rejects.toThrow(KubeApiError);
   });
 
+  it("authenticates with the token an exec credential plugin prints, through client-node", async () => {
+    const { seen, port } = await recordingServer(() => ({ status: 200, body: { items: [], metadata: {} } }));
+    const credential = JSON.stringify({
+      apiVersion: "client.authentication.k8s.io/v1",
+      kind: "ExecCredential",
+      status: { token: "exec-issued-token" },
+    });
+    const path = join(dir, "kubeconfig-exec");
+    writeFileSync(
+      path,
+      kubeconfig(
+        `http://127.0.0.1:${port}`,
+        { "insecure-skip-tls-verify": true },
+        {
+          exec: {
+            apiVersion: "client.authentication.k8s.io/v1",
+            command: process.execPath,
+            args: ["-e", `process.stdout.write(${JSON.stringify(credential)})`],
+            interactiveMode: "Never",
+          },
+        },
+      ),
+    );
+    const client = KubeClient.load({ path });
+    expect(client.config.delegateAuth).toBe(true);
+    await client.resource(Resources.Node).list();
+    expect(seen[0]).toMatchObject({
+      method: "GET",
+      url: "/api/v1/nodes",
+      authorization: "Bearer exec-issued-token",
+    });
+  });
+
   it("merges the files listed in KUBECONFIG, the first file's current-context winning", async () => {
     const first = join(dir, "kc-first");
     const second = join(dir, "kc-second");
