@@ -1,7 +1,10 @@
 /**
  * Registry authentication: WWW-Authenticate challenges (Bearer token flow and Basic), token
- * fetches from the realm, and a token cache per (registry, scope set) until expiry.
+ * fetches from the realm, and a token cache per (registry, scope set, credentials) until
+ * expiry. A lookup may offer several candidate credentials for a repository; the first
+ * the registry accepts is remembered per (registry, repository).
  */
+import { createHash } from "node:crypto";
 import type { Clock } from "../util/clock.ts";
 import { StowageError } from "../util/errors.ts";
 import { errorFromNetwork, errorFromResponse, serverMessage } from "./errors.ts";
@@ -14,11 +17,19 @@ export interface Credentials {
   identityToken?: string;
   /** A ready bearer token, sent as is. */
   registryToken?: string;
+  /** Where these came from (`pull secret "ngc" (nvcr.io)`), for messages; never a secret. */
+  label?: string;
 }
 
+/**
+ * Credentials for a registry, optionally for one repository on it (the first repository
+ * of the request's scopes; undefined for /v2/). A list is tried in order until the registry
+ * accepts one; a single value (the original form) is a list of one.
+ */
 export type CredentialLookup = (
   registry: string,
-) => Promise<Credentials | undefined> | Credentials | undefined;
+  repository?: string,
+) => Promise<Credentials | Credentials[] | undefined> | Credentials | Credentials[] | undefined;
 
 export interface Challenge {
   scheme: string;
@@ -65,6 +76,29 @@ export function mergeScopes(scopes: string[]): string[] {
     .map(([resource, actions]) => `${resource}:${[...actions].sort().join(",")}`);
 }
 
+/** The repository of the first `repository:<name>:<actions>` scope, if any. */
+export function repositoryOfScopes(scopes: string[]): string | undefined {
+  const first = scopes[0];
+  if (!first?.startsWith("repository:")) return undefined;
+  const last = first.lastIndexOf(":");
+  return last > "repository:".length ? first.slice("repository:".length, last) : undefined;
+}
+
+/** True when the credentials carry nothing to authenticate with (anonymous). */
+export function isAnonymous(credentials: Credentials | undefined): boolean {
+  return !credentials?.username && !credentials?.identityToken && !credentials?.registryToken;
+}
+
+/** A short digest of the secret parts, so tokens of different credentials never mix. */
+function fingerprint(credentials: Credentials | undefined): string {
+  if (isAnonymous(credentials)) return "anonymous";
+  const { username, password, identityToken, registryToken } = credentials ?? {};
+  return createHash("sha256")
+    .update(JSON.stringify([username, password, identityToken, registryToken]))
+    .digest("hex")
+    .slice(0, 16);
+}
+
 export function pullScope(repository: string): string {
   return `repository:${repository}:pull`;
 }
@@ -92,7 +126,8 @@ export class Authenticator {
   private readonly lookup?: CredentialLookup;
   private readonly clock: Clock;
   private readonly challenges = new Map<string, Challenge>();
-  private readonly credentials = new Map<string, Promise<Credentials | undefined>>();
+  /** Index of the candidate the registry last accepted, per "registry|repository". */
+  private readonly accepted = new Map<string, number>();
   private readonly tokens = new Map<string, CachedToken>();
   private readonly inflight = new Map<string, Promise<string>>();
 
@@ -102,13 +137,40 @@ export class Authenticator {
     this.clock = options.clock;
   }
 
-  credentialsFor(registry: string): Promise<Credentials | undefined> {
-    let found = this.credentials.get(registry);
-    if (!found) {
-      found = Promise.resolve(this.lookup?.(registry));
-      this.credentials.set(registry, found);
-    }
-    return found;
+  /**
+   * The candidate credentials for a repository, in the order to try them; at least one
+   * (anonymous when the lookup has none). Asked afresh each time: lookups that hold
+   * short-lived credentials (ECR) cache and renew them themselves.
+   */
+  async candidates(registry: string, repository?: string): Promise<Credentials[]> {
+    const found = await this.lookup?.(registry, repository);
+    const list = (Array.isArray(found) ? found : [found]).filter(
+      (candidate): candidate is Credentials => candidate !== undefined,
+    );
+    return list.length > 0 ? list : [{}];
+  }
+
+  /** The first candidate to use: the one accepted last time, else the first. */
+  async credentialsFor(registry: string, repository?: string): Promise<Credentials | undefined> {
+    const list = await this.candidates(registry, repository);
+    const credentials = list[this.acceptedIndex(registry, repository, list.length)];
+    return isAnonymous(credentials) ? undefined : credentials;
+  }
+
+  /** Candidate indexes to try after a challenge: the accepted one first, then the others in order. */
+  candidateOrder(registry: string, repository: string | undefined, count: number): number[] {
+    const first = this.acceptedIndex(registry, repository, count);
+    return [first, ...Array.from({ length: count }, (_, i) => i).filter((i) => i !== first)];
+  }
+
+  /** Remember the candidate the registry accepted for this repository. */
+  accept(registry: string, repository: string | undefined, index: number): void {
+    this.accepted.set(`${registry}|${repository ?? ""}`, index);
+  }
+
+  private acceptedIndex(registry: string, repository: string | undefined, count: number): number {
+    const index = this.accepted.get(`${registry}|${repository ?? ""}`) ?? 0;
+    return index < count ? index : 0;
   }
 
   /** Has this registry asked for authentication yet? */
@@ -121,9 +183,26 @@ export class Authenticator {
    * is known; undefined before the first 401 (anonymous registries never send one).
    */
   async authorization(registry: string, scopes: string[], signal?: AbortSignal): Promise<string | undefined> {
+    if (!this.challenges.has(registry)) return undefined;
+    const repository = repositoryOfScopes(scopes);
+    const list = await this.candidates(registry, repository);
+    const credentials = list[this.acceptedIndex(registry, repository, list.length)];
+    return this.authorizationWith(registry, scopes, credentials, signal);
+  }
+
+  /**
+   * The Authorization header these credentials give under the known challenge: Basic, a
+   * ready bearer token, or a token fetched from the realm (cached). Undefined when they
+   * cannot answer it (Basic without a username). A realm refusing them is AuthFailed.
+   */
+  async authorizationWith(
+    registry: string,
+    scopes: string[],
+    credentials: Credentials | undefined,
+    signal?: AbortSignal,
+  ): Promise<string | undefined> {
     const challenge = this.challenges.get(registry);
     if (!challenge) return undefined;
-    const credentials = await this.credentialsFor(registry);
     if (challenge.scheme === "basic") {
       if (!credentials?.username) return undefined;
       const basic = Buffer.from(`${credentials.username}:${credentials.password ?? ""}`).toString("base64");
@@ -131,7 +210,7 @@ export class Authenticator {
     }
     if (credentials?.registryToken) return `Bearer ${credentials.registryToken}`;
     const scopeSet = mergeScopes(scopes);
-    const key = `${registry}|${scopeSet.join(" ")}`;
+    const key = `${registry}|${scopeSet.join(" ")}|${fingerprint(credentials)}`;
     const cached = this.tokens.get(key);
     if (cached && cached.expiresAt > this.clock.now()) return `Bearer ${cached.token}`;
     let pending = this.inflight.get(key);
@@ -154,7 +233,7 @@ export class Authenticator {
 
   /**
    * Record a 401's challenge; returns the scopes to ask for next (ours plus any the
-   * registry named). Drops the cached token for those scopes: it was not good enough.
+   * registry named). Drops the cached tokens for those scopes: they were not good enough.
    */
   onChallenge(registry: string, header: string | undefined, scopes: string[]): string[] {
     const challenges = header ? parseChallenges(header) : [];
@@ -168,7 +247,8 @@ export class Authenticator {
       );
     }
     this.challenges.set(registry, challenge);
-    this.tokens.delete(`${registry}|${mergeScopes(scopes).join(" ")}`);
+    const prefix = `${registry}|${mergeScopes(scopes).join(" ")}|`;
+    for (const key of this.tokens.keys()) if (key.startsWith(prefix)) this.tokens.delete(key);
     return mergeScopes([...scopes, ...(challenge.params.scope?.split(" ") ?? [])]);
   }
 

@@ -8,7 +8,15 @@ import { Readable } from "node:stream";
 import { type Clock, systemClock } from "../util/clock.ts";
 import { StowageError } from "../util/errors.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
-import { Authenticator, type CredentialLookup, pullScope, pushScope } from "./challenge.ts";
+import {
+  Authenticator,
+  type CredentialLookup,
+  type Credentials,
+  isAnonymous,
+  pullScope,
+  pushScope,
+  repositoryOfScopes,
+} from "./challenge.ts";
 import { errorFromNetwork, errorFromResponse } from "./errors.ts";
 import {
   backoffDelay,
@@ -728,6 +736,75 @@ export class RegistryClient {
    * One request with authentication: answers a 401 challenge once (fetching a token for
    * the scopes, or sending Basic credentials), and turns unexpected statuses into errors.
    */
+  /**
+   * After a 401: tries each candidate credential the lookup offers for the repository, the
+   * one accepted last time first, until the registry (or its token realm) accepts one, and
+   * remembers it. A streamed body cannot be sent twice: then the next candidate is only
+   * queued for the retry loop's next attempt.
+   */
+  private async answerChallenge(
+    request: ExchangeRequest,
+    refused: ResponseData & { url: string },
+    sentAuthorization: string | undefined,
+    attempt: (authorization: string | undefined) => Promise<ResponseData & { url: string }>,
+  ): Promise<ResponseData & { url: string }> {
+    const { registry, signal } = request;
+    const challenge = headerValue(refused.headers, "www-authenticate");
+    let said = await refused.body.text();
+    const scopes = this.auth.onChallenge(registry, challenge, request.scopes);
+    const repository = repositoryOfScopes(request.scopes);
+    const candidates = await this.auth.candidates(registry, repository);
+    const order = this.auth.candidateOrder(registry, repository, candidates.length);
+    const canResend = !(request.body instanceof Readable);
+    const refusedBy: string[] = [];
+    let realmError: StowageError | undefined;
+    for (const index of order) {
+      const credentials = candidates[index];
+      let authorization: string | undefined;
+      try {
+        authorization = await this.auth.authorizationWith(registry, scopes, credentials, signal);
+      } catch (err) {
+        if (!(err instanceof StowageError) || err.reason !== "AuthFailed") throw err;
+        realmError = err;
+        refusedBy.push(describeCandidate(credentials));
+        continue;
+      }
+      if (authorization === undefined) continue;
+      if (!canResend) {
+        // The refused request carried the accepted candidate's header: move on to the next.
+        const next = sentAuthorization === undefined ? index : (order[order.indexOf(index) + 1] ?? order[0]);
+        this.auth.accept(registry, repository, next);
+        throw new StowageError(
+          "AuthFailed",
+          `${errorFromResponse(401, said, { host: registry, subject: request.subject }).message}`,
+          { status: 401, retryable: true },
+        );
+      }
+      const response = await attempt(authorization);
+      if (response.statusCode !== 401) {
+        this.auth.accept(registry, repository, index);
+        if (refusedBy.length > 0) {
+          this.logger.info(
+            { registry, repository, refused: refusedBy.length, accepted: describeCandidate(credentials) },
+            "registry accepted a later credential candidate",
+          );
+        }
+        return response;
+      }
+      said = await response.body.text();
+      refusedBy.push(describeCandidate(credentials));
+    }
+    const err = errorFromResponse(401, said, { host: registry, subject: request.subject });
+    const configured = candidates.some((candidate) => !isAnonymous(candidate));
+    const hint = !configured
+      ? ` (no credentials configured for ${registry})`
+      : refusedBy.length > 1
+        ? ` (refused: ${refusedBy.join(", ")})`
+        : "";
+    const message = realmError && refusedBy.length === 1 ? realmError.message : `${err.message}${hint}`;
+    throw new StowageError("AuthFailed", message, { status: 401 });
+  }
+
   private async exchange(request: ExchangeRequest): Promise<ResponseData & { url: string }> {
     const base = this.transport.baseUrl(request.registry);
     const url = request.target.startsWith("/") ? base + request.target : request.target;
@@ -751,29 +828,10 @@ export class RegistryClient {
       }
     };
 
-    let authorization = await this.auth.authorization(request.registry, request.scopes, request.signal);
+    const authorization = await this.auth.authorization(request.registry, request.scopes, request.signal);
     let response = await attempt(authorization);
     if (response.statusCode === 401) {
-      const challenge = headerValue(response.headers, "www-authenticate");
-      const said = await response.body.text();
-      const scopes = this.auth.onChallenge(request.registry, challenge, request.scopes);
-      const canResend = !(request.body instanceof Readable);
-      authorization = await this.auth.authorization(request.registry, scopes, request.signal);
-      if (!canResend || authorization === undefined) {
-        const credentials = await this.auth.credentialsFor(request.registry);
-        const err = errorFromResponse(401, said, { host: request.registry, subject: request.subject });
-        const hint = credentials ? "" : ` (no credentials configured for ${request.registry})`;
-        // A streamed body cannot be sent twice: let the retry loop open the source again.
-        throw new StowageError("AuthFailed", `${err.message}${hint}`, { status: 401, retryable: !canResend });
-      }
-      response = await attempt(authorization);
-      if (response.statusCode === 401) {
-        const text = await response.body.text();
-        const credentials = await this.auth.credentialsFor(request.registry);
-        const err = errorFromResponse(401, text, { host: request.registry, subject: request.subject });
-        const hint = credentials ? "" : ` (no credentials configured for ${request.registry})`;
-        throw new StowageError("AuthFailed", `${err.message}${hint}`, { status: 401 });
-      }
+      response = await this.answerChallenge(request, response, authorization, attempt);
     }
     if (request.expect.includes(response.statusCode)) return response;
     const text = request.method === "HEAD" ? "" : await response.body.text().catch(() => "");
@@ -786,4 +844,10 @@ export class RegistryClient {
       nowMs: this.clock.now(),
     });
   }
+}
+
+/** "pull secret "ngc" (nvcr.io)", "anonymous", or "credentials #2"-free: never a secret. */
+function describeCandidate(credentials: Credentials | undefined): string {
+  if (isAnonymous(credentials)) return "anonymous";
+  return credentials?.label ?? (credentials?.username ? `user "${credentials.username}"` : "a token");
 }
