@@ -375,6 +375,101 @@ describe("server-side apply", () => {
     expect(entry).toMatchObject({ operation: "Apply", subresource: "status" });
   });
 
+  it("merges list-type map items by key, so managers own separate items and conflict only on shared ones", async () => {
+    const ports = (name: string, list: Json[]) => applied(name, { image: "nginx", a: "x", ports: list });
+    await api.custom.patchNamespacedCustomObject(
+      {
+        ...widgets(),
+        name: "ssa-ports",
+        body: ports("ssa-ports", [{ name: "http", port: 80 }]),
+        fieldManager: "alice",
+      },
+      applyType,
+    );
+    const both = (await api.custom.patchNamespacedCustomObject(
+      {
+        ...widgets(),
+        name: "ssa-ports",
+        body: {
+          apiVersion: `${group}/v1`,
+          kind: "Widget",
+          metadata: { name: "ssa-ports" },
+          spec: { ports: [{ name: "metrics", port: 9090 }] },
+        },
+        fieldManager: "bob",
+      },
+      applyType,
+    )) as Json;
+    expect(both.spec.ports).toEqual([
+      { name: "http", port: 80 },
+      { name: "metrics", port: 9090 },
+    ]);
+    const bob = both.metadata.managedFields.find((e: Json) => e.manager === "bob");
+    expect(bob.fieldsV1).toEqual({
+      "f:spec": { "f:ports": { 'k:{"name":"metrics"}': { "f:name": {}, "f:port": {} } } },
+    });
+
+    const { code, status } = await failure(
+      api.custom.patchNamespacedCustomObject(
+        {
+          ...widgets(),
+          name: "ssa-ports",
+          body: {
+            apiVersion: `${group}/v1`,
+            kind: "Widget",
+            metadata: { name: "ssa-ports" },
+            spec: { ports: [{ name: "http", port: 8080 }] },
+          },
+          fieldManager: "bob",
+        },
+        applyType,
+      ),
+    );
+    expect(code).toBe(409);
+    expect(status.message).toBe(
+      `Apply failed with 1 conflict: conflict with "alice" using ${group}/v1: .spec.ports[name="http"].port`,
+    );
+
+    const withoutHttp = (await api.custom.patchNamespacedCustomObject(
+      { ...widgets(), name: "ssa-ports", body: ports("ssa-ports", []), fieldManager: "alice" },
+      applyType,
+    )) as Json;
+    expect(withoutHttp.spec.ports).toEqual([{ name: "metrics", port: 9090 }]);
+  });
+
+  it("merges built-in lists with a merge key (containers by name) between managers", async () => {
+    const base = {
+      apiVersion: "apps/v1",
+      kind: "Deployment",
+      metadata: { name: "ssa-containers", namespace: "default" },
+    };
+    const apply = async (manager: string, body: Json) => {
+      const response = await fetch(
+        `${server.url}/apis/apps/v1/namespaces/default/deployments/ssa-containers?fieldManager=${manager}`,
+        {
+          method: "PATCH",
+          headers: { "Content-Type": "application/apply-patch+yaml" },
+          body: JSON.stringify(body),
+        },
+      );
+      return { status: response.status, body: (await response.json()) as Json };
+    };
+    const template = (containers: Json[]) => ({
+      ...base,
+      spec: {
+        selector: { matchLabels: { app: "x" } },
+        template: { metadata: { labels: { app: "x" } }, spec: { containers } },
+      },
+    });
+    expect((await apply("platform", template([{ name: "main", image: "nginx:1" }]))).status).toBe(201);
+    const merged = await apply("mesh", {
+      ...base,
+      spec: { template: { spec: { containers: [{ name: "proxy", image: "envoy:1" }] } } },
+    });
+    expect(merged.status).toBe(200);
+    expect(merged.body.spec.template.spec.containers.map((c: Json) => c.name)).toEqual(["main", "proxy"]);
+  });
+
   it("requires a fieldManager for apply requests", async () => {
     const response = await fetch(`${server.url}/apis/${group}/v1/namespaces/default/widgets/ssa-nomanager`, {
       method: "PATCH",

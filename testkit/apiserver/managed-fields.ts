@@ -11,16 +11,23 @@ import {
 
 /**
  * Field ownership for server-side apply, simplified from structured-merge-diff:
- * - a field is a path of map keys; every list is atomic (owned and replaced as a whole), where the
- *   real server merges lists marked `x-kubernetes-list-type: map|set` or with merge keys item by item;
+ * - a field is a path of segments spelled as in fieldsV1: `f:<field>` for map keys and
+ *   `k:{"name":"x"}` for an item of an associative list (CRD `x-kubernetes-list-type: map` with its
+ *   `x-kubernetes-list-map-keys`, or a built-in list with a strategic merge key such as containers by
+ *   name); every other list, `set` lists included, is atomic (owned and replaced as a whole);
  * - apply: fields this manager applied before and omits now are removed unless another manager
- *   also owns them; a field another manager owns with a different value is a conflict (409) unless
- *   `force`, which moves ownership to the applier;
+ *   also owns them (a keyed list item left empty goes too); a field another manager owns with a
+ *   different value is a conflict (409) unless `force`, which moves ownership to the applier;
  * - update/patch/create: the writer (fieldManager, else the User-Agent's product) takes ownership of
  *   every field whose value changed, and those fields leave every other manager's set.
- * fieldsV1 is rendered as `{"f:spec":{"f:replicas":{}}}`; list items (`k:`/`v:`/`i:`) never appear.
+ * Not modelled: `v:` set items, `i:` positions, and the `.` marker for owning an item itself.
  */
 type FieldPath = string[];
+
+/** Merge keys of the associative list at a path (ending in `f:<list>`), or undefined when atomic. */
+export type ListKeys = (path: FieldPath) => string[] | undefined;
+
+export const atomicLists: ListKeys = () => undefined;
 
 const untracked = new Set([
   "apiVersion",
@@ -39,7 +46,12 @@ const untracked = new Set([
 ]);
 
 function isUntracked(path: FieldPath): boolean {
-  for (let i = 1; i <= path.length; i++) if (untracked.has(path.slice(0, i).join("."))) return true;
+  const names: string[] = [];
+  for (const segment of path) {
+    if (!segment.startsWith("f:")) return false;
+    names.push(segment.slice(2));
+    if (untracked.has(names.join("."))) return true;
+  }
   return false;
 }
 
@@ -47,16 +59,38 @@ function isUntracked(path: FieldPath): boolean {
 export type FieldScope = "all" | "main" | "status";
 
 function inScope(path: FieldPath, scope: FieldScope): boolean {
-  if (scope === "status") return path[0] === "status";
-  if (scope === "main") return path[0] !== "status";
+  if (scope === "status") return path[0] === "f:status";
+  if (scope === "main") return path[0] !== "f:status";
   return true;
 }
 
-export function leafPaths(value: Json, scope: FieldScope): FieldPath[] {
+function itemSegment(item: Json, keys: string[]): string {
+  const key: Json = {};
+  for (const k of keys) key[k] = item[k];
+  return `k:${JSON.stringify(key)}`;
+}
+
+/** An associative list: merge keys known and every item carries them. */
+function keyedList(value: Json, path: FieldPath, listKeys: ListKeys): string[] | undefined {
+  if (!Array.isArray(value)) return undefined;
+  const keys = listKeys(path);
+  if (!keys || keys.length === 0) return undefined;
+  return value.every((item) => isPlainObject(item) && keys.every((k) => item[k] !== undefined))
+    ? keys
+    : undefined;
+}
+
+export function leafPaths(value: Json, scope: FieldScope, listKeys: ListKeys = atomicLists): FieldPath[] {
   const out: FieldPath[] = [];
   const walk = (node: Json, prefix: FieldPath) => {
     if (isPlainObject(node) && Object.keys(node).length > 0) {
-      for (const [key, child] of Object.entries(node)) if (child !== undefined) walk(child, [...prefix, key]);
+      for (const [key, child] of Object.entries(node))
+        if (child !== undefined) walk(child, [...prefix, `f:${key}`]);
+      return;
+    }
+    const keys = node?.length > 0 ? keyedList(node, prefix, listKeys) : undefined;
+    if (keys) {
+      for (const item of node) walk(item, [...prefix, itemSegment(item, keys)]);
       return;
     }
     if (prefix.length > 0 && !isUntracked(prefix) && inScope(prefix, scope)) out.push(prefix);
@@ -69,31 +103,58 @@ function keyOf(path: FieldPath): string {
   return JSON.stringify(path);
 }
 
+function matchesItem(item: Json, segment: string): boolean {
+  const key = JSON.parse(segment.slice(2));
+  return isPlainObject(item) && Object.entries(key).every(([k, v]) => deepEqual(item[k], v));
+}
+
+function step(node: Json, segment: string): Json {
+  if (segment.startsWith("k:"))
+    return Array.isArray(node) ? node.find((item) => matchesItem(item, segment)) : undefined;
+  return isPlainObject(node) ? node[segment.slice(2)] : undefined;
+}
+
 function getPath(obj: Json, path: FieldPath): Json {
   let cursor = obj;
-  for (const part of path) {
-    if (!isPlainObject(cursor)) return undefined;
-    cursor = cursor[part];
+  for (const segment of path) {
+    cursor = step(cursor, segment);
+    if (cursor === undefined) return undefined;
   }
   return cursor;
 }
 
+function removeChild(container: Json, segment: string): void {
+  if (segment.startsWith("k:")) {
+    if (!Array.isArray(container)) return;
+    const index = container.findIndex((item) => matchesItem(item, segment));
+    if (index >= 0) container.splice(index, 1);
+  } else if (isPlainObject(container)) delete container[segment.slice(2)];
+}
+
+function isEmpty(node: Json): boolean {
+  return (
+    (isPlainObject(node) && Object.keys(node).length === 0) || (Array.isArray(node) && node.length === 0)
+  );
+}
+
 function deletePath(obj: Json, path: FieldPath): void {
-  const parents: Json[] = [];
-  let cursor = obj;
-  for (const part of path.slice(0, -1)) {
-    if (!isPlainObject(cursor)) return;
-    parents.push(cursor);
-    cursor = cursor[part];
+  const chain: Json[] = [obj];
+  for (const segment of path.slice(0, -1)) {
+    const next = step(chain[chain.length - 1], segment);
+    if (next === undefined || next === null || typeof next !== "object") return;
+    chain.push(next);
   }
-  if (!isPlainObject(cursor)) return;
-  delete cursor[path[path.length - 1]];
-  // drop maps the removal left empty, as the real server does for applied-then-removed fields
-  for (let i = path.length - 2; i >= 0; i--) {
-    const parent = parents[i];
-    const child = parent[path[i]];
-    if (isPlainObject(child) && Object.keys(child).length === 0 && i > 0) delete parent[path[i]];
-    else break;
+  removeChild(chain[chain.length - 1], path[path.length - 1]);
+  // drop maps, list items and lists the removal left empty, as the real server does for
+  // applied-then-removed fields; top-level fields (spec, metadata) stay
+  for (let depth = chain.length - 1; depth >= 2; depth--) {
+    const segment = path[depth - 1];
+    // a list item left with nothing but its key fields is gone as a whole
+    const onlyKeys =
+      segment.startsWith("k:") &&
+      Object.keys(chain[depth]).every((field) => field in JSON.parse(segment.slice(2)));
+    if (!onlyKeys && !isEmpty(chain[depth])) break;
+    removeChild(chain[depth - 1], segment);
   }
 }
 
@@ -101,10 +162,9 @@ export function encodeFields(paths: FieldPath[]): Json {
   const root: Json = {};
   for (const path of paths) {
     let cursor = root;
-    for (const part of path) {
-      const key = `f:${part}`;
-      cursor[key] ??= {};
-      cursor = cursor[key];
+    for (const segment of path) {
+      cursor[segment] ??= {};
+      cursor = cursor[segment];
     }
   }
   return root;
@@ -113,11 +173,13 @@ export function encodeFields(paths: FieldPath[]): Json {
 export function decodeFields(fieldsV1: Json): FieldPath[] {
   const out: FieldPath[] = [];
   const walk = (node: Json, prefix: FieldPath) => {
-    const children = isPlainObject(node) ? Object.keys(node).filter((k) => k.startsWith("f:")) : [];
+    const children = isPlainObject(node)
+      ? Object.keys(node).filter((k) => k.startsWith("f:") || k.startsWith("k:"))
+      : [];
     if (children.length === 0 || (isPlainObject(node) && "." in node)) {
       if (prefix.length > 0) out.push(prefix);
     }
-    for (const key of children) walk(node[key], [...prefix, key.slice(2)]);
+    for (const key of children) walk(node[key], [...prefix, key]);
   };
   walk(fieldsV1, []);
   return out;
@@ -142,15 +204,28 @@ function releasePaths(
     .filter((entry) => entry === keep || decodeFields(entry.fieldsV1).length > 0);
 }
 
-/** Merge an apply configuration into an object: maps merge, lists and scalars replace. */
-function mergeApplied(target: Json, config: Json): Json {
-  if (!isPlainObject(config) || !isPlainObject(target)) return clone(config);
-  const result = clone(target);
-  for (const [key, value] of Object.entries(config)) {
-    if (value === null) delete result[key];
-    else result[key] = mergeApplied(result[key], value);
+/** Merge an apply configuration into an object: maps merge, associative lists merge by key, the rest replaces. */
+function mergeApplied(target: Json, config: Json, path: FieldPath, listKeys: ListKeys): Json {
+  if (isPlainObject(config) && isPlainObject(target)) {
+    const result = clone(target);
+    for (const [key, value] of Object.entries(config)) {
+      if (value === null) delete result[key];
+      else result[key] = mergeApplied(result[key], value, [...path, `f:${key}`], listKeys);
+    }
+    return result;
   }
-  return result;
+  const keys = keyedList(config, path, listKeys);
+  if (keys && keyedList(target, path, listKeys)) {
+    const result: Json[] = clone(target);
+    for (const item of config) {
+      const segment = itemSegment(item, keys);
+      const index = result.findIndex((existing) => matchesItem(existing, segment));
+      if (index >= 0) result[index] = mergeApplied(result[index], item, [...path, segment], listKeys);
+      else result.push(clone(item));
+    }
+    return result;
+  }
+  return clone(config);
 }
 
 export interface ApplyOptions {
@@ -159,6 +234,7 @@ export interface ApplyOptions {
   apiVersion: string;
   subresource?: string;
   scope: FieldScope;
+  listKeys?: ListKeys;
   now?: Date;
 }
 
@@ -168,7 +244,8 @@ export function serverSideApply(
   options: ApplyOptions,
 ): KubeObject {
   const entries = clone(current?.metadata.managedFields ?? []);
-  const configPaths = leafPaths(config, options.scope);
+  const listKeys = options.listKeys ?? atomicLists;
+  const configPaths = leafPaths(config, options.scope, listKeys);
   const configKeys = new Set(configPaths.map(keyOf));
   const mine = entries.find(
     (e) =>
@@ -195,11 +272,18 @@ export function serverSideApply(
     const ownedByOthers = new Set(
       kept.filter((e) => e !== mine).flatMap((e) => decodeFields(e.fieldsV1).map(keyOf)),
     );
-    for (const path of decodeFields(mine.fieldsV1)) {
-      if (!configKeys.has(keyOf(path)) && !ownedByOthers.has(keyOf(path))) deletePath(result, path);
-    }
+    const released = decodeFields(mine.fieldsV1).filter(
+      (path) => !configKeys.has(keyOf(path)) && !ownedByOthers.has(keyOf(path)),
+    );
+    // key fields of list items last: an item is found by its keys while its other fields go
+    const isKeyField = (path: FieldPath) => {
+      const parent = path[path.length - 2];
+      return parent?.startsWith("k:") && path[path.length - 1].slice(2) in JSON.parse(parent.slice(2));
+    };
+    for (const path of [...released.filter((p) => !isKeyField(p)), ...released.filter(isKeyField)])
+      deletePath(result, path);
   }
-  result = mergeApplied(result, config);
+  result = mergeApplied(result, config, [], listKeys);
   const entry: ManagedFieldsEntry = {
     manager: options.manager,
     operation: "Apply",
@@ -215,7 +299,16 @@ export function serverSideApply(
 }
 
 function applyConflict(conflicts: { manager: string; apiVersion: string; path: FieldPath }[]): ApiError {
-  const render = (path: FieldPath) => `.${path.join(".")}`;
+  const render = (path: FieldPath) =>
+    path
+      .map((segment) => {
+        if (segment.startsWith("f:")) return `.${segment.slice(2)}`;
+        const key = Object.entries(JSON.parse(segment.slice(2)))
+          .map(([k, v]) => `${k}=${JSON.stringify(v)}`)
+          .join(",");
+        return `[${key}]`;
+      })
+      .join("");
   const message =
     conflicts.length === 1
       ? `Apply failed with 1 conflict: conflict with "${conflicts[0].manager}" using ${conflicts[0].apiVersion}: ${render(conflicts[0].path)}`
@@ -236,11 +329,22 @@ function applyConflict(conflicts: { manager: string; apiVersion: string; path: F
 export function recordUpdate(
   previous: KubeObject | undefined,
   next: KubeObject,
-  options: { manager: string; apiVersion: string; subresource?: string; scope: FieldScope; now?: Date },
+  options: {
+    manager: string;
+    apiVersion: string;
+    subresource?: string;
+    scope: FieldScope;
+    listKeys?: ListKeys;
+    now?: Date;
+  },
 ): ManagedFieldsEntry[] {
   const entries = clone(previous?.metadata.managedFields ?? next.metadata.managedFields ?? []);
   const candidates = new Map<string, FieldPath>();
-  for (const path of [...leafPaths(previous ?? {}, options.scope), ...leafPaths(next, options.scope)])
+  const listKeys = options.listKeys ?? atomicLists;
+  for (const path of [
+    ...leafPaths(previous ?? {}, options.scope, listKeys),
+    ...leafPaths(next, options.scope, listKeys),
+  ])
     candidates.set(keyOf(path), path);
   const changed = [...candidates.values()].filter(
     (path) => !deepEqual(getPath(previous, path), getPath(next, path)),

@@ -32,7 +32,7 @@ export function jsonPatch(target: Json, operations: Json): Json {
  * Lists whose items strategic merge patch merges by a key rather than replacing, by field name
  * (the real server reads these from Go struct tags; the names below cover the kinds Stowage writes).
  */
-const mergeKeys: Record<string, string> = {
+export const mergeKeys: Record<string, string> = {
   containers: "name",
   initContainers: "name",
   ephemeralContainers: "name",

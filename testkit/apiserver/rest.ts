@@ -9,8 +9,8 @@ import {
   notFound,
   unsupportedMediaType,
 } from "./errors.ts";
-import { type FieldScope, recordUpdate, serverSideApply } from "./managed-fields.ts";
-import { jsonPatch, mergePatch, strategicMergePatch } from "./patch.ts";
+import { type FieldScope, type ListKeys, recordUpdate, serverSideApply } from "./managed-fields.ts";
+import { jsonPatch, mergeKeys, mergePatch, strategicMergePatch } from "./patch.ts";
 import { apiVersionOf, hasStatus, type ResourceDef, type ResourceRegistry } from "./resources.ts";
 import { matchesFilter, type ObjectFilter } from "./selectors.ts";
 import type { Store } from "./store.ts";
@@ -78,6 +78,33 @@ function randomSuffix(): string {
 function specPart(def: ResourceDef, obj: KubeObject): Json {
   const { metadata: _m, status, apiVersion: _a, kind: _k, ...rest } = obj;
   return hasStatus(def) ? rest : { ...rest, status };
+}
+
+/**
+ * Which lists server-side apply merges by key: a CRD's `x-kubernetes-list-type: map` lists (found by
+ * walking its schema along the path), or a built-in's strategic merge keys (by field name).
+ */
+function listKeysFor(def: ResourceDef): ListKeys {
+  if (def.schema) {
+    return (path) => {
+      let node: Json = def.schema;
+      for (const segment of path) {
+        if (segment.startsWith("k:")) node = node?.items;
+        else {
+          const name = segment.slice(2);
+          node =
+            node?.properties?.[name] ??
+            (isPlainObject(node?.additionalProperties) ? node.additionalProperties : undefined);
+        }
+      }
+      return node?.["x-kubernetes-list-type"] === "map" ? node["x-kubernetes-list-map-keys"] : undefined;
+    };
+  }
+  return (path) => {
+    const last = path[path.length - 1];
+    const key = last?.startsWith("f:") ? mergeKeys[last.slice(2)] : undefined;
+    return key ? [key] : undefined;
+  };
 }
 
 function managerName(ctx: WriteContext): string {
@@ -243,6 +270,7 @@ export class ApiCore {
         manager: managerName(ctx),
         apiVersion: apiVersionOf(def),
         scope: "all",
+        listKeys: listKeysFor(def),
       });
     }
     if (ctx.dryRun) return this.present(def, prepared);
@@ -342,6 +370,7 @@ export class ApiCore {
       apiVersion: apiVersionOf(def),
       subresource,
       scope,
+      listKeys: listKeysFor(def),
     };
     if (!current) {
       if (subresource) throw notFound(def.group, def.plural, name);
@@ -438,6 +467,7 @@ export class ApiCore {
         apiVersion: apiVersionOf(def),
         subresource,
         scope: subresource === "status" ? "status" : hasStatus(def) ? "main" : "all",
+        listKeys: listKeysFor(def),
       });
     }
 
