@@ -121,10 +121,7 @@ describe("the real kubectl against the API server double", () => {
         name: "printed",
         body: { status: { conditions: [{ type: "Ready", status: "True" }] } },
       },
-      (await import("@kubernetes/client-node")).setHeaderOptions(
-        "Content-Type",
-        "application/merge-patch+json",
-      ),
+      setHeaderOptions("Content-Type", "application/merge-patch+json"),
     );
     const out = await kubectl.run(["get", "widgets", "printed"]);
     expect(out.stderr).toBe("");
