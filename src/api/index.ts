@@ -1,0 +1,3 @@
+export * from "./crds.ts";
+export * from "./duration.ts";
+export * from "./modelImage.ts";
