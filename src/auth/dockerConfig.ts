@@ -53,18 +53,39 @@ export async function loadDockerConfig(path?: string): Promise<DockerConfig> {
 
 /** Parses config.json text (or a pull secret's `.dockerconfigjson`); `source` names it in errors. */
 export function parseDockerConfig(text: string, source: string): DockerConfig {
+  return dockerConfigFromObject(parseJsonObject(text, `docker config ${source}`), source);
+}
+
+/**
+ * Parses the legacy `.dockercfg` format (a pull secret of type kubernetes.io/dockercfg):
+ * the `auths` map itself, without the wrapper.
+ */
+export function parseDockerCfg(text: string, source: string): DockerConfig {
+  return dockerConfigFromObject({ auths: parseJsonObject(text, `docker config ${source}`) }, source);
+}
+
+/**
+ * JSON.parse, with an error that names `what` and the position but, unlike V8's own
+ * message, quotes none of the text: it holds passwords.
+ */
+function parseJsonObject(text: string, what: string): Record<string, unknown> {
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);
   } catch (err) {
+    const position = /position (\d+)/.exec((err as Error).message)?.[1];
     throw new StowageError(
       "AuthConfigInvalid",
-      `docker config ${source} is not valid JSON: ${(err as Error).message}`,
+      `${what} is not valid JSON${position ? ` (syntax error at character ${position})` : ""}`,
     );
   }
   if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
-    throw new StowageError("AuthConfigInvalid", `docker config ${source} is not a JSON object`);
+    throw new StowageError("AuthConfigInvalid", `${what} is not a JSON object`);
   }
+  return parsed as Record<string, unknown>;
+}
+
+function dockerConfigFromObject(parsed: Record<string, unknown>, source: string): DockerConfig {
   const config = parsed as DockerConfig;
   if (config.auths !== undefined && (typeof config.auths !== "object" || config.auths === null)) {
     throw new StowageError("AuthConfigInvalid", `docker config ${source}: "auths" is not an object`);
@@ -84,9 +105,22 @@ export function normaliseRegistryKey(key: string): string {
   return isDockerHub(host) ? "docker.io" : host;
 }
 
-function entryCredentials(key: string, entry: DockerConfigAuth, source: string): Credentials | undefined {
+/** The credentials of one `auths` entry (undefined when it holds none); AuthConfigInvalid when malformed. */
+export function entryCredentials(
+  key: string,
+  entry: DockerConfigAuth,
+  source: string,
+): Credentials | undefined {
   if (typeof entry !== "object" || entry === null) {
     throw new StowageError("AuthConfigInvalid", `docker config ${source}: entry "${key}" is not an object`);
+  }
+  for (const field of ["auth", "username", "password", "identitytoken", "registrytoken"] as const) {
+    if (entry[field] !== undefined && typeof entry[field] !== "string") {
+      throw new StowageError(
+        "AuthConfigInvalid",
+        `docker config ${source}: "${field}" of "${key}" is not a string`,
+      );
+    }
   }
   const credentials: Credentials = {};
   if (entry.auth) {
