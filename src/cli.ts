@@ -9,6 +9,10 @@ const commands: Record<string, Command> = {
     summary: "copy an image (or index) from one registry to another, verified by digest",
     run: async (args) => (await import("./oci/mirrorCommand.ts")).runMirror(args),
   },
+  controller: {
+    summary: "run the ModelImage controller: mirror declared images into the cache registry",
+    run: async (args) => (await import("./controller/command.ts")).runController(args),
+  },
 };
 
 export function usage(): string {

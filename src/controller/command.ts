@@ -1,0 +1,489 @@
+/**
+ * `stowage controller`: the long-running ModelImage controller. Reads its configuration from
+ * flags and `STOWAGE_*` environment variables (a flag wins), connects to the API server, checks
+ * that the ModelImage CRD is installed, and runs the Manager (leader election, informers, the
+ * health server) until SIGTERM/SIGINT. Exit codes: 0 after a graceful stop, 1 on a fatal
+ * startup error, 2 on bad usage.
+ */
+import { readFile } from "node:fs/promises";
+import { hostname } from "node:os";
+import { parseArgs } from "node:util";
+import { collectDefaultMetrics } from "prom-client";
+import { parseDuration } from "../api/duration.ts";
+import { ModelImageResource } from "../api/modelImage.ts";
+import { isNotFound, KubeClient, Resources } from "../kube/client.ts";
+import { EventRecorder } from "../kube/events.ts";
+import type { Lease } from "../kube/leaderElection.ts";
+import { Manager } from "../kube/manager.ts";
+import { createRegistry, createRuntimeMetrics, createStowageMetrics } from "../metrics.ts";
+import { asStowageError, StowageError } from "../util/errors.ts";
+import { createLogger, type Logger } from "../util/log.ts";
+import { controllerConfig } from "./config.ts";
+
+export const controllerHelp = `Usage: stowage controller [flags]
+
+Run the ModelImage controller: mirror the images ModelImages declare into the cache registry
+and keep them in sync. Every flag can also be set as an environment variable STOWAGE_<FLAG>
+(upper case, dashes as underscores, e.g. STOWAGE_CACHE_REGISTRY; repeatable flags take a
+comma list); a flag wins over the environment.
+
+Flags:
+  --kubeconfig FILE              kubeconfig (default: KUBECONFIG, in-cluster, ~/.kube/config)
+  --cache-registry URL           the cache registry, e.g. http://stowage-cache:5000 (required;
+                                 an http:// URL means plain HTTP to that host)
+  --cache-ca-file FILE           CA certificate(s) the cache registry's TLS certificate chains to
+  --cache-username USER          cache registry user (env STOWAGE_CACHE_USERNAME)
+  --cache-password PASS          cache registry password (prefer env STOWAGE_CACHE_PASSWORD)
+  --insecure-registry HOST       talk plain HTTP to this upstream host[:port] (repeatable)
+  --ca-file FILE                 extra CA certificate(s) for upstream registries (repeatable)
+  --namespace NS                 watch only this namespace (repeatable; default all)
+  --workers N                    reconcile workers (default 4)
+  --max-concurrent-syncs N       mirror operations in flight across all ModelImages (default 4)
+  --retain-on-delete=BOOL        keep cache tags when a ModelImage is deleted (default true)
+  --health-port N                serve /healthz, /readyz, /metrics on this port (default 8080;
+                                 0 picks a free port, reported in the "controller ready" log line)
+  --leader-elect=BOOL            run only while holding the leader Lease (default true)
+  --leader-election-namespace NS namespace of the Lease (default POD_NAMESPACE or stowage-system)
+  --leader-election-id NAME      name of the Lease (default stowage-controller)
+  --lease-duration DURATION      how long a Lease is valid without renewal (default 15s)
+  --renew-deadline DURATION      the leader gives up if it cannot renew for this long (default 10s)
+  --retry-period DURATION        how often candidates try to acquire and the leader renews (default 2s)
+  --identity NAME                this replica's identity in the Lease (default hostname_pid)
+  --log-level LEVEL              trace, debug, info, warn, error (default info)
+  -h, --help                     show this help
+
+Exit codes: 0 stopped gracefully, 1 fatal startup error, 2 bad usage.
+`;
+
+class UsageError extends Error {}
+
+const options = {
+  kubeconfig: { type: "string" },
+  "cache-registry": { type: "string" },
+  "cache-ca-file": { type: "string" },
+  "cache-username": { type: "string" },
+  "cache-password": { type: "string" },
+  "insecure-registry": { type: "string", multiple: true },
+  "ca-file": { type: "string", multiple: true },
+  namespace: { type: "string", multiple: true },
+  workers: { type: "string" },
+  "max-concurrent-syncs": { type: "string" },
+  "retain-on-delete": { type: "string" },
+  "health-port": { type: "string" },
+  "leader-elect": { type: "string" },
+  "leader-election-namespace": { type: "string" },
+  "leader-election-id": { type: "string" },
+  "lease-duration": { type: "string" },
+  "renew-deadline": { type: "string" },
+  "retry-period": { type: "string" },
+  identity: { type: "string" },
+  "log-level": { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+type FlagName = keyof typeof options;
+const booleanFlags = new Set<string>(["leader-elect", "retain-on-delete"]);
+const logLevels = ["trace", "debug", "info", "warn", "error", "fatal", "silent"];
+
+export interface ControllerInvocation {
+  kubeconfig?: string;
+  cache: {
+    registry: string;
+    insecure: boolean;
+    caPem?: string[];
+    credentials?: { username: string; password: string };
+  };
+  insecureRegistries: string[];
+  caPem: string[];
+  namespaces?: string[];
+  workers: number;
+  maxConcurrentSyncs: number;
+  retainOnDelete: boolean;
+  healthPort: number;
+  leaderElection?: {
+    namespace: string;
+    name: string;
+    leaseDurationMs: number;
+    renewDeadlineMs: number;
+    retryPeriodMs: number;
+  };
+  identity: string;
+  logLevel: string;
+}
+
+/**
+ * parseArgs has no `--flag=false` for booleans, and Kubernetes operators are configured that
+ * way (`--leader-elect=false`); such flags are strings here, and a bare `--leader-elect` means true.
+ */
+function normaliseBooleanFlags(args: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    const name = arg.startsWith("--") ? arg.slice(2) : "";
+    if (booleanFlags.has(name)) {
+      const next = args[i + 1];
+      if (next === "true" || next === "false") {
+        out.push(`${arg}=${next}`);
+        i++;
+      } else out.push(`${arg}=true`);
+    } else out.push(arg);
+  }
+  return out;
+}
+
+function envName(flag: string): string {
+  return `STOWAGE_${flag.toUpperCase().replaceAll("-", "_")}`;
+}
+
+/** A flag's value, else its STOWAGE_* variable (comma list for repeatable flags). */
+function setting(
+  values: Record<string, string | string[] | boolean | undefined>,
+  env: NodeJS.ProcessEnv,
+  flag: FlagName,
+): string | undefined {
+  const value = values[flag];
+  if (typeof value === "string") return value;
+  const fromEnv = env[envName(flag)];
+  return fromEnv === undefined || fromEnv === "" ? undefined : fromEnv;
+}
+
+function listSetting(
+  values: Record<string, string | string[] | boolean | undefined>,
+  env: NodeJS.ProcessEnv,
+  flag: FlagName,
+): string[] {
+  const value = values[flag];
+  if (Array.isArray(value) && value.length > 0) return value;
+  const fromEnv = env[envName(flag)];
+  return fromEnv
+    ? fromEnv
+        .split(",")
+        .map((item) => item.trim())
+        .filter(Boolean)
+    : [];
+}
+
+function integer(
+  value: string | undefined,
+  flag: string,
+  fallback: number,
+  min: number,
+  max: number,
+): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!/^\d+$/.test(value.trim()) || !Number.isInteger(n) || n < min || n > max) {
+    throw new UsageError(`--${flag} must be an integer from ${min} to ${max}, got "${value}"`);
+  }
+  return n;
+}
+
+function bool(value: string | undefined, flag: string, fallback: boolean): boolean {
+  if (value === undefined) return fallback;
+  if (value === "true" || value === "1") return true;
+  if (value === "false" || value === "0") return false;
+  throw new UsageError(`--${flag} must be true or false, got "${value}"`);
+}
+
+function duration(value: string | undefined, flag: string, fallbackMs: number): number {
+  if (value === undefined) return fallbackMs;
+  try {
+    const ms = parseDuration(value);
+    if (ms > 0) return ms;
+  } catch {
+    // reported below
+  }
+  throw new UsageError(`--${flag} must be a positive duration like 15s or 1m, got "${value}"`);
+}
+
+function hostOf(input: string): string {
+  return input
+    .replace(/^[a-z]+:\/\//i, "")
+    .replace(/\/+$/, "")
+    .toLowerCase();
+}
+
+function parseCacheRegistry(value: string | undefined): { registry: string; insecure: boolean } {
+  if (!value) {
+    throw new UsageError(
+      "--cache-registry (or STOWAGE_CACHE_REGISTRY) is required, e.g. http://127.0.0.1:5000",
+    );
+  }
+  const withScheme = /^[a-z]+:\/\//i.test(value) ? value : `https://${value}`;
+  let url: URL;
+  try {
+    url = new URL(withScheme);
+  } catch {
+    throw new UsageError(`--cache-registry must be a URL or host[:port], got "${value}"`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new UsageError(`--cache-registry must use http:// or https://, got "${value}"`);
+  }
+  if (url.pathname !== "/" || url.search || url.username) {
+    throw new UsageError(`--cache-registry must name only a scheme and host[:port], got "${value}"`);
+  }
+  return { registry: url.host, insecure: url.protocol === "http:" };
+}
+
+async function readPem(path: string, flag: string): Promise<string> {
+  try {
+    return await readFile(path, "utf8");
+  } catch (err) {
+    throw new UsageError(`cannot read --${flag} ${path}: ${(err as Error).message}`);
+  }
+}
+
+/** Flags + environment → a validated invocation (throws UsageError with a one-line message). */
+export async function parseControllerArgs(
+  args: string[],
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<ControllerInvocation | "help"> {
+  let values: Record<string, string | string[] | boolean | undefined>;
+  let positionals: string[];
+  try {
+    ({ values, positionals } = parseArgs({
+      args: normaliseBooleanFlags(args),
+      options,
+      strict: true,
+      allowPositionals: true,
+    }));
+  } catch (err) {
+    throw new UsageError(`${(err as Error).message.split("\n")[0]}; see stowage controller --help`);
+  }
+  if (values.help) return "help";
+  if (positionals.length > 0) {
+    throw new UsageError(`unexpected argument "${positionals[0]}"; see stowage controller --help`);
+  }
+  const get = (flag: FlagName) => setting(values, env, flag);
+  const list = (flag: FlagName) => listSetting(values, env, flag);
+
+  const cache = parseCacheRegistry(get("cache-registry"));
+  const username = get("cache-username");
+  const password = get("cache-password");
+  if ((username === undefined) !== (password === undefined)) {
+    throw new UsageError("--cache-username and --cache-password must be given together");
+  }
+  const cacheCaFile = get("cache-ca-file");
+  const logLevel = get("log-level") ?? "info";
+  if (!logLevels.includes(logLevel)) {
+    throw new UsageError(`--log-level must be one of ${logLevels.join(", ")}, got "${logLevel}"`);
+  }
+  const leaseDurationMs = duration(get("lease-duration"), "lease-duration", 15_000);
+  const renewDeadlineMs = duration(get("renew-deadline"), "renew-deadline", 10_000);
+  const retryPeriodMs = duration(get("retry-period"), "retry-period", 2_000);
+  if (renewDeadlineMs >= leaseDurationMs) {
+    throw new UsageError("--renew-deadline must be shorter than --lease-duration");
+  }
+  if (retryPeriodMs >= renewDeadlineMs) {
+    throw new UsageError("--retry-period must be shorter than --renew-deadline");
+  }
+  const namespaces = list("namespace");
+  const caPem: string[] = [];
+  for (const path of list("ca-file")) caPem.push(await readPem(path, "ca-file"));
+  return {
+    kubeconfig: get("kubeconfig"),
+    cache: {
+      ...cache,
+      caPem: cacheCaFile ? [await readPem(cacheCaFile, "cache-ca-file")] : undefined,
+      credentials: username !== undefined && password !== undefined ? { username, password } : undefined,
+    },
+    insecureRegistries: list("insecure-registry").map(hostOf),
+    caPem,
+    namespaces: namespaces.length > 0 ? namespaces : undefined,
+    workers: integer(get("workers"), "workers", 4, 1, 256),
+    maxConcurrentSyncs: integer(get("max-concurrent-syncs"), "max-concurrent-syncs", 4, 1, 256),
+    retainOnDelete: bool(get("retain-on-delete"), "retain-on-delete", true),
+    healthPort: integer(get("health-port"), "health-port", 8080, 0, 65535),
+    leaderElection: bool(get("leader-elect"), "leader-elect", true)
+      ? {
+          namespace: get("leader-election-namespace") ?? env.POD_NAMESPACE ?? "stowage-system",
+          name: get("leader-election-id") ?? "stowage-controller",
+          leaseDurationMs,
+          renewDeadlineMs,
+          retryPeriodMs,
+        }
+      : undefined,
+    identity: get("identity") ?? `${hostname()}_${process.pid}`,
+    logLevel,
+  };
+}
+
+export async function runController(args: string[]): Promise<number> {
+  let invocation: ControllerInvocation | "help";
+  try {
+    invocation = await parseControllerArgs(args);
+  } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`stowage controller: ${err.message}\n`);
+      return 2;
+    }
+    throw err;
+  }
+  if (invocation === "help") {
+    process.stdout.write(controllerHelp);
+    return 0;
+  }
+  const log = createLogger({ level: invocation.logLevel, name: "stowage-controller" });
+  let running: RunningController;
+  try {
+    running = await startController(invocation, log);
+  } catch (err) {
+    const failure = asStowageError(err);
+    log.fatal({ reason: failure.reason }, `controller could not start: ${failure.message}`);
+    return 1;
+  }
+  await running.manager.stopped;
+  await running.close();
+  log.info("controller stopped");
+  return 0;
+}
+
+export interface RunningController {
+  manager: Manager;
+  /** Release what outlives the manager (registry connections). */
+  close(): Promise<void>;
+  healthAddress?: { host: string; port: number };
+}
+
+/**
+ * Fail fast with a message a person can act on: the API server unreachable (after a few tries,
+ * since a pod may start before its network is ready) or the ModelImage CRD not installed.
+ */
+async function checkApi(client: KubeClient, namespaces: string[] | undefined, log: Logger): Promise<void> {
+  const attempts = 5;
+  let delayMs = 500;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await client.resource(ModelImageResource).list({ namespace: namespaces?.[0], limit: 1 });
+      return;
+    } catch (err) {
+      if (isNotFound(err)) {
+        throw new StowageError(
+          "NotFound",
+          `the ModelImage CRD (modelimages.stowage.dev, version v1alpha1) is not installed in the cluster at ${client.server}: apply crds/stowage.dev_modelimages.yaml first`,
+        );
+      }
+      const status = (err as { status?: number }).status;
+      if (status === 401 || status === 403) {
+        throw new StowageError(
+          "Denied",
+          `the API server at ${client.server} refused to list ModelImages (HTTP ${status}): check the controller's credentials and RBAC`,
+        );
+      }
+      if (attempt >= attempts) {
+        throw new StowageError(
+          "Timeout",
+          `the API server at ${client.server} is unreachable after ${attempts} attempts: ${(err as Error).message}`,
+        );
+      }
+      log.warn({ attempt, error: (err as Error).message, delayMs }, "API server not reachable yet; retrying");
+      await new Promise((resolve) => setTimeout(resolve, delayMs));
+      delayMs *= 2;
+    }
+  }
+}
+
+/** Say once whenever this replica becomes a standby, naming the current holder of the Lease. */
+function reportStandby(
+  manager: Manager,
+  client: KubeClient,
+  election: NonNullable<ControllerInvocation["leaderElection"]>,
+  log: Logger,
+): void {
+  let reported = false;
+  const timer = setInterval(async () => {
+    if (manager.isLeader() || !manager.alive()) {
+      reported = false;
+      return;
+    }
+    if (reported) return;
+    reported = true;
+    const lease = await client
+      .resource<Lease>(Resources.Lease)
+      .find(election.name, election.namespace)
+      .catch(() => undefined);
+    log.info(
+      { lease: `${election.namespace}/${election.name}`, holder: lease?.spec?.holderIdentity },
+      "standby: another replica holds the leader lease",
+    );
+  }, election.retryPeriodMs);
+  timer.unref();
+  void manager.stopped.then(() => clearInterval(timer));
+}
+
+export async function startController(
+  invocation: ControllerInvocation,
+  log: Logger,
+): Promise<RunningController> {
+  let client: KubeClient;
+  try {
+    client = KubeClient.load({ path: invocation.kubeconfig });
+  } catch (err) {
+    throw asStowageError(err, "InvalidArgument");
+  }
+  await checkApi(client, invocation.namespaces, log);
+  // Loaded here, not at the top, so `--help` and usage errors answer without loading the reconciler.
+  const [{ createCredentialProvider }, { setupModelImageController }] = await Promise.all([
+    import("../auth/index.ts"),
+    import("./modelimage/index.ts"),
+  ]);
+
+  const registry = createRegistry();
+  collectDefaultMetrics({ register: registry });
+  const runtimeMetrics = createRuntimeMetrics(registry);
+  const stowageMetrics = createStowageMetrics(registry);
+  const manager = new Manager({
+    client,
+    log,
+    metrics: runtimeMetrics,
+    healthPort: invocation.healthPort,
+    leaderElection: invocation.leaderElection
+      ? { ...invocation.leaderElection, identity: invocation.identity }
+      : undefined,
+  });
+  const events = new EventRecorder({
+    client,
+    reportingController: "stowage.dev/controller",
+    reportingInstance: invocation.identity,
+    log,
+  });
+  const credentials = createCredentialProvider({
+    kube: client,
+    cacheRegistry: invocation.cache.registry,
+    cacheCredentials: invocation.cache.credentials,
+    logger: log,
+  });
+  const config = controllerConfig(invocation.cache, {
+    insecureRegistries: invocation.insecureRegistries,
+    caPem: invocation.caPem.length > 0 ? invocation.caPem : undefined,
+    namespaces: invocation.namespaces,
+    workers: invocation.workers,
+    maxConcurrentSyncs: invocation.maxConcurrentSyncs,
+    retainOnDelete: invocation.retainOnDelete,
+  });
+  setupModelImageController(manager, {
+    client,
+    config,
+    credentials,
+    metrics: stowageMetrics,
+    events,
+    log,
+  });
+  await manager.start({ handleSignals: true });
+  const health = manager.healthAddress;
+  log.info(
+    {
+      identity: invocation.identity,
+      healthAddress: health ? `${health.host}:${health.port}` : undefined,
+      healthPort: health?.port,
+      cacheRegistry: invocation.cache.registry,
+      namespaces: invocation.namespaces ?? "all",
+      leaderElection: invocation.leaderElection
+        ? `${invocation.leaderElection.namespace}/${invocation.leaderElection.name}`
+        : "off",
+    },
+    "controller ready",
+  );
+  if (invocation.leaderElection) reportStandby(manager, client, invocation.leaderElection, log);
+  return { manager, healthAddress: health, close: () => credentials.close() };
+}

@@ -1,0 +1,208 @@
+/**
+ * The end-to-end environment: the API test double with the real ModelImage CRD, real
+ * registries, the real kubectl, and the controller as a child process (testkit/controllerProcess.ts).
+ */
+import { execFile } from "node:child_process";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parse, stringify } from "yaml";
+import { loadCrd } from "../../src/api/crds.ts";
+import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
+
+export const root = fileURLToPath(new URL("../..", import.meta.url));
+
+export interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface Cluster {
+  api: TestApiServer;
+  dir: string;
+  kubectl(args: string[], stdin?: string): Promise<Run>;
+  /** kubectl that must succeed; returns stdout. */
+  kubectlOk(args: string[], stdin?: string): Promise<string>;
+  /** `kubectl apply -f` of YAML documents written to a temp file. */
+  apply(documents: object[]): Promise<string>;
+  stop(): Promise<void>;
+}
+
+export async function startCluster(options: { withCrd?: boolean } = {}): Promise<Cluster> {
+  const api = await startApiServer({
+    crds: options.withCrd === false ? [] : [loadCrd("stowage.dev_modelimages")],
+  });
+  const dir = await mkdtemp(join(tmpdir(), "stowage-e2e-"));
+  let files = 0;
+  const kubectl = (args: string[], stdin?: string): Promise<Run> =>
+    new Promise((resolve) => {
+      const child = execFile(
+        "/usr/bin/kubectl",
+        ["--kubeconfig", api.kubeconfigPath, "--cache-dir", join(dir, "kube-cache"), ...args],
+        { env: { ...process.env, HOME: dir, KUBECONFIG: "" }, timeout: 90_000 },
+        (error, stdout, stderr) => {
+          const code = error ? (typeof error.code === "number" ? error.code : 1) : 0;
+          resolve({ code, stdout, stderr });
+        },
+      );
+      if (stdin !== undefined) child.stdin?.end(stdin);
+    });
+  const kubectlOk = async (args: string[], stdin?: string) => {
+    const run = await kubectl(args, stdin);
+    if (run.code !== 0) throw new Error(`kubectl ${args.join(" ")} failed (${run.code}): ${run.stderr}`);
+    return run.stdout;
+  };
+  const cluster: Cluster = {
+    api,
+    dir,
+    kubectl,
+    kubectlOk,
+    async apply(documents) {
+      const file = join(dir, `manifest-${++files}.yaml`);
+      await writeFile(file, documents.map((d) => stringify(d)).join("---\n"));
+      return kubectlOk(["apply", "-f", file]);
+    },
+    async stop() {
+      await api.stop();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+  await cluster.apply([{ apiVersion: "v1", kind: "Namespace", metadata: { name: "stowage-system" } }]);
+  return cluster;
+}
+
+/** The example's documents, for tests to edit (image, name) before applying a temp copy. */
+export async function exampleDocuments(file: string): Promise<Record<string, unknown>[]> {
+  const text = await readFile(join(root, "examples", file), "utf8");
+  return text
+    .split(/^---$/m)
+    .map((doc) => parse(doc))
+    .filter(Boolean);
+}
+
+export function modelImage(
+  name: string,
+  spec: Record<string, unknown>,
+  namespace = "default",
+): Record<string, unknown> {
+  return { apiVersion: "stowage.dev/v1alpha1", kind: "ModelImage", metadata: { name, namespace }, spec };
+}
+
+export function dockerConfigSecret(
+  name: string,
+  namespace: string,
+  registry: string,
+  credentials: { username: string; password: string },
+  type = "kubernetes.io/dockerconfigjson",
+): Record<string, unknown> {
+  const auth = Buffer.from(`${credentials.username}:${credentials.password}`).toString("base64");
+  const config = JSON.stringify({ auths: { [registry]: { auth } } });
+  return {
+    apiVersion: "v1",
+    kind: "Secret",
+    metadata: { name, namespace },
+    type,
+    data: {
+      [type === "kubernetes.io/dockerconfigjson" ? ".dockerconfigjson" : "config"]:
+        Buffer.from(config).toString("base64"),
+    },
+  };
+}
+
+export interface Condition {
+  type: string;
+  status: string;
+  reason?: string;
+  message?: string;
+}
+
+export interface ModelImageView {
+  metadata: { name: string; namespace: string; generation?: number };
+  status?: {
+    conditions?: Condition[];
+    variants?: { name: string; cacheImage?: string; sourceDigest?: string; cacheDigest?: string }[];
+  };
+}
+
+export async function getModelImage(
+  cluster: Cluster,
+  name: string,
+  namespace = "default",
+): Promise<ModelImageView> {
+  return JSON.parse(
+    await cluster.kubectlOk(["get", "mi", name, "-n", namespace, "-o", "json"]),
+  ) as ModelImageView;
+}
+
+export function condition(mi: ModelImageView, type: string): Condition | undefined {
+  return mi.status?.conditions?.find((c) => c.type === type);
+}
+
+/** Poll until `check` returns a value (not undefined/false); throws with `what` and the last value seen. */
+export async function eventually<T>(
+  what: string,
+  check: () => Promise<T | undefined | false> | T | undefined | false,
+  timeoutMs = 60_000,
+  intervalMs = 200,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError: unknown;
+  for (;;) {
+    try {
+      const value = await check();
+      if (value !== undefined && value !== false) return value;
+    } catch (err) {
+      lastError = err;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(
+        `timed out waiting for: ${what}${lastError ? ` (last error: ${(lastError as Error).message})` : ""}`,
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, intervalMs));
+  }
+}
+
+/** A condition reaching a status (and reason), polled through kubectl as a person would. */
+export function waitForCondition(
+  cluster: Cluster,
+  name: string,
+  type: string,
+  expected: { status: string; reason?: string },
+  namespace = "default",
+  timeoutMs = 60_000,
+): Promise<ModelImageView> {
+  let last: ModelImageView | undefined;
+  return eventually(
+    `${namespace}/${name} ${type}=${expected.status}${expected.reason ? ` (${expected.reason})` : ""}`,
+    async () => {
+      last = await getModelImage(cluster, name, namespace);
+      const found = condition(last, type);
+      return found?.status === expected.status && (!expected.reason || found.reason === expected.reason)
+        ? last
+        : undefined;
+    },
+    timeoutMs,
+  ).catch((err: Error) => {
+    throw new Error(`${err.message}; last status: ${JSON.stringify(last?.status)}`);
+  });
+}
+
+/** Prometheus text → the value of the first sample whose name and labels match. */
+export function sampleValue(
+  metricsText: string,
+  name: string,
+  labels: Record<string, string> = {},
+): number | undefined {
+  for (const line of metricsText.split("\n")) {
+    if (!line.startsWith(name) || line.startsWith("#")) continue;
+    const match = /^([a-zA-Z_:][\w:]*)(\{(.*)\})?\s+(\S+)$/.exec(line);
+    if (!match || match[1] !== name) continue;
+    const labelText = match[3] ?? "";
+    const ok = Object.entries(labels).every(([k, v]) => labelText.includes(`${k}="${v}"`));
+    if (ok) return Number(match[4]);
+  }
+  return undefined;
+}
