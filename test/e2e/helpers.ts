@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parse, stringify } from "yaml";
 import { loadCrd } from "../../src/api/crds.ts";
-import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
+import { type KubeObject, startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
 
 export const root = fileURLToPath(new URL("../..", import.meta.url));
 
@@ -32,7 +32,7 @@ export interface Cluster {
 
 export async function startCluster(options: { withCrd?: boolean } = {}): Promise<Cluster> {
   const api = await startApiServer({
-    crds: options.withCrd === false ? [] : [loadCrd("stowage.dev_modelimages")],
+    crds: options.withCrd === false ? [] : [loadCrd("stowage.dev_modelimages") as unknown as KubeObject],
   });
   const dir = await mkdtemp(join(tmpdir(), "stowage-e2e-"));
   let files = 0;
