@@ -5,8 +5,15 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { parse } from "yaml";
-import type { KubeObject } from "../kube/client.ts";
 import { StowageError } from "../util/errors.ts";
+
+/** An apiextensions.k8s.io/v1 CustomResourceDefinition as read from YAML (a type alias, so it fits any object shape). */
+export type CustomResourceDefinition = {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; [key: string]: unknown };
+  spec: Record<string, unknown>;
+};
 
 export const CRDS_DIR = fileURLToPath(new URL("../../crds/", import.meta.url));
 
@@ -14,7 +21,7 @@ export const CRDS_DIR = fileURLToPath(new URL("../../crds/", import.meta.url));
  * A CRD by file name (`stowage.dev_modelimages`, `.yaml` optional) or by its own name
  * (`modelimages.stowage.dev`).
  */
-export function loadCrd(name: string): KubeObject & { spec: Record<string, unknown> } {
+export function loadCrd(name: string): CustomResourceDefinition {
   const base = name.replace(/\.ya?ml$/, "");
   const dotted = /^([^.]+)\.(.+)$/.exec(base);
   const candidates = [base, ...(dotted ? [`${dotted[2]}_${dotted[1]}`] : [])];
@@ -26,7 +33,7 @@ export function loadCrd(name: string): KubeObject & { spec: Record<string, unkno
 }
 
 /** Every CRD in `crds/`, in file name order. */
-export function loadAllCrds(): (KubeObject & { spec: Record<string, unknown> })[] {
+export function loadAllCrds(): CustomResourceDefinition[] {
   return crdFiles().map((file) => parse(readFileSync(`${CRDS_DIR}${file}`, "utf8")));
 }
 

@@ -359,7 +359,10 @@ export function validateModelImageSpec(spec: ModelImageSpec): FieldProblem[] {
       problem("spec.sync.platforms", `either ["auto"] alone or a list of os/arch[/variant] platforms`);
     }
     if (sync.allPlatforms && !onlyAuto) {
-      problem("spec.sync", "allPlatforms copies every platform: leave platforms unset");
+      problem(
+        "spec.sync.allPlatforms",
+        `allPlatforms copies every platform of the index; leave platforms as ["auto"]`,
+      );
     }
   }
   const prewarm = spec.prewarm ?? {};

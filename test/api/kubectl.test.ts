@@ -1,0 +1,201 @@
+import { readFileSync } from "node:fs";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parse, parseAllDocuments } from "yaml";
+import { loadCrd } from "../../src/api/crds.ts";
+import {
+  API_VERSION,
+  KIND,
+  type ModelImage,
+  type ModelImageSpec,
+  type ModelImageStatus,
+  withDefaults,
+} from "../../src/api/modelImage.ts";
+import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
+import { Kubectl } from "../apiserver/helpers.ts";
+import { invalidSpecs } from "./invalidSpecs.ts";
+
+let server: TestApiServer;
+let kubectl: Kubectl;
+
+beforeAll(async () => {
+  server = await startApiServer({ crds: [loadCrd("modelimages.stowage.dev")] });
+  kubectl = new Kubectl(server);
+});
+
+afterAll(async () => {
+  kubectl?.cleanup();
+  await server?.stop();
+});
+
+const examples = new URL("../../examples/", import.meta.url);
+
+async function getModelImage(name: string, namespace: string): Promise<ModelImage> {
+  const result = await kubectl.run(["get", "modelimage", name, "-n", namespace, "-o", "json"]);
+  expect(result.stderr).toBe("");
+  return JSON.parse(result.stdout);
+}
+
+describe("the ModelImage CRD with the real kubectl", () => {
+  it("applies the CUDA + CPU example with its namespace and keeps what the user wrote", async () => {
+    const file = new URL("modelimage-llama.yaml", examples);
+    const result = await kubectl.run(["apply", "-f", file.pathname]);
+    expect(result.stderr).toBe("");
+    expect(result.stdout).toContain("namespace/ml created");
+    expect(result.stdout).toContain("modelimage.stowage.dev/llama3-serve created");
+
+    const written = parseAllDocuments(readFileSync(file, "utf8"))
+      .map((d) => d.toJS())
+      .find((d) => d.kind === KIND);
+    const stored = await getModelImage("llama3-serve", "ml");
+    expect(stored.spec.variants).toEqual(written.spec.variants);
+    expect(stored.spec.prewarm).toEqual({ ...written.spec.prewarm, priority: 0 });
+    expect(stored.spec.sync).toEqual({ ...written.spec.sync, allPlatforms: false });
+  });
+
+  it("applies the single-image example and fills in every default", async () => {
+    const result = await kubectl.run(["apply", "-f", new URL("modelimage-single.yaml", examples).pathname]);
+    expect(result.stderr).toBe("");
+    expect(result.stdout).toContain("modelimage.stowage.dev/vllm created");
+
+    const stored = await getModelImage("vllm", "default");
+    expect(stored.spec).toEqual({
+      image: "docker.io/vllm/vllm-openai:v0.6.3",
+      sync: { interval: "10m", platforms: ["auto"], allPlatforms: false, referrers: false },
+      suspend: false,
+      prewarm: { enabled: true, maxConcurrentNodes: 4, holdPods: false, holdTimeout: "15m", priority: 0 },
+    });
+  });
+
+  it("defaults exactly as withDefaults does, for code paths that read objects not written through the API server", async () => {
+    const specs: ModelImageSpec[] = [
+      { image: "alpine:3.20" },
+      {
+        image: "alpine:3.20",
+        pullSecrets: [{ name: "hub" }],
+        sync: { referrers: true },
+        prewarm: { minReadyNodes: 0 },
+      },
+      {
+        variants: [{ name: "cpu", image: "ghcr.io/acme/cpu:1" }],
+        suspend: true,
+        prewarm: { enabled: false },
+      },
+    ];
+    for (const [i, spec] of specs.entries()) {
+      const name = `defaults-${i}`;
+      const applied = await kubectl.apply([
+        { apiVersion: API_VERSION, kind: KIND, metadata: { name, namespace: "default" }, spec },
+      ]);
+      expect(applied.stderr).toBe("");
+      const stored = await getModelImage(name, "default");
+      expect(withDefaults(spec)).toEqual({ pullSecrets: [], ...stored.spec });
+    }
+  });
+
+  it("lists ModelImages by short name with READY, SYNCED, DIGEST, NODES, LAG and AGE from the status", async () => {
+    await kubectl.apply([
+      {
+        apiVersion: API_VERSION,
+        kind: KIND,
+        metadata: { name: "lagging", namespace: "default" },
+        spec: { image: "alpine:3.20" },
+      },
+    ]);
+    const status: ModelImageStatus = {
+      observedGeneration: 1,
+      conditions: [
+        {
+          type: "Ready",
+          status: "False",
+          reason: "UpstreamChanged",
+          message: "a new digest is being copied",
+          lastTransitionTime: "2026-01-01T00:00:00Z",
+        },
+        {
+          type: "Synced",
+          status: "False",
+          reason: "UpstreamChanged",
+          message: "a new digest is being copied",
+          lastTransitionTime: "2026-01-01T00:00:00Z",
+        },
+      ],
+      digest: "sha256:0f973b6045",
+      nodes: "3/4",
+      lagSince: new Date(Date.now() - 2 * 3600_000).toISOString().replace(/\.\d+Z$/, "Z"),
+    };
+    const patched = await kubectl.run([
+      "patch",
+      "mi",
+      "lagging",
+      "-n",
+      "default",
+      "--subresource=status",
+      "--type=merge",
+      "-p",
+      JSON.stringify({ status }),
+    ]);
+    expect(patched.stderr).toBe("");
+
+    const table = await kubectl.run(["get", "mi", "-n", "default"]);
+    expect(table.stderr).toBe("");
+    const [header, ...rows] = table.stdout.trim().split("\n");
+    expect(header.split(/\s+/)).toEqual(["NAME", "READY", "SYNCED", "DIGEST", "NODES", "LAG", "AGE"]);
+    const lagging = rows.find((row) => row.startsWith("lagging "))?.split(/\s+/);
+    expect(lagging?.slice(0, 6)).toEqual(["lagging", "False", "False", "sha256:0f973b6045", "3/4", "120m"]);
+
+    const byCategory = await kubectl.run(["get", "stowage", "-n", "default", "-o", "name"]);
+    expect(byCategory.stdout).toContain("modelimage.stowage.dev/lagging");
+  });
+
+  it("refuses a status with a condition status other than True, False or Unknown", async () => {
+    const result = await kubectl.run([
+      "patch",
+      "mi",
+      "vllm",
+      "-n",
+      "default",
+      "--subresource=status",
+      "--type=merge",
+      "-p",
+      JSON.stringify({
+        status: {
+          conditions: [
+            {
+              type: "Ready",
+              status: "Maybe",
+              reason: "X",
+              message: "",
+              lastTransitionTime: "2026-01-01T00:00:00Z",
+            },
+          ],
+        },
+      }),
+    ]);
+    expect(result.code).not.toBe(0);
+    expect(result.stderr).toContain("status.conditions[0].status");
+  });
+
+  it.each(invalidSpecs)("refuses $what, naming $field", async ({ field, message, spec }) => {
+    const result = await kubectl.apply([
+      { apiVersion: API_VERSION, kind: KIND, metadata: { name: "refused", namespace: "default" }, spec },
+    ]);
+    expect(result.code).not.toBe(0);
+    expect(result.stderr).toContain(field.startsWith("unknown field") ? field : `${field}:`);
+    expect(result.stderr).toContain(message);
+  });
+
+  it("created none of the refused ModelImages", async () => {
+    const result = await kubectl.run([
+      "get",
+      "mi",
+      "refused",
+      "-n",
+      "default",
+      "--ignore-not-found",
+      "-o",
+      "yaml",
+    ]);
+    expect(result.stdout).toBe("");
+    expect(parse(result.stdout)).toBeNull();
+  });
+});
