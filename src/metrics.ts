@@ -96,3 +96,83 @@ export function defaultRuntimeMetrics(): RuntimeMetrics {
   processMetrics ??= createRuntimeMetrics();
   return processMetrics;
 }
+
+// ---------------------------------------------------------------------------------------------
+// stowage_*: the ModelImage reconciler's metrics (what the chart's alert rules read).
+// ---------------------------------------------------------------------------------------------
+
+/** Sync durations range from a HEAD (sub-second) to a 40 GB image over a slow link (hours). */
+const syncDurationBuckets = [0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400];
+
+/** Per-object gauge values, computed on scrape from the controller's caches (no API writes). */
+export interface ModelImageSamples {
+  lag: { namespace: string; name: string; variant: string; seconds: number }[];
+  ready: { namespace: string; name: string; ready: boolean }[];
+}
+
+export interface StowageMetrics {
+  registry: Registry;
+  syncTotal: Counter<"result" | "reason">;
+  syncDuration: Histogram<never>;
+  syncBytes: Counter<"kind">;
+  syncLag: Gauge<"namespace" | "name" | "variant">;
+  modelImageReady: Gauge<"namespace" | "name">;
+  /**
+   * Where the per-object gauges read their values at scrape time. The series are rebuilt on
+   * every scrape, so an object that is gone has no series any more.
+   */
+  setModelImageSource(source: (() => ModelImageSamples) | undefined): void;
+}
+
+export function createStowageMetrics(registry: Registry = createRegistry()): StowageMetrics {
+  const registers = [registry];
+  let source: (() => ModelImageSamples) | undefined;
+  const read = (): ModelImageSamples => source?.() ?? { lag: [], ready: [] };
+  const syncLag = new Gauge({
+    name: "stowage_modelimage_sync_lag_seconds",
+    help: "Seconds the cache has lagged the upstream tag (0 when it holds the upstream digest): since the upstream change was first seen, or since the last successful check while checks fail.",
+    labelNames: ["namespace", "name", "variant"],
+    registers,
+    collect() {
+      this.reset();
+      for (const s of read().lag)
+        this.set({ namespace: s.namespace, name: s.name, variant: s.variant }, s.seconds);
+    },
+  });
+  const modelImageReady = new Gauge({
+    name: "stowage_modelimage_ready",
+    help: "1 when the ModelImage's Ready condition is True, else 0.",
+    labelNames: ["namespace", "name"],
+    registers,
+    collect() {
+      this.reset();
+      for (const s of read().ready) this.set({ namespace: s.namespace, name: s.name }, s.ready ? 1 : 0);
+    },
+  });
+  return {
+    registry,
+    syncTotal: new Counter({
+      name: "stowage_sync_total",
+      help: "Mirror operations (upstream checks that needed a copy, and checks that failed) by result and reason.",
+      labelNames: ["result", "reason"],
+      registers,
+    }),
+    syncDuration: new Histogram({
+      name: "stowage_sync_duration_seconds",
+      help: "Time one image took to mirror into the cache (successful copies).",
+      buckets: syncDurationBuckets,
+      registers,
+    }),
+    syncBytes: new Counter({
+      name: "stowage_sync_bytes_total",
+      help: "Blob bytes of mirrored images by how they reached the cache: transferred, mounted or skipped (already there).",
+      labelNames: ["kind"],
+      registers,
+    }),
+    syncLag,
+    modelImageReady,
+    setModelImageSource(next) {
+      source = next;
+    },
+  };
+}

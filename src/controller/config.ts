@@ -1,0 +1,61 @@
+/**
+ * What the controller process is told by its flags / Helm values. Every field has a default
+ * except the cache registry, which the deployment must name.
+ */
+export interface CacheConfig {
+  /** host[:port] of the in-cluster cache registry. */
+  registry: string;
+  /** Speak plain HTTP to the cache registry. */
+  insecure: boolean;
+  /** Extra CAs for the cache registry. */
+  caPem?: string[];
+  credentials?: { username: string; password: string };
+}
+
+export interface ControllerConfig {
+  cache: CacheConfig;
+  /** Upstream hosts spoken to over plain HTTP. */
+  insecureRegistries: string[];
+  /** Extra CAs for upstream registries. */
+  caPem?: string[];
+  /** Watch only these namespaces (default: all). */
+  namespaces?: string[];
+  /** Reconcile workers (default 4). */
+  workers: number;
+  /** Mirror operations in flight across all ModelImages (default 4). */
+  maxConcurrentSyncs: number;
+  /** Keep cache tags when a ModelImage is deleted (default true). */
+  retainOnDelete: boolean;
+  /** 0..1: fraction of the sync interval added at random to each requeue (default 0.1). */
+  syncJitter: number;
+  /** Give up cache cleanup this long after deletionTimestamp and release the finalizer (default 5 min). */
+  deletionTimeoutMs: number;
+  /**
+   * `status.variants[].lastCheckedAt` is rewritten by an unchanged check only when it is older
+   * than this (default 1 h), so a steady state makes no API writes; the precise age of the
+   * last check is in the `stowage_modelimage_sync_lag_seconds` metric instead.
+   */
+  checkedAtResolutionMs: number;
+}
+
+export const DEFAULT_CONTROLLER_CONFIG: Omit<ControllerConfig, "cache"> = {
+  insecureRegistries: [],
+  workers: 4,
+  maxConcurrentSyncs: 4,
+  retainOnDelete: true,
+  syncJitter: 0.1,
+  deletionTimeoutMs: 5 * 60_000,
+  checkedAtResolutionMs: 60 * 60_000,
+};
+
+/** A full config from the cache registry and any overrides. */
+export function controllerConfig(
+  cache: Partial<CacheConfig> & { registry: string },
+  overrides: Partial<Omit<ControllerConfig, "cache">> = {},
+): ControllerConfig {
+  return {
+    ...DEFAULT_CONTROLLER_CONFIG,
+    ...overrides,
+    cache: { insecure: false, ...cache },
+  };
+}

@@ -1,0 +1,192 @@
+/**
+ * Wires the ModelImage reconciler into a Manager: informers for ModelImages (all namespaces or
+ * the configured ones) and Nodes, the shared registry client / Copier / single-flight syncer,
+ * and the scrape-time lag and readiness gauges.
+ */
+import { type ModelImage, ModelImageResource, variantsOf } from "../../api/modelImage.ts";
+import { type KubeClient, type KubeObject, Resources } from "../../kube/client.ts";
+import { isConditionTrue } from "../../kube/conditions.ts";
+import { type Controller, type EventHandler, type EventSource, objectKey } from "../../kube/controller.ts";
+import type { EventRecorder } from "../../kube/events.ts";
+import type { Informer } from "../../kube/informer.ts";
+import type { Manager } from "../../kube/manager.ts";
+import { parseTime } from "../../kube/time.ts";
+import type { ModelImageSamples, StowageMetrics } from "../../metrics.ts";
+import type { RegistryClientOptions } from "../../oci/registry.ts";
+import { type Clock, systemClock } from "../../util/clock.ts";
+import { type Logger, silentLogger } from "../../util/log.ts";
+import type { ControllerConfig } from "../config.ts";
+import { isNodeReady, type Node, nodePlatform, selectorMatches } from "./plan.ts";
+import { type CheckRecord, type CredentialSource, createReconciler } from "./reconciler.ts";
+import { createRegistries, type Registries } from "./registries.ts";
+import { Syncer } from "./sync.ts";
+
+export { FINALIZER } from "./deletion.ts";
+export type { CredentialSource } from "./reconciler.ts";
+
+export const CONTROLLER_NAME = "modelimage";
+
+export interface ModelImageControllerDeps {
+  client: KubeClient;
+  config: ControllerConfig;
+  credentials: CredentialSource;
+  metrics: StowageMetrics;
+  events: EventRecorder;
+  clock?: Clock;
+  log?: Logger;
+  registryOptions?: Partial<RegistryClientOptions>;
+  /** For tests of the jitter; Math.random by default. */
+  random?: () => number;
+}
+
+export interface ModelImageController {
+  controller: Controller;
+  informers: Informer<KubeObject>[];
+  /** The shared registry client and Copier (close on shutdown: `registries.client.close()`). */
+  registries: Registries;
+  syncer: Syncer;
+}
+
+export function setupModelImageController(
+  manager: Manager,
+  deps: ModelImageControllerDeps,
+): ModelImageController {
+  const clock = deps.clock ?? systemClock;
+  const log = (deps.log ?? silentLogger()).child({ controller: CONTROLLER_NAME });
+  const namespaces = deps.config.namespaces?.length ? deps.config.namespaces : [undefined];
+  const modelImageInformers = namespaces.map((namespace) =>
+    manager.addInformer<ModelImage>({ type: ModelImageResource, namespace }),
+  );
+  const nodeInformer = manager.addInformer<Node>({ type: Resources.Node });
+  const getModelImage = (key: string) => {
+    for (const informer of modelImageInformers) {
+      const found = informer.get(key);
+      if (found) return found;
+    }
+    return undefined;
+  };
+  const allModelImages = () => modelImageInformers.flatMap((informer) => informer.list());
+
+  const registries = createRegistries({
+    config: deps.config,
+    cacheCredentials: deps.credentials.forCache(),
+    logger: log,
+    options: deps.registryOptions,
+  });
+  const syncer = new Syncer({
+    registries,
+    metrics: deps.metrics,
+    clock,
+    maxConcurrentSyncs: deps.config.maxConcurrentSyncs,
+  });
+  const checks = new Map<string, Map<string, CheckRecord>>();
+  const reconcile = createReconciler({
+    objects: deps.client.resource<ModelImage>(ModelImageResource),
+    getModelImage,
+    allModelImages,
+    nodes: () => nodeInformer.list(),
+    config: deps.config,
+    credentials: deps.credentials,
+    registries,
+    syncer,
+    events: deps.events,
+    clock,
+    log,
+    checks,
+    random: deps.random,
+  });
+  const controller = manager.addController({
+    name: CONTROLLER_NAME,
+    reconcile,
+    workers: deps.config.workers,
+  });
+  for (const informer of modelImageInformers) controller.watches(specChanges(informer));
+  controller.watches(relevantNodeChanges(nodeInformer), (node) =>
+    allModelImages()
+      .filter((mi) => variantsOf(mi.spec).some((v) => selectorMatches(v.nodeSelector, node.metadata?.labels)))
+      .map((mi) => objectKey(mi)),
+  );
+
+  deps.metrics.setModelImageSource(() => samples(allModelImages(), checks, clock.now()));
+  return {
+    controller,
+    informers: [...modelImageInformers, nodeInformer] as unknown as Informer<KubeObject>[],
+    registries,
+    syncer,
+  };
+}
+
+/**
+ * ModelImage changes worth a reconcile: new objects, spec changes (generation), deletion
+ * starting, finalizers changing. Our own status writes are not: they would cost an upstream
+ * HEAD each; the periodic requeue looks again anyway.
+ */
+function specChanges(informer: Informer<ModelImage>): EventSource<ModelImage> {
+  return {
+    addEventHandler(handler: EventHandler<ModelImage>) {
+      return informer.addEventHandler({
+        add: (obj) => handler.add?.(obj),
+        delete: (obj) => handler.delete?.(obj),
+        update: (old, obj) => {
+          const before = old.metadata;
+          const after = obj.metadata;
+          if (
+            before.generation !== after.generation ||
+            Boolean(before.deletionTimestamp) !== Boolean(after.deletionTimestamp) ||
+            (before.finalizers ?? []).join(",") !== (after.finalizers ?? []).join(",")
+          )
+            handler.update?.(old, obj);
+        },
+      });
+    },
+  };
+}
+
+/** Node updates that change what `platforms: auto` sees (labels, readiness, platform), not heartbeats. */
+function relevantNodeChanges(informer: Informer<Node>): EventSource<Node> {
+  const fingerprint = (node: Node) =>
+    JSON.stringify([node.metadata?.labels ?? {}, isNodeReady(node), nodePlatform(node)]);
+  return {
+    addEventHandler(handler: EventHandler<Node>) {
+      return informer.addEventHandler({
+        add: (node) => handler.add?.(node),
+        delete: (node) => handler.delete?.(node),
+        update: (old, node) => {
+          if (fingerprint(old) === fingerprint(node)) return;
+          // Keys for both label sets: a node that stopped matching a selector matters too.
+          handler.update?.(old, old);
+          handler.update?.(old, node);
+        },
+      });
+    },
+  };
+}
+
+/** Lag and readiness per object, from the informer cache, the last checks and the clock. */
+function samples(
+  modelImages: ModelImage[],
+  checks: Map<string, Map<string, CheckRecord>>,
+  now: number,
+): ModelImageSamples {
+  const out: ModelImageSamples = { lag: [], ready: [] };
+  for (const mi of modelImages) {
+    const namespace = mi.metadata.namespace ?? "";
+    const name = mi.metadata.name ?? "";
+    out.ready.push({ namespace, name, ready: isConditionTrue(mi.status?.conditions, "Ready") });
+    const records = checks.get(`${namespace}/${name}`);
+    for (const variant of variantsOf(mi.spec)) {
+      const status = mi.status?.variants?.find((v) => v.name === variant.name);
+      const record = records?.get(variant.name);
+      let since: number | undefined;
+      if (status?.upstreamChangedAt) since = parseTime(status.upstreamChangedAt);
+      else if (record?.failing || !status?.cacheDigest)
+        since =
+          record?.lastSuccessAt ??
+          parseTime(status?.lastCheckedAt) ??
+          parseTime(mi.metadata.creationTimestamp);
+      const seconds = since === undefined ? 0 : Math.max(0, (now - since) / 1000);
+      out.lag.push({ namespace, name, variant: variant.name, seconds });
+    }
+  }
+  return out;
+}

@@ -1,0 +1,141 @@
+/**
+ * Pure decisions of the ModelImage reconciler: which platforms a variant wants, where it goes
+ * in the cache, whether what the cache holds already answers the upstream, when to look again.
+ * Nothing here talks to a registry or the API.
+ */
+import {
+  explicitPlatforms,
+  type ModelImage,
+  type ModelImageVariant,
+  type VariantStatus,
+} from "../../api/modelImage.ts";
+import type { KubeObject } from "../../kube/client.ts";
+import { formatPlatform, matchesPlatform, normalizePlatform, parsePlatform } from "../../oci/platforms.ts";
+import { cacheRepository, formatReference, type ImageReference } from "../../oci/reference.ts";
+import type { Platform } from "../../oci/types.ts";
+
+export interface Node extends KubeObject {
+  spec?: { unschedulable?: boolean };
+  status?: {
+    conditions?: { type: string; status: string }[];
+    nodeInfo?: { operatingSystem?: string; architecture?: string };
+  };
+}
+
+/** What to mirror of a variant's (possibly multi-platform) image. */
+export type PlatformChoice =
+  /** Every platform, upstream index digest kept. `noMatchingNodes`: chosen because no Ready node matched. */
+  | { kind: "all"; noMatchingNodes: boolean }
+  /** Only these platforms (a filtered index gets a new digest). */
+  | { kind: "list"; platforms: Platform[]; fromNodes: boolean };
+
+export function isNodeReady(node: Node): boolean {
+  return node.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True") ?? false;
+}
+
+/** An empty or absent selector selects every node, as a Pod's nodeSelector does. */
+export function selectorMatches(
+  selector: Record<string, string> | undefined,
+  labels: Record<string, string> | undefined,
+): boolean {
+  for (const [key, value] of Object.entries(selector ?? {})) {
+    if (labels?.[key] !== value) return false;
+  }
+  return true;
+}
+
+/**
+ * The platform a node runs, from its labels (kubernetes.io/os, kubernetes.io/arch) or nodeInfo.
+ * Kubernetes does not publish the ARM variant; 32-bit arm nodes are taken as v7 (containerd's
+ * default) and arm64 as v8, which is what images for them declare.
+ */
+export function nodePlatform(node: Node): Platform | undefined {
+  const labels = node.metadata?.labels ?? {};
+  const os = labels["kubernetes.io/os"] ?? node.status?.nodeInfo?.operatingSystem;
+  const architecture = labels["kubernetes.io/arch"] ?? node.status?.nodeInfo?.architecture;
+  if (!os || !architecture) return undefined;
+  const platform = normalizePlatform({ os, architecture });
+  if (platform.architecture === "arm" && !platform.variant) platform.variant = "v7";
+  return platform;
+}
+
+/** The platforms a variant should be mirrored for (DESIGN.md; issue 4 "Platforms"). */
+export function choosePlatforms(
+  mi: ModelImage,
+  variant: ModelImageVariant,
+  nodes: readonly Node[],
+): PlatformChoice {
+  if (mi.spec.sync?.allPlatforms) return { kind: "all", noMatchingNodes: false };
+  const explicit = explicitPlatforms(mi.spec, variant);
+  if (explicit)
+    return { kind: "list", platforms: uniquePlatforms(explicit.map(parsePlatform)), fromNodes: false };
+  const platforms: Platform[] = [];
+  for (const node of nodes) {
+    if (!isNodeReady(node) || !selectorMatches(variant.nodeSelector, node.metadata?.labels)) continue;
+    const platform = nodePlatform(node);
+    if (platform) platforms.push(platform);
+  }
+  if (platforms.length === 0) return { kind: "all", noMatchingNodes: true };
+  return { kind: "list", platforms: uniquePlatforms(platforms), fromNodes: true };
+}
+
+function uniquePlatforms(platforms: Platform[]): Platform[] {
+  const byName = new Map(platforms.map((p) => [formatPlatform(p), p]));
+  return [...byName.keys()].sort().map((name) => byName.get(name)!);
+}
+
+/** A stable string for a platform choice: part of the single-flight key. */
+export function platformKey(choice: PlatformChoice): string {
+  return choice.kind === "all" ? "*" : choice.platforms.map(formatPlatform).join(",");
+}
+
+/**
+ * Where a source image lives in the cache (DESIGN.md "Cache layout"): repository
+ * `cacheRepository(source)`, same tag; a digest-only source is pushed by (its resulting) digest,
+ * so the target names no reference.
+ */
+export function cacheTarget(source: ImageReference, cacheRegistry: string): ImageReference {
+  const target: ImageReference = { registry: cacheRegistry, repository: cacheRepository(source) };
+  if (source.tag !== undefined) target.tag = source.tag;
+  return target;
+}
+
+/** The cache reference as kubelet-facing text, with the digest once known. */
+export function cacheImageName(target: ImageReference, cacheDigest: string | undefined): string {
+  if (target.tag === undefined && cacheDigest) return formatReference({ ...target, digest: cacheDigest });
+  return formatReference(target);
+}
+
+/**
+ * Does the cache content recorded in `previous` answer an upstream now at `upstreamDigest`
+ * under this platform choice? (The cache HEAD must still show `previous.cacheDigest`; the
+ * caller checks that.) Extra platforms in the cache are fine: only missing ones need a copy.
+ */
+export function previousSyncAnswers(
+  previous: VariantStatus | undefined,
+  upstreamDigest: string,
+  choice: PlatformChoice,
+): boolean {
+  if (!previous?.cacheDigest || previous.sourceDigest !== upstreamDigest) return false;
+  if (choice.kind === "all") return previous.cacheDigest === upstreamDigest;
+  const have = (previous.platforms ?? []).map((p) => {
+    try {
+      return parsePlatform(p);
+    } catch {
+      return undefined;
+    }
+  });
+  return choice.platforms.every((wanted) =>
+    have.some((candidate) => candidate && matchesPlatform(wanted, candidate)),
+  );
+}
+
+/** The next periodic check: the interval plus up to `jitter` of it, so many objects spread out. */
+export function nextSyncDelay(
+  intervalMs: number,
+  jitter: number,
+  random: () => number = Math.random,
+): number {
+  const spread = Math.min(Math.max(jitter, 0), 1);
+  return Math.round(intervalMs * (1 + spread * random()));
+}

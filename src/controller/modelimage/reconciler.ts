@@ -1,0 +1,369 @@
+/**
+ * The ModelImage reconciler: read the object and the nodes from the informers, check each
+ * variant's upstream tag (one manifest HEAD) against what the cache holds (one HEAD), mirror
+ * what differs, and write the status those observations give. Level-triggered: nothing is
+ * remembered between passes that the status and the registries do not also say, except the
+ * time of the last successful check per variant (for the lag metric; lost on restart, when
+ * the status's lastCheckedAt takes its place).
+ */
+import {
+  type ModelImage,
+  type ModelImageStatus,
+  type ModelImageVariant,
+  syncIntervalMs,
+  variantsOf,
+  withDefaults,
+} from "../../api/modelImage.ts";
+import type { ObjectClient } from "../../kube/client.ts";
+import { done, type ReconcileContext, type Result, requeueAfter } from "../../kube/controller.ts";
+import type { EventRecorder } from "../../kube/events.ts";
+import { ensureFinalizer, isBeingDeleted } from "../../kube/finalizers.ts";
+import { writeStatus } from "../../kube/status.ts";
+import {
+  formatReference,
+  type ImageReference,
+  manifestReference,
+  parseReference,
+} from "../../oci/reference.ts";
+import type { CredentialLookup } from "../../oci/registry.ts";
+import type { Clock } from "../../util/clock.ts";
+import { asStowageError, StowageError } from "../../util/errors.ts";
+import type { Logger } from "../../util/log.ts";
+import type { ControllerConfig } from "../config.ts";
+import { FINALIZER, finalize } from "./deletion.ts";
+import {
+  cacheImageName,
+  cacheTarget,
+  choosePlatforms,
+  type Node,
+  nextSyncDelay,
+  type PlatformChoice,
+  platformKey,
+  previousSyncAnswers,
+} from "./plan.ts";
+import type { Registries } from "./registries.ts";
+import {
+  isStalledReason,
+  noMatchingNodesNote,
+  statusFrom,
+  storedSyncedMessage,
+  suspendedStatus,
+  type VariantOutcome,
+  variantLabel,
+} from "./status.ts";
+import type { Syncer } from "./sync.ts";
+
+/** What the reconciler needs from the credentials component (src/auth, `createCredentialProvider`). */
+export interface CredentialSource {
+  forModelImage(namespace: string, pullSecrets: { name: string }[]): Promise<CredentialLookup>;
+  forCache(): CredentialLookup;
+  ensureRepository(registry: string, repository: string): Promise<void>;
+}
+
+/** Per variant: when its last upstream check succeeded, and whether the latest failed. */
+export interface CheckRecord {
+  lastSuccessAt?: number;
+  failing: boolean;
+}
+
+export interface ReconcilerDeps {
+  objects: ObjectClient<ModelImage>;
+  getModelImage: (key: string) => ModelImage | undefined;
+  allModelImages: () => ModelImage[];
+  nodes: () => Node[];
+  config: ControllerConfig;
+  credentials: CredentialSource;
+  registries: Registries;
+  syncer: Syncer;
+  events: EventRecorder;
+  clock: Clock;
+  log: Logger;
+  /** key → variant name → last check. */
+  checks: Map<string, Map<string, CheckRecord>>;
+  random?: () => number;
+}
+
+export function createReconciler(deps: ReconcilerDeps) {
+  const deletion = {
+    objects: deps.objects,
+    allModelImages: deps.allModelImages,
+    registries: deps.registries,
+    config: deps.config,
+    events: deps.events,
+    clock: deps.clock,
+    log: deps.log,
+  };
+  return async function reconcileModelImage(key: string, ctx: ReconcileContext): Promise<Result> {
+    let mi = deps.getModelImage(key);
+    if (!mi) {
+      deps.checks.delete(key);
+      return done();
+    }
+    if (isBeingDeleted(mi)) {
+      deps.checks.delete(key);
+      return finalize(mi, { ...deletion, log: ctx.log });
+    }
+    if (!mi.metadata.finalizers?.includes(FINALIZER)) mi = await ensureFinalizer(deps.objects, mi, FINALIZER);
+    const spec = withDefaults(mi.spec);
+    if (spec.suspend) {
+      await writeStatus<ModelImageStatus, ModelImage>(
+        deps.objects,
+        mi,
+        (status, current) => suspendedStatus(status, current, deps.clock.now()),
+        {
+          clock: deps.clock,
+        },
+      );
+      return done(); // a spec change (suspend: false) queues it again
+    }
+    return syncModelImage(mi, deps, ctx);
+  };
+}
+
+interface VariantWork {
+  outcome: VariantOutcome;
+  source?: ImageReference;
+  target?: ImageReference;
+  choice?: PlatformChoice;
+}
+
+async function syncModelImage(mi: ModelImage, deps: ReconcilerDeps, ctx: ReconcileContext): Promise<Result> {
+  const key = `${mi.metadata.namespace}/${mi.metadata.name}`;
+  const spec = withDefaults(mi.spec);
+  const variants = variantsOf(spec);
+  let credentials: CredentialLookup | undefined;
+  let credentialError: StowageError | undefined;
+  try {
+    credentials = await deps.credentials.forModelImage(mi.metadata.namespace ?? "", spec.pullSecrets);
+  } catch (err) {
+    credentialError = asStowageError(err, "AuthConfigInvalid");
+  }
+
+  // 1. Check: what upstream serves now, and whether the cache already holds it.
+  const nodes = deps.nodes();
+  const work: VariantWork[] = await Promise.all(
+    variants.map((variant) => checkVariant(mi, variant, nodes, credentials, credentialError, deps)),
+  );
+
+  // 2. Mirror what differs; the status says so first (Reconciling, upstreamChangedAt).
+  const toCopy = work.filter((w) => w.outcome.syncing);
+  if (toCopy.length > 0) {
+    mi = (await write(mi, work, deps)).object;
+    for (const w of toCopy) {
+      void deps.events.event(mi, {
+        type: "Normal",
+        reason: "SyncStarted",
+        action: "Sync",
+        note: `mirroring ${variantLabel(w.outcome)} at ${w.outcome.upstreamDigest} to ${w.outcome.cacheImage}`,
+      });
+    }
+    await Promise.all(toCopy.map((w) => copyVariant(mi, w, credentials!, deps)));
+  }
+
+  // 3. Report.
+  const previousSyncedMessage = storedSyncedMessage(mi);
+  const written = await write(mi, work, deps);
+  mi = written.object;
+  const now = deps.clock.now();
+  const checks = deps.checks.get(key) ?? new Map<string, CheckRecord>();
+  deps.checks.set(key, checks);
+  for (const name of checks.keys()) if (!variants.some((v) => v.name === name)) checks.delete(name);
+  for (const { outcome } of work) {
+    const record = checks.get(outcome.variant.name) ?? { failing: false };
+    if (outcome.error) record.failing = true;
+    else {
+      record.failing = false;
+      record.lastSuccessAt = now;
+    }
+    checks.set(outcome.variant.name, record);
+    if (outcome.noMatchingNodes && !previousSyncedMessage.includes(noMatchingNodesNote(outcome))) {
+      void deps.events.event(mi, {
+        type: "Warning",
+        reason: "NoMatchingNodes",
+        action: "Sync",
+        note: noMatchingNodesNote(outcome),
+      });
+    }
+  }
+
+  const failures = work.map((w) => w.outcome).filter((o) => o.error);
+  for (const failure of failures) {
+    ctx.log.warn(
+      { variant: failure.variant.name, reason: failure.error?.reason, error: failure.error?.message },
+      "sync failed",
+    );
+  }
+  const retryable = failures.find((o) => o.error && !isStalledReason(o.error.reason));
+  if (retryable?.error) {
+    // Back off through the work queue; the status already says what is wrong.
+    throw retryable.error;
+  }
+  return requeueAfter(nextSyncDelay(syncIntervalMs(spec), deps.config.syncJitter, deps.random));
+}
+
+function write(mi: ModelImage, work: VariantWork[], deps: ReconcilerDeps) {
+  return writeStatus<ModelImageStatus, ModelImage>(
+    deps.objects,
+    mi,
+    (status, current) =>
+      statusFrom(status, {
+        mi: current,
+        outcomes: work.map((w) => w.outcome),
+        now: deps.clock.now(),
+        checkedAtResolutionMs: deps.config.checkedAtResolutionMs,
+      }),
+    { clock: deps.clock },
+  );
+}
+
+async function checkVariant(
+  mi: ModelImage,
+  variant: ModelImageVariant,
+  nodes: Node[],
+  credentials: CredentialLookup | undefined,
+  credentialError: StowageError | undefined,
+  deps: ReconcilerDeps,
+): Promise<VariantWork> {
+  const outcome: VariantOutcome = { variant, noMatchingNodes: false };
+  let source: ImageReference;
+  try {
+    source = parseReference(variant.image);
+  } catch (err) {
+    outcome.error = asStowageError(err, "InvalidReference");
+    return { outcome };
+  }
+  outcome.image = formatReference(source);
+  const target = cacheTarget(source, deps.registries.cacheRegistry);
+  const previous = mi.status?.variants?.find((v) => v.name === variant.name);
+  outcome.cacheImage = cacheImageName(target, previous?.cacheDigest);
+  let choice: PlatformChoice;
+  try {
+    choice = choosePlatforms(mi, variant, nodes);
+  } catch (err) {
+    outcome.error = asStowageError(err, "InvalidArgument");
+    return { outcome };
+  }
+  outcome.noMatchingNodes = choice.kind === "all" && choice.noMatchingNodes;
+  if (credentialError || !credentials) {
+    outcome.error = credentialError ?? new StowageError("AuthConfigInvalid", "no credentials");
+    return { outcome };
+  }
+  const lookup = credentials;
+  try {
+    // A pinned digest never changes upstream: no need to ask.
+    const upstreamDigest =
+      source.digest ??
+      (
+        await deps.registries.withUpstreamCredentials(lookup, () =>
+          deps.registries.client.headManifest(
+            { registry: source.registry, repository: source.repository },
+            manifestReference(source),
+          ),
+        )
+      )?.digest;
+    if (!upstreamDigest) {
+      throw new StowageError("ImageNotFound", `image ${outcome.image} not found upstream`);
+    }
+    outcome.upstreamDigest = upstreamDigest;
+  } catch (err) {
+    outcome.error = classify(err, deps.registries.cacheRegistry, outcome);
+    return { outcome };
+  }
+  const work: VariantWork = { outcome, source, target, choice };
+  if (previousSyncAnswers(previous, outcome.upstreamDigest, choice) && previous?.cacheDigest) {
+    try {
+      const reference = target.tag ?? previous.cacheDigest;
+      const cached = await deps.registries.client.headManifest(
+        { registry: target.registry, repository: target.repository },
+        reference,
+      );
+      if (cached?.digest === previous.cacheDigest) {
+        outcome.cacheDigest = cached.digest;
+        return work; // unchanged: one upstream HEAD, one cache HEAD
+      }
+    } catch (err) {
+      outcome.error = cacheError(err, outcome);
+      return work;
+    }
+  }
+  outcome.syncing = true;
+  return work;
+}
+
+async function copyVariant(
+  mi: ModelImage,
+  work: VariantWork,
+  credentials: CredentialLookup,
+  deps: ReconcilerDeps,
+): Promise<void> {
+  const { outcome, source, target, choice } = work;
+  if (!source || !target || !choice || !outcome.upstreamDigest) return;
+  try {
+    try {
+      await deps.credentials.ensureRepository(target.registry, target.repository);
+    } catch (err) {
+      throw cacheError(err, outcome);
+    }
+    const { result, shared } = await deps.syncer.sync({
+      source: { registry: source.registry, repository: source.repository, digest: outcome.upstreamDigest },
+      target,
+      options: {
+        allPlatforms: choice.kind === "all",
+        platforms: choice.kind === "list" ? choice.platforms : undefined,
+        referrers: mi.spec.sync?.referrers ?? false,
+      },
+      platformKey: platformKey(choice),
+      credentials,
+    });
+    outcome.syncing = false;
+    outcome.copy = result;
+    outcome.cacheDigest = result.targetDigest;
+    outcome.cacheImage = cacheImageName(target, result.targetDigest);
+    outcome.platforms = result.platforms;
+    outcome.sizeBytes = result.bytes.transferred + result.bytes.mounted + result.bytes.skipped;
+    const { transferred, mounted, skipped } = result.bytes;
+    void deps.events.event(mi, {
+      type: "Normal",
+      reason: "Synced",
+      action: "Sync",
+      note: `mirrored ${variantLabel(outcome)} to ${outcome.cacheImage} (${result.targetDigest}${
+        result.platforms.length ? `, ${result.platforms.join(", ")}` : ""
+      }): ${bytes(transferred)} transferred, ${bytes(mounted)} mounted, ${bytes(skipped)} skipped in ${(
+        result.durationMs / 1000
+      ).toFixed(1)}s${shared ? " (a copy shared with another ModelImage)" : ""}`,
+    });
+  } catch (err) {
+    outcome.syncing = false;
+    outcome.error = classify(err, deps.registries.cacheRegistry, outcome);
+  }
+}
+
+/** Failures of calls that only talk to the cache registry. */
+function cacheError(err: unknown, outcome: VariantOutcome): StowageError {
+  const error = asStowageError(err, "CacheUnavailable");
+  return new StowageError(
+    "CacheUnavailable",
+    `the cache registry failed while syncing ${variantLabel(outcome)}: ${error.message}`,
+    { cause: err, retryable: true },
+  );
+}
+
+/**
+ * A registry error as the condition reason a person needs: anything the cache registry said
+ * (its host named in the message) is CacheUnavailable, never blamed on the upstream.
+ */
+function classify(err: unknown, cacheRegistry: string, outcome: VariantOutcome): StowageError {
+  const error = asStowageError(err, "UpstreamUnavailable");
+  if (error.reason === "CacheUnavailable") return error;
+  // Registry messages name the host they failed on; "cache:5000" must not match "cache:50001".
+  const host = cacheRegistry.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  if (new RegExp(`${host}(?![0-9])`).test(error.message)) return cacheError(err, outcome);
+  return error;
+}
+
+function bytes(n: number): string {
+  if (n >= 1024 ** 3) return `${(n / 1024 ** 3).toFixed(2)} GiB`;
+  if (n >= 1024 ** 2) return `${(n / 1024 ** 2).toFixed(1)} MiB`;
+  if (n >= 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${n} B`;
+}

@@ -1,0 +1,54 @@
+/**
+ * One RegistryClient (and so one Copier, with its blob-location memory and token cache) for
+ * every ModelImage, although each ModelImage brings its own pull secrets. The client's
+ * credential lookup routes by registry: the cache registry gets the controller's cache
+ * credentials; any other registry gets the lookup of the ModelImage whose work is running,
+ * carried in AsyncLocalStorage across the awaits of that work. A Copier run (its queues) is
+ * created per copy call, so tasks of one run never execute in another ModelImage's context.
+ */
+import { AsyncLocalStorage } from "node:async_hooks";
+import { Copier } from "../../oci/copy.ts";
+import { type CredentialLookup, RegistryClient, type RegistryClientOptions } from "../../oci/registry.ts";
+import type { Logger } from "../../util/log.ts";
+import type { ControllerConfig } from "../config.ts";
+
+export interface Registries {
+  client: RegistryClient;
+  copier: Copier;
+  cacheRegistry: string;
+  /** Run `work` with `lookup` answering for every upstream registry it talks to. */
+  withUpstreamCredentials<T>(lookup: CredentialLookup, work: () => Promise<T>): Promise<T>;
+}
+
+export function createRegistries(deps: {
+  config: ControllerConfig;
+  cacheCredentials: CredentialLookup;
+  logger: Logger;
+  options?: Partial<RegistryClientOptions>;
+}): Registries {
+  const upstream = new AsyncLocalStorage<CredentialLookup>();
+  const cacheRegistry = deps.config.cache.registry;
+  const lookup: CredentialLookup = (registry, repository) => {
+    if (registry === cacheRegistry) return deps.cacheCredentials(registry, repository);
+    return upstream.getStore()?.(registry, repository);
+  };
+  const caPem = [...(deps.config.caPem ?? []), ...(deps.config.cache.caPem ?? [])];
+  const client = new RegistryClient({
+    credentials: lookup,
+    insecureHosts: [
+      ...deps.config.insecureRegistries,
+      ...(deps.config.cache.insecure ? [cacheRegistry] : []),
+    ],
+    caPem: caPem.length > 0 ? caPem : undefined,
+    userAgent: "stowage-controller",
+    logger: deps.logger,
+    ...deps.options,
+  });
+  const copier = new Copier({ client, logger: deps.logger });
+  return {
+    client,
+    copier,
+    cacheRegistry,
+    withUpstreamCredentials: (credentials, work) => upstream.run(credentials, work),
+  };
+}
