@@ -461,7 +461,7 @@ export async function startController(
     maxConcurrentSyncs: invocation.maxConcurrentSyncs,
     retainOnDelete: invocation.retainOnDelete,
   });
-  setupModelImageController(manager, {
+  const modelImageController = setupModelImageController(manager, {
     client,
     config,
     credentials,
@@ -485,5 +485,11 @@ export async function startController(
     "controller ready",
   );
   if (invocation.leaderElection) reportStandby(manager, client, invocation.leaderElection, log);
-  return { manager, healthAddress: health, close: () => credentials.close() };
+  return {
+    manager,
+    healthAddress: health,
+    close: async () => {
+      await Promise.all([credentials.close(), modelImageController.registries.client.close()]);
+    },
+  };
 }
