@@ -38,6 +38,8 @@ export interface RunningFakeEcr {
   endpoint: string;
   calls(operation?: string): FakeEcrCall[];
   repositories(): string[];
+  /** The next `times` calls of `operation` fail with this AWS error type (e.g. AccessDeniedException). */
+  failNext(operation: string, type: string, options?: { status?: number; times?: number }): void;
   stop(): Promise<void>;
 }
 
@@ -57,6 +59,7 @@ export async function startFakeEcr(options: FakeEcrOptions): Promise<RunningFake
   const repositories = new Map<string, number>();
   for (const name of options.repositories ?? []) repositories.set(name, now());
   const calls: FakeEcrCall[] = [];
+  const failures = new Map<string, { type: string; status: number; times: number }>();
 
   const repositoryOf = (name: string, createdAt: number) => ({
     registryId: accountId,
@@ -125,6 +128,11 @@ export async function startFakeEcr(options: FakeEcrOptions): Promise<RunningFake
       const body =
         payload.length > 0 ? (JSON.parse(payload.toString("utf8")) as Record<string, unknown>) : {};
       calls.push({ operation, body, accessKeyId, region });
+      const failure = failures.get(operation);
+      if (failure && failure.times > 0) {
+        failure.times--;
+        throw new AwsError(failure.type, `injected ${failure.type}`, failure.status);
+      }
       send(res, 200, run(body));
     } catch (err) {
       const failure = err instanceof AwsError ? err : new AwsError("ServerException", String(err), 500);
@@ -142,6 +150,9 @@ export async function startFakeEcr(options: FakeEcrOptions): Promise<RunningFake
     endpoint: `http://127.0.0.1:${port}`,
     calls: (operation) => calls.filter((call) => !operation || call.operation === operation),
     repositories: () => [...repositories.keys()],
+    failNext: (operation, type, failOptions = {}) => {
+      failures.set(operation, { type, status: failOptions.status ?? 400, times: failOptions.times ?? 1 });
+    },
     stop: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();

@@ -48,6 +48,7 @@ export function parseEcrHost(registry: string): EcrRegistry | undefined {
 interface CachedToken {
   credentials: Credentials;
   renewAt: number;
+  expiresAt: number;
 }
 
 const DEFAULT_REFRESH_BEFORE_MS = 5 * 60_000;
@@ -90,7 +91,20 @@ export class EcrAuth {
       pending = this.#fetchToken(registry, ecr).finally(() => this.#tokenRequests.delete(key));
       this.#tokenRequests.set(key, pending);
     }
-    const token = await pending;
+    let token: CachedToken;
+    try {
+      token = await pending;
+    } catch (err) {
+      // A blip in the ECR API need not stop pulls while the old token still works.
+      if (cached && cached.expiresAt > this.#clock.now()) {
+        this.#logger.warn(
+          { registry, err: (err as Error).message },
+          "ECR token renewal failed; using the current one",
+        );
+        return { ...cached.credentials };
+      }
+      throw err;
+    }
     this.#tokens.set(key, token);
     return { ...token.credentials };
   }
@@ -177,6 +191,7 @@ export class EcrAuth {
         label: `ECR token (${ecr.region})`,
       },
       renewAt: expiresAt - Math.max(early, 0),
+      expiresAt,
     };
   }
 

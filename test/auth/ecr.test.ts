@@ -161,6 +161,27 @@ describe("ECR", () => {
     expect(fake.calls("GetAuthorizationToken")).toHaveLength(2);
   });
 
+  it("keeps using a still-valid token when renewing it fails, and fails with AuthFailed once it has expired", async () => {
+    const clock = new FakeClock(Date.parse("2026-11-26T12:00:00Z"));
+    const fake = await ecrFake({ now: () => clock.now(), tokenLifetimeSeconds: 3600 });
+    const ecr = new EcrAuth({
+      endpoint: fake.endpoint,
+      resolveRegistry: ecrHosts("ecr.test"),
+      clock,
+      logger,
+    });
+    closers.push(ecr);
+    await ecr.credentials("ecr.test");
+    await clock.advance(57 * 60_000);
+    fake.failNext("GetAuthorizationToken", "AccessDeniedException", { times: 2 });
+    expect(await ecr.credentials("ecr.test")).toMatchObject({ username: "AWS", password: ECR_PASSWORD });
+    await clock.advance(3 * 60_000 + 1);
+    const err = await failure(ecr.credentials("ecr.test"));
+    expect(err.reason).toBe("AuthFailed");
+    expect(err.message).toContain("AccessDeniedException");
+    expect(fake.calls("GetAuthorizationToken")).toHaveLength(3);
+  });
+
   it("mirrors from an ECR upstream as AWS with the token, after a pull secret for the host is refused", async () => {
     await kube.resource(Resources.Secret).create({
       metadata: { name: "stale", namespace: "ml" },
