@@ -386,7 +386,7 @@ function checkImage(image: string, field: string, problem: (field: string, messa
 }
 
 function validLabelKey(key: string): boolean {
-  return matches(LABEL_KEY_PATTERN, key) && key.indexOf("/") <= 253;
+  return key.length <= 317 && key.indexOf("/") <= 253 && matches(LABEL_KEY_PATTERN, key);
 }
 
 const compiled = new Map<string, RegExp>();
