@@ -8,6 +8,7 @@ import {
   type ModelImage,
   type ModelImageSpec,
   type ModelImageStatus,
+  validateModelImageSpec,
   withDefaults,
 } from "../../src/api/modelImage.ts";
 import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
@@ -64,6 +65,49 @@ describe("the ModelImage CRD with the real kubectl", () => {
       suspend: false,
       prewarm: { enabled: true, maxConcurrentNodes: 4, holdPods: false, holdTimeout: "15m", priority: 0 },
     });
+  });
+
+  it("accepts a spec with every field set at the edge of what is allowed", async () => {
+    const prefix = `${"p".repeat(63)}.${"q".repeat(63)}.${"r".repeat(63)}.${"s".repeat(61)}`; // 253 characters
+    const spec: ModelImageSpec = {
+      variants: Array.from({ length: 16 }, (_, i) => ({
+        name: i === 0 ? "v".repeat(63) : `v${i}`,
+        image: [
+          "alpine",
+          `localhost:5000/a/b__c/d--e:${"t".repeat(128)}`,
+          `[::1]:5000/x/y:1@sha256:${"a".repeat(64)}`,
+          `ghcr.io/acme/x@sha512:${"b".repeat(128)}`,
+        ][i % 4],
+        nodeSelector: {
+          [`${prefix}/${"n".repeat(63)}`]: "v".repeat(63),
+          "empty-value": "",
+          "kubernetes.io/arch": "arm64",
+        },
+        platforms: ["linux/arm64/v8", "linux/amd64", "windows/amd64"],
+      })),
+      pullSecrets: Array.from({ length: 16 }, (_, i) => ({ name: `secret-${i}.example.com` })),
+      sync: {
+        interval: "30s",
+        platforms: ["linux/amd64", "linux/arm64"],
+        allPlatforms: false,
+        referrers: true,
+      },
+      suspend: true,
+      prewarm: {
+        enabled: true,
+        minReadyNodes: 0,
+        maxConcurrentNodes: 1000,
+        holdPods: true,
+        holdTimeout: "1h0m0.5s",
+        priority: -10,
+      },
+    };
+    const result = await kubectl.apply([
+      { apiVersion: API_VERSION, kind: KIND, metadata: { name: "edges", namespace: "default" }, spec },
+    ]);
+    expect(result.stderr).toBe("");
+    expect((await getModelImage("edges", "default")).spec).toEqual(spec);
+    expect(validateModelImageSpec(spec)).toEqual([]);
   });
 
   it("defaults exactly as withDefaults does, for code paths that read objects not written through the API server", async () => {
