@@ -739,13 +739,11 @@ export class RegistryClient {
   /**
    * After a 401: tries each candidate credential the lookup offers for the repository, the
    * one accepted last time first, until the registry (or its token realm) accepts one, and
-   * remembers it. A streamed body cannot be sent twice: then the next candidate is only
-   * queued for the retry loop's next attempt.
+   * remembers it. A streamed body cannot be sent twice: then the retry loop starts over.
    */
   private async answerChallenge(
     request: ExchangeRequest,
     refused: ResponseData & { url: string },
-    sentAuthorization: string | undefined,
     attempt: (authorization: string | undefined) => Promise<ResponseData & { url: string }>,
   ): Promise<ResponseData & { url: string }> {
     const { registry, signal } = request;
@@ -771,12 +769,11 @@ export class RegistryClient {
       }
       if (authorization === undefined) continue;
       if (!canResend) {
-        // The refused request carried the accepted candidate's header: move on to the next.
-        const next = sentAuthorization === undefined ? index : (order[order.indexOf(index) + 1] ?? order[0]);
-        this.auth.accept(registry, repository, next);
+        // Keep the candidate: the requests before a streamed one (the upload's POST) already
+        // chose it, so this 401 is most likely an expired token, fetched anew on the retry.
         throw new StowageError(
           "AuthFailed",
-          `${errorFromResponse(401, said, { host: registry, subject: request.subject }).message}`,
+          errorFromResponse(401, said, { host: registry, subject: request.subject }).message,
           { status: 401, retryable: true },
         );
       }
@@ -831,7 +828,7 @@ export class RegistryClient {
     const authorization = await this.auth.authorization(request.registry, request.scopes, request.signal);
     let response = await attempt(authorization);
     if (response.statusCode === 401) {
-      response = await this.answerChallenge(request, response, authorization, attempt);
+      response = await this.answerChallenge(request, response, attempt);
     }
     if (request.expect.includes(response.statusCode)) return response;
     const text = request.method === "HEAD" ? "" : await response.body.text().catch(() => "");
