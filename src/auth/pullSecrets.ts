@@ -56,6 +56,18 @@ export async function readPullSecrets(
           `${describe(name, namespace)} not found; create it there (secrets are only read from the ModelImage's own namespace)`,
         );
       }
+      if (err instanceof StowageError) {
+        const hint = err.status === 403 ? " (the controller needs get on secrets in that namespace)" : "";
+        throw new StowageError(
+          err.reason,
+          `cannot read ${describe(name, namespace)}: ${err.message}${hint}`,
+          {
+            cause: err,
+            retryable: err.retryable,
+            status: err.status,
+          },
+        );
+      }
       throw err;
     }
     addPullSecret(keyring, secret, namespace, name);

@@ -170,6 +170,19 @@ describe("pull secrets", () => {
     for (const entry of secretPaths) expect(entry).toContain("/namespaces/ml/secrets/elsewhere");
   });
 
+  it("says which secret it may not read when the API forbids it", async () => {
+    const forbid = (request: { resource: string; name?: string }) =>
+      request.resource === "secrets" && request.name === "guarded" ? "secrets is forbidden" : undefined;
+    server.authorizers.push(forbid);
+    try {
+      const err = await failure(provider.forModelImage("ml", [{ name: "guarded" }]));
+      expect(err.reason).toBe("Denied");
+      expect(err.message).toContain('cannot read pull secret "guarded" in namespace "ml"');
+    } finally {
+      server.authorizers.splice(server.authorizers.indexOf(forbid), 1);
+    }
+  });
+
   it.each<{ name: string; type: string; data: Record<string, string>; says: string }>([
     {
       name: "opaque",
