@@ -118,8 +118,8 @@ export function setupModelImageController(
 
 /**
  * ModelImage changes worth a reconcile: new objects, spec changes (generation), deletion
- * starting, finalizers changing. Our own status writes are not: they would cost an upstream
- * HEAD each; the periodic requeue looks again anyway.
+ * starting. Our own status and finalizer writes are not: each would cost an upstream HEAD
+ * (and race the write that caused it); the periodic requeue looks again anyway.
  */
 function specChanges(informer: Informer<ModelImage>): EventSource<ModelImage> {
   return {
@@ -132,8 +132,7 @@ function specChanges(informer: Informer<ModelImage>): EventSource<ModelImage> {
           const after = obj.metadata;
           if (
             before.generation !== after.generation ||
-            Boolean(before.deletionTimestamp) !== Boolean(after.deletionTimestamp) ||
-            (before.finalizers ?? []).join(",") !== (after.finalizers ?? []).join(",")
+            Boolean(before.deletionTimestamp) !== Boolean(after.deletionTimestamp)
           )
             handler.update?.(old, obj);
         },

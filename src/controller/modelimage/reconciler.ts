@@ -14,6 +14,7 @@ import {
   variantsOf,
   withDefaults,
 } from "../../api/modelImage.ts";
+import type { CredentialProvider } from "../../auth/index.ts";
 import type { ObjectClient } from "../../kube/client.ts";
 import { done, type ReconcileContext, type Result, requeueAfter } from "../../kube/controller.ts";
 import type { EventRecorder } from "../../kube/events.ts";
@@ -53,12 +54,8 @@ import {
 } from "./status.ts";
 import type { Syncer } from "./sync.ts";
 
-/** What the reconciler needs from the credentials component (src/auth, `createCredentialProvider`). */
-export interface CredentialSource {
-  forModelImage(namespace: string, pullSecrets: { name: string }[]): Promise<CredentialLookup>;
-  forCache(): CredentialLookup;
-  ensureRepository(registry: string, repository: string): Promise<void>;
-}
+/** What the reconciler uses of the credentials component (src/auth `createCredentialProvider`). */
+export type CredentialSource = Pick<CredentialProvider, "forModelImage" | "forCache" | "ensureRepository">;
 
 /** Per variant: when its last upstream check succeeded, and whether the latest failed. */
 export interface CheckRecord {
@@ -192,6 +189,12 @@ async function syncModelImage(mi: ModelImage, deps: ReconcilerDeps, ctx: Reconci
       { variant: failure.variant.name, reason: failure.error?.reason, error: failure.error?.message },
       "sync failed",
     );
+    void deps.events.event(mi, {
+      type: "Warning",
+      reason: "SyncFailed",
+      action: "Sync",
+      note: `${failure.error?.reason}: ${variantLabel(failure)}: ${failure.error?.message}`,
+    });
   }
   const retryable = failures.find((o) => o.error && !isStalledReason(o.error.reason));
   if (retryable?.error) {
