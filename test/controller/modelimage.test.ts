@@ -126,6 +126,32 @@ describe("ModelImage reconciler", () => {
     );
   });
 
+  it("re-mirrors a variant for a new platform when a matching node of another architecture becomes Ready", async () => {
+    await waitForCondition(cluster.client, "ml", "multi", "Ready", "True");
+    const nodes = cluster.client.resource(Resources.Node);
+    await nodes.create({
+      metadata: {
+        name: "gpu-arm-1",
+        labels: { "kubernetes.io/os": "linux", "kubernetes.io/arch": "arm64", gpu: "true" },
+      },
+      status: { conditions: [{ type: "Ready", status: "False" }] },
+    } as never);
+    // Not Ready yet: nothing changes.
+    let mi = await waitForCondition(cluster.client, "ml", "multi", "Ready", "True");
+    expect(mi.status?.variants?.[0].platforms).toEqual(["linux/amd64"]);
+    const node = await nodes.get("gpu-arm-1");
+    await nodes.updateStatus({
+      ...node,
+      status: { conditions: [{ type: "Ready", status: "True" }] },
+    } as never);
+    await eventually("the gpu variant holds arm64 too", async () => {
+      mi = (await modelImages(cluster.client).get("multi", "ml")) as typeof mi;
+      return mi.status?.variants?.[0].platforms?.length === 2;
+    });
+    expect(mi.status?.variants?.[0].platforms).toEqual(["linux/amd64", "linux/arm64/v8"]);
+    await nodes.delete("gpu-arm-1");
+  });
+
   it("re-syncs a moved tag moving only the new blobs, with the lag metric rising while the cache lags and back to 0", async () => {
     const base = { seed: "moving/base", size: 300 * 1024 };
     await pushSinglePlatformImage(pushClient, up("models/moving"), "v1", {
