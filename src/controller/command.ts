@@ -383,29 +383,41 @@ async function checkApi(client: KubeClient, namespaces: string[] | undefined, lo
   }
 }
 
-/** Say once whenever this replica becomes a standby, naming the current holder of the Lease. */
+/**
+ * Say once whenever this replica is a standby (another identity holds an unexpired Lease), so
+ * `kubectl logs` of each replica tells which one works. Reads the Lease at most every retry period.
+ */
 function reportStandby(
   manager: Manager,
   client: KubeClient,
   election: NonNullable<ControllerInvocation["leaderElection"]>,
+  identity: string,
   log: Logger,
 ): void {
-  let reported = false;
+  let reportedHolder: string | undefined;
+  let checking = false;
   const timer = setInterval(async () => {
     if (manager.isLeader() || !manager.alive()) {
-      reported = false;
+      reportedHolder = undefined;
       return;
     }
-    if (reported) return;
-    reported = true;
-    const lease = await client
-      .resource<Lease>(Resources.Lease)
-      .find(election.name, election.namespace)
-      .catch(() => undefined);
-    log.info(
-      { lease: `${election.namespace}/${election.name}`, holder: lease?.spec?.holderIdentity },
-      "standby: another replica holds the leader lease",
-    );
+    if (checking) return;
+    checking = true;
+    try {
+      const lease = await client
+        .resource<Lease>(Resources.Lease)
+        .find(election.name, election.namespace)
+        .catch(() => undefined);
+      const holder = lease?.spec?.holderIdentity;
+      if (!holder || holder === identity || holder === reportedHolder || manager.isLeader()) return;
+      reportedHolder = holder;
+      log.info(
+        { lease: `${election.namespace}/${election.name}`, holder },
+        "standby: another replica holds the leader lease",
+      );
+    } finally {
+      checking = false;
+    }
   }, election.retryPeriodMs);
   timer.unref();
   void manager.stopped.then(() => clearInterval(timer));
@@ -484,7 +496,8 @@ export async function startController(
     },
     "controller ready",
   );
-  if (invocation.leaderElection) reportStandby(manager, client, invocation.leaderElection, log);
+  if (invocation.leaderElection)
+    reportStandby(manager, client, invocation.leaderElection, invocation.identity, log);
   return {
     manager,
     healthAddress: health,
