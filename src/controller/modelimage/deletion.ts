@@ -41,10 +41,11 @@ export interface DeletionDeps {
   log: Logger;
 }
 
-/** Attempts per object, for the backoff between cleanup tries. */
+/** Attempts per object, for the backoff between cleanup tries (one map per controller). */
 const attempts = new WeakMap<DeletionDeps, Map<string, number>>();
 
-export async function finalize(mi: ModelImage, deps: DeletionDeps): Promise<Result> {
+/** `deps` must be the same object on every call (it keys the retry count); `log` may vary. */
+export async function finalize(mi: ModelImage, deps: DeletionDeps, log: Logger = deps.log): Promise<Result> {
   if (!mi.metadata.finalizers?.includes(FINALIZER)) return done();
   if (deps.config.retainOnDelete) {
     await removeFinalizer(deps.objects, mi, FINALIZER);
@@ -58,7 +59,7 @@ export async function finalize(mi: ModelImage, deps: DeletionDeps): Promise<Resu
   }
   try {
     const removed = await deleteUnsharedManifests(mi, deps);
-    deps.log.info({ removed }, "cache cleanup done");
+    log.info({ removed }, "cache cleanup done");
     tries.delete(key);
     await removeFinalizer(deps.objects, mi, FINALIZER);
     return done();
@@ -80,10 +81,7 @@ export async function finalize(mi: ModelImage, deps: DeletionDeps): Promise<Resu
     const n = (tries.get(key) ?? 0) + 1;
     tries.set(key, n);
     const delayMs = Math.min(1000 * 2 ** (n - 1), 30_000, remainingMs + 50);
-    deps.log.warn(
-      { reason: "CacheUnavailable", error: error.message, delayMs },
-      "cache cleanup failed; retrying",
-    );
+    log.warn({ reason: "CacheUnavailable", error: error.message, delayMs }, "cache cleanup failed; retrying");
     return requeueAfter(delayMs);
   }
 }

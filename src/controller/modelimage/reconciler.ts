@@ -98,7 +98,7 @@ export function createReconciler(deps: ReconcilerDeps) {
     }
     if (isBeingDeleted(mi)) {
       deps.checks.delete(key);
-      return finalize(mi, { ...deletion, log: ctx.log });
+      return finalize(mi, deletion, ctx.log);
     }
     if (!mi.metadata.finalizers?.includes(FINALIZER)) mi = await ensureFinalizer(deps.objects, mi, FINALIZER);
     const spec = withDefaults(mi.spec);
