@@ -134,6 +134,20 @@ describe("stowage controller, end to end", () => {
     expect(metrics.body).toMatch(/^stowage_sync_total\{/m);
     expect(metrics.body).toMatch(/^process_resident_memory_bytes /m);
     expect((await controller.health("/readyz")).status).toBe(200);
+
+    const events = JSON.parse(
+      await cluster.kubectlOk(["get", "events.events.k8s.io", "-n", "default", "-o", "json"]),
+    ) as {
+      items: {
+        reason: string;
+        reportingController: string;
+        reportingInstance: string;
+        regarding: { name: string };
+      }[];
+    };
+    const synced = events.items.find((e) => e.regarding.name === name && e.reason === "Synced");
+    expect(synced?.reportingController).toBe("stowage.dev/controller");
+    expect(synced?.reportingInstance).toBe(controller.identity);
   });
 
   it("mirrors from a private registry with a dockerconfigjson Secret in the ModelImage's namespace", async () => {
