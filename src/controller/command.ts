@@ -481,7 +481,19 @@ export async function startController(
     events,
     log,
   });
-  await manager.start({ handleSignals: true });
+  try {
+    await manager.start({ handleSignals: true });
+  } catch (err) {
+    await manager.stop().catch(() => {});
+    await Promise.all([credentials.close(), modelImageController.registries.client.close()]).catch(() => {});
+    if ((err as NodeJS.ErrnoException).code === "EADDRINUSE") {
+      throw new StowageError(
+        "InvalidArgument",
+        `--health-port ${invocation.healthPort} is already in use; pick another port or 0 for a free one`,
+      );
+    }
+    throw err;
+  }
   const health = manager.healthAddress;
   log.info(
     {

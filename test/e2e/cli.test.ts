@@ -1,4 +1,6 @@
 import { spawn } from "node:child_process";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Cluster, type Run, root, startCluster } from "./helpers.ts";
@@ -24,13 +26,14 @@ function stowage(args: string[], env: Record<string, string> = {}): Promise<Run>
 }
 
 let withoutCrd: Cluster;
+let withCrd: Cluster;
 
 beforeAll(async () => {
-  withoutCrd = await startCluster({ withCrd: false });
+  [withoutCrd, withCrd] = await Promise.all([startCluster({ withCrd: false }), startCluster()]);
 });
 
 afterAll(async () => {
-  await withoutCrd?.stop();
+  await Promise.all([withoutCrd?.stop(), withCrd?.stop()]);
 });
 
 describe("stowage controller command line", () => {
@@ -117,6 +120,27 @@ describe("stowage controller command line", () => {
     expect(run.stderr).toContain(
       "the ModelImage CRD (modelimages.stowage.dev, version v1alpha1) is not installed",
     );
+  });
+
+  it("exits 1 naming the health port when it is already in use", async () => {
+    const busy = createServer();
+    await new Promise<void>((resolve) => busy.listen(0, "0.0.0.0", resolve));
+    const port = (busy.address() as AddressInfo).port;
+    try {
+      const run = await stowage([
+        "controller",
+        "--kubeconfig",
+        withCrd.api.kubeconfigPath,
+        "--cache-registry",
+        "http://127.0.0.1:1",
+        "--health-port",
+        String(port),
+      ]);
+      expect(run.code).toBe(1);
+      expect(run.stderr).toContain(`--health-port ${port} is already in use`);
+    } finally {
+      busy.close();
+    }
   });
 
   it("exits 1 saying the API server is unreachable after retrying", async () => {
