@@ -1,0 +1,194 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadCrd } from "../../src/api/crds.ts";
+import { API_VERSION } from "../../src/api/modelImage.ts";
+import {
+  countImages,
+  diskUsedColumn,
+  NODE_CACHE_KIND,
+  type NodeCache,
+  NodeCacheResource,
+  type NodeCacheSpec,
+  type NodeCacheStatus,
+} from "../../src/api/nodeCache.ts";
+import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
+import { Kubectl } from "../apiserver/helpers.ts";
+
+type Complete<T> = T extends (infer Item)[]
+  ? Complete<Item>[]
+  : T extends object
+    ? { [K in keyof T]-?: Complete<T[K]> }
+    : T;
+
+const digest = `sha256:${"ab".repeat(32)}`;
+
+const completeSpec: Complete<NodeCacheSpec> = {
+  nodeName: "gpu-node-1",
+  cacheEndpoint: "http://10.0.0.5:5000",
+  mirrorHosts: ["docker.io", "nvcr.io"],
+  images: [
+    {
+      image: "docker.io/acme/llama:1.0",
+      digest,
+      cacheRepository: "docker.io/acme/llama",
+      sizeBytes: 123,
+      priority: 0,
+      requestedBy: [{ namespace: "ml", name: "llama3-serve", variant: "cuda" }],
+    },
+  ],
+};
+
+const completeStatus: Complete<NodeCacheStatus> = {
+  agentVersion: "0.1.0",
+  heartbeatTime: "2026-11-26T20:00:00Z",
+  containerdConfigPath: "/etc/containerd/certs.d",
+  imageFs: { capacityBytes: 100 * 2 ** 30, usedBytes: 12 * 2 ** 30, availableBytes: 88 * 2 ** 30 },
+  counts: { images: 1, present: 1, pulling: 0, failed: 0 },
+  diskUsed: "12 GiB / 100 GiB",
+  images: [
+    {
+      image: "docker.io/acme/llama:1.0",
+      digest,
+      state: "Present",
+      reason: "Pulled",
+      message: "pulled in 12s",
+      bytes: 456,
+      startedAt: "2026-11-26T19:59:48Z",
+      finishedAt: "2026-11-26T20:00:00Z",
+      ownedByAgent: true,
+    },
+  ],
+  conditions: [
+    {
+      type: "Ready",
+      status: "True",
+      observedGeneration: 1,
+      lastTransitionTime: "2026-11-26T20:00:00Z",
+      reason: "Ready",
+      message: "agent running",
+    },
+  ],
+};
+
+type Schema = { type?: string; properties?: Record<string, Schema>; items?: Schema };
+
+/** Paths where the schema and the sample disagree: "+path" only in the sample, "-path" only in the schema. */
+function drift(schema: Schema, sample: unknown, path: string): string[] {
+  if (schema.type === "array") {
+    return schema.items ? drift(schema.items, (sample as unknown[])[0], `${path}[]`) : [];
+  }
+  if (schema.type !== "object" || !schema.properties) return [];
+  const fields = sample as Record<string, unknown>;
+  const out: string[] = [];
+  for (const key of Object.keys(fields)) if (!schema.properties[key]) out.push(`+${path}.${key}`);
+  for (const [key, child] of Object.entries(schema.properties)) {
+    if (fields[key] === undefined) out.push(`-${path}.${key}`);
+    else out.push(...drift(child, fields[key], `${path}.${key}`));
+  }
+  return out;
+}
+
+const crd = loadCrd("nodecaches.stowage.dev");
+const version = (crd.spec.versions as { name: string; schema: { openAPIV3Schema: Schema } }[])[0];
+const root = version.schema.openAPIV3Schema;
+
+describe("NodeCache types and CRD", () => {
+  it("declares every spec and status field the CRD has, and no other", () => {
+    expect(drift(root.properties?.spec as Schema, completeSpec, "spec")).toEqual([]);
+    expect(drift(root.properties?.status as Schema, completeStatus, "status")).toEqual([]);
+  });
+
+  it("names the resource the same way in the constants and the CRD (cluster-scoped, nc, category stowage)", () => {
+    const names = crd.spec.names as Record<string, unknown>;
+    expect(crd.metadata.name).toBe(`${NodeCacheResource.plural}.${NodeCacheResource.group}`);
+    expect(names.kind).toBe(NODE_CACHE_KIND);
+    expect(names.shortNames).toEqual(["nc"]);
+    expect(names.categories).toEqual(["stowage"]);
+    expect(crd.spec.scope).toBe("Cluster");
+    expect(version.name).toBe(NodeCacheResource.version);
+  });
+
+  it("counts images for the printer columns and formats disk use for people", () => {
+    expect(
+      countImages([
+        { image: "a", digest: "1", state: "Present" },
+        { image: "b", digest: "2", state: "Pulling" },
+        { image: "c", digest: "3", state: "Pending" },
+        { image: "d", digest: "4", state: "Failed" },
+      ]),
+    ).toEqual({ images: 4, present: 1, pulling: 2, failed: 1 });
+    expect(diskUsedColumn({ usedBytes: 12 * 2 ** 30, capacityBytes: 100 * 2 ** 30 })).toBe(
+      "12 GiB / 100 GiB",
+    );
+    expect(diskUsedColumn({ usedBytes: 1536 })).toBe("1.5 KiB");
+  });
+});
+
+describe("the NodeCache CRD with the API server double and the real kubectl", () => {
+  let server: TestApiServer;
+  let kubectl: Kubectl;
+
+  beforeAll(async () => {
+    server = await startApiServer({ crds: [crd] });
+    kubectl = new Kubectl(server);
+  });
+
+  afterAll(async () => {
+    kubectl?.cleanup();
+    await server?.stop();
+  });
+
+  it("stores a full spec, takes the agent's status on /status only, and prints the columns", async () => {
+    const nc: NodeCache = {
+      apiVersion: API_VERSION,
+      kind: NODE_CACHE_KIND,
+      metadata: { name: "gpu-node-1" },
+      spec: completeSpec,
+    };
+    const applied = await kubectl.apply([nc as never]);
+    expect(applied.stderr).toBe("");
+    const statusBody = JSON.stringify({ status: completeStatus });
+    const patched = await kubectl.run([
+      "patch",
+      "nodecache",
+      "gpu-node-1",
+      "--subresource=status",
+      "--type=merge",
+      "-p",
+      statusBody,
+    ]);
+    expect(patched.stderr).toBe("");
+    const got = await kubectl.run(["get", "nc", "gpu-node-1", "-o", "json"]);
+    const stored = JSON.parse(got.stdout) as NodeCache;
+    expect(stored.spec).toEqual(completeSpec);
+    expect(stored.status).toEqual(completeStatus);
+
+    const table = await kubectl.run(["get", "stowage"]);
+    expect(table.stderr).toBe("");
+    const [header, row] = table.stdout.trim().split("\n");
+    expect(header.split(/\s{2,}/)).toEqual([
+      "NAME",
+      "NODE",
+      "IMAGES",
+      "PRESENT",
+      "PULLING",
+      "FAILED",
+      "DISK USED",
+      "AGE",
+    ]);
+    expect(row).toMatch(/^gpu-node-1\s+gpu-node-1\s+1\s+1\s+0\s+0\s+12 GiB \/ 100 GiB\s+/);
+  });
+
+  it("refuses an image state the agent contract does not know", async () => {
+    const bad = await kubectl.run([
+      "patch",
+      "nodecache",
+      "gpu-node-1",
+      "--subresource=status",
+      "--type=merge",
+      "-p",
+      JSON.stringify({ status: { images: [{ image: "x", digest, state: "Downloading" }] } }),
+    ]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toContain("Unsupported value");
+  });
+});
