@@ -2,6 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { renderKubeconfig } from "./kubeconfig.ts";
+import { adminToken, adminUser, authenticatorFor, rbacAuthorizer, type UserInfo } from "./rbac.ts";
 import type { AdmissionPlugin } from "./rest.ts";
 import { ApiHttpServer, type Authorizer, type RequestLogEntry } from "./server.ts";
 import type { KubeObject } from "./types.ts";
@@ -20,6 +21,13 @@ export interface ApiServerOptions {
   kubeconfigPath?: string;
   /** CustomResourceDefinition objects to create before the server answers */
   crds?: KubeObject[];
+  /**
+   * Enforce RBAC (testkit/apiserver/rbac.ts): bearer tokens are looked up in `users` (unknown → 401),
+   * the default kubeconfig's token is a `system:masters` admin.
+   */
+  rbac?: boolean;
+  /** token → identity, when `rbac` is on (more can be added later through `TestApiServer.users`) */
+  users?: Record<string, UserInfo>;
 }
 
 export interface TestApiServer {
@@ -34,12 +42,15 @@ export interface TestApiServer {
   admission: AdmissionPlugin[];
   /** the request pipeline's authorization step: any authorizer returning a reason refuses with 403 */
   authorizers: Authorizer[];
+  /** token → identity; consulted only when started with `rbac: true` */
+  users: Map<string, UserInfo>;
   /** create any object directly (e.g. CRDs, nodes) as a client would, without HTTP */
   create(obj: KubeObject): Promise<KubeObject>;
   stop(): Promise<void>;
 }
 
 export { ApiError } from "./errors.ts";
+export type { UserInfo } from "./rbac.ts";
 export type { AdmissionPlugin, AdmissionRequest } from "./rest.ts";
 export type { Authorizer, RequestInfo, RequestLogEntry } from "./server.ts";
 export type { KubeObject } from "./types.ts";
@@ -56,6 +67,22 @@ export async function startApiServer(options: ApiServerOptions = {}): Promise<Te
     return server.core.create(def, obj.metadata?.namespace, obj, { warnings: [], fieldManager: "testkit" });
   };
   for (const crd of options.crds ?? []) await createObject(crd);
+  const users = new Map<string, UserInfo>([[adminToken, adminUser], ...Object.entries(options.users ?? {})]);
+  if (options.rbac) {
+    const rbacList = (plural: string, namespace?: string) => {
+      const def = server.registry.find("rbac.authorization.k8s.io", "v1", plural);
+      return def ? server.store.list(def.bucket, namespace) : [];
+    };
+    server.authenticator = authenticatorFor(users);
+    server.authorizers.push(
+      rbacAuthorizer({
+        roles: (namespace) => rbacList("roles", namespace),
+        clusterRoles: () => rbacList("clusterroles"),
+        roleBindings: (namespace) => rbacList("rolebindings", namespace),
+        clusterRoleBindings: () => rbacList("clusterrolebindings"),
+      }),
+    );
+  }
   const url = await server.listen(options.port ?? 0);
   let tempDir: string | undefined;
   let kubeconfigPath = options.kubeconfigPath;
@@ -71,6 +98,7 @@ export async function startApiServer(options: ApiServerOptions = {}): Promise<Te
     kubeconfig,
     admission: server.core.admission,
     authorizers: server.authorizers,
+    users,
     dropWatches: () => server.dropWatches(),
     compact: () => server.store.compact(),
     requestLog: () => server.requestLog(),

@@ -71,7 +71,10 @@ export interface RequestInfo {
  * The authorization step of the request pipeline (RBAC comes later): return a reason to refuse the
  * request with 403 Forbidden, or undefined to let it through.
  */
-export type Authorizer = (request: RequestInfo & { user: string }) => string | undefined;
+export type Authorizer = (request: RequestInfo & { user: string; groups: string[] }) => string | undefined;
+
+/** Who a request's bearer token is (testkit/apiserver/rbac.ts); undefined refuses it with 401. */
+export type Authenticator = (token: string | undefined) => { user: string; groups: string[] } | undefined;
 
 export interface ServerOptions {
   historyLimit?: number;
@@ -117,6 +120,8 @@ export class ApiHttpServer {
   readonly core: ApiCore;
   private readonly server: Server;
   readonly authorizers: Authorizer[] = [];
+  /** unset: the token itself is the user name (no authentication) */
+  authenticator: Authenticator | undefined;
   private readonly watches = new Set<OpenWatch>();
   private readonly log: RequestLogEntry[] = [];
   private readonly bookmarkIntervalMs: number;
@@ -301,11 +306,15 @@ export class ApiHttpServer {
   }
 
   private authorize(req: IncomingMessage, info: RequestInfo, def: ResourceDef): void {
-    if (this.authorizers.length === 0) return;
+    if (this.authorizers.length === 0 && !this.authenticator) return;
     const bearer = /^Bearer\s+(.+)$/i.exec(String(req.headers.authorization ?? ""))?.[1];
-    const user = bearer ?? "system:anonymous";
+    const identity = this.authenticator
+      ? this.authenticator(bearer)
+      : { user: bearer ?? "system:anonymous", groups: [] };
+    if (!identity) throw new ApiError(401, "Unauthorized", "Unauthorized", {});
+    const { user, groups } = identity;
     for (const authorizer of this.authorizers) {
-      const denied = authorizer({ ...info, user });
+      const denied = authorizer({ ...info, user, groups });
       if (denied === undefined) continue;
       const target = info.name
         ? `${qualifiedResource(def.group, def.plural)} "${info.name}"`
@@ -315,7 +324,7 @@ export class ApiHttpServer {
       throw new ApiError(
         403,
         "Forbidden",
-        `${target} is forbidden: User "${user}" cannot ${info.verb} resource "${resource}" in API group "${def.group}"${where}: ${denied}`,
+        `${target} is forbidden: User "${user}" cannot ${info.verb} resource "${resource}" in API group "${def.group}"${where}${denied ? `: ${denied}` : ""}`,
         { name: info.name, group: def.group, kind: def.plural },
       );
     }
