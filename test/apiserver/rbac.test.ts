@@ -31,7 +31,7 @@ async function call(
     headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
     body: body ? JSON.stringify(body) : undefined,
   });
-  return { status: response.status, body: await response.json() };
+  return { status: response.status, body: (await response.json()) as { message?: string; reason?: string } };
 }
 
 const admin = (method: string, path: string, body?: object) => call("stowage-test-token", method, path, body);
