@@ -32,6 +32,8 @@ export interface ControllerProcessOptions {
   waitReady?: boolean;
   /** How long to wait for readiness (default 30 s). */
   readyTimeoutMs?: number;
+  /** Also copy the controller's stderr to ours (the sandbox shows its logs). */
+  echo?: boolean;
 }
 
 export interface Exit {
@@ -93,6 +95,7 @@ export async function startControllerProcess(options: ControllerProcessOptions):
   });
   child.stderr?.on("data", (chunk: Buffer) => {
     const text = chunk.toString();
+    if (options.echo) process.stderr.write(chunk);
     stderrText += text;
     partial += text;
     const complete = partial.split("\n");

@@ -18,7 +18,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await controller?.kill("SIGTERM");
+  await controller?.kill("SIGKILL");
   await Promise.all([cluster?.stop(), upstream?.stop(), cache?.stop()]);
 });
 
@@ -48,5 +48,11 @@ describe("a controller configured from the environment, watching one namespace, 
     const ready = controller.logs().find((line) => line.msg === "controller ready");
     expect(ready?.leaderElection).toBe("off");
     expect(ready?.namespaces).toEqual(["watched"]);
+  });
+
+  it("stops gracefully on SIGINT and exits 0", async () => {
+    const exit = await controller.kill("SIGINT");
+    expect(exit.code).toBe(0);
+    expect(controller.logs().some((line) => line.msg === "controller stopped")).toBe(true);
   });
 });
