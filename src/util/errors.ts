@@ -26,6 +26,9 @@ export const Reasons = [
   "Timeout",
   "Aborted",
   "Internal",
+  // Node agent: the container runtime (CRI socket) does not answer; a runtime pull failed.
+  "RuntimeUnavailable",
+  "PullFailed",
 ] as const;
 
 export type Reason = (typeof Reasons)[number];
