@@ -176,3 +176,102 @@ export function createStowageMetrics(registry: Registry = createRegistry()): Sto
     },
   };
 }
+
+// ---------------------------------------------------------------------------------------------
+// stowage_pod_gate*: pods held by the prewarm scheduling gate (webhook + gate controller).
+// ---------------------------------------------------------------------------------------------
+
+/** Holds last from seconds (image already warm elsewhere) to the hold timeout (15 min default) or longer. */
+const gateDurationBuckets = [1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600];
+
+export interface GateMetrics {
+  registry: Registry;
+  /** Pods carrying the prewarm gate now, counted on scrape from the gate controller's cache. */
+  podsGated: Gauge<never>;
+  /** Seconds from pod creation to gate removal, by why it was removed (prewarmed, deleted, released, timeout). */
+  podGateSeconds: Histogram<"outcome">;
+  podGateTimeouts: Counter<never>;
+  setGatedPodSource(source: (() => number) | undefined): void;
+}
+
+export function createGateMetrics(registry: Registry = createRegistry()): GateMetrics {
+  const registers = [registry];
+  let source: (() => number) | undefined;
+  return {
+    registry,
+    podsGated: new Gauge({
+      name: "stowage_pods_gated",
+      help: "Pods waiting behind the stowage.dev/prewarm scheduling gate.",
+      registers,
+      collect() {
+        this.set(source?.() ?? 0);
+      },
+    }),
+    podGateSeconds: new Histogram({
+      name: "stowage_pod_gate_seconds",
+      help: "Time from pod creation until the stowage.dev/prewarm scheduling gate was removed, by outcome.",
+      labelNames: ["outcome"],
+      buckets: gateDurationBuckets,
+      registers,
+    }),
+    podGateTimeouts: new Counter({
+      name: "stowage_pod_gate_timeouts_total",
+      help: "Scheduling gates removed because prewarm.holdTimeout passed before the image was prewarmed.",
+      registers,
+    }),
+    setGatedPodSource(next) {
+      source = next;
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// stowage_prewarm_*: the pre-warm planner's metrics (owner: prewarm planner, src/controller/prewarm).
+// ---------------------------------------------------------------------------------------------
+
+/** Pulls of one image onto one node take seconds (small) to an hour (40 GB over a slow link). */
+const prewarmDurationBuckets = [1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200];
+
+export type PrewarmNodeState = "desired" | "ready" | "pulling" | "failed" | "skipped";
+
+/** Per-ModelImage node counts, computed on scrape from the planner's caches. */
+export interface PrewarmSamples {
+  nodes: { namespace: string; name: string; state: PrewarmNodeState; count: number }[];
+}
+
+export interface PrewarmMetrics {
+  registry: Registry;
+  prewarmNodes: Gauge<"namespace" | "name" | "state">;
+  prewarmDuration: Histogram<never>;
+  /** Where `stowage_prewarm_nodes` reads its values at scrape time; a deleted ModelImage has no series. */
+  setPrewarmSource(source: (() => PrewarmSamples) | undefined): void;
+}
+
+export function createPrewarmMetrics(registry: Registry = createRegistry()): PrewarmMetrics {
+  const registers = [registry];
+  let source: (() => PrewarmSamples) | undefined;
+  const prewarmNodes = new Gauge({
+    name: "stowage_prewarm_nodes",
+    help: "Nodes per ModelImage by pre-warm state: desired, ready (image present), pulling, failed (including disk budget refusals), skipped (platform or CUDA driver).",
+    labelNames: ["namespace", "name", "state"],
+    registers,
+    collect() {
+      this.reset();
+      for (const s of source?.().nodes ?? [])
+        this.set({ namespace: s.namespace, name: s.name, state: s.state }, s.count);
+    },
+  });
+  return {
+    registry,
+    prewarmNodes,
+    prewarmDuration: new Histogram({
+      name: "stowage_prewarm_duration_seconds",
+      help: "Time from an image being planned onto a node until the node's agent reported it Present.",
+      buckets: prewarmDurationBuckets,
+      registers,
+    }),
+    setPrewarmSource(next) {
+      source = next;
+    },
+  };
+}

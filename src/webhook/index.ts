@@ -1,0 +1,118 @@
+/**
+ * Wires the pod admission webhook into a Manager: informers for ModelImages and Namespaces (the
+ * webhook reads only caches), the certificates, and the HTTPS server. The webhook serves on every
+ * replica (the Service sends admissions to any of them), not only on the leader.
+ */
+import { type ModelImage, ModelImageResource } from "../api/modelImage.ts";
+import { type KubeObject, Resources } from "../kube/client.ts";
+import type { Informer } from "../kube/informer.ts";
+import type { Manager } from "../kube/manager.ts";
+import { type Clock, systemClock } from "../util/clock.ts";
+import { type Logger, silentLogger } from "../util/log.ts";
+import type { AdmissionLookups } from "./admission.ts";
+import { type CertManagement, WebhookCertificates, type WebhookCertificatesOptions } from "./certManager.ts";
+import { startWebhookServer, type WebhookServer } from "./server.ts";
+
+export { reviewPodAdmission } from "./admission.ts";
+export type { CertificateState, CertManagement } from "./certManager.ts";
+export { MutatingWebhookConfigurationResource, WebhookCertificates } from "./certManager.ts";
+export { decideHold } from "./match.ts";
+export { HELD_FOR_ANNOTATION, HELD_REASON_ANNOTATION, parseHeldFor } from "./patch.ts";
+export { MUTATE_PODS_PATH, startWebhookServer } from "./server.ts";
+
+export const DEFAULT_WEBHOOK_SECRET = "stowage-webhook-tls";
+export const DEFAULT_WEBHOOK_SERVICE = "stowage-webhook";
+export const DEFAULT_WEBHOOK_CONFIGURATION = "stowage";
+export const DEFAULT_WEBHOOK_PORT = 9443;
+
+export interface WebhookDeps {
+  /** The controller's namespace: holds the Secret and Service, and its pods are never gated. */
+  namespace: string;
+  port?: number;
+  host?: string;
+  certManagement?: CertManagement;
+  secretName?: string;
+  serviceName?: string;
+  webhookConfigurationName?: string;
+  /** Rotation tuning and IP SANs, for tests. */
+  certificates?: Pick<
+    WebhookCertificatesOptions,
+    "validityMs" | "renewBeforeMs" | "overlapMs" | "ipAddresses"
+  >;
+  /** How often the certificates are checked (re-read, rotated); default 5 min. */
+  certificateCheckIntervalMs?: number;
+  clock?: Clock;
+  log?: Logger;
+}
+
+export interface AdmissionWebhook {
+  certificates: WebhookCertificates;
+  modelImages: Informer<ModelImage>;
+  namespaces: Informer<KubeObject>;
+  lookups: AdmissionLookups;
+  /** Serve: waits for the caches, makes sure of the certificates, listens. Call after `manager.start()`. */
+  start(): Promise<WebhookServer>;
+  stop(): Promise<void>;
+}
+
+export function setupWebhook(manager: Manager, deps: WebhookDeps): AdmissionWebhook {
+  const log = (deps.log ?? silentLogger()).child({ component: "webhook" });
+  const modelImages = manager.addInformer<ModelImage>({ type: ModelImageResource });
+  const namespaces = manager.addInformer<KubeObject>({ type: Resources.Namespace });
+  const certificates = new WebhookCertificates({
+    client: manager.client,
+    certManagement: deps.certManagement ?? "self",
+    namespace: deps.namespace,
+    secretName: deps.secretName ?? DEFAULT_WEBHOOK_SECRET,
+    serviceName: deps.serviceName ?? DEFAULT_WEBHOOK_SERVICE,
+    webhookConfigurationName: deps.webhookConfigurationName ?? DEFAULT_WEBHOOK_CONFIGURATION,
+    ...deps.certificates,
+    clock: deps.clock,
+    log,
+  });
+  const lookups: AdmissionLookups = {
+    modelImagesIn: (namespace) => modelImages.byNamespace(namespace),
+    namespaceLabels: (namespace) => namespaces.get(namespace)?.metadata?.labels,
+    controllerNamespace: deps.namespace,
+  };
+  const stopSignal = new AbortController();
+  let server: WebhookServer | undefined;
+  let loop: Promise<void> | undefined;
+  return {
+    certificates,
+    modelImages,
+    namespaces,
+    lookups,
+    async start() {
+      await Promise.all([
+        modelImages.waitForSync(stopSignal.signal),
+        namespaces.waitForSync(stopSignal.signal),
+      ]);
+      const state = await certificates.reconcile();
+      const started = await startWebhookServer({
+        host: deps.host,
+        port: deps.port ?? DEFAULT_WEBHOOK_PORT,
+        certPem: state.certPem,
+        keyPem: state.keyPem,
+        lookups,
+        log,
+      });
+      server = started;
+      certificates.onChange((next) => started.setCertificate(next.certPem, next.keyPem));
+      const intervalMs = deps.certificateCheckIntervalMs ?? 300_000;
+      const clock = deps.clock ?? systemClock;
+      // The first check ran above; later ones pick up rotations (ours or another replica's).
+      loop = clock.sleep(intervalMs, stopSignal.signal).then(
+        () => certificates.run(stopSignal.signal, intervalMs),
+        () => undefined,
+      );
+      log.info({ port: started.port }, "admission webhook serving");
+      return started;
+    },
+    async stop() {
+      stopSignal.abort();
+      await loop;
+      await server?.close();
+    },
+  };
+}
