@@ -6,6 +6,7 @@ import { adminToken, adminUser, authenticatorFor, rbacAuthorizer, type UserInfo 
 import type { AdmissionPlugin } from "./rest.ts";
 import { ApiHttpServer, type Authorizer, type RequestLogEntry } from "./server.ts";
 import type { KubeObject } from "./types.ts";
+import { mutatingWebhooks, type WebhookCall } from "./webhooks.ts";
 
 /**
  * A Kubernetes API server test double: real REST + watch over HTTP on 127.0.0.1, driven unchanged
@@ -44,6 +45,10 @@ export interface TestApiServer {
   authorizers: Authorizer[];
   /** token → identity; consulted only when started with `rbac: true` */
   users: Map<string, UserInfo>;
+  /** MutatingWebhookConfigurations: `svc.ns:port` → `127.0.0.1:PORT` for `clientConfig.service` (see webhooks.ts) */
+  webhookServices: Map<string, string>;
+  /** every admission webhook call made, in order */
+  webhookCalls: WebhookCall[];
   /** create any object directly (e.g. CRDs, nodes) as a client would, without HTTP */
   create(obj: KubeObject): Promise<KubeObject>;
   stop(): Promise<void>;
@@ -54,6 +59,7 @@ export type { UserInfo } from "./rbac.ts";
 export type { AdmissionPlugin, AdmissionRequest } from "./rest.ts";
 export type { Authorizer, RequestInfo, RequestLogEntry } from "./server.ts";
 export type { KubeObject } from "./types.ts";
+export type { WebhookCall } from "./webhooks.ts";
 
 export async function startApiServer(options: ApiServerOptions = {}): Promise<TestApiServer> {
   const server = new ApiHttpServer({
@@ -66,6 +72,9 @@ export async function startApiServer(options: ApiServerOptions = {}): Promise<Te
     if (!def) throw new Error(`no resource serves ${obj.kind} in ${apiVersion}`);
     return server.core.create(def, obj.metadata?.namespace, obj, { warnings: [], fieldManager: "testkit" });
   };
+  const webhookServices = new Map<string, string>();
+  const webhooks = mutatingWebhooks(server.core, { serviceAddresses: webhookServices });
+  server.core.admission.push(webhooks.plugin);
   for (const crd of options.crds ?? []) await createObject(crd);
   const users = new Map<string, UserInfo>([[adminToken, adminUser], ...Object.entries(options.users ?? {})]);
   if (options.rbac) {
@@ -98,6 +107,8 @@ export async function startApiServer(options: ApiServerOptions = {}): Promise<Te
     kubeconfig,
     admission: server.core.admission,
     authorizers: server.authorizers,
+    webhookServices,
+    webhookCalls: webhooks.calls,
     users,
     dropWatches: () => server.dropWatches(),
     compact: () => server.store.compact(),

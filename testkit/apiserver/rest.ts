@@ -42,6 +42,8 @@ export interface AdmissionRequest {
   object?: KubeObject;
   oldObject?: KubeObject;
   dryRun: boolean;
+  /** the response's `Warning` headers: admission webhooks add theirs here */
+  warnings?: string[];
 }
 export type AdmissionPlugin = (
   request: AdmissionRequest,
@@ -262,7 +264,13 @@ export class ApiCore {
       else delete obj.status;
     }
     let prepared = this.prepare(def, obj, undefined, ctx);
-    prepared = await this.admit({ operation: "CREATE", def, object: prepared, dryRun: !!ctx.dryRun });
+    prepared = await this.admit({
+      operation: "CREATE",
+      def,
+      object: prepared,
+      dryRun: !!ctx.dryRun,
+      warnings: ctx.warnings,
+    });
     if (this.store.get(def.bucket, prepared.metadata.namespace, prepared.metadata.name!))
       throw alreadyExists(def.group, def.plural, prepared.metadata.name!);
     if (!managedFieldsFromApply) {
@@ -457,6 +465,7 @@ export class ApiCore {
       object: prepared,
       oldObject: current,
       dryRun: !!ctx.dryRun,
+      warnings: ctx.warnings,
     });
     if (!deepEqual(specPart(def, prepared), specPart(def, current)))
       prepared.metadata.generation = (current.metadata.generation ?? 0) + 1;
@@ -520,7 +529,13 @@ export class ApiCore {
         name,
         `Precondition failed: ResourceVersion in precondition: ${pre.resourceVersion}, ResourceVersion in object meta: ${current.metadata.resourceVersion}`,
       );
-    await this.admit({ operation: "DELETE", def, oldObject: current, dryRun: !!ctx.dryRun });
+    await this.admit({
+      operation: "DELETE",
+      def,
+      oldObject: current,
+      dryRun: !!ctx.dryRun,
+      warnings: ctx.warnings,
+    });
     if (ctx.dryRun) return this.present(def, current);
     if (options?.propagationPolicy === "Orphan" || options?.orphanDependents === true)
       this.releaseDependents(current.metadata.uid!);
