@@ -13,6 +13,10 @@ const commands: Record<string, Command> = {
     summary: "run the ModelImage controller: mirror declared images into the cache registry",
     run: async (args) => (await import("./controller/command.ts")).runController(args),
   },
+  agent: {
+    summary: "run the node agent: pre-pull this node's NodeCache images through CRI, mirror config",
+    run: async (args) => (await import("./agent/command.ts")).runAgent(args),
+  },
 };
 
 export function usage(): string {

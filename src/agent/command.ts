@@ -1,0 +1,298 @@
+/**
+ * `stowage agent`: the node agent (one per node, a DaemonSet). Watches only its own NodeCache
+ * (`metadata.name=<node>`), pulls the listed images through the CRI socket, writes containerd
+ * mirror config and reports in the NodeCache status. Exit codes: 0 after SIGTERM/SIGINT,
+ * 1 on a fatal startup error, 2 on bad usage.
+ */
+import { readFile } from "node:fs/promises";
+import { parseArgs } from "node:util";
+import { parseDuration } from "../api/duration.ts";
+import { type NodeCache, NodeCacheResource } from "../api/nodeCache.ts";
+import { KubeClient } from "../kube/client.ts";
+import { Manager } from "../kube/manager.ts";
+import { createRegistry, createRuntimeMetrics } from "../metrics.ts";
+import type { Clock } from "../util/clock.ts";
+import { asStowageError } from "../util/errors.ts";
+import { createLogger, type Logger } from "../util/log.ts";
+import { CriClient, type ImageRuntime } from "./cri.ts";
+import { containerdProgressProbe, type ProgressProbe } from "./progress.ts";
+import { type AgentConfig, defaultAgentConfig, NodeAgentReconciler } from "./reconciler.ts";
+
+export const agentHelp = `Usage: stowage agent [flags]
+
+Run the node agent: pull the images this node's NodeCache lists through the container runtime
+(CRI), point containerd at the cache registry, and report progress in the NodeCache status.
+
+Flags:
+  --node-name NAME               this node (default: NODE_NAME environment variable; required)
+  --cri-socket PATH              CRI runtime socket (default /run/containerd/containerd.sock;
+                                 CRI-O: /var/run/crio/crio.sock)
+  --containerd-config-path DIR   containerd registry config_path (default /etc/containerd/certs.d)
+  --containerd-config FILE       containerd config.toml, read to check config_path is set (optional)
+  --containerd-root DIR          containerd root, to see download progress (default /var/lib/containerd
+                                 when it exists)
+  --kubeconfig FILE              kubeconfig (default: KUBECONFIG, in-cluster, ~/.kube/config)
+  --mirror-config=BOOL           write containerd hosts.toml for the cache (default true)
+  --cache-skip-verify=BOOL       skip_verify for the cache host in hosts.toml (default false)
+  --max-concurrent-pulls N       pulls in flight (default 2)
+  --stall-timeout DURATION       cancel and retry a pull without progress for this long (default 5m)
+  --heartbeat-interval DURATION  how often status.heartbeatTime is refreshed (default 60s)
+  --retry-initial DURATION       first delay before retrying a failed pull (default 10s; doubles)
+  --retry-max DURATION           longest delay between pull retries (default 5m)
+  --health-port N                serve /healthz, /readyz, /metrics (default 8081; 0 picks one)
+  --log-level LEVEL              trace, debug, info, warn, error (default info)
+  -h, --help                     show this help
+
+Exit codes: 0 stopped gracefully, 1 fatal startup error, 2 bad usage.
+`;
+
+class UsageError extends Error {}
+
+const options = {
+  "node-name": { type: "string" },
+  "cri-socket": { type: "string" },
+  "containerd-config-path": { type: "string" },
+  "containerd-config": { type: "string" },
+  "containerd-root": { type: "string" },
+  kubeconfig: { type: "string" },
+  "mirror-config": { type: "string" },
+  "cache-skip-verify": { type: "string" },
+  "max-concurrent-pulls": { type: "string" },
+  "stall-timeout": { type: "string" },
+  "heartbeat-interval": { type: "string" },
+  "retry-initial": { type: "string" },
+  "retry-max": { type: "string" },
+  "health-port": { type: "string" },
+  "log-level": { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+const booleanFlags = new Set(["mirror-config", "cache-skip-verify"]);
+
+export interface AgentInvocation {
+  config: AgentConfig;
+  criSocket: string;
+  containerdRoot?: string;
+  kubeconfig?: string;
+  healthPort: number;
+  logLevel: string;
+}
+
+/** `--mirror-config false` and a bare `--mirror-config` become `--mirror-config=false|true`. */
+function normaliseBooleanFlags(args: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (arg.startsWith("--") && booleanFlags.has(arg.slice(2))) {
+      const next = args[i + 1];
+      if (next === "true" || next === "false") {
+        out.push(`${arg}=${next}`);
+        i++;
+      } else out.push(`${arg}=true`);
+    } else out.push(arg);
+  }
+  return out;
+}
+
+function bool(value: string | undefined, flag: string, fallback: boolean): boolean {
+  if (value === undefined) return fallback;
+  if (value === "true" || value === "1") return true;
+  if (value === "false" || value === "0") return false;
+  throw new UsageError(`--${flag} must be true or false, got "${value}"`);
+}
+
+function integer(
+  value: string | undefined,
+  flag: string,
+  fallback: number,
+  min: number,
+  max: number,
+): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!/^\d+$/.test(value.trim()) || n < min || n > max)
+    throw new UsageError(`--${flag} must be an integer from ${min} to ${max}, got "${value}"`);
+  return n;
+}
+
+function duration(value: string | undefined, flag: string, fallbackMs: number): number {
+  if (value === undefined) return fallbackMs;
+  let ms = Number.NaN;
+  try {
+    ms = parseDuration(value);
+  } catch {}
+  if (!(ms > 0)) throw new UsageError(`--${flag} must be a positive duration like 30s or 5m, got "${value}"`);
+  return ms;
+}
+
+/** Flags (and NODE_NAME) to an invocation; throws UsageError on bad input. */
+export function parseAgentArgs(
+  args: string[],
+  env: NodeJS.ProcessEnv = process.env,
+): AgentInvocation | "help" {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: normaliseBooleanFlags(args),
+      options,
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  if (values.help) return "help";
+  const get = (flag: keyof typeof options) => values[flag] as string | undefined;
+  const nodeName = get("node-name") ?? env.NODE_NAME;
+  if (!nodeName) throw new UsageError("--node-name (or the NODE_NAME environment variable) is required");
+  const logLevel = get("log-level") ?? "info";
+  if (!["trace", "debug", "info", "warn", "error", "fatal", "silent"].includes(logLevel))
+    throw new UsageError(`--log-level must be one of trace, debug, info, warn, error, got "${logLevel}"`);
+  return {
+    config: {
+      nodeName,
+      agentVersion: "",
+      mirrorConfig: bool(get("mirror-config"), "mirror-config", defaultAgentConfig.mirrorConfig),
+      containerdConfigPath: get("containerd-config-path") ?? defaultAgentConfig.containerdConfigPath,
+      containerdConfigFile: get("containerd-config"),
+      cacheSkipVerify: bool(get("cache-skip-verify"), "cache-skip-verify", false),
+      maxConcurrentPulls: integer(get("max-concurrent-pulls"), "max-concurrent-pulls", 2, 1, 64),
+      stallTimeoutMs: duration(get("stall-timeout"), "stall-timeout", defaultAgentConfig.stallTimeoutMs),
+      heartbeatIntervalMs: duration(
+        get("heartbeat-interval"),
+        "heartbeat-interval",
+        defaultAgentConfig.heartbeatIntervalMs,
+      ),
+      resyncIntervalMs: defaultAgentConfig.resyncIntervalMs,
+      retryInitialMs: duration(get("retry-initial"), "retry-initial", defaultAgentConfig.retryInitialMs),
+      retryMaxMs: duration(get("retry-max"), "retry-max", defaultAgentConfig.retryMaxMs),
+    },
+    criSocket: get("cri-socket") ?? "/run/containerd/containerd.sock",
+    containerdRoot: get("containerd-root"),
+    kubeconfig: get("kubeconfig"),
+    healthPort: integer(get("health-port"), "health-port", 8081, 0, 65535),
+    logLevel,
+  };
+}
+
+export interface RunningAgent {
+  manager: Manager;
+  reconciler: NodeAgentReconciler;
+  stop(): Promise<void>;
+}
+
+export interface StartAgentOptions {
+  config: AgentConfig;
+  client: KubeClient;
+  runtime: ImageRuntime;
+  progress?: ProgressProbe;
+  /** Omit for no health server. */
+  healthPort?: number;
+  clock?: Clock;
+  log?: Logger;
+  handleSignals?: boolean;
+}
+
+/** Wire the agent: an informer on this node's NodeCache only, one reconcile worker, health server. */
+export async function startAgent(options: StartAgentOptions): Promise<RunningAgent> {
+  const { config, client } = options;
+  const manager = new Manager({
+    client,
+    clock: options.clock,
+    log: options.log,
+    metrics: createRuntimeMetrics(createRegistry()),
+    healthPort: options.healthPort,
+  });
+  const informer = manager.addInformer<NodeCache>({
+    type: NodeCacheResource,
+    fieldSelector: `metadata.name=${config.nodeName}`,
+    backoff: { initialMs: 200, maxMs: 10_000 },
+  });
+  let controller: ReturnType<Manager["addController"]> | undefined;
+  const reconciler = new NodeAgentReconciler(config, {
+    client,
+    runtime: options.runtime,
+    progress: options.progress,
+    clock: options.clock,
+    log: options.log,
+    getNodeCache: () => informer.get(config.nodeName),
+    requeue: () => controller?.enqueue(config.nodeName),
+  });
+  controller = manager.addController({
+    name: "node-agent",
+    workers: 1,
+    reconcile: () => reconciler.reconcile(),
+    backoff: { baseMs: 500, maxMs: 30_000 },
+  });
+  controller.watches(informer, () => [config.nodeName]);
+  await manager.start({ handleSignals: options.handleSignals });
+  return {
+    manager,
+    reconciler,
+    stop: async () => {
+      reconciler.stop();
+      await manager.stop();
+    },
+  };
+}
+
+async function packageVersion(): Promise<string> {
+  const pkg = JSON.parse(await readFile(new URL("../../package.json", import.meta.url), "utf8"));
+  return String(pkg.version ?? "");
+}
+
+async function existingDir(path: string): Promise<string | undefined> {
+  const { stat } = await import("node:fs/promises");
+  try {
+    return (await stat(path)).isDirectory() ? path : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export async function runAgent(args: string[]): Promise<number> {
+  let invocation: AgentInvocation | "help";
+  try {
+    invocation = parseAgentArgs(args);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    process.stderr.write(`stowage agent: ${err.message}\n\n${agentHelp}`);
+    return 2;
+  }
+  if (invocation === "help") {
+    process.stdout.write(agentHelp);
+    return 0;
+  }
+  const log = createLogger({ level: invocation.logLevel, name: "stowage-agent" });
+  let runtime: CriClient | undefined;
+  try {
+    const config = { ...invocation.config, agentVersion: await packageVersion() };
+    const client = KubeClient.load({ path: invocation.kubeconfig });
+    runtime = new CriClient(invocation.criSocket);
+    const root = invocation.containerdRoot ?? (await existingDir("/var/lib/containerd"));
+    const agent = await startAgent({
+      config,
+      client,
+      runtime,
+      progress: root ? containerdProgressProbe(runtime, root) : undefined,
+      healthPort: invocation.healthPort,
+      log,
+      handleSignals: true,
+    });
+    const address = agent.manager.healthAddress;
+    log.info(
+      { node: config.nodeName, criSocket: invocation.criSocket, healthPort: address?.port },
+      "agent ready",
+    );
+    await agent.manager.stopped;
+    agent.reconciler.stop();
+    log.info("agent stopped");
+    return 0;
+  } catch (err) {
+    const failure = asStowageError(err);
+    log.fatal({ reason: failure.reason }, `agent could not start: ${failure.message}`);
+    return 1;
+  } finally {
+    runtime?.close();
+  }
+}

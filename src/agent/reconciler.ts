@@ -1,0 +1,478 @@
+/**
+ * The node agent's reconciler: make the container runtime hold what this node's NodeCache
+ * spec lists, and report what it observes in the NodeCache status.
+ *
+ * Level-triggered: each pass asks the runtime (CRI ImageStatus) what is present, starts pulls
+ * for what is missing (bounded by a queue, each with a stall detector instead of a deadline),
+ * removes images dropped from spec that the agent pulled itself, writes containerd mirror
+ * config, and writes a status computed from those observations. Pulls run outside the pass
+ * and queue another pass when they start and end. Which images the agent owns survives
+ * restarts through `status.images[].ownedByAgent`.
+ */
+import { statfs } from "node:fs/promises";
+import PQueue from "p-queue";
+import {
+  countImages,
+  diskUsedColumn,
+  type ImageFsStatus,
+  type NodeCache,
+  NodeCacheConditionTypes,
+  type NodeCacheImage,
+  NodeCacheResource,
+  type NodeCacheStatus,
+  type NodeImageStatus,
+} from "../api/nodeCache.ts";
+import type { KubeClient } from "../kube/client.ts";
+import { type Condition, type ConditionInput, setCondition } from "../kube/conditions.ts";
+import { done, type Result, requeueAfter } from "../kube/controller.ts";
+import { writeStatus } from "../kube/status.ts";
+import { formatTime, parseTime } from "../kube/time.ts";
+import { parseReference } from "../oci/reference.ts";
+import { type Clock, systemClock } from "../util/clock.ts";
+import { asStowageError, StowageError } from "../util/errors.ts";
+import { type Logger, silentLogger } from "../util/log.ts";
+import type { ImageRuntime } from "./cri.ts";
+import { applyMirrorConfig, checkConfigPath } from "./hostsToml.ts";
+import { type ProgressProbe, runtimeProgressProbe } from "./progress.ts";
+
+export interface AgentConfig {
+  nodeName: string;
+  agentVersion: string;
+  /** Write containerd hosts.toml for `spec.mirrorHosts` (default true). */
+  mirrorConfig: boolean;
+  /** containerd's registry `config_path` (hosts.toml dirs live here). */
+  containerdConfigPath: string;
+  /** containerd's config.toml, read to check that `config_path` is set; optional. */
+  containerdConfigFile?: string;
+  /** skip_verify for the cache host in hosts.toml. */
+  cacheSkipVerify?: boolean;
+  maxConcurrentPulls: number;
+  /** A pull with no progress for this long is cancelled and retried. */
+  stallTimeoutMs: number;
+  /** status.heartbeatTime is refreshed this often: the only periodic write. */
+  heartbeatIntervalMs: number;
+  /** How often the runtime is re-checked without any change (images removed behind our back). */
+  resyncIntervalMs: number;
+  /** Backoff between attempts of a failing pull. */
+  retryInitialMs: number;
+  retryMaxMs: number;
+}
+
+export const defaultAgentConfig: Omit<AgentConfig, "nodeName" | "agentVersion"> = {
+  mirrorConfig: true,
+  containerdConfigPath: "/etc/containerd/certs.d",
+  maxConcurrentPulls: 2,
+  stallTimeoutMs: 5 * 60_000,
+  heartbeatIntervalMs: 60_000,
+  resyncIntervalMs: 30_000,
+  retryInitialMs: 10_000,
+  retryMaxMs: 5 * 60_000,
+};
+
+export interface AgentDeps {
+  client: KubeClient;
+  runtime: ImageRuntime;
+  /** Read the NodeCache (from the informer cache). */
+  getNodeCache: () => NodeCache | undefined;
+  /** Ask for another reconcile pass (the controller's enqueue). */
+  requeue: () => void;
+  /** How pull progress is measured (default: the runtime's image filesystem usage). */
+  progress?: ProgressProbe;
+  clock?: Clock;
+  log?: Logger;
+}
+
+/** One pull attempt series for one spec image (digest). */
+interface PullTask {
+  image: string;
+  digest: string;
+  state: "queued" | "pulling" | "done" | "failed";
+  attempts: number;
+  startedAt?: number;
+  finishedAt?: number;
+  retryAt?: number;
+  error?: StowageError;
+  /** The image was absent when the pull started, so the agent may remove it later. */
+  ownsImage: boolean;
+  abort: AbortController;
+}
+
+const NAME = "node-agent";
+
+export class NodeAgentReconciler {
+  readonly #config: AgentConfig;
+  readonly #deps: AgentDeps;
+  readonly #clock: Clock;
+  readonly #log: Logger;
+  readonly #queue: PQueue;
+  readonly #progress: ProgressProbe;
+  readonly #tasks = new Map<string, PullTask>();
+  #reported = new Map<string, NodeImageStatus>();
+  #stopped = false;
+
+  constructor(config: AgentConfig, deps: AgentDeps) {
+    this.#config = config;
+    this.#deps = deps;
+    this.#clock = deps.clock ?? systemClock;
+    this.#log = (deps.log ?? silentLogger()).child({ component: NAME, node: config.nodeName });
+    this.#queue = new PQueue({ concurrency: Math.max(1, config.maxConcurrentPulls) });
+    this.#progress = deps.progress ?? runtimeProgressProbe(deps.runtime);
+  }
+
+  /** Cancel running pulls (the runtime keeps what it already has; the next agent resumes). */
+  stop(): void {
+    this.#stopped = true;
+    this.#queue.clear();
+    for (const task of this.#tasks.values()) task.abort.abort(new Error("agent stopping"));
+  }
+
+  async reconcile(): Promise<Result> {
+    const nc = this.#deps.getNodeCache();
+    if (!nc || this.#stopped) return done(); // the planner creates it; its watch brings us back
+    const now = this.#clock.now();
+    const spec = nc.spec ?? { nodeName: this.#config.nodeName };
+    const wanted = dedupe(spec.images ?? []);
+    // What this agent last reported wins over the informer's copy, which may not show our
+    // latest write yet (ownership and timestamps must not be lost to a stale read).
+    const previous = new Map((nc.status?.images ?? []).map((s) => [s.digest, s]));
+    for (const [digest, reported] of this.#reported) previous.set(digest, reported);
+
+    const mirror = await this.#configureMirror(spec.mirrorHosts ?? [], spec.cacheEndpoint);
+
+    let runtimeError: StowageError | undefined;
+    const images: NodeImageStatus[] = [];
+    try {
+      for (const entry of wanted) images.push(await this.#observe(entry, previous.get(entry.digest), now));
+      await this.#removeDropped(wanted, previous);
+      this.#reported = new Map(images.map((i) => [i.digest, i]));
+    } catch (err) {
+      runtimeError = asStowageError(err);
+      if (runtimeError.reason !== "RuntimeUnavailable") throw err;
+      this.#log.warn({ error: runtimeError.message }, "container runtime unavailable; keeping last status");
+    }
+    const imageFs = runtimeError ? nc.status?.imageFs : await this.#imageFs().catch(() => nc.status?.imageFs);
+
+    const written = await writeStatus<NodeCacheStatus, NodeCache>(
+      this.#deps.client.resource<NodeCache>(NodeCacheResource),
+      nc,
+      (current) => {
+        const status: NodeCacheStatus = { ...(current ?? {}) };
+        status.agentVersion = this.#config.agentVersion;
+        status.containerdConfigPath = mirror.configPath;
+        if (!runtimeError) status.images = images;
+        const list = status.images ?? [];
+        status.counts = countImages(list);
+        if (imageFs) {
+          status.imageFs = imageFs;
+          status.diskUsed = diskUsedColumn(imageFs);
+        }
+        let conditions: Condition[] = current?.conditions ?? [];
+        conditions = setCondition(conditions, mirror.condition, now);
+        conditions = setCondition(conditions, readyCondition(list, wanted.length, runtimeError), now);
+        status.conditions = conditions;
+        const beat = current?.heartbeatTime ? Date.parse(current.heartbeatTime) : 0;
+        const changed =
+          JSON.stringify({ ...status, heartbeatTime: undefined }) !==
+          JSON.stringify({ ...(current ?? {}), heartbeatTime: undefined });
+        if (changed || !beat || now - beat >= this.#config.heartbeatIntervalMs)
+          status.heartbeatTime = formatTime(now);
+        return status;
+      },
+      { clock: this.#clock },
+    );
+    const beat = Date.parse(written.object.status?.heartbeatTime ?? "") || now;
+    const untilHeartbeat = Math.max(1000, beat + this.#config.heartbeatIntervalMs - now);
+    const retries = [...this.#tasks.values()]
+      .filter((t) => t.state === "failed" && t.retryAt !== undefined)
+      .map((t) => Math.max(0, (t.retryAt as number) - now));
+    const runtimeRetry = runtimeError ? [Math.min(this.#config.retryInitialMs, 5000)] : [];
+    return requeueAfter(Math.min(untilHeartbeat, this.#config.resyncIntervalMs, ...retries, ...runtimeRetry));
+  }
+
+  async #configureMirror(
+    hosts: string[],
+    cacheEndpoint: string | undefined,
+  ): Promise<{ configPath: string; condition: ConditionInput }> {
+    const type = NodeCacheConditionTypes.MirrorConfigured;
+    const check = await checkConfigPath(this.#config.containerdConfigPath, this.#config.containerdConfigFile);
+    const configPath = check.configPath;
+    if (!this.#config.mirrorConfig)
+      return {
+        configPath,
+        condition: {
+          type,
+          status: "False",
+          reason: "Disabled",
+          message: "mirror configuration is disabled on this agent (--mirror-config=false)",
+        },
+      };
+    if (!check.ok)
+      return {
+        configPath,
+        condition: { type, status: "False", reason: "ConfigPathNotSet", message: check.message },
+      };
+    if (!cacheEndpoint)
+      return {
+        configPath,
+        condition: {
+          type,
+          status: "False",
+          reason: "NoCacheEndpoint",
+          message: "spec.cacheEndpoint is empty; nothing to point containerd at",
+        },
+      };
+    try {
+      const result = await applyMirrorConfig(configPath, hosts, {
+        cacheEndpoint,
+        skipVerify: this.#config.cacheSkipVerify,
+      });
+      const changed = Object.entries(result.hosts).filter(([, outcome]) => outcome !== "unchanged");
+      if (changed.length > 0)
+        this.#log.info({ hosts: Object.fromEntries(changed) }, "containerd mirror config updated");
+      return {
+        configPath,
+        condition: {
+          type,
+          status: "True",
+          reason: "Configured",
+          message: hosts.length
+            ? `containerd pulls ${[...hosts].sort().join(", ")} through ${cacheEndpoint} first`
+            : "no mirror hosts in spec",
+        },
+      };
+    } catch (err) {
+      return {
+        configPath,
+        condition: {
+          type,
+          status: "False",
+          reason: "WriteFailed",
+          message: `writing hosts.toml under ${configPath}: ${(err as Error).message}`,
+        },
+      };
+    }
+  }
+
+  /** Observe one spec image in the runtime; start (or keep) a pull when it is missing. */
+  async #observe(
+    entry: NodeCacheImage,
+    previous: NodeImageStatus | undefined,
+    now: number,
+  ): Promise<NodeImageStatus> {
+    const refs = pullReferences(entry);
+    const base = { image: entry.image, digest: entry.digest };
+    let task = this.#tasks.get(entry.digest);
+    if (task?.state === "queued" || task?.state === "pulling") return taskStatus(base, task, now);
+    const present = await this.#deps.runtime.imageStatus(refs.byDigest);
+    if (present) {
+      const owned = previous?.ownedByAgent === true || (task?.state === "done" && task.ownsImage);
+      const startedAt = task?.startedAt ?? parseTime(previous?.startedAt);
+      const finishedAt = task?.finishedAt ?? parseTime(previous?.finishedAt);
+      if (task?.state === "done") this.#tasks.delete(entry.digest);
+      // Content here but not the tag the kubelet will ask for: resolving the tag is cheap.
+      const tagRetryDue = task?.state !== "failed" || (task.retryAt ?? 0) <= now;
+      if (refs.byTag && tagRetryDue && !(await this.#deps.runtime.imageStatus(refs.byTag)))
+        this.#startPull(entry, task, owned);
+      return {
+        ...base,
+        state: "Present",
+        bytes: present.sizeBytes,
+        ...(startedAt ? { startedAt: formatTime(startedAt) } : {}),
+        ...(finishedAt ? { finishedAt: formatTime(finishedAt) } : {}),
+        ownedByAgent: owned,
+      };
+    }
+    if (task?.state === "done") {
+      this.#tasks.delete(entry.digest); // removed behind our back: pull again
+      task = undefined;
+    }
+    if (!task || (task.retryAt ?? 0) <= now) task = this.#startPull(entry, task, true);
+    return taskStatus(base, task, now);
+  }
+
+  #startPull(entry: NodeCacheImage, previous: PullTask | undefined, ownsImage: boolean): PullTask {
+    const task: PullTask = {
+      image: entry.image,
+      digest: entry.digest,
+      state: "queued",
+      attempts: previous?.attempts ?? 0,
+      ownsImage,
+      abort: new AbortController(),
+    };
+    this.#tasks.set(entry.digest, task);
+    void this.#queue.add(() => this.#pull(entry, task));
+    return task;
+  }
+
+  async #pull(entry: NodeCacheImage, task: PullTask): Promise<void> {
+    if (task.abort.signal.aborted || this.#stopped) return;
+    const refs = pullReferences(entry);
+    task.state = "pulling";
+    task.attempts++;
+    task.startedAt = this.#clock.now();
+    this.#deps.requeue();
+    const log = this.#log.child({ image: entry.image, digest: entry.digest, attempt: task.attempts });
+    log.info("pull started");
+    try {
+      await this.#pullWatched(refs.byDigest, task);
+      // The kubelet asks for image:tag; a tag pull after the digest pull only resolves the tag
+      // (the content is already here), so its later pull is a local hit.
+      if (refs.byTag) await this.#pullWatched(refs.byTag, task);
+      task.state = "done";
+      task.finishedAt = this.#clock.now();
+      log.info({ seconds: (task.finishedAt - task.startedAt) / 1000 }, "pull finished");
+    } catch (err) {
+      const error = asStowageError(err, "PullFailed");
+      const delay = Math.min(this.#config.retryInitialMs * 2 ** (task.attempts - 1), this.#config.retryMaxMs);
+      task.state = "failed";
+      task.error = error;
+      task.retryAt = this.#clock.now() + delay;
+      if (task.abort.signal.aborted && this.#tasks.get(entry.digest) !== task) return; // dropped from spec
+      log.warn({ reason: error.reason, error: error.message, retryInMs: delay }, "pull failed");
+    } finally {
+      if (!this.#stopped) this.#deps.requeue();
+    }
+  }
+
+  /** One CRI pull, cancelled when the probe sees no progress for the stall timeout. */
+  async #pullWatched(ref: string, task: PullTask): Promise<void> {
+    const attempt = new AbortController();
+    const onTaskAbort = () => attempt.abort(task.abort.signal.reason);
+    task.abort.signal.addEventListener("abort", onTaskAbort, { once: true });
+    let stalled = false;
+    const watcher = (async () => {
+      let last = await this.#progress.sample().catch(() => undefined);
+      let lastChange = this.#clock.now();
+      const every = Math.max(50, Math.min(5000, Math.floor(this.#config.stallTimeoutMs / 5)));
+      while (!attempt.signal.aborted) {
+        try {
+          await this.#clock.sleep(every, attempt.signal);
+        } catch {
+          return;
+        }
+        const sample = await this.#progress.sample().catch(() => undefined);
+        if (sample !== undefined && sample !== last) {
+          last = sample;
+          lastChange = this.#clock.now();
+        } else if (this.#clock.now() - lastChange >= this.#config.stallTimeoutMs) {
+          stalled = true;
+          attempt.abort(new Error("stalled"));
+          return;
+        }
+      }
+    })();
+    try {
+      await this.#deps.runtime.pullImage(ref, { signal: attempt.signal });
+    } catch (err) {
+      if (stalled)
+        throw new StowageError(
+          "Timeout",
+          `pull of ${ref} made no progress for ${Math.round(this.#config.stallTimeoutMs / 1000)} s; cancelled`,
+          { retryable: true, cause: err },
+        );
+      throw err;
+    } finally {
+      attempt.abort(new Error("pull ended"));
+      task.abort.signal.removeEventListener("abort", onTaskAbort);
+      await watcher;
+    }
+  }
+
+  /** Images the previous status lists but spec no longer does: remove the ones we pulled. */
+  async #removeDropped(wanted: NodeCacheImage[], previous: Map<string, NodeImageStatus>): Promise<void> {
+    const keep = new Set(wanted.map((e) => e.digest));
+    for (const [digest, task] of this.#tasks) {
+      if (keep.has(digest)) continue;
+      task.abort.abort(new Error("dropped from spec"));
+      this.#tasks.delete(digest);
+    }
+    for (const [digest, status] of previous) {
+      if (keep.has(digest) || !status.ownedByAgent) continue;
+      const refs = pullReferences({ image: status.image, digest });
+      for (const ref of [refs.byDigest, refs.byTag]) {
+        if (!ref) continue;
+        try {
+          if (await this.#deps.runtime.imageStatus(ref)) await this.#deps.runtime.removeImage(ref);
+        } catch (err) {
+          if (asStowageError(err).reason === "RuntimeUnavailable") throw err;
+          this.#log.warn({ image: ref, error: (err as Error).message }, "removing image failed; will retry");
+          throw err;
+        }
+      }
+      this.#log.info({ image: status.image, digest }, "removed image dropped from spec");
+    }
+  }
+
+  async #imageFs(): Promise<ImageFsStatus | undefined> {
+    const filesystems = await this.#deps.runtime.imageFsInfo();
+    if (filesystems.length === 0) return undefined;
+    const usedBytes = filesystems.reduce((sum, fs) => sum + fs.usedBytes, 0);
+    const fs: ImageFsStatus = { usedBytes };
+    const mountpoint = filesystems[0].mountpoint;
+    if (mountpoint) {
+      try {
+        const stats = await statfs(mountpoint);
+        fs.capacityBytes = stats.blocks * stats.bsize;
+        fs.availableBytes = stats.bavail * stats.bsize;
+      } catch {
+        // The agent may not see the runtime's filesystem (not mounted into the pod).
+      }
+    }
+    return fs;
+  }
+}
+
+/** The reference to pull by digest (original name @ mirrored digest) and, if the spec names a tag, by tag. */
+export function pullReferences(entry: Pick<NodeCacheImage, "image" | "digest">): {
+  byDigest: string;
+  byTag?: string;
+} {
+  const ref = parseReference(entry.image);
+  const name = `${ref.registry}/${ref.repository}`;
+  return { byDigest: `${name}@${entry.digest}`, ...(ref.tag ? { byTag: `${name}:${ref.tag}` } : {}) };
+}
+
+/** One entry per digest, highest priority first (the pull queue starts them in this order). */
+function dedupe(images: NodeCacheImage[]): NodeCacheImage[] {
+  const byDigest = new Map<string, NodeCacheImage>();
+  for (const image of images) if (!byDigest.has(image.digest)) byDigest.set(image.digest, image);
+  return [...byDigest.values()].sort((a, b) => (b.priority ?? 0) - (a.priority ?? 0));
+}
+
+function taskStatus(base: { image: string; digest: string }, task: PullTask, now: number): NodeImageStatus {
+  const startedAt = task.startedAt ? { startedAt: formatTime(task.startedAt) } : {};
+  const owned = { ownedByAgent: task.ownsImage };
+  if (task.state === "failed")
+    return {
+      ...base,
+      state: "Failed",
+      reason: task.error?.reason === "RuntimeUnavailable" ? "RuntimeUnavailable" : "PullFailed",
+      message: `${task.error?.message ?? "pull failed"} (attempt ${task.attempts}; next try at ${formatTime(task.retryAt ?? now)})`,
+      ...startedAt,
+      ...owned,
+    };
+  if (task.state === "pulling") return { ...base, state: "Pulling", ...startedAt, ...owned };
+  return { ...base, state: "Pending", ...owned };
+}
+
+function readyCondition(
+  images: NodeImageStatus[],
+  wanted: number,
+  runtimeError?: StowageError,
+): ConditionInput {
+  const type = NodeCacheConditionTypes.Ready;
+  if (runtimeError)
+    return { type, status: "False", reason: "RuntimeUnavailable", message: runtimeError.message };
+  const failed = images.filter((i) => i.state === "Failed");
+  const present = images.filter((i) => i.state === "Present").length;
+  if (failed.length > 0)
+    return {
+      type,
+      status: "False",
+      reason: "PullFailed",
+      message: `${failed.length} of ${wanted} images failed to pull: ${failed.map((f) => f.image).join(", ")}`,
+    };
+  if (present < wanted)
+    return { type, status: "False", reason: "Pulling", message: `${present} of ${wanted} images present` };
+  return { type, status: "True", reason: "AllPresent", message: `all ${wanted} images present` };
+}
