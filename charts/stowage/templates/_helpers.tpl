@@ -1,0 +1,119 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "stowage.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Full name prefix of every object: the release name, plus the chart name unless it is part of it. */}}
+{{- define "stowage.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "stowage.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels on every object. */}}
+{{- define "stowage.labels" -}}
+helm.sh/chart: {{ include "stowage.chart" . }}
+app.kubernetes.io/name: {{ include "stowage.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: stowage
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one component: include "stowage.selectorLabels" (dict "root" . "component" "controller") */}}
+{{- define "stowage.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "stowage.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Labels of one component's objects. */}}
+{{- define "stowage.componentLabels" -}}
+{{ include "stowage.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* The Stowage image, by digest when one is given. */}}
+{{- define "stowage.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "stowage.controllerServiceAccountName" -}}
+{{- if .Values.controller.serviceAccount.create -}}
+{{- default (printf "%s-controller" (include "stowage.fullname" .)) .Values.controller.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.controller.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "stowage.agentServiceAccountName" -}}
+{{- if .Values.agent.serviceAccount.create -}}
+{{- default (printf "%s-agent" (include "stowage.fullname" .)) .Values.agent.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.agent.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The cache registry URL the controller pushes to. */}}
+{{- define "stowage.cacheUrl" -}}
+{{- if .Values.cache.enabled -}}
+{{- printf "%s://%s-cache.%s.svc:%d" (ternary "https" "http" .Values.cache.tls.enabled) (include "stowage.fullname" .) .Release.Namespace (int .Values.cache.service.port) -}}
+{{- else -}}
+{{- required "cache.externalUrl is required when cache.enabled is false" .Values.cache.externalUrl -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The cache URL nodes (containerd on the host network) use. */}}
+{{- define "stowage.cacheNodeEndpoint" -}}
+{{- default (include "stowage.cacheUrl" .) .Values.cache.nodeEndpoint -}}
+{{- end -}}
+
+{{/* argocd.argoproj.io/sync-wave annotation line (or nothing), when enabled: include "stowage.syncWave" (dict "root" . "wave" "-1") */}}
+{{- define "stowage.syncWave" -}}
+{{- if .root.Values.argocd.syncWaves -}}
+argocd.argoproj.io/sync-wave: {{ .wave | quote }}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when Prometheus operator objects may be rendered: the API is served or force is set. */}}
+{{- define "stowage.monitoringApi" -}}
+{{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1" -}}true{{- end -}}
+{{- end -}}
+
+{{/* Pod security context of every Stowage pod but the agent: restricted Pod Security. */}}
+{{- define "stowage.restrictedPodSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "stowage.restrictedContainerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
