@@ -221,9 +221,9 @@ describe("pods held until their image is prewarmed, through the API double calli
     await eventually("gate removed", async () => !gatesOf(await getPod("infer")).includes(GATE));
     expect(gatesOf(await getPod("infer"))).toEqual(["example.com/quota"]);
     const histogram = await registry.getSingleMetric("stowage_pod_gate_seconds")?.get();
-    const count = histogram?.values.find(
-      (v) => v.metricName === "stowage_pod_gate_seconds_count" && v.labels.outcome === "prewarmed",
-    );
+    const count = (
+      histogram?.values as { metricName?: string; labels: Record<string, unknown>; value: number }[]
+    ).find((v) => v.metricName === "stowage_pod_gate_seconds_count" && v.labels.outcome === "prewarmed");
     expect(count?.value).toBe(1);
 
     // Once Prewarmed, new pods are not held at all.
