@@ -1,0 +1,31 @@
+/** Settings of the pre-warm planner (controller flags / Helm values). */
+export interface PrewarmConfig {
+  /**
+   * URL at which nodes reach the cache registry (written to every NodeCache as `cacheEndpoint`).
+   * Nodes have no cluster DNS in containerd's resolver, so this is usually a node-reachable IP or
+   * hostPort. Default: the cache registry the controller uses, `http://` when it is insecure.
+   */
+  cacheEndpointForNodes?: string;
+  /** Fraction of a node's image filesystem capacity the planned images may take (default 0.8). */
+  diskBudgetFraction: number;
+  /** Remove the `stowage.dev/warming:NoSchedule` taint once a node holds its planned images (default true). */
+  warmingTaint: boolean;
+}
+
+export const DEFAULT_PREWARM_CONFIG: PrewarmConfig = {
+  diskBudgetFraction: 0.8,
+  warmingTaint: true,
+};
+
+export function prewarmConfig(overrides: Partial<PrewarmConfig> = {}): PrewarmConfig {
+  return { ...DEFAULT_PREWARM_CONFIG, ...overrides };
+}
+
+/** The cache endpoint nodes use: the configured one, or the controller's own view of the cache. */
+export function cacheEndpointFor(
+  config: PrewarmConfig,
+  cache: { registry: string; insecure: boolean },
+): string {
+  if (config.cacheEndpointForNodes) return config.cacheEndpointForNodes.replace(/\/+$/, "");
+  return `${cache.insecure ? "http" : "https"}://${cache.registry}`;
+}

@@ -1,0 +1,438 @@
+/**
+ * The pre-warm plan: from ModelImages (spec + the cache digests their status reports), Nodes,
+ * the NodeCaches as they are (spec and the agents' status) and what the cache registry says
+ * about each image, decide every node's NodeCache spec. Pure: the reconciler resolves images
+ * first and passes a lookup; nothing here talks to a registry or the API.
+ *
+ * Order of decisions, per (ModelImage variant, node):
+ *  1. selection: the variant's nodeSelector; nodes that are not Ready or are cordoned take no new
+ *     images but keep what they were given (a short NotReady must not make the agent delete GBs);
+ *  2. platform: the node's os/arch(/variant) child of the cached index (skipped when missing);
+ *  3. CUDA: skipped when the node's driver supports an older CUDA than the image declares;
+ *  4. disk budget per node: already planned images first, then higher priority; an image that does
+ *     not fit is refused (QuotaExceeded) and never put in spec;
+ *  5. rollout per ModelImage: at most `maxConcurrentNodes` nodes with one of its images in flight
+ *     (planned and not yet Present or Failed); the other nodes wait.
+ */
+import { type ModelImage, normaliseImage, variantsOf, withDefaults } from "../../api/modelImage.ts";
+import {
+  type ImageRequester,
+  imageStatusOf,
+  type NodeCache,
+  type NodeCacheImage,
+  type NodeCacheSpec,
+  NodeImageStates,
+} from "../../api/nodeCache.ts";
+import { objectKey } from "../../kube/controller.ts";
+import { cacheRepository, parseReference } from "../../oci/reference.ts";
+import type { Platform } from "../../oci/types.ts";
+import { selectorMatches } from "../modelimage/plan.ts";
+import type { PrewarmConfig } from "./config.ts";
+import type { Resolution } from "./images.ts";
+import {
+  acceptsNewImages,
+  cudaAtLeast,
+  formatCuda,
+  nodeCudaDriver,
+  type PlannerNode,
+  platformOf,
+} from "./nodes.ts";
+
+export const PrewarmReasons = {
+  CudaDriverTooOld: "CudaDriverTooOld",
+  PlatformNotFound: "PlatformNotFound",
+  QuotaExceeded: "QuotaExceeded",
+  /** Held back by maxConcurrentNodes. */
+  RolloutWaiting: "RolloutWaiting",
+} as const;
+
+export type DecisionState =
+  /** In the node's NodeCache spec. */
+  | "planned"
+  /** Will be planned when the rollout lets it. */
+  | "waiting"
+  /** The node cannot use this image (platform, CUDA driver); not desired. */
+  | "skipped"
+  /** Would not fit the node's disk budget: counted as failed, never in spec. */
+  | "refused"
+  /** The image could not be read from the cache yet; retried. */
+  | "unresolved";
+
+export interface NodeDecision {
+  node: string;
+  state: DecisionState;
+  /** The single-platform digest for this node, when known. */
+  digest?: string;
+  reason?: string;
+  message?: string;
+}
+
+export interface VariantPlan {
+  variant: string;
+  /** False when the variant's status has no cache digest yet: nothing can be planned. */
+  cached: boolean;
+  decisions: NodeDecision[];
+}
+
+export interface PrewarmPlan {
+  /** Desired NodeCache spec by node name; only nodes with an image or an existing NodeCache. */
+  specs: Map<string, NodeCacheSpec>;
+  /** By ModelImage key (`ns/name`), its variants' decisions. */
+  modelImages: Map<string, VariantPlan[]>;
+}
+
+export interface PlanInput {
+  modelImages: readonly ModelImage[];
+  nodes: readonly PlannerNode[];
+  nodeCaches: ReadonlyMap<string, NodeCache>;
+  /** The answer of ImageResolver.resolve, pre-fetched; undefined when not looked up yet. */
+  lookup: (repository: string, digest: string, platform: Platform) => Resolution | undefined;
+  config: PrewarmConfig;
+  cacheEndpoint: string;
+}
+
+/** A (cache repository, digest) the planner needs resolved for a platform. */
+export interface ResolutionNeed {
+  repository: string;
+  digest: string;
+  platform: Platform;
+}
+
+interface Candidate {
+  miKey: string;
+  mi: ModelImage;
+  variant: string;
+  node: string;
+  image: string;
+  cacheRepository: string;
+  digest: string;
+  sizeBytes: number;
+  priority: number;
+  /** Already in the node's spec for this requester. */
+  planned: boolean;
+  decision: NodeDecision;
+}
+
+interface UncachedVariant {
+  variant: string;
+  selector: Record<string, string> | undefined;
+}
+
+interface VariantTarget {
+  mi: ModelImage;
+  miKey: string;
+  variant: string;
+  image: string;
+  cacheRepository: string;
+  cacheDigest: string;
+  selector: Record<string, string> | undefined;
+  priority: number;
+  maxConcurrentNodes: number;
+  acceptsNew: boolean;
+}
+
+/** The variants that pre-warm: prewarm enabled and a cache digest in status. */
+function variantTargets(modelImages: readonly ModelImage[]): {
+  targets: VariantTarget[];
+  uncached: Map<string, UncachedVariant[]>;
+} {
+  const targets: VariantTarget[] = [];
+  const uncached = new Map<string, UncachedVariant[]>();
+  for (const mi of modelImages) {
+    if (mi.metadata.deletionTimestamp) continue;
+    const spec = withDefaults(mi.spec);
+    if (!spec.prewarm.enabled) continue;
+    const miKey = objectKey(mi);
+    for (const variant of variantsOf(mi.spec)) {
+      const status = mi.status?.variants?.find((v) => v.name === variant.name);
+      let image: string;
+      try {
+        image = normaliseImage(status?.image ?? variant.image);
+      } catch {
+        continue; // an invalid reference is the ModelImage reconciler's to report
+      }
+      if (!status?.cacheDigest) {
+        uncached.set(miKey, [
+          ...(uncached.get(miKey) ?? []),
+          { variant: variant.name, selector: variant.nodeSelector },
+        ]);
+        continue;
+      }
+      targets.push({
+        mi,
+        miKey,
+        variant: variant.name,
+        image,
+        cacheRepository: cacheRepository(parseReference(image)),
+        cacheDigest: status.cacheDigest,
+        selector: variant.nodeSelector,
+        priority: spec.prewarm.priority,
+        maxConcurrentNodes: spec.prewarm.maxConcurrentNodes,
+        acceptsNew: !spec.suspend,
+      });
+    }
+  }
+  return { targets, uncached };
+}
+
+function requestedBy(entry: NodeCacheImage | undefined, miKey: string, variant: string): boolean {
+  return (entry?.requestedBy ?? []).some(
+    (r) => `${r.namespace}/${r.name}` === miKey && (r.variant ?? "") === variant,
+  );
+}
+
+/** What resolutions a plan over this input needs (the reconciler fetches them before planning). */
+export function resolutionNeeds(
+  modelImages: readonly ModelImage[],
+  nodes: readonly PlannerNode[],
+): ResolutionNeed[] {
+  const needs = new Map<string, ResolutionNeed>();
+  for (const t of variantTargets(modelImages).targets) {
+    for (const node of nodes) {
+      if (!selectorMatches(t.selector, node.metadata?.labels)) continue;
+      const platform = platformOf(node);
+      if (!platform) continue;
+      const key = `${t.cacheRepository}@${t.cacheDigest}#${platform.os}/${platform.architecture}/${platform.variant ?? ""}`;
+      needs.set(key, { repository: t.cacheRepository, digest: t.cacheDigest, platform });
+    }
+  }
+  return [...needs.values()];
+}
+
+export function planPrewarm(input: PlanInput): PrewarmPlan {
+  const { targets, uncached } = variantTargets(input.modelImages);
+  const modelImages = new Map<string, VariantPlan[]>();
+  const variantPlan = (miKey: string, variant: string, cached: boolean): VariantPlan => {
+    const list = modelImages.get(miKey) ?? [];
+    modelImages.set(miKey, list);
+    let found = list.find((v) => v.variant === variant);
+    if (!found) {
+      found = { variant, cached, decisions: [] };
+      list.push(found);
+    }
+    return found;
+  };
+  // Nodes a variant will want once the cache holds it: open (they keep a warming taint meanwhile).
+  for (const [miKey, variants] of uncached) {
+    for (const v of variants) {
+      const plan = variantPlan(miKey, v.variant, false);
+      for (const node of input.nodes) {
+        if (!acceptsNewImages(node) || !selectorMatches(v.selector, node.metadata?.labels)) continue;
+        plan.decisions.push({
+          node: node.metadata?.name ?? "",
+          state: "unresolved",
+          reason: "NotCached",
+          message: "the cache does not hold this variant yet",
+        });
+      }
+    }
+  }
+
+  // 1–3: selection, platform, CUDA.
+  const candidates: Candidate[] = [];
+  for (const t of targets) {
+    const plan = variantPlan(t.miKey, t.variant, true);
+    for (const node of input.nodes) {
+      const nodeName = node.metadata?.name ?? "";
+      if (!selectorMatches(t.selector, node.metadata?.labels)) continue;
+      const current = input.nodeCaches.get(nodeName)?.spec.images ?? [];
+      const currentEntry = current.find((e) => requestedBy(e, t.miKey, t.variant));
+      if (!(t.acceptsNew && acceptsNewImages(node)) && !currentEntry) continue;
+      const platform = platformOf(node);
+      const decision: NodeDecision = { node: nodeName, state: "planned" };
+      plan.decisions.push(decision);
+      if (!platform) {
+        Object.assign(decision, {
+          state: "skipped",
+          reason: PrewarmReasons.PlatformNotFound,
+          message: `node ${nodeName} has no kubernetes.io/os and kubernetes.io/arch labels`,
+        });
+        continue;
+      }
+      const resolved = input.lookup(t.cacheRepository, t.cacheDigest, platform);
+      if (!resolved?.ok) {
+        if (currentEntry && (!resolved || resolved.reason === "CacheUnavailable")) {
+          // Keep what the node was given while the cache cannot be read.
+          candidates.push({
+            ...candidateBase(t, nodeName),
+            digest: currentEntry.digest,
+            sizeBytes: currentEntry.sizeBytes ?? 0,
+            planned: true,
+            decision: Object.assign(decision, { digest: currentEntry.digest }),
+          });
+          continue;
+        }
+        if (!resolved || resolved.reason === "CacheUnavailable") {
+          Object.assign(decision, {
+            state: "unresolved",
+            reason: resolved?.reason,
+            message: resolved?.message,
+          });
+        } else {
+          Object.assign(decision, {
+            state: "skipped",
+            reason: PrewarmReasons.PlatformNotFound,
+            message: resolved.message,
+          });
+        }
+        continue;
+      }
+      decision.digest = resolved.image.digest;
+      const need = resolved.image.cuda;
+      const driver = nodeCudaDriver(node);
+      if (need && driver && !(driver.cuda && cudaAtLeast(driver.cuda, need))) {
+        Object.assign(decision, {
+          state: "skipped",
+          reason: PrewarmReasons.CudaDriverTooOld,
+          message: `node ${nodeName}: NVIDIA driver ${driver.driver} supports CUDA ${driver.cuda ? formatCuda(driver.cuda) : "< 10.0"}, the image needs CUDA ${formatCuda(need)}`,
+        });
+        continue;
+      }
+      const inSpec = current.find(
+        (e) => e.digest === resolved.image.digest && requestedBy(e, t.miKey, t.variant),
+      );
+      candidates.push({
+        ...candidateBase(t, nodeName),
+        digest: resolved.image.digest,
+        sizeBytes: resolved.image.sizeBytes,
+        planned: inSpec !== undefined,
+        decision,
+      });
+    }
+  }
+
+  // 4: disk budget per node.
+  const byNode = groupBy(candidates, (c) => c.node);
+  const accepted: Candidate[] = [];
+  for (const [nodeName, list] of byNode) {
+    const capacity = input.nodeCaches.get(nodeName)?.status?.imageFs?.capacityBytes;
+    const budget =
+      capacity === undefined ? Number.POSITIVE_INFINITY : capacity * input.config.diskBudgetFraction;
+    list.sort(
+      (a, b) =>
+        Number(b.planned) - Number(a.planned) ||
+        b.priority - a.priority ||
+        a.miKey.localeCompare(b.miKey) ||
+        a.variant.localeCompare(b.variant),
+    );
+    const counted = new Set<string>();
+    let used = 0;
+    for (const c of list) {
+      if (counted.has(c.digest)) {
+        accepted.push(c);
+        continue;
+      }
+      if (used + c.sizeBytes > budget) {
+        Object.assign(c.decision, {
+          state: "refused",
+          reason: PrewarmReasons.QuotaExceeded,
+          message: `node ${nodeName}: ${c.image} (${c.sizeBytes} bytes) does not fit the disk budget of ${Math.floor(budget)} bytes (${input.config.diskBudgetFraction * 100}% of ${capacity}); ${used} bytes are planned`,
+        });
+        continue;
+      }
+      used += c.sizeBytes;
+      counted.add(c.digest);
+      accepted.push(c);
+    }
+  }
+
+  // 5: rollout per ModelImage.
+  const nodeState = (nodeName: string, digest: string) =>
+    imageStatusOf(input.nodeCaches.get(nodeName), digest)?.state;
+  const inFlight = (c: Candidate) => {
+    const state = nodeState(c.node, c.digest);
+    return state !== NodeImageStates.Present && state !== NodeImageStates.Failed;
+  };
+  const placed: Candidate[] = [];
+  for (const [miKey, list] of groupBy(accepted, (c) => c.miKey)) {
+    const max = targets.find((t) => t.miKey === miKey)?.maxConcurrentNodes ?? 1;
+    const busyNodes = new Set(list.filter((c) => c.planned && inFlight(c)).map((c) => c.node));
+    const waitingNodes = new Set<string>();
+    for (const c of list.filter((c) => c.planned)) placed.push(c);
+    const fresh = list.filter((c) => !c.planned).sort((a, b) => a.node.localeCompare(b.node));
+    for (const c of fresh) {
+      const alreadyOnNode = nodeState(c.node, c.digest) === NodeImageStates.Present;
+      if (alreadyOnNode || busyNodes.has(c.node) || (busyNodes.size < max && !waitingNodes.has(c.node))) {
+        if (!alreadyOnNode) busyNodes.add(c.node);
+        placed.push(c);
+        continue;
+      }
+      waitingNodes.add(c.node);
+      Object.assign(c.decision, {
+        state: "waiting",
+        reason: PrewarmReasons.RolloutWaiting,
+        message: `waiting: ${busyNodes.size} node(s) pulling (maxConcurrentNodes ${max})`,
+      });
+    }
+  }
+
+  // The specs.
+  const specs = new Map<string, NodeCacheSpec>();
+  for (const [nodeName] of input.nodeCaches) specs.set(nodeName, emptySpec(nodeName, input.cacheEndpoint));
+  for (const [nodeName, list] of groupBy(placed, (c) => c.node)) {
+    const entries = new Map<string, NodeCacheImage>();
+    for (const c of list) {
+      const entry = entries.get(c.digest);
+      const requester: ImageRequester = {
+        namespace: c.mi.metadata.namespace ?? "",
+        name: c.mi.metadata.name ?? "",
+        variant: c.variant,
+      };
+      if (!entry) {
+        entries.set(c.digest, {
+          image: c.image,
+          digest: c.digest,
+          cacheRepository: c.cacheRepository,
+          sizeBytes: c.sizeBytes,
+          priority: c.priority,
+          requestedBy: [requester],
+        });
+        continue;
+      }
+      if (c.image < entry.image) entry.image = c.image;
+      entry.priority = Math.max(entry.priority ?? 0, c.priority);
+      entry.requestedBy?.push(requester);
+    }
+    const images = [...entries.values()];
+    for (const e of images)
+      e.requestedBy?.sort((a, b) =>
+        `${a.namespace}/${a.name}/${a.variant}`.localeCompare(`${b.namespace}/${b.name}/${b.variant}`),
+      );
+    images.sort(
+      (a, b) =>
+        (b.priority ?? 0) - (a.priority ?? 0) ||
+        a.image.localeCompare(b.image) ||
+        a.digest.localeCompare(b.digest),
+    );
+    const hosts = [...new Set(images.map((e) => parseReference(e.image).registry))].sort();
+    specs.set(nodeName, { ...emptySpec(nodeName, input.cacheEndpoint), mirrorHosts: hosts, images });
+  }
+  return { specs, modelImages };
+}
+
+function candidateBase(t: VariantTarget, node: string) {
+  return {
+    miKey: t.miKey,
+    mi: t.mi,
+    variant: t.variant,
+    node,
+    image: t.image,
+    cacheRepository: t.cacheRepository,
+    priority: t.priority,
+  };
+}
+
+function emptySpec(nodeName: string, cacheEndpoint: string): NodeCacheSpec {
+  return { nodeName, cacheEndpoint, mirrorHosts: [], images: [] };
+}
+
+function groupBy<T>(items: readonly T[], key: (item: T) => string): Map<string, T[]> {
+  const groups = new Map<string, T[]>();
+  for (const item of items) {
+    const k = key(item);
+    const list = groups.get(k);
+    if (list) list.push(item);
+    else groups.set(k, [item]);
+  }
+  return groups;
+}
