@@ -25,7 +25,7 @@ import {
 import type { KubeClient } from "../kube/client.ts";
 import { type Condition, type ConditionInput, setCondition } from "../kube/conditions.ts";
 import { done, type Result, requeueAfter } from "../kube/controller.ts";
-import { writeStatus } from "../kube/status.ts";
+import { sameJson, writeStatus } from "../kube/status.ts";
 import { formatTime, parseTime } from "../kube/time.ts";
 import { parseReference } from "../oci/reference.ts";
 import { type Clock, systemClock } from "../util/clock.ts";
@@ -162,7 +162,11 @@ export class NodeAgentReconciler {
         if (!runtimeError) status.images = images;
         const list = status.images ?? [];
         status.counts = countImages(list);
-        if (imageFs) {
+        const beat = parseTime(current?.heartbeatTime) ?? 0;
+        const heartbeatDue = now - beat >= this.#config.heartbeatIntervalMs;
+        // Free space moves with everything else on the disk: refresh it when the runtime's own
+        // usage changes or with the heartbeat, not on every pass.
+        if (imageFs && (heartbeatDue || current?.imageFs?.usedBytes !== imageFs.usedBytes)) {
           status.imageFs = imageFs;
           status.diskUsed = diskUsedColumn(imageFs);
         }
@@ -170,12 +174,11 @@ export class NodeAgentReconciler {
         conditions = setCondition(conditions, mirror.condition, now);
         conditions = setCondition(conditions, readyCondition(list, wanted.length, runtimeError), now);
         status.conditions = conditions;
-        const beat = current?.heartbeatTime ? Date.parse(current.heartbeatTime) : 0;
-        const changed =
-          JSON.stringify({ ...status, heartbeatTime: undefined }) !==
-          JSON.stringify({ ...(current ?? {}), heartbeatTime: undefined });
-        if (changed || !beat || now - beat >= this.#config.heartbeatIntervalMs)
-          status.heartbeatTime = formatTime(now);
+        const changed = !sameJson(
+          { ...status, heartbeatTime: undefined },
+          { ...current, heartbeatTime: undefined },
+        );
+        if (changed || heartbeatDue) status.heartbeatTime = formatTime(now);
         return status;
       },
       { clock: this.#clock },

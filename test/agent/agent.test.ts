@@ -354,4 +354,58 @@ describe("node agent against the API double and a real containerd", () => {
     expect(imageState(final, large.digest)?.bytes).toBeGreaterThan(100 * 1024 * 1024);
     expect(await cri(big).imageStatus(large.image)).toBeDefined();
   });
+
+  it("refreshes heartbeatTime on its interval, and in a steady state that is the only write", async () => {
+    await createNodeCache("node-h", []);
+    await runAgent("node-h", node, { heartbeatIntervalMs: 1_500, resyncIntervalMs: 300 });
+    await waitFor("first status", async () => (await status("node-h"))?.heartbeatTime);
+    const versions: NodeCache[] = [];
+    const until = Date.now() + 5_000;
+    while (Date.now() < until) {
+      const current = await nodeCaches().get("node-h");
+      if (versions.at(-1)?.metadata.resourceVersion !== current.metadata.resourceVersion)
+        versions.push(current);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    expect(versions.length).toBeGreaterThanOrEqual(3);
+    for (let i = 1; i < versions.length; i++) {
+      const before = versions[i - 1].status;
+      const after = versions[i].status;
+      expect(Date.parse(after?.heartbeatTime ?? "")).toBeGreaterThan(Date.parse(before?.heartbeatTime ?? ""));
+      // imageFs may be refreshed with the heartbeat; nothing else changes.
+      expect({ ...after, heartbeatTime: 0, imageFs: 0, diskUsed: 0 }).toEqual({
+        ...before,
+        heartbeatTime: 0,
+        imageFs: 0,
+        diskUsed: 0,
+      });
+    }
+  });
+
+  it("keeps pulling while the API server refuses it and reports Present once it answers again", async () => {
+    const image = await cachedImage("acme/outage", "1.0", [4 * 1024 * 1024]);
+    proxy.addRule({
+      match: { method: "GET", path: /\/blobs\/sha256:/ },
+      times: 2,
+      action: { kind: "delay", ms: 1_500 },
+    });
+    await createNodeCache("node-i", [image]);
+    await runAgent("node-i", node);
+    await waitFor(
+      "pull under way",
+      async () => imageState(await status("node-i"), image.digest)?.state === "Pulling",
+    );
+    const refuse = () => "the API server is unavailable (test outage)";
+    api.authorizers.push(refuse);
+    api.dropWatches();
+    const runtime = cri(node);
+    await waitFor("image in containerd", async () => runtime.imageStatus(image.image));
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    api.authorizers.splice(api.authorizers.indexOf(refuse), 1);
+    const present = await waitFor("Present reported after the outage", async () => {
+      const s = imageState(await status("node-i"), image.digest);
+      return s?.state === "Present" ? s : undefined;
+    });
+    expect(present.ownedByAgent).toBe(true);
+  });
 });
