@@ -13,6 +13,11 @@ const commands: Record<string, Command> = {
     summary: "run the ModelImage controller: mirror declared images into the cache registry",
     run: async (args) => (await import("./controller/command.ts")).runController(args),
   },
+  status: {
+    summary:
+      "show ModelImages: variants, digests, sync lag and which nodes are warm (also `kubectl stowage`)",
+    run: async (args) => (await import("./status/command.ts")).runStatus(args),
+  },
   agent: {
     summary: "run the node agent: pre-pull this node's NodeCache images through CRI, mirror config",
     run: async (args) => (await import("./agent/command.ts")).runAgent(args),

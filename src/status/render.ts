@@ -1,0 +1,164 @@
+/**
+ * The status report as text: one block per ModelImage (conditions, variants, node × variant
+ * matrix), ANSI-coloured only when asked (a TTY without NO_COLOR), or as JSON for scripts.
+ */
+import { formatBytes } from "../api/nodeCache.ts";
+import {
+  type ConditionSummary,
+  type ModelImageReport,
+  type NodeCell,
+  type StatusReport,
+  shortDigest,
+} from "./model.ts";
+
+export interface RenderOptions {
+  colour: boolean;
+}
+
+type Paint = (text: string) => string;
+const ansi =
+  (code: number): Paint =>
+  (text) =>
+    `\u001b[${code}m${text}\u001b[0m`;
+const palette = { green: ansi(32), yellow: ansi(33), red: ansi(31), grey: ansi(90), bold: ansi(1) };
+const plain: typeof palette = {
+  green: (t) => t,
+  yellow: (t) => t,
+  red: (t) => t,
+  grey: (t) => t,
+  bold: (t) => t,
+};
+
+export function renderJson(report: StatusReport): string {
+  return `${JSON.stringify(report, null, 2)}\n`;
+}
+
+export function renderText(report: StatusReport, options: RenderOptions): string {
+  const paint = options.colour ? palette : plain;
+  if (report.modelImages.length === 0) return "No ModelImages found.\n";
+  return `${report.modelImages.map((mi) => renderModelImage(mi, paint)).join("\n")}`;
+}
+
+function renderModelImage(mi: ModelImageReport, paint: typeof palette): string {
+  const lines: string[] = [];
+  const lag = mi.lag ? `lagging ${formatAge(mi.lag.seconds)} (since ${mi.lag.since})` : "in sync";
+  lines.push(
+    `${paint.bold(`${mi.namespace}/${mi.name}`)}  Ready=${conditionText(mi.ready, paint)}  ` +
+      `Synced=${mi.synced ? conditionText(mi.synced, paint) : "-"}  ` +
+      `Prewarmed=${mi.prewarmed ? conditionText(mi.prewarmed, paint) : "-"}  nodes ${mi.nodes ?? "-"}  ${mi.lag ? paint.yellow(lag) : lag}`,
+  );
+  for (const [label, condition] of [
+    ["stalled", mi.stalled],
+    ["ready", mi.ready.status !== "True" ? mi.ready : undefined],
+    ["synced", mi.synced?.status === "False" ? mi.synced : undefined],
+  ] as const) {
+    if (condition?.message) lines.push(`  ${label}: ${condition.reason}: ${condition.message}`);
+  }
+  lines.push(
+    ...table(
+      ["  VARIANT", "IMAGE", "UPSTREAM", "CACHE", "PLATFORMS", "SIZE", "NODES r/d (pull, fail, skip)"],
+      mi.variants.map((v) => [
+        `  ${v.name}`,
+        v.image,
+        v.sourceDigest ? shortDigest(v.sourceDigest) : "-",
+        v.cacheDigest ? shortDigest(v.cacheDigest) : "-",
+        v.platforms.length > 0 ? v.platforms.join(",") : "-",
+        v.sizeBytes !== undefined ? formatBytes(v.sizeBytes) : "-",
+        v.nodes
+          ? `${v.nodes.ready}/${v.nodes.desired} (${v.nodes.pulling}, ${v.nodes.failed}, ${v.nodes.skipped})`
+          : "-",
+      ]),
+    ),
+  );
+  if (mi.cells.length === 0) {
+    lines.push("  no node holds or pulls these images yet");
+  } else {
+    const variantNames = mi.variants.map((v) => v.name);
+    const nodes = [...new Set(mi.cells.map((c) => c.node))];
+    const rows = nodes.map((node) => [
+      `  ${node}`,
+      ...variantNames.map((variant) => {
+        const cell = mi.cells.find((c) => c.node === node && c.variant === variant);
+        return cell ? cellText(cell) : "-";
+      }),
+    ]);
+    const rendered = table(["  NODE", ...variantNames.map((v) => v.toUpperCase())], rows);
+    // Colour after padding, so ANSI codes do not break the alignment.
+    lines.push(rendered[0]);
+    rendered.slice(1).forEach((line, i) => {
+      lines.push(colourCells(line, rows[i], nodes[i], mi.cells, variantNames, paint));
+    });
+  }
+  return `${lines.join("\n")}\n`;
+}
+
+function cellText(cell: NodeCell): string {
+  switch (cell.state) {
+    case "present":
+      return "present";
+    case "pulling":
+      return cell.percent !== undefined ? `pulling ${cell.percent}%` : "pulling";
+    case "pending":
+      return "pending";
+    case "removing":
+      return "removing";
+    case "failed":
+    case "skipped":
+      return `${cell.state} ${cell.reason ?? ""}`.trim();
+  }
+}
+
+function colourCells(
+  line: string,
+  row: string[],
+  node: string,
+  cells: NodeCell[],
+  variants: string[],
+  paint: typeof palette,
+): string {
+  let out = line;
+  variants.forEach((variant, i) => {
+    const cell = cells.find((c) => c.node === node && c.variant === variant);
+    if (!cell) return;
+    const text = row[i + 1];
+    const colour =
+      cell.state === "present"
+        ? paint.green
+        : cell.state === "failed"
+          ? paint.red
+          : cell.state === "skipped"
+            ? paint.grey
+            : paint.yellow;
+    const at = out.lastIndexOf(text);
+    if (at >= 0) out = out.slice(0, at) + colour(text) + out.slice(at + text.length);
+  });
+  return out;
+}
+
+function conditionText(condition: ConditionSummary, paint: typeof palette): string {
+  const text = `${condition.status}(${condition.reason})`;
+  if (condition.status === "True") return paint.green(text);
+  if (condition.status === "False") return paint.red(text);
+  return paint.yellow(text);
+}
+
+function table(header: string[], rows: string[][]): string[] {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i])))
+      .join("  ")
+      .trimEnd();
+  return [line(header), ...rows.map(line)];
+}
+
+/** kubectl-style age: 45s, 12m, 3h5m, 2d4h. */
+export function formatAge(seconds: number): string {
+  if (seconds < 60) return `${seconds}s`;
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return `${minutes}m`;
+  const hours = Math.floor(minutes / 60);
+  if (hours < 24) return `${hours}h${minutes % 60 ? `${minutes % 60}m` : ""}`;
+  const days = Math.floor(hours / 24);
+  return `${days}d${hours % 24 ? `${hours % 24}h` : ""}`;
+}
