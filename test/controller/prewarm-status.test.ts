@@ -1,0 +1,148 @@
+import { describe, expect, it } from "vitest";
+import type { ModelImage, ModelImageSpec } from "../../src/api/modelImage.ts";
+import type { NodeCache, NodeImageState } from "../../src/api/nodeCache.ts";
+import {
+  mapNodeCacheToModelImages,
+  nodesColumn,
+  type PrewarmPlan,
+  prewarmStatus,
+} from "../../src/controller/prewarm/index.ts";
+import { cudaForDriver, nodeCudaDriver, parseCudaVersion } from "../../src/controller/prewarm/nodes.ts";
+
+const d = (n: number) => `sha256:${String(n).repeat(64).slice(0, 64)}`;
+
+function mi(spec: Partial<ModelImageSpec>, cached = true): ModelImage {
+  return {
+    apiVersion: "stowage.dev/v1alpha1",
+    kind: "ModelImage",
+    metadata: { name: "llama", namespace: "ml", generation: 2 },
+    spec: {
+      variants: [{ name: "cpu", image: "docker.io/acme/llama:1", nodeSelector: { role: "cpu" } }],
+      ...spec,
+    },
+    status: cached ? { variants: [{ name: "cpu", cacheDigest: d(9) }] } : {},
+  };
+}
+
+const node = (name: string) => ({
+  metadata: { name, labels: { role: "cpu" } },
+  status: { conditions: [{ type: "Ready", status: "True" }] },
+});
+
+function nodeCache(name: string, state?: NodeImageState): NodeCache {
+  return {
+    apiVersion: "stowage.dev/v1alpha1",
+    kind: "NodeCache",
+    metadata: { name },
+    spec: {
+      nodeName: name,
+      images: [
+        {
+          image: "docker.io/acme/llama:1",
+          digest: d(1),
+          requestedBy: [{ namespace: "ml", name: "llama", variant: "cpu" }],
+        },
+      ],
+    },
+    ...(state ? { status: { images: [{ image: "docker.io/acme/llama:1", digest: d(1), state }] } } : {}),
+  };
+}
+
+/** Five matching nodes: two Present, one Pulling, one skipped (CUDA), one refused (disk). */
+const plan: PrewarmPlan = {
+  specs: new Map(),
+  modelImages: new Map([
+    [
+      "ml/llama",
+      [
+        {
+          variant: "cpu",
+          cached: true,
+          decisions: [
+            { node: "n1", state: "planned", digest: d(1) },
+            { node: "n2", state: "planned", digest: d(1) },
+            { node: "n3", state: "planned", digest: d(1) },
+            { node: "n4", state: "skipped", reason: "CudaDriverTooOld", message: "node n4: driver too old" },
+            { node: "n5", state: "refused", reason: "QuotaExceeded", message: "node n5: does not fit" },
+          ],
+        },
+      ],
+    ],
+  ]),
+};
+const caches = [nodeCache("n1", "Present"), nodeCache("n2", "Present"), nodeCache("n3", "Pulling")];
+const nodes = ["n1", "n2", "n3", "n4", "n5"].map(node);
+
+describe("prewarmStatus (ModelImage status aggregation)", () => {
+  it("counts desired, ready, pulling, failed and skipped nodes from the plan and the agents' status", () => {
+    const status = prewarmStatus(mi({}), nodes, caches, plan);
+    expect(status.variants).toEqual({ cpu: { desired: 4, ready: 2, pulling: 1, failed: 1, skipped: 1 } });
+    expect(nodesColumn(status.variants)).toBe("2/4");
+    expect(status.problems.map((p) => p.reason)).toEqual(["CudaDriverTooOld", "QuotaExceeded"]);
+  });
+
+  it("is Prewarmed only when every desired node is ready when minReadyNodes is unset", () => {
+    const status = prewarmStatus(mi({}), nodes, caches, plan);
+    expect(status.prewarmed).toMatchObject({
+      type: "Prewarmed",
+      status: "False",
+      reason: "NodesPulling",
+      observedGeneration: 2,
+    });
+    expect(status.prewarmed.message).toContain("2/4 nodes ready (1 pulling, 1 failed, 1 skipped)");
+    expect(status.prewarmed.message).toContain("CudaDriverTooOld: node n4: driver too old");
+  });
+
+  it("is Prewarmed once minReadyNodes nodes are ready", () => {
+    expect(prewarmStatus(mi({ prewarm: { minReadyNodes: 2 } }), nodes, caches, plan).prewarmed).toMatchObject(
+      {
+        status: "True",
+        reason: "NodesWarm",
+      },
+    );
+    expect(prewarmStatus(mi({ prewarm: { minReadyNodes: 3 } }), nodes, caches, plan).prewarmed.status).toBe(
+      "False",
+    );
+  });
+
+  it("reports Prewarmed True with reason PrewarmDisabled when prewarm is off", () => {
+    const status = prewarmStatus(mi({ prewarm: { enabled: false } }), nodes, caches, plan);
+    expect(status.prewarmed).toMatchObject({ status: "True", reason: "PrewarmDisabled" });
+    expect(status.variants.cpu).toEqual({ desired: 0, ready: 0, pulling: 0, failed: 0, skipped: 0 });
+  });
+
+  it("waits for the cache before counting nodes", () => {
+    const status = prewarmStatus(mi({}, false), nodes, caches, plan);
+    expect(status.prewarmed).toMatchObject({ status: "False", reason: "Syncing" });
+  });
+
+  it("counts from NodeCache specs alone without a plan (every matching Ready node is desired)", () => {
+    const status = prewarmStatus(mi({}), nodes, caches);
+    expect(status.variants.cpu).toEqual({ desired: 5, ready: 2, pulling: 1, failed: 0, skipped: 0 });
+  });
+
+  it("maps a NodeCache to the ModelImages its spec images are requested by", () => {
+    const nc = nodeCache("n1");
+    nc.spec.images?.push({
+      image: "x",
+      digest: d(2),
+      requestedBy: [
+        { namespace: "ml", name: "llama", variant: "gpu" },
+        { namespace: "other", name: "tools" },
+      ],
+    });
+    expect(mapNodeCacheToModelImages(nc)).toEqual(["ml/llama", "other/tools"]);
+  });
+});
+
+describe("CUDA awareness", () => {
+  it("maps a driver version to the newest CUDA it supports and ignores the cuda.runtime labels", () => {
+    expect(cudaForDriver(550, 54)).toEqual({ major: 12, minor: 4 });
+    expect(cudaForDriver(535, 104)).toEqual({ major: 12, minor: 2 });
+    expect(cudaForDriver(400, 0)).toBeUndefined();
+    expect(
+      nodeCudaDriver({ metadata: { labels: { "nvidia.com/cuda.runtime.major": "12" } } }),
+    ).toBeUndefined();
+    expect(parseCudaVersion("12.4.1")).toEqual({ major: 12, minor: 4 });
+  });
+});
