@@ -35,6 +35,11 @@ function pem(label: string, der: ArrayBuffer): string {
   return `-----BEGIN ${label}-----\n${lines.join("\n")}\n-----END ${label}-----\n`;
 }
 
+/** PEM blocks end with a newline, so bundles can be concatenated and still parse. */
+function withNewline(text: string): string {
+  return text.endsWith("\n") ? text : `${text}\n`;
+}
+
 async function newKeyPair(): Promise<KeyPair> {
   return (await webcrypto.subtle.generateKey(keyAlgorithm, true, ["sign", "verify"])) as KeyPair;
 }
@@ -67,7 +72,7 @@ export async function createCertificateAuthority(
       await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
     ],
   });
-  return { certPem: cert.toString("pem"), keyPem: await privateKeyPem(keys) };
+  return { certPem: withNewline(cert.toString("pem")), keyPem: await privateKeyPem(keys) };
 }
 
 /** A serving certificate for `dnsNames` and `ipAddresses`, signed by `ca`. */
@@ -102,7 +107,7 @@ export async function issueServingCertificate(
       await x509.AuthorityKeyIdentifierExtension.create(caCert),
     ],
   });
-  return { certPem: cert.toString("pem"), keyPem: await privateKeyPem(keys) };
+  return { certPem: withNewline(cert.toString("pem")), keyPem: await privateKeyPem(keys) };
 }
 
 /** The certificates of a PEM bundle, in order. Unparseable blocks are skipped. */

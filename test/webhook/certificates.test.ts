@@ -1,0 +1,237 @@
+/**
+ * Self-managed webhook certificates against the API double, which calls the webhook with the
+ * caBundle the certificates patched in. Time is real time plus an offset: the certificates are
+ * issued "in the past" so that moving the clock to the present makes them due for rotation while
+ * every certificate is still valid for the real TLS handshakes.
+ */
+import { X509Certificate } from "node:crypto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { KubeClient, Resources } from "../../src/kube/client.ts";
+import {
+  type CertificateState,
+  MutatingWebhookConfigurationResource,
+  WebhookCertificates,
+} from "../../src/webhook/certManager.ts";
+import { splitPemBundle } from "../../src/webhook/certs.ts";
+import { startWebhookServer, type WebhookServer } from "../../src/webhook/server.ts";
+import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
+import { OffsetClock } from "../controller/modelimage-harness.ts";
+import { type Json, servedCertificate } from "./helpers.ts";
+
+const NS = "stowage-system";
+const HOUR = 3600_000;
+const SERVICE_KEY = `stowage-webhook.${NS}:443`;
+
+let api: TestApiServer;
+let client: KubeClient;
+const servers: WebhookServer[] = [];
+let podCounter = 0;
+
+const lookups = { modelImagesIn: () => [], namespaceLabels: () => undefined, controllerNamespace: NS };
+
+beforeAll(async () => {
+  api = await startApiServer();
+  client = KubeClient.load({ path: api.kubeconfigPath });
+  for (const name of [NS, "apps"]) await client.resource(Resources.Namespace).create({ metadata: { name } });
+  await api.create({
+    apiVersion: "admissionregistration.k8s.io/v1",
+    kind: "MutatingWebhookConfiguration",
+    metadata: { name: "stowage" },
+    webhooks: [
+      {
+        name: "pods.stowage.dev",
+        clientConfig: { service: { namespace: NS, name: "stowage-webhook", path: "/mutate-pods" } },
+        rules: [{ operations: ["CREATE"], apiGroups: [""], apiVersions: ["v1"], resources: ["pods"] }],
+        failurePolicy: "Fail",
+        sideEffects: "None",
+        admissionReviewVersions: ["v1"],
+        namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": "apps" } },
+      },
+    ],
+  });
+});
+
+afterAll(async () => {
+  for (const server of servers) await server.close();
+  await api?.stop();
+});
+
+async function serve(state: CertificateState): Promise<WebhookServer> {
+  const server = await startWebhookServer({
+    host: "127.0.0.1",
+    port: 0,
+    certPem: state.certPem,
+    keyPem: state.keyPem,
+    lookups,
+  });
+  servers.push(server);
+  return server;
+}
+
+/** Create a pod through the double, which calls whatever SERVICE_KEY points at; true when admitted. */
+async function podAdmittedVia(server: WebhookServer): Promise<{ ok: boolean; message?: string }> {
+  api.webhookServices.set(SERVICE_KEY, `127.0.0.1:${server.port}`);
+  const name = `p${++podCounter}`;
+  try {
+    await client
+      .resource(Resources.Pod)
+      .create({
+        metadata: { name, namespace: "apps" },
+        spec: { containers: [{ name: "c", image: "alpine" }] },
+      } as never);
+    return { ok: true };
+  } catch (err) {
+    return { ok: false, message: (err as Error).message };
+  }
+}
+
+async function caBundleOfConfiguration(): Promise<string> {
+  const config: Json = await client.resource(MutatingWebhookConfigurationResource).get("stowage");
+  return Buffer.from(config.webhooks[0].clientConfig.caBundle, "base64").toString("utf8");
+}
+
+function fingerprint(pem: string): string {
+  return new X509Certificate(pem).fingerprint256;
+}
+
+describe("self-managed webhook certificates", () => {
+  it("issues, stores, publishes and rotates the CA, keeping the old CA in the bundle for the overlap only", async () => {
+    const clock = new OffsetClock();
+    clock.offsetMs = -2 * HOUR;
+    const certificates = new WebhookCertificates({
+      client,
+      certManagement: "self",
+      namespace: NS,
+      secretName: "stowage-webhook-tls",
+      serviceName: "stowage-webhook",
+      webhookConfigurationName: "stowage",
+      validityMs: 3 * HOUR,
+      renewBeforeMs: 90 * 60_000,
+      overlapMs: 30 * 60_000,
+      clock,
+    });
+
+    const first = await certificates.reconcile();
+    expect(splitPemBundle(first.caBundlePem)).toHaveLength(1);
+    expect(await caBundleOfConfiguration()).toBe(first.caBundlePem);
+    const oldReplica = await serve(first);
+    expect(await podAdmittedVia(oldReplica)).toEqual({ ok: true });
+    const served = new X509Certificate(first.certPem);
+    expect(served.subjectAltName).toContain(`DNS:stowage-webhook.${NS}.svc`);
+
+    // Nothing is due: a second pass changes nothing, not even the Secret's resourceVersion.
+    const secretBefore: Json = await client.resource(Resources.Secret).get("stowage-webhook-tls", NS);
+    const again = await certificates.reconcile();
+    expect(again.certPem).toBe(first.certPem);
+    const secretAfter: Json = await client.resource(Resources.Secret).get("stowage-webhook-tls", NS);
+    expect(secretAfter.metadata.resourceVersion).toBe(secretBefore.metadata.resourceVersion);
+
+    // A replica that follows the certificates' changes.
+    const newReplica = await serve(first);
+    certificates.onChange((state) => newReplica.setCertificate(state.certPem, state.keyPem));
+
+    // Two hours on, an hour is left of the 3 h validity (< 90 min): rotate.
+    clock.offsetMs = 0;
+    const rotated = await certificates.reconcile();
+    expect(rotated.certPem).not.toBe(first.certPem);
+    const bundle = splitPemBundle(rotated.caBundlePem);
+    expect(bundle).toHaveLength(2);
+    expect(fingerprint(bundle[1])).toBe(fingerprint(splitPemBundle(first.caBundlePem)[0]));
+    expect(await caBundleOfConfiguration()).toBe(rotated.caBundlePem);
+    const stored: Json = await client.resource(Resources.Secret).get("stowage-webhook-tls", NS);
+    expect(Buffer.from(stored.data["tls.crt"], "base64").toString()).toBe(rotated.certPem);
+
+    // The following replica serves the new certificate, which verifies with the new CA alone.
+    expect(
+      fingerprint(await servedCertificate(`https://127.0.0.1:${newReplica.port}/healthz`, bundle[0])),
+    ).toBe(fingerprint(rotated.certPem));
+    expect(await podAdmittedVia(newReplica)).toEqual({ ok: true });
+    // A replica still serving the old certificate keeps working during the overlap.
+    expect(await podAdmittedVia(oldReplica)).toEqual({ ok: true });
+
+    // After the overlap the old CA leaves the bundle: only the new certificate verifies.
+    clock.offsetMs = 31 * 60_000;
+    const settled = await certificates.reconcile();
+    expect(settled.certPem).toBe(rotated.certPem);
+    expect(splitPemBundle(settled.caBundlePem)).toHaveLength(1);
+    expect(fingerprint(splitPemBundle(settled.caBundlePem)[0])).toBe(fingerprint(bundle[0]));
+    expect(await caBundleOfConfiguration()).toBe(settled.caBundlePem);
+    expect(await podAdmittedVia(newReplica)).toEqual({ ok: true });
+    const refused = await podAdmittedVia(oldReplica);
+    expect(refused.ok).toBe(false);
+    expect(refused.message).toMatch(/failed calling webhook "pods.stowage.dev"/);
+  });
+
+  it("a second replica reads the certificates the first one stored instead of issuing its own", async () => {
+    const settings = {
+      client,
+      certManagement: "self" as const,
+      namespace: NS,
+      secretName: "shared-tls",
+      serviceName: "stowage-webhook",
+      webhookConfigurationName: "absent-configuration",
+    };
+    const one = await new WebhookCertificates(settings).reconcile();
+    const two = await new WebhookCertificates(settings).reconcile();
+    expect(two).toEqual(one);
+  });
+
+  it("replaces a Secret whose serving certificate was not signed by its CA", async () => {
+    const settings = {
+      client,
+      certManagement: "self" as const,
+      namespace: NS,
+      secretName: "broken-tls",
+      serviceName: "stowage-webhook",
+      webhookConfigurationName: "absent-configuration",
+    };
+    const good = await new WebhookCertificates(settings).reconcile();
+    const other = await new WebhookCertificates({ ...settings, secretName: "other-tls" }).reconcile();
+    const secret: Json = await client.resource(Resources.Secret).get("broken-tls", NS);
+    secret.data["ca.crt"] = Buffer.from(other.caBundlePem).toString("base64");
+    await client.resource(Resources.Secret).update(secret);
+    const repaired = await new WebhookCertificates(settings).reconcile();
+    expect(repaired.certPem).not.toBe(good.certPem);
+    expect(
+      new X509Certificate(repaired.certPem).checkIssued(
+        new X509Certificate(splitPemBundle(repaired.caBundlePem)[0]),
+      ),
+    ).toBe(true);
+  });
+
+  it("with certManagement external only reads the Secret and never writes the caBundle", async () => {
+    const settings = {
+      client,
+      certManagement: "external" as const,
+      namespace: NS,
+      secretName: "issued-by-cert-manager",
+      serviceName: "stowage-webhook",
+      webhookConfigurationName: "stowage",
+    };
+    await expect(new WebhookCertificates(settings).reconcile()).rejects.toMatchObject({
+      reason: "NotFound",
+      message: expect.stringMatching(/issued-by-cert-manager.*cert-manager/),
+    });
+    const source = await new WebhookCertificates({
+      ...settings,
+      certManagement: "self",
+      secretName: "source-tls",
+      webhookConfigurationName: "absent",
+    }).reconcile();
+    await client.resource(Resources.Secret).create({
+      metadata: { name: "issued-by-cert-manager", namespace: NS },
+      type: "kubernetes.io/tls",
+      data: {
+        "tls.crt": Buffer.from(source.certPem).toString("base64"),
+        "tls.key": Buffer.from(source.keyPem).toString("base64"),
+        "ca.crt": Buffer.from(source.caBundlePem).toString("base64"),
+      },
+    } as never);
+    const bundleBefore = await caBundleOfConfiguration();
+    const external = await new WebhookCertificates(settings).reconcile();
+    expect(external.certPem).toBe(source.certPem);
+    expect(await caBundleOfConfiguration()).toBe(bundleBefore);
+    const secret: Json = await client.resource(Resources.Secret).get("issued-by-cert-manager", NS);
+    expect(secret.data["ca.key"]).toBeUndefined();
+  });
+});
