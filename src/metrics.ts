@@ -275,3 +275,72 @@ export function createPrewarmMetrics(registry: Registry = createRegistry()): Pre
     },
   };
 }
+
+// ---------------------------------------------------------------------------------------------
+// stowage_nodecache_*: node agent health and per-node pre-warm progress (install-and-operate).
+// Computed at scrape time from the controller's NodeCache informer: no API calls, and a node
+// whose NodeCache is gone has no series. Wire it with
+//   nodeCacheHeartbeatCollector(nodeCacheInformer, clock, registry)
+// next to createStowageMetrics in `stowage controller`.
+// ---------------------------------------------------------------------------------------------
+
+/** The NodeCache fields the collector reads (structural, so metrics.ts imports no API types). */
+export interface NodeCacheView {
+  metadata?: { name?: string; creationTimestamp?: string };
+  status?: { heartbeatTime?: string; images?: readonly { state: string }[] };
+}
+
+export interface NodeCacheMetrics {
+  heartbeatAge: Gauge<"node">;
+  images: Gauge<"node" | "state">;
+}
+
+const nodeImageStates = ["Pending", "Pulling", "Present", "Failed", "Removing"];
+
+/**
+ * `stowage_nodecache_heartbeat_age_seconds{node}`: seconds since the node's agent last refreshed
+ * `status.heartbeatTime` (since the NodeCache was created, when it never did — an agent that never
+ * started is as down as one that stopped). `stowage_nodecache_images{node,state}`: images in the
+ * node's status per state (every state present, 0 included, so graphs do not break).
+ */
+export function nodeCacheHeartbeatCollector(
+  informer: { list(): readonly NodeCacheView[] },
+  clock: { now(): number },
+  registry: Registry = createRegistry(),
+): NodeCacheMetrics {
+  const registers = [registry];
+  const heartbeatAge = new Gauge({
+    name: "stowage_nodecache_heartbeat_age_seconds",
+    help: "Seconds since the node agent last refreshed its NodeCache heartbeat (since the NodeCache was created when it never did).",
+    labelNames: ["node"],
+    registers,
+    collect() {
+      this.reset();
+      const now = clock.now();
+      for (const nc of informer.list()) {
+        const node = nc.metadata?.name;
+        const since = Date.parse(nc.status?.heartbeatTime ?? nc.metadata?.creationTimestamp ?? "");
+        if (!node || Number.isNaN(since)) continue;
+        this.set({ node }, Math.max(0, (now - since) / 1000));
+      }
+    },
+  });
+  const images = new Gauge({
+    name: "stowage_nodecache_images",
+    help: "Images in a node's NodeCache status by state (Pending, Pulling, Present, Failed, Removing).",
+    labelNames: ["node", "state"],
+    registers,
+    collect() {
+      this.reset();
+      for (const nc of informer.list()) {
+        const node = nc.metadata?.name;
+        if (!node) continue;
+        const counts = new Map(nodeImageStates.map((state) => [state, 0]));
+        for (const image of nc.status?.images ?? [])
+          counts.set(image.state, (counts.get(image.state) ?? 0) + 1);
+        for (const [state, count] of counts) this.set({ node, state }, count);
+      }
+    },
+  });
+  return { heartbeatAge, images };
+}
