@@ -105,6 +105,10 @@ export async function startContainerd(options: ContainerdOptions = {}): Promise<
   // Short path: unix socket paths are limited to 108 bytes.
   const dir = await mkdtemp(join(tmpdir(), "ctrd-"));
   const snapshotter = options.snapshotter ?? (overlayAvailable() ? "overlayfs" : "native");
+  if (snapshotter === "native" && !options.snapshotter)
+    process.stderr.write(
+      "containerd fixture: no overlay filesystem in this kernel; using the native snapshotter\n",
+    );
   const certsDir = join(dir, "certs.d");
   const configFile = join(dir, "config.toml");
   const socketPath = join(dir, "containerd.sock");

@@ -216,7 +216,7 @@ describe("node agent against the API double and a real containerd", () => {
     ).toBe(true);
   });
 
-  it("removes an image dropped from spec only when the agent pulled it itself", async () => {
+  it("removes an image dropped from spec only when the agent pulled it itself, also after an agent restart", async () => {
     const owned = await cachedImage("acme/owned", "1.0", [256 * 1024]);
     const preexisting = await cachedImage("acme/preexisting", "1.0", [256 * 1024]);
     await createNodeCache("node-b", [owned]);
@@ -236,6 +236,10 @@ describe("node agent against the API double and a real containerd", () => {
     });
     expect(listed.ownedByAgent).toBe(false);
 
+    // A restarted agent knows what it owns from the status alone.
+    const first = agents.pop();
+    await first?.stop();
+    await runAgent("node-b", node);
     await setSpecImages("node-b", []);
     await waitFor(
       "both dropped from status",
