@@ -3,21 +3,42 @@
  * the configured ones) and Nodes, the shared registry client / Copier / single-flight syncer,
  * and the scrape-time lag and readiness gauges.
  */
-import { type ModelImage, ModelImageResource, variantsOf } from "../../api/modelImage.ts";
+import {
+  type ModelImage,
+  ModelImageResource,
+  type ModelImageStatus,
+  variantsOf,
+} from "../../api/modelImage.ts";
 import { type KubeClient, type KubeObject, Resources } from "../../kube/client.ts";
 import { isConditionTrue } from "../../kube/conditions.ts";
-import { type Controller, type EventHandler, type EventSource, objectKey } from "../../kube/controller.ts";
+import {
+  type Controller,
+  done,
+  type EventHandler,
+  type EventSource,
+  objectKey,
+} from "../../kube/controller.ts";
 import type { EventRecorder } from "../../kube/events.ts";
+import { isBeingDeleted } from "../../kube/finalizers.ts";
 import type { Informer } from "../../kube/informer.ts";
 import type { Manager } from "../../kube/manager.ts";
+import { writeStatus } from "../../kube/status.ts";
 import { parseTime } from "../../kube/time.ts";
 import type { ModelImageSamples, StowageMetrics } from "../../metrics.ts";
 import type { RegistryClientOptions } from "../../oci/registry.ts";
 import { type Clock, systemClock } from "../../util/clock.ts";
 import { type Logger, silentLogger } from "../../util/log.ts";
 import type { ControllerConfig } from "../config.ts";
+import type { PrewarmController } from "../prewarm/index.ts";
+import { mapNodeCacheToModelImages } from "../prewarm/status.ts";
 import { isNodeReady, type Node, nodePlatform, selectorMatches } from "./plan.ts";
-import { type CheckRecord, type CredentialSource, createReconciler } from "./reconciler.ts";
+import {
+  type CheckRecord,
+  type CredentialSource,
+  createReconciler,
+  foldPrewarm,
+  type PrewarmSource,
+} from "./reconciler.ts";
 import { createRegistries, type Registries } from "./registries.ts";
 import { Syncer } from "./sync.ts";
 
@@ -37,6 +58,12 @@ export interface ModelImageControllerDeps {
   registryOptions?: Partial<RegistryClientOptions>;
   /** For tests of the jitter; Math.random by default. */
   random?: () => number;
+  /**
+   * The pre-warm planner of this process (`setupPrewarmController`). With it, status carries
+   * `variants[].nodes`, the NODES column and `Prewarmed`, and Ready means Synced AND Prewarmed;
+   * a second controller refreshes that part on NodeCache and plan changes without upstream checks.
+   */
+  prewarm?: PrewarmController;
 }
 
 export interface ModelImageController {
@@ -80,6 +107,10 @@ export function setupModelImageController(
     maxConcurrentSyncs: deps.config.maxConcurrentSyncs,
   });
   const checks = new Map<string, Map<string, CheckRecord>>();
+  const planner = deps.prewarm;
+  const prewarmSource: PrewarmSource | undefined = planner
+    ? { nodeCaches: () => planner.nodeCacheInformer.list(), plan: () => planner.plan() }
+    : undefined;
   const reconcile = createReconciler({
     objects: deps.client.resource<ModelImage>(ModelImageResource),
     getModelImage,
@@ -94,6 +125,7 @@ export function setupModelImageController(
     log,
     checks,
     random: deps.random,
+    prewarm: prewarmSource,
   });
   const controller = manager.addController({
     name: CONTROLLER_NAME,
@@ -106,6 +138,31 @@ export function setupModelImageController(
       .filter((mi) => variantsOf(mi.spec).some((v) => selectorMatches(v.nodeSelector, node.metadata?.labels)))
       .map((mi) => objectKey(mi)),
   );
+
+  if (planner && prewarmSource) {
+    // Node progress changes often; it must not cost an upstream HEAD, so it has its own queue.
+    const objects = deps.client.resource<ModelImage>(ModelImageResource);
+    const prewarmStatusController = manager.addController({
+      name: `${CONTROLLER_NAME}-prewarm`,
+      workers: 1,
+      reconcile: async (key) => {
+        const mi = getModelImage(key);
+        // Before the first sync there is no status to add to; the sync's own write folds it in.
+        if (!mi || isBeingDeleted(mi) || mi.status?.observedGeneration === undefined) return done();
+        await writeStatus<ModelImageStatus, ModelImage>(
+          objects,
+          mi,
+          (status, current) =>
+            foldPrewarm(status ?? {}, current, nodeInformer.list(), prewarmSource, clock.now()),
+          { clock },
+        );
+        return done();
+      },
+    });
+    prewarmStatusController.watches(planner.nodeCacheInformer, mapNodeCacheToModelImages);
+    prewarmStatusController.watches(planner.planChanges);
+    for (const informer of modelImageInformers) prewarmStatusController.watches(specChanges(informer));
+  }
 
   deps.metrics.setModelImageSource(() => samples(allModelImages(), checks, clock.now()));
   return {

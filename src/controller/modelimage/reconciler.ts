@@ -14,6 +14,7 @@ import {
   variantsOf,
   withDefaults,
 } from "../../api/modelImage.ts";
+import type { NodeCache } from "../../api/nodeCache.ts";
 import type { CredentialProvider } from "../../auth/index.ts";
 import type { ObjectClient } from "../../kube/client.ts";
 import { done, type ReconcileContext, type Result, requeueAfter } from "../../kube/controller.ts";
@@ -31,6 +32,8 @@ import type { Clock } from "../../util/clock.ts";
 import { asStowageError, StowageError } from "../../util/errors.ts";
 import type { Logger } from "../../util/log.ts";
 import type { ControllerConfig } from "../config.ts";
+import type { PrewarmPlan } from "../prewarm/plan.ts";
+import { prewarmStatus, withPrewarmStatus } from "../prewarm/status.ts";
 import { FINALIZER, finalize } from "./deletion.ts";
 import {
   cacheImageName,
@@ -78,6 +81,26 @@ export interface ReconcilerDeps {
   /** key → variant name → last check. */
   checks: Map<string, Map<string, CheckRecord>>;
   random?: () => number;
+  /** The pre-warm planner's view, when it runs in this process: status then carries node counts and Prewarmed. */
+  prewarm?: PrewarmSource;
+}
+
+/** What the ModelImage status needs from the pre-warm planner. */
+export interface PrewarmSource {
+  nodeCaches: () => NodeCache[];
+  plan: () => PrewarmPlan | undefined;
+}
+
+/** `status` with the pre-warm counts and conditions folded in (unchanged without a planner). */
+export function foldPrewarm(
+  status: ModelImageStatus,
+  mi: ModelImage,
+  nodes: Node[],
+  prewarm: PrewarmSource | undefined,
+  now: number,
+): ModelImageStatus {
+  if (!prewarm) return status;
+  return withPrewarmStatus(status, mi, prewarmStatus(mi, nodes, prewarm.nodeCaches(), prewarm.plan()), now);
 }
 
 export function createReconciler(deps: ReconcilerDeps) {
@@ -209,12 +232,18 @@ function write(mi: ModelImage, work: VariantWork[], deps: ReconcilerDeps) {
     deps.objects,
     mi,
     (status, current) =>
-      statusFrom(status, {
-        mi: current,
-        outcomes: work.map((w) => w.outcome),
-        now: deps.clock.now(),
-        checkedAtResolutionMs: deps.config.checkedAtResolutionMs,
-      }),
+      foldPrewarm(
+        statusFrom(status, {
+          mi: current,
+          outcomes: work.map((w) => w.outcome),
+          now: deps.clock.now(),
+          checkedAtResolutionMs: deps.config.checkedAtResolutionMs,
+        }),
+        current,
+        deps.nodes(),
+        deps.prewarm,
+        deps.clock.now(),
+      ),
     { clock: deps.clock },
   );
 }

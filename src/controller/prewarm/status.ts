@@ -14,12 +14,14 @@ import {
   ConditionReasons,
   ConditionTypes,
   type ModelImage,
+  type ModelImageStatus,
   type NodeCounts,
+  statusColumns,
   variantsOf,
   withDefaults,
 } from "../../api/modelImage.ts";
 import { imageStatusOf, type NodeCache, type NodeImageState, NodeImageStates } from "../../api/nodeCache.ts";
-import type { ConditionInput } from "../../kube/conditions.ts";
+import { type ConditionInput, getCondition, setCondition } from "../../kube/conditions.ts";
 import { objectKey } from "../../kube/controller.ts";
 import { selectorMatches } from "../modelimage/plan.ts";
 import { acceptsNewImages, type PlannerNode } from "./nodes.ts";
@@ -185,4 +187,64 @@ export function mapNodeCacheToModelImages(nc: NodeCache): string[] {
 /** kstatus: Ready is True only when the cache is in sync and the nodes are warm. */
 export function readyFrom(synced: ConditionInput | undefined, prewarmed: ConditionInput): boolean {
   return synced?.status === "True" && prewarmed.status === "True";
+}
+
+/**
+ * `status` with the pre-warm part folded in: `variants[].nodes`, the NODES column, `Prewarmed`,
+ * and `Ready` = Synced AND Prewarmed (Ready is left alone while not Synced or suspended: the
+ * ModelImage reconciler's reason stands). `Reconciling` is True with reason NodesPulling while
+ * nodes pull and no copy runs. Pure and idempotent, so the ModelImage reconciler (after a sync)
+ * and the pre-warm status pass (after a NodeCache change) compute the same status and a steady
+ * state writes nothing.
+ */
+export function withPrewarmStatus(
+  status: ModelImageStatus | undefined,
+  mi: ModelImage,
+  pw: PrewarmStatus,
+  now: number,
+): ModelImageStatus {
+  const next: ModelImageStatus = { ...status };
+  next.variants = (status?.variants ?? []).map((v) =>
+    pw.variants[v.name] ? { ...v, nodes: pw.variants[v.name] } : v,
+  );
+  const columns = statusColumns(next.variants);
+  delete next.nodes;
+  if (columns.nodes) next.nodes = columns.nodes;
+  let conditions = setCondition(status?.conditions, pw.prewarmed, now);
+  const generation = mi.metadata.generation;
+  const set = (type: string, value: "True" | "False", reason: string, message: string) => {
+    conditions = setCondition(
+      conditions,
+      {
+        type,
+        status: value,
+        reason,
+        message,
+        ...(generation !== undefined ? { observedGeneration: generation } : {}),
+      },
+      now,
+    );
+  };
+  if (!mi.spec.suspend) {
+    const synced = getCondition(conditions, ConditionTypes.Synced);
+    if (synced?.status === "True") {
+      if (pw.prewarmed.status === "True")
+        set(
+          ConditionTypes.Ready,
+          "True",
+          ConditionReasons.Ready,
+          `${synced.message}; ${pw.prewarmed.message}`,
+        );
+      else set(ConditionTypes.Ready, "False", pw.prewarmed.reason, pw.prewarmed.message);
+    }
+    const reconciling = getCondition(conditions, ConditionTypes.Reconciling);
+    if (reconciling?.reason !== ConditionReasons.Syncing) {
+      if (pw.prewarmed.status === "False" && pw.prewarmed.reason === ConditionReasons.NodesPulling)
+        set(ConditionTypes.Reconciling, "True", ConditionReasons.NodesPulling, pw.prewarmed.message);
+      else if (reconciling?.reason === ConditionReasons.NodesPulling)
+        set(ConditionTypes.Reconciling, "False", ConditionReasons.Idle, "no sync or pull in progress");
+    }
+  }
+  next.conditions = conditions;
+  return next;
 }
