@@ -2,7 +2,12 @@ import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CriClient } from "../../src/agent/cri.ts";
-import { applyMirrorConfig, BACKUP_NAME, STOWAGE_MARKER } from "../../src/agent/hostsToml.ts";
+import {
+  applyMirrorConfig,
+  BACKUP_NAME,
+  checkConfigPath,
+  STOWAGE_MARKER,
+} from "../../src/agent/hostsToml.ts";
 import { RegistryClient } from "../../src/oci/registry.ts";
 import { type RunningContainerd, startContainerd } from "../../testkit/containerd.ts";
 import { pushSinglePlatformImage } from "../../testkit/images.ts";
@@ -54,6 +59,28 @@ describe("containerd fixture", () => {
       const filesystems = await client.imageFsInfo();
       expect(filesystems.length).toBeGreaterThan(0);
       expect(filesystems[0].mountpoint).toContain(node.dir);
+    }
+  });
+});
+
+describe("containerd fixture without overlayfs", () => {
+  it("pulls with the native snapshotter, as on kernels without an overlay filesystem", async () => {
+    const native = await startContainerd({ snapshotter: "native" });
+    try {
+      expect(native.snapshotter).toBe("native");
+      const pushed = await pushSinglePlatformImage(
+        registryClient,
+        { registry: upstream.host, repository: "acme/native" },
+        "1.0",
+        { layerSizes: [128 * 1024] },
+      );
+      await plainHttp(native, upstream);
+      const client = cri(native);
+      const ref = `${upstream.host}/acme/native@${pushed.digest}`;
+      await client.pullImage(ref);
+      expect(await client.imageStatus(ref)).toBeDefined();
+    } finally {
+      await native.dispose();
     }
   });
 });
@@ -165,6 +192,24 @@ describe("containerd mirror configuration (hosts.toml)", () => {
     const dropped = await applyMirrorConfig(nodeA.certsDir, [], options);
     expect(dropped.hosts["nvcr.io"]).toBe("restored");
     expect(await readFile(join(dir, "hosts.toml"), "utf8")).toBe(foreign);
+  });
+
+  it("tells when containerd's config does not set config_path or points elsewhere", async () => {
+    const bare = await startContainerd({ withoutConfigPath: true });
+    try {
+      const unset = await checkConfigPath(bare.certsDir, bare.configFile);
+      expect(unset).toMatchObject({ ok: false, configPath: "" });
+      expect(unset.ok ? "" : unset.message).toContain("config_path");
+      const elsewhere = await checkConfigPath("/etc/containerd/certs.d", nodeA.configFile);
+      expect(elsewhere.ok ? "" : elsewhere.message).toContain(nodeA.certsDir);
+      expect(await checkConfigPath(nodeA.certsDir, nodeA.configFile)).toEqual({
+        ok: true,
+        configPath: nodeA.certsDir,
+      });
+      expect((await checkConfigPath(join(nodeA.dir, "missing"))).ok).toBe(false);
+    } finally {
+      await bare.dispose();
+    }
   });
 
   it("points docker.io at the cache's docker.io prefix with registry-1.docker.io as the fallback", async () => {
