@@ -3,17 +3,18 @@
  * webhook reads only caches), the certificates, and the HTTPS server. The webhook serves on every
  * replica (the Service sends admissions to any of them), not only on the leader.
  */
-import { type ModelImage, ModelImageResource } from "../api/modelImage.ts";
 import { type KubeObject, Resources } from "../kube/client.ts";
 import type { Informer } from "../kube/informer.ts";
 import type { Manager } from "../kube/manager.ts";
 import { type Clock, systemClock } from "../util/clock.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
 import type { AdmissionLookups } from "./admission.ts";
+import { type ModelImageCache, modelImageCache } from "./cache.ts";
 import { type CertManagement, WebhookCertificates, type WebhookCertificatesOptions } from "./certManager.ts";
 import { startWebhookServer, type WebhookServer } from "./server.ts";
 
 export { reviewPodAdmission } from "./admission.ts";
+export { type ModelImageCache, modelImageCache } from "./cache.ts";
 export type { CertificateState, CertManagement } from "./certManager.ts";
 export { MutatingWebhookConfigurationResource, WebhookCertificates } from "./certManager.ts";
 export { decideHold } from "./match.ts";
@@ -28,6 +29,8 @@ export const DEFAULT_WEBHOOK_PORT = 9443;
 export interface WebhookDeps {
   /** The controller's namespace: holds the Secret and Service, and its pods are never gated. */
   namespace: string;
+  /** Hold pods only in these namespaces (the controller's `--namespace` scope); all when omitted. */
+  namespaces?: readonly string[];
   port?: number;
   host?: string;
   certManagement?: CertManagement;
@@ -47,7 +50,7 @@ export interface WebhookDeps {
 
 export interface AdmissionWebhook {
   certificates: WebhookCertificates;
-  modelImages: Informer<ModelImage>;
+  modelImages: ModelImageCache;
   namespaces: Informer<KubeObject>;
   lookups: AdmissionLookups;
   /** Serve: waits for the caches, makes sure of the certificates, listens. Call after `manager.start()`. */
@@ -57,7 +60,7 @@ export interface AdmissionWebhook {
 
 export function setupWebhook(manager: Manager, deps: WebhookDeps): AdmissionWebhook {
   const log = (deps.log ?? silentLogger()).child({ component: "webhook" });
-  const modelImages = manager.addInformer<ModelImage>({ type: ModelImageResource });
+  const modelImages = modelImageCache(manager, deps.namespaces);
   const namespaces = manager.addInformer<KubeObject>({ type: Resources.Namespace });
   const certificates = new WebhookCertificates({
     client: manager.client,

@@ -3,7 +3,7 @@
  * indexed by the ModelImages they wait for) and a ModelImage informer whose changes requeue the
  * pods held for them.
  */
-import { type ModelImage, ModelImageResource } from "../../api/modelImage.ts";
+import type { ModelImage } from "../../api/modelImage.ts";
 import { Resources } from "../../kube/client.ts";
 import { type Controller, objectKey } from "../../kube/controller.ts";
 import type { EventRecorder } from "../../kube/events.ts";
@@ -11,6 +11,7 @@ import type { Informer } from "../../kube/informer.ts";
 import type { Manager } from "../../kube/manager.ts";
 import type { GateMetrics } from "../../metrics.ts";
 import { type Clock, systemClock } from "../../util/clock.ts";
+import { type ModelImageCache, modelImageCache } from "../../webhook/cache.ts";
 import { parseHeldFor } from "../../webhook/patch.ts";
 import { createGateReconciler, type GatedPod, isGated } from "./reconciler.ts";
 
@@ -25,27 +26,42 @@ export interface GateControllerDeps {
   clock?: Clock;
   workers?: number;
   resyncMs?: number;
-  /** Reuse the webhook's ModelImage informer instead of starting another. */
-  modelImages?: Informer<ModelImage>;
+  /** Watch pods and ModelImages only in these namespaces; all when omitted. */
+  namespaces?: readonly string[];
+  /** Reuse the webhook's ModelImage cache instead of starting more informers. */
+  modelImages?: ModelImageCache;
 }
 
 export interface GateController {
   controller: Controller;
-  pods: Informer<GatedPod>;
-  modelImages: Informer<ModelImage>;
+  pods: Informer<GatedPod>[];
+  modelImages: ModelImageCache;
 }
 
 export function setupGateController(manager: Manager, deps: GateControllerDeps): GateController {
-  const pods = manager.addInformer<GatedPod>({ type: Resources.Pod });
-  const modelImages = deps.modelImages ?? manager.addInformer<ModelImage>({ type: ModelImageResource });
-  pods.addIndexer(HELD_FOR_INDEX, (pod) => (isGated(pod) ? parseHeldFor(pod.metadata?.annotations) : []));
-  deps.metrics.setGatedPodSource(() => pods.list().filter(isGated).length);
+  const scopes = deps.namespaces && deps.namespaces.length > 0 ? [...deps.namespaces] : [undefined];
+  const pods = scopes.map((namespace) => manager.addInformer<GatedPod>({ type: Resources.Pod, namespace }));
+  const modelImages = deps.modelImages ?? modelImageCache(manager, deps.namespaces);
+  for (const informer of pods)
+    informer.addIndexer(HELD_FOR_INDEX, (pod) =>
+      isGated(pod) ? parseHeldFor(pod.metadata?.annotations) : [],
+    );
+  const getPod = (key: string) => {
+    for (const informer of pods) {
+      const found = informer.get(key);
+      if (found) return found;
+    }
+    return undefined;
+  };
+  deps.metrics.setGatedPodSource(() =>
+    pods.reduce((sum, informer) => sum + informer.list().filter(isGated).length, 0),
+  );
   const controller = manager.addController({
     name: GATE_CONTROLLER_NAME,
     workers: deps.workers ?? 2,
     reconcile: createGateReconciler({
       client: manager.client,
-      getPod: (key) => pods.get(key),
+      getPod,
       getModelImage: (key) => modelImages.get(key),
       events: deps.events,
       metrics: deps.metrics,
@@ -53,9 +69,10 @@ export function setupGateController(manager: Manager, deps: GateControllerDeps):
       resyncMs: deps.resyncMs,
     }),
   });
-  controller.watches(pods, (pod) => (isGated(pod) ? [objectKey(pod)] : []));
-  controller.watches(modelImages, (mi) =>
-    pods.byIndex(HELD_FOR_INDEX, objectKey(mi)).map((p) => objectKey(p)),
-  );
+  for (const informer of pods) controller.watches(informer, (pod) => (isGated(pod) ? [objectKey(pod)] : []));
+  // A ModelImage change (Prewarmed, deleted, holdPods off) requeues the pods held for it.
+  const heldFor = (mi: ModelImage) =>
+    pods.flatMap((informer) => informer.byIndex(HELD_FOR_INDEX, objectKey(mi)).map((pod) => objectKey(pod)));
+  for (const informer of modelImages.informers) controller.watches(informer, heldFor);
   return { controller, pods, modelImages };
 }
