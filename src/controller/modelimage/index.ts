@@ -72,6 +72,8 @@ export interface ModelImageController {
   /** The shared registry client and Copier (close on shutdown: `registries.client.close()`). */
   registries: Registries;
   syncer: Syncer;
+  /** Refreshes the pre-warm part of status (only with `deps.prewarm`). */
+  prewarmStatusController?: Controller;
 }
 
 export function setupModelImageController(
@@ -139,10 +141,11 @@ export function setupModelImageController(
       .map((mi) => objectKey(mi)),
   );
 
+  let prewarmStatusController: Controller | undefined;
   if (planner && prewarmSource) {
     // Node progress changes often; it must not cost an upstream HEAD, so it has its own queue.
     const objects = deps.client.resource<ModelImage>(ModelImageResource);
-    const prewarmStatusController = manager.addController({
+    prewarmStatusController = manager.addController({
       name: `${CONTROLLER_NAME}-prewarm`,
       workers: 1,
       reconcile: async (key) => {
@@ -170,6 +173,7 @@ export function setupModelImageController(
     informers: [...modelImageInformers, nodeInformer] as unknown as Informer<KubeObject>[],
     registries,
     syncer,
+    ...(prewarmStatusController ? { prewarmStatusController } : {}),
   };
 }
 
