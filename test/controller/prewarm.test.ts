@@ -385,6 +385,52 @@ describe("pre-warm planner", () => {
     );
   });
 
+  it("removes the warming taint when the images that could be pulled are Present and says which failed", async () => {
+    const t = { suite: "taint-failed" };
+    await createCachedModelImage(
+      cluster.client,
+      "ml",
+      "taint-failed",
+      {
+        variants: [
+          { name: "cpu", image: "docker.io/acme/llama-cpu:1.0", nodeSelector: t },
+          { name: "tools", image: "nvcr.io/acme/tools:2", nodeSelector: t },
+        ],
+      },
+      { cpu: llamaCpu.digest, tools: tools.digest },
+    );
+    await createNode(cluster.client, "w-2", {
+      labels: t,
+      taints: [{ key: WARMING_TAINT_KEY, value: "true", effect: "NoSchedule" }],
+    });
+    await waitForSpec("w-2", (nc) => nc?.spec.images?.length === 2, "both planned");
+    const toolsDigest = amd64(tools).manifest.digest;
+    const llamaDigest = amd64(llamaCpu).manifest.digest;
+    await report(cluster.client, "w-2", { [toolsDigest]: "Present", [llamaDigest]: "Failed" });
+    await eventually(
+      "taint removed",
+      async () => (await getNode(cluster.client, "w-2")).spec?.taints?.length === 0,
+    );
+    const events = await eventsAbout(cluster.client, "default", "w-2");
+    const warmed = events.find((e) => e.reason === "WarmingComplete");
+    expect(warmed?.type).toBe("Warning");
+    expect(warmed?.note).toContain(`ml/taint-failed (${llamaDigest}: PullFailed)`);
+    // Not every image is Present: no warm label.
+    expect(
+      (await getNode(cluster.client, "w-2")).metadata?.labels?.[warmNodeLabel("ml", "taint-failed")],
+    ).toBeUndefined();
+  });
+
+  it("leaves NodeCache objects to go with their Node", async () => {
+    await createNode(cluster.client, "gone-1", { labels: { suite: "joins" } });
+    await waitForSpec("gone-1", (nc) => nc?.spec.images?.length === 1, "planned");
+    await cluster.client.resource(Resources.Node).delete("gone-1");
+    await eventually(
+      "NodeCache garbage-collected",
+      async () => (await findNodeCache(cluster.client, "gone-1")) === undefined,
+    );
+  });
+
   it("exports stowage_prewarm_nodes per ModelImage and state, removes the series when it is deleted, and times pulls", async () => {
     const scrape = async () => planner.registry.metrics();
     await eventually("series for rollout1", async () =>
