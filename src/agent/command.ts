@@ -266,10 +266,11 @@ export async function runAgent(args: string[]): Promise<number> {
   const log = createLogger({ level: invocation.logLevel, name: "stowage-agent" });
   let runtime: CriClient | undefined;
   try {
-    const config = { ...invocation.config, agentVersion: await packageVersion() };
+    const config: AgentConfig = { ...invocation.config, agentVersion: await packageVersion() };
     const client = KubeClient.load({ path: invocation.kubeconfig });
     runtime = new CriClient(invocation.criSocket);
     const root = invocation.containerdRoot ?? (await existingDir("/var/lib/containerd"));
+    config.containerdRoot = root;
     const agent = await startAgent({
       config,
       client,

@@ -44,6 +44,8 @@ export interface AgentConfig {
   containerdConfigPath: string;
   /** containerd's config.toml, read to check that `config_path` is set; optional. */
   containerdConfigFile?: string;
+  /** containerd's root (e.g. /var/lib/containerd), if mounted: image filesystem capacity when the runtime's mountpoint is not visible. */
+  containerdRoot?: string;
   /** skip_verify for the cache host in hosts.toml. */
   cacheSkipVerify?: boolean;
   maxConcurrentPulls: number;
@@ -411,15 +413,16 @@ export class NodeAgentReconciler {
     if (filesystems.length === 0) return undefined;
     const usedBytes = filesystems.reduce((sum, fs) => sum + fs.usedBytes, 0);
     const fs: ImageFsStatus = { usedBytes };
-    const mountpoint = filesystems[0].mountpoint;
-    if (mountpoint) {
+    // The runtime reports usage only; capacity comes from the filesystem itself, which the agent
+    // sees when the runtime's directory is mounted into its pod at the same path.
+    const candidates = [filesystems[0].mountpoint, this.#config.containerdRoot].filter(Boolean) as string[];
+    for (const path of candidates) {
       try {
-        const stats = await statfs(mountpoint);
+        const stats = await statfs(path);
         fs.capacityBytes = stats.blocks * stats.bsize;
         fs.availableBytes = stats.bavail * stats.bsize;
-      } catch {
-        // The agent may not see the runtime's filesystem (not mounted into the pod).
-      }
+        break;
+      } catch {}
     }
     return fs;
   }
