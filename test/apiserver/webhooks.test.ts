@@ -76,14 +76,12 @@ function webhook(name: string, path: string, extra: Json = {}): Json {
 }
 
 async function configure(name: string, webhooks: Json[]): Promise<void> {
-  await client
-    .resource(MutatingWebhookConfigurationResource)
-    .create({
-      apiVersion: "admissionregistration.k8s.io/v1",
-      kind: "MutatingWebhookConfiguration",
-      metadata: { name },
-      webhooks,
-    } as never);
+  await client.resource(MutatingWebhookConfigurationResource).create({
+    apiVersion: "admissionregistration.k8s.io/v1",
+    kind: "MutatingWebhookConfiguration",
+    metadata: { name },
+    webhooks,
+  } as never);
 }
 
 async function createConfigMap(

@@ -222,7 +222,7 @@ describe("pods held until their image is prewarmed, through the API double calli
     expect(gatesOf(await getPod("infer"))).toEqual(["example.com/quota"]);
     const histogram = await registry.getSingleMetric("stowage_pod_gate_seconds")?.get();
     const count = (
-      histogram?.values as { metricName?: string; labels: Record<string, unknown>; value: number }[]
+      (histogram?.values ?? []) as { metricName?: string; labels: Record<string, unknown>; value: number }[]
     ).find((v) => v.metricName === "stowage_pod_gate_seconds_count" && v.labels.outcome === "prewarmed");
     expect(count?.value).toBe(1);
 

@@ -73,12 +73,10 @@ async function podAdmittedVia(server: WebhookServer): Promise<{ ok: boolean; mes
   api.webhookServices.set(SERVICE_KEY, `127.0.0.1:${server.port}`);
   const name = `p${++podCounter}`;
   try {
-    await client
-      .resource(Resources.Pod)
-      .create({
-        metadata: { name, namespace: "apps" },
-        spec: { containers: [{ name: "c", image: "alpine" }] },
-      } as never);
+    await client.resource(Resources.Pod).create({
+      metadata: { name, namespace: "apps" },
+      spec: { containers: [{ name: "c", image: "alpine" }] },
+    } as never);
     return { ok: true };
   } catch (err) {
     return { ok: false, message: (err as Error).message };
