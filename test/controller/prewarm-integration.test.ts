@@ -165,16 +165,21 @@ describe("ModelImage status with the pre-warm planner", () => {
   it("makes no API writes while nothing changes", async () => {
     const reconciles = (controller: string) =>
       metricSum(runtimeMetrics, "controller_reconcile_total", { controller });
+    const everyController = async () => {
+      for (const [controller, kick] of [
+        ["modelimage", () => enqueue.sync("ml/llama")],
+        ["prewarm", () => enqueue.plan()],
+        ["modelimage-prewarm", () => enqueue.status("ml/llama")],
+      ] as const) {
+        const target = (await reconciles(controller)) + 1;
+        kick();
+        await eventually(`${controller} reconciled`, async () => (await reconciles(controller)) >= target);
+      }
+    };
+    await everyController(); // settle whatever the previous test left in flight
     server.resetRequestLog();
-    for (const [controller, kick] of [
-      ["modelimage", () => enqueue.sync("ml/llama")],
-      ["prewarm", () => enqueue.plan()],
-      ["modelimage-prewarm", () => enqueue.status("ml/llama")],
-    ] as const) {
-      const target = (await reconciles(controller)) + 1;
-      kick();
-      await eventually(`${controller} reconciled`, async () => (await reconciles(controller)) >= target);
-    }
+    await everyController();
+    await everyController();
     const writes = server.requestLog().filter((r) => r.method !== "GET" && !r.path.includes("/events"));
     expect(writes).toEqual([]);
   });

@@ -84,9 +84,10 @@ export function prewarmStatus(
       uncached.push(variant.name);
       continue;
     }
-    const variantPlan = planned?.find((v) => v.variant === variant.name);
-    if (plan) {
-      for (const d of variantPlan?.decisions ?? []) {
+    // A plan made before this variant was cached (or before the ModelImage existed) is stale for it.
+    const variantPlan = planned?.find((v) => v.variant === variant.name && v.cached);
+    if (variantPlan) {
+      for (const d of variantPlan.decisions) {
         if (d.state === "skipped") {
           counts.skipped++;
           problems.push(d);
@@ -144,7 +145,9 @@ export function prewarmStatus(
     const why =
       spec.prewarm.minReadyNodes !== undefined
         ? `minReadyNodes ${target} reached`
-        : "every matching node is warm";
+        : total.desired === 0
+          ? "no Ready node matches the variants' node selectors"
+          : "every matching node is warm";
     return {
       variants,
       problems,
@@ -242,7 +245,7 @@ export function withPrewarmStatus(
       if (pw.prewarmed.status === "False" && pw.prewarmed.reason === ConditionReasons.NodesPulling)
         set(ConditionTypes.Reconciling, "True", ConditionReasons.NodesPulling, pw.prewarmed.message);
       else if (reconciling?.reason === ConditionReasons.NodesPulling)
-        set(ConditionTypes.Reconciling, "False", ConditionReasons.Idle, "no sync or pull in progress");
+        set(ConditionTypes.Reconciling, "False", ConditionReasons.Idle, "no sync in progress");
     }
   }
   next.conditions = conditions;
