@@ -9,6 +9,7 @@ import { parseArgs } from "node:util";
 import { parseDuration } from "../api/duration.ts";
 import { type NodeCache, NodeCacheResource } from "../api/nodeCache.ts";
 import { KubeClient } from "../kube/client.ts";
+import { EventRecorder } from "../kube/events.ts";
 import { Manager } from "../kube/manager.ts";
 import { createRegistry, createRuntimeMetrics } from "../metrics.ts";
 import type { Clock } from "../util/clock.ts";
@@ -209,8 +210,16 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
     backoff: { initialMs: 200, maxMs: 10_000 },
   });
   let controller: ReturnType<Manager["addController"]> | undefined;
+  const events = new EventRecorder({
+    client,
+    reportingController: "stowage.dev/agent",
+    reportingInstance: config.nodeName,
+    clock: options.clock,
+    log: options.log,
+  });
   const reconciler = new NodeAgentReconciler(config, {
     client,
+    events,
     runtime: options.runtime,
     progress: options.progress,
     clock: options.clock,

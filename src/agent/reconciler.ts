@@ -25,6 +25,7 @@ import {
 import type { KubeClient } from "../kube/client.ts";
 import { type Condition, type ConditionInput, setCondition } from "../kube/conditions.ts";
 import { done, type Result, requeueAfter } from "../kube/controller.ts";
+import type { EventRecorder } from "../kube/events.ts";
 import { sameJson, writeStatus } from "../kube/status.ts";
 import { formatTime, parseTime } from "../kube/time.ts";
 import { parseReference } from "../oci/reference.ts";
@@ -78,6 +79,8 @@ export interface AgentDeps {
   getNodeCache: () => NodeCache | undefined;
   /** Ask for another reconcile pass (the controller's enqueue). */
   requeue: () => void;
+  /** Events on the NodeCache for finished and failed pulls (optional). */
+  events?: EventRecorder;
   /** How pull progress is measured (default: the runtime's image filesystem usage). */
   progress?: ProgressProbe;
   clock?: Clock;
@@ -326,6 +329,7 @@ export class NodeAgentReconciler {
       task.state = "done";
       task.finishedAt = this.#clock.now();
       log.info({ seconds: (task.finishedAt - task.startedAt) / 1000 }, "pull finished");
+      this.#event("Normal", "Pulled", `pulled ${refs.byTag ?? refs.byDigest} (${entry.digest})`);
     } catch (err) {
       const error = asStowageError(err, "PullFailed");
       const delay = Math.min(this.#config.retryInitialMs * 2 ** (task.attempts - 1), this.#config.retryMaxMs);
@@ -334,9 +338,20 @@ export class NodeAgentReconciler {
       task.retryAt = this.#clock.now() + delay;
       if (task.abort.signal.aborted && this.#tasks.get(entry.digest) !== task) return; // dropped from spec
       log.warn({ reason: error.reason, error: error.message, retryInMs: delay }, "pull failed");
+      this.#event(
+        "Warning",
+        error.reason === "RuntimeUnavailable" ? "RuntimeUnavailable" : "PullFailed",
+        `pulling ${entry.image} (${entry.digest}): ${error.message}`,
+      );
     } finally {
       if (!this.#stopped) this.#deps.requeue();
     }
+  }
+
+  #event(type: "Normal" | "Warning", reason: string, note: string): void {
+    const nc = this.#deps.getNodeCache();
+    if (!nc || !this.#deps.events) return;
+    void this.#deps.events.event(nc, { type, reason, action: "Pull", note: note.slice(0, 1000) });
   }
 
   /** One CRI pull, cancelled when the probe sees no progress for the stall timeout. */

@@ -13,7 +13,7 @@ import {
   NodeCacheResource,
   type NodeImageStatus,
 } from "../../src/api/nodeCache.ts";
-import { KubeClient } from "../../src/kube/client.ts";
+import { KubeClient, Resources } from "../../src/kube/client.ts";
 import { getCondition } from "../../src/kube/conditions.ts";
 import { RegistryClient } from "../../src/oci/registry.ts";
 import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
@@ -267,6 +267,16 @@ describe("node agent against the API double and a real containerd", () => {
     const s = await status("node-c");
     expect(s?.counts).toMatchObject({ images: 1, failed: 1, present: 0 });
     expect(getCondition(s?.conditions, "Ready")).toMatchObject({ status: "False", reason: "PullFailed" });
+    const events = await client
+      .resource<NodeCache & { reason?: string; note?: string; regarding?: { name?: string } }>(
+        Resources.Event,
+      )
+      .list({ namespace: "default" });
+    const pullFailed = events.items.filter(
+      (e) => e.regarding?.name === "node-c" && e.reason === "PullFailed",
+    );
+    expect(pullFailed.length).toBeGreaterThan(0);
+    expect(pullFailed[0].note).toContain(missing.digest);
   });
 
   it("says so in status when containerd has no registry config_path", async () => {
