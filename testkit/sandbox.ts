@@ -1,0 +1,355 @@
+/**
+ * The local sandbox `npm run demo` runs (and tests can reuse): the Kubernetes API test double,
+ * an "upstream" registry seeded with a synthetic model image (a CUDA linux/amd64 and a CPU
+ * linux/arm64 manifest in one index), the cache registry, the real `stowage controller`
+ * process and, when containerd can run here (root, /usr/bin/containerd), one containerd per
+ * sandbox node with a real `stowage agent` beside it. Everything listens on 127.0.0.1 and lives
+ * in one temp dir; `stop()` ends every process and removes it.
+ *
+ * Nodes: `gpu-node-1` (amd64, NVIDIA driver for CUDA 12.4: takes the `cuda` variant),
+ * `cpu-node-arm64` (arm64: takes the `cpu` variant) and `gpu-node-old` (a Node object only: its
+ * driver supports CUDA 11.4, older than the image's 12.4, so the planner must skip it — no
+ * containerd needed). The arm64 node's containerd runs on this amd64 host: containerd 1.6.20's
+ * CRI PullImage of the arm64 child manifest BY DIGEST fetches and unpacks it (checked here: the
+ * image id is the arm64 config), so the node holds the arm64 bytes it would run; pulling the
+ * index by tag would pick amd64 instead, which is why the agent pulls by digest.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, open, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { loadAllCrds } from "../src/api/crds.ts";
+import { KubeClient } from "../src/kube/client.ts";
+import { formatReference, parseReference } from "../src/oci/reference.ts";
+import { RegistryClient } from "../src/oci/registry.ts";
+import { startApiServer, type TestApiServer } from "./apiserver/index.ts";
+import { type RunningContainerd, startContainerd } from "./containerd.ts";
+import { type ControllerProcess, startControllerProcess } from "./controllerProcess.ts";
+import { pushMultiArchIndex } from "./images.ts";
+import { type RunningRegistry, startRegistry } from "./registry.ts";
+
+const MiB = 1024 * 1024;
+const stowageBin = fileURLToPath(new URL("../bin/stowage.js", import.meta.url));
+const CONTAINERD_BINARY = "/usr/bin/containerd";
+
+/** examples/modelimage-llama.yaml's variant images, without their registry host. */
+export const EXAMPLE_IMAGES: Record<string, string> = {
+  cuda: "nvidia/tritonserver:24.08-py3",
+  cpu: "acme/llama-cpu:1.2",
+};
+
+export interface SandboxImage {
+  variant: string;
+  reference: string;
+  digest: string;
+}
+
+export interface SandboxNodeSpec {
+  name: string;
+  arch: "amd64" | "arm64";
+  /** The ModelImage variant this node should end up holding; undefined = the planner must skip it. */
+  expectedVariant?: string;
+  labels: Record<string, string>;
+  /** Whether a containerd + agent run for it (a skipped node needs neither). */
+  runtime: boolean;
+}
+
+export const SANDBOX_NODES: SandboxNodeSpec[] = [
+  {
+    name: "gpu-node-1",
+    arch: "amd64",
+    expectedVariant: "cuda",
+    runtime: true,
+    labels: {
+      "nvidia.com/gpu.present": "true",
+      "nvidia.com/cuda.driver.major": "12",
+      "nvidia.com/cuda.driver.minor": "4",
+    },
+  },
+  {
+    name: "cpu-node-arm64",
+    arch: "arm64",
+    expectedVariant: "cpu",
+    runtime: true,
+    labels: {},
+  },
+  {
+    name: "gpu-node-old",
+    arch: "amd64",
+    runtime: false,
+    labels: {
+      "nvidia.com/gpu.present": "true",
+      "nvidia.com/cuda.driver.major": "11",
+      "nvidia.com/cuda.driver.minor": "4",
+    },
+  },
+];
+
+export interface SandboxNode extends SandboxNodeSpec {
+  containerd?: RunningContainerd;
+  agent?: ChildProcess;
+  agentLog?: string;
+}
+
+export interface SandboxOptions {
+  /** "auto" (default): run containerd nodes when containerd can start here; false: mirror-only. */
+  containerd?: "auto" | boolean;
+  /** Progress lines while starting. */
+  say?: (line: string) => void;
+}
+
+export interface Sandbox {
+  dir: string;
+  kubeconfigPath: string;
+  api: TestApiServer;
+  client: KubeClient;
+  upstream: RunningRegistry;
+  cache: RunningRegistry;
+  controller: ControllerProcess;
+  /** The upstream images per example variant (`127.0.0.1:PORT/acme/llama-cpu:1.2`) and their index digest. */
+  images: SandboxImage[];
+  /** Layer bytes of the synthetic index (both platforms, shared base once). */
+  imageBytes: number;
+  /** Every sandbox Node object; those with `containerd` have an agent. */
+  nodes: SandboxNode[];
+  /** Whether the controller process runs the pre-warm planner (NodeCache specs for nodes). */
+  prewarmPlanner: boolean;
+  /** Whether containerd nodes run, and if not, why. */
+  runtime: { available: boolean; why?: string };
+  logsDir: string;
+  stop(): Promise<void>;
+}
+
+export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbox> {
+  const say = options.say ?? (() => {});
+  const dir = await mkdtemp(join(tmpdir(), "stowage-sandbox-"));
+  const logsDir = join(dir, "logs");
+  await mkdir(logsDir);
+  const cleanups: (() => Promise<unknown>)[] = [];
+  const stop = async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => {});
+    await rm(dir, { recursive: true, force: true });
+  };
+  try {
+    const kubeconfigPath = join(dir, "kubeconfig");
+    const api = await startApiServer({ crds: loadAllCrds() as never, kubeconfigPath });
+    cleanups.push(() => api.stop());
+    const client = KubeClient.load({ path: kubeconfigPath });
+    cleanups.push(async () => client.close());
+    say(`API server (test double)  ${api.url}`);
+
+    const upstream = await startRegistry();
+    cleanups.push(() => upstream.stop());
+    const cache = await startRegistry();
+    cleanups.push(() => cache.stop());
+    say(`upstream registry         ${upstream.url}`);
+    say(`cache registry            ${cache.url}`);
+
+    // The example's two images (examples/modelimage-llama.yaml), on the sandbox upstream: both
+    // hold the same synthetic index, so each variant mirrors only its nodes' platform from it.
+    const registryClient = new RegistryClient({ insecureHosts: [upstream.host] });
+    const layerSizes = [24 * MiB, 6 * MiB];
+    const sharedBaseSize = 16 * MiB;
+    const images: SandboxImage[] = [];
+    for (const [variant, path] of Object.entries(EXAMPLE_IMAGES)) {
+      const source = parseReference(`${upstream.host}/${path}`);
+      const seeded = await pushMultiArchIndex(
+        registryClient,
+        { registry: source.registry, repository: source.repository },
+        source.tag ?? "latest",
+        { cuda: true, layerSizes, sharedBaseSize, seed: "stowage-demo" },
+      );
+      images.push({ variant, reference: formatReference(source), digest: seeded.digest });
+    }
+    await registryClient.close();
+    const bytes = sharedBaseSize + 2 * layerSizes.reduce((a, b) => a + b, 0);
+    say(
+      `seeded ${images.map((i) => i.reference).join(" and ")}: one index, CUDA 12.4 linux/amd64 + CPU linux/arm64/v8, ~${Math.round(bytes / MiB)} MiB of layers`,
+    );
+
+    for (const namespace of ["stowage-system"]) {
+      await api.create({ apiVersion: "v1", kind: "Namespace", metadata: { name: namespace } });
+    }
+
+    const controller = await startControllerProcess({
+      kubeconfig: kubeconfigPath,
+      cacheRegistry: cache.url,
+      args: ["--insecure-registry", upstream.host, "--leader-elect=false"],
+      echo: false,
+    });
+    cleanups.push(() => controller.kill("SIGTERM"));
+    say(
+      `stowage controller        pid ${controller.pid}, metrics http://127.0.0.1:${controller.healthPort}/metrics`,
+    );
+
+    // The pre-warm planner joined `stowage controller` late in this project: without it nothing
+    // would reach the nodes, so the sandbox runs mirror-only and says so.
+    const prewarmPlanner = await controllerRuns(controller, "prewarm");
+    if (!prewarmPlanner)
+      say('this controller build runs no pre-warm planner (controller "prewarm" never started)');
+
+    const runtime = prewarmPlanner
+      ? await runtimeAvailability(options.containerd ?? "auto")
+      : { available: false, why: "the controller runs no pre-warm planner yet" };
+    const nodes: SandboxNode[] = [];
+    if (runtime.available) {
+      for (const spec of SANDBOX_NODES) {
+        const node: SandboxNode = { ...spec };
+        nodes.push(node);
+        await api.create(nodeObject(spec));
+        if (!spec.runtime) {
+          say(
+            `node ${spec.name.padEnd(15)} ${spec.arch}, NVIDIA driver for CUDA 11.4 (no runtime: expected to be skipped)`,
+          );
+          continue;
+        }
+        node.containerd = await startContainerd();
+        cleanups.push(() => node.containerd!.dispose());
+        node.agentLog = join(logsDir, `agent-${spec.name}.log`);
+        node.agent = await spawnLogged(
+          [
+            "agent",
+            "--node-name",
+            spec.name,
+            "--cri-socket",
+            node.containerd.socketPath,
+            "--containerd-config-path",
+            node.containerd.certsDir,
+            "--containerd-config",
+            node.containerd.configFile,
+            "--containerd-root",
+            join(node.containerd.dir, "root"),
+            "--kubeconfig",
+            kubeconfigPath,
+            "--health-port",
+            "0",
+            "--heartbeat-interval",
+            "15s",
+            "--retry-initial",
+            "2s",
+          ],
+          node.agentLog,
+        );
+        cleanups.push(() => stopChild(node.agent!));
+        say(
+          `node ${spec.name.padEnd(15)} ${spec.arch}, containerd ${node.containerd.snapshotter} + stowage agent (log ${node.agentLog})`,
+        );
+      }
+    } else {
+      say(`no containerd nodes: ${runtime.why}; running mirror-only (controller + cache, no pre-pull)`);
+    }
+
+    return {
+      dir,
+      kubeconfigPath,
+      api,
+      client,
+      upstream,
+      cache,
+      controller,
+      images,
+      imageBytes: bytes,
+      nodes,
+      runtime,
+      prewarmPlanner,
+      logsDir,
+      stop,
+    };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
+/** Whether the controller started its controller `name` (its "controller started" log line). */
+async function controllerRuns(controller: ControllerProcess, name: string): Promise<boolean> {
+  const started = (line: { msg: string; controller?: unknown }) =>
+    line.msg === "controller started" && line.controller === name;
+  try {
+    // Every controller starts in the same pass once the manager leads: wait for the first, then briefly for this one.
+    await controller.waitForLog((line) => line.msg === "controller started", 30_000);
+    await controller.waitForLog(started, 2_000);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether containerd nodes can run here: root, the binary, and one containerd that starts. */
+async function runtimeAvailability(wanted: "auto" | boolean): Promise<{ available: boolean; why?: string }> {
+  if (wanted === false) return { available: false, why: "disabled (--no-nodes)" };
+  if (!existsSync(CONTAINERD_BINARY))
+    return { available: false, why: `${CONTAINERD_BINARY} is not installed` };
+  if (process.getuid?.() !== 0)
+    return { available: false, why: "containerd needs root (snapshotter mounts)" };
+  try {
+    const probe = await startContainerd();
+    await probe.dispose();
+    return { available: true };
+  } catch (err) {
+    return {
+      available: false,
+      why: `containerd does not start here: ${(err as Error).message.split("\n")[0]}`,
+    };
+  }
+}
+
+function nodeObject(spec: SandboxNodeSpec) {
+  return {
+    apiVersion: "v1",
+    kind: "Node",
+    metadata: {
+      name: spec.name,
+      labels: {
+        "kubernetes.io/hostname": spec.name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": spec.arch,
+        ...spec.labels,
+      },
+    },
+    spec: {},
+    status: {
+      conditions: [
+        {
+          type: "Ready",
+          status: "True",
+          reason: "KubeletReady",
+          message: "sandbox node",
+          lastHeartbeatTime: new Date().toISOString().replace(/\.\d+Z$/, "Z"),
+          lastTransitionTime: new Date().toISOString().replace(/\.\d+Z$/, "Z"),
+        },
+      ],
+      nodeInfo: { architecture: spec.arch, operatingSystem: "linux" },
+    },
+  };
+}
+
+/** `stowage <args>` as a child process, its stdout and stderr appended to `logFile`. */
+async function spawnLogged(args: string[], logFile: string): Promise<ChildProcess> {
+  const log = await open(logFile, "a");
+  const child = spawn(process.execPath, [stowageBin, ...args], {
+    env: { ...process.env, STOWAGE_LOG_LEVEL: "" },
+    stdio: ["ignore", log.fd, log.fd],
+  });
+  child.once("exit", () => void log.close().catch(() => {}));
+  running.add(child);
+  child.once("exit", () => running.delete(child));
+  return child;
+}
+
+// Children still running when this process exits are killed, never left behind.
+const running = new Set<ChildProcess>();
+process.once("exit", () => {
+  for (const child of running) child.kill("SIGKILL");
+});
+
+async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  child.kill("SIGTERM");
+  const timer = setTimeout(() => child.kill("SIGKILL"), 5_000);
+  await exited;
+  clearTimeout(timer);
+}
