@@ -59,8 +59,14 @@ export interface RbacObjects {
   clusterRoleBindings(): KubeObject[];
 }
 
+/**
+ * Tokens are looked up in `users` (an unknown token is 401). A request without credentials is the
+ * test's admin: kubectl (client-go) sends no bearer token to a plain-http server, and tests drive
+ * the double with kubectl as the cluster admin. Identities under test (client-node sends its token
+ * over http) present the tokens addServiceAccountUser hands out.
+ */
 export function authenticatorFor(users: Map<string, UserInfo>): Authenticator {
-  return (token) => (token === undefined ? undefined : users.get(token));
+  return (token) => (token === undefined ? adminUser : users.get(token));
 }
 
 function subjectMatches(subject: Subject, who: UserInfo): boolean {
