@@ -251,7 +251,8 @@ export function planPrewarm(input: PlanInput): PrewarmPlan {
       }
       const resolved = input.lookup(t.cacheRepository, t.cacheDigest, platform);
       if (!resolved?.ok) {
-        if (currentEntry && (!resolved || resolved.reason === "CacheUnavailable")) {
+        const platformMissing = resolved?.reason === PrewarmReasons.PlatformNotFound;
+        if (currentEntry && !platformMissing) {
           // Keep what the node was given while the cache cannot be read.
           candidates.push({
             ...candidateBase(t, nodeName),
@@ -262,7 +263,7 @@ export function planPrewarm(input: PlanInput): PrewarmPlan {
           });
           continue;
         }
-        if (!resolved || resolved.reason === "CacheUnavailable") {
+        if (!platformMissing) {
           Object.assign(decision, {
             state: "unresolved",
             reason: resolved?.reason,
@@ -272,7 +273,7 @@ export function planPrewarm(input: PlanInput): PrewarmPlan {
           Object.assign(decision, {
             state: "skipped",
             reason: PrewarmReasons.PlatformNotFound,
-            message: resolved.message,
+            message: resolved?.message,
           });
         }
         continue;

@@ -1,0 +1,108 @@
+import { describe, expect, it } from "vitest";
+import type { ModelImage } from "../../src/api/modelImage.ts";
+import type { NodeCache } from "../../src/api/nodeCache.ts";
+import { prewarmConfig } from "../../src/controller/prewarm/config.ts";
+import type { Resolution } from "../../src/controller/prewarm/images.ts";
+import type { PlannerNode } from "../../src/controller/prewarm/nodes.ts";
+import { planPrewarm } from "../../src/controller/prewarm/plan.ts";
+import type { Platform } from "../../src/oci/types.ts";
+
+const digestFor = (arch: string) =>
+  `sha256:${arch
+    .padEnd(64, "0")
+    .slice(0, 64)
+    .replace(/[^0-9a-f]/g, "a")}`;
+const amdDigest = digestFor("amd64");
+
+const mi: ModelImage = {
+  apiVersion: "stowage.dev/v1alpha1",
+  kind: "ModelImage",
+  metadata: { name: "llama", namespace: "ml" },
+  spec: { variants: [{ name: "cpu", image: "docker.io/acme/llama:1", nodeSelector: { role: "cpu" } }] },
+  status: { variants: [{ name: "cpu", cacheDigest: `sha256:${"f".repeat(64)}` }] },
+};
+
+function node(name: string, arch: string, ready = true): PlannerNode {
+  return {
+    metadata: { name, labels: { role: "cpu", "kubernetes.io/os": "linux", "kubernetes.io/arch": arch } },
+    status: { conditions: [{ type: "Ready", status: ready ? "True" : "False" }] },
+  };
+}
+
+/** The cache holds linux/amd64 only. */
+const lookup = (_repository: string, _digest: string, platform: Platform): Resolution =>
+  platform.architecture === "amd64"
+    ? { ok: true, image: { digest: amdDigest, sizeBytes: 1000 } }
+    : {
+        ok: false,
+        reason: "PlatformNotFound",
+        message: `the cache holds no linux/${platform.architecture} image`,
+      };
+
+const heldBy = (name: string): NodeCache => ({
+  apiVersion: "stowage.dev/v1alpha1",
+  kind: "NodeCache",
+  metadata: { name },
+  spec: {
+    nodeName: name,
+    images: [
+      {
+        image: "docker.io/acme/llama:1",
+        digest: amdDigest,
+        requestedBy: [{ namespace: "ml", name: "llama", variant: "cpu" }],
+      },
+    ],
+  },
+});
+
+const plan = (nodes: PlannerNode[], caches: NodeCache[] = []) =>
+  planPrewarm({
+    modelImages: [mi],
+    nodes,
+    nodeCaches: new Map(caches.map((nc) => [nc.metadata.name ?? "", nc])),
+    lookup,
+    config: prewarmConfig(),
+    cacheEndpoint: "http://cache:5000",
+  });
+
+describe("planPrewarm (pure)", () => {
+  it("skips a node whose platform the cache does not hold, saying so", () => {
+    const result = plan([node("a", "amd64"), node("s", "s390x")]);
+    expect(result.specs.get("a")?.images?.map((e) => e.digest)).toEqual([amdDigest]);
+    expect(result.specs.has("s")).toBe(false);
+    expect(result.modelImages.get("ml/llama")?.[0].decisions.find((d) => d.node === "s")).toMatchObject({
+      state: "skipped",
+      reason: "PlatformNotFound",
+      message: "the cache holds no linux/s390x image",
+    });
+  });
+
+  it("gives a NotReady node no new images but keeps what it already holds", () => {
+    expect(plan([node("down", "amd64", false)]).specs.has("down")).toBe(false);
+    const kept = plan([node("down", "amd64", false)], [heldBy("down")]);
+    expect(kept.specs.get("down")?.images?.map((e) => e.digest)).toEqual([amdDigest]);
+  });
+
+  it("empties the spec of a NodeCache whose node no longer matches (the agent removes what it pulled)", () => {
+    const other: PlannerNode = { ...node("x", "amd64"), metadata: { name: "x", labels: { role: "gpu" } } };
+    expect(plan([other], [heldBy("x")]).specs.get("x")).toEqual({
+      nodeName: "x",
+      cacheEndpoint: "http://cache:5000",
+      mirrorHosts: [],
+      images: [],
+    });
+  });
+
+  it("plans nothing for a ModelImage with prewarm disabled", () => {
+    const disabled = { ...mi, spec: { ...mi.spec, prewarm: { enabled: false } } };
+    const result = planPrewarm({
+      modelImages: [disabled],
+      nodes: [node("a", "amd64")],
+      nodeCaches: new Map(),
+      lookup,
+      config: prewarmConfig(),
+      cacheEndpoint: "http://cache:5000",
+    });
+    expect(result.specs.size).toBe(0);
+  });
+});
