@@ -1,10 +1,26 @@
-# Placeholder until the install-and-operate work: one image for every `stowage` command.
-# Node runs the TypeScript sources directly (type stripping), so there is no build stage yet.
-FROM node:24-bookworm-slim
+# syntax=docker/dockerfile:1
+# One image for every `stowage` command: `controller` (Deployment) and `agent` (DaemonSet).
+# Node runs the TypeScript sources directly (type stripping), which it refuses under
+# node_modules, so the sources live in /app/src and only dependencies in /app/node_modules.
+
+# Production dependencies only, installed with the full Node image (npm, a shell).
+FROM node:24-bookworm-slim AS deps
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci --omit=dev --no-audit --no-fund
+RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
+
+# Run time: distroless Node 24 — no shell, no package manager, non-root by default.
+FROM gcr.io/distroless/nodejs24-debian12:nonroot
+LABEL org.opencontainers.image.title="stowage" \
+      org.opencontainers.image.description="Keeps large ML container images warm next to the GPU and CPU nodes that run them" \
+      org.opencontainers.image.licenses="Apache-2.0"
+WORKDIR /app
+ENV NODE_ENV=production
+COPY --from=deps /app/node_modules ./node_modules
+COPY package.json ./
 COPY bin ./bin
 COPY src ./src
-USER node
-ENTRYPOINT ["node", "/app/bin/stowage.js"]
+# 65532 is distroless's nonroot user; the chart's agent DaemonSet runs as root (CRI socket) on purpose.
+USER 65532:65532
+ENTRYPOINT ["/nodejs/bin/node", "/app/bin/stowage.js"]
+CMD ["--help"]
