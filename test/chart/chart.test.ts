@@ -120,6 +120,22 @@ describe("chart values", () => {
   });
 });
 
+describe("chart README", () => {
+  it("lists every value in its values table", () => {
+    const readme = read("README.md");
+    const listed = new Set([...readme.matchAll(/^\| `([\w.]+)` \|/gm)].map((m) => m[1]));
+    const missing: string[] = [];
+    const walk = (node: SchemaNode, path: string[]) => {
+      const prefixes = path.map((_, i) => path.slice(0, i + 1).join("."));
+      if (prefixes.some((p) => listed.has(p))) return;
+      if (!node.properties) return void missing.push(path.join("."));
+      for (const [key, child] of Object.entries(node.properties)) walk(child, [...path, key]);
+    };
+    walk(schema, []);
+    expect(missing).toEqual([]);
+  });
+});
+
 describe("chart templates", () => {
   it("reference only values that values.yaml defines, and every value is used", () => {
     const referenced = new Set<string>();
