@@ -123,7 +123,7 @@ describe("chart values", () => {
 describe("chart README", () => {
   it("lists every value in its values table", () => {
     const readme = read("README.md");
-    const listed = new Set([...readme.matchAll(/^\| `([\w.]+)` \|/gm)].map((m) => m[1]));
+    const listed = new Set([...readme.matchAll(/^\| `([\w.]+)` +\|/gm)].map((m) => m[1]));
     const missing: string[] = [];
     const walk = (node: SchemaNode, path: string[]) => {
       const prefixes = path.map((_, i) => path.slice(0, i + 1).join("."));
