@@ -117,11 +117,13 @@ function createView() {
       drawn = lines.length;
       return;
     }
+    // One line per change, each with the elapsed time, so a log reads in order.
+    const stamp = /^\[\s*\d+s\]/.exec(lines[0])?.[0] ?? "";
     lines.forEach((line, i) => {
-      const body = line.replace(/^\[\s*\d+s\] /, "");
+      const body = line.replace(/^\[\s*\d+s\] /, "").trim();
       if (last.get(String(i)) === body) return;
       last.set(String(i), body);
-      say(line.trimStart().startsWith("[") ? line : `        ${line.trim()}`);
+      say(`${stamp} ${body}`);
     });
   };
 }

@@ -6,7 +6,7 @@
  * sandbox node with a real `stowage agent` beside it. Everything listens on 127.0.0.1 and lives
  * in one temp dir; `stop()` ends every process and removes it.
  *
- * Nodes: `gpu-node-1` (amd64, NVIDIA driver for CUDA 12.4: takes the `cuda` variant),
+ * Nodes: `gpu-node-1` (amd64, NVIDIA driver 550.54 = CUDA 12.4: takes the `cuda` variant),
  * `cpu-node-arm64` (arm64: takes the `cpu` variant) and `gpu-node-old` (a Node object only: its
  * driver supports CUDA 11.4, older than the image's 12.4, so the planner must skip it — no
  * containerd needed). The arm64 node's containerd runs on this amd64 host: containerd 1.6.20's
@@ -64,8 +64,9 @@ export const SANDBOX_NODES: SandboxNodeSpec[] = [
     runtime: true,
     labels: {
       "nvidia.com/gpu.present": "true",
-      "nvidia.com/cuda.driver.major": "12",
-      "nvidia.com/cuda.driver.minor": "4",
+      // GPU feature discovery labels carry the DRIVER version: 550.54 supports CUDA 12.4.
+      "nvidia.com/cuda.driver.major": "550",
+      "nvidia.com/cuda.driver.minor": "54",
     },
   },
   {
@@ -81,8 +82,9 @@ export const SANDBOX_NODES: SandboxNodeSpec[] = [
     runtime: false,
     labels: {
       "nvidia.com/gpu.present": "true",
-      "nvidia.com/cuda.driver.major": "11",
-      "nvidia.com/cuda.driver.minor": "4",
+      // Driver 470.82 supports CUDA 11.4 only.
+      "nvidia.com/cuda.driver.major": "470",
+      "nvidia.com/cuda.driver.minor": "82",
     },
   },
 ];
@@ -201,7 +203,7 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
         await api.create(nodeObject(spec));
         if (!spec.runtime) {
           say(
-            `node ${spec.name.padEnd(15)} ${spec.arch}, NVIDIA driver for CUDA 11.4 (no runtime: expected to be skipped)`,
+            `node ${spec.name.padEnd(15)} ${spec.arch}, NVIDIA driver 470.82 = CUDA 11.4 (no runtime: the planner must skip it)`,
           );
           continue;
         }
