@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { Ajv, type ValidateFunction } from "ajv";
 import { describe, expect, it } from "vitest";
 import { parse } from "yaml";
+import { agentHelp } from "../../src/agent/command.ts";
 import { controllerHelp } from "../../src/controller/command.ts";
 import { root } from "../e2e/helpers.ts";
 
@@ -198,6 +199,14 @@ describe("chart templates", () => {
     const flags = [...deployment.matchAll(/^\s*- (--[a-z-]+)=/gm)].map((m) => m[1]);
     expect(flags.length).toBeGreaterThan(8);
     for (const flag of flags) expect(controllerHelp, flag).toMatch(new RegExp(`^  ${flag}[ =]`, "m"));
+  });
+
+  it("pass `stowage agent` only flags it knows", () => {
+    const daemonSet = read("templates/agent-daemonset.yaml");
+    const flags = [...daemonSet.matchAll(/^\s*- (--[a-z-]+)=/gm)].map((m) => m[1]);
+    expect(flags.length).toBeGreaterThan(6);
+    for (const flag of flags) expect(agentHelp, flag).toMatch(new RegExp(`^  ${flag}[ =]`, "m"));
+    expect(daemonSet).toContain("fieldPath: spec.nodeName");
   });
 
   it("run the controller and cache under restricted Pod Security and only the agent privileged", () => {
