@@ -290,6 +290,7 @@ describe("chart CRDs and RBAC", () => {
     const secretRules = (file: string) => rulesOf(file).filter((r) => r.resources.includes("secrets"));
     expect(secretRules("controller-namespaced.yaml").map((r) => r.verbs)).toEqual([["get"]]);
     expect(secretRules("controller-cluster.yaml")).toEqual([]);
+    expect(secretRules("controller-webhook.yaml")).toEqual([]);
     expect(secretRules("agent.yaml")).toEqual([]);
     const agentWrites = rulesOf("agent.yaml")
       .filter((r) => r.verbs.some((v) => ["create", "update", "patch", "delete"].includes(v)))
