@@ -90,8 +90,8 @@ describe("Stowage alert rules", () => {
         /replace "((?:[^"\\]|\\.)*)" (?:\(printf "((?:[^"\\]|\\.)*)" \(?(?:int )?([^)]*)\)?\)|(\.Values\.[\w.]+))/g,
       ),
     ].map((m) => {
-      const unescape = (s: string) => s.replace(/\\"/g, '"');
-      const from = unescape(m[1]);
+      const unquote = (s: string) => s.replace(/\\"/g, '"');
+      const from = unquote(m[1]);
       let to: string;
       if (m[4]) to = "https://docs.example.com/stowage/operations.md";
       else {
@@ -100,7 +100,7 @@ describe("Stowage alert rules", () => {
           : m[3].includes("heartbeat")
             ? rendered["%d:heartbeatStaleSeconds"]
             : rendered["%s:fullname"];
-        to = unescape(m[2]).replace(/%[ds]/, arg);
+        to = unquote(m[2]).replace(/%[ds]/, arg);
       }
       return { from, to };
     });
