@@ -119,8 +119,12 @@ describe("Stowage alert rules", () => {
     expect((await promtool(["check", "rules", file])).code).toBe(0);
     const renderedRules = groups(out).flatMap((g) => g.rules);
     const byName = Object.fromEntries(renderedRules.map((r) => [r.alert, r]));
-    expect(byName.StowageSyncLagHigh.expr).toBe("stowage_modelimage_sync_lag_seconds > 7200");
-    expect(byName.StowageNodeAgentDown.expr).toBe("stowage_nodecache_heartbeat_age_seconds > 120");
+    expect(byName.StowageSyncLagHigh.expr).toBe(
+      "max by (namespace, name, variant) (stowage_modelimage_sync_lag_seconds) > 7200",
+    );
+    expect(byName.StowageNodeAgentDown.expr).toBe(
+      "max by (node) (stowage_nodecache_heartbeat_age_seconds) > 120",
+    );
     expect(byName.StowageControllerDown.expr).toContain('job="ml-cache-controller-metrics"');
     expect(byName.StowageControllerDown.annotations?.description).toContain(
       "job ml-cache-controller-metrics",
