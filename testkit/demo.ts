@@ -189,23 +189,33 @@ async function main(): Promise<number> {
   }
 
   say("Stowage sandbox: API server, upstream and cache registries, controller, nodes");
-  let sandbox: Sandbox | undefined;
-  let stopping = false;
-  const stopAll = async () => {
-    if (stopping) return;
-    stopping = true;
-    await sandbox?.stop();
+  const starting = startSandbox({
+    containerd: values["no-nodes"] ? false : "auto",
+    say: (line) => say(`  ${line}`),
+  });
+  let stopping: Promise<void> | undefined;
+  // Stops the sandbox even when Ctrl-C comes while it is still starting (then once it is up).
+  const stopAll = () => {
+    stopping ??= starting.then(
+      (started) => started.stop(),
+      () => {},
+    );
+    return stopping;
   };
   process.once("SIGINT", () => {
     say("\nstopping the sandbox and removing its temporary state…");
     void stopAll().then(() => process.exit(130));
   });
 
+  let sandbox: Sandbox;
   try {
-    sandbox = await startSandbox({
-      containerd: values["no-nodes"] ? false : "auto",
-      say: (line) => say(`  ${line}`),
-    });
+    sandbox = await starting;
+    if (stopping) return 130;
+  } catch (err) {
+    process.stderr.write(`demo: ${(err as Error).message}\n`);
+    return 1;
+  }
+  try {
     const kubectl = ["--kubeconfig", sandbox.kubeconfigPath];
     const manifest = await exampleFor(sandbox);
     say(
@@ -307,7 +317,8 @@ async function main(): Promise<number> {
     }
     return ok ? 0 : 1;
   } catch (err) {
-    process.stderr.write(`demo: ${(err as Error).message}\n`);
+    // After Ctrl-C the sandbox goes away under the watch loop: that is not an error to report.
+    if (!stopping) process.stderr.write(`demo: ${(err as Error).message}\n`);
     return 1;
   } finally {
     if (!values.keep) await stopAll();
