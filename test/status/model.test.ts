@@ -1,0 +1,111 @@
+import { describe, expect, it } from "vitest";
+import type { ModelImage } from "../../src/api/modelImage.ts";
+import type { NodeCache } from "../../src/api/nodeCache.ts";
+import { buildReport } from "../../src/status/model.ts";
+import { formatAge, renderText } from "../../src/status/render.ts";
+
+const digest = (c: string) => `sha256:${c.repeat(64)}`;
+const takenAt = Date.parse("2026-01-01T12:00:00Z");
+
+function modelImage(status?: ModelImage["status"]): ModelImage {
+  return {
+    apiVersion: "stowage.dev/v1alpha1",
+    kind: "ModelImage",
+    metadata: { name: "vllm", namespace: "default" },
+    spec: { image: "vllm/vllm-openai:v0.6.3" },
+    status,
+  };
+}
+
+function nodeCache(node: string, state: string, extra: Record<string, unknown> = {}): NodeCache {
+  return {
+    apiVersion: "stowage.dev/v1alpha1",
+    kind: "NodeCache",
+    metadata: { name: node },
+    spec: {
+      nodeName: node,
+      images: [
+        {
+          image: "docker.io/vllm/vllm-openai:v0.6.3",
+          digest: digest("1"),
+          sizeBytes: 1000,
+          requestedBy: [{ namespace: "default", name: "vllm" }],
+        },
+      ],
+    },
+    status: {
+      images: [{ image: "docker.io/vllm/vllm-openai:v0.6.3", digest: digest("1"), state, ...extra } as never],
+    },
+  };
+}
+
+describe("status report (pure)", () => {
+  it("reports a ModelImage the controller has not observed yet as Ready Unknown with the normalised image", () => {
+    const report = buildReport({ takenAt, modelImages: [modelImage()], nodeCaches: [], events: [] });
+    const [mi] = report.modelImages;
+    expect(mi.ready).toEqual({ status: "Unknown", reason: "NotObserved", message: "" });
+    expect(mi.variants).toEqual([
+      { name: "default", image: "docker.io/vllm/vllm-openai:v0.6.3", platforms: [] },
+    ]);
+    expect(mi.lag).toBeUndefined();
+  });
+
+  it("measures lag from the earliest upstreamChangedAt when lagSince is not set", () => {
+    const report = buildReport({
+      takenAt,
+      modelImages: [
+        modelImage({
+          variants: [
+            { name: "default", upstreamChangedAt: "2026-01-01T11:00:00Z", cacheDigest: digest("a") },
+          ],
+        }),
+      ],
+      nodeCaches: [],
+      events: [],
+    });
+    expect(report.modelImages[0].lag).toEqual({ since: "2026-01-01T11:00:00Z", seconds: 3600 });
+  });
+
+  it("maps node states to cells: a requester without a variant is the single variant, percent from bytes, removing kept", () => {
+    const report = buildReport({
+      takenAt,
+      modelImages: [modelImage()],
+      nodeCaches: [
+        nodeCache("a", "Pulling", { bytes: 333 }),
+        nodeCache("b", "Removing"),
+        {
+          ...nodeCache("c", "Present"),
+          status: undefined,
+        },
+      ],
+      events: [],
+    });
+    expect(report.modelImages[0].cells).toEqual([
+      expect.objectContaining({ node: "a", variant: "default", state: "pulling", percent: 33 }),
+      expect.objectContaining({ node: "b", variant: "default", state: "removing" }),
+      expect.objectContaining({ node: "c", variant: "default", state: "pending" }),
+    ]);
+    const text = renderText(report, { colour: false });
+    expect(text).toMatch(/a\s+pulling 33%/);
+    expect(text).toMatch(/c\s+pending/);
+  });
+
+  it("ignores NodeCache entries requested by another ModelImage of the same name in another namespace", () => {
+    const other = nodeCache("a", "Present");
+    other.spec.images![0].requestedBy = [{ namespace: "ml", name: "vllm" }];
+    const report = buildReport({ takenAt, modelImages: [modelImage()], nodeCaches: [other], events: [] });
+    expect(report.modelImages[0].cells).toEqual([]);
+  });
+
+  it("says so when there are no ModelImages, and writes ages the kubectl way", () => {
+    expect(
+      renderText(buildReport({ takenAt, modelImages: [], nodeCaches: [], events: [] }), { colour: false }),
+    ).toBe("No ModelImages found.\n");
+    expect([45, 720, 3 * 3600 + 300, 2 * 86400 + 4 * 3600].map(formatAge)).toEqual([
+      "45s",
+      "12m",
+      "3h5m",
+      "2d4h",
+    ]);
+  });
+});
