@@ -75,19 +75,24 @@ function renderModelImage(mi: ModelImageReport, paint: typeof palette): string {
   } else {
     const variantNames = mi.variants.map((v) => v.name);
     const nodes = [...new Set(mi.cells.map((c) => c.node))];
+    const cellAt = (node: string, variant: string) =>
+      mi.cells.find((c) => c.node === node && c.variant === variant);
     const rows = nodes.map((node) => [
       `  ${node}`,
       ...variantNames.map((variant) => {
-        const cell = mi.cells.find((c) => c.node === node && c.variant === variant);
+        const cell = cellAt(node, variant);
         return cell ? cellText(cell) : "-";
       }),
     ]);
-    const rendered = table(["  NODE", ...variantNames.map((v) => v.toUpperCase())], rows);
     // Colour after padding, so ANSI codes do not break the alignment.
-    lines.push(rendered[0]);
-    rendered.slice(1).forEach((line, i) => {
-      lines.push(colourCells(line, rows[i], nodes[i], mi.cells, variantNames, paint));
-    });
+    const colours = nodes.map((node) => [
+      undefined,
+      ...variantNames.map((variant) => {
+        const cell = cellAt(node, variant);
+        return cell ? stateColour(cell, paint) : undefined;
+      }),
+    ]);
+    lines.push(...table(["  NODE", ...variantNames.map((v) => v.toUpperCase())], rows, colours));
   }
   return `${lines.join("\n")}\n`;
 }
@@ -108,31 +113,11 @@ function cellText(cell: NodeCell): string {
   }
 }
 
-function colourCells(
-  line: string,
-  row: string[],
-  node: string,
-  cells: NodeCell[],
-  variants: string[],
-  paint: typeof palette,
-): string {
-  let out = line;
-  variants.forEach((variant, i) => {
-    const cell = cells.find((c) => c.node === node && c.variant === variant);
-    if (!cell) return;
-    const text = row[i + 1];
-    const colour =
-      cell.state === "present"
-        ? paint.green
-        : cell.state === "failed"
-          ? paint.red
-          : cell.state === "skipped"
-            ? paint.grey
-            : paint.yellow;
-    const at = out.lastIndexOf(text);
-    if (at >= 0) out = out.slice(0, at) + colour(text) + out.slice(at + text.length);
-  });
-  return out;
+function stateColour(cell: NodeCell, paint: typeof palette): Paint {
+  if (cell.state === "present") return paint.green;
+  if (cell.state === "failed") return paint.red;
+  if (cell.state === "skipped") return paint.grey;
+  return paint.yellow;
 }
 
 function conditionText(condition: ConditionSummary, paint: typeof palette): string {
@@ -142,14 +127,18 @@ function conditionText(condition: ConditionSummary, paint: typeof palette): stri
   return paint.yellow(text);
 }
 
-function table(header: string[], rows: string[][]): string[] {
+function table(header: string[], rows: string[][], colours: (Paint | undefined)[][] = []): string[] {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
-  const line = (cells: string[]) =>
+  const line = (cells: string[], paints: (Paint | undefined)[] = []) =>
     cells
-      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i])))
+      .map((c, i) => {
+        const padded = i === cells.length - 1 ? c : c.padEnd(widths[i]);
+        const paint = paints[i];
+        return paint ? paint(c) + padded.slice(c.length) : padded;
+      })
       .join("  ")
       .trimEnd();
-  return [line(header), ...rows.map(line)];
+  return [line(header), ...rows.map((row, i) => line(row, colours[i]))];
 }
 
 /** kubectl-style age: 45s, 12m, 3h5m, 2d4h. */

@@ -97,6 +97,42 @@ describe("status report (pure)", () => {
     expect(report.modelImages[0].cells).toEqual([]);
   });
 
+  it("colours every cell of a node that holds two variants, keeping the columns aligned", () => {
+    const mi = modelImage();
+    mi.spec = {
+      variants: [
+        { name: "big", image: "acme/m:1" },
+        { name: "small", image: "acme/m:2" },
+      ],
+    };
+    const both = nodeCache("node-1", "Present");
+    both.spec.images = [
+      {
+        image: "docker.io/acme/m:1",
+        digest: digest("1"),
+        requestedBy: [{ namespace: "default", name: "vllm", variant: "big" }],
+      },
+      {
+        image: "docker.io/acme/m:2",
+        digest: digest("2"),
+        requestedBy: [{ namespace: "default", name: "vllm", variant: "small" }],
+      },
+    ];
+    both.status = {
+      images: [
+        { image: "docker.io/acme/m:1", digest: digest("1"), state: "Present" },
+        { image: "docker.io/acme/m:2", digest: digest("2"), state: "Present" },
+      ],
+    };
+    const report = buildReport({ takenAt, modelImages: [mi], nodeCaches: [both], events: [] });
+    const coloured = renderText(report, { colour: true });
+    const row = coloured.split("\n").find((l) => l.includes("node-1")) ?? "";
+    expect(row).toBe("  node-1  \u001b[32mpresent\u001b[0m  \u001b[32mpresent\u001b[0m");
+    // Without the escape codes it is the plain table.
+    const plain = renderText(report, { colour: false });
+    expect(coloured.replace(/\u001b\[\d+m/g, "")).toBe(plain);
+  });
+
   it("says so when there are no ModelImages, and writes ages the kubectl way", () => {
     expect(
       renderText(buildReport({ takenAt, modelImages: [], nodeCaches: [], events: [] }), { colour: false }),
