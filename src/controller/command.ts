@@ -8,14 +8,14 @@
 import { readFile } from "node:fs/promises";
 import { hostname } from "node:os";
 import { parseArgs } from "node:util";
-import { collectDefaultMetrics } from "prom-client";
+import { collectDefaultMetrics, type Registry } from "prom-client";
 import { parseDuration } from "../api/duration.ts";
 import { ModelImageResource } from "../api/modelImage.ts";
 import { isNotFound, KubeClient, Resources } from "../kube/client.ts";
 import { EventRecorder } from "../kube/events.ts";
 import type { Lease } from "../kube/leaderElection.ts";
 import { Manager } from "../kube/manager.ts";
-import { createRegistry, createRuntimeMetrics, createStowageMetrics } from "../metrics.ts";
+import { createGateMetrics, createRegistry, createRuntimeMetrics, createStowageMetrics } from "../metrics.ts";
 import { asStowageError, StowageError } from "../util/errors.ts";
 import { createLogger, type Logger } from "../util/log.ts";
 import { controllerConfig } from "./config.ts";
@@ -49,6 +49,15 @@ Flags:
   --renew-deadline DURATION      the leader gives up if it cannot renew for this long (default 10s)
   --retry-period DURATION        how often candidates try to acquire and the leader renews (default 2s)
   --identity NAME                this replica's identity in the Lease (default hostname_pid)
+  --webhook-port N               serve the pod admission webhook (HTTPS, /mutate-pods) on this port
+                                 and release held pods; off when unset (0 picks a free port)
+  --webhook-namespace NS         the webhook's Secret and Service namespace, whose pods are never
+                                 held (default POD_NAMESPACE or stowage-system)
+  --webhook-service NAME         the webhook Service, named in the certificate (default stowage-webhook)
+  --webhook-configuration NAME   MutatingWebhookConfiguration whose caBundle is kept (default stowage)
+  --webhook-cert-secret NAME     Secret with the webhook certificate (default stowage-webhook-tls)
+  --webhook-cert-management MODE self: create, rotate and publish the CA; external: read the Secret
+                                 cert-manager issues (default self)
   --log-level LEVEL              trace, debug, info, warn, error (default info)
   -h, --help                     show this help
 
@@ -77,6 +86,12 @@ const options = {
   "renew-deadline": { type: "string" },
   "retry-period": { type: "string" },
   identity: { type: "string" },
+  "webhook-port": { type: "string" },
+  "webhook-namespace": { type: "string" },
+  "webhook-service": { type: "string" },
+  "webhook-configuration": { type: "string" },
+  "webhook-cert-secret": { type: "string" },
+  "webhook-cert-management": { type: "string" },
   "log-level": { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
@@ -108,6 +123,15 @@ export interface ControllerInvocation {
     retryPeriodMs: number;
   };
   identity: string;
+  /** The pod admission webhook and the gate controller; off when undefined. */
+  webhook?: {
+    port: number;
+    namespace: string;
+    service: string;
+    configuration: string;
+    certSecret: string;
+    certManagement: "self" | "external";
+  };
   logLevel: string;
 }
 
@@ -304,7 +328,28 @@ export async function parseControllerArgs(
         }
       : undefined,
     identity: get("identity") ?? `${hostname()}_${process.pid}`,
+    webhook: webhookSettings(get, env),
     logLevel,
+  };
+}
+
+function webhookSettings(
+  get: (flag: FlagName) => string | undefined,
+  env: NodeJS.ProcessEnv,
+): ControllerInvocation["webhook"] {
+  const port = get("webhook-port");
+  if (port === undefined) return undefined;
+  const certManagement = get("webhook-cert-management") ?? "self";
+  if (certManagement !== "self" && certManagement !== "external") {
+    throw new UsageError(`--webhook-cert-management must be self or external, got "${certManagement}"`);
+  }
+  return {
+    port: integer(port, "webhook-port", 9443, 0, 65535),
+    namespace: get("webhook-namespace") ?? env.POD_NAMESPACE ?? "stowage-system",
+    service: get("webhook-service") ?? "stowage-webhook",
+    configuration: get("webhook-configuration") ?? "stowage",
+    certSecret: get("webhook-cert-secret") ?? "stowage-webhook-tls",
+    certManagement,
   };
 }
 
@@ -343,6 +388,8 @@ export interface RunningController {
   /** Release what outlives the manager (registry connections). */
   close(): Promise<void>;
   healthAddress?: { host: string; port: number };
+  /** The admission webhook's port, when `--webhook-port` is set. */
+  webhookPort?: number;
 }
 
 /**
@@ -481,9 +528,15 @@ export async function startController(
     events,
     log,
   });
+  const admission = invocation.webhook
+    ? await setupAdmission(manager, invocation.webhook, invocation.namespaces, events, registry, log)
+    : undefined;
+  let webhookPort: number | undefined;
   try {
     await manager.start({ handleSignals: true });
+    webhookPort = (await admission?.start())?.port;
   } catch (err) {
+    await admission?.stop().catch(() => {});
     await manager.stop().catch(() => {});
     await Promise.all([credentials.close(), modelImageController.registries.client.close()]).catch(() => {});
     if ((err as NodeJS.ErrnoException).code === "EADDRINUSE") {
@@ -500,6 +553,7 @@ export async function startController(
       identity: invocation.identity,
       healthAddress: health ? `${health.host}:${health.port}` : undefined,
       healthPort: health?.port,
+      webhookPort,
       cacheRegistry: invocation.cache.registry,
       namespaces: invocation.namespaces ?? "all",
       leaderElection: invocation.leaderElection
@@ -513,8 +567,42 @@ export async function startController(
   return {
     manager,
     healthAddress: health,
+    webhookPort,
     close: async () => {
+      await admission?.stop();
       await Promise.all([credentials.close(), modelImageController.registries.client.close()]);
     },
   };
+}
+
+/** The pod admission webhook (every replica serves it) and the gate controller (leader only). */
+async function setupAdmission(
+  manager: Manager,
+  settings: NonNullable<ControllerInvocation["webhook"]>,
+  namespaces: string[] | undefined,
+  events: EventRecorder,
+  registry: Registry,
+  log: Logger,
+) {
+  const [{ setupWebhook }, { setupGateController }] = await Promise.all([
+    import("../webhook/index.ts"),
+    import("./gates/index.ts"),
+  ]);
+  const webhook = setupWebhook(manager, {
+    namespace: settings.namespace,
+    namespaces,
+    port: settings.port,
+    serviceName: settings.service,
+    webhookConfigurationName: settings.configuration,
+    secretName: settings.certSecret,
+    certManagement: settings.certManagement,
+    log,
+  });
+  setupGateController(manager, {
+    events,
+    metrics: createGateMetrics(registry),
+    namespaces,
+    modelImages: webhook.modelImages,
+  });
+  return webhook;
 }

@@ -1,0 +1,142 @@
+/**
+ * `stowage controller --webhook-port N` as a child process: it issues its own certificate, patches
+ * the caBundle, serves the webhook the API double calls for `kubectl apply`, and releases the pod.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadCrd } from "../../src/api/crds.ts";
+import { ModelImageResource } from "../../src/api/modelImage.ts";
+import { parseControllerArgs } from "../../src/controller/command.ts";
+import { KubeClient, type KubeObject, Resources } from "../../src/kube/client.ts";
+import { MutatingWebhookConfigurationResource } from "../../src/webhook/certManager.ts";
+import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
+import { type ControllerProcess, startControllerProcess } from "../../testkit/controllerProcess.ts";
+import { freePort } from "../../testkit/ports.ts";
+import { Kubectl } from "../apiserver/helpers.ts";
+import { eventually } from "../kube/helpers.ts";
+
+// biome-ignore lint/suspicious/noExplicitAny: objects read back as free-form JSON
+type Json = any;
+
+const NS = "stowage-system";
+let api: TestApiServer;
+let client: KubeClient;
+let kubectl: Kubectl;
+let controller: ControllerProcess;
+let webhookPort: number;
+
+beforeAll(async () => {
+  api = await startApiServer({ crds: [loadCrd("modelimages.stowage.dev") as never] });
+  client = KubeClient.load({ path: api.kubeconfigPath });
+  kubectl = new Kubectl(api);
+  for (const name of [NS, "ml"]) await client.resource(Resources.Namespace).create({ metadata: { name } });
+  await api.create({
+    apiVersion: "admissionregistration.k8s.io/v1",
+    kind: "MutatingWebhookConfiguration",
+    metadata: { name: "stowage" },
+    webhooks: [
+      {
+        name: "pods.stowage.dev",
+        clientConfig: { service: { namespace: NS, name: "stowage-webhook", path: "/mutate-pods" } },
+        rules: [{ operations: ["CREATE"], apiGroups: [""], apiVersions: ["v1"], resources: ["pods"] }],
+        failurePolicy: "Fail",
+        sideEffects: "None",
+        admissionReviewVersions: ["v1"],
+      },
+    ],
+  });
+  webhookPort = await freePort();
+  api.webhookServices.set(`stowage-webhook.${NS}:443`, `127.0.0.1:${webhookPort}`);
+  controller = await startControllerProcess({
+    kubeconfig: api.kubeconfigPath,
+    // Nothing listens there: mirroring fails, which this test does not need.
+    cacheRegistry: "http://127.0.0.1:1",
+    args: ["--webhook-port", String(webhookPort), "--webhook-namespace", NS, "--leader-elect=false"],
+  });
+}, 60_000);
+
+afterAll(async () => {
+  const exit = await controller?.kill("SIGTERM");
+  kubectl?.cleanup();
+  await api?.stop();
+  expect(exit?.code).toBe(0);
+});
+
+describe("stowage controller with the admission webhook enabled", () => {
+  it("holds a kubectl-applied pod over real TLS and releases it when its ModelImage is deleted", async () => {
+    await eventually("caBundle patched", async () => {
+      const config: Json = await client.resource(MutatingWebhookConfigurationResource).get("stowage");
+      return typeof config.webhooks[0].clientConfig.caBundle === "string";
+    });
+    const secret: Json = await client.resource(Resources.Secret).get("stowage-webhook-tls", NS);
+    expect(secret.type).toBe("kubernetes.io/tls");
+
+    await client.resource(ModelImageResource).create({
+      apiVersion: "stowage.dev/v1alpha1",
+      kind: "ModelImage",
+      metadata: { name: "llama", namespace: "ml" },
+      spec: { image: "127.0.0.1:1/acme/llama:v3", prewarm: { holdPods: true } },
+    } as KubeObject);
+    // The webhook answers from its informer cache; wait until a pod is actually held.
+    let attempt = 0;
+    let held: Json;
+    await eventually("a pod is held", async () => {
+      const name = `serve-${++attempt}`;
+      const applied = await kubectl.apply([
+        {
+          apiVersion: "v1",
+          kind: "Pod",
+          metadata: { name, namespace: "ml" },
+          spec: { containers: [{ name: "serve", image: "127.0.0.1:1/acme/llama:v3" }] },
+        },
+      ]);
+      expect(applied.code).toBe(0);
+      held = await client.resource(Resources.Pod).get(name, "ml");
+      return (held.spec.schedulingGates ?? []).some((g: Json) => g.name === "stowage.dev/prewarm");
+    });
+    expect(held.metadata.annotations["stowage.dev/held-for"]).toBe("ml/llama");
+
+    const metricsBefore = await controller.health("/metrics");
+    expect(metricsBefore.body).toMatch(/^stowage_pods_gated [1-9]/m);
+
+    const deleted = await kubectl.run(["delete", "modelimage", "llama", "-n", "ml", "--wait=false"]);
+    expect(deleted.code).toBe(0);
+    await eventually("the held pod is released", async () => {
+      const pod: Json = await client.resource(Resources.Pod).get(held.metadata.name, "ml");
+      return (pod.spec.schedulingGates ?? []).length === 0;
+    });
+    const metrics = await controller.health("/metrics");
+    expect(metrics.body).toMatch(/^stowage_pod_gate_seconds_count\{outcome="deleted"\} [1-9]/m);
+    expect(metrics.body).toMatch(/^stowage_pod_gate_timeouts_total 0/m);
+  });
+});
+
+describe("webhook flags of stowage controller", () => {
+  const base = ["--cache-registry", "http://127.0.0.1:5000"];
+
+  it("leaves the webhook off unless a port is given, and reads the chart's STOWAGE_WEBHOOK_* variables", async () => {
+    const off = await parseControllerArgs(base, {});
+    expect(off !== "help" && off.webhook).toBeUndefined();
+    const fromEnv = await parseControllerArgs(base, {
+      POD_NAMESPACE: "stowage",
+      STOWAGE_WEBHOOK_PORT: "9443",
+      STOWAGE_WEBHOOK_SERVICE: "rel-stowage-webhook",
+      STOWAGE_WEBHOOK_CONFIGURATION: "rel-stowage-webhook",
+      STOWAGE_WEBHOOK_CERT_SECRET: "rel-stowage-webhook-tls",
+      STOWAGE_WEBHOOK_CERT_MANAGEMENT: "external",
+    });
+    expect(fromEnv !== "help" && fromEnv.webhook).toEqual({
+      port: 9443,
+      namespace: "stowage",
+      service: "rel-stowage-webhook",
+      configuration: "rel-stowage-webhook",
+      certSecret: "rel-stowage-webhook-tls",
+      certManagement: "external",
+    });
+  });
+
+  it("refuses a certificate management mode other than self or external", async () => {
+    await expect(
+      parseControllerArgs([...base, "--webhook-port", "9443", "--webhook-cert-management", "manual"], {}),
+    ).rejects.toThrow(/--webhook-cert-management must be self or external/);
+  });
+});
