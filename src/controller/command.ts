@@ -15,7 +15,13 @@ import { isNotFound, KubeClient, Resources } from "../kube/client.ts";
 import { EventRecorder } from "../kube/events.ts";
 import type { Lease } from "../kube/leaderElection.ts";
 import { Manager } from "../kube/manager.ts";
-import { createGateMetrics, createRegistry, createRuntimeMetrics, createStowageMetrics } from "../metrics.ts";
+import {
+  createGateMetrics,
+  createPrewarmMetrics,
+  createRegistry,
+  createRuntimeMetrics,
+  createStowageMetrics,
+} from "../metrics.ts";
 import { asStowageError, StowageError } from "../util/errors.ts";
 import { createLogger, type Logger } from "../util/log.ts";
 import { controllerConfig } from "./config.ts";
@@ -58,6 +64,14 @@ Flags:
   --webhook-cert-secret NAME     Secret with the webhook certificate (default stowage-webhook-tls)
   --webhook-cert-management MODE self: create, rotate and publish the CA; external: read the Secret
                                  cert-manager issues (default self)
+  --prewarm=BOOL                 plan image pre-pulls onto nodes through NodeCache objects (default
+                                 true; off, with a warning, when the NodeCache CRD is not installed)
+  --cache-endpoint-for-nodes URL where nodes reach the cache registry, written to every NodeCache
+                                 (default: the --cache-registry URL)
+  --disk-budget-fraction F       share of a node's image filesystem the planned images may take
+                                 (default 0.8)
+  --warming-taint=BOOL           remove the stowage.dev/warming taint from nodes once every image
+                                 planned for them is present (default true)
   --log-level LEVEL              trace, debug, info, warn, error (default info)
   -h, --help                     show this help
 
@@ -92,12 +106,16 @@ const options = {
   "webhook-configuration": { type: "string" },
   "webhook-cert-secret": { type: "string" },
   "webhook-cert-management": { type: "string" },
+  prewarm: { type: "string" },
+  "cache-endpoint-for-nodes": { type: "string" },
+  "disk-budget-fraction": { type: "string" },
+  "warming-taint": { type: "string" },
   "log-level": { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 
 type FlagName = keyof typeof options;
-const booleanFlags = new Set<string>(["leader-elect", "retain-on-delete"]);
+const booleanFlags = new Set<string>(["leader-elect", "retain-on-delete", "prewarm", "warming-taint"]);
 const logLevels = ["trace", "debug", "info", "warn", "error", "fatal", "silent"];
 
 export interface ControllerInvocation {
@@ -133,6 +151,8 @@ export interface ControllerInvocation {
     certManagement: "self" | "external";
   };
   logLevel: string;
+  /** The pre-warm planner's settings; undefined with --prewarm=false. */
+  prewarm?: { cacheEndpointForNodes?: string; diskBudgetFraction: number; warmingTaint: boolean };
 }
 
 /**
@@ -330,7 +350,31 @@ export async function parseControllerArgs(
     identity: get("identity") ?? `${hostname()}_${process.pid}`,
     webhook: webhookSettings(get, env),
     logLevel,
+    prewarm: bool(get("prewarm"), "prewarm", true)
+      ? {
+          cacheEndpointForNodes: cacheEndpointForNodes(get("cache-endpoint-for-nodes")),
+          diskBudgetFraction: fraction(get("disk-budget-fraction"), "disk-budget-fraction", 0.8),
+          warmingTaint: bool(get("warming-taint"), "warming-taint", true),
+        }
+      : undefined,
   };
+}
+
+function fraction(value: string | undefined, flag: string, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!/^\d*\.?\d+$/.test(value.trim()) || !(n > 0 && n <= 1)) {
+    throw new UsageError(`--${flag} must be a number above 0 and at most 1, got "${value}"`);
+  }
+  return n;
+}
+
+function cacheEndpointForNodes(value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  if (!/^https?:\/\/[^/\s]+\/?$/i.test(value)) {
+    throw new UsageError(`--cache-endpoint-for-nodes must be http(s)://host[:port], got "${value}"`);
+  }
+  return value.replace(/\/+$/, "");
 }
 
 function webhookSettings(
@@ -396,6 +440,27 @@ export interface RunningController {
  * Fail fast with a message a person can act on: the API server unreachable (after a few tries,
  * since a pod may start before its network is ready) or the ModelImage CRD not installed.
  */
+/**
+ * Is the NodeCache CRD served (and may we list NodeCaches)? Pre-warming needs it; without it the
+ * controller still mirrors, and says why pre-warming is off.
+ */
+async function nodeCachesServed(client: KubeClient, log: Logger): Promise<boolean> {
+  const { NodeCacheResource } = await import("../api/nodeCache.ts");
+  try {
+    await client.resource(NodeCacheResource).list({ limit: 1 });
+    return true;
+  } catch (err) {
+    const status = (err as { status?: number }).status;
+    log.warn(
+      { status, error: (err as Error).message },
+      status === 404
+        ? "the NodeCache CRD (nodecaches.stowage.dev) is not installed: pre-warming is off; apply crds/stowage.dev_nodecaches.yaml and restart"
+        : "cannot list NodeCaches: pre-warming is off; check the controller's RBAC for nodecaches.stowage.dev and nodes",
+    );
+    return false;
+  }
+}
+
 async function checkApi(client: KubeClient, namespaces: string[] | undefined, log: Logger): Promise<void> {
   const attempts = 5;
   let delayMs = 500;
@@ -482,10 +547,13 @@ export async function startController(
   }
   await checkApi(client, invocation.namespaces, log);
   // Loaded here, not at the top, so `--help` and usage errors answer without loading the reconciler.
-  const [{ createCredentialProvider }, { setupModelImageController }] = await Promise.all([
-    import("../auth/index.ts"),
-    import("./modelimage/index.ts"),
-  ]);
+  const [{ createCredentialProvider }, { setupModelImageController }, { setupPrewarmController }] =
+    await Promise.all([
+      import("../auth/index.ts"),
+      import("./modelimage/index.ts"),
+      import("./prewarm/index.ts"),
+    ]);
+  const prewarmOn = invocation.prewarm !== undefined && (await nodeCachesServed(client, log));
 
   const registry = createRegistry();
   collectDefaultMetrics({ register: registry });
@@ -520,6 +588,17 @@ export async function startController(
     maxConcurrentSyncs: invocation.maxConcurrentSyncs,
     retainOnDelete: invocation.retainOnDelete,
   });
+  const prewarm = prewarmOn
+    ? setupPrewarmController(manager, {
+        client,
+        config,
+        prewarm: invocation.prewarm,
+        events,
+        metrics: createPrewarmMetrics(registry),
+        cacheCredentials: credentials.forCache(),
+        log,
+      })
+    : undefined;
   const modelImageController = setupModelImageController(manager, {
     client,
     config,
@@ -527,6 +606,7 @@ export async function startController(
     metrics: stowageMetrics,
     events,
     log,
+    prewarm,
   });
   const admission = invocation.webhook
     ? await setupAdmission(manager, invocation.webhook, invocation.namespaces, events, registry, log)
@@ -538,7 +618,11 @@ export async function startController(
   } catch (err) {
     await admission?.stop().catch(() => {});
     await manager.stop().catch(() => {});
-    await Promise.all([credentials.close(), modelImageController.registries.client.close()]).catch(() => {});
+    await Promise.all([
+      credentials.close(),
+      modelImageController.registries.client.close(),
+      prewarm?.close(),
+    ]).catch(() => {});
     if ((err as NodeJS.ErrnoException).code === "EADDRINUSE") {
       throw new StowageError(
         "InvalidArgument",
@@ -556,6 +640,7 @@ export async function startController(
       webhookPort,
       cacheRegistry: invocation.cache.registry,
       namespaces: invocation.namespaces ?? "all",
+      prewarm: prewarmOn,
       leaderElection: invocation.leaderElection
         ? `${invocation.leaderElection.namespace}/${invocation.leaderElection.name}`
         : "off",
@@ -570,7 +655,11 @@ export async function startController(
     webhookPort,
     close: async () => {
       await admission?.stop();
-      await Promise.all([credentials.close(), modelImageController.registries.client.close()]);
+      await Promise.all([
+        credentials.close(),
+        modelImageController.registries.client.close(),
+        prewarm?.close(),
+      ]);
     },
   };
 }
