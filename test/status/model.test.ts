@@ -130,7 +130,7 @@ describe("status report (pure)", () => {
     expect(row).toBe("  node-1  \u001b[32mpresent\u001b[0m  \u001b[32mpresent\u001b[0m");
     // Without the escape codes it is the plain table.
     const plain = renderText(report, { colour: false });
-    expect(coloured.replace(/\u001b\[\d+m/g, "")).toBe(plain);
+    expect(coloured.replace(new RegExp(`${String.fromCharCode(27)}\\[\\d+m`, "g"), "")).toBe(plain);
   });
 
   it("says so when there are no ModelImages, and writes ages the kubectl way", () => {
