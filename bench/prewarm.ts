@@ -1,0 +1,405 @@
+/**
+ * Pre-warm benchmark (issue 5): `npm run bench:prewarm`.
+ *
+ *   npm run bench:prewarm                 # one 2 GiB single-platform image, three containerd nodes
+ *   node bench/prewarm.ts --scale 0.05    # quick run (also STOWAGE_BENCH_SCALE)
+ *
+ * Stowage: the Kubernetes API test double, an upstream and a cache registry, the real
+ * `stowage controller` and three `stowage agent` processes, each beside its own containerd.
+ * Timed from ModelImage creation to Synced and to Present on all three nodes.
+ * Peer, in the same run and from the same cache: three FRESH containerd instances (clean roots)
+ * each pulling the cached image with `ctr image pull --plain-http`, started together.
+ * Checked: the upstream served every blob of the image exactly once (blob GETs by digest in
+ * its access log), so the bytes read from upstream equal one copy of the image.
+ * Needs root (containerd snapshotter mounts). CI does not run it.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { mkdtemp, open, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { loadAllCrds } from "../src/api/crds.ts";
+import { KubeClient } from "../src/kube/client.ts";
+import { cacheRepository, parseReference } from "../src/oci/reference.ts";
+import { RegistryClient } from "../src/oci/registry.ts";
+import { gatherSnapshot } from "../src/status/gather.ts";
+import { buildReport, type ModelImageReport } from "../src/status/model.ts";
+import { startApiServer } from "../testkit/apiserver/index.ts";
+import { type RunningContainerd, startContainerd } from "../testkit/containerd.ts";
+import { type ControllerProcess, startControllerProcess } from "../testkit/controllerProcess.ts";
+import { pushSinglePlatformImage } from "../testkit/images.ts";
+import { startRegistry } from "../testkit/registry.ts";
+
+const MiB = 1024 * 1024;
+const stowageBin = fileURLToPath(new URL("../bin/stowage.js", import.meta.url));
+const NAMESPACE = "bench";
+const NAME = "prewarm-bench";
+const NODE_NAMES = ["bench-node-1", "bench-node-2", "bench-node-3"];
+
+const { values } = parseArgs({
+  options: {
+    scale: { type: "string" },
+    "timeout-seconds": { type: "string", default: "1800" },
+  },
+});
+const scale = Number(values.scale ?? process.env.STOWAGE_BENCH_SCALE ?? "1");
+if (!(scale > 0)) throw new Error(`--scale must be a positive number, got ${values.scale}`);
+const timeoutMs = Number(values["timeout-seconds"]) * 1000;
+// 2 GiB at scale 1, in layers of the sizes a large ML image has (one dominant layer).
+const layerSizes = [1024, 512, 256, 128, 64, 48, 16].map((m) => Math.max(1024, Math.round(m * MiB * scale)));
+
+function say(line = ""): void {
+  process.stdout.write(`${line}\n`);
+}
+
+function verdict(ok: boolean): string {
+  return ok ? "PASS" : "FAIL";
+}
+
+function seconds(ms: number): string {
+  return `${(ms / 1000).toFixed(1)} s`;
+}
+
+function mib(bytes: number): string {
+  return `${(bytes / MiB).toFixed(1)} MiB`;
+}
+
+/** Peak resident set of a live process (VmHWM), in KiB. */
+function peakRssKiB(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const match = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return match ? Number(match[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const children = new Set<ChildProcess>();
+process.once("exit", () => {
+  for (const child of children) child.kill("SIGKILL");
+});
+
+async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  child.kill("SIGTERM");
+  const timer = setTimeout(() => child.kill("SIGKILL"), 5_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+async function spawnAgent(args: string[], logFile: string): Promise<ChildProcess> {
+  const log = await open(logFile, "a");
+  const child = spawn(process.execPath, [stowageBin, "agent", ...args], {
+    env: { ...process.env, STOWAGE_LOG_LEVEL: "" },
+    stdio: ["ignore", log.fd, log.fd],
+  });
+  children.add(child);
+  child.once("exit", () => {
+    children.delete(child);
+    void log.close().catch(() => {});
+  });
+  return child;
+}
+
+function run(command: string, args: string[]): Promise<{ code: number | null; output: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"] });
+    children.add(child);
+    let output = "";
+    child.stdout.on("data", (c) => {
+      output += c;
+    });
+    child.stderr.on("data", (c) => {
+      output += c;
+    });
+    child.on("error", reject);
+    child.on("close", (code) => {
+      children.delete(child);
+      resolve({ code, output });
+    });
+  });
+}
+
+function nodeObject(name: string) {
+  const now = new Date().toISOString().replace(/\.\d+Z$/, "Z");
+  return {
+    apiVersion: "v1",
+    kind: "Node",
+    metadata: {
+      name,
+      labels: { "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64" },
+    },
+    spec: {},
+    status: {
+      conditions: [
+        {
+          type: "Ready",
+          status: "True",
+          reason: "KubeletReady",
+          message: "bench node",
+          lastHeartbeatTime: now,
+          lastTransitionTime: now,
+        },
+      ],
+      nodeInfo: { architecture: "amd64", operatingSystem: "linux" },
+    },
+  };
+}
+
+async function waitForLogLine(file: string, text: string, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    try {
+      if (readFileSync(file, "utf8").includes(text)) return true;
+    } catch {
+      // not written yet
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  return false;
+}
+
+async function main(): Promise<number> {
+  if (process.getuid?.() !== 0) {
+    process.stderr.write("bench:prewarm: containerd needs root (snapshotter mounts)\n");
+    return 1;
+  }
+  const dir = await mkdtemp(join(tmpdir(), "stowage-bench-prewarm-"));
+  const cleanups: (() => Promise<unknown>)[] = [];
+  const cleanUp = async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => {});
+    await rm(dir, { recursive: true, force: true });
+  };
+  process.once("SIGINT", () => void cleanUp().then(() => process.exit(130)));
+  try {
+    const kubeconfigPath = join(dir, "kubeconfig");
+    const api = await startApiServer({ crds: loadAllCrds() as never, kubeconfigPath });
+    cleanups.push(() => api.stop());
+    const client = KubeClient.load({ path: kubeconfigPath });
+    cleanups.push(async () => client.close());
+    const upstream = await startRegistry();
+    cleanups.push(() => upstream.stop());
+    const cache = await startRegistry();
+    cleanups.push(() => cache.stop());
+
+    const seedStarted = performance.now();
+    const registryClient = new RegistryClient({ insecureHosts: [upstream.host] });
+    const pushed = await pushSinglePlatformImage(
+      registryClient,
+      { registry: upstream.host, repository: "acme/llm-serve" },
+      "bench",
+      { layerSizes, seed: `stowage-bench-prewarm-${scale}` },
+    );
+    await registryClient.close();
+    const blobs = pushed.image.blobs.map((b) => b.descriptor);
+    const imageBytes = blobs.reduce((sum, b) => sum + b.size, 0);
+    const reference = `${upstream.host}/acme/llm-serve:bench`;
+    say(
+      `image: ${reference} ${pushed.digest.slice(0, 19)}…, ${blobs.length} blobs, ${mib(imageBytes)} (scale ${scale}); seeded in ${seconds(performance.now() - seedStarted)}`,
+    );
+
+    for (const namespace of ["stowage-system", NAMESPACE])
+      await api.create({ apiVersion: "v1", kind: "Namespace", metadata: { name: namespace } });
+
+    const controller: ControllerProcess = await startControllerProcess({
+      kubeconfig: kubeconfigPath,
+      cacheRegistry: cache.url,
+      args: ["--insecure-registry", upstream.host, "--leader-elect=false"],
+      echo: false,
+    });
+    cleanups.push(() => controller.kill("SIGTERM"));
+    try {
+      await controller.waitForLog(
+        (l) => l.msg === "controller started" && l.controller === "prewarm",
+        30_000,
+      );
+    } catch {
+      process.stderr.write('bench:prewarm: the controller never started its "prewarm" controller\n');
+      return 1;
+    }
+
+    const nodes: { name: string; containerd: RunningContainerd; agent: ChildProcess; log: string }[] = [];
+    for (const name of NODE_NAMES) {
+      await api.create(nodeObject(name));
+      const containerd = await startContainerd();
+      cleanups.push(() => containerd.dispose());
+      const log = join(dir, `agent-${name}.log`);
+      const agent = await spawnAgent(
+        [
+          "--node-name",
+          name,
+          "--cri-socket",
+          containerd.socketPath,
+          "--containerd-config-path",
+          containerd.certsDir,
+          "--containerd-config",
+          containerd.configFile,
+          "--containerd-root",
+          join(containerd.dir, "root"),
+          "--kubeconfig",
+          kubeconfigPath,
+          "--health-port",
+          "0",
+          "--heartbeat-interval",
+          "15s",
+          "--retry-initial",
+          "2s",
+        ],
+        log,
+      );
+      cleanups.push(() => stopChild(agent));
+      nodes.push({ name, containerd, agent, log });
+    }
+    for (const node of nodes) {
+      if (!(await waitForLogLine(node.log, '"agent ready"', 30_000))) {
+        process.stderr.write(
+          `bench:prewarm: agent on ${node.name} not ready:\n${readFileSync(node.log, "utf8")}\n`,
+        );
+        return 1;
+      }
+    }
+    say(
+      `stowage controller pid ${controller.pid}; ${nodes.length} nodes, each containerd ${nodes[0].containerd.snapshotter} + stowage agent`,
+    );
+
+    // --- Stowage: ModelImage created → Synced → Present on every node.
+    const started = performance.now();
+    await api.create({
+      apiVersion: "stowage.dev/v1alpha1",
+      kind: "ModelImage",
+      metadata: { name: NAME, namespace: NAMESPACE },
+      spec: { image: reference, prewarm: { enabled: true, maxConcurrentNodes: 4 } },
+    });
+    let syncedMs: number | undefined;
+    let presentMs: number | undefined;
+    let report: ModelImageReport | undefined;
+    let lastLine = "";
+    while (performance.now() - started < timeoutMs) {
+      const snapshot = await gatherSnapshot(client, { namespace: NAMESPACE });
+      report = buildReport(snapshot).modelImages.find((m) => m.name === NAME);
+      const now = performance.now() - started;
+      if (report?.synced?.status === "True") syncedMs ??= now;
+      const cells = NODE_NAMES.map((n) => report?.cells.find((c) => c.node === n));
+      const line = cells
+        .map(
+          (c, i) =>
+            `${NODE_NAMES[i]} ${c ? `${c.state}${c.percent !== undefined ? ` ${c.percent}%` : ""}` : "-"}`,
+        )
+        .join(", ");
+      const head = `${report?.synced?.status === "True" ? "Synced" : (report?.synced?.reason ?? "Pending")}; ${line}`;
+      if (head !== lastLine) say(`  [${seconds(now).padStart(8)}] ${head}`);
+      lastLine = head;
+      if (cells.every((c) => c?.state === "present")) {
+        presentMs = now;
+        break;
+      }
+      if (cells.some((c) => c?.state === "failed")) break;
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+
+    const controllerRss = peakRssKiB(controller.pid);
+    const agentRss = nodes.map((n) => peakRssKiB(n.agent.pid));
+
+    // Bytes from upstream: every blob GET the upstream answered, by digest.
+    const gets = (await upstream.requests()).filter(
+      (r) => r.method === "GET" && /\/blobs\/sha256:/.test(r.path) && (r.status === 200 || r.status === 206),
+    );
+    const getsByDigest = new Map<string, number>();
+    for (const r of gets) {
+      const digest = /\/blobs\/(sha256:[0-9a-f]{64})/.exec(r.path)?.[1] ?? r.path;
+      getsByDigest.set(digest, (getsByDigest.get(digest) ?? 0) + 1);
+    }
+    const upstreamBytes = blobs.reduce((sum, b) => sum + b.size * (getsByDigest.get(b.digest) ?? 0), 0);
+    const eachOnce =
+      blobs.every((b) => getsByDigest.get(b.digest) === 1) && getsByDigest.size === blobs.length;
+
+    // Stop Stowage's nodes before the peer so both run on an otherwise idle machine.
+    for (const node of nodes) {
+      await stopChild(node.agent);
+      await node.containerd.dispose();
+    }
+    await controller.kill("SIGTERM");
+
+    // --- Peer: three fresh containerd instances pull the cached image by hand, together.
+    const cacheDigest = report?.variants[0]?.cacheDigest;
+    let peerMs: number | undefined;
+    let peerFailure: string | undefined;
+    if (cacheDigest) {
+      const cacheRef = `${cache.host}/${cacheRepository(parseReference(reference))}@${cacheDigest}`;
+      const fresh: RunningContainerd[] = [];
+      for (let i = 0; i < 3; i++) {
+        const containerd = await startContainerd();
+        cleanups.push(() => containerd.dispose());
+        fresh.push(containerd);
+      }
+      say(`peer: 3 × ctr -n k8s.io image pull --plain-http ${cacheRef} on fresh containerd roots`);
+      const peerStarted = performance.now();
+      const results = await Promise.all(
+        fresh.map((c) =>
+          run("ctr", [
+            "-a",
+            c.socketPath,
+            "-n",
+            "k8s.io",
+            "image",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            c.snapshotter,
+            cacheRef,
+          ]),
+        ),
+      );
+      peerMs = performance.now() - peerStarted;
+      const failed = results.find((r) => r.code !== 0);
+      if (failed) peerFailure = failed.output.slice(-2000);
+      for (const c of fresh) await c.dispose();
+    } else {
+      peerFailure = "no cache digest in the ModelImage status";
+    }
+
+    say("");
+    say(`image size (blobs):                 ${mib(imageBytes)} in ${blobs.length} blobs (scale ${scale})`);
+    say(`time to Synced:                     ${syncedMs !== undefined ? seconds(syncedMs) : "(never)"}`);
+    say(
+      `time to Present on all ${nodes.length} nodes:     ${presentMs !== undefined ? seconds(presentMs) : `(not within ${seconds(timeoutMs)}: ${lastLine})`}`,
+    );
+    say(
+      `  of which after Synced:            ${presentMs !== undefined && syncedMs !== undefined ? seconds(presentMs - syncedMs) : "-"}`,
+    );
+    say(
+      `peer: 3 parallel ctr pulls from the cache: ${peerMs !== undefined && !peerFailure ? seconds(peerMs) : `FAILED ${peerFailure ?? ""}`}`,
+    );
+    if (presentMs !== undefined && peerMs !== undefined && !peerFailure && syncedMs !== undefined) {
+      say(`ratio Stowage (create → all Present) / peer:        ${(presentMs / peerMs).toFixed(2)}×`);
+      say(
+        `ratio Stowage (Synced → all Present) / peer:        ${((presentMs - syncedMs) / peerMs).toFixed(2)}×`,
+      );
+    }
+    say(
+      `bytes from upstream: ${upstreamBytes} (${mib(upstreamBytes)}) vs image ${imageBytes} (${mib(imageBytes)}); blob GETs ${gets.length} for ${blobs.length} blobs  ${verdict(eachOnce && upstreamBytes === imageBytes)} (each blob from upstream exactly once)`,
+    );
+    for (const b of blobs) {
+      const count = getsByDigest.get(b.digest) ?? 0;
+      if (count !== 1)
+        say(
+          `  blob ${b.digest.slice(0, 19)}… (${b.mediaType}, ${b.size} bytes) fetched from upstream ${count}×`,
+        );
+    }
+    const kib = (v: number | undefined) => (v === undefined ? "?" : `${(v / 1024).toFixed(1)} MiB`);
+    say(`peak RSS (VmHWM): controller ${kib(controllerRss)}; agents ${agentRss.map(kib).join(", ")}`);
+    say(`all nodes Present: ${verdict(presentMs !== undefined)}`);
+    return presentMs !== undefined && eachOnce && upstreamBytes === imageBytes && !peerFailure ? 0 : 1;
+  } finally {
+    await cleanUp();
+  }
+}
+
+process.exitCode = await main().catch((err) => {
+  process.stderr.write(`bench:prewarm: ${(err as Error).stack ?? err}\n`);
+  return 1;
+});
