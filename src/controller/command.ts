@@ -21,7 +21,9 @@ import {
   createRegistry,
   createRuntimeMetrics,
   createStowageMetrics,
+  nodeCacheHeartbeatCollector,
 } from "../metrics.ts";
+import { systemClock } from "../util/clock.ts";
 import { asStowageError, StowageError } from "../util/errors.ts";
 import { createLogger, type Logger } from "../util/log.ts";
 import { controllerConfig } from "./config.ts";
@@ -599,6 +601,23 @@ export async function startController(
         log,
       })
     : undefined;
+  // Without the NodeCache CRD there are no node agents to watch: the series are simply absent.
+  if (prewarm) {
+    const nodeCaches = prewarm.nodeCacheInformer;
+    // client-node types creationTimestamp as string | Date; the collector reads the JSON string.
+    const views = () =>
+      nodeCaches.list().map((nc) => {
+        const created = nc.metadata?.creationTimestamp;
+        return {
+          metadata: {
+            name: nc.metadata?.name,
+            creationTimestamp: created instanceof Date ? created.toISOString() : created,
+          },
+          status: nc.status,
+        };
+      });
+    nodeCacheHeartbeatCollector({ list: views }, systemClock, registry);
+  }
   const modelImageController = setupModelImageController(manager, {
     client,
     config,
