@@ -383,6 +383,12 @@ async function main(): Promise<number> {
     say(
       `bytes from upstream: ${upstreamBytes} (${mib(upstreamBytes)}) vs image ${imageBytes} (${mib(imageBytes)}); blob GETs ${gets.length} for ${blobs.length} blobs  ${verdict(eachOnce && upstreamBytes === imageBytes)} (each blob from upstream exactly once)`,
     );
+    const layers = pushed.image.layers.map((l) => l.descriptor);
+    const layerBytes = layers.reduce((sum, b) => sum + b.size * (getsByDigest.get(b.digest) ?? 0), 0);
+    const layersOnce = layers.every((b) => getsByDigest.get(b.digest) === 1);
+    say(
+      `layer bytes from upstream: ${layerBytes} vs ${layers.reduce((sum, b) => sum + b.size, 0)} in ${layers.length} layers  ${verdict(layersOnce)} (each layer from upstream exactly once)`,
+    );
     for (const b of blobs) {
       const count = getsByDigest.get(b.digest) ?? 0;
       if (count !== 1)
