@@ -6,7 +6,6 @@
  */
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
-import { parseDuration } from "../api/duration.ts";
 import { type NodeCache, NodeCacheResource } from "../api/nodeCache.ts";
 import { KubeClient } from "../kube/client.ts";
 import { EventRecorder } from "../kube/events.ts";
@@ -14,6 +13,7 @@ import { Manager } from "../kube/manager.ts";
 import { createRegistry, createRuntimeMetrics } from "../metrics.ts";
 import type { Clock } from "../util/clock.ts";
 import { asStowageError } from "../util/errors.ts";
+import { booleanFlag, durationFlag, integerFlag, normaliseBooleanFlags, UsageError } from "../util/flags.ts";
 import { createLogger, type Logger } from "../util/log.ts";
 import { CriClient, type ImageRuntime } from "./cri.ts";
 import { containerdProgressProbe, type ProgressProbe } from "./progress.ts";
@@ -47,8 +47,6 @@ Flags:
 Exit codes: 0 stopped gracefully, 1 fatal startup error, 2 bad usage.
 `;
 
-class UsageError extends Error {}
-
 const options = {
   "node-name": { type: "string" },
   "cri-socket": { type: "string" },
@@ -79,53 +77,6 @@ export interface AgentInvocation {
   logLevel: string;
 }
 
-/** `--mirror-config false` and a bare `--mirror-config` become `--mirror-config=false|true`. */
-function normaliseBooleanFlags(args: string[]): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i];
-    if (arg.startsWith("--") && booleanFlags.has(arg.slice(2))) {
-      const next = args[i + 1];
-      if (next === "true" || next === "false") {
-        out.push(`${arg}=${next}`);
-        i++;
-      } else out.push(`${arg}=true`);
-    } else out.push(arg);
-  }
-  return out;
-}
-
-function bool(value: string | undefined, flag: string, fallback: boolean): boolean {
-  if (value === undefined) return fallback;
-  if (value === "true" || value === "1") return true;
-  if (value === "false" || value === "0") return false;
-  throw new UsageError(`--${flag} must be true or false, got "${value}"`);
-}
-
-function integer(
-  value: string | undefined,
-  flag: string,
-  fallback: number,
-  min: number,
-  max: number,
-): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!/^\d+$/.test(value.trim()) || n < min || n > max)
-    throw new UsageError(`--${flag} must be an integer from ${min} to ${max}, got "${value}"`);
-  return n;
-}
-
-function duration(value: string | undefined, flag: string, fallbackMs: number): number {
-  if (value === undefined) return fallbackMs;
-  let ms = Number.NaN;
-  try {
-    ms = parseDuration(value);
-  } catch {}
-  if (!(ms > 0)) throw new UsageError(`--${flag} must be a positive duration like 30s or 5m, got "${value}"`);
-  return ms;
-}
-
 /** Flags (and NODE_NAME) to an invocation; throws UsageError on bad input. */
 export function parseAgentArgs(
   args: string[],
@@ -134,7 +85,7 @@ export function parseAgentArgs(
   let values: Record<string, string | boolean | undefined>;
   try {
     ({ values } = parseArgs({
-      args: normaliseBooleanFlags(args),
+      args: normaliseBooleanFlags(args, booleanFlags),
       options,
       strict: true,
       allowPositionals: false,
@@ -153,25 +104,25 @@ export function parseAgentArgs(
     config: {
       nodeName,
       agentVersion: "",
-      mirrorConfig: bool(get("mirror-config"), "mirror-config", defaultAgentConfig.mirrorConfig),
+      mirrorConfig: booleanFlag(get("mirror-config"), "mirror-config", defaultAgentConfig.mirrorConfig),
       containerdConfigPath: get("containerd-config-path") ?? defaultAgentConfig.containerdConfigPath,
       containerdConfigFile: get("containerd-config"),
-      cacheSkipVerify: bool(get("cache-skip-verify"), "cache-skip-verify", false),
-      maxConcurrentPulls: integer(get("max-concurrent-pulls"), "max-concurrent-pulls", 2, 1, 64),
-      stallTimeoutMs: duration(get("stall-timeout"), "stall-timeout", defaultAgentConfig.stallTimeoutMs),
-      heartbeatIntervalMs: duration(
+      cacheSkipVerify: booleanFlag(get("cache-skip-verify"), "cache-skip-verify", false),
+      maxConcurrentPulls: integerFlag(get("max-concurrent-pulls"), "max-concurrent-pulls", 2, 1, 64),
+      stallTimeoutMs: durationFlag(get("stall-timeout"), "stall-timeout", defaultAgentConfig.stallTimeoutMs),
+      heartbeatIntervalMs: durationFlag(
         get("heartbeat-interval"),
         "heartbeat-interval",
         defaultAgentConfig.heartbeatIntervalMs,
       ),
       resyncIntervalMs: defaultAgentConfig.resyncIntervalMs,
-      retryInitialMs: duration(get("retry-initial"), "retry-initial", defaultAgentConfig.retryInitialMs),
-      retryMaxMs: duration(get("retry-max"), "retry-max", defaultAgentConfig.retryMaxMs),
+      retryInitialMs: durationFlag(get("retry-initial"), "retry-initial", defaultAgentConfig.retryInitialMs),
+      retryMaxMs: durationFlag(get("retry-max"), "retry-max", defaultAgentConfig.retryMaxMs),
     },
     criSocket: get("cri-socket") ?? "/run/containerd/containerd.sock",
     containerdRoot: get("containerd-root"),
     kubeconfig: get("kubeconfig"),
-    healthPort: integer(get("health-port"), "health-port", 8081, 0, 65535),
+    healthPort: integerFlag(get("health-port"), "health-port", 8081, 0, 65535),
     logLevel,
   };
 }
