@@ -6,6 +6,7 @@
  * target never holds a manifest whose blobs are missing.
  */
 import { createHash } from "node:crypto";
+import { Readable } from "node:stream";
 import PQueue from "p-queue";
 import type { Clock } from "../util/clock.ts";
 import { systemClock } from "../util/clock.ts";
@@ -98,6 +99,19 @@ export interface CopyPlan {
   present: Set<string>;
   /** The target already holds the root under its tag/digest: nothing to copy. */
   upToDate: boolean;
+  /**
+   * Small blobs read (and verified) from the source while planning, by digest: pushed from
+   * memory so the source serves each blob once per copy.
+   */
+  fetched: ReadonlyMap<string, Buffer>;
+}
+
+interface TransferContext {
+  run: RunState;
+  signal: AbortSignal;
+  image: string;
+  emit: (e: ProgressEvent) => void;
+  fetched?: ReadonlyMap<string, Buffer>;
 }
 
 const imageConfigTypes = new Set<string>([MediaType.OciConfig, MediaType.DockerConfig]);
@@ -287,6 +301,7 @@ export class Copier {
     const from = upToDate ? targetRepo : sourceRepo;
 
     const root: ManifestNode = { raw: rootRaw, blobs: [], children: [] };
+    const fetched = new Map<string, Buffer>();
     const platforms: string[] = [];
     if (isIndexMediaType(mediaType)) {
       root.children = await Promise.all(selectedChildren.map((d) => this.#loadNode(from, d)));
@@ -295,7 +310,9 @@ export class Copier {
     } else {
       const manifest = parseJson<ImageManifest>(sourceManifest, `manifest ${sourceName}`);
       root.blobs = blobsOf(manifest);
-      const platform = await this.#configPlatform(from, manifest);
+      const config = await this.#readConfig(from, manifest);
+      if (config && !upToDate) fetched.set(manifest.config.digest, config.bytes);
+      const platform = config?.platform;
       if (!keepAll) checkSinglePlatform(platform ?? {}, options.platforms, sourceName);
       if (platform?.os && platform.architecture) platforms.push(formatPlatform(platform as Platform));
     }
@@ -326,6 +343,7 @@ export class Copier {
       blobs,
       present,
       upToDate,
+      fetched,
     };
   }
 
@@ -353,19 +371,24 @@ export class Copier {
     };
   }
 
-  /** os/architecture/variant from an image config; undefined for artifacts (non-image config). */
-  async #configPlatform(repo: RepoRef, manifest: ImageManifest): Promise<Partial<Platform> | undefined> {
+  /** An image config's bytes and os/architecture/variant; undefined for artifacts (non-image config). */
+  async #readConfig(
+    repo: RepoRef,
+    manifest: ImageManifest,
+  ): Promise<{ bytes: Buffer; platform: Partial<Platform> } | undefined> {
     const config = manifest.config;
     if (!config || !imageConfigTypes.has(config.mediaType) || config.size > maxConfigBytes) return undefined;
     const chunks: Buffer[] = [];
     for await (const chunk of this.#client.getBlob(repo, config)) chunks.push(chunk as Buffer);
+    const bytes = Buffer.concat(chunks);
     try {
-      const body = JSON.parse(Buffer.concat(chunks).toString("utf8")) as Partial<Platform>;
-      return {
+      const body = JSON.parse(bytes.toString("utf8")) as Partial<Platform>;
+      const platform = {
         os: body.os,
         architecture: body.architecture,
         ...(body.variant ? { variant: body.variant } : {}),
       };
+      return { bytes, platform };
     } catch (err) {
       throw new StowageError("ManifestInvalid", `config ${config.digest} is not valid JSON`, { cause: err });
     }
@@ -398,7 +421,7 @@ export class Copier {
     // One controller per image: the first failure stops this image's other transfers.
     const controller = new AbortController();
     const signal = options.signal ? AbortSignal.any([options.signal, controller.signal]) : controller.signal;
-    const context = { run, signal, image, emit };
+    const context: TransferContext = { run, signal, image, emit, fetched: plan.fetched };
 
     if (!plan.upToDate) {
       const outcomes = missing.map((blob) =>
@@ -468,7 +491,7 @@ export class Copier {
     sourceRepo: RepoRef,
     targetRepo: RepoRef,
     blob: Descriptor,
-    context: { run: RunState; signal: AbortSignal; image: string; emit: (e: ProgressEvent) => void },
+    context: TransferContext,
   ): Promise<BlobOutcome> {
     const { run } = context;
     const key = `${targetRepo.registry}|${blob.digest}`;
@@ -501,7 +524,7 @@ export class Copier {
     targetRepo: RepoRef,
     blob: Descriptor,
     mountFrom: string | undefined,
-    context: { run: RunState; signal: AbortSignal; image: string; emit: (e: ProgressEvent) => void },
+    context: TransferContext,
   ): Promise<BlobOutcome> {
     const { run, signal, image, emit } = context;
     const client = this.#client;
@@ -522,7 +545,9 @@ export class Copier {
           }
         }
         const onBytes = (bytes: number) => emit({ type: "bytes", image, bytes });
-        await client.pushBlob(targetRepo, blob, () => client.getBlob(sourceRepo, blob, { signal }), {
+        const held = context.fetched?.get(blob.digest);
+        const open = held ? () => Readable.from([held]) : () => client.getBlob(sourceRepo, blob, { signal });
+        await client.pushBlob(targetRepo, blob, open, {
           signal,
           onBytes,
         });

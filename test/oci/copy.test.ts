@@ -142,6 +142,20 @@ describe("Copier against real registries", () => {
     expect(await client.headManifest(repo(target, "oci/by-digest"), "latest")).toBeUndefined();
   });
 
+  it("reads every blob of a single-platform image from the source once, the config included", async () => {
+    const pushed = await pushSinglePlatformImage(client, repo(source, "oci/read-once"), "1.0");
+    await copier.copy(ref(source, "oci/read-once:1.0"), ref(target, "oci/read-once:1.0"));
+    const blobGets = (await source.requests()).filter(
+      (r) => r.method === "GET" && r.path.startsWith("/v2/oci/read-once/blobs/"),
+    );
+    const perDigest = new Map<string, number>();
+    for (const r of blobGets) perDigest.set(r.path, (perDigest.get(r.path) ?? 0) + 1);
+    expect(perDigest.size).toBe(pushed.image.blobs.length);
+    expect([...perDigest.values()].every((n) => n === 1)).toBe(true);
+    const copied = await client.getManifest(repo(target, "oci/read-once"), "1.0");
+    expect(copied.digest).toBe(pushed.digest);
+  });
+
   it("copies an artifact with a non-image config media type and arbitrary layer media types", async () => {
     const pushed = await pushArtifact(client, repo(source, "models/tiny"), "weights");
     const result = await copier.copy(ref(source, "models/tiny:weights"), ref(target, "models/tiny:weights"));
