@@ -346,7 +346,7 @@ describe("pre-warm onto real containerd nodes", () => {
           (e) => e.reason === "QuotaExceeded" && (e.regarding?.name ?? e.involvedObject?.name) === "too-big",
         );
         const text = `${prewarmed} ${event?.message ?? event?.note ?? ""}`;
-        return /QuotaExceeded|disk budget/.test(text) && text.includes("cpu-node-arm64") ? text : undefined;
+        return /QuotaExceeded/.test(text) && text.includes("cpu-node-arm64") ? text : undefined;
       },
       120_000,
     );
