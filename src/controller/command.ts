@@ -9,7 +9,6 @@ import { readFile } from "node:fs/promises";
 import { hostname } from "node:os";
 import { parseArgs } from "node:util";
 import { collectDefaultMetrics, type Registry } from "prom-client";
-import { parseDuration } from "../api/duration.ts";
 import { ModelImageResource } from "../api/modelImage.ts";
 import { isNotFound, KubeClient, Resources } from "../kube/client.ts";
 import { EventRecorder } from "../kube/events.ts";
@@ -25,6 +24,14 @@ import {
 } from "../metrics.ts";
 import { systemClock } from "../util/clock.ts";
 import { asStowageError, StowageError } from "../util/errors.ts";
+import {
+  booleanFlag,
+  durationFlag,
+  envName,
+  integerFlag,
+  normaliseBooleanFlags,
+  UsageError,
+} from "../util/flags.ts";
 import { createLogger, type Logger } from "../util/log.ts";
 import { controllerConfig } from "./config.ts";
 
@@ -79,8 +86,6 @@ Flags:
 
 Exit codes: 0 stopped gracefully, 1 fatal startup error, 2 bad usage.
 `;
-
-class UsageError extends Error {}
 
 const options = {
   kubeconfig: { type: "string" },
@@ -157,30 +162,6 @@ export interface ControllerInvocation {
   prewarm?: { cacheEndpointForNodes?: string; diskBudgetFraction: number; warmingTaint: boolean };
 }
 
-/**
- * parseArgs has no `--flag=false` for booleans, and Kubernetes operators are configured that
- * way (`--leader-elect=false`); such flags are strings here, and a bare `--leader-elect` means true.
- */
-function normaliseBooleanFlags(args: string[]): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i];
-    const name = arg.startsWith("--") ? arg.slice(2) : "";
-    if (booleanFlags.has(name)) {
-      const next = args[i + 1];
-      if (next === "true" || next === "false") {
-        out.push(`${arg}=${next}`);
-        i++;
-      } else out.push(`${arg}=true`);
-    } else out.push(arg);
-  }
-  return out;
-}
-
-function envName(flag: string): string {
-  return `STOWAGE_${flag.toUpperCase().replaceAll("-", "_")}`;
-}
-
 /** A flag's value, else its STOWAGE_* variable (comma list for repeatable flags). */
 function setting(
   values: Record<string, string | string[] | boolean | undefined>,
@@ -207,39 +188,6 @@ function listSetting(
         .map((item) => item.trim())
         .filter(Boolean)
     : [];
-}
-
-function integer(
-  value: string | undefined,
-  flag: string,
-  fallback: number,
-  min: number,
-  max: number,
-): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!/^\d+$/.test(value.trim()) || !Number.isInteger(n) || n < min || n > max) {
-    throw new UsageError(`--${flag} must be an integer from ${min} to ${max}, got "${value}"`);
-  }
-  return n;
-}
-
-function bool(value: string | undefined, flag: string, fallback: boolean): boolean {
-  if (value === undefined) return fallback;
-  if (value === "true" || value === "1") return true;
-  if (value === "false" || value === "0") return false;
-  throw new UsageError(`--${flag} must be true or false, got "${value}"`);
-}
-
-function duration(value: string | undefined, flag: string, fallbackMs: number): number {
-  if (value === undefined) return fallbackMs;
-  try {
-    const ms = parseDuration(value);
-    if (ms > 0) return ms;
-  } catch {
-    // reported below
-  }
-  throw new UsageError(`--${flag} must be a positive duration like 15s or 1m, got "${value}"`);
 }
 
 function hostOf(input: string): string {
@@ -288,7 +236,7 @@ export async function parseControllerArgs(
   let positionals: string[];
   try {
     ({ values, positionals } = parseArgs({
-      args: normaliseBooleanFlags(args),
+      args: normaliseBooleanFlags(args, booleanFlags),
       options,
       strict: true,
       allowPositionals: true,
@@ -314,9 +262,9 @@ export async function parseControllerArgs(
   if (!logLevels.includes(logLevel)) {
     throw new UsageError(`--log-level must be one of ${logLevels.join(", ")}, got "${logLevel}"`);
   }
-  const leaseDurationMs = duration(get("lease-duration"), "lease-duration", 15_000);
-  const renewDeadlineMs = duration(get("renew-deadline"), "renew-deadline", 10_000);
-  const retryPeriodMs = duration(get("retry-period"), "retry-period", 2_000);
+  const leaseDurationMs = durationFlag(get("lease-duration"), "lease-duration", 15_000);
+  const renewDeadlineMs = durationFlag(get("renew-deadline"), "renew-deadline", 10_000);
+  const retryPeriodMs = durationFlag(get("retry-period"), "retry-period", 2_000);
   if (renewDeadlineMs >= leaseDurationMs) {
     throw new UsageError("--renew-deadline must be shorter than --lease-duration");
   }
@@ -336,11 +284,11 @@ export async function parseControllerArgs(
     insecureRegistries: list("insecure-registry").map(hostOf),
     caPem,
     namespaces: namespaces.length > 0 ? namespaces : undefined,
-    workers: integer(get("workers"), "workers", 4, 1, 256),
-    maxConcurrentSyncs: integer(get("max-concurrent-syncs"), "max-concurrent-syncs", 4, 1, 256),
-    retainOnDelete: bool(get("retain-on-delete"), "retain-on-delete", true),
-    healthPort: integer(get("health-port"), "health-port", 8080, 0, 65535),
-    leaderElection: bool(get("leader-elect"), "leader-elect", true)
+    workers: integerFlag(get("workers"), "workers", 4, 1, 256),
+    maxConcurrentSyncs: integerFlag(get("max-concurrent-syncs"), "max-concurrent-syncs", 4, 1, 256),
+    retainOnDelete: booleanFlag(get("retain-on-delete"), "retain-on-delete", true),
+    healthPort: integerFlag(get("health-port"), "health-port", 8080, 0, 65535),
+    leaderElection: booleanFlag(get("leader-elect"), "leader-elect", true)
       ? {
           namespace: get("leader-election-namespace") ?? env.POD_NAMESPACE ?? "stowage-system",
           name: get("leader-election-id") ?? "stowage-controller",
@@ -352,11 +300,11 @@ export async function parseControllerArgs(
     identity: get("identity") ?? `${hostname()}_${process.pid}`,
     webhook: webhookSettings(get, env),
     logLevel,
-    prewarm: bool(get("prewarm"), "prewarm", true)
+    prewarm: booleanFlag(get("prewarm"), "prewarm", true)
       ? {
           cacheEndpointForNodes: cacheEndpointForNodes(get("cache-endpoint-for-nodes")),
           diskBudgetFraction: fraction(get("disk-budget-fraction"), "disk-budget-fraction", 0.8),
-          warmingTaint: bool(get("warming-taint"), "warming-taint", true),
+          warmingTaint: booleanFlag(get("warming-taint"), "warming-taint", true),
         }
       : undefined,
   };
@@ -390,7 +338,7 @@ function webhookSettings(
     throw new UsageError(`--webhook-cert-management must be self or external, got "${certManagement}"`);
   }
   return {
-    port: integer(port, "webhook-port", 9443, 0, 65535),
+    port: integerFlag(port, "webhook-port", 9443, 0, 65535),
     namespace: get("webhook-namespace") ?? env.POD_NAMESPACE ?? "stowage-system",
     service: get("webhook-service") ?? "stowage-webhook",
     configuration: get("webhook-configuration") ?? "stowage",
