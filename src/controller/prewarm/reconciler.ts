@@ -188,17 +188,25 @@ async function maintainNodes(
     for (const key of wanted) if (labels[key] !== WARM_LABEL_VALUE) labelPatch[key] = WARM_LABEL_VALUE;
     for (const key of Object.keys(labels))
       if (key.startsWith(WARM_LABEL_PREFIX) && !wanted.has(key)) labelPatch[key] = null;
-    if (Object.keys(labelPatch).length > 0) {
+    const labelsChange = Object.keys(labelPatch).length > 0;
+    const removeTaint = deps.config.warmingTaint && hasWarmingTaint(node) && !open.has(nodeName);
+    if (!labelsChange && !removeTaint) continue;
+    if (!removeTaint) {
       await deps.nodeClient.patch(nodeName, { metadata: { labels: labelPatch } });
       deps.log.info({ node: nodeName, labels: labelPatch }, "warm labels updated");
+      continue;
     }
-    if (!deps.config.warmingTaint || !hasWarmingTaint(node) || open.has(nodeName)) continue;
+    // One patch for labels and taint: resourceVersion guards against dropping a taint someone
+    // added meanwhile (409 → retried), and a separate label patch first would make it stale.
     const taints = (node.spec?.taints ?? []).filter((t) => t.key !== WARMING_TAINT_KEY);
-    // resourceVersion guards against dropping a taint someone added meanwhile (409 → retried).
     await deps.nodeClient.patch(nodeName, {
-      metadata: { resourceVersion: node.metadata?.resourceVersion },
+      metadata: {
+        resourceVersion: node.metadata?.resourceVersion,
+        ...(labelsChange ? { labels: labelPatch } : {}),
+      },
       spec: { taints },
     });
+    if (labelsChange) deps.log.info({ node: nodeName, labels: labelPatch }, "warm labels updated");
     const failures = failed.get(nodeName) ?? [];
     void deps.events.event(node, {
       type: failures.length > 0 ? "Warning" : "Normal",
