@@ -286,7 +286,8 @@ export function createPrewarmMetrics(registry: Registry = createRegistry()): Pre
 
 /** The NodeCache fields the collector reads (structural, so metrics.ts imports no API types). */
 export interface NodeCacheView {
-  metadata?: { name?: string; creationTimestamp?: string };
+  /** Objects read as JSON carry a string; client-node typed objects may carry a Date. */
+  metadata?: { name?: string; creationTimestamp?: string | Date };
   status?: { heartbeatTime?: string; images?: readonly { state: string }[] };
 }
 
@@ -319,7 +320,9 @@ export function nodeCacheHeartbeatCollector(
       const now = clock.now();
       for (const nc of informer.list()) {
         const node = nc.metadata?.name;
-        const since = Date.parse(nc.status?.heartbeatTime ?? nc.metadata?.creationTimestamp ?? "");
+        const since = new Date(
+          nc.status?.heartbeatTime ?? nc.metadata?.creationTimestamp ?? Number.NaN,
+        ).getTime();
         if (!node || Number.isNaN(since)) continue;
         this.set({ node }, Math.max(0, (now - since) / 1000));
       }

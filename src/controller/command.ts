@@ -550,22 +550,7 @@ export async function startController(
       })
     : undefined;
   // Without the NodeCache CRD there are no node agents to watch: the series are simply absent.
-  if (prewarm) {
-    const nodeCaches = prewarm.nodeCacheInformer;
-    // client-node types creationTimestamp as string | Date; the collector reads the JSON string.
-    const views = () =>
-      nodeCaches.list().map((nc) => {
-        const created = nc.metadata?.creationTimestamp;
-        return {
-          metadata: {
-            name: nc.metadata?.name,
-            creationTimestamp: created instanceof Date ? created.toISOString() : created,
-          },
-          status: nc.status,
-        };
-      });
-    nodeCacheHeartbeatCollector({ list: views }, systemClock, registry);
-  }
+  if (prewarm) nodeCacheHeartbeatCollector(prewarm.nodeCacheInformer, systemClock, registry);
   const modelImageController = setupModelImageController(manager, {
     client,
     config,
