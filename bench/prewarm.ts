@@ -15,10 +15,9 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { mkdtemp, open, rm } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { loadAllCrds } from "../src/api/crds.ts";
 import { KubeClient } from "../src/kube/client.ts";
@@ -26,6 +25,7 @@ import { cacheRepository, parseReference } from "../src/oci/reference.ts";
 import { RegistryClient } from "../src/oci/registry.ts";
 import { gatherSnapshot } from "../src/status/gather.ts";
 import { buildReport, type ModelImageReport } from "../src/status/model.ts";
+import { type AgentNode, startAgentNode } from "../testkit/agentNode.ts";
 import { startApiServer } from "../testkit/apiserver/index.ts";
 import { type RunningContainerd, startContainerd } from "../testkit/containerd.ts";
 import { type ControllerProcess, startControllerProcess } from "../testkit/controllerProcess.ts";
@@ -33,7 +33,6 @@ import { pushSinglePlatformImage } from "../testkit/images.ts";
 import { startRegistry } from "../testkit/registry.ts";
 
 const MiB = 1024 * 1024;
-const stowageBin = fileURLToPath(new URL("../bin/stowage.js", import.meta.url));
 const NAMESPACE = "bench";
 const NAME = "prewarm-bench";
 const NODE_NAMES = ["bench-node-1", "bench-node-2", "bench-node-3"];
@@ -81,29 +80,6 @@ const children = new Set<ChildProcess>();
 process.once("exit", () => {
   for (const child of children) child.kill("SIGKILL");
 });
-
-async function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  child.kill("SIGTERM");
-  const timer = setTimeout(() => child.kill("SIGKILL"), 5_000);
-  await exited;
-  clearTimeout(timer);
-}
-
-async function spawnAgent(args: string[], logFile: string): Promise<ChildProcess> {
-  const log = await open(logFile, "a");
-  const child = spawn(process.execPath, [stowageBin, "agent", ...args], {
-    env: { ...process.env, STOWAGE_LOG_LEVEL: "" },
-    stdio: ["ignore", log.fd, log.fd],
-  });
-  children.add(child);
-  child.once("exit", () => {
-    children.delete(child);
-    void log.close().catch(() => {});
-  });
-  return child;
-}
 
 function run(command: string, args: string[]): Promise<{ code: number | null; output: string }> {
   return new Promise((resolve, reject) => {
@@ -222,42 +198,17 @@ async function main(): Promise<number> {
       return 1;
     }
 
-    const nodes: { name: string; containerd: RunningContainerd; agent: ChildProcess; log: string }[] = [];
+    const nodes: AgentNode[] = [];
     for (const name of NODE_NAMES) {
       await api.create(nodeObject(name));
-      const containerd = await startContainerd();
-      cleanups.push(() => containerd.dispose());
-      const log = join(dir, `agent-${name}.log`);
-      const agent = await spawnAgent(
-        [
-          "--node-name",
-          name,
-          "--cri-socket",
-          containerd.socketPath,
-          "--containerd-config-path",
-          containerd.certsDir,
-          "--containerd-config",
-          containerd.configFile,
-          "--containerd-root",
-          join(containerd.dir, "root"),
-          "--kubeconfig",
-          kubeconfigPath,
-          "--health-port",
-          "0",
-          "--heartbeat-interval",
-          "15s",
-          "--retry-initial",
-          "2s",
-        ],
-        log,
-      );
-      cleanups.push(() => stopChild(agent));
-      nodes.push({ name, containerd, agent, log });
+      const node = await startAgentNode(name, { kubeconfig: kubeconfigPath, logsDir: dir });
+      cleanups.push(() => node.stop());
+      nodes.push(node);
     }
     for (const node of nodes) {
-      if (!(await waitForLogLine(node.log, '"agent ready"', 30_000))) {
+      if (!(await waitForLogLine(node.logFile, '"agent ready"', 30_000))) {
         process.stderr.write(
-          `bench:prewarm: agent on ${node.name} not ready:\n${readFileSync(node.log, "utf8")}\n`,
+          `bench:prewarm: agent on ${node.name} not ready:\n${readFileSync(node.logFile, "utf8")}\n`,
         );
         return 1;
       }
@@ -318,10 +269,7 @@ async function main(): Promise<number> {
       blobs.every((b) => getsByDigest.get(b.digest) === 1) && getsByDigest.size === blobs.length;
 
     // Stop Stowage's nodes before the peer so both run on an otherwise idle machine.
-    for (const node of nodes) {
-      await stopChild(node.agent);
-      await node.containerd.dispose();
-    }
+    for (const node of nodes) await node.stop();
     await controller.kill("SIGTERM");
 
     // --- Peer: three fresh containerd instances pull the cached image by hand, together.

@@ -14,16 +14,16 @@
  * image id is the arm64 config), so the node holds the arm64 bytes it would run; pulling the
  * index by tag would pick amd64 instead, which is why the agent pulls by digest.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, open, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { loadAllCrds } from "../src/api/crds.ts";
 import { KubeClient } from "../src/kube/client.ts";
 import { formatReference, parseReference } from "../src/oci/reference.ts";
 import { RegistryClient } from "../src/oci/registry.ts";
+import { startAgentNode } from "./agentNode.ts";
 import { startApiServer, type TestApiServer } from "./apiserver/index.ts";
 import { type RunningContainerd, startContainerd } from "./containerd.ts";
 import { type ControllerProcess, startControllerProcess } from "./controllerProcess.ts";
@@ -31,7 +31,6 @@ import { pushMultiArchIndex } from "./images.ts";
 import { type RunningRegistry, startRegistry } from "./registry.ts";
 
 const MiB = 1024 * 1024;
-const stowageBin = fileURLToPath(new URL("../bin/stowage.js", import.meta.url));
 const CONTAINERD_BINARY = "/usr/bin/containerd";
 
 /** examples/modelimage-llama.yaml's variant images, without their registry host. */
@@ -207,34 +206,11 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
           );
           continue;
         }
-        node.containerd = await startContainerd();
-        cleanups.push(() => node.containerd!.dispose());
-        node.agentLog = join(logsDir, `agent-${spec.name}.log`);
-        node.agent = await spawnLogged(
-          [
-            "agent",
-            "--node-name",
-            spec.name,
-            "--cri-socket",
-            node.containerd.socketPath,
-            "--containerd-config-path",
-            node.containerd.certsDir,
-            "--containerd-config",
-            node.containerd.configFile,
-            "--containerd-root",
-            join(node.containerd.dir, "root"),
-            "--kubeconfig",
-            kubeconfigPath,
-            "--health-port",
-            "0",
-            "--heartbeat-interval",
-            "15s",
-            "--retry-initial",
-            "2s",
-          ],
-          node.agentLog,
-        );
-        cleanups.push(() => stopChild(node.agent!));
+        const agentNode = await startAgentNode(spec.name, { kubeconfig: kubeconfigPath, logsDir });
+        cleanups.push(() => agentNode.stop());
+        node.containerd = agentNode.containerd;
+        node.agent = agentNode.agent;
+        node.agentLog = agentNode.logFile;
         say(
           `node ${spec.name.padEnd(15)} ${spec.arch}, containerd ${node.containerd.snapshotter} + stowage agent (log ${node.agentLog})`,
         );
@@ -326,32 +302,4 @@ function nodeObject(spec: SandboxNodeSpec) {
       nodeInfo: { architecture: spec.arch, operatingSystem: "linux" },
     },
   };
-}
-
-/** `stowage <args>` as a child process, its stdout and stderr appended to `logFile`. */
-async function spawnLogged(args: string[], logFile: string): Promise<ChildProcess> {
-  const log = await open(logFile, "a");
-  const child = spawn(process.execPath, [stowageBin, ...args], {
-    env: { ...process.env, STOWAGE_LOG_LEVEL: "" },
-    stdio: ["ignore", log.fd, log.fd],
-  });
-  child.once("exit", () => void log.close().catch(() => {}));
-  running.add(child);
-  child.once("exit", () => running.delete(child));
-  return child;
-}
-
-// Children still running when this process exits are killed, never left behind.
-const running = new Set<ChildProcess>();
-process.once("exit", () => {
-  for (const child of running) child.kill("SIGKILL");
-});
-
-async function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  child.kill("SIGTERM");
-  const timer = setTimeout(() => child.kill("SIGKILL"), 5_000);
-  await exited;
-  clearTimeout(timer);
 }

@@ -1,15 +1,10 @@
 /**
- * Helpers for test/e2e/prewarm.test.ts: kubectl against the sandbox, polling, and a containerd
- * "node" with a real `stowage agent` started after the sandbox (a node that joins later).
+ * Helpers for test/e2e/prewarm.test.ts: kubectl against the sandbox, polling, and CRI
+ * look-ups on a node's containerd. Nodes themselves start through testkit/agentNode.ts.
  */
-import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { open } from "node:fs/promises";
+import { execFile } from "node:child_process";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { CriClient } from "../../src/agent/cri.ts";
-import { type RunningContainerd, startContainerd } from "../../testkit/containerd.ts";
-
-const stowageBin = fileURLToPath(new URL("../../bin/stowage.js", import.meta.url));
 
 export interface KubectlRun {
   code: number;
@@ -71,63 +66,4 @@ export async function criRepoDigests(socket: string): Promise<string[]> {
   } finally {
     cri.close();
   }
-}
-
-export interface LateNode {
-  containerd: RunningContainerd;
-  agent: ChildProcess;
-  logFile: string;
-  stop(): Promise<void>;
-}
-
-/** A containerd and a `stowage agent` for node `name`, as the sandbox runs them. */
-export async function startLateNode(name: string, kubeconfig: string, logsDir: string): Promise<LateNode> {
-  const containerd = await startContainerd();
-  const logFile = join(logsDir, `agent-${name}.log`);
-  const log = await open(logFile, "a");
-  const agent = spawn(
-    process.execPath,
-    [
-      stowageBin,
-      "agent",
-      "--node-name",
-      name,
-      "--cri-socket",
-      containerd.socketPath,
-      "--containerd-config-path",
-      containerd.certsDir,
-      "--containerd-config",
-      containerd.configFile,
-      "--containerd-root",
-      join(containerd.dir, "root"),
-      "--kubeconfig",
-      kubeconfig,
-      "--health-port",
-      "0",
-      "--heartbeat-interval",
-      "15s",
-      "--retry-initial",
-      "2s",
-    ],
-    { env: { ...process.env, STOWAGE_LOG_LEVEL: "" }, stdio: ["ignore", log.fd, log.fd] },
-  );
-  agent.once("exit", () => void log.close().catch(() => {}));
-  const killOnExit = () => agent.kill("SIGKILL");
-  process.once("exit", killOnExit);
-  return {
-    containerd,
-    agent,
-    logFile,
-    async stop() {
-      process.off("exit", killOnExit);
-      if (agent.exitCode === null && agent.signalCode === null) {
-        const exited = new Promise<void>((resolve) => agent.once("exit", () => resolve()));
-        agent.kill("SIGTERM");
-        const timer = setTimeout(() => agent.kill("SIGKILL"), 5_000);
-        await exited;
-        clearTimeout(timer);
-      }
-      await containerd.dispose();
-    },
-  };
 }

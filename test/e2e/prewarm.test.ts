@@ -4,6 +4,7 @@
  * ModelImage applied with kubectl, and each node's images checked over CRI on its own socket.
  * containerd needs root: without it this file fails loudly (it never passes without checking).
  */
+
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -12,18 +13,11 @@ import { parseAllDocuments, stringify } from "yaml";
 import type { NodeCache } from "../../src/api/nodeCache.ts";
 import { parseReference } from "../../src/oci/reference.ts";
 import { RegistryClient } from "../../src/oci/registry.ts";
+import { type AgentNode, startAgentNode } from "../../testkit/agentNode.ts";
 import { type ControllerProcess, startControllerProcess } from "../../testkit/controllerProcess.ts";
 import { pushMultiArchIndex } from "../../testkit/images.ts";
 import { type Sandbox, startSandbox } from "../../testkit/sandbox.ts";
-import {
-  criHas,
-  criRepoDigests,
-  type KubectlRun,
-  kubectl,
-  type LateNode,
-  startLateNode,
-  waitFor,
-} from "./prewarm-node.ts";
+import { criHas, criRepoDigests, type KubectlRun, kubectl, waitFor } from "./prewarm-node.ts";
 
 const EXAMPLE = fileURLToPath(new URL("../../examples/modelimage-llama.yaml", import.meta.url));
 const MiB = 1024 * 1024;
@@ -37,7 +31,7 @@ interface Condition {
 }
 
 let sandbox: Sandbox;
-let late: LateNode | undefined;
+let late: AgentNode | undefined;
 let quotaController: ControllerProcess | undefined;
 /** Upstream access-log length when the ModelImage became Synced. */
 let upstreamRequestsAtSynced = 0;
@@ -240,7 +234,7 @@ describe("pre-warm onto real containerd nodes", () => {
     expect(await tainted()).toBe(true);
 
     // Now its containerd and agent start, with no change to any Stowage object.
-    late = await startLateNode(name, sandbox.kubeconfigPath, sandbox.logsDir);
+    late = await startAgentNode(name, { kubeconfig: sandbox.kubeconfigPath, logsDir: sandbox.logsDir });
     // Node first, then NodeCache: an untainted node must already show the image Present.
     const observations: { tainted: boolean; present: boolean }[] = [];
     let taintGoneAt = 0;
