@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import type { ModelImage } from "../../src/api/modelImage.ts";
 import {
   choosePlatforms,
+  choosePlatformsForImage,
   type Node,
   nextSyncDelay,
   previousSyncAnswers,
@@ -62,6 +63,37 @@ describe("ModelImage sync planning", () => {
       nodes,
     );
     expect(listed.kind === "list" && listed.platforms.map(formatPlatform)).toEqual(["linux/arm64/v8"]);
+  });
+
+  it("asks the cache tag for every platform that variants sharing the upstream image want, in any ModelImage", () => {
+    const nodes = [node("a", "amd64", { gpu: "true" }), node("b", "arm64", { cpu: "true" })];
+    const gpu = { name: "gpu", image: "ghcr.io/acme/x:1", nodeSelector: { gpu: "true" } };
+    const cpu = { name: "cpu", image: "ghcr.io/acme/x:1", nodeSelector: { cpu: "true" } };
+    const other = { name: "other", image: "ghcr.io/acme/y:1", nodeSelector: { cpu: "true" } };
+    const owner = { ...mi({ variants: [gpu, other] }), metadata: { name: "a", namespace: "ml" } };
+    const peer = { ...mi({ variants: [cpu] }), metadata: { name: "b", namespace: "team" } };
+    const names = (choice: ReturnType<typeof choosePlatformsForImage>) =>
+      choice.kind === "list" ? choice.platforms.map(formatPlatform) : choice.kind;
+    // Alone, the gpu variant wants amd64; with the peer mirroring the same tag, arm64 too.
+    expect(names(choosePlatformsForImage(owner, gpu, nodes, [owner]))).toEqual(["linux/amd64"]);
+    expect(names(choosePlatformsForImage(owner, gpu, nodes, [owner, peer]))).toEqual([
+      "linux/amd64",
+      "linux/arm64",
+    ]);
+    expect(names(choosePlatformsForImage(peer, cpu, nodes, [owner, peer]))).toEqual([
+      "linux/amd64",
+      "linux/arm64",
+    ]);
+    // A variant of the same object with the same image counts too; one wanting everything wins.
+    const everywhere = { name: "everywhere", image: "ghcr.io/acme/x:1", nodeSelector: { pool: "none" } };
+    const both = mi({ variants: [gpu, everywhere] });
+    expect(choosePlatformsForImage(both, gpu, nodes, [both])).toEqual({
+      kind: "all",
+      noMatchingNodes: false,
+    });
+    // Being deleted, a peer no longer shapes the tag.
+    const leaving = { ...peer, metadata: { ...peer.metadata, deletionTimestamp: "2026-11-26T00:00:00Z" } };
+    expect(names(choosePlatformsForImage(owner, gpu, nodes, [owner, leaving]))).toEqual(["linux/amd64"]);
   });
 
   it("trusts the recorded cache copy only for the same upstream digest and platforms it already holds", () => {

@@ -106,10 +106,11 @@ describe("ModelImage reconciler", () => {
 
   it("mirrors only the platforms of the Ready nodes a variant selects, and every platform when none match", async () => {
     const index = await pushMultiArchIndex(pushClient, up("models/multi"), "v1");
+    await pushMultiArchIndex(pushClient, up("models/multi-elsewhere"), "v1");
     await createModelImage(cluster.client, "ml", "multi", {
       variants: [
         { name: "gpu", image: `${proxy.host}/models/multi:v1`, nodeSelector: { gpu: "true" } },
-        { name: "nowhere", image: `${proxy.host}/models/multi:v1`, nodeSelector: { pool: "none" } },
+        { name: "nowhere", image: `${proxy.host}/models/multi-elsewhere:v1`, nodeSelector: { pool: "none" } },
       ],
     });
     const mi = await waitForCondition(cluster.client, "ml", "multi", "Ready", "True");
@@ -124,6 +125,47 @@ describe("ModelImage reconciler", () => {
         (e) => e.reason === "NoMatchingNodes" && e.type === "Warning",
       ),
     );
+  });
+
+  it("keeps every platform ModelImages sharing an image want in its one cache tag, instead of each overwriting it", async () => {
+    await pushMultiArchIndex(pushClient, up("models/shared-tag"), "v1");
+    const image = `${proxy.host}/models/shared-tag:v1`;
+    await createModelImage(cluster.client, "other", "arm-only", {
+      image,
+      sync: { platforms: ["linux/arm64/v8"] },
+    });
+    await waitForCondition(cluster.client, "other", "arm-only", "Ready", "True");
+    await createModelImage(cluster.client, "ml", "gpu-only", {
+      variants: [{ name: "gpu", image, nodeSelector: { gpu: "true" } }],
+    });
+    const gpuOnly = await waitForCondition(cluster.client, "ml", "gpu-only", "Ready", "True");
+    expect(gpuOnly.status?.variants?.[0].platforms).toEqual(["linux/amd64", "linux/arm64/v8"]);
+    const tagged = await pushClient.getManifest(
+      { registry: cache.host, repository: cacheRepoOf("models/shared-tag") },
+      "v1",
+    );
+    const platforms = (
+      JSON.parse(tagged.bytes.toString()) as { manifests: { platform: { architecture: string } }[] }
+    ).manifests
+      .map((m) => m.platform.architecture)
+      .sort();
+    expect(platforms).toEqual(["amd64", "arm64"]);
+    // The first one's next check adopts the shared tag; after that neither pushes again.
+    controller.controller.enqueue("other/arm-only");
+    await eventually("both record the shared cache digest", async () => {
+      const arm = await modelImages(cluster.client).get("arm-only", "other");
+      return arm.status?.variants?.[0].cacheDigest === tagged.digest;
+    });
+    const manifestPuts = async () =>
+      (await cache.requests()).filter(
+        (r) => r.method === "PUT" && r.path.includes(`/v2/${cacheRepoOf("models/shared-tag")}/manifests/`),
+      ).length;
+    const before = await manifestPuts();
+    const reconciled = await reconciles();
+    controller.controller.enqueue("other/arm-only");
+    controller.controller.enqueue("ml/gpu-only");
+    await eventually("both checked again", async () => (await reconciles()) >= reconciled + 2);
+    expect(await manifestPuts()).toBe(before);
   });
 
   it("re-mirrors a variant for a new platform when a matching node of another architecture becomes Ready", async () => {

@@ -8,10 +8,16 @@ import {
   type ModelImage,
   type ModelImageVariant,
   type VariantStatus,
+  variantsOf,
 } from "../../api/modelImage.ts";
 import type { KubeObject } from "../../kube/client.ts";
 import { formatPlatform, matchesPlatform, normalizePlatform, parsePlatform } from "../../oci/platforms.ts";
-import { cacheRepository, formatReference, type ImageReference } from "../../oci/reference.ts";
+import {
+  cacheRepository,
+  formatReference,
+  type ImageReference,
+  parseReference,
+} from "../../oci/reference.ts";
 import type { Platform } from "../../oci/types.ts";
 
 export interface Node extends KubeObject {
@@ -77,6 +83,57 @@ export function choosePlatforms(
   }
   if (platforms.length === 0) return { kind: "all", noMatchingNodes: true };
   return { kind: "list", platforms: uniquePlatforms(platforms), fromNodes: true };
+}
+
+/**
+ * The platforms the cache tag of `variant`'s image must hold. Every variant of every ModelImage
+ * that mirrors the same upstream reference lands on the same cache tag, so the tag carries the
+ * union of what they all want (any "all" wins); each pushing only its own platforms would
+ * overwrite the others' filtered index on every sync. `noMatchingNodes` stays this variant's own.
+ */
+export function choosePlatformsForImage(
+  mi: ModelImage,
+  variant: ModelImageVariant,
+  nodes: readonly Node[],
+  modelImages: readonly ModelImage[],
+): PlatformChoice {
+  const own = choosePlatforms(mi, variant, nodes);
+  const image = sameImageKey(variant.image);
+  if (image === undefined) return own;
+  const sameObject = (m: ModelImage) =>
+    m.metadata?.namespace === mi.metadata?.namespace && m.metadata?.name === mi.metadata?.name;
+  // This object as given (the informer's copy may be older), then every other live ModelImage.
+  const sharing: [ModelImage, ModelImageVariant][] = [
+    ...variantsOf(mi.spec)
+      .filter((v) => v.name !== variant.name)
+      .map((v): [ModelImage, ModelImageVariant] => [mi, v]),
+    ...modelImages
+      .filter((m) => !sameObject(m) && !m.metadata?.deletionTimestamp)
+      .flatMap((m) => variantsOf(m.spec).map((v): [ModelImage, ModelImageVariant] => [m, v])),
+  ].filter(([, v]) => sameImageKey(v.image) === image);
+  let union: Platform[] = own.kind === "list" ? [...own.platforms] : [];
+  let all = own.kind === "all";
+  for (const [owner, peerVariant] of sharing) {
+    let wanted: PlatformChoice;
+    try {
+      wanted = choosePlatforms(owner, peerVariant, nodes);
+    } catch {
+      continue; // that ModelImage's own reconcile reports its bad platforms
+    }
+    if (wanted.kind === "all") all = true;
+    else union = union.concat(wanted.platforms);
+  }
+  if (all) return { kind: "all", noMatchingNodes: own.kind === "all" && own.noMatchingNodes };
+  return { kind: "list", platforms: uniquePlatforms(union), fromNodes: own.kind === "list" && own.fromNodes };
+}
+
+/** Upstream references that mirror to the same cache tag compare equal; unparsable ones never do. */
+function sameImageKey(image: string): string | undefined {
+  try {
+    return formatReference(parseReference(image));
+  } catch {
+    return undefined;
+  }
 }
 
 function uniquePlatforms(platforms: Platform[]): Platform[] {

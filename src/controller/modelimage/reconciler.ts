@@ -38,7 +38,7 @@ import { FINALIZER, finalize } from "./deletion.ts";
 import {
   cacheImageName,
   cacheTarget,
-  choosePlatforms,
+  choosePlatformsForImage,
   type Node,
   nextSyncDelay,
   type PlatformChoice,
@@ -270,7 +270,7 @@ async function checkVariant(
   outcome.cacheImage = cacheImageName(target, previous?.cacheDigest);
   let choice: PlatformChoice;
   try {
-    choice = choosePlatforms(mi, variant, nodes);
+    choice = choosePlatformsForImage(mi, variant, nodes, deps.allModelImages());
   } catch (err) {
     outcome.error = asStowageError(err, "InvalidArgument");
     return { outcome };
