@@ -12,6 +12,7 @@ import {
 } from "../../src/api/nodeCache.ts";
 import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
 import { Kubectl } from "../apiserver/helpers.ts";
+import { drift, type Schema } from "./schemaDrift.ts";
 
 type Complete<T> = T extends (infer Item)[]
   ? Complete<Item>[]
@@ -68,24 +69,6 @@ const completeStatus: Complete<NodeCacheStatus> = {
     },
   ],
 };
-
-type Schema = { type?: string; properties?: Record<string, Schema>; items?: Schema };
-
-/** Paths where the schema and the sample disagree: "+path" only in the sample, "-path" only in the schema. */
-function drift(schema: Schema, sample: unknown, path: string): string[] {
-  if (schema.type === "array") {
-    return schema.items ? drift(schema.items, (sample as unknown[])[0], `${path}[]`) : [];
-  }
-  if (schema.type !== "object" || !schema.properties) return [];
-  const fields = sample as Record<string, unknown>;
-  const out: string[] = [];
-  for (const key of Object.keys(fields)) if (!schema.properties[key]) out.push(`+${path}.${key}`);
-  for (const [key, child] of Object.entries(schema.properties)) {
-    if (fields[key] === undefined) out.push(`-${path}.${key}`);
-    else out.push(...drift(child, fields[key], `${path}.${key}`));
-  }
-  return out;
-}
 
 const crd = loadCrd("nodecaches.stowage.dev");
 const version = (crd.spec.versions as { name: string; schema: { openAPIV3Schema: Schema } }[])[0];

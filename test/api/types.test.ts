@@ -8,6 +8,7 @@ import {
   type ModelImageSpec,
   type ModelImageStatus,
 } from "../../src/api/modelImage.ts";
+import { drift, type Schema } from "./schemaDrift.ts";
 
 /** Every optional field made required, all the way down, so the samples below must fill in everything the types have. */
 type Complete<T> = T extends (infer Item)[]
@@ -72,30 +73,6 @@ const completeStatus: Complete<ModelImageStatus> = {
   nodes: "5/8",
   lagSince: "2026-11-26T20:10:00Z",
 };
-
-type Schema = {
-  type?: string;
-  properties?: Record<string, Schema>;
-  items?: Schema;
-  additionalProperties?: Schema | boolean;
-};
-
-/** Paths where the schema and the sample disagree: "+path" only in the sample, "-path" only in the schema. */
-function drift(schema: Schema, sample: unknown, path: string): string[] {
-  if (schema.type === "array") {
-    expect(Array.isArray(sample) && sample.length > 0, `${path} has an item in the sample`).toBe(true);
-    return schema.items ? drift(schema.items, (sample as unknown[])[0], `${path}[]`) : [];
-  }
-  if (schema.type !== "object" || !schema.properties) return [];
-  const fields = sample as Record<string, unknown>;
-  const out: string[] = [];
-  for (const key of Object.keys(fields)) if (!schema.properties[key]) out.push(`+${path}.${key}`);
-  for (const [key, child] of Object.entries(schema.properties)) {
-    if (fields[key] === undefined) out.push(`-${path}.${key}`);
-    else out.push(...drift(child, fields[key], `${path}.${key}`));
-  }
-  return out;
-}
 
 const crd = loadCrd("stowage.dev_modelimages");
 const version = (crd.spec.versions as { name: string; schema: { openAPIV3Schema: Schema } }[])[0];
