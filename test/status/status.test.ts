@@ -1,9 +1,14 @@
-import { spawn } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { delimiter, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { run as runCommand } from "../support/run.ts";
+
+/** Colour stays off unless a test asks for it. */
+const run = (command: string, args: string[], env: Record<string, string> = {}) =>
+  runCommand(command, args, { NO_COLOR: "", ...env });
+
 import { loadAllCrds } from "../../src/api/crds.ts";
 import { type ModelImage, ModelImageResource } from "../../src/api/modelImage.ts";
 import { type NodeCache, NodeCacheResource } from "../../src/api/nodeCache.ts";
@@ -16,32 +21,6 @@ import { freePort } from "../../testkit/ports.ts";
 const root = fileURLToPath(new URL("../..", import.meta.url));
 const digest = (c: string) => `sha256:${c.repeat(64)}`;
 const GiB = 1024 * 1024 * 1024;
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function run(command: string, args: string[], env: Record<string, string> = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, {
-      cwd: root,
-      env: { ...process.env, NO_COLOR: "", ...env },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (c) => {
-      stdout += c;
-    });
-    child.stderr.on("data", (c) => {
-      stderr += c;
-    });
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 const stowage = (args: string[], env?: Record<string, string>) =>
   run(process.execPath, [join(root, "bin/stowage.js"), "status", ...args], env);
