@@ -7,12 +7,13 @@ import { Resources } from "../../src/kube/client.ts";
 import { Copier } from "../../src/oci/copy.ts";
 import { parseReference } from "../../src/oci/reference.ts";
 import { type CredentialLookup, RegistryClient } from "../../src/oci/registry.ts";
-import { StowageError } from "../../src/util/errors.ts";
+import type { StowageError } from "../../src/util/errors.ts";
 import { type FakeEcrOptions, type RunningFakeEcr, startFakeEcr } from "../../testkit/fakeEcr.ts";
 import { pushSinglePlatformImage } from "../../testkit/images.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
 import { FakeClock } from "../kube/fakeClock.ts";
 import { type ApiServer, createNamespace, startCluster } from "../kube/helpers.ts";
+import { failure as expectFailure } from "../support/failure.ts";
 
 const ACCESS_KEY_ID = "AKIAFAKEFAKEFAKE0001";
 const SECRET_ACCESS_KEY = "aws-secret-9d0c4f1b";
@@ -69,14 +70,11 @@ function clientWith(credentials: CredentialLookup): RegistryClient {
   return client;
 }
 
+/** The StowageError, with its message kept for the no-secret-in-messages check. */
 async function failure(promise: Promise<unknown>): Promise<StowageError> {
-  const err = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(StowageError);
-  messages.push((err as StowageError).message);
-  return err as StowageError;
+  const err = await expectFailure(promise);
+  messages.push(err.message);
+  return err;
 }
 
 beforeAll(async () => {

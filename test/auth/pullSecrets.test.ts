@@ -6,10 +6,11 @@ import { Resources } from "../../src/kube/client.ts";
 import { Copier } from "../../src/oci/copy.ts";
 import { parseReference } from "../../src/oci/reference.ts";
 import { type CredentialLookup, RegistryClient } from "../../src/oci/registry.ts";
-import { StowageError } from "../../src/util/errors.ts";
+import type { StowageError } from "../../src/util/errors.ts";
 import { pushSinglePlatformImage } from "../../testkit/images.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
 import { type ApiServer, createNamespace, startCluster } from "../kube/helpers.ts";
+import { failure as expectFailure } from "../support/failure.ts";
 
 // Distinctive values, so a leak into a message or a log line cannot go unnoticed.
 const BASIC_PASSWORD = "basic-pw-7f3a9c2e";
@@ -68,14 +69,11 @@ function dockerConfigJson(auths: Record<string, { auth?: string; username?: stri
   return { ".dockerconfigjson": b64(JSON.stringify({ auths })) };
 }
 
+/** The StowageError, with its message kept for the no-secret-in-messages check. */
 async function failure(promise: Promise<unknown>): Promise<StowageError> {
-  const err = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(StowageError);
-  messages.push((err as StowageError).message);
-  return err as StowageError;
+  const err = await expectFailure(promise);
+  messages.push(err.message);
+  return err;
 }
 
 beforeAll(async () => {

@@ -8,9 +8,9 @@ import { credentialsFromDockerConfig, loadDockerConfig } from "../../src/auth/do
 import { mergeScopes, parseChallenges } from "../../src/oci/challenge.ts";
 import { type Credentials, digestOf, RegistryClient, type RepoRef } from "../../src/oci/registry.ts";
 import { type Descriptor, MediaType } from "../../src/oci/types.ts";
-import { StowageError } from "../../src/util/errors.ts";
 import { type FaultProxy, startFaultProxy } from "../../testkit/faultProxy.ts";
 import { type RunningRegistry, startRegistry, TOKEN_SERVICE } from "../../testkit/registry.ts";
+import { failure } from "../support/failure.ts";
 
 const clients: RegistryClient[] = [];
 function clientFor(registry: RunningRegistry, credentials?: Credentials): RegistryClient {
@@ -32,15 +32,6 @@ async function readAll(stream: Readable): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const chunk of stream) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);
-}
-
-async function failure(promise: Promise<unknown>): Promise<StowageError> {
-  const err = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(StowageError);
-  return err as StowageError;
 }
 
 afterAll(async () => {

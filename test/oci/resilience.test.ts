@@ -5,9 +5,9 @@ import { digestOf, RegistryClient, type RepoRef } from "../../src/oci/registry.t
 import { backoffDelay, parseRetryAfter } from "../../src/oci/retry.ts";
 import { type Descriptor, MediaType, type RawManifest } from "../../src/oci/types.ts";
 import type { Clock } from "../../src/util/clock.ts";
-import { StowageError } from "../../src/util/errors.ts";
 import { type FaultProxy, startFaultProxy } from "../../testkit/faultProxy.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
+import { failure } from "../support/failure.ts";
 
 /** A clock whose sleeps return at once and are recorded, so waits are asserted, not timed. */
 function recordingClock(): Clock & { sleeps: number[] } {
@@ -84,15 +84,6 @@ async function readAll(stream: Readable): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const chunk of stream) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);
-}
-
-async function failure(promise: Promise<unknown>): Promise<StowageError> {
-  const err = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(StowageError);
-  return err as StowageError;
 }
 
 function seenFor(path: RegExp, since: number) {
