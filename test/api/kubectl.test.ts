@@ -30,9 +30,26 @@ afterAll(async () => {
 
 const examples = new URL("../../examples/", import.meta.url);
 
+/**
+ * kubectl ran and succeeded: exit 0 and nothing on stderr. Output alone proves nothing, since a
+ * kubectl that is missing or cannot reach the server also prints nothing on stdout.
+ */
+type KubectlRun = Awaited<ReturnType<Kubectl["run"]>>;
+
+function expectSuccess(result: KubectlRun, what: string): void {
+  expect({ what, code: result.code, stderr: result.stderr }).toEqual({ what, code: 0, stderr: "" });
+}
+
+/** kubectl ran and the API server refused: a non-zero exit with the server's error on stderr. */
+function expectRefusal(result: KubectlRun, ...messages: string[]): void {
+  expect(result.code).not.toBe(0);
+  expect(result.stderr).toMatch(/^(The|Error from server)/m);
+  for (const message of messages) expect(result.stderr).toContain(message);
+}
+
 async function getModelImage(name: string, namespace: string): Promise<ModelImage> {
   const result = await kubectl.run(["get", "modelimage", name, "-n", namespace, "-o", "json"]);
-  expect(result.stderr).toBe("");
+  expectSuccess(result, `get modelimage ${namespace}/${name}`);
   return JSON.parse(result.stdout);
 }
 
@@ -40,7 +57,7 @@ describe("the ModelImage CRD with the real kubectl", () => {
   it("applies the CUDA + CPU example with its namespace and keeps what the user wrote", async () => {
     const file = new URL("modelimage-llama.yaml", examples);
     const result = await kubectl.run(["apply", "-f", file.pathname]);
-    expect(result.stderr).toBe("");
+    expectSuccess(result, "apply modelimage-llama.yaml");
     expect(result.stdout).toContain("namespace/ml created");
     expect(result.stdout).toContain("modelimage.stowage.dev/llama3-serve created");
 
@@ -55,7 +72,7 @@ describe("the ModelImage CRD with the real kubectl", () => {
 
   it("applies the single-image example and fills in every default", async () => {
     const result = await kubectl.run(["apply", "-f", new URL("modelimage-single.yaml", examples).pathname]);
-    expect(result.stderr).toBe("");
+    expectSuccess(result, "apply modelimage-single.yaml");
     expect(result.stdout).toContain("modelimage.stowage.dev/vllm created");
 
     const stored = await getModelImage("vllm", "default");
@@ -105,7 +122,7 @@ describe("the ModelImage CRD with the real kubectl", () => {
     const result = await kubectl.apply([
       { apiVersion: API_VERSION, kind: KIND, metadata: { name: "edges", namespace: "default" }, spec },
     ]);
-    expect(result.stderr).toBe("");
+    expectSuccess(result, "apply edges");
     expect((await getModelImage("edges", "default")).spec).toEqual(spec);
     expect(validateModelImageSpec(spec)).toEqual([]);
   });
@@ -130,14 +147,14 @@ describe("the ModelImage CRD with the real kubectl", () => {
       const applied = await kubectl.apply([
         { apiVersion: API_VERSION, kind: KIND, metadata: { name, namespace: "default" }, spec },
       ]);
-      expect(applied.stderr).toBe("");
+      expectSuccess(applied, `apply ${name}`);
       const stored = await getModelImage(name, "default");
       expect(withDefaults(spec)).toEqual({ pullSecrets: [], ...stored.spec });
     }
   });
 
   it("lists ModelImages by short name with READY, SYNCED, DIGEST, NODES, LAG and AGE from the status", async () => {
-    await kubectl.apply([
+    const applied = await kubectl.apply([
       {
         apiVersion: API_VERSION,
         kind: KIND,
@@ -145,6 +162,7 @@ describe("the ModelImage CRD with the real kubectl", () => {
         spec: { image: "alpine:3.20" },
       },
     ]);
+    expectSuccess(applied, "apply lagging");
     const status: ModelImageStatus = {
       observedGeneration: 1,
       conditions: [
@@ -178,16 +196,17 @@ describe("the ModelImage CRD with the real kubectl", () => {
       "-p",
       JSON.stringify({ status }),
     ]);
-    expect(patched.stderr).toBe("");
+    expectSuccess(patched, "patch lagging status");
 
     const table = await kubectl.run(["get", "mi", "-n", "default"]);
-    expect(table.stderr).toBe("");
+    expectSuccess(table, "get mi");
     const [header, ...rows] = table.stdout.trim().split("\n");
     expect(header.split(/\s+/)).toEqual(["NAME", "READY", "SYNCED", "DIGEST", "NODES", "LAG", "AGE"]);
     const lagging = rows.find((row) => row.startsWith("lagging "))?.split(/\s+/);
     expect(lagging?.slice(0, 6)).toEqual(["lagging", "False", "False", "sha256:0f973b6045", "3/4", "120m"]);
 
     const byCategory = await kubectl.run(["get", "stowage", "-n", "default", "-o", "name"]);
+    expectSuccess(byCategory, "get stowage");
     expect(byCategory.stdout).toContain("modelimage.stowage.dev/lagging");
   });
 
@@ -215,21 +234,18 @@ describe("the ModelImage CRD with the real kubectl", () => {
         },
       }),
     ]);
-    expect(result.code).not.toBe(0);
-    expect(result.stderr).toContain("status.conditions[0].status");
+    expectRefusal(result, "status.conditions[0].status");
   });
 
   it.each(invalidSpecs)("refuses $what, naming $field", async ({ field, message, spec }) => {
     const result = await kubectl.apply([
       { apiVersion: API_VERSION, kind: KIND, metadata: { name: "refused", namespace: "default" }, spec },
     ]);
-    expect(result.code).not.toBe(0);
-    expect(result.stderr).toContain(field.startsWith("unknown field") ? field : `${field}:`);
-    expect(result.stderr).toContain(message);
+    expectRefusal(result, field.startsWith("unknown field") ? field : `${field}:`, message);
   });
 
   it("created none of the refused ModelImages", async () => {
-    const result = await kubectl.run([
+    const refused = await kubectl.run([
       "get",
       "mi",
       "refused",
@@ -239,7 +255,14 @@ describe("the ModelImage CRD with the real kubectl", () => {
       "-o",
       "yaml",
     ]);
-    expect(result.stdout).toBe("");
-    expect(parse(result.stdout)).toBeNull();
+    expectSuccess(refused, "get mi refused --ignore-not-found");
+    expect(refused.stdout).toBe("");
+    expect(parse(refused.stdout)).toBeNull();
+    // The same server lists what was accepted, so the empty answer above is about "refused".
+    const all = await kubectl.run(["get", "mi", "-n", "default", "-o", "name"]);
+    expectSuccess(all, "get mi -o name");
+    const names = all.stdout.trim().split("\n");
+    expect(names).toContain("modelimage.stowage.dev/vllm");
+    expect(names).not.toContain("modelimage.stowage.dev/refused");
   });
 });
