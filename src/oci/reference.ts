@@ -141,10 +141,10 @@ export function manifestReference(ref: ImageReference): string {
 }
 
 /**
- * The repository an upstream image is stored under in the cache registry (DESIGN.md,
- * "Cache layout"): "docker.io/library/alpine", "127.0.0.1_5000/foo/bar". Registry hosts are
- * lowercased and a port separator becomes "_" so the result is a valid repository name;
- * an IPv6 literal "[::1]:5000" becomes "ipv6---1_5000".
+ * The repository an upstream image is stored under in the cache registry (the cache layout:
+ * the upstream host, then its repository): "docker.io/library/alpine", "127.0.0.1_5000/foo/bar".
+ * Registry hosts are lowercased and a port separator becomes "_" so the result is a valid
+ * repository name; an IPv6 literal "[::1]:5000" becomes "ipv6---1_5000".
  */
 export function cacheRepository(ref: Pick<ImageReference, "registry" | "repository">): string {
   let host = ref.registry.toLowerCase();

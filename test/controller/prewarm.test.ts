@@ -37,7 +37,7 @@ const sizeOf = (image: PushedIndex["images"][number]) =>
 beforeAll(async () => {
   [cluster, cache] = await Promise.all([startCluster(), startRegistry()]);
   push = new RegistryClient({ insecureHosts: [cache.host] });
-  // What the ModelImage reconciler leaves in the cache (DESIGN.md cache layout).
+  // What the ModelImage reconciler leaves in the cache (the layout of cacheRepository).
   llamaCuda = await pushMultiArchIndex(
     push,
     { registry: cache.host, repository: "docker.io/acme/llama" },

@@ -65,7 +65,11 @@ export function nodePlatform(node: Node): Platform | undefined {
   return platform;
 }
 
-/** The platforms a variant should be mirrored for (DESIGN.md; issue 4 "Platforms"). */
+/**
+ * The platforms a variant should be mirrored for: every one with `sync.allPlatforms`, else the
+ * variant's or the ModelImage's explicit list, else ("auto") those of the Ready nodes its
+ * selector matches; all of them when no node matches yet.
+ */
 export function choosePlatforms(
   mi: ModelImage,
   variant: ModelImageVariant,
@@ -147,7 +151,7 @@ export function platformKey(choice: PlatformChoice): string {
 }
 
 /**
- * Where a source image lives in the cache (DESIGN.md "Cache layout"): repository
+ * Where a source image lives in the cache (the cache layout, see `cacheRepository`): repository
  * `cacheRepository(source)`, same tag; a digest-only source is pushed by (its resulting) digest,
  * so the target names no reference.
  */
