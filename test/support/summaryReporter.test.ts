@@ -21,7 +21,7 @@ async function summaryOf(...files: string[]): Promise<{ line: string; code: numb
   ]);
   const lines = result.stdout.match(/^\d+ passed, \d+ failed, \d+ skipped$/gm) ?? [];
   expect(lines, `${result.stdout}\n${result.stderr}`).toHaveLength(1);
-  return { line: lines[0], code: result.code };
+  return { line: lines[0] ?? "", code: result.code };
 }
 
 describe("the summary reporter's closing line", () => {
