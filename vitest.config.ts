@@ -1,14 +1,45 @@
 import { defineConfig } from "vitest/config";
 
-// Tests start real registries, containerd and the API test double; they are I/O bound,
-// so a small pool keeps a 2-core CI machine from thrashing.
+/**
+ * Suites that run twice: on the API double (fast tier) and on the real control plane built from
+ * tools/k8s (`STOWAGE_TEST_APISERVER=real`). They get their API through testkit/cluster.ts.
+ */
+const onBothApiServers = ["test/real/**/*.test.ts"];
+
+/** Only on the real control plane: the chart installed by the real helm, the differential test. */
+const realOnly = ["test/real/**/*.test.ts"];
+
+// Tests start real registries, containerd and API servers; they are I/O bound, so a small pool
+// keeps a 2-core CI machine from thrashing.
 export default defineConfig({
   test: {
-    include: ["test/**/*.test.ts"],
     testTimeout: 60_000,
     hookTimeout: 60_000,
     pool: "forks",
     maxWorkers: 2,
     reporters: ["default", "./test/support/summaryReporter.ts"],
+    projects: [
+      {
+        extends: true,
+        test: {
+          name: "double",
+          include: ["test/**/*.test.ts"],
+          exclude: realOnly,
+          env: { STOWAGE_TEST_APISERVER: "double" },
+        },
+      },
+      {
+        extends: true,
+        test: {
+          name: "real-k8s",
+          include: [...new Set([...onBothApiServers, ...realOnly])],
+          env: { STOWAGE_TEST_APISERVER: "real" },
+          globalSetup: ["test/support/k8sBinaries.ts"],
+          // A real control plane takes seconds to start on two cores, and its writes are slower.
+          testTimeout: 120_000,
+          hookTimeout: 180_000,
+        },
+      },
+    ],
   },
 });
