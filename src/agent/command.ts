@@ -35,6 +35,9 @@ Flags:
   --kubeconfig FILE              kubeconfig (default: KUBECONFIG, in-cluster, ~/.kube/config)
   --mirror-config=BOOL           write containerd hosts.toml for the cache (default true)
   --cache-skip-verify=BOOL       skip_verify for the cache host in hosts.toml (default false)
+  --cache-ca-file FILE           CA certificate of an HTTPS cache registry: copied beside each
+                                 hosts.toml and named by the cache's \`ca\` key; re-read on every
+                                 pass, and a missing file means none (the node's own CAs)
   --max-concurrent-pulls N       pulls in flight (default 2)
   --stall-timeout DURATION       cancel and retry a pull without progress for this long (default 5m)
   --heartbeat-interval DURATION  how often status.heartbeatTime is refreshed (default 60s)
@@ -57,6 +60,7 @@ const options = {
   "mirror-config": { type: "string" },
   "cache-skip-verify": { type: "string" },
   "max-concurrent-pulls": { type: "string" },
+  "cache-ca-file": { type: "string" },
   "stall-timeout": { type: "string" },
   "heartbeat-interval": { type: "string" },
   "retry-initial": { type: "string" },
@@ -109,6 +113,7 @@ export function parseAgentArgs(
       containerdConfigFile: get("containerd-config"),
       cacheSkipVerify: booleanFlag(get("cache-skip-verify"), "cache-skip-verify", false),
       maxConcurrentPulls: integerFlag(get("max-concurrent-pulls"), "max-concurrent-pulls", 2, 1, 64),
+      cacheCaFile: get("cache-ca-file"),
       stallTimeoutMs: durationFlag(get("stall-timeout"), "stall-timeout", defaultAgentConfig.stallTimeoutMs),
       heartbeatIntervalMs: durationFlag(
         get("heartbeat-interval"),

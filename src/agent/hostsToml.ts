@@ -2,7 +2,9 @@
  * containerd registry mirror configuration: `<config_path>/<host>/hosts.toml` sends pulls for
  * an upstream host to the cache registry first (`/v2/<cache repository prefix>/...` with
  * `override_path`), falling back to the upstream itself. A hosts.toml Stowage did not write is
- * never lost: it is backed up once and merged (its hosts kept, the cache tried first).
+ * never lost: it is backed up once and merged (its hosts kept, the cache tried first). An HTTPS
+ * cache with a private CA gets that CA written beside each hosts.toml and named by the cache's
+ * `ca` key (containerd reads `ca` as a path, absolute or relative to the hosts.toml).
  */
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -11,12 +13,16 @@ import { cacheRepository, isDockerHub } from "../oci/reference.ts";
 /** First line of every hosts.toml Stowage writes; how it tells its own files from others'. */
 export const STOWAGE_MARKER = "# Managed by Stowage (stowage.dev): edits are overwritten.";
 export const BACKUP_NAME = "hosts.toml.stowage-backup";
+/** The cache registry's CA, written next to hosts.toml when the agent is given one. */
+export const CACHE_CA_NAME = "stowage-cache-ca.crt";
 
 export interface MirrorOptions {
   /** Where nodes reach the cache registry: `http://10.0.0.5:5000`. */
   cacheEndpoint: string;
   /** Accept the cache's certificate without verification (HTTPS caches only). */
   skipVerify?: boolean;
+  /** PEM CA certificate(s) the HTTPS cache's certificate chains to; ignored for an http:// cache. */
+  caPem?: string;
   /** containerd's per-host dial timeout, so a dead cache falls back quickly (default "3s"). */
   dialTimeout?: string;
 }
@@ -35,11 +41,17 @@ export function cacheHostUrl(cacheEndpoint: string, host: string): string {
   return `${cacheEndpoint.replace(/\/+$/, "")}/v2/${prefix}`;
 }
 
-function cacheHostTable(host: string, options: MirrorOptions): string[] {
+/** Whether containerd is told to trust a CA for the cache: only an HTTPS cache needs one. */
+function cacheCa(options: MirrorOptions): string | undefined {
+  return options.caPem && /^https:\/\//i.test(options.cacheEndpoint) ? options.caPem : undefined;
+}
+
+function cacheHostTable(host: string, options: MirrorOptions, caPath?: string): string[] {
   return [
     `[host.${JSON.stringify(cacheHostUrl(options.cacheEndpoint, host))}]`,
     `  capabilities = ["pull", "resolve"]`,
     "  override_path = true",
+    ...(caPath ? [`  ca = ${JSON.stringify(caPath)}`] : []),
     ...(options.skipVerify ? ["  skip_verify = true"] : []),
     `  dial_timeout = ${JSON.stringify(options.dialTimeout ?? "3s")}`,
   ];
@@ -48,18 +60,36 @@ function cacheHostTable(host: string, options: MirrorOptions): string[] {
 /**
  * The hosts.toml for `host`. With `foreign` (someone else's file), its top-level keys (server,
  * ca, ...) and its host tables stay; the cache's table goes before them so it is tried first.
+ * `caPath` is where the cache's CA file lies (see `applyMirrorConfig`), when there is one.
  */
-export function renderHostsToml(host: string, options: MirrorOptions, foreign?: string): string {
+export function renderHostsToml(
+  host: string,
+  options: MirrorOptions,
+  foreign?: string,
+  caPath?: string,
+): string {
   const lines = [STOWAGE_MARKER];
   if (foreign === undefined) {
-    lines.push(`server = ${JSON.stringify(upstreamServer(host))}`, "", ...cacheHostTable(host, options), "");
+    lines.push(
+      `server = ${JSON.stringify(upstreamServer(host))}`,
+      "",
+      ...cacheHostTable(host, options, caPath),
+      "",
+    );
     return lines.join("\n");
   }
   const { topLevel, tables } = splitToml(foreign);
   lines.push(`# Merged with the hosts.toml found here before (kept as ${BACKUP_NAME}).`);
   if (!topLevel.some((line) => /^\s*server\s*=/.test(line)))
     lines.push(`server = ${JSON.stringify(upstreamServer(host))}`);
-  lines.push(...trimBlank(topLevel), "", ...cacheHostTable(host, options), "", ...trimBlank(tables), "");
+  lines.push(
+    ...trimBlank(topLevel),
+    "",
+    ...cacheHostTable(host, options, caPath),
+    "",
+    ...trimBlank(tables),
+    "",
+  );
   return lines.join("\n");
 }
 
@@ -103,8 +133,22 @@ async function readOptional(path: string): Promise<string | undefined> {
 }
 
 /**
+ * Write `text` to `file` unless it holds exactly that; through a temp file and a rename, since
+ * containerd reads these files on every pull and must never see half of one.
+ */
+async function writeIfChanged(file: string, text: string, current?: string): Promise<boolean> {
+  if (current === text) return false;
+  const temp = `${file}.stowage-tmp`;
+  await writeFile(temp, text);
+  await rename(temp, file);
+  return true;
+}
+
+/**
  * Make `<configPath>/<host>/hosts.toml` point every host at the cache, and undo it for hosts
  * Stowage configured before that are no longer wanted (a backed-up original is restored).
+ * With a CA for an HTTPS cache, `<configPath>/<host>/stowage-cache-ca.crt` holds it and the
+ * cache's table names it by absolute path; without one, a CA file written before is removed.
  * Idempotent: a file that already has the right content is not rewritten.
  */
 export async function applyMirrorConfig(
@@ -114,10 +158,12 @@ export async function applyMirrorConfig(
 ): Promise<MirrorConfigResult> {
   const result: MirrorConfigResult = { hosts: {} };
   const wanted = new Set(hosts);
+  const caPem = cacheCa(options);
   for (const host of wanted) {
     const dir = hostDir(configPath, host);
     const file = join(dir, "hosts.toml");
     const backup = join(dir, BACKUP_NAME);
+    const caFile = join(dir, CACHE_CA_NAME);
     const current = await readOptional(file);
     let foreign = await readOptional(backup);
     let outcome: HostConfigOutcome = "written";
@@ -128,22 +174,20 @@ export async function applyMirrorConfig(
       foreign = current;
     }
     if (foreign !== undefined) outcome = "merged";
-    const desired = renderHostsToml(host, options, foreign);
-    if (current === desired) {
-      result.hosts[host] = "unchanged";
-      continue;
-    }
     await mkdir(dir, { recursive: true });
-    // Write then rename: containerd reads hosts.toml on every pull and must never see half a file.
-    const temp = `${file}.stowage-tmp`;
-    await writeFile(temp, desired);
-    await rename(temp, file);
-    result.hosts[host] = outcome;
+    // The CA goes first, so a hosts.toml naming it never points at a missing or stale file.
+    let caChanged = false;
+    if (caPem !== undefined) caChanged = await writeIfChanged(caFile, caPem, await readOptional(caFile));
+    const desired = renderHostsToml(host, options, foreign, caPem !== undefined ? caFile : undefined);
+    const written = await writeIfChanged(file, desired, current);
+    if (caPem === undefined) await rm(caFile, { force: true });
+    result.hosts[host] = written || caChanged ? outcome : "unchanged";
   }
   for (const host of await configuredHosts(configPath)) {
     if (wanted.has(host)) continue;
     const dir = join(configPath, host);
     const backup = join(dir, BACKUP_NAME);
+    await rm(join(dir, CACHE_CA_NAME), { force: true });
     if ((await readOptional(backup)) !== undefined) {
       await rename(backup, join(dir, "hosts.toml"));
       result.hosts[host] = "restored";

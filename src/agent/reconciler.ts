@@ -9,7 +9,7 @@
  * and queue another pass when they start and end. Which images the agent owns survives
  * restarts through `status.images[].ownedByAgent`.
  */
-import { statfs } from "node:fs/promises";
+import { readFile, statfs } from "node:fs/promises";
 import PQueue from "p-queue";
 import {
   countImages,
@@ -49,6 +49,12 @@ export interface AgentConfig {
   containerdRoot?: string;
   /** skip_verify for the cache host in hosts.toml. */
   cacheSkipVerify?: boolean;
+  /**
+   * PEM file with the CA of an HTTPS cache, copied beside each hosts.toml for containerd. Read on
+   * every pass, so a renewed CA reaches the node; a missing file means no CA (the cache's
+   * certificate must then chain to one the node trusts already).
+   */
+  cacheCaFile?: string;
   maxConcurrentPulls: number;
   /** A pull with no progress for this long is cancelled and retried. */
   stallTimeoutMs: number;
@@ -197,6 +203,20 @@ export class NodeAgentReconciler {
     return requeueAfter(Math.min(untilHeartbeat, this.#config.resyncIntervalMs, ...retries, ...runtimeRetry));
   }
 
+  /** The cache CA file's PEM; undefined without --cache-ca-file or when the file does not exist. */
+  async #cacheCa(): Promise<string | undefined> {
+    const file = this.#config.cacheCaFile;
+    if (!file) return undefined;
+    try {
+      const pem = await readFile(file, "utf8");
+      if (!pem.includes("-----BEGIN CERTIFICATE-----")) throw new Error("no PEM certificate in it");
+      return pem;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw err;
+    }
+  }
+
   async #configureMirror(
     hosts: string[],
     cacheEndpoint: string | undefined,
@@ -229,10 +249,25 @@ export class NodeAgentReconciler {
           message: "spec.cacheEndpoint is empty; nothing to point containerd at",
         },
       };
+    let caPem: string | undefined;
+    try {
+      caPem = await this.#cacheCa();
+    } catch (err) {
+      return {
+        configPath,
+        condition: {
+          type,
+          status: "False",
+          reason: "CacheCaUnreadable",
+          message: `reading the cache CA ${this.#config.cacheCaFile}: ${(err as Error).message}`,
+        },
+      };
+    }
     try {
       const result = await applyMirrorConfig(configPath, hosts, {
         cacheEndpoint,
         skipVerify: this.#config.cacheSkipVerify,
+        caPem,
       });
       const changed = Object.entries(result.hosts).filter(([, outcome]) => outcome !== "unchanged");
       if (changed.length > 0)
@@ -244,7 +279,7 @@ export class NodeAgentReconciler {
           status: "True",
           reason: "Configured",
           message: hosts.length
-            ? `containerd pulls ${[...hosts].sort().join(", ")} through ${cacheEndpoint} first`
+            ? `containerd pulls ${[...hosts].sort().join(", ")} through ${cacheEndpoint} first${caPem ? ` (its CA from ${this.#config.cacheCaFile})` : ""}`
             : "no mirror hosts in spec",
         },
       };

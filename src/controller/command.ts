@@ -46,7 +46,9 @@ Flags:
   --kubeconfig FILE              kubeconfig (default: KUBECONFIG, in-cluster, ~/.kube/config)
   --cache-registry URL           the cache registry, e.g. http://stowage-cache:5000 (required;
                                  an http:// URL means plain HTTP to that host)
-  --cache-ca-file FILE           CA certificate(s) the cache registry's TLS certificate chains to
+  --cache-ca-file FILE           CA certificate(s) the cache registry's TLS certificate chains to;
+                                 a file that does not exist is skipped with a warning (a TLS
+                                 Secret without ca.crt: the system CAs must then trust the cache)
   --cache-username USER          cache registry user (env STOWAGE_CACHE_USERNAME)
   --cache-password PASS          cache registry password (prefer env STOWAGE_CACHE_PASSWORD)
   --insecure-registry HOST       talk plain HTTP to this upstream host[:port] (repeatable)
@@ -132,6 +134,8 @@ export interface ControllerInvocation {
     insecure: boolean;
     caPem?: string[];
     credentials?: { username: string; password: string };
+    /** --cache-ca-file when it named a file that does not exist (skipped, with a warning at start). */
+    missingCaFile?: string;
   };
   insecureRegistries: string[];
   caPem: string[];
@@ -219,11 +223,23 @@ function parseCacheRegistry(value: string | undefined): { registry: string; inse
   return { registry: url.host, insecure: url.protocol === "http:" };
 }
 
-async function readPem(path: string, flag: string): Promise<string> {
+async function readPem(path: string, flag: string): Promise<string>;
+async function readPem(path: string, flag: string, options: { optional: true }): Promise<string | undefined>;
+/**
+ * A CA file's text. `optional`: a file that does not exist is undefined rather than an error. Only
+ * the cache's CA may be absent, since the chart mounts ca.crt from a TLS Secret that may lack it;
+ * trusting fewer CAs can only make the TLS handshake fail, never accept more.
+ */
+async function readPem(
+  path: string,
+  flag: string,
+  options?: { optional: true },
+): Promise<string | undefined> {
   try {
     return await readFile(path, "utf8");
   } catch (err) {
     throw new UsageError(`cannot read --${flag} ${path}: ${(err as Error).message}`);
+    if (options?.optional && (err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
   }
 }
 
@@ -275,10 +291,12 @@ export async function parseControllerArgs(
   const caPem: string[] = [];
   for (const path of list("ca-file")) caPem.push(await readPem(path, "ca-file"));
   return {
+  const cacheCa = cacheCaFile ? await readPem(cacheCaFile, "cache-ca-file", { optional: true }) : undefined;
     kubeconfig: get("kubeconfig"),
     cache: {
       ...cache,
-      caPem: cacheCaFile ? [await readPem(cacheCaFile, "cache-ca-file")] : undefined,
+      caPem: cacheCa ? [cacheCa] : undefined,
+      missingCaFile: cacheCaFile && cacheCa === undefined ? cacheCaFile : undefined,
       credentials: username !== undefined && password !== undefined ? { username, password } : undefined,
     },
     insecureRegistries: list("insecure-registry").map(hostOf),
@@ -496,6 +514,11 @@ export async function startController(
     throw asStowageError(err, "InvalidArgument");
   }
   await checkApi(client, invocation.namespaces, log);
+  if (invocation.cache.missingCaFile)
+    log.warn(
+      { cacheCaFile: invocation.cache.missingCaFile },
+      "--cache-ca-file does not exist: the cache registry's certificate must chain to a system CA",
+    );
   // Loaded here, not at the top, so `--help` and usage errors answer without loading the reconciler.
   const [{ createCredentialProvider }, { setupModelImageController }, { setupPrewarmController }] =
     await Promise.all([

@@ -1,4 +1,3 @@
-import { execFile } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -6,6 +5,7 @@ import * as k8s from "@kubernetes/client-node";
 import { stringify } from "yaml";
 import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
 import type { Json } from "../../testkit/apiserver/types.ts";
+import { kubectl } from "../../testkit/kubectl.ts";
 
 export const group = "test.stowage.dev";
 
@@ -216,18 +216,7 @@ export class Kubectl {
   }
 
   run(args: string[], stdin?: string): Promise<KubectlResult> {
-    return new Promise((resolve) => {
-      const child = execFile(
-        "/usr/bin/kubectl",
-        ["--kubeconfig", this.kubeconfigPath, "--cache-dir", join(this.dir, "cache"), ...args],
-        { env: { ...process.env, HOME: this.dir, KUBECONFIG: "" }, timeout: 30_000 },
-        (error, stdout, stderr) => {
-          const code = error ? (typeof error.code === "number" ? error.code : 1) : 0;
-          resolve({ code, stdout, stderr });
-        },
-      );
-      if (stdin !== undefined) child.stdin?.end(stdin);
-    });
+    return kubectl(args, { kubeconfig: this.kubeconfigPath, dir: this.dir, stdin, timeoutMs: 30_000 });
   }
 
   /** Write manifests to a file and `kubectl apply -f` it. */

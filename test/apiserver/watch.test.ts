@@ -6,6 +6,7 @@ import * as k8s from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
 import type { Json } from "../../testkit/apiserver/types.ts";
+import { k8sBin } from "../../testkit/k8sTools.ts";
 import { type Clients, clients, startWithWidgets, widget, widgets } from "./helpers.ts";
 
 interface Seen {
@@ -237,7 +238,7 @@ describe("watch", () => {
 
   it("streams one-row Tables to kubectl get -w", async () => {
     const child = spawn(
-      "/usr/bin/kubectl",
+      k8sBin("kubectl"),
       [
         "--kubeconfig",
         server.kubeconfigPath,
