@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs what Stowage's tests, benchmarks and local sandbox need on a Debian 12 machine:
 # Node 24 when the machine's Node is older than 22, the real components the tests start on
-# loopback (CNCF distribution, containerd with CRI, skopeo, promtool, lua), and npm packages.
-# Safe to run again: it installs only what is missing.
+# loopback (CNCF distribution, containerd with CRI, skopeo, promtool, lua), npm packages, and
+# the real Kubernetes control plane, kubelet, kubectl and helm at one pinned release, built from
+# Go modules (scripts/build-k8s.sh: once, ~10-40 min on 2 cores; needs Go >= 1.26).
+# Safe to run again: it installs only what is missing. STOWAGE_SKIP_K8S_BUILD=1 skips the build
+# (the demo runs on the API test double and needs none of it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,3 +31,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 npm ci --no-audit --no-fund
+
+if [ "${STOWAGE_SKIP_K8S_BUILD:-0}" = "1" ]; then
+  echo "setup: STOWAGE_SKIP_K8S_BUILD=1: not building the Kubernetes binaries (the real-k8s tests will build them)" >&2
+else
+  bin=$(bash scripts/build-k8s.sh)
+  echo "setup: kubectl $("$bin/kubectl" version --client -o json | sed -n 's/.*"gitVersion": "\([^"]*\)".*/\1/p' | head -1), helm and the control plane in $bin" >&2
+fi
