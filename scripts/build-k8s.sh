@@ -7,12 +7,15 @@
 # of tools/k8s (go.mod, go.sum, sources) and this script; prints that bin folder on stdout.
 # A folder already built for the same key is reused, so a warm run costs nothing. Go's module
 # and build caches stay where Go keeps them (GOMODCACHE, GOCACHE), so a changed pin rebuilds
-# only what changed. `--check` prints the folder only when already built (exit 1 otherwise). Needs Go >= 1.26 (the machine's /usr/local/go; Debian's golang-go is older).
+# only what changed. `--check` prints the folder only when already built (exit 1 otherwise).
+# Needs Go >= 1.26 (the machine's /usr/local/go; Debian's golang-go is older).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 mod="$root/tools/k8s"
 
 export PATH="/usr/local/go/bin:$PATH"
+# The machine's toolchain, never a downloaded one; no VCS stamping (the binaries are keyed below).
+export GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:-} -buildvcs=false"
 command -v go >/dev/null || { echo "build-k8s: Go is not installed (need Go >= 1.26 at /usr/local/go or on PATH)" >&2; exit 1; }
 gov=$(go env GOVERSION | sed -E 's/^go([0-9]+)\.([0-9]+).*/\1 \2/')
 read -r gomaj gomin <<<"$gov"
