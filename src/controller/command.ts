@@ -133,9 +133,9 @@ export interface ControllerInvocation {
     registry: string;
     insecure: boolean;
     caPem?: string[];
-    credentials?: { username: string; password: string };
     /** --cache-ca-file when it named a file that does not exist (skipped, with a warning at start). */
     missingCaFile?: string;
+    credentials?: { username: string; password: string };
   };
   insecureRegistries: string[];
   caPem: string[];
@@ -238,8 +238,8 @@ async function readPem(
   try {
     return await readFile(path, "utf8");
   } catch (err) {
-    throw new UsageError(`cannot read --${flag} ${path}: ${(err as Error).message}`);
     if (options?.optional && (err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw new UsageError(`cannot read --${flag} ${path}: ${(err as Error).message}`);
   }
 }
 
@@ -290,8 +290,8 @@ export async function parseControllerArgs(
   const namespaces = list("namespace");
   const caPem: string[] = [];
   for (const path of list("ca-file")) caPem.push(await readPem(path, "ca-file"));
-  return {
   const cacheCa = cacheCaFile ? await readPem(cacheCaFile, "cache-ca-file", { optional: true }) : undefined;
+  return {
     kubeconfig: get("kubeconfig"),
     cache: {
       ...cache,
@@ -513,12 +513,12 @@ export async function startController(
   } catch (err) {
     throw asStowageError(err, "InvalidArgument");
   }
-  await checkApi(client, invocation.namespaces, log);
   if (invocation.cache.missingCaFile)
     log.warn(
       { cacheCaFile: invocation.cache.missingCaFile },
       "--cache-ca-file does not exist: the cache registry's certificate must chain to a system CA",
     );
+  await checkApi(client, invocation.namespaces, log);
   // Loaded here, not at the top, so `--help` and usage errors answer without loading the reconciler.
   const [{ createCredentialProvider }, { setupModelImageController }, { setupPrewarmController }] =
     await Promise.all([
