@@ -12,7 +12,6 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseAgentArgs, type RunningAgent, startAgent } from "../../src/agent/command.ts";
 import { CriClient } from "../../src/agent/cri.ts";
 import { CACHE_CA_NAME } from "../../src/agent/hostsToml.ts";
-import { defaultAgentConfig } from "../../src/agent/reconciler.ts";
 import { loadCrd } from "../../src/api/crds.ts";
 import { type NodeCache, NodeCacheResource } from "../../src/api/nodeCache.ts";
 import { KubeClient } from "../../src/kube/client.ts";
