@@ -50,7 +50,8 @@ Flags:
 Exit codes: 0 stopped gracefully, 1 fatal startup error, 2 bad usage.
 `;
 
-const options = {
+/** The flags `stowage agent` accepts (node:util parseArgs options). */
+export const agentOptions = {
   "node-name": { type: "string" },
   "cri-socket": { type: "string" },
   "containerd-config-path": { type: "string" },
@@ -90,7 +91,7 @@ export function parseAgentArgs(
   try {
     ({ values } = parseArgs({
       args: normaliseBooleanFlags(args, booleanFlags),
-      options,
+      options: agentOptions,
       strict: true,
       allowPositionals: false,
     }));
@@ -98,7 +99,7 @@ export function parseAgentArgs(
     throw new UsageError((err as Error).message);
   }
   if (values.help) return "help";
-  const get = (flag: keyof typeof options) => values[flag] as string | undefined;
+  const get = (flag: keyof typeof agentOptions) => values[flag] as string | undefined;
   const nodeName = get("node-name") ?? env.NODE_NAME;
   if (!nodeName) throw new UsageError("--node-name (or the NODE_NAME environment variable) is required");
   const logLevel = get("log-level") ?? "info";

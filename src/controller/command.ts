@@ -89,7 +89,8 @@ Flags:
 Exit codes: 0 stopped gracefully, 1 fatal startup error, 2 bad usage.
 `;
 
-const options = {
+/** The flags `stowage controller` accepts (node:util parseArgs options); each also as STOWAGE_<FLAG>. */
+export const controllerOptions = {
   kubeconfig: { type: "string" },
   "cache-registry": { type: "string" },
   "cache-ca-file": { type: "string" },
@@ -123,7 +124,7 @@ const options = {
   help: { type: "boolean", short: "h" },
 } as const;
 
-type FlagName = keyof typeof options;
+type FlagName = keyof typeof controllerOptions;
 const booleanFlags = new Set<string>(["leader-elect", "retain-on-delete", "prewarm", "warming-taint"]);
 const logLevels = ["trace", "debug", "info", "warn", "error", "fatal", "silent"];
 
@@ -253,7 +254,7 @@ export async function parseControllerArgs(
   try {
     ({ values, positionals } = parseArgs({
       args: normaliseBooleanFlags(args, booleanFlags),
-      options,
+      options: controllerOptions,
       strict: true,
       allowPositionals: true,
     }));
