@@ -64,6 +64,7 @@ describe("chart values", () => {
       "bad-s3-without-bucket.yaml": /\/cache\/s3\/bucket must NOT have fewer than 1 characters/,
       "bad-external-cache-without-url.yaml": /\/cache\/externalUrl must NOT have fewer than 1 characters/,
       "bad-duration.yaml": /\/agent\/stallTimeout must match pattern/,
+      "bad-cache-replicas-without-s3.yaml": /\/cache\/replicas must be <= 1/,
     };
     const files = readdirSync(fixtures).filter((f) => f.startsWith("bad-"));
     expect(files.sort()).toEqual(Object.keys(expected).sort());

@@ -81,6 +81,18 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/*
+The Secret holding the cache registry's shared http.secret (key http-secret), or nothing: the
+user's cache.httpSecret.existingSecret, else the chart's own with more than one replica.
+*/}}
+{{- define "stowage.cacheHttpSecretName" -}}
+{{- if .Values.cache.httpSecret.existingSecret -}}
+{{- .Values.cache.httpSecret.existingSecret -}}
+{{- else if gt (int .Values.cache.replicas) 1 -}}
+{{- printf "%s-cache-http-secret" (include "stowage.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The cache URL nodes (containerd on the host network) use. */}}
 {{- define "stowage.cacheNodeEndpoint" -}}
 {{- default (include "stowage.cacheUrl" .) .Values.cache.nodeEndpoint -}}
