@@ -12,6 +12,7 @@ import {
   type ControlPlane,
   type ControlPlaneOptions,
   type CrdShape,
+  isControlPlaneComponent,
   startControlPlane,
 } from "./controlplane/index.ts";
 
@@ -31,6 +32,8 @@ export interface RequestLogEntry {
   path: string;
   verb: string;
   status: number;
+  /** who asked (real only: the double does not record it) */
+  user?: string;
 }
 
 export interface TestCluster {
@@ -46,9 +49,19 @@ export interface TestCluster {
    * (real: TokenRequest; double: a token the double maps to that identity when started with `rbac`).
    */
   serviceAccountKubeconfig(namespace: string, name: string, path: string): Promise<string>;
-  /** requests answered so far (real: from the audit log) */
+  /**
+   * Requests answered so far (real: from the audit log, without the control plane's own
+   * components, which the double does not have: what tests and the code they run asked).
+   */
   requestLog(): Promise<RequestLogEntry[]>;
   resetRequestLog(): Promise<void>;
+  /**
+   * Drops the watch history up to now, so a watch from an older resourceVersion gets 410 Gone.
+   * Real: compacts etcd, which the apiserver answers with 410 only for a resource it does not
+   * keep in its watch cache (start it with `--watch-cache-sizes=RESOURCE#0`); the cache serves
+   * its history from memory, as in a real cluster.
+   */
+  compact(): Promise<void>;
   /** the API double, when that is the backend */
   double?: TestApiServer;
   /** the real control plane, when that is the backend */
@@ -81,6 +94,7 @@ export async function startTestCluster(options: TestClusterOptions = {}): Promis
       },
       requestLog: async () => api.requestLog(),
       resetRequestLog: async () => api.resetRequestLog(),
+      compact: async () => api.compact(),
       double: api,
       stop: () => api.stop(),
     };
@@ -101,8 +115,12 @@ export async function startTestCluster(options: TestClusterOptions = {}): Promis
         await writeFile(path, identity.kubeconfig, { mode: 0o600 });
         return path;
       },
-      requestLog: () => plane.requestLog(),
+      requestLog: async () =>
+        (await plane.requestLog()).filter((entry) => !isControlPlaneComponent(entry.user)),
       resetRequestLog: () => plane.resetRequestLog(),
+      async compact() {
+        await plane.compact();
+      },
       real: plane,
       stop: () => plane.stop(),
     };

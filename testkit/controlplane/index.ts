@@ -72,6 +72,13 @@ export interface ControlPlane {
   requestLog(): Promise<RequestLogEntry[]>;
   /** forget the requests logged so far */
   resetRequestLog(): Promise<void>;
+  /**
+   * Compacts etcd's history up to its current revision (what the apiserver's own compactor does
+   * every 5 minutes) and returns that revision. A watch resuming from an older resourceVersion
+   * then gets 410 Gone, but only for a resource the apiserver does not keep in its watch cache
+   * (`--watch-cache-sizes=RESOURCE#0`): the cache serves its history from memory.
+   */
+  compact(): Promise<string>;
   /** a component's log so far */
   log(component: "etcd" | "kube-apiserver" | "kube-controller-manager" | "kube-scheduler"): Promise<string>;
   stop(): Promise<void>;
@@ -222,6 +229,19 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
       "/O=system:masters/CN=stowage-test-admin",
       "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
     );
+    // The controller-manager and the scheduler authenticate as themselves, as under kubeadm, so the
+    // audit log tells their requests from a test's (the admin's).
+    for (const [file, user] of [
+      ["controller-manager", "system:kube-controller-manager"],
+      ["scheduler", "system:kube-scheduler"],
+    ]) {
+      await signedCertificate(
+        dir,
+        file,
+        `/CN=${user}`,
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+      );
+    }
     await run("openssl", ["genrsa", "-out", "sa.key", "2048"], { cwd: dir });
     await run("openssl", ["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"], { cwd: dir });
 
@@ -262,6 +282,17 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
     const kubeconfig = kubeconfigText(url, caPem, adminUser, "stowage-test-admin");
     const kubeconfigPath = join(dir, "admin.kubeconfig");
     await writeFile(kubeconfigPath, kubeconfig);
+    const componentKubeconfig = async (file: string): Promise<string> => {
+      const path = join(dir, `${file}.kubeconfig`);
+      const user = {
+        "client-certificate-data": b64(await readFile(join(dir, `${file}.crt`), "utf8")),
+        "client-key-data": b64(await readFile(join(dir, `${file}.key`), "utf8")),
+      };
+      await writeFile(path, kubeconfigText(url, caPem, user, file));
+      return path;
+    };
+    const controllerManagerKubeconfig = await componentKubeconfig("controller-manager");
+    const schedulerKubeconfig = await componentKubeconfig("scheduler");
 
     const etcd = start("etcd", k8sBin("etcd"), [
       "--name=default",
@@ -325,9 +356,11 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
 
     if (options.controllerManager !== false) {
       start("kube-controller-manager", k8sBin("kube-controller-manager"), [
-        `--kubeconfig=${kubeconfigPath}`,
-        `--authentication-kubeconfig=${kubeconfigPath}`,
-        `--authorization-kubeconfig=${kubeconfigPath}`,
+        `--kubeconfig=${controllerManagerKubeconfig}`,
+        `--authentication-kubeconfig=${controllerManagerKubeconfig}`,
+        `--authorization-kubeconfig=${controllerManagerKubeconfig}`,
+        // Each controller acts as its own ServiceAccount in kube-system, with its bootstrap role.
+        "--use-service-account-credentials=true",
         "--bind-address=127.0.0.1",
         `--secure-port=${cmPort}`,
         "--leader-elect=false",
@@ -343,9 +376,9 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
     }
     if (options.scheduler !== false) {
       start("kube-scheduler", k8sBin("kube-scheduler"), [
-        `--kubeconfig=${kubeconfigPath}`,
-        `--authentication-kubeconfig=${kubeconfigPath}`,
-        `--authorization-kubeconfig=${kubeconfigPath}`,
+        `--kubeconfig=${schedulerKubeconfig}`,
+        `--authentication-kubeconfig=${schedulerKubeconfig}`,
+        `--authorization-kubeconfig=${schedulerKubeconfig}`,
         "--bind-address=127.0.0.1",
         `--secure-port=${schedulerPort}`,
         "--leader-elect=false",
@@ -433,6 +466,21 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
         const text = await readFile(auditPath, "utf8").catch(() => "");
         auditLinesSeen = text.split("\n").length - 1;
       },
+      async compact() {
+        const etcd = async (path: string, body: object) => {
+          const res = await fetch(`${etcdUrl}${path}`, {
+            method: "POST",
+            body: JSON.stringify(body),
+            signal: AbortSignal.timeout(10_000),
+          });
+          if (!res.ok) throw new Error(`etcd ${path}: ${res.status} ${await res.text()}`);
+          return (await res.json()) as { header: { revision: string } };
+        };
+        // Any read answers with the store's current revision in its header.
+        const { revision } = (await etcd("/v3/kv/range", { key: b64("/") })).header;
+        await etcd("/v3/kv/compaction", { revision, physical: true });
+        return revision;
+      },
       request: (method, path, body, contentType) =>
         adminRequest(url, caPem, adminToken, method, path, body, contentType),
       waitForCrd: (crd) => waitForCrd(url, caPem, adminToken, crd),
@@ -485,6 +533,20 @@ export async function waitForCrd(url: string, caPem: string, token: string, crd:
 export interface CrdShape {
   metadata: { name: string };
   spec: { group: string; names: { plural: string }; versions: { name: string; served: boolean }[] };
+}
+
+/**
+ * Whether an audited request came from the control plane itself (the apiserver's loopback client,
+ * the controller-manager and its controllers' ServiceAccounts, the scheduler) rather than from a
+ * test or the code it runs: what the API double, which has no such components, never sees.
+ */
+export function isControlPlaneComponent(user: string): boolean {
+  return (
+    user === "system:apiserver" ||
+    user === "system:kube-controller-manager" ||
+    user === "system:kube-scheduler" ||
+    user.startsWith("system:serviceaccount:kube-system:")
+  );
 }
 
 const methodOfVerb: Record<string, string> = {
