@@ -6,9 +6,12 @@
  * real kubectl, shows the ModelImage going from Syncing to Ready and each node warming, and ends
  * with a summary and the commands to explore further.
  *
- *   --ci    headless: exit 0 only when the ModelImage is Ready and every sandbox node holds its
- *           variant (mirror-only without containerd: the cache must hold the image)
- *   --keep  leave the sandbox running after the summary, until Ctrl-C
+ *   --ci             headless: exit 0 only when the ModelImage is Ready and every sandbox node
+ *                    holds its variant (mirror-only without containerd: the cache must hold the
+ *                    image, and the output says loudly that no node was pre-warmed)
+ *   --require-nodes  fail instead of falling back to mirror-only when nodes cannot run here
+ *   --no-nodes       mirror-only on purpose
+ *   --keep           leave the sandbox running after the summary, until Ctrl-C
  */
 import { spawn } from "node:child_process";
 import { access, readFile, writeFile } from "node:fs/promises";
@@ -177,8 +180,13 @@ async function main(): Promise<number> {
       ci: { type: "boolean", default: false },
       keep: { type: "boolean", default: false },
       "no-nodes": { type: "boolean", default: false },
+      "require-nodes": { type: "boolean", default: false },
     },
   });
+  if (values["no-nodes"] && values["require-nodes"]) {
+    process.stderr.write("demo: --no-nodes and --require-nodes exclude each other\n");
+    return 2;
+  }
   for (const binary of ["/usr/bin/docker-registry", "/usr/bin/kubectl"]) {
     try {
       await access(binary);
@@ -190,7 +198,7 @@ async function main(): Promise<number> {
 
   say("Stowage sandbox: API server, upstream and cache registries, controller, nodes");
   const starting = startSandbox({
-    containerd: values["no-nodes"] ? false : "auto",
+    containerd: values["no-nodes"] ? false : values["require-nodes"] ? true : "auto",
     say: (line) => say(`  ${line}`),
   });
   let stopping: Promise<void> | undefined;
@@ -274,7 +282,7 @@ async function main(): Promise<number> {
       `  time to Ready    ${progress.readyAt ? `${((progress.readyAt - started) / 1000).toFixed(1)} s` : `(not Ready: ${report?.ready.reason ?? "no status"} ${report?.ready.message ?? ""})`}`,
     );
     if (sandbox.nodes.length === 0) {
-      say(`  nodes            none: ${sandbox.runtime.why} — mirror-only run, the cache holds every variant`);
+      say(`  nodes            NONE: ${sandbox.runtime.why} — MIRROR-ONLY run, nothing was pre-warmed`);
     } else {
       say("  where            (node, arch: variant, state)");
       for (const node of sandbox.nodes) {
@@ -293,8 +301,10 @@ async function main(): Promise<number> {
     }
     const ok = cacheOk && ready && nodesOk;
     say(
-      `  result           ${ok ? (sandbox.nodes.length > 0 ? "Ready, and every node holds its variant" : "Ready (mirror-only): the cache holds every variant") : "FAILED"}`,
+      `  result           ${ok ? (sandbox.nodes.length > 0 ? "Ready, and every node holds its variant" : "Ready (MIRROR-ONLY, no nodes): the cache holds every variant; pre-warm was not shown") : "FAILED"}`,
     );
+    if (sandbox.nodes.length === 0 && values["no-nodes"] === false)
+      say("  for the full demo with nodes: run as root with containerd installed (bash scripts/setup.sh)");
 
     if (values.keep || !values.ci) {
       say(

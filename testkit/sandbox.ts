@@ -3,8 +3,10 @@
  * an "upstream" registry seeded with a synthetic model image (a CUDA linux/amd64 and a CPU
  * linux/arm64 manifest in one index), the cache registry, the real `stowage controller`
  * process and, when containerd can run here (root, /usr/bin/containerd), one containerd per
- * sandbox node with a real `stowage agent` beside it. Everything listens on 127.0.0.1 and lives
- * in one temp dir; `stop()` ends every process and removes it.
+ * sandbox node with a real `stowage agent` beside it. Without containerd it runs mirror-only
+ * and says why (`runtime.why`); a caller that needs nodes asks for them (`containerd: true`) and
+ * gets an error instead of that fallback. Everything listens on 127.0.0.1 and lives in one temp
+ * dir; `stop()` ends every process and removes it.
  *
  * Nodes: `gpu-node-1` (amd64, NVIDIA driver 550.54 = CUDA 12.4: takes the `cuda` variant),
  * `cpu-node-arm64` (arm64: takes the `cpu` variant) and `gpu-node-old` (a Node object only: its
@@ -95,7 +97,10 @@ export interface SandboxNode extends SandboxNodeSpec {
 }
 
 export interface SandboxOptions {
-  /** "auto" (default): run containerd nodes when containerd can start here; false: mirror-only. */
+  /**
+   * "auto" (default): containerd nodes when containerd can start here, else mirror-only (with
+   * `runtime.why`); true: nodes, or an error saying why they cannot run; false: mirror-only.
+   */
   containerd?: "auto" | boolean;
   /** Progress lines while starting. */
   say?: (line: string) => void;
@@ -174,10 +179,18 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
       await api.create({ apiVersion: "v1", kind: "Namespace", metadata: { name: namespace } });
     }
 
+    // Decided before the controller starts: a mirror-only run has no nodes to pre-warm, so its
+    // controller runs without the planner (with it, Ready would wait for nodes that never come).
+    const runtime = await runtimeAvailability(options.containerd ?? "auto");
     const controller = await startControllerProcess({
       kubeconfig: kubeconfigPath,
       cacheRegistry: cache.url,
-      args: ["--insecure-registry", upstream.host, "--leader-elect=false"],
+      args: [
+        "--insecure-registry",
+        upstream.host,
+        "--leader-elect=false",
+        ...(runtime.available ? [] : ["--prewarm=false"]),
+      ],
       echo: false,
     });
     cleanups.push(() => controller.kill("SIGTERM"));
@@ -185,15 +198,14 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
       `stowage controller        pid ${controller.pid}, metrics http://127.0.0.1:${controller.healthPort}/metrics`,
     );
 
-    // The pre-warm planner joined `stowage controller` late in this project: without it nothing
-    // would reach the nodes, so the sandbox runs mirror-only and says so.
-    const prewarmPlanner = await controllerRuns(controller, "prewarm");
-    if (!prewarmPlanner)
-      say('this controller build runs no pre-warm planner (controller "prewarm" never started)');
-
-    const runtime = prewarmPlanner
-      ? await runtimeAvailability(options.containerd ?? "auto")
-      : { available: false, why: "the controller runs no pre-warm planner yet" };
+    // Without the pre-warm planner nothing would reach the nodes: its ready line says whether it
+    // runs (off when the NodeCache CRD is not served, which the sandbox always installs).
+    const ready = await controller.waitForLog((line) => line.msg === "controller ready");
+    const prewarmPlanner = ready.prewarm === true;
+    if (runtime.available && !prewarmPlanner)
+      throw new Error(
+        "the controller runs no pre-warm planner (ready line: prewarm false): nodes would stay cold",
+      );
     const nodes: SandboxNode[] = [];
     if (runtime.available) {
       for (const spec of SANDBOX_NODES) {
@@ -216,7 +228,9 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
         );
       }
     } else {
-      say(`no containerd nodes: ${runtime.why}; running mirror-only (controller + cache, no pre-pull)`);
+      say(
+        `MIRROR-ONLY: no containerd nodes (${runtime.why}); controller and cache only, nothing is pre-pulled`,
+      );
     }
 
     return {
@@ -241,27 +255,26 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
   }
 }
 
-/** Whether the controller started its controller `name` (its "controller started" log line). */
-async function controllerRuns(controller: ControllerProcess, name: string): Promise<boolean> {
-  const started = (line: { msg: string; controller?: unknown }) =>
-    line.msg === "controller started" && line.controller === name;
-  try {
-    // Every controller starts in the same pass once the manager leads: wait for the first, then briefly for this one.
-    await controller.waitForLog((line) => line.msg === "controller started", 30_000);
-    await controller.waitForLog(started, 2_000);
-    return true;
-  } catch {
-    return false;
-  }
+/**
+ * Why containerd nodes cannot run on this machine (not root, no /usr/bin/containerd), or
+ * undefined when they can: what decides whether the demo must show nodes.
+ */
+export function nodesUnavailableHere(): string | undefined {
+  if (!existsSync(CONTAINERD_BINARY)) return `${CONTAINERD_BINARY} is not installed`;
+  if (process.getuid?.() !== 0) return "containerd needs root (snapshotter mounts)";
+  return undefined;
 }
 
-/** Whether containerd nodes can run here: root, the binary, and one containerd that starts. */
+/**
+ * Whether containerd nodes run: root and the binary, then ("auto") one containerd that starts.
+ * Required nodes (`true`) skip that probe: a containerd that fails to start fails the sandbox.
+ */
 async function runtimeAvailability(wanted: "auto" | boolean): Promise<{ available: boolean; why?: string }> {
   if (wanted === false) return { available: false, why: "disabled (--no-nodes)" };
-  if (!existsSync(CONTAINERD_BINARY))
-    return { available: false, why: `${CONTAINERD_BINARY} is not installed` };
-  if (process.getuid?.() !== 0)
-    return { available: false, why: "containerd needs root (snapshotter mounts)" };
+  const unavailable = nodesUnavailableHere();
+  if (unavailable && wanted === true) throw new Error(`sandbox nodes were required, but ${unavailable}`);
+  if (unavailable) return { available: false, why: unavailable };
+  if (wanted === true) return { available: true };
   try {
     const probe = await startContainerd();
     await probe.dispose();
