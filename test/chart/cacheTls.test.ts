@@ -5,13 +5,13 @@
  * helm; the agent runs with the flags the DaemonSet renders against a real containerd and a real
  * HTTPS registry.
  */
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { access, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseAgentArgs, type RunningAgent, startAgent } from "../../src/agent/command.ts";
 import { CriClient } from "../../src/agent/cri.ts";
-import { CACHE_CA_NAME } from "../../src/agent/hostsToml.ts";
+import { applyMirrorConfig, CACHE_CA_NAME } from "../../src/agent/hostsToml.ts";
 import { loadCrd } from "../../src/api/crds.ts";
 import { type NodeCache, NodeCacheResource } from "../../src/api/nodeCache.ts";
 import { KubeClient } from "../../src/kube/client.ts";
@@ -184,6 +184,47 @@ describe("a node agent started with the DaemonSet's flags, on a real containerd,
     const status = await runtime.imageStatus(`${upstreamHost}/acme/model:1.0`);
     expect(status?.id).toBe(imageRef);
     expect(status?.repoDigests).toContain(`${upstreamHost}/acme/model@${pushed.digest}`);
+  });
+});
+
+describe("the CA the agent writes for containerd", () => {
+  const caPem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+  const exists = (path: string) =>
+    access(path).then(
+      () => true,
+      () => false,
+    );
+
+  it("is only for an HTTPS cache, goes when the Secret loses ca.crt, and goes with the host", async () => {
+    const configPath = await mkdtemp(join(tmpdir(), "stowage-certs-"));
+    try {
+      const caFile = join(configPath, "nvcr.io", CACHE_CA_NAME);
+      const hostsToml = join(configPath, "nvcr.io", "hosts.toml");
+      await applyMirrorConfig(configPath, ["nvcr.io"], { cacheEndpoint: "http://10.0.0.5:30500", caPem });
+      expect(await exists(caFile)).toBe(false);
+      expect(await readFile(hostsToml, "utf8")).not.toContain("ca = ");
+
+      const https = { cacheEndpoint: "https://10.0.0.5:30500", caPem };
+      expect((await applyMirrorConfig(configPath, ["nvcr.io"], https)).hosts["nvcr.io"]).toBe("written");
+      expect(await readFile(caFile, "utf8")).toBe(caPem);
+      expect(await readFile(hostsToml, "utf8")).toContain(`ca = ${JSON.stringify(caFile)}`);
+      expect((await applyMirrorConfig(configPath, ["nvcr.io"], https)).hosts["nvcr.io"]).toBe("unchanged");
+      // A renewed CA is a change even though hosts.toml stays the same.
+      const renewed = { ...https, caPem: caPem.replace("MIIB", "MIIC") };
+      expect((await applyMirrorConfig(configPath, ["nvcr.io"], renewed)).hosts["nvcr.io"]).toBe("written");
+      expect(await readFile(caFile, "utf8")).toBe(renewed.caPem);
+
+      await applyMirrorConfig(configPath, ["nvcr.io"], { cacheEndpoint: https.cacheEndpoint });
+      expect(await exists(caFile)).toBe(false);
+      expect(await readFile(hostsToml, "utf8")).not.toContain("ca = ");
+
+      await applyMirrorConfig(configPath, ["nvcr.io"], https);
+      expect((await applyMirrorConfig(configPath, [], https)).hosts["nvcr.io"]).toBe("removed");
+      expect(await exists(caFile)).toBe(false);
+      expect(await exists(hostsToml)).toBe(false);
+    } finally {
+      await rm(configPath, { recursive: true, force: true });
+    }
   });
 });
 
