@@ -14,6 +14,7 @@
  *   --keep           leave the sandbox running after the summary, until Ctrl-C
  */
 import { spawn } from "node:child_process";
+import { constants } from "node:fs";
 import { access, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -25,6 +26,7 @@ import { cacheRepository, parseReference } from "../src/oci/reference.ts";
 import { RegistryClient } from "../src/oci/registry.ts";
 import { gatherSnapshot } from "../src/status/gather.ts";
 import { buildReport, type ModelImageReport, type NodeCell } from "../src/status/model.ts";
+import { builtK8sBinDir } from "./k8sTools.ts";
 import { type Sandbox, startSandbox } from "./sandbox.ts";
 
 const EXAMPLE = fileURLToPath(new URL("../examples/modelimage-llama.yaml", import.meta.url));
@@ -39,6 +41,30 @@ const tty = process.stdout.isTTY === true && !process.env.NO_COLOR;
 
 function say(line = ""): void {
   process.stdout.write(`${line}\n`);
+}
+
+/**
+ * The kubectl the demo applies with: the one scripts/setup.sh built at the tested release when it
+ * is there (the demo never starts a Go build), else the first on PATH.
+ */
+async function findKubectl(): Promise<string | undefined> {
+  const built = builtK8sBinDir();
+  const candidates = [
+    ...(built ? [join(built, "kubectl")] : []),
+    ...(process.env.PATH ?? "")
+      .split(":")
+      .filter(Boolean)
+      .map((dir) => join(dir, "kubectl")),
+  ];
+  for (const candidate of candidates) {
+    try {
+      await access(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      // try the next
+    }
+  }
+  return undefined;
 }
 
 function run(command: string, args: string[]): Promise<{ code: number | null; output: string }> {
@@ -187,13 +213,18 @@ async function main(): Promise<number> {
     process.stderr.write("demo: --no-nodes and --require-nodes exclude each other\n");
     return 2;
   }
-  for (const binary of ["/usr/bin/docker-registry", "/usr/bin/kubectl"]) {
-    try {
-      await access(binary);
-    } catch {
-      process.stderr.write(`demo: ${binary} is missing; run \`bash scripts/setup.sh\` first\n`);
-      return 1;
-    }
+  try {
+    await access("/usr/bin/docker-registry");
+  } catch {
+    process.stderr.write("demo: /usr/bin/docker-registry is missing; run `bash scripts/setup.sh` first\n");
+    return 1;
+  }
+  const kubectlBinary = await findKubectl();
+  if (!kubectlBinary) {
+    process.stderr.write(
+      "demo: no kubectl (neither built by scripts/build-k8s.sh nor on PATH); run `bash scripts/setup.sh` first\n",
+    );
+    return 1;
   }
 
   say("Stowage sandbox: API server, upstream and cache registries, controller, nodes");
@@ -229,7 +260,7 @@ async function main(): Promise<number> {
     say(
       `\nkubectl apply -f examples/modelimage-llama.yaml (copy: ${manifest}, images on ${sandbox.upstream.host})`,
     );
-    const applied = await run("kubectl", [...kubectl, "apply", "-f", manifest]);
+    const applied = await run(kubectlBinary, [...kubectl, "apply", "-f", manifest]);
     for (const line of applied.output.trimEnd().split("\n")) say(`  ${line}`);
     if (applied.code !== 0) return 1;
 
