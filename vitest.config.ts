@@ -4,7 +4,16 @@ import { defineConfig } from "vitest/config";
  * Suites that run twice: on the API double (fast tier) and on the real control plane built from
  * tools/k8s (`STOWAGE_TEST_APISERVER=real`). They get their API through testkit/cluster.ts.
  */
-const onBothApiServers = ["test/real/**/*.test.ts"];
+const onBothApiServers = [
+  "test/real/**/*.test.ts",
+  "test/e2e/cacheAuth.test.ts",
+  "test/e2e/cacheDown.test.ts",
+  "test/e2e/cli.test.ts",
+  "test/e2e/leaderElection.test.ts",
+  "test/e2e/modelimage.test.ts",
+  "test/e2e/namespaces.test.ts",
+  "test/e2e/restart.test.ts",
+];
 
 /** Only on the real control plane: the chart installed by the real helm, the differential test. */
 const realOnly = ["test/real/**/*.test.ts"];

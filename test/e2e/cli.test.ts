@@ -9,7 +9,7 @@ let withoutCrd: Cluster;
 let withCrd: Cluster;
 
 beforeAll(async () => {
-  [withoutCrd, withCrd] = await Promise.all([startCluster({ withCrd: false }), startCluster()]);
+  [withoutCrd, withCrd] = await Promise.all([startCluster({ crds: [] }), startCluster()]);
 });
 
 afterAll(async () => {

@@ -1,15 +1,17 @@
 /**
- * The end-to-end environment: the API test double with the real ModelImage CRD, real
- * registries, the real kubectl, and the controller as a child process (testkit/controllerProcess.ts).
+ * The end-to-end environment: a Kubernetes API with the real ModelImage CRD (the API double, or
+ * the real control plane when the run asks for it: testkit/cluster.ts), real registries, the
+ * built kubectl, and the controller as a child process (testkit/controllerProcess.ts).
  */
-import { execFile } from "node:child_process";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parse, stringify } from "yaml";
 import { loadCrd } from "../../src/api/crds.ts";
-import { type KubeObject, startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
+import type { KubeObject } from "../../testkit/apiserver/index.ts";
+import { startTestCluster, type TestCluster, type TestClusterOptions } from "../../testkit/cluster.ts";
+import { kubectl as runKubectl } from "../../testkit/kubectl.ts";
 
 export const root = fileURLToPath(new URL("../..", import.meta.url));
 
@@ -20,8 +22,10 @@ export interface Run {
 }
 
 export interface Cluster {
-  api: TestApiServer;
+  /** the API under test, double or real; `api.double` only where a test is about the double */
+  api: TestCluster;
   dir: string;
+  /** kubectl as the cluster admin */
   kubectl(args: string[], stdin?: string): Promise<Run>;
   /** kubectl that must succeed; returns stdout. */
   kubectlOk(args: string[], stdin?: string): Promise<string>;
@@ -30,25 +34,24 @@ export interface Cluster {
   stop(): Promise<void>;
 }
 
-export async function startCluster(options: { withCrd?: boolean } = {}): Promise<Cluster> {
-  const api = await startApiServer({
-    crds: options.withCrd === false ? [] : [loadCrd("stowage.dev_modelimages") as unknown as KubeObject],
-  });
+export type StowageCrd = "stowage.dev_modelimages" | "stowage.dev_nodecaches";
+
+export interface ClusterOptions {
+  /** the CRDs served from the start (default: ModelImage only) */
+  crds?: StowageCrd[];
+  /** double only: enforce RBAC (the real apiserver always does) */
+  rbac?: boolean;
+  /** real only: how to start the control plane (extra apiserver flags) */
+  controlPlane?: TestClusterOptions["controlPlane"];
+}
+
+export async function startCluster(options: ClusterOptions = {}): Promise<Cluster> {
+  const crds = (options.crds ?? ["stowage.dev_modelimages"]).map((name) => loadCrd(name) as KubeObject);
+  const api = await startTestCluster({ crds, rbac: options.rbac, controlPlane: options.controlPlane });
   const dir = await mkdtemp(join(tmpdir(), "stowage-e2e-"));
   let files = 0;
   const kubectl = (args: string[], stdin?: string): Promise<Run> =>
-    new Promise((resolve) => {
-      const child = execFile(
-        "/usr/bin/kubectl",
-        ["--kubeconfig", api.kubeconfigPath, "--cache-dir", join(dir, "kube-cache"), ...args],
-        { env: { ...process.env, HOME: dir, KUBECONFIG: "" }, timeout: 90_000 },
-        (error, stdout, stderr) => {
-          const code = error ? (typeof error.code === "number" ? error.code : 1) : 0;
-          resolve({ code, stdout, stderr });
-        },
-      );
-      if (stdin !== undefined) child.stdin?.end(stdin);
-    });
+    runKubectl(args, { kubeconfig: api.kubeconfigPath, dir, stdin });
   const kubectlOk = async (args: string[], stdin?: string) => {
     const run = await kubectl(args, stdin);
     if (run.code !== 0) throw new Error(`kubectl ${args.join(" ")} failed (${run.code}): ${run.stderr}`);
@@ -69,7 +72,12 @@ export async function startCluster(options: { withCrd?: boolean } = {}): Promise
       await rm(dir, { recursive: true, force: true });
     },
   };
-  await cluster.apply([{ apiVersion: "v1", kind: "Namespace", metadata: { name: "stowage-system" } }]);
+  try {
+    await cluster.apply([{ apiVersion: "v1", kind: "Namespace", metadata: { name: "stowage-system" } }]);
+  } catch (err) {
+    await cluster.stop();
+    throw err;
+  }
   return cluster;
 }
 
