@@ -5,14 +5,17 @@ import { defineConfig } from "vitest/config";
  * tools/k8s (`STOWAGE_TEST_APISERVER=real`). They get their API through testkit/cluster.ts.
  */
 const onBothApiServers = [
+  "test/demo/demo.test.ts",
   "test/real/**/*.test.ts",
   "test/e2e/cacheAuth.test.ts",
   "test/e2e/cacheDown.test.ts",
   "test/e2e/cli.test.ts",
+  "test/e2e/heartbeat.test.ts",
   "test/e2e/leaderElection.test.ts",
   "test/e2e/modelimage.test.ts",
   "test/e2e/namespaces.test.ts",
   "test/e2e/restart.test.ts",
+  "test/kube/informer.test.ts",
 ];
 
 /** Only on the real control plane: the chart installed by the real helm, the differential test. */

@@ -12,6 +12,8 @@
  *   --require-nodes  fail instead of falling back to mirror-only when nodes cannot run here
  *   --no-nodes       mirror-only on purpose
  *   --keep           leave the sandbox running after the summary, until Ctrl-C
+ *   --api real       run on the real kube-apiserver, controller-manager and scheduler built by
+ *                    scripts/build-k8s.sh instead of the API test double (the default)
  */
 import { spawn } from "node:child_process";
 import { constants } from "node:fs";
@@ -207,10 +209,17 @@ async function main(): Promise<number> {
       keep: { type: "boolean", default: false },
       "no-nodes": { type: "boolean", default: false },
       "require-nodes": { type: "boolean", default: false },
+      api: { type: "string", default: "double" },
     },
   });
   if (values["no-nodes"] && values["require-nodes"]) {
     process.stderr.write("demo: --no-nodes and --require-nodes exclude each other\n");
+    return 2;
+  }
+  if (values.api !== "double" && values.api !== "real") {
+    process.stderr.write(
+      `demo: --api must be "double" (the API test double) or "real" (kube-apiserver built by scripts/build-k8s.sh), not "${values.api}"\n`,
+    );
     return 2;
   }
   try {
@@ -230,6 +239,7 @@ async function main(): Promise<number> {
   say("Stowage sandbox: API server, upstream and cache registries, controller, nodes");
   const starting = startSandbox({
     containerd: values["no-nodes"] ? false : values["require-nodes"] ? true : "auto",
+    apiServer: values.api,
     say: (line) => say(`  ${line}`),
   });
   let stopping: Promise<void> | undefined;

@@ -18,7 +18,7 @@
  */
 import type { ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadAllCrds } from "../src/api/crds.ts";
@@ -26,10 +26,11 @@ import { KubeClient } from "../src/kube/client.ts";
 import { formatReference, parseReference } from "../src/oci/reference.ts";
 import { RegistryClient } from "../src/oci/registry.ts";
 import { startAgentNode } from "./agentNode.ts";
-import { startApiServer, type TestApiServer } from "./apiserver/index.ts";
+import { type ApiBackend, startTestCluster, type TestCluster } from "./cluster.ts";
 import { type RunningContainerd, startContainerd } from "./containerd.ts";
 import { type ControllerProcess, startControllerProcess } from "./controllerProcess.ts";
 import { pushMultiArchIndex } from "./images.ts";
+import { registerNode } from "./nodes.ts";
 import { type RunningRegistry, startRegistry } from "./registry.ts";
 
 const MiB = 1024 * 1024;
@@ -104,12 +105,14 @@ export interface SandboxOptions {
   containerd?: "auto" | boolean;
   /** Progress lines while starting. */
   say?: (line: string) => void;
+  /** The API server: the project's test double (default, fast) or the real control plane built from tools/k8s. */
+  apiServer?: ApiBackend;
 }
 
 export interface Sandbox {
   dir: string;
   kubeconfigPath: string;
-  api: TestApiServer;
+  api: TestCluster;
   client: KubeClient;
   upstream: RunningRegistry;
   cache: RunningRegistry;
@@ -139,12 +142,17 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
     await rm(dir, { recursive: true, force: true });
   };
   try {
-    const kubeconfigPath = join(dir, "kubeconfig");
-    const api = await startApiServer({ crds: loadAllCrds() as never, kubeconfigPath });
+    const api = await startTestCluster({
+      backend: options.apiServer ?? "double",
+      crds: loadAllCrds() as never,
+    });
     cleanups.push(() => api.stop());
+    const kubeconfigPath = join(dir, "kubeconfig");
+    await writeFile(kubeconfigPath, api.kubeconfig, { mode: 0o600 });
     const client = KubeClient.load({ path: kubeconfigPath });
     cleanups.push(async () => client.close());
-    say(`API server (test double)  ${api.url}`);
+    const apiLabel = `API server (${api.backend === "double" ? "test double" : "real kube-apiserver"})`;
+    say(`${apiLabel.padEnd(26)}${api.url}`);
 
     const upstream = await startRegistry();
     cleanups.push(() => upstream.stop());
@@ -211,7 +219,7 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
       for (const spec of SANDBOX_NODES) {
         const node: SandboxNode = { ...spec };
         nodes.push(node);
-        await api.create(nodeObject(spec));
+        await registerNode(client, nodeObject(spec));
         if (!spec.runtime) {
           say(
             `node ${spec.name.padEnd(15)} ${spec.arch}, NVIDIA driver 470.82 = CUDA 11.4 (no runtime: the planner must skip it)`,

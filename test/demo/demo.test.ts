@@ -1,5 +1,6 @@
 import { spawn } from "node:child_process";
 import { describe, expect, it } from "vitest";
+import { apiBackend } from "../../testkit/cluster.ts";
 import { nodesUnavailableHere } from "../../testkit/sandbox.ts";
 
 /**
@@ -11,7 +12,8 @@ import { nodesUnavailableHere } from "../../testkit/sandbox.ts";
 const whyNoNodes = nodesUnavailableHere();
 
 async function demo(args: string[]): Promise<{ out: string; err: string; code: number | null }> {
-  const child = spawn("npm", ["run", "--silent", "demo", "--", ...args], {
+  // The real-k8s project runs the same demo on the real control plane.
+  const child = spawn("npm", ["run", "--silent", "demo", "--", "--api", apiBackend(), ...args], {
     stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";
