@@ -4,33 +4,29 @@
  * once its NodeCache is gone, and export nothing when pre-warm is off (no NodeCache CRD).
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadCrd } from "../../src/api/crds.ts";
 import { type NodeCache, NodeCacheResource } from "../../src/api/nodeCache.ts";
 import { KubeClient } from "../../src/kube/client.ts";
 import { formatTime } from "../../src/kube/time.ts";
-import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
 import { type ControllerProcess, startControllerProcess } from "../../testkit/controllerProcess.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
-import { eventually } from "./helpers.ts";
+import { type Cluster, eventually, startCluster } from "./helpers.ts";
 
-let server: TestApiServer;
+let cluster: Cluster;
 let client: KubeClient;
 let cache: RunningRegistry;
 const processes: ControllerProcess[] = [];
 
 beforeAll(async () => {
-  [server, cache] = await Promise.all([
-    startApiServer({
-      crds: [loadCrd("stowage.dev_modelimages") as never, loadCrd("stowage.dev_nodecaches") as never],
-    }),
+  [cluster, cache] = await Promise.all([
+    startCluster({ crds: ["stowage.dev_modelimages", "stowage.dev_nodecaches"] }),
     startRegistry(),
   ]);
-  client = KubeClient.load({ path: server.kubeconfigPath });
-}, 60_000);
+  client = KubeClient.load({ path: cluster.api.kubeconfigPath });
+});
 
 afterAll(async () => {
   await Promise.all(processes.map((p) => p.kill("SIGTERM")));
-  await Promise.all([server?.stop(), cache?.stop()]);
+  await Promise.all([cluster?.stop(), cache?.stop()]);
   client?.close();
 });
 
@@ -44,7 +40,7 @@ function heartbeatAge(metrics: string, node: string): number | undefined {
 describe("stowage controller's node agent heartbeat metric", () => {
   it("exports the seconds since a NodeCache's heartbeat and drops the node's series once the NodeCache is deleted", async () => {
     const controller = await startControllerProcess({
-      kubeconfig: server.kubeconfigPath,
+      kubeconfig: cluster.api.kubeconfigPath,
       cacheRegistry: cache.url,
       args: ["--leader-elect=false"],
     });
@@ -88,10 +84,10 @@ describe("stowage controller's node agent heartbeat metric", () => {
   });
 
   it("exports no heartbeat series when the NodeCache CRD is not installed", async () => {
-    const bare = await startApiServer({ crds: [loadCrd("stowage.dev_modelimages") as never] });
+    const bare = await startCluster({ crds: ["stowage.dev_modelimages"] });
     try {
       const controller = await startControllerProcess({
-        kubeconfig: bare.kubeconfigPath,
+        kubeconfig: bare.api.kubeconfigPath,
         cacheRegistry: cache.url,
         args: ["--leader-elect=false"],
       });
