@@ -11,7 +11,6 @@ const onBothApiServers = [
   "test/e2e/cacheDown.test.ts",
   "test/e2e/cli.test.ts",
   "test/e2e/heartbeat.test.ts",
-  "test/e2e/heartbeat.test.ts",
   "test/e2e/leaderElection.test.ts",
   "test/e2e/modelimage.test.ts",
   "test/e2e/namespaces.test.ts",
