@@ -163,3 +163,22 @@ describe("cache.nodeEndpoint", () => {
     expect(await endpointFor({})).toBe(`http://${RELEASE}-cache.${NAMESPACE}.svc:5000`);
   });
 });
+
+describe("agent.enabled", () => {
+  const prewarmOf = async (values: Values) => {
+    const objects = await render({ values: [values] });
+    const container = containerOf(getObject(objects, "Deployment", `${RELEASE}-controller`), "controller");
+    const [, ...args] = container.args ?? [];
+    const invocation = await parseControllerArgs(args, environment(container));
+    if (invocation === "help") throw new Error("unexpected help");
+    return invocation.prewarm;
+  };
+
+  it("turns the pre-warm planner off without the agent, so no NodeCache waits for an agent that is not there", async () => {
+    expect(await prewarmOf({ agent: { enabled: false } })).toBeUndefined();
+  });
+
+  it("keeps the planner on with the agent", async () => {
+    expect(await prewarmOf({})).toMatchObject({ warmingTaint: expect.any(Boolean) });
+  });
+});
