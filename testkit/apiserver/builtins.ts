@@ -405,6 +405,64 @@ export function foldSecretStringData(def: ResourceDef, obj: KubeObject): KubeObj
   return { ...rest, data } as KubeObject;
 }
 
+/** What Go's json.Unmarshal into a map says about `text`, or undefined when it decodes. */
+function jsonObjectError(text: string): string | undefined {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (err) {
+    if (text.trim() === "" || /end of JSON input|Unterminated|Unexpected end/i.test((err as Error).message))
+      return "unexpected end of JSON input";
+    const token = /Unexpected token '(.)'/.exec((err as Error).message)?.[1] ?? text.trim()[0];
+    return `invalid character '${token}' looking for beginning of value`;
+  }
+  if (isPlainObject(parsed)) return undefined;
+  const kind = Array.isArray(parsed) ? "array" : parsed === null ? undefined : typeof parsed;
+  return kind ? `json: cannot unmarshal ${kind} into Go value of type map[string]interface {}` : undefined;
+}
+
+/**
+ * Secrets of the well-known types carry the keys their type promises, and the docker config
+ * ones hold a JSON object (ValidateSecret); the type never changes (ValidateSecretUpdate).
+ */
+export function checkSecret(def: ResourceDef, obj: KubeObject, old: KubeObject | undefined): KubeObject {
+  if (def.kind !== "Secret" || def.group !== "") return obj;
+  const name = obj.metadata.name ?? "";
+  const data: Record<string, string> = isPlainObject(obj.data) ? (obj.data as Record<string, string>) : {};
+  const has = (key: string) => Object.hasOwn(data, key);
+  const decoded = (key: string) => Buffer.from(data[key] ?? "", "base64").toString("utf8");
+  const errors: FieldError[] = [];
+  const type = obj.type ?? "Opaque";
+  if (old && type !== (old.type ?? "Opaque"))
+    errors.push(fieldErrors.invalid("type", type, "field is immutable"));
+  const jsonKey = (key: string) => {
+    if (!has(key)) return errors.push(fieldErrors.required(`data[${key}]`));
+    const problem = jsonObjectError(decoded(key));
+    if (problem) errors.push(fieldErrors.invalid(`data[${key}]`, "<secret contents redacted>", problem));
+  };
+  switch (type) {
+    case "kubernetes.io/dockercfg":
+      jsonKey(".dockercfg");
+      break;
+    case "kubernetes.io/dockerconfigjson":
+      jsonKey(".dockerconfigjson");
+      break;
+    case "kubernetes.io/basic-auth":
+      if (!has("username") && !has("password"))
+        errors.push(fieldErrors.required("data[username]"), fieldErrors.required("data[password]"));
+      break;
+    case "kubernetes.io/ssh-auth":
+      if (!data["ssh-privatekey"]) errors.push(fieldErrors.required("data[ssh-privatekey]"));
+      break;
+    case "kubernetes.io/tls":
+      if (!has("tls.crt")) errors.push(fieldErrors.required("data[tls.crt]"));
+      if (!has("tls.key")) errors.push(fieldErrors.required("data[tls.key]"));
+      break;
+  }
+  if (errors.length > 0) throw invalid("Secret", "", name, errors);
+  return obj;
+}
+
 const dnsSubdomain = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 const dnsLabel = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 

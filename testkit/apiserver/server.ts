@@ -5,6 +5,7 @@ import {
   checkBuiltinName,
   checkMicroTimes,
   checkPodUpdate,
+  checkSecret,
   foldSecretStringData,
   initialNamespaces,
   truncateTimes,
@@ -136,7 +137,7 @@ export class ApiHttpServer {
       const named = checkBuiltinName(def, obj, old);
       return checkPodUpdate(
         def,
-        foldSecretStringData(def, truncateTimes(def, checkMicroTimes(def, named))),
+        checkSecret(def, foldSecretStringData(def, truncateTimes(def, checkMicroTimes(def, named))), old),
         old,
       );
     });
