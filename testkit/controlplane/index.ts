@@ -165,7 +165,21 @@ interface Process {
   logStream: WriteStream;
 }
 
+/**
+ * Starts a control plane. Its ports are picked free a moment before its processes bind them; when
+ * another process took one meanwhile (other test runs share the machine), it starts again on new ones.
+ */
 export async function startControlPlane(options: ControlPlaneOptions = {}): Promise<ControlPlane> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startControlPlaneOnce(options);
+    } catch (err) {
+      if (attempt >= 3 || !/address already in use/.test((err as Error).message)) throw err;
+    }
+  }
+}
+
+async function startControlPlaneOnce(options: ControlPlaneOptions): Promise<ControlPlane> {
   const dir = await mkdtemp(join(tmpdir(), "stowage-k8s-"));
   const processes: Process[] = [];
   const start = (name: string, binary: string, args: string[]): Process => {
@@ -368,7 +382,10 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
         "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller," +
           "serviceaccount-token-controller,root-ca-certificate-publisher-controller,deployment-controller," +
           "replicaset-controller,statefulset-controller,daemonset-controller,job-controller," +
-          "endpointslice-controller,clusterrole-aggregation-controller,disruption-controller",
+          "endpointslice-controller,clusterrole-aggregation-controller,disruption-controller," +
+          // PVCs carry kubernetes.io/pvc-protection from admission; without this controller a
+          // deleted claim (e.g. a StatefulSet's, collected with it) stays Terminating for ever.
+          "persistentvolumeclaim-protection-controller",
         `--service-account-private-key-file=${join(dir, "sa.key")}`,
         `--root-ca-file=${join(dir, "ca.crt")}`,
         `--cert-dir=${join(dir, "cm-certs")}`,
