@@ -16,6 +16,11 @@ const onBothApiServers = [
   "test/e2e/namespaces.test.ts",
   "test/e2e/restart.test.ts",
   "test/kube/informer.test.ts",
+  "test/kube/leaderElection.test.ts",
+  "test/kube/manager.test.ts",
+  "test/kube/status.test.ts",
+  "test/auth/pullSecrets.test.ts",
+  "test/auth/ecr.test.ts",
 ];
 
 /** Only on the real control plane: the chart installed by the real helm, the differential test. */

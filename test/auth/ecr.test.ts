@@ -12,7 +12,7 @@ import { type FakeEcrOptions, type RunningFakeEcr, startFakeEcr } from "../../te
 import { pushSinglePlatformImage } from "../../testkit/images.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
 import { FakeClock } from "../kube/fakeClock.ts";
-import { type ApiServer, createNamespace, startCluster } from "../kube/helpers.ts";
+import { createNamespace, startCluster, type TestCluster } from "../kube/helpers.ts";
 import { failure as expectFailure } from "../support/failure.ts";
 
 const ACCESS_KEY_ID = "AKIAFAKEFAKEFAKE0001";
@@ -22,7 +22,7 @@ const ACCOUNT = "123456789012";
 const REGION = "eu-west-1";
 
 const savedEnv = { ...process.env };
-let server: ApiServer;
+let cluster: TestCluster;
 let kube: Awaited<ReturnType<typeof startCluster>>["client"];
 let upstream: RunningRegistry;
 let cache: RunningRegistry;
@@ -84,7 +84,7 @@ beforeAll(async () => {
   process.env.AWS_EC2_METADATA_DISABLED = "true";
   delete process.env.AWS_PROFILE;
   delete process.env.AWS_SESSION_TOKEN;
-  [{ server, client: kube }, upstream, cache, fakeEcr] = await Promise.all([
+  [{ cluster, client: kube }, upstream, cache, fakeEcr] = await Promise.all([
     startCluster(),
     startRegistry({ auth: "htpasswd", users: [{ username: "AWS", password: ECR_PASSWORD }] }),
     startRegistry({ auth: "htpasswd", users: [{ username: "AWS", password: ECR_PASSWORD }] }),
@@ -101,7 +101,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await Promise.all(closers.map((closer) => closer.close()));
-  await Promise.all([server?.stop(), upstream?.stop(), cache?.stop(), ...fakes.map((fake) => fake.stop())]);
+  await Promise.all([cluster?.stop(), upstream?.stop(), cache?.stop(), ...fakes.map((fake) => fake.stop())]);
   process.env = savedEnv;
 });
 

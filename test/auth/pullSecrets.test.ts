@@ -1,15 +1,18 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { Writable } from "node:stream";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type CredentialProvider, createCredentialProvider } from "../../src/auth/index.ts";
-import { Resources } from "../../src/kube/client.ts";
+import { KubeApiError, KubeClient, Resources } from "../../src/kube/client.ts";
 import { Copier } from "../../src/oci/copy.ts";
 import { parseReference } from "../../src/oci/reference.ts";
 import { type CredentialLookup, RegistryClient } from "../../src/oci/registry.ts";
 import type { StowageError } from "../../src/util/errors.ts";
 import { pushSinglePlatformImage } from "../../testkit/images.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
-import { type ApiServer, createNamespace, startCluster } from "../kube/helpers.ts";
+import { createNamespace, startCluster, type TestCluster } from "../kube/helpers.ts";
 import { failure as expectFailure } from "../support/failure.ts";
 
 // Distinctive values, so a leak into a message or a log line cannot go unnoticed.
@@ -26,7 +29,8 @@ const SECRET_VALUES = [
   b64(`alice:${WRONG_PASSWORD}`),
 ];
 
-let server: ApiServer;
+let cluster: TestCluster;
+let work: string;
 let kube: Awaited<ReturnType<typeof startCluster>>["client"];
 let basicRegistry: RunningRegistry;
 let tokenRegistry: RunningRegistry;
@@ -69,6 +73,17 @@ function dockerConfigJson(auths: Record<string, { auth?: string; username?: stri
   return { ".dockerconfigjson": b64(JSON.stringify({ auths })) };
 }
 
+/** The API's refusal of a request. */
+async function expectApiFailure(promise: Promise<unknown>): Promise<KubeApiError> {
+  try {
+    await promise;
+  } catch (err) {
+    if (err instanceof KubeApiError) return err;
+    throw err;
+  }
+  throw new Error("expected the API to refuse the request");
+}
+
 /** The StowageError, with its message kept for the no-secret-in-messages check. */
 async function failure(promise: Promise<unknown>): Promise<StowageError> {
   const err = await expectFailure(promise);
@@ -77,8 +92,10 @@ async function failure(promise: Promise<unknown>): Promise<StowageError> {
 }
 
 beforeAll(async () => {
-  [{ server, client: kube }, basicRegistry, tokenRegistry, cache] = await Promise.all([
-    startCluster(),
+  work = await mkdtemp(join(tmpdir(), "stowage-pull-secrets-"));
+  [{ cluster, client: kube }, basicRegistry, tokenRegistry, cache] = await Promise.all([
+    // RBAC on (the real apiserver always has it): an identity without access is refused for real.
+    startCluster({ rbac: true }),
     startRegistry({ auth: "htpasswd", users: [{ username: "alice", password: BASIC_PASSWORD }] }),
     startRegistry({ auth: "token", users: [{ username: "bob", password: TOKEN_PASSWORD }] }),
     startRegistry(),
@@ -101,7 +118,8 @@ beforeAll(async () => {
 afterAll(async () => {
   await Promise.all(clients.map((client) => client.close()));
   await provider?.close();
-  await Promise.all([server?.stop(), basicRegistry?.stop(), tokenRegistry?.stop(), cache?.stop()]);
+  await Promise.all([cluster?.stop(), basicRegistry?.stop(), tokenRegistry?.stop(), cache?.stop()]);
+  if (work) await rm(work, { recursive: true, force: true });
 });
 
 describe("pull secrets", () => {
@@ -156,12 +174,11 @@ describe("pull secrets", () => {
       "kubernetes.io/dockerconfigjson",
       dockerConfigJson({ [basicRegistry.host]: { auth: b64(`alice:${BASIC_PASSWORD}`) } }),
     );
-    server.resetRequestLog();
+    await cluster.resetRequestLog();
     const err = await failure(provider.forModelImage("ml", [{ name: "elsewhere" }]));
     expect(err.reason).toBe("AuthConfigInvalid");
     expect(err.message).toContain('pull secret "elsewhere" in namespace "ml" not found');
-    const secretPaths = server
-      .requestLog()
+    const secretPaths = (await cluster.requestLog())
       .map((entry) => JSON.stringify(entry))
       .filter((entry) => entry.includes("secrets"));
     expect(secretPaths.length).toBeGreaterThan(0);
@@ -169,15 +186,27 @@ describe("pull secrets", () => {
   });
 
   it("says which secret it may not read when the API forbids it", async () => {
-    const forbid = (request: { resource: string; name?: string }) =>
-      request.resource === "secrets" && request.name === "guarded" ? "secrets is forbidden" : undefined;
-    server.authorizers.push(forbid);
+    await createPullSecret(
+      "ml",
+      "guarded",
+      "kubernetes.io/dockerconfigjson",
+      dockerConfigJson({ [basicRegistry.host]: { auth: b64(`alice:${BASIC_PASSWORD}`) } }),
+    );
+    // A controller whose ServiceAccount was granted nothing: RBAC refuses it.
+    const kubeconfig = await cluster.serviceAccountKubeconfig(
+      "ml",
+      "unprivileged",
+      join(work, "unprivileged"),
+    );
+    const unprivileged = KubeClient.load({ path: kubeconfig });
+    const refused = createCredentialProvider({ kube: unprivileged, ecr: false, logger });
     try {
-      const err = await failure(provider.forModelImage("ml", [{ name: "guarded" }]));
+      const err = await failure(refused.forModelImage("ml", [{ name: "guarded" }]));
       expect(err.reason).toBe("Denied");
       expect(err.message).toContain('cannot read pull secret "guarded" in namespace "ml"');
     } finally {
-      server.authorizers.splice(server.authorizers.indexOf(forbid), 1);
+      await refused.close();
+      unprivileged.close();
     }
   });
 
@@ -189,28 +218,10 @@ describe("pull secrets", () => {
       says: 'pull secret "opaque" in namespace "ml" is not of type kubernetes.io/dockerconfigjson (found Opaque)',
     },
     {
-      name: "no-key",
-      type: "kubernetes.io/dockerconfigjson",
-      data: { ".dockercfg": b64("{}") },
-      says: 'pull secret "no-key" in namespace "ml" of type kubernetes.io/dockerconfigjson has no ".dockerconfigjson" key',
-    },
-    {
-      name: "bad-json",
-      type: "kubernetes.io/dockerconfigjson",
-      data: { ".dockerconfigjson": b64(`{"auths": {"x": {"password": "${WRONG_PASSWORD}"`) },
-      says: 'pull secret "bad-json" in namespace "ml" is not valid JSON',
-    },
-    {
       name: "bad-auth",
       type: "kubernetes.io/dockerconfigjson",
       data: dockerConfigJson({ "ghcr.io": { auth: `!!${WRONG_PASSWORD}` } }),
       says: '"auth" of "ghcr.io" is not base64',
-    },
-    {
-      name: "bad-cfg-json",
-      type: "kubernetes.io/dockercfg",
-      data: { ".dockercfg": b64(`${WRONG_PASSWORD}`) },
-      says: 'pull secret "bad-cfg-json" in namespace "ml" is not valid JSON',
     },
   ])("refuses secret $name with AuthConfigInvalid that names it", async ({ name, type, data, says }) => {
     await createPullSecret("ml", name, type, data);
@@ -218,6 +229,34 @@ describe("pull secrets", () => {
     expect(err.reason).toBe("AuthConfigInvalid");
     expect(err.message).toContain(says);
     expect(err.message).toContain(`"${name}"`);
+  });
+
+  // The API server validates the docker config types itself: such a secret never reaches us.
+  it.each<{ name: string; type: string; data: Record<string, string>; field: string }>([
+    {
+      name: "no-key",
+      type: "kubernetes.io/dockerconfigjson",
+      data: { ".dockercfg": b64("{}") },
+      field: "data[.dockerconfigjson]: Required value",
+    },
+    {
+      name: "bad-json",
+      type: "kubernetes.io/dockerconfigjson",
+      data: { ".dockerconfigjson": b64(`{"auths": {"x": {"password": "${WRONG_PASSWORD}"`) },
+      field: 'data[.dockerconfigjson]: Invalid value: "<secret contents redacted>"',
+    },
+    {
+      name: "bad-cfg-json",
+      type: "kubernetes.io/dockercfg",
+      data: { ".dockercfg": b64(`${WRONG_PASSWORD}`) },
+      field: 'data[.dockercfg]: Invalid value: "<secret contents redacted>"',
+    },
+  ])("cannot store secret $name: the API refuses a malformed $type", async ({ name, type, data, field }) => {
+    const refused = await expectApiFailure(createPullSecret("ml", name, type, data));
+    messages.push(refused.message);
+    expect(refused.code).toBe(422);
+    expect(refused.message).toContain(`Secret "${name}" is invalid: ${field}`);
+    expect(await kube.resource(Resources.Secret).find(name, "ml")).toBeUndefined();
   });
 
   it("tries every matching entry in turn: the most specific one is refused, the next is accepted and remembered", async () => {

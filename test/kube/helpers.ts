@@ -1,14 +1,47 @@
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { stringify } from "yaml";
 import { KubeClient, type KubeObject, Resources } from "../../src/kube/client.ts";
 import type { RuntimeMetrics } from "../../src/metrics.ts";
-import { startApiServer } from "../../testkit/apiserver/index.ts";
+import { startTestCluster, type TestClusterOptions } from "../../testkit/cluster.ts";
+import { type KubectlRun, kubectl } from "../../testkit/kubectl.ts";
 
-export type ApiServer = Awaited<ReturnType<typeof startApiServer>>;
+export type { TestCluster } from "../../testkit/cluster.ts";
 
-/** C's API server test double on a free loopback port, and a client for it. */
-export async function startCluster(options: Parameters<typeof startApiServer>[0] = {}) {
-  const server = await startApiServer(options);
-  const client = KubeClient.load({ path: server.kubeconfigPath });
-  return { server, client };
+/**
+ * A Kubernetes API for the project's backend (the double, or the real control plane under
+ * `real-k8s`), and an admin client for it.
+ */
+export async function startCluster(options: TestClusterOptions = {}) {
+  const cluster = await startTestCluster(options);
+  const client = KubeClient.load({ path: cluster.kubeconfigPath });
+  return { cluster, client };
+}
+
+/** The built kubectl against a cluster, with its own HOME and discovery cache. */
+export class Kubectl {
+  private readonly dir = mkdtempSync(join(tmpdir(), "stowage-kubectl-"));
+  private readonly kubeconfigPath: string;
+
+  constructor(kubeconfigPath: string) {
+    this.kubeconfigPath = kubeconfigPath;
+  }
+
+  run(args: string[], stdin?: string): Promise<KubectlRun> {
+    return kubectl(args, { kubeconfig: this.kubeconfigPath, dir: this.dir, stdin, timeoutMs: 60_000 });
+  }
+
+  /** Writes the objects to a file and `kubectl apply -f`s it. */
+  apply(objects: object[], extra: string[] = []): Promise<KubectlRun> {
+    const file = join(this.dir, `manifest-${Math.random().toString(36).slice(2)}.yaml`);
+    writeFileSync(file, objects.map((o) => stringify(o)).join("---\n"));
+    return this.run(["apply", "-f", file, ...extra]);
+  }
+
+  cleanup(): void {
+    rmSync(this.dir, { recursive: true, force: true });
+  }
 }
 
 export async function createNamespace(client: KubeClient, name: string): Promise<void> {

@@ -2,24 +2,28 @@ import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type KubeClient, type KubeObject, Resources } from "../../src/kube/client.ts";
+import { type KubeClient, Resources } from "../../src/kube/client.ts";
 import { done } from "../../src/kube/controller.ts";
+import { Informer } from "../../src/kube/informer.ts";
 import type { Lease } from "../../src/kube/leaderElection.ts";
 import { Manager } from "../../src/kube/manager.ts";
 import { createRuntimeMetrics } from "../../src/metrics.ts";
-import { type ApiServer, createNamespace, eventually, metricSum, startCluster } from "./helpers.ts";
+import { startRefusingWebhook } from "./apiFaults.ts";
+import { createNamespace, eventually, metricSum, startCluster, type TestCluster } from "./helpers.ts";
 
-let server: ApiServer;
+let cluster: TestCluster;
 let client: KubeClient;
 const running: Manager[] = [];
+const cleanups: (() => Promise<void>)[] = [];
 
 beforeAll(async () => {
-  ({ server, client } = await startCluster());
+  ({ cluster, client } = await startCluster());
 });
 
 afterAll(async () => {
   await Promise.all(running.map((m) => m.stop()));
-  await server?.stop();
+  for (const cleanup of cleanups) await cleanup();
+  await cluster?.stop();
 });
 
 const timing = { leaseDurationMs: 1500, renewDeadlineMs: 1000, retryPeriodMs: 200 };
@@ -55,21 +59,24 @@ async function holder(namespace: string): Promise<Lease["spec"]> {
   return (await client.resource<Lease>(Resources.Lease).get("stowage-controller", namespace)).spec;
 }
 
-/** Every holderIdentity written to the namespace's Lease, in order (recorded by an admission plugin). */
-function recordHolders(namespace: string): string[] {
+/** Every holderIdentity written to the namespace's Lease, in order (watched from before it exists). */
+async function recordHolders(namespace: string): Promise<string[]> {
   const holders: string[] = [];
-  server.admission.push((request) => {
-    const obj = request.object as (KubeObject & { spec?: { holderIdentity?: string } }) | undefined;
-    if (
-      request.def.plural === "leases" &&
-      obj?.metadata?.namespace === namespace &&
-      request.operation !== "DELETE"
-    ) {
-      const next = obj.spec?.holderIdentity ?? "";
-      if (holders.at(-1) !== next) holders.push(next);
-    }
-    return undefined;
+  const leases = new Informer<Lease>({
+    client,
+    type: Resources.Lease,
+    namespace,
+    fieldSelector: "metadata.name=stowage-controller",
+    metrics: createRuntimeMetrics(),
   });
+  const record = (lease: Lease) => {
+    const next = lease.spec?.holderIdentity ?? "";
+    if (holders.at(-1) !== next) holders.push(next);
+  };
+  leases.addEventHandler({ add: record, update: (_old, lease) => record(lease) });
+  leases.start();
+  await leases.waitForSync();
+  cleanups.push(() => leases.stop());
   return holders;
 }
 
@@ -83,7 +90,7 @@ describe("leader election", () => {
     await createNamespace(client, ns);
     await createConfigMap(ns, "one");
     const calls: string[] = [];
-    const holders = recordHolders(ns);
+    const holders = await recordHolders(ns);
     const a = replica(ns, "replica-a", calls, { releaseOnCancel: false });
     await a.start();
     await eventually("replica-a leads", () => a.isLeader() && calls.includes(`replica-a ${ns}/one`));
@@ -120,7 +127,7 @@ describe("leader election", () => {
     await createNamespace(client, ns);
     await createConfigMap(ns, "one");
     const calls: string[] = [];
-    const holders = recordHolders(ns);
+    const holders = await recordHolders(ns);
     const a = replica(ns, "replica-a", calls);
     await a.start();
     await eventually("replica-a leads", () => a.isLeader());
@@ -142,17 +149,30 @@ describe("leader election", () => {
     await createNamespace(client, ns);
     await createConfigMap(ns, "one");
     const calls: string[] = [];
+    // An admission webhook that refuses the namespace's Lease writes while the test says so.
+    const leaseWrites = await startRefusingWebhook(client, {
+      name: "refuse-lease-writes",
+      rules: [
+        {
+          operations: ["CREATE", "UPDATE"],
+          apiGroups: ["coordination.k8s.io"],
+          apiVersions: ["v1"],
+          resources: ["leases"],
+        },
+      ],
+      namespace: ns,
+      message: "lease writes refused by the test",
+      probe: () =>
+        client.request("POST", `/apis/coordination.k8s.io/v1/namespaces/${ns}/leases`, {
+          query: { dryRun: "All" },
+          body: { apiVersion: "coordination.k8s.io/v1", kind: "Lease", metadata: { name: "probe" } },
+        }),
+    });
+    cleanups.push(() => leaseWrites.stop());
     const a = replica(ns, "replica-a", calls);
     await a.start();
     await eventually("replica-a leads", () => a.isLeader());
-    let refuseRenewals = true;
-    server.admission.push((request) => {
-      const obj = request.object as (KubeObject & { spec?: { holderIdentity?: string } }) | undefined;
-      if (refuseRenewals && request.def.plural === "leases" && obj?.metadata?.namespace === ns) {
-        throw new Error("lease writes refused by the test");
-      }
-      return undefined;
-    });
+    leaseWrites.refusing = true;
     await eventually("replica-a steps down", () => !a.isLeader(), 10_000);
     expect(await metricSum(a.metrics, "leader_election_master_status", { name: "stowage-controller" })).toBe(
       0,
@@ -162,7 +182,7 @@ describe("leader election", () => {
     await new Promise((resolve) => setTimeout(resolve, 500));
     expect(calls.length).toBe(reconcilesAfterLoss);
     // Once the API accepts writes again it campaigns, wins, and reconciles what it missed.
-    refuseRenewals = false;
+    leaseWrites.refusing = false;
     await eventually("replica-a leads again", () => a.isLeader(), 10_000);
     await eventually("the missed object is reconciled", () =>
       calls.includes(`replica-a ${ns}/while-not-leading`),
@@ -174,7 +194,7 @@ describe("leader election", () => {
     const ns = "le-sigterm";
     await createNamespace(client, ns);
     const script = fileURLToPath(new URL("./fixtures/managerProcess.ts", import.meta.url));
-    const child = spawn(process.execPath, [script, server.kubeconfigPath, ns, "replica-proc"], {
+    const child = spawn(process.execPath, [script, cluster.kubeconfigPath, ns, "replica-proc"], {
       stdio: ["ignore", "pipe", "inherit"],
     });
     let output = "";

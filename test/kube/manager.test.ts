@@ -4,24 +4,24 @@ import { done } from "../../src/kube/controller.ts";
 import { Manager } from "../../src/kube/manager.ts";
 import { createRuntimeMetrics } from "../../src/metrics.ts";
 import {
-  type ApiServer,
   createNamespace,
   createWidgetCrd,
   eventually,
   startCluster,
+  type TestCluster,
   WidgetType,
 } from "./helpers.ts";
 
-let server: ApiServer;
+let cluster: TestCluster;
 let client: KubeClient;
 
 beforeAll(async () => {
-  ({ server, client } = await startCluster());
+  ({ cluster, client } = await startCluster());
   await createNamespace(client, "health");
 });
 
 afterAll(async () => {
-  await server?.stop();
+  await cluster?.stop();
 });
 
 describe("manager", () => {

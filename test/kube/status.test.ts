@@ -5,31 +5,31 @@ import { EventRecorder } from "../../src/kube/events.ts";
 import { ensureFinalizer, hasFinalizer, removeFinalizer } from "../../src/kube/finalizers.ts";
 import { writeStatus } from "../../src/kube/status.ts";
 import {
-  type ApiServer,
   createNamespace,
   createWidgetCrd,
   startCluster,
+  type TestCluster,
   type Widget,
   WidgetType,
 } from "./helpers.ts";
 
-let server: ApiServer;
+let cluster: TestCluster;
 let client: KubeClient;
 
 beforeAll(async () => {
-  ({ server, client } = await startCluster());
+  ({ cluster, client } = await startCluster());
   await createWidgetCrd(client);
   await createNamespace(client, "ml");
 });
 
 afterAll(async () => {
-  await server?.stop();
+  await cluster?.stop();
 });
 
-const writes = () =>
-  server
-    .requestLog()
-    .filter((r) => ["POST", "PUT", "PATCH", "DELETE"].includes(r.method) && r.path.includes("widgets"));
+const writes = async () =>
+  (await cluster.requestLog()).filter(
+    (r) => ["POST", "PUT", "PATCH", "DELETE"].includes(r.method) && r.path.includes("widgets"),
+  );
 
 describe("status writes", () => {
   it("writes status through /status and makes no API write when the status is unchanged", async () => {
@@ -53,19 +53,19 @@ describe("status writes", () => {
         now,
       ),
     });
-    server.resetRequestLog();
+    await cluster.resetRequestLog();
     const first = await writeStatus(widgets, created, (_s, w) => statusOf(w));
     expect(first.written).toBe(true);
-    expect(writes().map((r) => `${r.method} ${r.path}`)).toEqual([
+    expect((await writes()).map((r) => `${r.method} ${r.path}`)).toEqual([
       `PUT ${widgets.objectPath("steady", "ml", "status")}`,
     ]);
     expect(first.object.status?.observedGeneration).toBe(1);
 
-    server.resetRequestLog();
+    await cluster.resetRequestLog();
     const again = await writeStatus(widgets, first.object, (_s, w) => statusOf(w));
     const later = await writeStatus(widgets, again.object, (_s, w) => statusOf(w));
     expect([again.written, later.written]).toEqual([false, false]);
-    expect(writes()).toEqual([]);
+    expect(await writes()).toEqual([]);
   });
 
   it("re-reads and re-applies the mutation when the status write hits a conflict", async () => {
@@ -76,14 +76,14 @@ describe("status writes", () => {
     });
     // Someone else writes in between: our copy's resourceVersion is now stale.
     await widgets.patchStatus("contested", { status: { notes: ["theirs"] } }, "ml");
-    server.resetRequestLog();
+    await cluster.resetRequestLog();
     const result = await writeStatus<NonNullable<Widget["status"]>, Widget>(widgets, stale, (status) => ({
       ...status,
       notes: [...(status?.notes ?? []), "ours"],
     }));
     expect(result.written).toBe(true);
     expect(result.object.status?.notes).toEqual(["theirs", "ours"]);
-    const statusCalls = server.requestLog().filter((r) => r.path.includes("contested"));
+    const statusCalls = (await cluster.requestLog()).filter((r) => r.path.includes("contested"));
     expect(statusCalls.map((r) => `${r.method} ${r.status}`)).toEqual(["PUT 409", "GET 200", "PUT 200"]);
     expect((await widgets.get("contested", "ml")).status?.notes).toEqual(["theirs", "ours"]);
   });
@@ -103,9 +103,9 @@ describe("finalizers", () => {
     const withOurs = await ensureFinalizer(widgets, created, ours);
     expect(withOurs.metadata?.finalizers).toEqual(["other.io/keep", "late.io/also", ours]);
     expect(hasFinalizer(withOurs, ours)).toBe(true);
-    server.resetRequestLog();
+    await cluster.resetRequestLog();
     expect((await ensureFinalizer(widgets, withOurs, ours)).metadata?.finalizers).toHaveLength(3);
-    expect(writes()).toEqual([]);
+    expect(await writes()).toEqual([]);
 
     // And another one after we added ours: our copy is stale again when we remove ours.
     await widgets.patch("guarded", [{ op: "add", path: "/metadata/finalizers/-", value: "later.io/x" }], {
