@@ -405,6 +405,43 @@ export function foldSecretStringData(def: ResourceDef, obj: KubeObject): KubeObj
   return { ...rest, data } as KubeObject;
 }
 
+/** List fields of built-ins without `omitempty`: an empty one reads back as `null`, not absent. */
+const listsWithoutOmitEmpty = new Set([
+  "rbac.authorization.k8s.io/Role rules",
+  "rbac.authorization.k8s.io/ClusterRole rules",
+]);
+
+/**
+ * Built-ins are stored as protobuf, which keeps no difference between an empty list or map and
+ * none: an empty list (taints, finalizers, schedulingGates, ...) reads back absent (`omitempty`),
+ * or `null` for the few list fields without it, and so do empty labels, annotations and data.
+ * Custom resources are stored as JSON and keep what was written.
+ */
+export function dropEmptyBuiltinFields(def: ResourceDef, obj: KubeObject): KubeObject {
+  if (!def.strategicMerge) return obj;
+  const strip = (value: Json, top: boolean): Json => {
+    if (Array.isArray(value)) return value.map((item) => strip(item, false));
+    if (!isPlainObject(value)) return value;
+    const out: Record<string, Json> = {};
+    for (const [key, item] of Object.entries(value as Record<string, Json>)) {
+      if (Array.isArray(item) && item.length === 0) {
+        if (top && listsWithoutOmitEmpty.has(`${def.group}/${def.kind} ${key}`)) out[key] = null;
+        continue;
+      }
+      out[key] = strip(item, false);
+    }
+    return out;
+  };
+  const stripped = strip(obj, true) as KubeObject;
+  const emptyMap = (value: unknown) => isPlainObject(value) && Object.keys(value as object).length === 0;
+  const metadata = { ...stripped.metadata };
+  for (const key of ["labels", "annotations"] as const) if (emptyMap(metadata[key])) delete metadata[key];
+  const result: KubeObject = { ...stripped, metadata };
+  if (def.group === "" && (def.kind === "ConfigMap" || def.kind === "Secret"))
+    for (const key of ["data", "binaryData"]) if (emptyMap(result[key])) delete result[key];
+  return result;
+}
+
 /** What Go's json.Unmarshal into a map says about `text`, or undefined when it decodes. */
 function jsonObjectError(text: string): string | undefined {
   let parsed: unknown;

@@ -6,6 +6,7 @@ import {
   checkMicroTimes,
   checkPodUpdate,
   checkSecret,
+  dropEmptyBuiltinFields,
   foldSecretStringData,
   initialNamespaces,
   truncateTimes,
@@ -137,7 +138,10 @@ export class ApiHttpServer {
       const named = checkBuiltinName(def, obj, old);
       return checkPodUpdate(
         def,
-        checkSecret(def, foldSecretStringData(def, truncateTimes(def, checkMicroTimes(def, named))), old),
+        dropEmptyBuiltinFields(
+          def,
+          checkSecret(def, foldSecretStringData(def, truncateTimes(def, checkMicroTimes(def, named))), old),
+        ),
         old,
       );
     });
