@@ -18,7 +18,7 @@ import type { Clock } from "../../util/clock.ts";
 import type { Logger } from "../../util/log.ts";
 import type { PrewarmConfig } from "./config.ts";
 import { type ImageResolver, type Resolution, resolutionKey } from "./images.ts";
-import { hasWarmingTaint, type PlannerNode } from "./nodes.ts";
+import { hasWarmingTaint, isNodeReady, type PlannerNode } from "./nodes.ts";
 import { type PrewarmPlan, planPrewarm, resolutionNeeds } from "./plan.ts";
 
 export const PLAN_KEY = "cluster";
@@ -189,7 +189,10 @@ async function maintainNodes(
     for (const key of Object.keys(labels))
       if (key.startsWith(WARM_LABEL_PREFIX) && !wanted.has(key)) labelPatch[key] = null;
     const labelsChange = Object.keys(labelPatch).length > 0;
-    const removeTaint = deps.config.warmingTaint && hasWarmingTaint(node) && !open.has(nodeName);
+    // A node not Ready yet is planned nothing, so nothing is open on it; that is not warm. A
+    // kubelet registers the Node first and reports Ready after, so it keeps the taint until then.
+    const removeTaint =
+      deps.config.warmingTaint && hasWarmingTaint(node) && isNodeReady(node) && !open.has(nodeName);
     if (!labelsChange && !removeTaint) continue;
     if (!removeTaint) {
       await deps.nodeClient.patch(nodeName, { metadata: { labels: labelPatch } });
