@@ -14,6 +14,7 @@ const onBothApiServers = [
   "test/e2e/leaderElection.test.ts",
   "test/e2e/modelimage.test.ts",
   "test/e2e/namespaces.test.ts",
+  "test/e2e/prewarm.test.ts",
   "test/e2e/restart.test.ts",
   "test/kube/informer.test.ts",
   "test/kube/leaderElection.test.ts",

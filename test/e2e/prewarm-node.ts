@@ -1,29 +1,15 @@
 /**
- * Helpers for test/e2e/prewarm.test.ts: kubectl against the sandbox, polling, and CRI
+ * Helpers for test/e2e/prewarm.test.ts: the built kubectl against the sandbox, polling, and CRI
  * look-ups on a node's containerd. Nodes themselves start through testkit/agentNode.ts.
  */
-import { execFile } from "node:child_process";
-import { join } from "node:path";
 import { CriClient } from "../../src/agent/cri.ts";
+import { type KubectlRun, kubectl as runKubectl } from "../../testkit/kubectl.ts";
 
-export interface KubectlRun {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+export type { KubectlRun };
 
+/** The built kubectl against the sandbox's API, HOME and discovery cache in `home`. */
 export function kubectl(kubeconfig: string, home: string, args: string[]): Promise<KubectlRun> {
-  return new Promise((resolve) => {
-    execFile(
-      "/usr/bin/kubectl",
-      ["--kubeconfig", kubeconfig, "--cache-dir", join(home, "kube-cache"), ...args],
-      { env: { ...process.env, HOME: home, KUBECONFIG: "" }, timeout: 60_000 },
-      (error, stdout, stderr) => {
-        const code = error ? (typeof error.code === "number" ? error.code : 1) : 0;
-        resolve({ code, stdout, stderr });
-      },
-    );
-  });
+  return runKubectl(args, { kubeconfig, dir: home, timeoutMs: 60_000 });
 }
 
 /** Polls `probe` until it returns a value other than undefined; throws with `what` and the last error on timeout. */

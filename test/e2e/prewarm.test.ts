@@ -10,12 +10,15 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseAllDocuments, stringify } from "yaml";
-import type { NodeCache } from "../../src/api/nodeCache.ts";
+import { type NodeCache, NodeCacheResource } from "../../src/api/nodeCache.ts";
+import { Resources } from "../../src/kube/client.ts";
 import { parseReference } from "../../src/oci/reference.ts";
 import { RegistryClient } from "../../src/oci/registry.ts";
 import { type AgentNode, startAgentNode } from "../../testkit/agentNode.ts";
+import { apiBackend } from "../../testkit/cluster.ts";
 import { type ControllerProcess, startControllerProcess } from "../../testkit/controllerProcess.ts";
 import { pushMultiArchIndex } from "../../testkit/images.ts";
+import { registerNode } from "../../testkit/nodes.ts";
 import { type Sandbox, startSandbox } from "../../testkit/sandbox.ts";
 import { criHas, criRepoDigests, type KubectlRun, kubectl, waitFor } from "./prewarm-node.ts";
 
@@ -48,11 +51,6 @@ const nodeCache = async (node: string): Promise<NodeCache | undefined> => {
 };
 const modelImage = (name = "llama3-serve") =>
   getJson<{ status?: { conditions?: Condition[]; nodes?: string } }>(["get", "mi", "-n", "ml", name]);
-const apiGet = async <T>(path: string): Promise<T> => {
-  const res = await fetch(`${sandbox.api.url}${path}`);
-  if (!res.ok) throw new Error(`GET ${path}: ${res.status}`);
-  return (await res.json()) as T;
-};
 const condition = (conds: Condition[] | undefined, type: string) => conds?.find((c) => c.type === type);
 const socketOf = (node: string): string => {
   const socket = sandbox.nodes.find((n) => n.name === node)?.containerd?.socketPath;
@@ -92,7 +90,7 @@ async function exampleFor(): Promise<string> {
 
 describe("pre-warm onto real containerd nodes", () => {
   beforeAll(async () => {
-    sandbox = await startSandbox();
+    sandbox = await startSandbox({ apiServer: apiBackend() });
     if (!sandbox.runtime.available) {
       // Never a silent pass: these tests exist to exercise containerd. CI runs as root.
       throw new Error(
@@ -182,7 +180,7 @@ describe("pre-warm onto real containerd nodes", () => {
   it("warms a GPU node added later with no user action, keeping its warming taint until the image is Present", async () => {
     const name = "gpu-node-2";
     const now = new Date().toISOString().replace(/\.\d+Z$/, "Z");
-    await sandbox.api.create({
+    const node = {
       apiVersion: "v1",
       kind: "Node",
       metadata: {
@@ -209,15 +207,17 @@ describe("pre-warm onto real containerd nodes", () => {
         ],
         nodeInfo: { architecture: "amd64", operatingSystem: "linux" },
       },
-    } as never);
+    };
+    // A kubelet registers the object, then its status (a real apiserver ignores status on create).
+    await registerNode(sandbox.client, node);
     const tainted = async () => {
-      const node = await apiGet<{ spec?: { taints?: { key: string }[] } }>(`/api/v1/nodes/${name}`);
-      return (node.spec?.taints ?? []).some((t) => t.key === WARMING_TAINT);
+      const got = (await sandbox.client.resource(Resources.Node).get(name)) as {
+        spec?: { taints?: { key: string }[] };
+      };
+      return (got.spec?.taints ?? []).some((t) => t.key === WARMING_TAINT);
     };
     const presentOn = async () => {
-      const nc = await apiGet<NodeCache>(`/apis/stowage.dev/v1alpha1/nodecaches/${name}`).catch(
-        () => undefined,
-      );
+      const nc = await sandbox.client.resource<NodeCache>(NodeCacheResource).find(name);
       const digest = nc?.spec.images?.[0]?.digest;
       return !!digest && nc?.status?.images?.find((s) => s.digest === digest)?.state === "Present";
     };
