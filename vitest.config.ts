@@ -22,6 +22,12 @@ const onBothApiServers = [
   "test/kube/status.test.ts",
   "test/auth/pullSecrets.test.ts",
   "test/auth/ecr.test.ts",
+  "test/controller/modelimage.test.ts",
+  "test/controller/modelimage-failures.test.ts",
+  "test/controller/prewarm.test.ts",
+  "test/controller/prewarm-integration.test.ts",
+  "test/controller/prewarm-process.test.ts",
+  "test/controller/gates.test.ts",
 ];
 
 /** Only on the real control plane: the chart installed by the real helm, the differential test. */

@@ -70,7 +70,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await Promise.all([controller?.stop(), cacheDownController?.stop()]);
   await Promise.all([
-    cluster?.server.stop(),
+    cluster?.api.stop(),
     upstream?.stop(),
     cache?.stop(),
     privateUpstream?.stop(),

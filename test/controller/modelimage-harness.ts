@@ -1,4 +1,7 @@
-/** A cluster (API test double with the ModelImage CRD), real registries, and the ModelImage controller in-process. */
+/**
+ * A cluster (the API double or the real control plane, with the ModelImage CRD), real registries,
+ * and the ModelImage controller in-process.
+ */
 import { loadCrd } from "../../src/api/crds.ts";
 import { type ModelImage, ModelImageResource } from "../../src/api/modelImage.ts";
 import { createCredentialProvider } from "../../src/auth/index.ts";
@@ -9,7 +12,7 @@ import { EventRecorder } from "../../src/kube/events.ts";
 import { Manager } from "../../src/kube/manager.ts";
 import { createRegistry, createRuntimeMetrics, createStowageMetrics } from "../../src/metrics.ts";
 import { type Clock, systemClock } from "../../src/util/clock.ts";
-import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
+import { startTestCluster, type TestCluster } from "../../testkit/cluster.ts";
 import { eventually } from "../kube/helpers.ts";
 
 /** Real time plus an offset a test can move forward (for lag), sleeping in real time. */
@@ -23,12 +26,10 @@ export class OffsetClock implements Clock {
   }
 }
 
-export async function startCluster(): Promise<{ server: TestApiServer; client: KubeClient }> {
-  const server = await startApiServer({
-    crds: [loadCrd("stowage.dev_modelimages") as never],
-  });
-  const client = KubeClient.load({ path: server.kubeconfigPath });
-  return { server, client };
+export async function startCluster(): Promise<{ api: TestCluster; client: KubeClient }> {
+  const api = await startTestCluster({ crds: [loadCrd("stowage.dev_modelimages") as never] });
+  const client = KubeClient.load({ path: api.kubeconfigPath });
+  return { api, client };
 }
 
 export async function startController(

@@ -52,7 +52,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await controller?.stop();
-  await Promise.all([cluster?.server.stop(), upstream?.stop(), cache?.stop(), proxy?.stop()]);
+  await Promise.all([cluster?.api.stop(), upstream?.stop(), cache?.stop(), proxy?.stop()]);
   cluster?.client.close();
   await pushClient?.close();
 });
@@ -276,7 +276,7 @@ describe("ModelImage reconciler", () => {
   it("makes no API writes while nothing changes over several checks", async () => {
     await waitForCondition(cluster.client, "ml", "tiny", "Ready", "True");
     const before = await reconciles();
-    cluster.server.resetRequestLog();
+    await cluster.api.resetRequestLog();
     const eventsBefore = (await eventsFor(cluster.client, "ml", "tiny")).length;
     const upstreamBefore = proxy.seen().length;
     for (let i = 0; i < 3; i++) {
@@ -285,9 +285,9 @@ describe("ModelImage reconciler", () => {
       await eventually("the check finished", async () => (await reconciles()) >= done);
     }
     expect(await reconciles()).toBeGreaterThanOrEqual(before + 3);
-    const writes = cluster.server
-      .requestLog()
-      .filter((r) => r.method !== "GET" && r.path.includes("/modelimages/"));
+    const writes = (await cluster.api.requestLog()).filter(
+      (r) => r.method !== "GET" && r.path.includes("/modelimages/"),
+    );
     expect(writes).toEqual([]);
     expect((await eventsFor(cluster.client, "ml", "tiny")).length).toBe(eventsBefore);
     // Each unchanged check costs one upstream manifest HEAD.

@@ -1,5 +1,6 @@
 /**
- * A cluster (API double with the ModelImage and NodeCache CRDs), a real cache registry, the
+ * A cluster (the API double or the real control plane, with the ModelImage and NodeCache CRDs),
+ * a real cache registry, the
  * pre-warm planner in-process, and a fake agent that writes NodeCache status the way the node
  * agent does (so these tests do not need containerd).
  */
@@ -20,18 +21,14 @@ import { EventRecorder } from "../../src/kube/events.ts";
 import { Manager } from "../../src/kube/manager.ts";
 import { formatTime } from "../../src/kube/time.ts";
 import { createPrewarmMetrics, createRegistry } from "../../src/metrics.ts";
-import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
+import { startTestCluster, type TestCluster } from "../../testkit/cluster.ts";
 
-export async function startCluster(): Promise<{ server: TestApiServer; client: KubeClient }> {
-  const server = await startApiServer({
+export async function startCluster(): Promise<{ api: TestCluster; client: KubeClient }> {
+  const api = await startTestCluster({
     crds: [loadCrd("stowage.dev_modelimages") as never, loadCrd("stowage.dev_nodecaches") as never],
   });
-  const client = KubeClient.load({ path: server.kubeconfigPath });
-  await client
-    .resource(Resources.Namespace)
-    .create({ metadata: { name: "default" } })
-    .catch(() => {});
-  return { server, client };
+  const client = KubeClient.load({ path: api.kubeconfigPath });
+  return { api, client };
 }
 
 export async function startPlanner(

@@ -16,13 +16,13 @@ import {
   createStowageMetrics,
 } from "../../src/metrics.ts";
 import { RegistryClient } from "../../src/oci/registry.ts";
-import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
+import { startTestCluster, type TestCluster } from "../../testkit/cluster.ts";
 import { type PushedIndex, pushMultiArchIndex } from "../../testkit/images.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
 import { eventually, metricSum } from "../kube/helpers.ts";
 import { createNode, findNodeCache, report } from "./prewarm-harness.ts";
 
-let server: TestApiServer;
+let cluster: TestCluster;
 let client: KubeClient;
 let upstream: RunningRegistry;
 let cache: RunningRegistry;
@@ -36,14 +36,14 @@ let enqueue: { sync: (key: string) => void; plan: () => void; status: (key: stri
 const modelImages = () => client.resource<ModelImage>(ModelImageResource);
 
 beforeAll(async () => {
-  [server, upstream, cache] = await Promise.all([
-    startApiServer({
+  [cluster, upstream, cache] = await Promise.all([
+    startTestCluster({
       crds: [loadCrd("stowage.dev_modelimages") as never, loadCrd("stowage.dev_nodecaches") as never],
     }),
     startRegistry(),
     startRegistry(),
   ]);
-  client = KubeClient.load({ path: server.kubeconfigPath });
+  client = KubeClient.load({ path: cluster.kubeconfigPath });
   push = new RegistryClient({ insecureHosts: [upstream.host] });
   pushed = await pushMultiArchIndex(push, { registry: upstream.host, repository: "acme/llama" }, "1.0");
   await client.resource(Resources.Namespace).create({ metadata: { name: "ml" } });
@@ -94,7 +94,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await closeAll?.();
   await push?.close();
-  await Promise.all([server?.stop(), upstream?.stop(), cache?.stop()]);
+  await Promise.all([cluster?.stop(), upstream?.stop(), cache?.stop()]);
   client?.close();
 });
 
@@ -177,10 +177,12 @@ describe("ModelImage status with the pre-warm planner", () => {
       }
     };
     await everyController(); // settle whatever the previous test left in flight
-    server.resetRequestLog();
+    await cluster.resetRequestLog();
     await everyController();
     await everyController();
-    const writes = server.requestLog().filter((r) => r.method !== "GET" && !r.path.includes("/events"));
+    const writes = (await cluster.requestLog()).filter(
+      (r) => r.method !== "GET" && !r.path.includes("/events"),
+    );
     expect(writes).toEqual([]);
   });
 });

@@ -4,14 +4,14 @@ import { type ModelImage, ModelImageResource } from "../../src/api/modelImage.ts
 import { KubeClient, Resources } from "../../src/kube/client.ts";
 import { getCondition } from "../../src/kube/conditions.ts";
 import { RegistryClient } from "../../src/oci/registry.ts";
-import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
+import { startTestCluster, type TestCluster } from "../../testkit/cluster.ts";
 import { type ControllerProcess, startControllerProcess } from "../../testkit/controllerProcess.ts";
 import { type PushedIndex, pushMultiArchIndex } from "../../testkit/images.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
 import { eventually } from "../kube/helpers.ts";
 import { createNode, findNodeCache, report } from "./prewarm-harness.ts";
 
-let server: TestApiServer;
+let cluster: TestCluster;
 let client: KubeClient;
 let upstream: RunningRegistry;
 let cache: RunningRegistry;
@@ -19,14 +19,14 @@ let pushed: PushedIndex;
 const processes: ControllerProcess[] = [];
 
 beforeAll(async () => {
-  [server, upstream, cache] = await Promise.all([
-    startApiServer({
+  [cluster, upstream, cache] = await Promise.all([
+    startTestCluster({
       crds: [loadCrd("stowage.dev_modelimages") as never, loadCrd("stowage.dev_nodecaches") as never],
     }),
     startRegistry(),
     startRegistry(),
   ]);
-  client = KubeClient.load({ path: server.kubeconfigPath });
+  client = KubeClient.load({ path: cluster.kubeconfigPath });
   const push = new RegistryClient({ insecureHosts: [upstream.host] });
   pushed = await pushMultiArchIndex(push, { registry: upstream.host, repository: "acme/llama" }, "1.0");
   await push.close();
@@ -36,14 +36,14 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await Promise.all(processes.map((p) => p.kill("SIGTERM")));
-  await Promise.all([server?.stop(), upstream?.stop(), cache?.stop()]);
+  await Promise.all([cluster?.stop(), upstream?.stop(), cache?.stop()]);
   client?.close();
 });
 
 describe("stowage controller with the pre-warm planner", () => {
   it("plans the node's image into its NodeCache and reports the ModelImage Ready once the agent has it", async () => {
     const controller = await startControllerProcess({
-      kubeconfig: server.kubeconfigPath,
+      kubeconfig: cluster.kubeconfigPath,
       cacheRegistry: cache.url,
       args: [
         "--leader-elect=false",
@@ -86,8 +86,10 @@ describe("stowage controller with the pre-warm planner", () => {
   });
 
   it("mirrors without pre-warming, and says why, when the NodeCache CRD is not installed", async () => {
-    const bare = await startApiServer({
+    const bare = await startTestCluster({
       crds: [loadCrd("stowage.dev_modelimages") as never],
+      // Only the API is needed (real: etcd and kube-apiserver, no controllers).
+      controlPlane: { controllerManager: false, scheduler: false },
     });
     try {
       const controller = await startControllerProcess({
@@ -110,7 +112,7 @@ describe("stowage controller with the pre-warm planner", () => {
 
   it("refuses a disk budget fraction outside (0, 1] with exit code 2", async () => {
     const controller = await startControllerProcess({
-      kubeconfig: server.kubeconfigPath,
+      kubeconfig: cluster.kubeconfigPath,
       cacheRegistry: cache.url,
       args: ["--disk-budget-fraction", "1.5"],
       waitReady: false,

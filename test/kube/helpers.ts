@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { stringify } from "yaml";
 import { KubeClient, type KubeObject, Resources } from "../../src/kube/client.ts";
 import type { RuntimeMetrics } from "../../src/metrics.ts";
-import { startTestCluster, type TestClusterOptions } from "../../testkit/cluster.ts";
+import { apiBackend, startTestCluster, type TestClusterOptions } from "../../testkit/cluster.ts";
 import { type KubectlRun, kubectl } from "../../testkit/kubectl.ts";
 
 export type { TestCluster } from "../../testkit/cluster.ts";
@@ -46,6 +46,26 @@ export class Kubectl {
 
 export async function createNamespace(client: KubeClient, name: string): Promise<void> {
   await client.resource(Resources.Namespace).create({ metadata: { name } });
+}
+
+const ServiceAccountType = {
+  group: "",
+  version: "v1",
+  plural: "serviceaccounts",
+  kind: "ServiceAccount",
+  namespaced: true,
+} as const;
+
+/**
+ * Waits for the namespace's `default` ServiceAccount, which a real cluster's controller-manager
+ * creates a moment after the namespace and without which no Pod is admitted there. The double
+ * admits Pods without it.
+ */
+export async function waitForDefaultServiceAccount(client: KubeClient, namespace: string): Promise<void> {
+  if (apiBackend() !== "real") return;
+  await eventually(`the default ServiceAccount of ${namespace}`, async () => {
+    return (await client.resource(ServiceAccountType).find("default", namespace)) !== undefined;
+  });
 }
 
 /** Poll until `check` returns true; throws with `what` after `timeoutMs`. */
