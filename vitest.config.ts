@@ -28,6 +28,8 @@ const onBothApiServers = [
   "test/controller/prewarm-integration.test.ts",
   "test/controller/prewarm-process.test.ts",
   "test/controller/gates.test.ts",
+  "test/webhook/certificates.test.ts",
+  "test/webhook/controller.test.ts",
 ];
 
 /** Only on the real control plane: the chart installed by the real helm, the differential test. */

@@ -1,12 +1,13 @@
 /**
- * Self-managed webhook certificates against the API double, which calls the webhook with the
- * caBundle the certificates patched in. Time is real time plus an offset: the certificates are
+ * Self-managed webhook certificates against the API (the double or the real apiserver), which
+ * calls the webhook with the caBundle the certificates patched in, through a TCP proxy playing the
+ * webhook's Service: pointing it at a replica is a Service routing to that replica. Time is real time plus an offset: the certificates are
  * issued "in the past" so that moving the clock to the present makes them due for rotation while
  * every certificate is still valid for the real TLS handshakes.
  */
 import { X509Certificate } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { KubeClient, Resources } from "../../src/kube/client.ts";
+import { type KubeClient, Resources } from "../../src/kube/client.ts";
 import {
   type CertificateState,
   MutatingWebhookConfigurationResource,
@@ -14,25 +15,30 @@ import {
 } from "../../src/webhook/certManager.ts";
 import { splitPemBundle } from "../../src/webhook/certs.ts";
 import { startWebhookServer, type WebhookServer } from "../../src/webhook/server.ts";
-import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
+import type { TestCluster } from "../../testkit/cluster.ts";
+import { startTcpProxy, type TcpProxy } from "../../testkit/tcpProxy.ts";
 import { OffsetClock } from "../controller/modelimage-harness.ts";
+import { eventually, startCluster, waitForDefaultServiceAccount } from "../kube/helpers.ts";
 import { type Json, servedCertificate } from "./helpers.ts";
 
 const NS = "stowage-system";
 const HOUR = 3600_000;
-const SERVICE_KEY = `stowage-webhook.${NS}:443`;
 
-let api: TestApiServer;
+let api: TestCluster;
 let client: KubeClient;
+let service: TcpProxy;
 const servers: WebhookServer[] = [];
 let podCounter = 0;
 
 const lookups = { modelImagesIn: () => [], namespaceLabels: () => undefined, controllerNamespace: NS };
 
 beforeAll(async () => {
-  api = await startApiServer();
-  client = KubeClient.load({ path: api.kubeconfigPath });
-  for (const name of [NS, "apps"]) await client.resource(Resources.Namespace).create({ metadata: { name } });
+  ({ cluster: api, client } = await startCluster());
+  for (const name of [NS, "apps"]) {
+    await client.resource(Resources.Namespace).create({ metadata: { name } });
+    await waitForDefaultServiceAccount(client, name);
+  }
+  service = await startTcpProxy({ port: 1 });
   await api.create({
     apiVersion: "admissionregistration.k8s.io/v1",
     kind: "MutatingWebhookConfiguration",
@@ -40,7 +46,7 @@ beforeAll(async () => {
     webhooks: [
       {
         name: "pods.stowage.dev",
-        clientConfig: { service: { namespace: NS, name: "stowage-webhook", path: "/mutate-pods" } },
+        clientConfig: { url: `https://127.0.0.1:${service.port}/mutate-pods` },
         rules: [{ operations: ["CREATE"], apiGroups: [""], apiVersions: ["v1"], resources: ["pods"] }],
         failurePolicy: "Fail",
         sideEffects: "None",
@@ -53,6 +59,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const server of servers) await server.close();
+  await service?.stop();
   await api?.stop();
 });
 
@@ -68,19 +75,31 @@ async function serve(state: CertificateState): Promise<WebhookServer> {
   return server;
 }
 
-/** Create a pod through the double, which calls whatever SERVICE_KEY points at; true when admitted. */
-async function podAdmittedVia(server: WebhookServer): Promise<{ ok: boolean; message?: string }> {
-  api.webhookServices.set(SERVICE_KEY, `127.0.0.1:${server.port}`);
-  const name = `p${++podCounter}`;
-  try {
-    await client.resource(Resources.Pod).create({
-      metadata: { name, namespace: "apps" },
-      spec: { containers: [{ name: "c", image: "alpine" }] },
-    } as never);
-    return { ok: true };
-  } catch (err) {
-    return { ok: false, message: (err as Error).message };
-  }
+/**
+ * Routes the webhook's address to `server` and creates pods until one is `expected` (admitted or
+ * refused): a real apiserver takes up a patched caBundle a moment after it is stored. Every
+ * assertion that the bundle changed is made by an outcome only the new bundle can give.
+ */
+async function podAdmittedVia(
+  server: WebhookServer,
+  expected: "admitted" | "refused",
+): Promise<{ ok: boolean; message?: string }> {
+  service.retarget({ port: server.port });
+  let outcome: { ok: boolean; message?: string } = { ok: false };
+  await eventually(`a pod ${expected} through the replica on port ${server.port}`, async () => {
+    const name = `p${++podCounter}`;
+    try {
+      await client.resource(Resources.Pod).create({
+        metadata: { name, namespace: "apps" },
+        spec: { containers: [{ name: "c", image: "alpine" }] },
+      } as never);
+      outcome = { ok: true };
+    } catch (err) {
+      outcome = { ok: false, message: (err as Error).message };
+    }
+    return outcome.ok === (expected === "admitted");
+  }).catch(() => {});
+  return outcome;
 }
 
 async function caBundleOfConfiguration(): Promise<string> {
@@ -113,7 +132,7 @@ describe("self-managed webhook certificates", () => {
     expect(splitPemBundle(first.caBundlePem)).toHaveLength(1);
     expect(await caBundleOfConfiguration()).toBe(first.caBundlePem);
     const oldReplica = await serve(first);
-    expect(await podAdmittedVia(oldReplica)).toEqual({ ok: true });
+    expect(await podAdmittedVia(oldReplica, "admitted")).toEqual({ ok: true });
     const served = new X509Certificate(first.certPem);
     expect(served.subjectAltName).toContain(`DNS:stowage-webhook.${NS}.svc`);
 
@@ -143,9 +162,10 @@ describe("self-managed webhook certificates", () => {
     expect(
       fingerprint(await servedCertificate(`https://127.0.0.1:${newReplica.port}/healthz`, bundle[0])),
     ).toBe(fingerprint(rotated.certPem));
-    expect(await podAdmittedVia(newReplica)).toEqual({ ok: true });
+    // Only the rotated bundle verifies the new certificate: from here on the apiserver uses it.
+    expect(await podAdmittedVia(newReplica, "admitted")).toEqual({ ok: true });
     // A replica still serving the old certificate keeps working during the overlap.
-    expect(await podAdmittedVia(oldReplica)).toEqual({ ok: true });
+    expect(await podAdmittedVia(oldReplica, "admitted")).toEqual({ ok: true });
 
     // After the overlap the old CA leaves the bundle: only the new certificate verifies.
     clock.offsetMs = 31 * 60_000;
@@ -154,8 +174,8 @@ describe("self-managed webhook certificates", () => {
     expect(splitPemBundle(settled.caBundlePem)).toHaveLength(1);
     expect(fingerprint(splitPemBundle(settled.caBundlePem)[0])).toBe(fingerprint(bundle[0]));
     expect(await caBundleOfConfiguration()).toBe(settled.caBundlePem);
-    expect(await podAdmittedVia(newReplica)).toEqual({ ok: true });
-    const refused = await podAdmittedVia(oldReplica);
+    expect(await podAdmittedVia(newReplica, "admitted")).toEqual({ ok: true });
+    const refused = await podAdmittedVia(oldReplica, "refused");
     expect(refused.ok).toBe(false);
     expect(refused.message).toMatch(/failed calling webhook "pods.stowage.dev"/);
   });

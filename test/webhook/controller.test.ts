@@ -1,34 +1,37 @@
 /**
  * `stowage controller --webhook-port N` as a child process: it issues its own certificate, patches
- * the caBundle, serves the webhook the API double calls for `kubectl apply`, and releases the pod.
+ * the caBundle, serves the webhook the API server (the double or the real one, through a loopback
+ * `clientConfig.url`) calls for `kubectl apply`, and releases the pod.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadCrd } from "../../src/api/crds.ts";
 import { ModelImageResource } from "../../src/api/modelImage.ts";
 import { parseControllerArgs } from "../../src/controller/command.ts";
-import { KubeClient, type KubeObject, Resources } from "../../src/kube/client.ts";
+import { type KubeClient, type KubeObject, Resources } from "../../src/kube/client.ts";
 import { MutatingWebhookConfigurationResource } from "../../src/webhook/certManager.ts";
-import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
+import type { TestCluster } from "../../testkit/cluster.ts";
 import { type ControllerProcess, startControllerProcess } from "../../testkit/controllerProcess.ts";
 import { freePort } from "../../testkit/ports.ts";
-import { Kubectl } from "../apiserver/helpers.ts";
-import { eventually } from "../kube/helpers.ts";
+import { eventually, Kubectl, startCluster, waitForDefaultServiceAccount } from "../kube/helpers.ts";
 
 // biome-ignore lint/suspicious/noExplicitAny: objects read back as free-form JSON
 type Json = any;
 
 const NS = "stowage-system";
-let api: TestApiServer;
+let api: TestCluster;
 let client: KubeClient;
 let kubectl: Kubectl;
 let controller: ControllerProcess;
 let webhookPort: number;
 
 beforeAll(async () => {
-  api = await startApiServer({ crds: [loadCrd("modelimages.stowage.dev") as never] });
-  client = KubeClient.load({ path: api.kubeconfigPath });
-  kubectl = new Kubectl(api);
-  for (const name of [NS, "ml"]) await client.resource(Resources.Namespace).create({ metadata: { name } });
+  ({ cluster: api, client } = await startCluster({ crds: [loadCrd("modelimages.stowage.dev") as never] }));
+  kubectl = new Kubectl(api.kubeconfigPath);
+  for (const name of [NS, "ml"]) {
+    await client.resource(Resources.Namespace).create({ metadata: { name } });
+    await waitForDefaultServiceAccount(client, name);
+  }
+  webhookPort = await freePort();
   await api.create({
     apiVersion: "admissionregistration.k8s.io/v1",
     kind: "MutatingWebhookConfiguration",
@@ -36,7 +39,7 @@ beforeAll(async () => {
     webhooks: [
       {
         name: "pods.stowage.dev",
-        clientConfig: { service: { namespace: NS, name: "stowage-webhook", path: "/mutate-pods" } },
+        clientConfig: { url: `https://127.0.0.1:${webhookPort}/mutate-pods` },
         rules: [{ operations: ["CREATE"], apiGroups: [""], apiVersions: ["v1"], resources: ["pods"] }],
         failurePolicy: "Fail",
         sideEffects: "None",
@@ -44,8 +47,6 @@ beforeAll(async () => {
       },
     ],
   });
-  webhookPort = await freePort();
-  api.webhookServices.set(`stowage-webhook.${NS}:443`, `127.0.0.1:${webhookPort}`);
   controller = await startControllerProcess({
     kubeconfig: api.kubeconfigPath,
     // Nothing listens there: mirroring fails, which this test does not need.
@@ -76,23 +77,25 @@ describe("stowage controller with the admission webhook enabled", () => {
       metadata: { name: "llama", namespace: "ml" },
       spec: { image: "127.0.0.1:1/acme/llama:v3", prewarm: { holdPods: true } },
     } as KubeObject);
-    // The webhook answers from its informer cache; wait until a pod is actually held.
-    let attempt = 0;
-    let held: Json;
+    const servePod = {
+      apiVersion: "v1",
+      kind: "Pod",
+      metadata: { name: "serve", namespace: "ml" },
+      spec: { containers: [{ name: "serve", image: "127.0.0.1:1/acme/llama:v3" }] },
+    };
+    // The webhook answers from its informer cache, and a real apiserver takes the configuration
+    // and the patched caBundle up a moment later: wait until a server-side dry run is held.
     await eventually("a pod is held", async () => {
-      const name = `serve-${++attempt}`;
-      const applied = await kubectl.apply([
-        {
-          apiVersion: "v1",
-          kind: "Pod",
-          metadata: { name, namespace: "ml" },
-          spec: { containers: [{ name: "serve", image: "127.0.0.1:1/acme/llama:v3" }] },
-        },
-      ]);
-      expect(applied.code).toBe(0);
-      held = await client.resource(Resources.Pod).get(name, "ml");
-      return (held.spec.schedulingGates ?? []).some((g: Json) => g.name === "stowage.dev/prewarm");
+      const dryRun = await kubectl.apply([servePod], ["--dry-run=server", "-o", "json"]);
+      if (dryRun.code !== 0) return false;
+      const gates: Json[] = JSON.parse(dryRun.stdout).spec.schedulingGates ?? [];
+      return gates.some((g) => g.name === "stowage.dev/prewarm");
     });
+    const applied = await kubectl.apply([servePod]);
+    expect(applied.stderr).toBe("");
+    expect(applied.code).toBe(0);
+    const held: Json = await client.resource(Resources.Pod).get("serve", "ml");
+    expect(held.spec.schedulingGates).toEqual([{ name: "stowage.dev/prewarm" }]);
     expect(held.metadata.annotations["stowage.dev/held-for"]).toBe("ml/llama");
 
     const metricsBefore = await controller.health("/metrics");
