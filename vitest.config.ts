@@ -30,6 +30,8 @@ const onBothApiServers = [
   "test/controller/gates.test.ts",
   "test/webhook/certificates.test.ts",
   "test/webhook/controller.test.ts",
+  "test/agent/agent.test.ts",
+  "test/agent/command.test.ts",
 ];
 
 /** Only on the real control plane: the chart installed by the real helm, the differential test. */

@@ -13,17 +13,19 @@ import {
   NodeCacheResource,
   type NodeImageStatus,
 } from "../../src/api/nodeCache.ts";
-import { KubeClient, Resources } from "../../src/kube/client.ts";
+import { type KubeClient, Resources } from "../../src/kube/client.ts";
 import { getCondition } from "../../src/kube/conditions.ts";
 import { RegistryClient } from "../../src/oci/registry.ts";
-import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
+import type { TestCluster } from "../../testkit/cluster.ts";
 import { type RunningContainerd, startContainerd } from "../../testkit/containerd.ts";
 import { type FaultProxy, startFaultProxy } from "../../testkit/faultProxy.ts";
 import { pushSinglePlatformImage } from "../../testkit/images.ts";
 import { freePort } from "../../testkit/ports.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
+import { cuttableClient } from "../kube/apiFaults.ts";
+import { startCluster } from "../kube/helpers.ts";
 
-let api: TestApiServer;
+let api: TestCluster;
 let client: KubeClient;
 let node: RunningContainerd;
 let cache: RunningRegistry;
@@ -94,6 +96,7 @@ async function runAgent(
   nodeName: string,
   target: RunningContainerd,
   overrides: Partial<AgentConfig> = {},
+  kube: KubeClient = client,
 ): Promise<RunningAgent> {
   const runtime = cri(target);
   const agent = await startAgent({
@@ -111,7 +114,7 @@ async function runAgent(
       retryMaxMs: 2_000,
       ...overrides,
     },
-    client,
+    client: kube,
     runtime,
     progress: containerdProgressProbe(runtime, join(target.dir, "root")),
   });
@@ -146,12 +149,11 @@ async function recordStates(
 }
 
 beforeAll(async () => {
-  [api, node, cache] = await Promise.all([
-    startApiServer({ crds: [loadCrd("stowage.dev_nodecaches") as never] }),
+  [{ cluster: api, client }, node, cache] = await Promise.all([
+    startCluster({ crds: [loadCrd("stowage.dev_nodecaches") as never] }),
     startContainerd(),
     startRegistry(),
   ]);
-  client = KubeClient.load({ path: api.kubeconfigPath });
   proxy = await startFaultProxy(cache.url);
   upstreamHost = `127.0.0.1:${await freePort()}`;
   registryClient = new RegistryClient({ insecureHosts: [cache.host], retry: { attempts: 2 } });
@@ -165,7 +167,7 @@ afterAll(async () => {
   await Promise.all([node?.dispose(), cache?.stop(), api?.stop(), ...extraNodes.map((n) => n.dispose())]);
 });
 
-describe("node agent against the API double and a real containerd", () => {
+describe("node agent against the API server and a real containerd", () => {
   it("pulls every spec image through the cache: Pending, then Pulling, then Present with bytes, timestamps, counts and imageFs", async () => {
     const first = await cachedImage("acme/llama", "1.0", [2 * 1024 * 1024, 1024 * 1024]);
     const second = await cachedImage("acme/whisper", "2.0", [1024 * 1024]);
@@ -396,7 +398,7 @@ describe("node agent against the API double and a real containerd", () => {
     }
   });
 
-  it("keeps pulling while the API server refuses it and reports Present once it answers again", async () => {
+  it("keeps pulling while the API server cannot be reached and reports Present once it can again", async () => {
     const image = await cachedImage("acme/outage", "1.0", [4 * 1024 * 1024]);
     proxy.addRule({
       match: { method: "GET", path: /\/blobs\/sha256:/ },
@@ -404,22 +406,30 @@ describe("node agent against the API double and a real containerd", () => {
       action: { kind: "delay", ms: 1_500 },
     });
     await createNodeCache("node-i", [image]);
-    await runAgent("node-i", node);
-    await waitFor(
-      "pull under way",
-      async () => imageState(await status("node-i"), image.digest)?.state === "Pulling",
-    );
-    const refuse = () => "the API server is unavailable (test outage)";
-    api.authorizers.push(refuse);
-    api.dropWatches();
-    const runtime = cri(node);
-    await waitFor("image in containerd", async () => runtime.imageStatus(image.image));
-    await new Promise((resolve) => setTimeout(resolve, 1_000));
-    api.authorizers.splice(api.authorizers.indexOf(refuse), 1);
-    const present = await waitFor("Present reported after the outage", async () => {
-      const s = imageState(await status("node-i"), image.digest);
-      return s?.state === "Present" ? s : undefined;
-    });
-    expect(present.ownedByAgent).toBe(true);
+    // The agent reaches the API through a proxy the test takes down: an outage, every connection
+    // (its watch too) reset and new ones refused.
+    const link = await cuttableClient(api);
+    await runAgent("node-i", node, {}, link.client);
+    try {
+      await waitFor(
+        "pull under way",
+        async () => imageState(await status("node-i"), image.digest)?.state === "Pulling",
+      );
+      await link.proxy.down();
+      const runtime = cri(node);
+      await waitFor("image in containerd", async () => runtime.imageStatus(image.image));
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      // Nothing got through meanwhile: the API still has the image Pulling.
+      expect(imageState(await status("node-i"), image.digest)?.state).toBe("Pulling");
+      await link.proxy.up();
+      const present = await waitFor("Present reported after the outage", async () => {
+        const s = imageState(await status("node-i"), image.digest);
+        return s?.state === "Present" ? s : undefined;
+      });
+      expect(present.ownedByAgent).toBe(true);
+    } finally {
+      await agents.pop()?.stop();
+      await link.stop();
+    }
   });
 });

@@ -8,7 +8,7 @@ import { loadCrd } from "../../src/api/crds.ts";
 import { type NodeCache, NodeCacheResource } from "../../src/api/nodeCache.ts";
 import { KubeClient } from "../../src/kube/client.ts";
 import { getCondition } from "../../src/kube/conditions.ts";
-import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
+import { startTestCluster, type TestCluster } from "../../testkit/cluster.ts";
 import { type RunningContainerd, startContainerd } from "../../testkit/containerd.ts";
 
 const root = fileURLToPath(new URL("../../", import.meta.url));
@@ -66,12 +66,12 @@ describe("stowage agent flags", () => {
 });
 
 describe("stowage agent process", () => {
-  let api: TestApiServer;
+  let api: TestCluster;
   let node: RunningContainerd;
 
   beforeAll(async () => {
     [api, node] = await Promise.all([
-      startApiServer({ crds: [loadCrd("stowage.dev_nodecaches") as never] }),
+      startTestCluster({ crds: [loadCrd("stowage.dev_nodecaches") as never] }),
       startContainerd(),
     ]);
   });
