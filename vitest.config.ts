@@ -32,6 +32,7 @@ const onBothApiServers = [
   "test/webhook/controller.test.ts",
   "test/agent/agent.test.ts",
   "test/agent/command.test.ts",
+  "test/status/status.test.ts",
 ];
 
 /** Only on the real control plane: the chart installed by the real helm, the differential test. */

@@ -1,8 +1,9 @@
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { delimiter, join } from "node:path";
+import { delimiter, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parse, stringify } from "yaml";
 import { run as runCommand } from "../support/run.ts";
 
 /** Colour stays off unless a test asks for it. */
@@ -12,11 +13,13 @@ const run = (command: string, args: string[], env: Record<string, string> = {}) 
 import { loadAllCrds } from "../../src/api/crds.ts";
 import { type ModelImage, ModelImageResource } from "../../src/api/modelImage.ts";
 import { type NodeCache, NodeCacheResource } from "../../src/api/nodeCache.ts";
-import { KubeClient } from "../../src/kube/client.ts";
+import type { KubeClient } from "../../src/kube/client.ts";
 import type { StatusReport } from "../../src/status/model.ts";
-import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
 import { renderKubeconfig } from "../../testkit/apiserver/kubeconfig.ts";
+import { startTestCluster, type TestCluster } from "../../testkit/cluster.ts";
+import { k8sBin } from "../../testkit/k8sTools.ts";
 import { freePort } from "../../testkit/ports.ts";
+import { startCluster } from "../kube/helpers.ts";
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 const digest = (c: string) => `sha256:${c.repeat(64)}`;
@@ -25,7 +28,7 @@ const GiB = 1024 * 1024 * 1024;
 const stowage = (args: string[], env?: Record<string, string>) =>
   run(process.execPath, [join(root, "bin/stowage.js"), "status", ...args], env);
 
-let api: TestApiServer;
+let api: TestCluster;
 let client: KubeClient;
 let work: string;
 
@@ -53,8 +56,8 @@ const condition = (type: string, status: "True" | "False", reason: string, messa
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), "stowage-status-"));
-  api = await startApiServer({ crds: loadAllCrds() as never });
-  client = KubeClient.load({ path: api.kubeconfigPath });
+  // RBAC on (the real apiserver always has it): a user granted nothing is refused for real.
+  ({ cluster: api, client } = await startCluster({ crds: loadAllCrds() as never, rbac: true }));
   for (const ns of ["ml", "web"])
     await api.create({ apiVersion: "v1", kind: "Namespace", metadata: { name: ns } });
 
@@ -286,16 +289,18 @@ describe("stowage status", () => {
 
   it("runs as a kubectl plugin: `kubectl stowage status` with bin/ on PATH honours --kubeconfig and --context", async () => {
     const kubeconfig = join(work, "plugin-kubeconfig");
-    // The current context points nowhere; only --context selects the API double.
-    const text = renderKubeconfig(api.url).replace(
-      "current-context: stowage-test",
-      "current-context: missing",
-    );
-    await writeFile(kubeconfig, text);
+    // The current context points nowhere; only --context selects the cluster.
+    const config = parse(api.kubeconfig) as { "current-context": string };
+    const context = config["current-context"];
+    await writeFile(kubeconfig, stringify({ ...config, "current-context": "missing" }));
+    const kubectl = k8sBin("kubectl");
     const { code, stdout, stderr } = await run(
-      "kubectl",
-      ["stowage", "status", "--kubeconfig", kubeconfig, "--context", "stowage-test", "-n", "ml"],
-      { PATH: `${join(root, "bin")}${delimiter}${process.env.PATH}` },
+      kubectl,
+      ["stowage", "status", "--kubeconfig", kubeconfig, "--context", context, "-n", "ml"],
+      {
+        PATH: [join(root, "bin"), dirname(kubectl), process.env.PATH].join(delimiter),
+        HOME: work,
+      },
     );
     expect(stderr).toBe("");
     expect(code).toBe(0);
@@ -304,7 +309,8 @@ describe("stowage status", () => {
   });
 
   it("exits 1 with one line when the ModelImage CRD is not installed", async () => {
-    const bare = await startApiServer();
+    // Only the API is needed (real: etcd and kube-apiserver, no controllers).
+    const bare = await startTestCluster({ controlPlane: { controllerManager: false, scheduler: false } });
     try {
       const { code, stdout, stderr } = await stowage(["--kubeconfig", bare.kubeconfigPath]);
       expect(code).toBe(1);
@@ -328,25 +334,13 @@ describe("stowage status", () => {
   });
 
   it("exits 1 with one line when the user may not list ModelImages", async () => {
-    const guarded = await startApiServer({
-      crds: loadAllCrds() as never,
-      rbac: true,
-      users: { "viewer-token": { user: "jane", groups: ["system:authenticated"] } },
-    });
-    try {
-      const kubeconfig = join(work, "forbidden");
-      await writeFile(
-        kubeconfig,
-        renderKubeconfig(guarded.url).replace("stowage-test-token", "viewer-token"),
-      );
-      const { code, stderr } = await stowage(["--kubeconfig", kubeconfig]);
-      expect(code).toBe(1);
-      expect(stderr.trimEnd().split("\n")).toHaveLength(1);
-      expect(stderr).toContain(
-        'forbidden: modelimages.stowage.dev is forbidden: User "jane" cannot list resource "modelimages"',
-      );
-    } finally {
-      await guarded.stop();
-    }
+    // A ServiceAccount granted nothing.
+    const kubeconfig = await api.serviceAccountKubeconfig("ml", "viewer", join(work, "forbidden"));
+    const { code, stderr } = await stowage(["--kubeconfig", kubeconfig]);
+    expect(code).toBe(1);
+    expect(stderr.trimEnd().split("\n")).toHaveLength(1);
+    expect(stderr).toContain(
+      'forbidden: modelimages.stowage.dev is forbidden: User "system:serviceaccount:ml:viewer" cannot list resource "modelimages"',
+    );
   });
 });
