@@ -33,6 +33,7 @@ const onBothApiServers = [
   "test/agent/agent.test.ts",
   "test/agent/command.test.ts",
   "test/status/status.test.ts",
+  "test/api/nodeCache.test.ts",
 ];
 
 /** Only on the real control plane: the chart installed by the real helm, the differential test. */

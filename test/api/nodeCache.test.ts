@@ -10,8 +10,8 @@ import {
   type NodeCacheSpec,
   type NodeCacheStatus,
 } from "../../src/api/nodeCache.ts";
-import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
-import { Kubectl } from "../apiserver/helpers.ts";
+import type { TestCluster } from "../../testkit/cluster.ts";
+import { Kubectl, startCluster } from "../kube/helpers.ts";
 import { drift, type Schema } from "./schemaDrift.ts";
 
 type Complete<T> = T extends (infer Item)[]
@@ -106,13 +106,13 @@ describe("NodeCache types and CRD", () => {
   });
 });
 
-describe("the NodeCache CRD with the API server double and the real kubectl", () => {
-  let server: TestApiServer;
+describe("the NodeCache CRD with the API server and the built kubectl", () => {
+  let server: TestCluster;
   let kubectl: Kubectl;
 
   beforeAll(async () => {
-    server = await startApiServer({ crds: [crd] });
-    kubectl = new Kubectl(server);
+    ({ cluster: server } = await startCluster({ crds: [crd] }));
+    kubectl = new Kubectl(server.kubeconfigPath);
   });
 
   afterAll(async () => {
@@ -129,6 +129,7 @@ describe("the NodeCache CRD with the API server double and the real kubectl", ()
     };
     const applied = await kubectl.apply([nc as never]);
     expect(applied.stderr).toBe("");
+    expect(applied.code).toBe(0);
     const statusBody = JSON.stringify({ status: completeStatus });
     const patched = await kubectl.run([
       "patch",
@@ -140,13 +141,16 @@ describe("the NodeCache CRD with the API server double and the real kubectl", ()
       statusBody,
     ]);
     expect(patched.stderr).toBe("");
+    expect(patched.code).toBe(0);
     const got = await kubectl.run(["get", "nc", "gpu-node-1", "-o", "json"]);
+    expect(got.code, got.stderr).toBe(0);
     const stored = JSON.parse(got.stdout) as NodeCache;
     expect(stored.spec).toEqual(completeSpec);
     expect(stored.status).toEqual(completeStatus);
 
     const table = await kubectl.run(["get", "stowage"]);
     expect(table.stderr).toBe("");
+    expect(table.code).toBe(0);
     const [header, row] = table.stdout.trim().split("\n");
     expect(header.split(/\s{2,}/)).toEqual([
       "NAME",
