@@ -34,6 +34,8 @@ const onBothApiServers = [
   "test/agent/command.test.ts",
   "test/status/status.test.ts",
   "test/api/nodeCache.test.ts",
+  "test/argocd/examples.test.ts",
+  "test/argocd/nodrift.test.ts",
 ];
 
 /** Only on the real control plane: the chart installed by the real helm, the differential test. */
