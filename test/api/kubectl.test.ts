@@ -11,16 +11,16 @@ import {
   validateModelImageSpec,
   withDefaults,
 } from "../../src/api/modelImage.ts";
-import { startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
-import { Kubectl } from "../apiserver/helpers.ts";
+import type { TestCluster } from "../../testkit/cluster.ts";
+import { Kubectl, startCluster } from "../kube/helpers.ts";
 import { invalidSpecs } from "./invalidSpecs.ts";
 
-let server: TestApiServer;
+let server: TestCluster;
 let kubectl: Kubectl;
 
 beforeAll(async () => {
-  server = await startApiServer({ crds: [loadCrd("modelimages.stowage.dev")] });
-  kubectl = new Kubectl(server);
+  ({ cluster: server } = await startCluster({ crds: [loadCrd("modelimages.stowage.dev")] }));
+  kubectl = new Kubectl(server.kubeconfigPath);
 });
 
 afterAll(async () => {
@@ -53,7 +53,7 @@ async function getModelImage(name: string, namespace: string): Promise<ModelImag
   return JSON.parse(result.stdout);
 }
 
-describe("the ModelImage CRD with the real kubectl", () => {
+describe("the ModelImage CRD with the API server and the built kubectl", () => {
   it("applies the CUDA + CPU example with its namespace and keeps what the user wrote", async () => {
     const file = new URL("modelimage-llama.yaml", examples);
     const result = await kubectl.run(["apply", "-f", file.pathname]);
