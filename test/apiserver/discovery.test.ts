@@ -184,7 +184,7 @@ describe("tables", () => {
       `/apis/${group}/v1/namespaces/default/widgets/tabled?includeObject=None`,
       tableAccept,
     );
-    expect(none.body.rows[0].object).toBeUndefined();
+    expect(none.body.rows[0].object).toBeNull();
   });
 
   it("prints built-ins with NAME, a few obvious columns and AGE", async () => {

@@ -60,8 +60,12 @@ function cell(column: PrinterColumn, obj: KubeObject, now: number): Json {
   }
 }
 
+/** ObjectMeta's documentation of `name`, which the real server gives as the Name column's description. */
+const nameDescription =
+  "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names";
+
 function rowObject(obj: KubeObject, include: IncludeObject): Json {
-  if (include === "None") return undefined;
+  if (include === "None") return null;
   if (include === "Object") return obj;
   return { kind: "PartialObjectMetadata", apiVersion: "meta.k8s.io/v1", metadata: obj.metadata };
 }
@@ -74,31 +78,34 @@ export function toTable(
   now = Date.now(),
 ): Json {
   const columns = tableColumns(def);
+  // a Table's list metadata leaves out an empty continue, even for custom resources
+  const { continue: next, ...rest } = listMeta ?? {};
   return {
     kind: "Table",
     apiVersion: "meta.k8s.io/v1",
-    metadata: listMeta,
+    metadata: next ? { ...rest, continue: next } : rest,
     columnDefinitions: [
       {
         name: "Name",
         type: "string",
         format: "name",
-        description: "Name must be unique within a namespace.",
+        description: nameDescription,
         priority: 0,
       },
+      // a CRD's columns keep their type and describe their JSONPath; built-in printers type dates as strings
       ...columns.map((c) => ({
         name: c.name,
-        type: c.type === "date" ? "string" : c.type,
+        type: c.type === "date" && !def.schema ? "string" : c.type,
         format: c.format ?? "",
-        description: c.description ?? "",
+        description:
+          c.description ??
+          (def.schema ? `Custom resource definition column (in JSONPath format): ${c.jsonPath}` : ""),
         priority: c.priority ?? 0,
       })),
     ],
-    rows: objects.map((obj) => {
-      const row: Json = { cells: [obj.metadata.name, ...columns.map((c) => cell(c, obj, now))] };
-      const object = rowObject(obj, include);
-      if (object) row.object = object;
-      return row;
-    }),
+    rows: objects.map((obj) => ({
+      cells: [obj.metadata.name, ...columns.map((c) => cell(c, obj, now))],
+      object: rowObject(obj, include),
+    })),
   };
 }
