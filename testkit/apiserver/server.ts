@@ -389,7 +389,11 @@ export class ApiHttpServer {
     const fields = ["metadata.name", "metadata.namespace", ...def.selectableFields];
     return {
       labels: parseLabelSelector(url.searchParams.get("labelSelector")),
-      fields: parseFieldSelector(url.searchParams.get("fieldSelector"), fields),
+      fields: parseFieldSelector(
+        url.searchParams.get("fieldSelector"),
+        fields,
+        !!def.schema || def.selectableFields.length > 0,
+      ),
     };
   }
 
