@@ -23,6 +23,8 @@ export class ApiError extends Error {
   readonly code: number;
   readonly reason: string;
   readonly details?: StatusDetails;
+  /** the Status's list metadata (a 410 for an expired continue token carries a new token) */
+  listMeta?: { continue?: string };
 
   constructor(code: number, reason: string, message: string, details?: StatusDetails) {
     super(message);
@@ -33,15 +35,28 @@ export class ApiError extends Error {
   }
 
   toStatus(): Json {
-    return statusObject(this.code, this.reason, this.message, this.details);
+    const status = statusObject(this.code, this.reason, this.message, this.details);
+    if (this.listMeta) status.metadata = this.listMeta;
+    return status;
   }
 }
 
 export function statusObject(code: number, reason: string, message: string, details?: StatusDetails): Json {
-  const status: Json = { kind: "Status", apiVersion: "v1", metadata: {}, status: "Failure", message, reason };
+  const status: Json = { kind: "Status", apiVersion: "v1", metadata: {}, status: "Failure", message };
+  // an internal error the server did not classify carries no reason
+  if (reason) status.reason = reason;
   if (details) status.details = details;
   status.code = code;
   return status;
+}
+
+/** What a delete that removed the object at once answers for kinds that do not return the object. */
+export function deletedStatus(group: string, plural: string, name: string, uid: string | undefined): Json {
+  const details: StatusDetails = { name };
+  if (group) details.group = group;
+  details.kind = plural;
+  if (uid) details.uid = uid;
+  return { kind: "Status", apiVersion: "v1", metadata: {}, status: "Success", details };
 }
 
 /** "pods" for the core group, "widgets.test.stowage.dev" otherwise: how the server names a resource in messages. */

@@ -5,7 +5,7 @@ import type { ApiCore } from "./rest.ts";
 import { matchesFilter, type ObjectFilter } from "./selectors.ts";
 import type { StoreEvent } from "./store.ts";
 import { type IncludeObject, toTable } from "./table.ts";
-import type { Json, KubeObject, WatchEventType } from "./types.ts";
+import { clone, type Json, type KubeObject, type WatchEventType } from "./types.ts";
 
 export interface WatchRequest {
   def: ResourceDef;
@@ -55,11 +55,12 @@ export function serveWatch(
       if (inScope(obj)) replay.push({ type: "ADDED", object: obj });
   } else {
     since = Number(rv);
-    if (!Number.isInteger(since) || since < 0)
+    // the watch cache parses it late, and an error there is an internal one
+    if (!/^\d+$/.test(rv) || !Number.isSafeInteger(since))
       throw new ApiError(
-        400,
-        "BadRequest",
-        `resourceVersion: Invalid value: "${rv}": must be a non-negative integer`,
+        500,
+        "",
+        `resourceVersion: Invalid value: ${JSON.stringify(rv)}: strconv.ParseUint: parsing ${JSON.stringify(rv)}: invalid syntax`,
       );
   }
 
@@ -70,7 +71,8 @@ export function serveWatch(
   };
 
   if (!replayState && since < core.store.oldestResumable) {
-    send("ERROR", expired(rv!, core.store.oldestResumable + 1).toStatus());
+    // the watch cache names the revision its history starts after
+    send("ERROR", expired(rv!, core.store.oldestResumable).toStatus());
     res.end();
     return;
   }
@@ -90,10 +92,15 @@ export function serveWatch(
       case "DELETED":
         return before || now ? { type: "DELETED", object: event.object } : undefined;
       case "MODIFIED":
-        // like the watch cache: leaving the selection is a deletion, entering it an addition
+        // like the watch cache: leaving the selection is a deletion (of the object as it last
+        // matched, at the new resourceVersion), entering it an addition
         if (now && before) return { type: "MODIFIED", object: event.object };
         if (now) return { type: "ADDED", object: event.object };
-        if (before) return { type: "DELETED", object: event.object };
+        if (before && event.previous) {
+          const left = clone(event.previous);
+          left.metadata.resourceVersion = event.object.metadata.resourceVersion;
+          return { type: "DELETED", object: left };
+        }
         return undefined;
     }
   };
@@ -116,17 +123,13 @@ export function serveWatch(
   for (const event of backlog) deliver(event);
 
   const timers: NodeJS.Timeout[] = [];
-  if (request.allowBookmarks) {
-    timers.push(
-      setInterval(() => {
-        send("BOOKMARK", {
-          kind: def.kind,
-          apiVersion: apiVersionOf(def),
-          metadata: { resourceVersion: String(core.store.revision) },
-        });
-      }, request.bookmarkIntervalMs),
-    );
-  }
+  const bookmark = () =>
+    send("BOOKMARK", {
+      kind: def.kind,
+      apiVersion: apiVersionOf(def),
+      metadata: { resourceVersion: String(core.store.revision) },
+    });
+  if (request.allowBookmarks) timers.push(setInterval(bookmark, request.bookmarkIntervalMs));
   let unregister = () => {};
   const close = () => {
     unsubscribe();
@@ -134,8 +137,13 @@ export function serveWatch(
     unregister();
     if (!res.writableEnded) res.end();
   };
-  if (request.timeoutSeconds !== undefined && request.timeoutSeconds > 0)
+  if (request.timeoutSeconds !== undefined && request.timeoutSeconds > 0) {
     timers.push(setTimeout(close, request.timeoutSeconds * 1000));
+    // the watch cache also sends a bookmark two seconds before the watch times out, so the client
+    // resumes from as recent a resourceVersion as possible
+    if (request.allowBookmarks && request.timeoutSeconds > 2)
+      timers.push(setTimeout(bookmark, (request.timeoutSeconds - 2) * 1000));
+  }
   unregister = onOpen({ close });
   req.on("close", close);
   res.on("close", close);
