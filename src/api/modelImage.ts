@@ -322,7 +322,8 @@ export function validateModelImageSpec(spec: ModelImageSpec): FieldProblem[] {
       for (const [key, value] of Object.entries(variant.nodeSelector ?? {})) {
         if (!validLabelKey(key)) problem(`${at}.nodeSelector`, `label key "${key}" is not a qualified name`);
         if (value.length > 63 || !matches(LABEL_VALUE_PATTERN, value)) {
-          problem(`${at}.nodeSelector[${key}]`, `"${value}" is not a valid label value`);
+          // named as kube-apiserver names a map entry that fails its schema: a field, not [key]
+          problem(`${at}.nodeSelector.${key}`, `"${value}" is not a valid label value`);
         }
       }
       (variant.platforms ?? []).forEach((platform, j) => {

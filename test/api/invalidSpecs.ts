@@ -114,13 +114,13 @@ export const invalidSpecs: InvalidCase[] = [
   },
   {
     what: "a node selector value with a space",
-    field: "spec.variants[0].nodeSelector[tier]",
+    field: "spec.variants[0].nodeSelector.tier",
     message: 'Invalid value: "gpu large"',
     spec: variant({ nodeSelector: { tier: "gpu large" } }),
   },
   {
     what: "a node selector value of 64 characters",
-    field: "spec.variants[0].nodeSelector[tier]",
+    field: "spec.variants[0].nodeSelector.tier",
     message: "63",
     spec: variant({ nodeSelector: { tier: "a".repeat(64) } }),
   },

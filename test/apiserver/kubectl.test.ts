@@ -401,7 +401,9 @@ describe("the real kubectl against the API server double", () => {
 
     const missing = await kubectl.apply([widget("bad-required", { a: "x" })]);
     // kubectl rebuilds the message from the Status details: "The <Kind> \"name\" is invalid: ..."
-    expect(missing.stderr).toContain(`The Widget "bad-required" is invalid: spec.image: Required value`);
+    expect(missing.stderr).toContain(`The Widget "bad-required" is invalid: \n* spec.image: Required value`);
+    // a missing required field stops CEL rules, and the real server says so as a second cause
+    expect(missing.stderr).toContain("* <nil>: Invalid value: null: some validation rules were not checked");
 
     const enumValue = await kubectl.apply([widget("bad-enum", { image: "nginx", a: "x", mode: "turbo" })]);
     expect(enumValue.stderr).toContain(
@@ -409,7 +411,8 @@ describe("the real kubectl against the API server double", () => {
     );
 
     const cel = await kubectl.apply([widget("bad-cel", { image: "nginx", a: "ay", b: "bee" })]);
-    expect(cel.stderr).toContain(`spec: Invalid value: "object": exactly one of a or b must be set`);
+    // a failed rule on an object shows no value
+    expect(cel.stderr).toContain(`spec: Invalid value: exactly one of a or b must be set`);
 
     const several = await kubectl.apply([widget("bad-many", { image: "UPPER", size: 11, a: "x" })]);
     // several causes: kubectl lists each cause on its own line

@@ -92,7 +92,8 @@ describe("unknown fields", () => {
     expect(strict.status).toBe(400);
     expect(strict.body).toMatchObject({
       reason: "BadRequest",
-      message: 'strict decoding error: unknown field "spec.colour", unknown field "spec.shade"',
+      message:
+        'Widget in version "v1" cannot be handled as a Widget: strict decoding error: unknown field "spec.colour", unknown field "spec.shade"',
     });
     const ignored = await post(
       "ignored",
@@ -105,6 +106,9 @@ describe("unknown fields", () => {
   });
 });
 
+const notChecked =
+  "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation";
+
 describe("validation", () => {
   it("reports each failure as a cause naming the field, in an apiserver-shaped 422 Invalid", async () => {
     const { code, status } = await failure(
@@ -113,7 +117,7 @@ describe("validation", () => {
     expect(code).toBe(422);
     expect(status.reason).toBe("Invalid");
     expect(status.message).toBe(
-      `Widget.${group} "invalid-many" is invalid: [spec.image: Invalid value: "Foo//bar": spec.image in body should match '^[a-z0-9]+([._/:-][a-z0-9]+)*$', spec.mode: Unsupported value: "turbo": supported values: "fast", "slow", spec.size: Invalid value: 0: spec.size in body should be greater than or equal to 1]`,
+      `Widget.${group} "invalid-many" is invalid: [spec.image: Invalid value: "Foo//bar": spec.image in body should match '^[a-z0-9]+([._/:-][a-z0-9]+)*$', spec.mode: Unsupported value: "turbo": supported values: "fast", "slow", spec.size: Invalid value: 0: spec.size in body should be greater than or equal to 1, <nil>: Invalid value: null: ${notChecked}]`,
     );
     expect(status.details).toMatchObject({ name: "invalid-many", group, kind: "Widget" });
     expect(status.details.causes).toEqual([
@@ -132,15 +136,26 @@ describe("validation", () => {
         message: "Invalid value: 0: spec.size in body should be greater than or equal to 1",
         field: "spec.size",
       },
+      // an unsupported value blocks the CEL rules, and the real server says they were not checked
+      { reason: "FieldValueInvalid", message: `Invalid value: null: ${notChecked}`, field: "<nil>" },
     ]);
   });
 
-  it("reports a missing required field without brackets when it is the only cause", async () => {
+  it("reports a missing required field, and that it kept the CEL rules from being checked", async () => {
     const { status } = await failure(create("invalid-required", { a: "x" }));
-    expect(status.message).toBe(`Widget.${group} "invalid-required" is invalid: spec.image: Required value`);
+    expect(status.message).toBe(
+      `Widget.${group} "invalid-required" is invalid: [spec.image: Required value, <nil>: Invalid value: null: ${notChecked}]`,
+    );
     expect(status.details.causes).toEqual([
       { reason: "FieldValueRequired", message: "Required value", field: "spec.image" },
+      { reason: "FieldValueInvalid", message: `Invalid value: null: ${notChecked}`, field: "<nil>" },
     ]);
+  });
+
+  it("still evaluates CEL rules after errors that do not block them (patterns, bounds)", async () => {
+    const { status } = await failure(create("invalid-pattern-and-rule", { image: "Foo//bar", size: 0 }));
+    expect(status.details.causes.map((c: Json) => c.field)).toEqual(["spec.image", "spec.size", "spec"]);
+    expect(status.details.causes[2].message).toBe("Invalid value: exactly one of a or b must be set");
   });
 
   it("checks types, int-or-string, array bounds and required fields of list items", async () => {
@@ -165,21 +180,20 @@ describe("validation", () => {
   it("evaluates CEL rules: exactly one of a or b, and unique list item names", async () => {
     const neither = await failure(create("cel-neither", { image: "nginx" }));
     expect(neither.status.message).toBe(
-      `Widget.${group} "cel-neither" is invalid: spec: Invalid value: "object": exactly one of a or b must be set`,
+      `Widget.${group} "cel-neither" is invalid: spec: Invalid value: exactly one of a or b must be set`,
     );
+    // a rule on an object or a list shows no value; on a scalar it shows the value
     expect(neither.status.details.causes).toEqual([
       {
         reason: "FieldValueInvalid",
-        message: 'Invalid value: "object": exactly one of a or b must be set',
+        message: "Invalid value: exactly one of a or b must be set",
         field: "spec",
       },
     ]);
     const duplicate = await failure(
       create("cel-dup", { image: "nginx", b: "y", parts: [{ name: "p" }, { name: "p" }] }),
     );
-    expect(duplicate.status.message).toContain(
-      'spec.parts: Invalid value: "array": part names must be unique',
-    );
+    expect(duplicate.status.message).toContain("spec.parts: Invalid value: part names must be unique");
     expect(
       (await post("cel-ok", { image: "nginx", b: "y", parts: [{ name: "p" }, { name: "q" }] })).status,
     ).toBe(201);
@@ -219,6 +233,7 @@ describe("validation", () => {
         message: "Too long: may not be more than 8 bytes",
         field: "spec.tags[3]",
       },
+      { reason: "FieldValueInvalid", message: `Invalid value: null: ${notChecked}`, field: "<nil>" },
     ]);
   });
 
@@ -231,7 +246,7 @@ describe("validation", () => {
       ),
     );
     expect(code).toBe(422);
-    expect(status.message).toContain('spec.immutableId: Invalid value: "string": immutableId is immutable');
+    expect(status.message).toContain('spec.immutableId: Invalid value: "two": immutableId is immutable');
     const unrelated = (await api.custom.patchNamespacedCustomObject(
       { ...widgets(), name: "immutable", body: { spec: { size: 2 } } },
       mergeType,

@@ -1,5 +1,5 @@
 import { compileCel, evaluateCel, toCelValue, usesOldSelf } from "./cel.ts";
-import { badRequest, type FieldError, fieldErrors, invalid } from "./errors.ts";
+import { badRequest, type FieldError, fieldErrors, invalid, quoteValue } from "./errors.ts";
 import type { ResourceDef } from "./resources.ts";
 import type { WriteContext } from "./rest.ts";
 import { clone, deepEqual, isPlainObject, type Json, type KubeObject } from "./types.ts";
@@ -36,7 +36,9 @@ export function validateCustomResource(
   if (unknown.length > 0) {
     const mode = ctx.fieldValidation ?? "Warn";
     if (mode === "Strict")
-      throw badRequest(`strict decoding error: ${unknown.map((p) => `unknown field "${p}"`).join(", ")}`);
+      throw badRequest(
+        `${def.kind} in version "${def.version}" cannot be handled as a ${def.kind}: strict decoding error: ${unknown.map((p) => `unknown field "${p}"`).join(", ")}`,
+      );
     if (mode === "Warn") for (const path of unknown) ctx.warnings.push(`unknown field "${path}"`);
   }
   for (const [key, propSchema] of Object.entries<Json>(schema?.properties ?? {})) {
@@ -56,16 +58,82 @@ export function validateCustomResource(
   for (const key of schema?.required ?? []) {
     if (result[key] === undefined) errors.push(fieldErrors.required(key));
   }
-  // root-level rules see the whole object (metadata included)
-  if (schema?.["x-kubernetes-validations"]) runRules(result, schema, "", old, old !== undefined, errors);
+  // CEL rules run after the OpenAPI checks, on the whole object, unless one of those found an
+  // error that makes evaluating rules meaningless (customresource strategy's hasBlockingErr)
+  if (errors.some((e) => blockingReasons.has(e.reason))) {
+    if (hasRules(schema))
+      errors.push(
+        fieldErrors.invalid(
+          "<nil>",
+          null,
+          "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation",
+        ),
+      );
+  } else runAllRules(result, schema, "", old, old !== undefined, errors, true);
   if (errors.length > 0) throw invalid(def.kind, def.group, result.metadata.name ?? "", errors);
   return result;
+}
+
+/** Errors after which the real server does not evaluate CEL rules. */
+const blockingReasons = new Set([
+  "FieldValueNotSupported",
+  "FieldValueRequired",
+  "FieldValueTooLong",
+  "FieldValueTooMany",
+  "FieldValueTypeInvalid",
+]);
+
+function hasRules(schema: Json): boolean {
+  if (!isPlainObject(schema)) return false;
+  if (Array.isArray(schema["x-kubernetes-validations"]) && schema["x-kubernetes-validations"].length > 0)
+    return true;
+  return (
+    Object.values<Json>(schema.properties ?? {}).some(hasRules) ||
+    hasRules(schema.items) ||
+    hasRules(schema.additionalProperties) ||
+    (schema.allOf ?? []).some(hasRules)
+  );
+}
+
+/**
+ * Every `x-kubernetes-validations` rule of the schema on the values present, as the CEL validator
+ * walks them: a node's own rules, then its allOf, then its items or properties.
+ */
+function runAllRules(
+  value: Json,
+  schema: Json,
+  path: string,
+  old: Json,
+  isUpdate: boolean,
+  errors: FieldError[],
+  root = false,
+): void {
+  if (!isPlainObject(schema) || value === undefined || value === null) return;
+  if (schema["x-kubernetes-validations"]) runRules(value, schema, path, old, isUpdate, errors);
+  for (const sub of schema.allOf ?? []) runAllRules(value, sub, path, old, isUpdate, errors);
+  if (Array.isArray(value)) {
+    const oldByKey = correlateList(old, schema);
+    for (const [i, item] of value.entries())
+      runAllRules(item, schema.items, `${path}[${i}]`, oldByKey?.(item), isUpdate, errors);
+    return;
+  }
+  if (!isPlainObject(value)) return;
+  for (const [key, child] of Object.entries(value)) {
+    if (root && (key === "apiVersion" || key === "kind" || key === "metadata")) continue;
+    const oldChild = isPlainObject(old) ? old[key] : undefined;
+    const propSchema = schema.properties?.[key];
+    if (propSchema) runAllRules(child, propSchema, childPath(path, key), oldChild, isUpdate, errors);
+    else if (isPlainObject(schema.additionalProperties))
+      runAllRules(child, schema.additionalProperties, `${path}[${key}]`, oldChild, isUpdate, errors);
+  }
 }
 
 const dnsSubdomain = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 
 function validateName(obj: KubeObject, errors: FieldError[]): void {
   const name = obj.metadata.name;
+  if (!name && !obj.metadata.generateName)
+    errors.push(fieldErrors.required("metadata.name", "name or generateName is required"));
   if (name && (!dnsSubdomain.test(name) || name.length > 253))
     errors.push(
       fieldErrors.invalid(
@@ -191,7 +259,6 @@ function validateValue(
     });
     return;
   }
-  const before = errors.length;
   if (Array.isArray(schema.enum) && !schema.enum.some((allowed: Json) => deepEqual(allowed, value))) {
     errors.push(fieldErrors.notSupported(path, value, schema.enum));
   }
@@ -278,7 +345,8 @@ function validateValue(
       for (const [key, child] of Object.entries(value)) {
         if (schema.properties?.[key]) continue;
         const oldChild = isPlainObject(old) ? old[key] : undefined;
-        validateValue(child, schema.additionalProperties, `${path}[${key}]`, oldChild, isUpdate, errors);
+        // the OpenAPI validator names map entries as fields (the CEL validator as keys: `[key]`)
+        validateValue(child, schema.additionalProperties, `${path}.${key}`, oldChild, isUpdate, errors);
       }
     }
     for (const key of schema.required ?? []) {
@@ -296,9 +364,6 @@ function validateValue(
     errors.push(fieldErrors.invalid(path, value, `${path} in body must match exactly one schema (oneOf)`));
   if (schema.not && passes(value, schema.not, path))
     errors.push(fieldErrors.invalid(path, value, `${path} in body must not match the schema (not)`));
-  // CEL rules run only on values that passed their own structural checks, as on the real server
-  if (errors.length === before && schema["x-kubernetes-validations"])
-    runRules(value, schema, path, old, isUpdate, errors);
 }
 
 function passes(value: Json, schema: Json, path: string): boolean {
@@ -348,11 +413,10 @@ const reasonFormat: Record<string, string> = {
   FieldValueDuplicate: "Duplicate value",
 };
 
-function celTypeName(value: Json): string {
-  if (Array.isArray(value)) return "array";
-  if (isPlainObject(value)) return "object";
-  if (typeof value === "number") return Number.isInteger(value) ? "integer" : "number";
-  return typeof value;
+/** A failed rule shows the value it judged when that is a scalar; objects and lists are left out. */
+function celShownValue(value: Json): string {
+  if (Array.isArray(value) || isPlainObject(value)) return "";
+  return `${quoteValue(value)}: `;
 }
 
 function runRules(
@@ -389,7 +453,7 @@ function runRules(
     const reason = rule.reason ?? "FieldValueInvalid";
     const shown = reasonFormat[reason]
       ? `${field}: ${reasonFormat[reason]}: ${message}`
-      : `${field}: Invalid value: "${celTypeName(value)}": ${message}`;
+      : `${field}: Invalid value: ${celShownValue(value)}${message}`;
     errors.push({ reason, field, message: shown } as FieldError);
   }
 }
@@ -421,6 +485,8 @@ export function structuralErrors(schema: Json, path: string): FieldError[] {
     if (node.default !== undefined) {
       const defaultErrors: FieldError[] = [];
       validateValue(node.default, node, `${at}.default`, undefined, false, defaultErrors);
+      if (defaultErrors.length === 0)
+        runAllRules(node.default, node, `${at}.default`, undefined, false, defaultErrors);
       errors.push(...defaultErrors);
     }
     for (const [i, rule] of (node["x-kubernetes-validations"] ?? []).entries()) {
