@@ -174,7 +174,8 @@ describe("strategic merge patch on built-ins", () => {
       { name: "B", value: "20" },
       { name: "C", value: "3" },
     ]);
-    expect(patched.metadata?.finalizers).toEqual(["a.stowage.dev", "b.stowage.dev"]);
+    // the items the patch names come first, as kube-apiserver orders a merged list (normalizeElementOrder)
+    expect(patched.metadata?.finalizers).toEqual(["b.stowage.dev", "a.stowage.dev"]);
     expect(patched.metadata?.generation).toBe(2);
   });
 
@@ -206,9 +207,10 @@ describe("strategic merge patch on built-ins", () => {
       },
       strategicType,
     );
+    // in the patch's order, as kube-apiserver orders a merged list
     expect(patched.status?.conditions?.map((c) => [c.type, c.status])).toEqual([
-      ["PodScheduled", "False"],
       ["Ready", "False"],
+      ["PodScheduled", "False"],
     ]);
     expect(patched.status?.phase).toBe("Pending");
   });

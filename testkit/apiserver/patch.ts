@@ -15,16 +15,15 @@ export function mergePatch(target: Json, patch: Json): Json {
 
 /** RFC 6902 JSON patch; a failed `test` or a bad path is an error of the request, as on the real server. */
 export function jsonPatch(target: Json, operations: Json): Json {
-  if (!Array.isArray(operations)) throw badRequest("json patch must be a JSON array of operations");
+  if (!Array.isArray(operations))
+    throw badRequest(
+      `error decoding patch: json: cannot unmarshal ${isPlainObject(operations) ? "object" : typeof operations} into Go value of type []handlers.jsonPatchOp`,
+    );
   try {
     return fastJsonPatch.applyPatch(clone(target), operations, true, false).newDocument;
-  } catch (err) {
-    const message = err instanceof Error ? err.message.split("\n")[0] : String(err);
-    throw new ApiError(
-      422,
-      "Invalid",
-      `the server rejected our request due to an error in our request: ${message}`,
-    );
+  } catch {
+    // the real server says no more than this, whichever operation failed
+    throw new ApiError(422, "Invalid", "the server rejected our request due to an error in our request", {});
   }
 }
 
@@ -47,7 +46,6 @@ export const mergeKeys: Record<string, string> = {
   hostAliases: "ip",
   schedulingGates: "name",
   webhooks: "name",
-  subjects: "name",
   taints: "key",
 };
 
@@ -89,12 +87,13 @@ function strategicMerge(target: Json, patch: Json): Json {
       continue;
     }
     if (Array.isArray(value) && setLists.has(key) && Array.isArray(result[key])) {
-      const merged = [...result[key]];
-      for (const item of value) {
-        if (isPlainObject(item) && item.$patch === "replace") continue;
+      const original: Json[] = result[key];
+      const patchItems = value.filter((item) => !(isPlainObject(item) && item.$patch === "replace"));
+      const merged = [...original];
+      for (const item of patchItems) {
         if (!merged.some((existing) => JSON.stringify(existing) === JSON.stringify(item))) merged.push(item);
       }
-      result[key] = merged;
+      result[key] = orderMerged(merged, patchItems, original, (item) => JSON.stringify(item));
       continue;
     }
     if (Array.isArray(value)) {
@@ -117,7 +116,9 @@ function mergeKeyedList(current: Json[], patchItems: Json[], key: string): Json[
     return patchItems.filter((item) => !(isPlainObject(item) && item.$patch)).map((item) => clone(item));
   }
   const result = current.map((item) => clone(item));
+  const patchOrder: Json[] = [];
   for (const item of patchItems) {
+    if (!(isPlainObject(item) && item.$patch)) patchOrder.push(item);
     if (!isPlainObject(item) || item[key] === undefined) {
       result.push(clone(item));
       continue;
@@ -130,5 +131,42 @@ function mergeKeyedList(current: Json[], patchItems: Json[], key: string): Json[
     if (index >= 0) result[index] = strategicMerge(result[index], item);
     else result.push(strategicMerge({}, item));
   }
-  return result;
+  const byKey = (item: Json) => JSON.stringify(isPlainObject(item) ? item[key] : item);
+  const remaining = new Set(result.map(byKey));
+  return orderMerged(
+    result,
+    patchOrder,
+    current.filter((item) => remaining.has(byKey(item))),
+    byKey,
+  );
+}
+
+/**
+ * The order apimachinery's strategic merge gives a merged list (normalizeElementOrder): the items
+ * the patch names, in the patch's order, with the items only the server had slotted in before the
+ * first patch item they preceded in the original list.
+ */
+function orderMerged(merged: Json[], patch: Json[], original: Json[], keyOf: (item: Json) => string): Json[] {
+  const patchKeys = patch.map(keyOf);
+  const originalKeys = original.map(keyOf);
+  const fromPatch = merged
+    .filter((item) => patchKeys.includes(keyOf(item)))
+    .sort((a, b) => patchKeys.indexOf(keyOf(a)) - patchKeys.indexOf(keyOf(b)));
+  const serverOnly = merged
+    .filter((item) => !patchKeys.includes(keyOf(item)))
+    .sort((a, b) => originalKeys.indexOf(keyOf(a)) - originalKeys.indexOf(keyOf(b)));
+  const out: Json[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < serverOnly.length || j < fromPatch.length) {
+    if (j >= fromPatch.length) out.push(serverOnly[i++]);
+    else if (i >= serverOnly.length) out.push(fromPatch[j++]);
+    else {
+      const left = originalKeys.indexOf(keyOf(serverOnly[i]));
+      const right = originalKeys.indexOf(keyOf(fromPatch[j]));
+      if (left >= 0 && right >= 0 && left < right) out.push(serverOnly[i++]);
+      else out.push(fromPatch[j++]);
+    }
+  }
+  return out;
 }
