@@ -15,6 +15,12 @@ interface BuiltinSpec {
   status?: boolean;
   statusOnCreate?: "keep" | "reset";
   initialStatus?: () => Record<string, unknown>;
+  /** the strategy sets metadata.generation (default false) */
+  generation?: boolean;
+  /** PUT without a resourceVersion is refused with 422 (default: allowed) */
+  conditionalUpdateOnly?: boolean;
+  /** an immediate delete answers with the object, not a Status (default false) */
+  returnDeletedObject?: boolean;
   fields?: string[];
   columns?: PrinterColumn[];
 }
@@ -30,6 +36,7 @@ const specs: BuiltinSpec[] = [
     namespaced: false,
     shortNames: ["ns"],
     status: true,
+    returnDeletedObject: true,
     statusOnCreate: "reset",
     initialStatus: () => ({ phase: "Active" }),
     fields: ["status.phase"],
@@ -60,6 +67,8 @@ const specs: BuiltinSpec[] = [
     shortNames: ["po"],
     categories: ["all"],
     status: true,
+    generation: true,
+    returnDeletedObject: true,
     statusOnCreate: "reset",
     initialStatus: () => ({ phase: "Pending", qosClass: "BestEffort" }),
     fields: [
@@ -105,6 +114,7 @@ const specs: BuiltinSpec[] = [
     namespaced: true,
     shortNames: ["quota"],
     status: true,
+    returnDeletedObject: true,
     columns: [age],
   },
   {
@@ -149,6 +159,7 @@ const specs: BuiltinSpec[] = [
     plural: "serviceaccounts",
     kind: "ServiceAccount",
     namespaced: true,
+    returnDeletedObject: true,
     shortNames: ["sa"],
     columns: [age],
   },
@@ -161,6 +172,7 @@ const specs: BuiltinSpec[] = [
     shortNames: ["svc"],
     categories: ["all"],
     status: true,
+    returnDeletedObject: true,
     statusOnCreate: "reset",
     initialStatus: () => ({ loadBalancer: {} }),
     columns: [
@@ -190,6 +202,7 @@ const specs: BuiltinSpec[] = [
     plural: "leases",
     kind: "Lease",
     namespaced: true,
+    conditionalUpdateOnly: true,
     columns: [{ name: "Holder", type: "string", jsonPath: ".spec.holderIdentity" }, age],
   },
   {
@@ -201,6 +214,7 @@ const specs: BuiltinSpec[] = [
     shortNames: ["deploy"],
     categories: ["all"],
     status: true,
+    generation: true,
     statusOnCreate: "reset",
     columns: [
       { name: "Ready", type: "string", jsonPath: ".status.readyReplicas" },
@@ -217,6 +231,7 @@ const specs: BuiltinSpec[] = [
     shortNames: ["ds"],
     categories: ["all"],
     status: true,
+    generation: true,
     statusOnCreate: "reset",
     columns: [
       { name: "Desired", type: "integer", jsonPath: ".status.desiredNumberScheduled" },
@@ -230,6 +245,7 @@ const specs: BuiltinSpec[] = [
     plural: "mutatingwebhookconfigurations",
     kind: "MutatingWebhookConfiguration",
     namespaced: false,
+    generation: true,
     categories: ["api-extensions"],
     columns: [age],
   },
@@ -242,6 +258,8 @@ const specs: BuiltinSpec[] = [
     shortNames: ["crd", "crds"],
     categories: ["api-extensions"],
     status: true,
+    generation: true,
+    conditionalUpdateOnly: true,
     statusOnCreate: "reset",
     columns: [{ name: "Created At", type: "date", jsonPath: ".metadata.creationTimestamp" }],
   },
@@ -296,6 +314,9 @@ export function builtinResources(): ResourceDef[] {
       strategicMerge: true,
       statusOnCreate: spec.statusOnCreate ?? "reset",
       initialStatus: spec.initialStatus,
+      generation: spec.generation ?? false,
+      unconditionalUpdate: !spec.conditionalUpdateOnly,
+      returnDeletedObject: spec.returnDeletedObject ?? false,
       selectableFields: spec.fields ?? [],
       printerColumns: spec.columns ?? [age],
     }),
@@ -557,4 +578,32 @@ export function truncateTimes(def: ResourceDef, obj: KubeObject): KubeObject {
   };
   const { metadata, ...rest } = obj;
   return { metadata, ...walk(rest) };
+}
+
+/** The defaults the real server gives every webhook of a MutatingWebhookConfiguration (SetDefaults_MutatingWebhook). */
+export function defaultWebhookConfiguration(def: ResourceDef, obj: KubeObject): KubeObject {
+  if (def.kind !== "MutatingWebhookConfiguration" || !Array.isArray(obj.webhooks)) return obj;
+  const webhooks = obj.webhooks.map((webhook: Json) => {
+    if (!isPlainObject(webhook)) return webhook;
+    const out: Json = {
+      ...webhook,
+      failurePolicy: webhook.failurePolicy ?? "Fail",
+      matchPolicy: webhook.matchPolicy ?? "Equivalent",
+      namespaceSelector: webhook.namespaceSelector ?? {},
+      objectSelector: webhook.objectSelector ?? {},
+      timeoutSeconds: webhook.timeoutSeconds ?? 10,
+      reinvocationPolicy: webhook.reinvocationPolicy ?? "Never",
+    };
+    if (Array.isArray(webhook.rules))
+      out.rules = webhook.rules.map((rule: Json) =>
+        isPlainObject(rule) ? { ...rule, scope: rule.scope ?? "*" } : rule,
+      );
+    if (isPlainObject(webhook.clientConfig?.service))
+      out.clientConfig = {
+        ...webhook.clientConfig,
+        service: { ...webhook.clientConfig.service, port: webhook.clientConfig.service.port ?? 443 },
+      };
+    return out;
+  });
+  return { ...obj, webhooks };
 }

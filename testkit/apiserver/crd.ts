@@ -29,6 +29,9 @@ export function crdResourceDefs(crd: KubeObject): ResourceDef[] {
         bucket: `${group}/${plural}`,
         strategicMerge: false,
         statusOnCreate: "reset",
+        generation: true,
+        unconditionalUpdate: false,
+        returnDeletedObject: false,
         selectableFields: (v.selectableFields ?? []).map((f: Json) => String(f.jsonPath).replace(/^\./, "")),
         printerColumns: (v.additionalPrinterColumns ?? []).map(
           (c: Json): PrinterColumn => ({

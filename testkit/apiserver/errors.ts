@@ -141,10 +141,11 @@ export interface FieldError {
 
 export function invalid(kind: string, group: string, name: string, errors: FieldError[]): ApiError {
   const gk = group ? `${kind}.${group}` : kind;
-  const joined = errors.map((e) => e.message);
+  // the message lists each distinct error once (field.ErrorList.ToAggregate); causes keep them all
+  const joined = [...new Set(errors.map((e) => e.message))];
   const list = joined.length === 1 ? joined[0] : `[${joined.join(", ")}]`;
   const details: StatusDetails = {
-    name,
+    ...(name ? { name } : {}),
     kind,
     causes: errors.map((e) => ({
       reason: e.reason,
@@ -154,6 +155,11 @@ export function invalid(kind: string, group: string, name: string, errors: Field
   };
   if (group) details.group = group;
   return new ApiError(422, "Invalid", `${gk} "${name}" is invalid: ${list}`, details);
+}
+
+/** A string list as Go's `%#v` prints it: `[]string{"a", "b"}`. */
+export function goStrings(values: string[]): string {
+  return `[]string{${values.map((v) => JSON.stringify(v)).join(", ")}}`;
 }
 
 /** JSON rendering of a value the way apimachinery quotes it in "Invalid value: ..." messages. */

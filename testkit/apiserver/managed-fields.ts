@@ -24,8 +24,12 @@ import {
  */
 type FieldPath = string[];
 
-/** Merge keys of the associative list at a path (ending in `f:<list>`), or undefined when atomic. */
-export type ListKeys = (path: FieldPath) => string[] | undefined;
+/**
+ * The shape of the field at a path: the merge keys of an associative list, `"atomic"` for a map
+ * owned and replaced as a whole (`x-kubernetes-map-type: atomic`, Go's `+structType=atomic` such as
+ * label selectors), undefined for a granular map or an atomic list.
+ */
+export type ListKeys = (path: FieldPath) => string[] | "atomic" | undefined;
 
 export const atomicLists: ListKeys = () => undefined;
 
@@ -42,7 +46,6 @@ const untracked = new Set([
   "metadata.deletionGracePeriodSeconds",
   "metadata.managedFields",
   "metadata.selfLink",
-  "metadata.generateName",
 ]);
 
 function isUntracked(path: FieldPath): boolean {
@@ -74,7 +77,7 @@ function itemSegment(item: Json, keys: string[]): string {
 function keyedList(value: Json, path: FieldPath, listKeys: ListKeys): string[] | undefined {
   if (!Array.isArray(value)) return undefined;
   const keys = listKeys(path);
-  if (!keys || keys.length === 0) return undefined;
+  if (!Array.isArray(keys) || keys.length === 0) return undefined;
   return value.every((item) => isPlainObject(item) && keys.every((k) => item[k] !== undefined))
     ? keys
     : undefined;
@@ -83,7 +86,7 @@ function keyedList(value: Json, path: FieldPath, listKeys: ListKeys): string[] |
 export function leafPaths(value: Json, scope: FieldScope, listKeys: ListKeys = atomicLists): FieldPath[] {
   const out: FieldPath[] = [];
   const walk = (node: Json, prefix: FieldPath) => {
-    if (isPlainObject(node) && Object.keys(node).length > 0) {
+    if (isPlainObject(node) && Object.keys(node).length > 0 && listKeys(prefix) !== "atomic") {
       for (const [key, child] of Object.entries(node))
         if (child !== undefined) walk(child, [...prefix, `f:${key}`]);
       return;
@@ -206,7 +209,7 @@ function releasePaths(
 
 /** Merge an apply configuration into an object: maps merge, associative lists merge by key, the rest replaces. */
 function mergeApplied(target: Json, config: Json, path: FieldPath, listKeys: ListKeys): Json {
-  if (isPlainObject(config) && isPlainObject(target)) {
+  if (isPlainObject(config) && isPlainObject(target) && listKeys(path) !== "atomic") {
     const result = clone(target);
     for (const [key, value] of Object.entries(config)) {
       if (value === null) delete result[key];
@@ -263,7 +266,7 @@ export function serverSideApply(
   }
   let kept = entries;
   if (conflicts.length > 0) {
-    if (!options.force) throw applyConflict(conflicts);
+    if (!options.force) throw applyConflict(conflicts, options.apiVersion);
     kept = releasePaths(entries, new Set(conflicts.map((c) => keyOf(c.path))), mine);
   }
 
@@ -298,7 +301,15 @@ export function serverSideApply(
   return result;
 }
 
-function applyConflict(conflicts: { manager: string; apiVersion: string; path: FieldPath }[]): ApiError {
+function applyConflict(
+  conflicts: { manager: string; apiVersion: string; path: FieldPath }[],
+  applierVersion: string,
+): ApiError {
+  // structured-merge-diff names the other manager's version only when it differs from the applier's
+  const who = (c: { manager: string; apiVersion: string }) =>
+    c.apiVersion === applierVersion
+      ? `conflict with "${c.manager}"`
+      : `conflict with "${c.manager}" using ${c.apiVersion}`;
   const render = (path: FieldPath) =>
     path
       .map((segment) => {
@@ -311,12 +322,12 @@ function applyConflict(conflicts: { manager: string; apiVersion: string; path: F
       .join("");
   const message =
     conflicts.length === 1
-      ? `Apply failed with 1 conflict: conflict with "${conflicts[0].manager}" using ${conflicts[0].apiVersion}: ${render(conflicts[0].path)}`
-      : `Apply failed with ${conflicts.length} conflicts: ${conflicts.map((c) => `conflict with "${c.manager}" using ${c.apiVersion}: ${render(c.path)}`).join("\n")}`;
+      ? `Apply failed with 1 conflict: ${who(conflicts[0])}: ${render(conflicts[0].path)}`
+      : `Apply failed with ${conflicts.length} conflicts: ${conflicts.map((c) => `${who(c)}: ${render(c.path)}`).join("\n")}`;
   return new ApiError(409, "Conflict", message, {
     causes: conflicts.map((c) => ({
       reason: "FieldManagerConflict",
-      message: `conflict with "${c.manager}" using ${c.apiVersion}`,
+      message: who(c),
       field: render(c.path),
     })),
   });

@@ -16,6 +16,8 @@ import type { KubeObject } from "./types.ts";
 export interface UserInfo {
   user: string;
   groups: string[];
+  /** the user's uid, as a token file's third column gives it */
+  uid?: string;
 }
 
 /** The token the double's default kubeconfig carries: a cluster admin once RBAC is on. */
@@ -66,7 +68,14 @@ export interface RbacObjects {
  * over http) present the tokens addServiceAccountUser hands out.
  */
 export function authenticatorFor(users: Map<string, UserInfo>): Authenticator {
-  return (token) => (token === undefined ? adminUser : users.get(token));
+  return (token) => {
+    const found = token === undefined ? adminUser : users.get(token);
+    if (!found) return undefined;
+    // every authenticated user is in system:authenticated, as the real authenticator adds it
+    return found.groups.includes("system:authenticated")
+      ? found
+      : { ...found, groups: [...found.groups, "system:authenticated"] };
+  };
 }
 
 function subjectMatches(subject: Subject, who: UserInfo): boolean {

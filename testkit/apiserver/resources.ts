@@ -30,6 +30,12 @@ export interface ResourceDef {
   statusOnCreate: "keep" | "reset";
   /** status a create starts with when reset (Pods start Pending) */
   initialStatus?: () => Json;
+  /** `metadata.generation` is set on create and follows spec changes (the kind's strategy tracks it) */
+  generation: boolean;
+  /** a PUT without `metadata.resourceVersion` overwrites (AllowUnconditionalUpdate); otherwise 422 */
+  unconditionalUpdate: boolean;
+  /** a delete that removes the object at once answers with the object; otherwise with a Success Status */
+  returnDeletedObject: boolean;
   /** field selector fields beyond metadata.name / metadata.namespace */
   selectableFields: string[];
   printerColumns: PrinterColumn[];

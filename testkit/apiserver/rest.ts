@@ -5,14 +5,18 @@ import {
   alreadyExists,
   badRequest,
   conflict,
+  deletedStatus,
+  fieldErrors,
   forbidden,
+  goStrings,
+  invalid,
   notFound,
-  unsupportedMediaType,
 } from "./errors.ts";
 import { type FieldScope, type ListKeys, recordUpdate, serverSideApply } from "./managed-fields.ts";
 import { jsonPatch, mergeKeys, mergePatch, strategicMergePatch } from "./patch.ts";
 import { apiVersionOf, hasStatus, type ResourceDef, type ResourceRegistry } from "./resources.ts";
 import { matchesFilter, type ObjectFilter } from "./selectors.ts";
+import type { Identity } from "./server.ts";
 import type { Store } from "./store.ts";
 import { clone, deepEqual, isPlainObject, type Json, type KubeObject, kubeTimestamp } from "./types.ts";
 
@@ -20,6 +24,8 @@ import { clone, deepEqual, isPlainObject, type Json, type KubeObject, kubeTimest
 export type FieldValidation = "Strict" | "Warn" | "Ignore";
 
 export interface WriteContext {
+  /** who asked: admission webhooks see it as `userInfo` */
+  user?: Identity;
   dryRun?: boolean;
   fieldManager?: string;
   fieldValidation?: FieldValidation;
@@ -44,6 +50,8 @@ export interface AdmissionRequest {
   dryRun: boolean;
   /** the response's `Warning` headers: admission webhooks add theirs here */
   warnings?: string[];
+  /** who asked */
+  user?: Identity;
 }
 export type AdmissionPlugin = (
   request: AdmissionRequest,
@@ -99,14 +107,48 @@ function listKeysFor(def: ResourceDef): ListKeys {
             (isPlainObject(node?.additionalProperties) ? node.additionalProperties : undefined);
         }
       }
+      if (node?.["x-kubernetes-map-type"] === "atomic") return "atomic";
       return node?.["x-kubernetes-list-type"] === "map" ? node["x-kubernetes-list-map-keys"] : undefined;
     };
   }
   return (path) => {
     const last = path[path.length - 1];
-    const key = last?.startsWith("f:") ? mergeKeys[last.slice(2)] : undefined;
+    const name = last?.startsWith("f:") ? last.slice(2) : undefined;
+    if (name && atomicStructs.has(name)) return "atomic";
+    if (def.group === "apps" && path.join("/") === "f:spec/f:selector") return "atomic";
+    const key = name ? mergeKeys[name] : undefined;
     return key ? [key] : undefined;
   };
+}
+
+/** Built-in struct fields Go marks `+structType=atomic` (metav1.LabelSelector, RoleRef), by name. */
+const atomicStructs = new Set(["namespaceSelector", "objectSelector", "roleRef"]);
+
+function continueToken(rv: number, start: string): string {
+  return Buffer.from(JSON.stringify({ rv, start })).toString("base64url");
+}
+
+/** The patch content types a resource accepts, in the order the real server lists them. */
+function patchTypes(def: ResourceDef): string[] {
+  return [
+    "application/json-patch+json",
+    "application/merge-patch+json",
+    ...(def.strategicMerge ? ["application/strategic-merge-patch+json"] : []),
+    "application/apply-patch+yaml",
+  ];
+}
+
+/** How Go's encoding/json names a JSON value's type in "cannot unmarshal X" errors. */
+function goJsonType(value: Json): string {
+  if (Array.isArray(value)) return "array";
+  if (value === null) return "null";
+  return typeof value === "object" ? "object" : typeof value;
+}
+
+/** The real server omits managedFields when no manager owns anything. */
+function dropEmptyManagedFields(obj: KubeObject): void {
+  if (Array.isArray(obj.metadata.managedFields) && obj.metadata.managedFields.length === 0)
+    delete obj.metadata.managedFields;
 }
 
 function managerName(ctx: WriteContext): string {
@@ -161,12 +203,9 @@ export class ApiCore {
     let revision = this.store.revision;
     let after: string | undefined;
     if (options.exactRevision !== undefined) {
+      // served from etcd once the watch cache lacks that revision: etcd's words
       if (options.exactRevision < this.store.oldestResumable)
-        throw new ApiError(
-          410,
-          "Expired",
-          `too old resource version: ${options.exactRevision} (${this.store.oldestResumable + 1})`,
-        );
+        throw new ApiError(410, "Expired", "The resourceVersion for the provided list is too old.");
       revision = Math.min(options.exactRevision, this.store.revision);
     }
     if (options.continueToken) {
@@ -178,13 +217,18 @@ export class ApiCore {
       }
       if (typeof token.rv !== "number" || typeof token.start !== "string")
         throw badRequest("continue key is not valid");
-      if (token.rv < this.store.oldestResumable)
-        throw new ApiError(
+      if (token.rv !== -1 && token.rv < this.store.oldestResumable) {
+        // etcd's answer: the rest can still be read, at the latest revision, with the token it carries
+        const expired = new ApiError(
           410,
           "Expired",
-          "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+          "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
         );
-      revision = token.rv;
+        expired.listMeta = { continue: continueToken(-1, token.start) };
+        throw expired;
+      }
+      // rv -1: continue at the latest revision (the token a 410 hands out)
+      revision = token.rv === -1 ? this.store.revision : token.rv;
       after = token.start;
     }
     const snapshot =
@@ -199,13 +243,13 @@ export class ApiCore {
       items = items.filter((obj) => `${obj.metadata.namespace ?? ""}/${obj.metadata.name}` > start);
     }
     const metadata: Json = { resourceVersion: String(revision) };
+    // custom resource lists are unstructured: an empty continue is written out
+    if (def.schema) metadata.continue = "";
     if (options.limit && options.limit > 0 && items.length > options.limit) {
       const remaining = items.length - options.limit;
       items = items.slice(0, options.limit);
       const last = items[items.length - 1];
-      metadata.continue = Buffer.from(
-        JSON.stringify({ rv: revision, start: `${last.metadata.namespace ?? ""}/${last.metadata.name}` }),
-      ).toString("base64url");
+      metadata.continue = continueToken(revision, `${last.metadata.namespace ?? ""}/${last.metadata.name}`);
       metadata.remainingItemCount = remaining;
     }
     return {
@@ -241,38 +285,29 @@ export class ApiCore {
         );
     } else delete meta.namespace;
     if (!meta.name) {
-      if (!meta.generateName)
-        throw new ApiError(
-          422,
-          "Invalid",
-          `${def.kind} "" is invalid: metadata.name: Required value: name or generateName is required`,
-        );
-      meta.name = `${meta.generateName}${randomSuffix()}`;
+      // a custom resource's schema validation reports it, with whatever else it finds
+      if (!meta.generateName && !def.schema)
+        throw invalid(def.kind, def.group, "", [
+          fieldErrors.required("metadata.name", "name or generateName is required"),
+        ]);
+      if (meta.generateName) meta.name = `${meta.generateName}${randomSuffix()}`;
     }
-    if (def.bucket === namespaceBucket) {
-      meta.labels = { ...(meta.labels ?? {}), "kubernetes.io/metadata.name": meta.name };
-      obj.spec = { finalizers: ["kubernetes"], ...(obj.spec ?? {}) };
-    }
-    meta.uid = randomUUID();
-    meta.creationTimestamp = kubeTimestamp();
-    meta.generation = 1;
-    delete meta.resourceVersion;
-    delete meta.deletionTimestamp;
-    delete meta.deletionGracePeriodSeconds;
-    if (hasStatus(def) && def.statusOnCreate === "reset") {
-      if (def.initialStatus) obj.status = def.initialStatus();
-      else delete obj.status;
-    }
+    // decoding defaults this label, so the creator owns it
+    if (def.bucket === namespaceBucket)
+      meta.labels = { ...(meta.labels ?? {}), "kubernetes.io/metadata.name": meta.name ?? "" };
+    for (const key of [
+      "uid",
+      "creationTimestamp",
+      "generation",
+      "resourceVersion",
+      "deletionTimestamp",
+      "deletionGracePeriodSeconds",
+    ])
+      delete meta[key];
+    if (hasStatus(def) && def.statusOnCreate === "reset") delete obj.status;
     let prepared = this.prepare(def, obj, undefined, ctx);
-    prepared = await this.admit({
-      operation: "CREATE",
-      def,
-      object: prepared,
-      dryRun: !!ctx.dryRun,
-      warnings: ctx.warnings,
-    });
-    if (this.store.get(def.bucket, prepared.metadata.namespace, prepared.metadata.name!))
-      throw alreadyExists(def.group, def.plural, prepared.metadata.name!);
+    // as on the real server: fields are owned as the client sent them (defaults included), before
+    // admission webhooks and before the server's own fields (uid, status, namespace finalizers)
     if (!managedFieldsFromApply) {
       prepared.metadata.managedFields = recordUpdate(undefined, prepared, {
         manager: managerName(ctx),
@@ -281,6 +316,29 @@ export class ApiCore {
         listKeys: listKeysFor(def),
       });
     }
+    dropEmptyManagedFields(prepared);
+    prepared = await this.admitAndRecheck(
+      {
+        operation: "CREATE",
+        def,
+        object: prepared,
+        dryRun: !!ctx.dryRun,
+        warnings: ctx.warnings,
+        user: ctx.user,
+      },
+      undefined,
+      ctx,
+    );
+    const created = prepared.metadata;
+    created.uid = randomUUID();
+    created.creationTimestamp = kubeTimestamp();
+    if (def.generation) created.generation = 1;
+    if (def.bucket === namespaceBucket)
+      prepared.spec = { finalizers: ["kubernetes"], ...(prepared.spec ?? {}) };
+    if (hasStatus(def) && def.statusOnCreate === "reset" && def.initialStatus)
+      prepared.status = def.initialStatus();
+    if (this.store.get(def.bucket, prepared.metadata.namespace, prepared.metadata.name!))
+      throw alreadyExists(def.group, def.plural, prepared.metadata.name!);
     if (ctx.dryRun) return this.present(def, prepared);
     const stored = this.store.create(def.bucket, this.toStorage(def, prepared));
     this.notify(def.bucket, stored, false);
@@ -302,6 +360,10 @@ export class ApiCore {
       );
     const current = this.store.get(def.bucket, def.namespaced ? namespace : undefined, name);
     if (!current) throw notFound(def.group, def.plural, name);
+    if (!def.unconditionalUpdate && !candidate.metadata.resourceVersion)
+      throw invalid(def.plural, def.group, name, [
+        fieldErrors.invalid("metadata.resourceVersion", 0, "must be specified for an update"),
+      ]);
     return this.write(def, current, candidate, subresource, ctx, "Update");
   }
 
@@ -315,6 +377,13 @@ export class ApiCore {
     ctx: WriteContext & { force?: boolean },
   ): Promise<KubeObject> {
     const type = contentType.split(";")[0].trim().toLowerCase();
+    const served = patchTypes(def);
+    if (!served.includes(type))
+      throw new ApiError(
+        415,
+        "UnsupportedMediaType",
+        `the body of the request was in an unknown format - accepted media types include: ${served.join(", ")}`,
+      );
     const current = this.store.get(def.bucket, def.namespaced ? namespace : undefined, name);
     if (type === "application/apply-patch+yaml")
       return this.apply(def, namespace, name, current, rawBody, subresource, ctx);
@@ -322,17 +391,19 @@ export class ApiCore {
     let patchBody: Json;
     try {
       patchBody = JSON.parse(rawBody);
-    } catch (err) {
-      throw badRequest(`error decoding patch: ${(err as Error).message}`);
+    } catch {
+      throw badRequest("invalid JSON patch");
     }
     const base = this.present(def, current);
     let patched: Json;
-    if (type === "application/merge-patch+json") patched = mergePatch(base, patchBody);
-    else if (type === "application/json-patch+json") patched = jsonPatch(base, patchBody);
-    else if (type === "application/strategic-merge-patch+json") {
-      if (!def.strategicMerge) throw unsupportedMediaType(contentType);
-      patched = strategicMergePatch(base, patchBody);
-    } else throw unsupportedMediaType(contentType);
+    if (type === "application/merge-patch+json") {
+      if (!isPlainObject(patchBody))
+        throw badRequest(
+          `error decoding patch: json: cannot unmarshal ${goJsonType(patchBody)} into Go value of type map[string]interface {}`,
+        );
+      patched = mergePatch(base, patchBody);
+    } else if (type === "application/json-patch+json") patched = jsonPatch(base, patchBody);
+    else patched = strategicMergePatch(base, patchBody);
     if (!isPlainObject(patched) || !isPlainObject(patched.metadata))
       throw badRequest("patch removed the object's metadata");
     // a resourceVersion the patch did not change is the current one; one it set is a precondition
@@ -349,7 +420,9 @@ export class ApiCore {
     ctx: WriteContext & { force?: boolean },
   ): Promise<KubeObject> {
     if (!ctx.fieldManager)
-      throw badRequest("PATCH, application/apply-patch+yaml: fieldManager is required for apply requests");
+      throw invalid("PatchOptions", "meta.k8s.io", "", [
+        fieldErrors.required("fieldManager", "is required for apply patch"),
+      ]);
     let config: Json;
     try {
       config = parseYaml(rawBody);
@@ -368,9 +441,7 @@ export class ApiCore {
         `the API version in the data (${config.apiVersion}) does not match the expected API version (${apiVersionOf(def)})`,
       );
     if (config.kind && config.kind !== def.kind)
-      throw badRequest(
-        `the kind in the data (${config.kind}) does not match the expected kind (${def.kind})`,
-      );
+      throw badRequest(`invalid object type: ${apiVersionOf(def)}, Kind=${config.kind}`);
     const scope: FieldScope = subresource === "status" ? "status" : hasStatus(def) ? "main" : "all";
     const applyOptions = {
       manager: ctx.fieldManager,
@@ -447,29 +518,20 @@ export class ApiCore {
       if (current.metadata.deletionTimestamp) {
         const before = new Set(current.metadata.finalizers ?? []);
         const added = (meta.finalizers ?? []).filter((f: string) => !before.has(f));
-        if (added.length > 0)
-          throw new ApiError(
-            422,
-            "Invalid",
-            `${def.kind} "${name}" is invalid: metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers ${JSON.stringify(added)}`,
+        if (added.length > 0) {
+          const refused = fieldErrors.forbidden(
+            "metadata.finalizers",
+            `no new finalizers can be added if the object is being deleted, found new finalizers ${goStrings(added)}`,
           );
+          // the real server reports it twice (object meta validation runs twice on update)
+          throw invalid(def.kind, def.group, name, [refused, refused]);
+        }
       }
     }
     next.metadata.resourceVersion = current.metadata.resourceVersion;
 
     let prepared = this.prepare(def, next, current, ctx);
-    prepared = await this.admit({
-      operation: "UPDATE",
-      def,
-      subresource,
-      object: prepared,
-      oldObject: current,
-      dryRun: !!ctx.dryRun,
-      warnings: ctx.warnings,
-    });
-    if (!deepEqual(specPart(def, prepared), specPart(def, current)))
-      prepared.metadata.generation = (current.metadata.generation ?? 0) + 1;
-
+    // owned fields are what the client changed, before admission webhooks change more
     if (operation === "Update") {
       prepared.metadata.managedFields = recordUpdate(current, prepared, {
         manager: managerName(ctx),
@@ -479,6 +541,23 @@ export class ApiCore {
         listKeys: listKeysFor(def),
       });
     }
+    dropEmptyManagedFields(prepared);
+    prepared = await this.admitAndRecheck(
+      {
+        operation: "UPDATE",
+        def,
+        subresource,
+        object: prepared,
+        oldObject: current,
+        dryRun: !!ctx.dryRun,
+        warnings: ctx.warnings,
+        user: ctx.user,
+      },
+      current,
+      ctx,
+    );
+    if (def.generation && !deepEqual(specPart(def, prepared), specPart(def, current)))
+      prepared.metadata.generation = (current.metadata.generation ?? 0) + 1;
 
     // an update that changes nothing is not a write: no new resourceVersion, no watch event
     const withoutBookkeeping = (obj: KubeObject) => {
@@ -493,12 +572,11 @@ export class ApiCore {
     if (ctx.dryRun) return this.present(def, prepared);
 
     if (prepared.metadata.deletionTimestamp && (prepared.metadata.finalizers ?? []).length === 0) {
+      // the update is not stored: the object is deleted (one DELETED event), and the answer is the
+      // updated object at the resourceVersion it had
       const gone = this.store.delete(def.bucket, current.metadata.namespace, name)!;
       this.notify(def.bucket, gone, true);
-      return this.present(def, {
-        ...prepared,
-        metadata: { ...prepared.metadata, resourceVersion: gone.metadata.resourceVersion },
-      });
+      return this.present(def, prepared);
     }
     const stored = this.store.update(def.bucket, this.toStorage(def, prepared));
     this.notify(def.bucket, stored, false);
@@ -511,23 +589,24 @@ export class ApiCore {
     name: string,
     options: Json,
     ctx: WriteContext,
-  ): Promise<KubeObject> {
+  ): Promise<Json> {
     const current = this.store.get(def.bucket, def.namespaced ? namespace : undefined, name);
     if (!current) throw notFound(def.group, def.plural, name);
     const pre = isPlainObject(options?.preconditions) ? options.preconditions : {};
+    // rest.BeforeDelete names the kind where other conflicts name the resource
     if (pre.uid && pre.uid !== current.metadata.uid)
       throw conflict(
         def.group,
-        def.plural,
+        def.kind,
         name,
-        `Precondition failed: UID in precondition: ${pre.uid}, UID in object meta: ${current.metadata.uid}`,
+        `the UID in the precondition (${pre.uid}) does not match the UID in record (${current.metadata.uid}). The object might have been deleted and then recreated`,
       );
     if (pre.resourceVersion && pre.resourceVersion !== current.metadata.resourceVersion)
       throw conflict(
         def.group,
-        def.plural,
+        def.kind,
         name,
-        `Precondition failed: ResourceVersion in precondition: ${pre.resourceVersion}, ResourceVersion in object meta: ${current.metadata.resourceVersion}`,
+        `the ResourceVersion in the precondition (${pre.resourceVersion}) does not match the ResourceVersion in record (${current.metadata.resourceVersion}). The object might have been modified`,
       );
     await this.admit({
       operation: "DELETE",
@@ -535,11 +614,15 @@ export class ApiCore {
       oldObject: current,
       dryRun: !!ctx.dryRun,
       warnings: ctx.warnings,
+      user: ctx.user,
     });
     if (ctx.dryRun) return this.present(def, current);
     if (options?.propagationPolicy === "Orphan" || options?.orphanDependents === true)
       this.releaseDependents(current.metadata.uid!);
-    return this.present(def, this.deleteObject(def.bucket, current));
+    const after = this.deleteObject(def.bucket, current);
+    const stillThere = this.store.get(def.bucket, after.metadata.namespace, after.metadata.name!);
+    if (stillThere || def.returnDeletedObject) return this.present(def, after);
+    return deletedStatus(def.group, def.plural, name, current.metadata.uid);
   }
 
   /** Delete honouring finalizers; namespaces and CRDs first delete what they contain. */
@@ -554,6 +637,9 @@ export class ApiCore {
     const marked = clone(current);
     marked.metadata.deletionTimestamp = kubeTimestamp();
     marked.metadata.deletionGracePeriodSeconds = 0;
+    // controllers see the deletion as a change of what they were asked for
+    const generation = marked.metadata.generation ?? 0;
+    if (generation > 0) marked.metadata.generation = generation + 1;
     if (bucket === namespaceBucket) {
       marked.status = { ...(marked.status ?? {}), phase: "Terminating" };
     }
@@ -663,6 +749,17 @@ export class ApiCore {
     return out;
   }
 
+  /** Admission, then the schema again when a webhook changed the object (its output is pruned, defaulted, validated). */
+  private async admitAndRecheck(
+    request: AdmissionRequest,
+    old: KubeObject | undefined,
+    ctx: WriteContext,
+  ): Promise<KubeObject> {
+    const admitted = await this.admit(request);
+    if (admitted === request.object) return admitted;
+    return this.prepare(request.def, admitted, old, ctx);
+  }
+
   private async admit(request: AdmissionRequest): Promise<KubeObject> {
     let object = request.object;
     for (const plugin of this.admission) {
@@ -675,8 +772,17 @@ export class ApiCore {
   private checkBody(def: ResourceDef, body: Json): KubeObject {
     if (!isPlainObject(body)) throw badRequest("the body of the request must be a JSON object");
     const obj = clone(body) as KubeObject;
-    if (obj.kind && obj.kind !== def.kind)
-      throw badRequest(`the kind in the data (${obj.kind}) does not match the expected kind (${def.kind})`);
+    if (obj.kind && obj.kind !== def.kind) {
+      // a custom resource decodes any kind and fails validation; a built-in cannot be decoded
+      if (def.schema)
+        throw invalid(obj.kind, def.group, isPlainObject(obj.metadata) ? (obj.metadata.name ?? "") : "", [
+          fieldErrors.invalid("kind", obj.kind, `must be ${def.kind}`),
+        ]);
+      const internal = def.group ? def.group.split(".")[0] : "core";
+      throw badRequest(
+        `${obj.kind} in version "${def.version}" cannot be handled as a ${def.kind}: converting (${def.version}.${obj.kind}) to (${internal}.${def.kind}): unknown conversion`,
+      );
+    }
     if (obj.apiVersion && obj.apiVersion !== apiVersionOf(def))
       throw badRequest(
         `the API version in the data (${obj.apiVersion}) does not match the expected API version (${apiVersionOf(def)})`,

@@ -6,6 +6,7 @@ import {
   checkMicroTimes,
   checkPodUpdate,
   checkSecret,
+  defaultWebhookConfiguration,
   dropEmptyBuiltinFields,
   foldSecretStringData,
   initialNamespaces,
@@ -25,6 +26,8 @@ import {
 import {
   ApiError,
   badRequest,
+  fieldErrors,
+  invalid,
   methodNotAllowed,
   qualifiedResource,
   statusObject,
@@ -32,6 +35,7 @@ import {
 } from "./errors.ts";
 import { openApiGroupVersion, openApiRoot } from "./openapi.ts";
 import { decodeKubeProtobuf } from "./protobuf.ts";
+import { adminUser } from "./rbac.ts";
 import { type ResourceDef, ResourceRegistry } from "./resources.ts";
 import { ApiCore, bootstrapNamespaces, type FieldValidation, type WriteContext } from "./rest.ts";
 import { type ObjectFilter, parseFieldSelector, parseLabelSelector } from "./selectors.ts";
@@ -75,8 +79,15 @@ export interface RequestInfo {
  */
 export type Authorizer = (request: RequestInfo & { user: string; groups: string[] }) => string | undefined;
 
+/** Who sent a request: what admission webhooks see as `userInfo`. */
+export interface Identity {
+  user: string;
+  groups: string[];
+  uid?: string;
+}
+
 /** Who a request's bearer token is (testkit/apiserver/rbac.ts); undefined refuses it with 401. */
-export type Authenticator = (token: string | undefined) => { user: string; groups: string[] } | undefined;
+export type Authenticator = (token: string | undefined) => Identity | undefined;
 
 export interface ServerOptions {
   historyLimit?: number;
@@ -96,11 +107,26 @@ async function readBody(req: IncomingMessage): Promise<string> {
 }
 
 /** A create/update body: JSON, or the protobuf kubectl's typed clients send for a few kinds. */
-async function readObject(req: IncomingMessage): Promise<Json> {
+async function readObject(req: IncomingMessage, def: ResourceDef): Promise<Json> {
   const type = String(req.headers["content-type"] ?? "");
   if (type.includes("application/vnd.kubernetes.protobuf"))
     return decodeKubeProtobuf(await readRaw(req), type);
-  return parseJson(await readBody(req));
+  const text = await readBody(req);
+  if (text.trim() === "") return undefined;
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw badRequest(
+      `the object provided is unrecognized (must be of type ${def.kind}): couldn't get version/kind; json parse error: ${goJsonSyntaxError(text, err as Error)} (${text})`,
+    );
+  }
+}
+
+/** How Go's encoding/json words a syntax error: truncated input, or the first character it could not take. */
+function goJsonSyntaxError(text: string, err: Error): string {
+  const at = Number(/at position (\d+)/.exec(err.message)?.[1] ?? text.length);
+  if (at >= text.trimEnd().length) return "unexpected end of JSON input";
+  return `invalid character '${text[at]}' looking for beginning of value`;
 }
 
 function parseJson(text: string): Json {
@@ -145,6 +171,7 @@ export class ApiHttpServer {
         old,
       );
     });
+    this.core.addPreparer((def, obj) => defaultWebhookConfiguration(def, obj));
     installCrdSupport(this.core);
     bootstrapNamespaces(this.core, initialNamespaces);
     this.server = createServer((req, res) => {
@@ -303,20 +330,21 @@ export class ApiHttpServer {
       );
     }
     try {
-      this.authorize(req, info, def);
-      await this.serveResource(req, res, url, info, def);
+      const user = this.authorize(req, info, def);
+      await this.serveResource(req, res, url, info, def, user);
     } catch (err) {
       this.fail(req, res, err, info.verb);
     }
   }
 
-  private authorize(req: IncomingMessage, info: RequestInfo, def: ResourceDef): void {
-    if (this.authorizers.length === 0 && !this.authenticator) return;
+  /** Who sent the request (the test admin when authentication is off); throws 401 or 403. */
+  private authorize(req: IncomingMessage, info: RequestInfo, def: ResourceDef): Identity {
+    if (this.authorizers.length === 0 && !this.authenticator) return adminUser;
     const bearer = /^Bearer\s+(.+)$/i.exec(String(req.headers.authorization ?? ""))?.[1];
     const identity = this.authenticator
       ? this.authenticator(bearer)
       : { user: bearer ?? "system:anonymous", groups: [] };
-    if (!identity) throw new ApiError(401, "Unauthorized", "Unauthorized", {});
+    if (!identity) throw new ApiError(401, "Unauthorized", "Unauthorized");
     const { user, groups } = identity;
     for (const authorizer of this.authorizers) {
       const denied = authorizer({ ...info, user, groups });
@@ -330,9 +358,10 @@ export class ApiHttpServer {
         403,
         "Forbidden",
         `${target} is forbidden: User "${user}" cannot ${info.verb} resource "${resource}" in API group "${def.group}"${where}${denied ? `: ${denied}` : ""}`,
-        { name: info.name, group: def.group, kind: def.plural },
+        { name: info.name, ...(def.group ? { group: def.group } : {}), kind: def.plural },
       );
     }
+    return identity;
   }
 
   private parseRequestInfo(method: string, url: URL, segments: string[]): RequestInfo | undefined {
@@ -361,6 +390,8 @@ export class ApiHttpServer {
     // /api/v1/namespaces/x/<unknown> is an unknown namespaced resource, not a namespace subresource
     if (resource === "namespaces" && subresource && !["status", "finalize"].includes(subresource))
       return undefined;
+    // the apiserver's RequestInfo: a namespace is in its own namespace (RBAC Roles there may grant it)
+    if (group === "" && resource === "namespaces" && name) namespace = name;
     const watch = url.searchParams.get("watch");
     let verb: Verb;
     switch (method) {
@@ -397,11 +428,17 @@ export class ApiHttpServer {
     };
   }
 
-  private writeContext(req: IncomingMessage, url: URL): WriteContext {
+  private writeContext(req: IncomingMessage, url: URL, verb: Verb, user: Identity): WriteContext {
     const validation = url.searchParams.get("fieldValidation");
-    if (validation && !["Strict", "Warn", "Ignore"].includes(validation))
-      throw badRequest(`fieldValidation parameter unsupported: ${validation}`);
+    if (validation && !["Strict", "Warn", "Ignore"].includes(validation)) {
+      const options =
+        verb === "create" ? "CreateOptions" : verb === "update" ? "UpdateOptions" : "PatchOptions";
+      throw invalid(options, "meta.k8s.io", "", [
+        fieldErrors.notSupported("fieldValidation", validation, ["", "Ignore", "Strict", "Warn"]),
+      ]);
+    }
     return {
+      user,
       dryRun: url.searchParams.getAll("dryRun").includes("All"),
       fieldManager: url.searchParams.get("fieldManager") ?? undefined,
       fieldValidation: (validation as FieldValidation | null) ?? "Warn",
@@ -416,12 +453,14 @@ export class ApiHttpServer {
     url: URL,
     info: RequestInfo,
     def: ResourceDef,
+    user: Identity,
   ): Promise<void> {
     const namespace = def.namespaced ? info.namespace : undefined;
     const accept = req.headers.accept;
     const include = (url.searchParams.get("includeObject") ?? "Metadata") as IncludeObject;
-    if (info.subresource && info.subresource !== "status")
-      throw methodNotAllowed(`${def.plural}/${info.subresource} is not served`);
+    // a subresource the kind does not have is not routed at all
+    if (info.subresource && !def.subresources.includes(info.subresource))
+      throw new ApiError(404, "NotFound", "the server could not find the requested resource", {});
     switch (info.verb) {
       case "get": {
         const obj = this.core.get(def, namespace, info.name!);
@@ -479,23 +518,26 @@ export class ApiHttpServer {
       case "create": {
         if (info.name)
           throw methodNotAllowed(`the server does not allow this method on the requested resource`);
-        const ctx = this.writeContext(req, url);
-        const body = await readObject(req);
+        const ctx = this.writeContext(req, url, info.verb, user);
+        const body = await readObject(req, def);
         const created = await this.core.create(def, namespace, body, ctx);
         return this.send(req, res, "create", 201, created, "application/json", ctx.warnings);
       }
       case "update": {
         if (!info.name)
           throw methodNotAllowed("the server does not allow this method on the requested resource");
-        const ctx = this.writeContext(req, url);
-        const body = await readObject(req);
+        const ctx = this.writeContext(req, url, info.verb, user);
+        const body = await readObject(req, def);
         const updated = await this.core.update(def, namespace, info.name, body, info.subresource, ctx);
         return this.send(req, res, "update", 200, updated, "application/json", ctx.warnings);
       }
       case "patch": {
         if (!info.name)
           throw methodNotAllowed("the server does not allow this method on the requested resource");
-        const ctx = { ...this.writeContext(req, url), force: url.searchParams.get("force") === "true" };
+        const ctx = {
+          ...this.writeContext(req, url, info.verb, user),
+          force: url.searchParams.get("force") === "true",
+        };
         const body = await readBody(req);
         const patched = await this.core.patch(
           def,
@@ -511,7 +553,7 @@ export class ApiHttpServer {
         return this.send(req, res, "patch", status, patched, "application/json", ctx.warnings);
       }
       case "delete": {
-        const ctx = this.writeContext(req, url);
+        const ctx = this.writeContext(req, url, info.verb, user);
         const options = { ...(parseJson(await readBody(req)) ?? {}) };
         // DeleteOptions may also come as query parameters
         const policy = url.searchParams.get("propagationPolicy");
@@ -521,13 +563,19 @@ export class ApiHttpServer {
         return this.send(req, res, "delete", 200, deleted);
       }
       case "deletecollection": {
-        const ctx = this.writeContext(req, url);
+        const ctx = this.writeContext(req, url, info.verb, user);
         const list = this.core.list(def, namespace, { filter: this.filterFrom(url, def) });
         const deleted: KubeObject[] = [];
-        for (const item of list.items)
-          deleted.push(
-            await this.core.delete(def, item.metadata.namespace, item.metadata.name, undefined, ctx),
+        for (const item of list.items) {
+          const answer = await this.core.delete(
+            def,
+            item.metadata.namespace,
+            item.metadata.name,
+            undefined,
+            ctx,
           );
+          deleted.push(answer.kind === "Status" ? item : answer);
+        }
         return this.send(req, res, "deletecollection", 200, { ...list, items: deleted });
       }
       default:

@@ -247,7 +247,11 @@ export function mutatingWebhooks(
         name: subject?.metadata?.name ?? "",
         ...(def.namespaced ? { namespace: subject?.metadata?.namespace ?? "" } : {}),
         operation: request.operation,
-        userInfo: { username: "testkit-admin", groups: ["system:masters", "system:authenticated"] },
+        userInfo: {
+          username: request.user?.user ?? "",
+          ...(request.user?.uid ? { uid: request.user.uid } : {}),
+          groups: request.user?.groups ?? [],
+        },
         object: object ?? null,
         oldObject: request.oldObject ?? null,
         dryRun: request.dryRun,
