@@ -5,6 +5,9 @@
  * rotation the bundle holds the new CA and the old one, so an API server still holding the old
  * bundle keeps verifying; the old CA is dropped after `overlapMs`. Level-triggered: `reconcile()`
  * reads the Secret and the configuration and fixes what differs, so several replicas converge.
+ * The Secret is owned by the MutatingWebhookConfiguration (an owner reference), so the garbage
+ * collector deletes it with the configuration: `helm uninstall`, or an upgrade that turns the
+ * webhook off, leaves no Secret the chart never rendered.
  *
  * `certManagement: "external"`: the Secret is someone else's (cert-manager and its CA injector);
  * it is only read.
@@ -66,6 +69,13 @@ export interface CertificateState {
   caBundlePem: string;
 }
 
+interface OwnerReference {
+  apiVersion: string;
+  kind: string;
+  name: string;
+  uid: string;
+}
+
 interface SecretObject {
   apiVersion?: string;
   kind?: string;
@@ -75,13 +85,35 @@ interface SecretObject {
     namespace: string;
     resourceVersion?: string;
     annotations?: Record<string, string>;
+    ownerReferences?: OwnerReference[];
   };
   data?: Record<string, string>;
 }
 
 interface WebhookConfiguration {
-  metadata?: { name?: string };
+  metadata?: { name?: string; uid?: string };
   webhooks?: { name: string; clientConfig?: { caBundle?: string } }[];
+}
+
+/** The reference that makes `config` the owner of the Secret (undefined when it does not exist). */
+function ownerReferenceTo(config: WebhookConfiguration | undefined): OwnerReference | undefined {
+  const { name, uid } = config?.metadata ?? {};
+  if (!name || !uid) return undefined;
+  return {
+    apiVersion: `${MutatingWebhookConfigurationResource.group}/${MutatingWebhookConfigurationResource.version}`,
+    kind: MutatingWebhookConfigurationResource.kind,
+    name,
+    uid,
+  };
+}
+
+/** The Secret's owner references with `owner` in them (replacing an older one of the same kind and name). */
+function withOwner(
+  existing: OwnerReference[] | undefined,
+  owner: OwnerReference | undefined,
+): OwnerReference[] {
+  const others = (existing ?? []).filter((ref) => !(ref.kind === owner?.kind && ref.name === owner?.name));
+  return owner ? [...others, owner] : others;
 }
 
 function decode(data: Record<string, string> | undefined, key: string): string | undefined {
@@ -179,6 +211,8 @@ export class WebhookCertificates {
   async #reconcileSelf(): Promise<CertificateState> {
     const { namespace, secretName } = this.#options;
     const now = this.#clock.now();
+    const config = await this.#webhookConfigurations().find(this.#options.webhookConfigurationName);
+    const owner = ownerReferenceTo(config);
     const secret = await this.#secrets().find(secretName, namespace);
     const stored = secret ? this.#readStored(secret) : undefined;
     let next: { state: CertificateState; caKeyPem: string; rotatedAt?: number } | undefined;
@@ -210,12 +244,19 @@ export class WebhookCertificates {
       }
     }
     if (!next) {
-      await this.#patchCaBundle(stored!.state.caBundlePem);
+      // A Secret stored before it had an owner (or whose configuration was re-created) gets it now.
+      if (owner && !secret?.metadata.ownerReferences?.some((ref) => ref.uid === owner.uid))
+        await this.#secrets().patch(
+          secretName,
+          { metadata: { ownerReferences: withOwner(secret?.metadata.ownerReferences, owner) } },
+          { namespace, type: "merge" },
+        );
+      await this.#patchCaBundle(stored!.state.caBundlePem, config);
       return stored!.state;
     }
-    await this.#writeSecret(secret, next);
+    await this.#writeSecret(secret, next, owner);
     // The bundle that trusts the new CA goes out before the new certificate is served.
-    await this.#patchCaBundle(next.state.caBundlePem);
+    await this.#patchCaBundle(next.state.caBundlePem, config);
     return next.state;
   }
 
@@ -263,6 +304,7 @@ export class WebhookCertificates {
   async #writeSecret(
     existing: SecretObject | undefined,
     next: { state: CertificateState; caKeyPem: string; rotatedAt?: number },
+    owner: OwnerReference | undefined,
   ): Promise<void> {
     const { namespace, secretName } = this.#options;
     const annotations = { ...(existing?.metadata.annotations ?? {}) };
@@ -275,6 +317,9 @@ export class WebhookCertificates {
         name: secretName,
         namespace,
         annotations,
+        ...(owner || existing?.metadata.ownerReferences
+          ? { ownerReferences: withOwner(existing?.metadata.ownerReferences, owner) }
+          : {}),
         ...(existing?.metadata.resourceVersion ? { resourceVersion: existing.metadata.resourceVersion } : {}),
       },
       data: {
@@ -299,10 +344,12 @@ export class WebhookCertificates {
     }
   }
 
-  async #patchCaBundle(bundlePem: string): Promise<void> {
+  #webhookConfigurations() {
+    return this.#options.client.resource<WebhookConfiguration>(MutatingWebhookConfigurationResource);
+  }
+
+  async #patchCaBundle(bundlePem: string, config: WebhookConfiguration | undefined): Promise<void> {
     const name = this.#options.webhookConfigurationName;
-    const configs = this.#options.client.resource<WebhookConfiguration>(MutatingWebhookConfigurationResource);
-    const config = await configs.find(name);
     if (!config) {
       this.#log.warn(
         { webhookConfiguration: name },
@@ -320,7 +367,7 @@ export class WebhookCertificates {
       else ops.push({ op: "add", path: `/webhooks/${index}/clientConfig`, value: { caBundle } });
     });
     if (ops.length === 0) return;
-    await configs.patch(name, ops, { type: "json" });
+    await this.#webhookConfigurations().patch(name, ops, { type: "json" });
     this.#log.info({ webhookConfiguration: name }, "patched caBundle");
   }
 }

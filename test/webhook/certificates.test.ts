@@ -252,4 +252,37 @@ describe("self-managed webhook certificates", () => {
     const secret: Json = await client.resource(Resources.Secret).get("issued-by-cert-manager", NS);
     expect(secret.data["ca.key"]).toBeUndefined();
   });
+
+  it("makes its Secret owned by the MutatingWebhookConfiguration, also one stored without an owner", async () => {
+    const settings = {
+      client,
+      certManagement: "self" as const,
+      namespace: NS,
+      secretName: "owned-tls",
+      serviceName: "stowage-webhook",
+      webhookConfigurationName: "stowage",
+    };
+    const configuration: Json = await client.resource(MutatingWebhookConfigurationResource).get("stowage");
+    const owner = {
+      apiVersion: "admissionregistration.k8s.io/v1",
+      kind: "MutatingWebhookConfiguration",
+      name: "stowage",
+      uid: configuration.metadata.uid,
+    };
+    const secrets = client.resource(Resources.Secret);
+    await new WebhookCertificates(settings).reconcile();
+    expect(((await secrets.get("owned-tls", NS)) as Json).metadata.ownerReferences).toEqual([owner]);
+
+    // as a controller before owner references stored it: the next reconcile adds the owner
+    await secrets.patch("owned-tls", { metadata: { ownerReferences: null } }, { namespace: NS });
+    expect(((await secrets.get("owned-tls", NS)) as Json).metadata.ownerReferences).toBeUndefined();
+    await new WebhookCertificates(settings).reconcile();
+    const owned: Json = await secrets.get("owned-tls", NS);
+    expect(owned.metadata.ownerReferences).toEqual([owner]);
+    // and then it is left alone
+    await new WebhookCertificates(settings).reconcile();
+    expect(((await secrets.get("owned-tls", NS)) as Json).metadata.resourceVersion).toBe(
+      owned.metadata.resourceVersion,
+    );
+  });
 });
