@@ -231,19 +231,18 @@ function write(mi: ModelImage, work: VariantWork[], deps: ReconcilerDeps) {
   return writeStatus<ModelImageStatus, ModelImage>(
     deps.objects,
     mi,
-    (status, current) =>
-      foldPrewarm(
-        statusFrom(status, {
-          mi: current,
-          outcomes: work.map((w) => w.outcome),
-          now: deps.clock.now(),
-          checkedAtResolutionMs: deps.config.checkedAtResolutionMs,
-        }),
-        current,
-        deps.nodes(),
-        deps.prewarm,
-        deps.clock.now(),
-      ),
+    (status, current) => {
+      const next = statusFrom(status, {
+        mi: current,
+        outcomes: work.map((w) => w.outcome),
+        now: deps.clock.now(),
+        checkedAtResolutionMs: deps.config.checkedAtResolutionMs,
+      });
+      // Pre-warm reads from status which variants the cache holds: from the status written now,
+      // not the one it replaces. On a first sync that one held none, so Prewarmed (and Ready)
+      // stayed "waiting for the cache" until something else (a plan change) refreshed it.
+      return foldPrewarm(next, { ...current, status: next }, deps.nodes(), deps.prewarm, deps.clock.now());
+    },
     { clock: deps.clock },
   );
 }
