@@ -36,6 +36,7 @@ const onBothApiServers = [
   "test/api/nodeCache.test.ts",
   "test/argocd/examples.test.ts",
   "test/argocd/nodrift.test.ts",
+  "test/api/kubectl.test.ts",
 ];
 
 /** Only on the real control plane: the chart installed by the real helm, the differential test. */
