@@ -80,8 +80,35 @@ let started = 0;
 
 export async function startControllerProcess(options: ControllerProcessOptions): Promise<ControllerProcess> {
   const identity = options.identity ?? `controller-${process.pid}-${++started}`;
-  const child = spawn(process.execPath, [stowageBin, ...controllerArgs(options, identity)], {
+  return startControllerCommand(controllerArgs(options, identity), {
+    ...options,
+    identity,
     env: { ...process.env, STOWAGE_LOG_LEVEL: "", ...options.env },
+  });
+}
+
+export interface ControllerCommandOptions {
+  /** The whole environment of the process: nothing of this process's is added. */
+  env: Record<string, string>;
+  /** How the process is named in errors (its identity in the Lease, when it has one). */
+  identity: string;
+  waitReady?: boolean;
+  readyTimeoutMs?: number;
+  echo?: boolean;
+}
+
+/**
+ * `node bin/stowage.js <argv>` with exactly `argv` and `env`, as a container runs its entrypoint
+ * with the args and environment of its pod spec (test/real/helm-lifecycle.test.ts runs the flags the
+ * chart renders this way); `argv` starts with the command, `controller`.
+ */
+export async function startControllerCommand(
+  argv: string[],
+  options: ControllerCommandOptions,
+): Promise<ControllerProcess> {
+  const identity = options.identity;
+  const child = spawn(process.execPath, [stowageBin, ...argv], {
+    env: options.env,
     stdio: ["ignore", "pipe", "pipe"],
   });
   running.add(child);
