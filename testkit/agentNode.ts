@@ -47,16 +47,21 @@ export interface AgentNode {
   containerd: RunningContainerd;
   agent: ChildProcess;
   logFile: string;
-  /** Stops the agent, then containerd, and removes containerd's temp state. */
+  /** Stops the agent, then containerd (unless the caller passed it in), and removes containerd's temp state. */
   stop(): Promise<void>;
 }
 
-/** A fresh containerd plus `stowage agent --node-name NAME` against the cluster in `kubeconfig`. */
+/**
+ * A fresh containerd plus `stowage agent --node-name NAME` against the cluster in `kubeconfig`;
+ * with `containerd`, a new agent beside that running containerd (an agent restarted on its node),
+ * which `stop()` then leaves running.
+ */
 export async function startAgentNode(
   name: string,
-  options: { kubeconfig: string; logsDir: string },
+  options: { kubeconfig: string; logsDir: string; containerd?: RunningContainerd },
 ): Promise<AgentNode> {
-  const containerd = await startContainerd();
+  const ownsContainerd = !options.containerd;
+  const containerd = options.containerd ?? (await startContainerd());
   const logFile = join(options.logsDir, `agent-${name}.log`);
   let agent: ChildProcess;
   try {
@@ -85,7 +90,7 @@ export async function startAgentNode(
       logFile,
     );
   } catch (err) {
-    await containerd.dispose();
+    if (ownsContainerd) await containerd.dispose();
     throw err;
   }
   return {
@@ -95,7 +100,7 @@ export async function startAgentNode(
     logFile,
     async stop() {
       await stopChild(agent);
-      await containerd.dispose();
+      if (ownsContainerd) await containerd.dispose();
     },
   };
 }
