@@ -1,152 +1,156 @@
 /**
- * The node agent's RBAC proved: `stowage agent` runs as the chart's agent ServiceAccount, bound to
- * exactly charts/stowage/files/rbac/agent.yaml, against an API double that enforces RBAC and a real
- * containerd, and brings its NodeCache's image to Present without a single 403.
+ * The node agent's RBAC proved: `stowage agent` runs beside a real containerd with a token of the
+ * chart's agent ServiceAccount and exactly the RBAC `helm template` renders
+ * (test/e2e/chartStowage.ts), next to the controller whose planner writes its NodeCache. It pulls
+ * what it is given and reports it; it cannot write the spec or read Secrets; without any one of
+ * its rules, something it does is refused. The core/v1 Events rule is for clusters that do not
+ * serve events.k8s.io/v1: a real control plane started without it shows that one (the double
+ * always serves events.k8s.io/v1).
  */
-import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { parse } from "yaml";
-import { loadCrd } from "../../src/api/crds.ts";
-import { type NodeCache, NodeCacheResource } from "../../src/api/nodeCache.ts";
-import { KubeClient } from "../../src/kube/client.ts";
-import { RegistryClient } from "../../src/oci/registry.ts";
-import { type KubeObject, startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
-import { addServiceAccountUser } from "../../testkit/apiserver/rbac.ts";
-import { type RunningContainerd, startContainerd } from "../../testkit/containerd.ts";
-import { pushSinglePlatformImage } from "../../testkit/images.ts";
-import { freePort } from "../../testkit/ports.ts";
-import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
-import { eventually, root } from "./helpers.ts";
+import { NodeCacheResource } from "../../src/api/nodeCache.ts";
+import { KubeClient, Resources } from "../../src/kube/client.ts";
+import { apiBackend } from "../../testkit/cluster.ts";
+import {
+  agentServiceAccount,
+  describeRule,
+  helmTemplate,
+  type RenderedRule,
+  rbacOf,
+  releaseNamespace,
+  renderedRules,
+} from "./chartRbac.ts";
+import {
+  agentUser,
+  type ChartStowage,
+  grantedBy,
+  needOf,
+  nodeName,
+  refusedWithout,
+  startChartStowage,
+} from "./chartStowage.ts";
+import { eventually } from "./helpers.ts";
 
-const releaseNamespace = "stowage-system";
-const serviceAccount = "stowage-agent";
-const rbacGroup = "rbac.authorization.k8s.io";
+// biome-ignore lint/suspicious/noExplicitAny: objects read back as free-form JSON
+type Json = any;
 
-let api: TestApiServer;
-let admin: KubeClient;
-let node: RunningContainerd;
-let cache: RunningRegistry;
-let dir: string;
-let agent: ChildProcess | undefined;
-let agentLog = "";
+const real = apiBackend() === "real";
+const agentRules = renderedRules(rbacOf(await helmTemplate({}))).filter(
+  (rule) => needOf(rule)?.component === "agent",
+);
 
-beforeAll(async () => {
-  [api, node, cache] = await Promise.all([
-    startApiServer({ rbac: true, crds: [loadCrd("stowage.dev_nodecaches") as unknown as KubeObject] }),
-    startContainerd(),
-    startRegistry(),
-  ]);
-  dir = await mkdtemp(join(tmpdir(), "stowage-rbac-agent-"));
-  admin = KubeClient.load({ path: api.kubeconfigPath });
-  const rules = parse(await readFile(join(root, "charts/stowage/files/rbac/agent.yaml"), "utf8")) as object[];
-  // what templates/agent-rbac.yaml renders for release "stowage"
-  for (const object of [
-    { apiVersion: "v1", kind: "Namespace", metadata: { name: releaseNamespace } },
-    { apiVersion: `${rbacGroup}/v1`, kind: "ClusterRole", metadata: { name: "stowage-agent" }, rules },
-    {
-      apiVersion: `${rbacGroup}/v1`,
-      kind: "ClusterRoleBinding",
-      metadata: { name: "stowage-agent" },
-      roleRef: { apiGroup: rbacGroup, kind: "ClusterRole", name: "stowage-agent" },
-      subjects: [{ kind: "ServiceAccount", name: serviceAccount, namespace: releaseNamespace }],
-    },
-  ])
-    await api.create(object as KubeObject);
-});
+/** Takes `rule` away and checks that what was refused is exactly what it grants the agent. */
+async function expectRefusedWithout(env: ChartStowage, rule: RenderedRule): Promise<void> {
+  const removed = env.rules.find((r) => r.id === rule.id) as RenderedRule;
+  expect(removed, `${rule.id} rendered`).toBeDefined();
+  const refused = await refusedWithout(env, removed);
+  expect(refused.length).toBeGreaterThan(0);
+  expect(refused.filter((r) => grantedBy(removed, [r], agentUser).length === 0)).toEqual([]);
+  if (real) expect(new Set(refused.map((r) => r.user))).toEqual(new Set([agentUser]));
+}
 
-afterAll(async () => {
-  if (agent && agent.exitCode === null) {
-    const exited = new Promise((resolve) => agent?.once("exit", resolve));
-    agent.kill("SIGTERM");
-    await exited;
-  }
-  await Promise.all([node?.dispose(), cache?.stop(), api?.stop()]);
-  if (dir) await rm(dir, { recursive: true, force: true });
-});
+/** The agent's Pulled events about its NodeCache, in namespace default (events.k8s.io or core). */
+async function pulledEvents(env: ChartStowage, api: "events.k8s.io" | "core"): Promise<Json[]> {
+  const kind = api === "core" ? "events" : "events.events.k8s.io";
+  const list = JSON.parse(await env.cluster.kubectlOk(["get", kind, "-n", "default", "-o", "json"]));
+  return list.items.filter(
+    (e: Json) => e.reason === "Pulled" && (e.regarding ?? e.involvedObject)?.name === nodeName,
+  );
+}
 
 describe("the node agent with exactly the chart's RBAC", () => {
-  it("pulls its NodeCache's image to Present and writes only status, without a single 403", async () => {
-    const upstreamHost = `127.0.0.1:${await freePort()}`; // nothing listens: the pull must come from the cache
-    const owner = new RegistryClient({ insecureHosts: [cache.host] });
-    const pushed = await pushSinglePlatformImage(
-      owner,
-      { registry: cache.host, repository: `${upstreamHost.replace(":", "_")}/acme/model` },
-      "1.0",
-      { layerSizes: [256 * 1024], seed: "rbac-agent" },
-    );
-    await owner.close();
-    await admin.resource<NodeCache>(NodeCacheResource).create({
-      apiVersion: "stowage.dev/v1alpha1",
-      kind: "NodeCache",
-      metadata: { name: "gpu-1" },
-      spec: {
-        nodeName: "gpu-1",
-        cacheEndpoint: cache.url,
-        mirrorHosts: [upstreamHost],
-        images: [{ image: `${upstreamHost}/acme/model:1.0`, digest: pushed.digest, sizeBytes: 256 * 1024 }],
-      },
-    } as NodeCache);
-    const kubeconfig = addServiceAccountUser(
-      api,
-      releaseNamespace,
-      serviceAccount,
-      join(dir, "agent.kubeconfig"),
-    );
-    api.resetRequestLog();
-    agent = spawn(
-      process.execPath,
-      [
-        join(root, "bin/stowage.js"),
-        "agent",
-        "--kubeconfig",
-        kubeconfig,
-        "--node-name",
-        "gpu-1",
-        "--cri-socket",
-        node.socketPath,
-        "--containerd-config-path",
-        node.certsDir,
-        "--containerd-config",
-        node.configFile,
-        "--containerd-root",
-        join(node.dir, "root"),
-        "--health-port",
-        "0",
-      ],
-      { stdio: ["ignore", "ignore", "pipe"] },
-    );
-    agent.stderr?.on("data", (chunk: Buffer) => {
-      agentLog += chunk.toString();
-    });
-    const present = await eventually(
-      "NodeCache gpu-1 image Present",
-      async () => {
-        const nc = await admin.resource<NodeCache>(NodeCacheResource).get("gpu-1");
-        return nc.status?.images?.find((i) => i.digest === pushed.digest)?.state === "Present"
-          ? nc
-          : undefined;
-      },
-      90_000,
-    ).catch((err: Error) => {
-      throw new Error(`${err.message}; agent log: ${agentLog.slice(-2000)}`);
-    });
-    expect(present.status?.heartbeatTime).toBeTruthy();
-    expect(api.requestLog().filter((entry) => entry.status === 403)).toEqual([]);
+  let env: ChartStowage;
 
-    // the same identity cannot touch the spec the planner owns, nor read Secrets
-    const token = (await readFile(kubeconfig, "utf8")).match(/token: (\S+)/)?.[1];
-    const specWrite = await fetch(`${api.url}/apis/stowage.dev/v1alpha1/nodecaches/gpu-1`, {
-      method: "PATCH",
-      headers: { authorization: `Bearer ${token}`, "content-type": "application/merge-patch+json" },
-      body: JSON.stringify({ spec: { images: [] } }),
-    });
-    expect(specWrite.status).toBe(403);
-    const secrets = await fetch(`${api.url}/api/v1/namespaces/${releaseNamespace}/secrets`, {
-      headers: { authorization: `Bearer ${token}` },
-    });
-    expect(secrets.status).toBe(403);
+  beforeAll(async () => {
+    env = await startChartStowage({ values: {} });
   });
+
+  afterAll(async () => {
+    await env?.dispose();
+  });
+
+  it("pulls what the planner gives its node to Present and says so in status and an Event, without a 403", async () => {
+    await env.resetRequests();
+    await env.start();
+    const probe = await env.probe();
+    await env.waitWorking(probe);
+    const events = await eventually("the agent's Pulled event", async () => {
+      const found = await pulledEvents(env, "events.k8s.io");
+      return found.length > 0 ? found : undefined;
+    });
+    expect(events[0].note).toContain(probe.image.digest);
+    const requests = await env.requests();
+    expect(requests.filter((r) => r.status === 403)).toEqual([]);
+    if (real) {
+      const status = requests.filter(
+        (r) => r.path === `/apis/stowage.dev/v1alpha1/nodecaches/${nodeName}/status`,
+      );
+      expect(status.length).toBeGreaterThan(0);
+      expect(new Set(status.map((r) => r.user))).toEqual(new Set([agentUser]));
+    }
+  });
+
+  it("cannot write the spec the planner owns, nor read Secrets, with the same token", async () => {
+    const agent = KubeClient.load({ path: await env.agentKubeconfig() });
+    try {
+      const refusal = (promise: Promise<unknown>) =>
+        promise.then(
+          () => "allowed",
+          (err: Error) => err.message,
+        );
+      expect(
+        await refusal(agent.resource(NodeCacheResource).patch(nodeName, { spec: { images: [] } } as never)),
+      ).toContain(
+        `User "system:serviceaccount:${releaseNamespace}:${agentServiceAccount}" cannot patch resource "nodecaches" in API group "stowage.dev"`,
+      );
+      expect(await refusal(agent.resource(Resources.Secret).list({ namespace: releaseNamespace }))).toContain(
+        `cannot list resource "secrets" in API group "" in the namespace "${releaseNamespace}"`,
+      );
+    } finally {
+      agent.close();
+    }
+  });
+
+  for (const rule of agentRules.filter((r) => !needOf(r)?.eventsV1Off)) {
+    it(`is refused without ${describeRule(rule)}: ${needOf(rule)?.what}`, async () => {
+      await expectRefusedWithout(env, rule);
+    });
+  }
 });
+
+describe.runIf(real)(
+  "the node agent with the chart's RBAC on a cluster that does not serve events.k8s.io/v1",
+  () => {
+    let env: ChartStowage;
+
+    beforeAll(async () => {
+      env = await startChartStowage({
+        values: {},
+        controlPlane: { apiserverFlags: ["--runtime-config=events.k8s.io/v1=false"] },
+      });
+    });
+
+    afterAll(async () => {
+      await env?.dispose();
+    });
+
+    it("records its Events as core/v1 Events, without a 403", async () => {
+      await env.resetRequests();
+      await env.start();
+      const probe = await env.probe();
+      await env.waitWorking(probe);
+      const events = await eventually("the agent's core/v1 Pulled event", async () => {
+        const found = await pulledEvents(env, "core");
+        return found.length > 0 ? found : undefined;
+      });
+      expect(events[0].message).toContain(probe.image.digest);
+      expect((await env.requests()).filter((r) => r.status === 403)).toEqual([]);
+    });
+
+    for (const rule of agentRules.filter((r) => needOf(r)?.eventsV1Off)) {
+      it(`is refused without ${describeRule(rule)}: ${needOf(rule)?.what}`, async () => {
+        await expectRefusedWithout(env, rule);
+      });
+    }
+  },
+);

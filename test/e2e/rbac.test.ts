@@ -1,306 +1,239 @@
 /**
- * RBAC proved, not claimed: the real controller process runs as the chart's ServiceAccount,
- * bound to exactly the rule lists the chart ships (charts/stowage/files/rbac/*.yaml, bound the way
- * templates/controller-rbac.yaml binds them), against an API double that enforces RBAC. A missing
- * permission makes the ModelImage fail to become Ready, or shows up as a 403 in the request log.
+ * RBAC proved, not claimed: Stowage's processes (the controller with its pre-warm planner and
+ * leader election, the node agent beside a real containerd) run with tokens of the chart's
+ * ServiceAccounts and exactly the RBAC objects `helm template` renders (test/e2e/chartStowage.ts).
+ * Every rendered rule is needed: taken away alone, something its process does is refused.
+ * Webhook rules: rbac-webhook.test.ts; the agent's: rbac-agent.test.ts.
+ *
+ * On the real control plane this proves authentication too: the audit log names the
+ * ServiceAccount of every request, and no request is anonymous. The API double treats a request
+ * without a token as its admin, so there "no 403" alone would prove nothing; what it can show is
+ * the 403 each missing rule causes, which only a request carrying the ServiceAccount's token gets.
  */
-import { execFile } from "node:child_process";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { parse, stringify } from "yaml";
-import { loadCrd } from "../../src/api/crds.ts";
-import { RegistryClient } from "../../src/oci/registry.ts";
-import { type KubeObject, startApiServer, type TestApiServer } from "../../testkit/apiserver/index.ts";
-import { addServiceAccountUser } from "../../testkit/apiserver/rbac.ts";
-import { type ControllerProcess, startControllerProcess } from "../../testkit/controllerProcess.ts";
-import { pushSinglePlatformImage } from "../../testkit/images.ts";
-import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
-import { dockerConfigSecret, eventually, modelImage, root } from "./helpers.ts";
+import { KubeClient, Resources } from "../../src/kube/client.ts";
+import { apiBackend } from "../../testkit/cluster.ts";
+import type { ControllerProcess } from "../../testkit/controllerProcess.ts";
+import {
+  controllerServiceAccount,
+  describeRule,
+  helmTemplate,
+  type LoggedRequest,
+  type RenderedRule,
+  rbacOf,
+  releaseNamespace,
+  renderedRules,
+} from "./chartRbac.ts";
+import {
+  agentUser,
+  type ChartStowage,
+  controllerUser,
+  grantedBy,
+  ModelImages,
+  modelNamespace,
+  needOf,
+  needsWithoutRule,
+  type Probe,
+  refusedWithout,
+  startChartStowage,
+} from "./chartStowage.ts";
+import { dockerConfigSecret, eventually, modelImage } from "./helpers.ts";
 
-const releaseNamespace = "stowage-system";
-const serviceAccount = "stowage-controller";
-const teamUser = { username: "ml-team", password: "team-Pa55word" };
-const rbacGroup = "rbac.authorization.k8s.io";
+const real = apiBackend() === "real";
 
-async function chartRules(file: string): Promise<object[]> {
-  return parse(await readFile(join(root, "charts/stowage/files/rbac", file), "utf8")) as object[];
-}
+// The configurations whose rules the chart renders differently; rules are taken from these renders.
+const renders = await Promise.all(
+  [{}, { webhook: true }, { watchNamespaces: ["ml"] }, { webhook: true, watchNamespaces: ["ml"] }].map(
+    async (values) => renderedRules(rbacOf(await helmTemplate(values))),
+  ),
+);
+const webhookRules = renders[1];
 
-const subjects = [{ kind: "ServiceAccount", name: serviceAccount, namespace: releaseNamespace }];
-const roleRef = (kind: string, name: string) => ({ apiGroup: rbacGroup, kind, name });
-
-/** What templates/controller-rbac.yaml renders for release "stowage" (webhook off). */
-async function controllerRbac(
-  watchNamespaces: string[],
-  dropRule?: (rule: object) => boolean,
-): Promise<object[]> {
-  const namespaced = (await chartRules("controller-namespaced.yaml")).filter((r) => !dropRule?.(r));
-  const objects: object[] = [
-    {
-      apiVersion: `${rbacGroup}/v1`,
-      kind: "ClusterRole",
-      metadata: { name: "stowage-controller-cluster" },
-      rules: await chartRules("controller-cluster.yaml"),
-    },
-    {
-      apiVersion: `${rbacGroup}/v1`,
-      kind: "ClusterRoleBinding",
-      metadata: { name: "stowage-controller-cluster" },
-      roleRef: roleRef("ClusterRole", "stowage-controller-cluster"),
-      subjects,
-    },
-    {
-      apiVersion: `${rbacGroup}/v1`,
-      kind: "ClusterRole",
-      metadata: { name: "stowage-controller-namespaced" },
-      rules: namespaced,
-    },
-    {
-      apiVersion: `${rbacGroup}/v1`,
-      kind: "Role",
-      metadata: { name: "stowage-controller-leader-election", namespace: releaseNamespace },
-      rules: await chartRules("controller-leader-election.yaml"),
-    },
-    {
-      apiVersion: `${rbacGroup}/v1`,
-      kind: "RoleBinding",
-      metadata: { name: "stowage-controller-leader-election", namespace: releaseNamespace },
-      roleRef: roleRef("Role", "stowage-controller-leader-election"),
-      subjects,
-    },
-  ];
-  if (watchNamespaces.length === 0) {
-    objects.push({
-      apiVersion: `${rbacGroup}/v1`,
-      kind: "ClusterRoleBinding",
-      metadata: { name: "stowage-controller-namespaced" },
-      roleRef: roleRef("ClusterRole", "stowage-controller-namespaced"),
-      subjects,
-    });
-  }
-  for (const namespace of watchNamespaces) {
-    objects.push({
-      apiVersion: `${rbacGroup}/v1`,
-      kind: "RoleBinding",
-      metadata: { name: "stowage-controller", namespace },
-      roleRef: roleRef("ClusterRole", "stowage-controller-namespaced"),
-      subjects,
-    });
-  }
-  return objects;
-}
-
-interface Env {
-  api: TestApiServer;
-  dir: string;
-  controllerKubeconfig: string;
-  kubectl(args: string[]): Promise<{ code: number; stdout: string; stderr: string }>;
-  apply(documents: object[]): Promise<void>;
-}
-
-async function startEnv(): Promise<Env> {
-  const api = await startApiServer({
-    rbac: true,
-    crds: [loadCrd("stowage.dev_modelimages") as unknown as KubeObject],
+describe("the chart's RBAC rules", () => {
+  it("each say which path of which process needs them, and each such statement names a rendered rule", () => {
+    const all = renders.flat();
+    expect(all.filter((rule) => !needOf(rule)).map(describeRule)).toEqual([]);
+    expect(needsWithoutRule(all)).toEqual([]);
+    expect(all.every((rule) => rule.grantees.length > 0)).toBe(true);
   });
-  const dir = await mkdtemp(join(tmpdir(), "stowage-rbac-e2e-"));
-  const controllerKubeconfig = addServiceAccountUser(
-    api,
-    releaseNamespace,
-    serviceAccount,
-    join(dir, "controller.kubeconfig"),
+});
+
+/** Requests of `user` that only `rule` among `rules` grants. */
+function onlyGrantedBy(rule: RenderedRule, rules: RenderedRule[], requests: LoggedRequest[], user: string) {
+  return grantedBy(rule, requests, user).filter(
+    (request) => !rules.some((other) => other !== rule && grantedBy(other, [request], user).length > 0),
   );
-  let files = 0;
-  const kubectl = (args: string[]) =>
-    new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
-      execFile(
-        "/usr/bin/kubectl",
-        ["--kubeconfig", api.kubeconfigPath, "--cache-dir", join(dir, "kube-cache"), ...args],
-        { env: { ...process.env, HOME: dir, KUBECONFIG: "" }, timeout: 60_000 },
-        (error, stdout, stderr) =>
-          resolve({ code: error ? (typeof error.code === "number" ? error.code : 1) : 0, stdout, stderr }),
-      );
-    });
-  const apply = async (documents: object[]) => {
-    const file = join(dir, `manifest-${++files}.yaml`);
-    await writeFile(file, documents.map((d) => stringify(d)).join("---\n"));
-    const run = await kubectl(["apply", "-f", file]);
-    if (run.code !== 0) throw new Error(`kubectl apply failed: ${run.stderr}`);
-  };
-  return { api, dir, controllerKubeconfig, kubectl, apply };
 }
 
-async function condition(env: Env, namespace: string, name: string, type: string) {
-  const run = await env.kubectl(["get", "mi", name, "-n", namespace, "-o", "json"]);
-  if (run.code !== 0) return undefined;
-  const mi = JSON.parse(run.stdout) as {
-    status?: { conditions?: { type: string; status: string; reason?: string; message?: string }[] };
-  };
-  return mi.status?.conditions?.find((c) => c.type === type);
-}
-
-const namespaceObject = (name: string) => ({ apiVersion: "v1", kind: "Namespace", metadata: { name } });
-
-let upstream: RunningRegistry;
-let cache: RunningRegistry;
-
-beforeAll(async () => {
-  [upstream, cache] = await Promise.all([
-    startRegistry({ auth: "htpasswd", users: [teamUser] }),
-    startRegistry(),
-  ]);
-  const owner = new RegistryClient({ credentials: () => teamUser, insecureHosts: [upstream.host] });
-  await pushSinglePlatformImage(owner, { registry: upstream.host, repository: "team/model" }, "v1");
-  await pushSinglePlatformImage(owner, { registry: upstream.host, repository: "team/other" }, "v1");
-  await owner.close();
-});
-
-afterAll(async () => {
-  await Promise.all([upstream?.stop(), cache?.stop()]);
-});
-
-describe("the controller with exactly the chart's RBAC", () => {
-  let env: Env;
-  let controller: ControllerProcess | undefined;
+describe("Stowage with exactly the RBAC the chart renders (webhook on, all namespaces)", () => {
+  let env: ChartStowage;
+  let baseline: LoggedRequest[] = [];
 
   beforeAll(async () => {
-    env = await startEnv();
-    await env.apply([namespaceObject(releaseNamespace), namespaceObject("ml")]);
-    await env.apply(await controllerRbac([]));
-    await env.apply([dockerConfigSecret("team-registry", "ml", upstream.host, teamUser)]);
+    env = await startChartStowage({
+      values: { webhook: true },
+      // A hardened apiserver: writing ownerReferences needs delete on the object (the planner's
+      // NodeCaches point at their Node), blockOwnerDeletion needs update on the owner's finalizers.
+      controlPlane: { apiserverFlags: ["--enable-admission-plugins=OwnerReferencesPermissionEnforcement"] },
+    });
   });
 
   afterAll(async () => {
-    await controller?.kill("SIGTERM");
-    await env?.api.stop();
-    if (env) await rm(env.dir, { recursive: true, force: true });
+    await env?.dispose();
   });
 
-  it("lets the ServiceAccount get a Secret by name but not list Secrets (its identity really is checked)", async () => {
-    const response = await fetch(`${env.api.url}/api/v1/namespaces/ml/secrets/team-registry`, {
-      headers: {
-        authorization: `Bearer ${(await readFile(env.controllerKubeconfig, "utf8")).match(/token: (\S+)/)?.[1]}`,
-      },
-    });
-    expect(response.status).toBe(200);
-    const list = await fetch(`${env.api.url}/api/v1/namespaces/ml/secrets`, {
-      headers: {
-        authorization: `Bearer ${(await readFile(env.controllerKubeconfig, "utf8")).match(/token: (\S+)/)?.[1]}`,
-      },
-    });
-    expect(list.status).toBe(403);
-    expect(((await list.json()) as { message: string }).message).toBe(
-      `secrets is forbidden: User "system:serviceaccount:${releaseNamespace}:${serviceAccount}" cannot list resource "secrets" in API group "" in the namespace "ml"`,
-    );
-  });
-
-  it("makes a ModelImage with a pull secret Ready, holding the Lease, without a single 403", async () => {
-    env.api.resetRequestLog();
-    controller = await startControllerProcess({
-      kubeconfig: env.controllerKubeconfig,
-      cacheRegistry: cache.url,
-      args: ["--insecure-registry", upstream.host],
-    });
-    await env.apply([
-      modelImage(
-        "team-model",
-        { image: `${upstream.host}/team/model:v1`, pullSecrets: [{ name: "team-registry" }] },
-        "ml",
-      ),
-    ]);
-    const ready = await eventually(
-      "ml/team-model Ready=True",
-      async () => ((await condition(env, "ml", "team-model", "Ready"))?.status === "True" ? true : undefined),
-      90_000,
-    );
-    expect(ready).toBe(true);
-    const lease = await env.kubectl([
+  it("mirrors, pre-warms onto the node and releases a held pod as the chart's ServiceAccounts, without a 403", async () => {
+    await env.resetRequests();
+    await env.start();
+    const probe = await env.probe();
+    await env.waitWorking(probe);
+    baseline = await env.requests();
+    expect(baseline.filter((r) => r.status === 403)).toEqual([]);
+    const lease = await env.cluster.kubectlOk([
       "get",
       "lease",
       "stowage-controller",
       "-n",
       releaseNamespace,
       "-o",
-      "json",
+      "jsonpath={.spec.holderIdentity}",
     ]);
-    expect(JSON.parse(lease.stdout).spec.holderIdentity).toBe(controller.identity);
-    const forbidden = env.api.requestLog().filter((entry) => entry.status === 403);
-    expect(forbidden).toEqual([]);
+    expect(lease).toBe(env.controller?.identity);
   });
 
-  it("reports the missing permission on the ModelImage when the chart's secrets rule is taken away", async () => {
-    await env.apply(
-      await controllerRbac([], (rule) => (rule as { resources: string[] }).resources.includes("secrets")),
+  it.runIf(real)(
+    "authenticated every process: the audit log names each one's ServiceAccount, and nothing is anonymous",
+    () => {
+      const users = new Set(baseline.map((r) => r.user));
+      expect(users).toContain(controllerUser);
+      expect(users).toContain(agentUser);
+      expect(
+        [...users].filter((u) => !u || u === "system:anonymous" || u.startsWith("system:unauthenticated")),
+      ).toEqual([]);
+      // the writes each process exists for were made as its ServiceAccount
+      const wrote = (user: string, verb: string, path: RegExp) =>
+        baseline.some((r) => r.user === user && r.verb === verb && path.test(r.path) && r.status < 300);
+      expect(wrote(controllerUser, "create", /\/nodecaches$/)).toBe(true);
+      expect(wrote(controllerUser, "patch", /\/api\/v1\/nodes\/gpu-1$/)).toBe(true);
+      expect(wrote(controllerUser, "update", /\/modelimages\/probe-1\/status$/)).toBe(true);
+      expect(wrote(controllerUser, "update", /\/leases\/stowage-controller$/)).toBe(true);
+      expect(wrote(agentUser, "update", /\/nodecaches\/gpu-1\/status$/)).toBe(true);
+    },
+  );
+
+  it.runIf(real)("used every rendered rule for a request no other rendered rule grants", () => {
+    const rules = env.rules.filter((rule) => !needOf(rule)?.eventsV1Off);
+    const unused = rules.filter((rule) =>
+      rule.grantees.every((g) => onlyGrantedBy(rule, env.rules, baseline, g.serviceAccount).length === 0),
     );
-    await env.apply([
-      modelImage(
-        "team-other",
-        { image: `${upstream.host}/team/other:v1`, pullSecrets: [{ name: "team-registry" }] },
-        "ml",
-      ),
-    ]);
-    const denied = await eventually(
-      "ml/team-other reports the refused secret",
-      async () => {
-        const ready = await condition(env, "ml", "team-other", "Ready");
-        return ready?.status === "False" && /forbidden/.test(ready.message ?? "") ? ready : undefined;
-      },
-      90_000,
-    );
-    expect(denied.message).toContain(
-      `User "system:serviceaccount:${releaseNamespace}:${serviceAccount}" cannot get resource "secrets" in API group "" in the namespace "ml"`,
-    );
-    expect(denied.message).toContain("the controller needs get on secrets in that namespace");
+    expect(unused.map(describeRule)).toEqual([]);
   });
+
+  /** What a person sees when some rules are missing, besides the 403s. */
+  const visible: Record<string, (probe: Probe) => Promise<void>> = {
+    secrets: async (probe) => {
+      const ready = await eventually(`${probe.name} Ready=False naming the refused Secret`, async () => {
+        const mi = await env.admin.resource(ModelImages).get(probe.name, modelNamespace);
+        const found = (
+          mi as { status?: { conditions?: { type: string; status: string; message?: string }[] } }
+        ).status?.conditions?.find((c) => c.type === "Ready");
+        return found?.status === "False" && /forbidden/.test(found.message ?? "") ? found : undefined;
+      });
+      expect(ready.message).toContain(
+        `User "${controllerUser}" cannot get resource "secrets" in API group "" in the namespace "${modelNamespace}"`,
+      );
+      expect(ready.message).toContain("the controller needs get on secrets in that namespace");
+    },
+    nodecaches: async () => {
+      const line = await (env.controller as ControllerProcess).waitForLog((l) =>
+        l.msg.startsWith("cannot list NodeCaches: pre-warming is off"),
+      );
+      expect(line.status).toBe(403);
+    },
+  };
+
+  for (const rule of webhookRules.filter((r) => needOf(r)?.component === "controller")) {
+    it(`is refused without ${describeRule(rule)}: ${needOf(rule)?.what}`, async () => {
+      const removed = env.rules.find((r) => r.id === rule.id);
+      expect(removed).toBeDefined();
+      const refused = await refusedWithout(
+        env,
+        removed as RenderedRule,
+        visible[rule.rule.resources.join(",")],
+      );
+      const user = `system:serviceaccount:${releaseNamespace}:${controllerServiceAccount}`;
+      expect(refused.length).toBeGreaterThan(0);
+      // every refusal is of a request the removed rule grants the controller, and nothing else
+      expect(refused.filter((r) => grantedBy(rule, [r], user).length === 0)).toEqual([]);
+      if (real) expect(new Set(refused.map((r) => r.user))).toEqual(new Set([user]));
+    });
+  }
 });
 
-describe("the controller with the chart's RBAC for watchNamespaces", () => {
-  let env: Env;
-  let controller: ControllerProcess | undefined;
+describe("the controller with the chart's RBAC for watchNamespaces: [ml]", () => {
+  let env: ChartStowage;
 
   beforeAll(async () => {
-    env = await startEnv();
-    await env.apply([namespaceObject(releaseNamespace), namespaceObject("ml"), namespaceObject("research")]);
-    await env.apply(await controllerRbac(["ml"]));
-    await env.apply([dockerConfigSecret("team-registry", "ml", upstream.host, teamUser)]);
+    env = await startChartStowage({ values: { watchNamespaces: [modelNamespace] } });
   });
 
   afterAll(async () => {
-    await controller?.kill("SIGTERM");
-    await env?.api.stop();
-    if (env) await rm(env.dir, { recursive: true, force: true });
+    await env?.dispose();
   });
 
-  it("syncs ModelImages in the watched namespace with RoleBindings only there, without a single 403", async () => {
-    env.api.resetRequestLog();
-    controller = await startControllerProcess({
-      kubeconfig: env.controllerKubeconfig,
-      cacheRegistry: cache.url,
-      args: ["--insecure-registry", upstream.host, "--namespace", "ml"],
-    });
-    await env.apply([
-      modelImage(
-        "team-model",
-        { image: `${upstream.host}/team/model:v1`, pullSecrets: [{ name: "team-registry" }] },
-        "ml",
-      ),
+  it("binds the namespaced rules by a RoleBinding in ml only, and works there without a 403", async () => {
+    const bindings = env.rbac.filter((o) => /Binding$/.test(o.kind ?? ""));
+    const namespaced = bindings.filter(
+      (b) => (b as { roleRef?: { name: string } }).roleRef?.name === "stowage-controller-namespaced",
+    );
+    expect(namespaced.map((b) => `${b.kind}/${b.metadata?.namespace}`)).toEqual([
+      `RoleBinding/${modelNamespace}`,
     ]);
-    await eventually(
-      "ml/team-model Ready=True",
-      async () => ((await condition(env, "ml", "team-model", "Ready"))?.status === "True" ? true : undefined),
-      90_000,
-    );
-    expect(env.api.requestLog().filter((entry) => entry.status === 403)).toEqual([]);
-    // and the same identity can read nothing in a namespace it does not watch
-    const token = (await readFile(env.controllerKubeconfig, "utf8")).match(/token: (\S+)/)?.[1];
-    const elsewhere = await fetch(
-      `${env.api.url}/apis/stowage.dev/v1alpha1/namespaces/research/modelimages`,
-      {
-        headers: { authorization: `Bearer ${token}` },
-      },
-    );
-    expect(elsewhere.status).toBe(403);
+    await env.cluster.apply([{ apiVersion: "v1", kind: "Namespace", metadata: { name: "research" } }]);
+    await env.resetRequests();
+    await env.start();
+    const probe = await env.probe();
+    await env.waitWorking(probe);
+    expect((await env.requests()).filter((r) => r.status === 403)).toEqual([]);
+  });
+
+  it("cannot read ModelImages or Secrets outside ml with the same token", async () => {
+    const client = KubeClient.load({ path: await env.controllerKubeconfig() });
+    try {
+      await env.cluster.apply([
+        modelImage("elsewhere", { image: "registry.invalid/x:1" }, "research"),
+        dockerConfigSecret("research-registry", "research", env.upstream.host, {
+          username: "u",
+          password: "p",
+        }),
+      ]);
+      const refused = await client
+        .resource(ModelImages)
+        .list({ namespace: "research" })
+        .then(
+          () => undefined,
+          (err: Error) => err,
+        );
+      expect(refused?.message).toContain(
+        `User "${controllerUser}" cannot list resource "modelimages" in API group "stowage.dev" in the namespace "research"`,
+      );
+      const secret = await client
+        .resource(Resources.Secret)
+        .get("research-registry", "research")
+        .then(
+          () => undefined,
+          (err: Error) => err,
+        );
+      expect(secret?.message).toContain(
+        `User "${controllerUser}" cannot get resource "secrets" in API group "" in the namespace "research"`,
+      );
+      // and the controller never reconciled the one there
+      const elsewhere = await eventually("research/elsewhere read back", () =>
+        env.cluster.kubectlOk(["get", "mi", "elsewhere", "-n", "research", "-o", "json"]),
+      );
+      expect(JSON.parse(elsewhere).status?.conditions ?? []).toEqual([]);
+    } finally {
+      client.close();
+    }
   });
 });
