@@ -27,6 +27,8 @@ const onBothApiServers = [
   "test/auth/ecr.test.ts",
   "test/controller/modelimage.test.ts",
   "test/controller/modelimage-failures.test.ts",
+  "test/controller/modelimage-finalizer.test.ts",
+  "test/controller/prewarm-first-sync.test.ts",
   "test/controller/prewarm.test.ts",
   "test/controller/prewarm-integration.test.ts",
   "test/controller/prewarm-process.test.ts",

@@ -19,7 +19,7 @@ import type { CredentialProvider } from "../../auth/index.ts";
 import type { ObjectClient } from "../../kube/client.ts";
 import { done, type ReconcileContext, type Result, requeueAfter } from "../../kube/controller.ts";
 import type { EventRecorder } from "../../kube/events.ts";
-import { ensureFinalizer, isBeingDeleted } from "../../kube/finalizers.ts";
+import { ensureFinalizer, isBeingDeleted, removeFinalizer } from "../../kube/finalizers.ts";
 import { writeStatus } from "../../kube/status.ts";
 import {
   formatReference,
@@ -123,7 +123,12 @@ export function createReconciler(deps: ReconcilerDeps) {
       deps.checks.delete(key);
       return finalize(mi, deletion, ctx.log);
     }
-    if (!mi.metadata.finalizers?.includes(FINALIZER)) mi = await ensureFinalizer(deps.objects, mi, FINALIZER);
+    // The finalizer exists only to delete cache tags. When the cache keeps everything
+    // (retainOnDelete, the default) there is nothing to wait for, so it is not added, and one left
+    // by an earlier setting is taken off: a ModelImage deleted after the controller is gone (helm
+    // uninstall) must not hang in Terminating.
+    if (deps.config.retainOnDelete) mi = await removeFinalizer(deps.objects, mi, FINALIZER);
+    else mi = await ensureFinalizer(deps.objects, mi, FINALIZER);
     const spec = withDefaults(mi.spec);
     if (spec.suspend) {
       await writeStatus<ModelImageStatus, ModelImage>(
