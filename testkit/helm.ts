@@ -4,15 +4,10 @@
  * caller's temp dir, a kubeconfig only when given (a `helm template` needs no cluster), exit code
  * and both streams returned, so a test can check what helm said and not only what it printed.
  */
-import { execFile } from "node:child_process";
 import { join } from "node:path";
-import { k8sBin } from "./k8sTools.ts";
+import { runK8sTool, type ToolRun } from "./k8sTools.ts";
 
-export interface HelmRun {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+export type HelmRun = ToolRun;
 
 export interface HelmOptions {
   /** helm's cache, config and data homes live here (a temp dir of the caller) */
@@ -38,34 +33,10 @@ export function helmEnv(dir: string): Record<string, string> {
 
 /** Runs helm; never throws for a non-zero exit (a missing binary is exit code 127 with the reason). */
 export function helm(args: string[], options: HelmOptions): Promise<HelmRun> {
-  return new Promise((resolve) => {
-    let binary: string;
-    try {
-      binary = k8sBin("helm");
-    } catch (err) {
-      resolve({ code: 127, stdout: "", stderr: (err as Error).message });
-      return;
-    }
-    execFile(
-      binary,
-      [...(options.kubeconfig ? ["--kubeconfig", options.kubeconfig] : []), ...args],
-      {
-        cwd: options.cwd,
-        env: { ...process.env, ...helmEnv(options.dir), ...options.env },
-        timeout: options.timeoutMs ?? 120_000,
-        maxBuffer: 64 * 1024 * 1024,
-      },
-      (error, stdout, stderr) => {
-        const code = error
-          ? typeof error.code === "number"
-            ? error.code
-            : error.code === "ENOENT"
-              ? 127
-              : 1
-          : 0;
-        resolve({ code, stdout, stderr: stderr || (error && code !== 0 ? error.message : "") });
-      },
-    );
+  return runK8sTool("helm", [...(options.kubeconfig ? ["--kubeconfig", options.kubeconfig] : []), ...args], {
+    cwd: options.cwd,
+    env: { ...helmEnv(options.dir), ...options.env },
+    timeoutMs: options.timeoutMs ?? 120_000,
   });
 }
 
