@@ -123,26 +123,39 @@ export class LeaderElector {
 
   /** Give the lease up if we hold it, so another replica takes over without waiting for expiry. */
   async release(): Promise<boolean> {
-    const lease = this.#observed;
+    let lease = this.#observed;
     if (!lease || lease.spec?.holderIdentity !== this.identity) return false;
-    const now = formatMicroTime(this.#clock.now());
-    try {
-      const released = await this.#leases.update({
-        ...lease,
-        spec: {
-          ...lease.spec,
-          holderIdentity: "",
-          leaseDurationSeconds: 1,
-          acquireTime: now,
-          renewTime: now,
-        },
-      });
-      this.#observe(released);
-      this.#log.info("released the lease");
-      return true;
-    } catch (err) {
-      this.#log.warn({ error: (err as Error).message }, "could not release the lease");
-      return false;
+    for (let attempt = 1; ; attempt++) {
+      const now = formatMicroTime(this.#clock.now());
+      try {
+        const released = await this.#leases.update({
+          ...lease,
+          spec: {
+            ...lease.spec,
+            holderIdentity: "",
+            leaseDurationSeconds: 1,
+            acquireTime: now,
+            renewTime: now,
+          },
+        });
+        this.#observe(released);
+        this.#log.info("released the lease");
+        return true;
+      } catch (err) {
+        // A renew the shutdown aborted may still have reached the server, so our copy is one
+        // resourceVersion behind: read it again and release it if it is still ours.
+        if (isConflict(err) && attempt < 3) {
+          const current = await this.#leases
+            .find(this.#options.name, this.#options.namespace)
+            .catch(() => undefined);
+          if (current?.spec?.holderIdentity === this.identity) {
+            lease = current;
+            continue;
+          }
+        }
+        this.#log.warn({ error: (err as Error).message }, "could not release the lease");
+        return false;
+      }
     }
   }
 
