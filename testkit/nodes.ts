@@ -1,7 +1,7 @@
 /**
  * Creating a Node the way a kubelet registers one: the object first, then its status through the
- * status subresource (a real apiserver ignores `status` on create; the double keeps it, so both
- * get the same two requests).
+ * status subresource, so code that watches Nodes sees the moment a kubelet's node exists but is
+ * not Ready yet (the planner once lifted the warming taint in that moment).
  */
 import { type KubeClient, type KubeObject, Resources } from "../src/kube/client.ts";
 

@@ -208,7 +208,7 @@ describe("pre-warm onto real containerd nodes", () => {
         nodeInfo: { architecture: "amd64", operatingSystem: "linux" },
       },
     };
-    // A kubelet registers the object, then its status (a real apiserver ignores status on create).
+    // A kubelet registers the object, then its status: for a moment the node exists and is not Ready.
     await registerNode(sandbox.client, node);
     const tainted = async () => {
       const got = (await sandbox.client.resource(Resources.Node).get(name)) as {
