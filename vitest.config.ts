@@ -6,7 +6,6 @@ import { defineConfig } from "vitest/config";
  */
 const onBothApiServers = [
   "test/demo/demo.test.ts",
-  "test/real/**/*.test.ts",
   "test/e2e/cacheAuth.test.ts",
   "test/e2e/cacheDown.test.ts",
   "test/e2e/cli.test.ts",
@@ -70,7 +69,7 @@ export default defineConfig({
         extends: true,
         test: {
           name: "real-k8s",
-          include: [...new Set([...onBothApiServers, ...realOnly])],
+          include: [...onBothApiServers, ...realOnly],
           env: { STOWAGE_TEST_APISERVER: "real" },
           globalSetup: ["test/support/k8sBinaries.ts"],
           // A real control plane takes seconds to start on two cores, and its writes are slower.
