@@ -24,6 +24,7 @@ import { freePort } from "../../testkit/ports.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
 import { cuttableClient } from "../kube/apiFaults.ts";
 import { startCluster } from "../kube/helpers.ts";
+import { eventually as waitFor } from "../support/eventually.ts";
 
 let api: TestCluster;
 let client: KubeClient;
@@ -43,21 +44,6 @@ function cri(target: RunningContainerd): CriClient {
   const c = new CriClient(target.socketPath);
   criClients.push(c);
   return c;
-}
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 45_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < deadline) {
-    try {
-      const value = await probe();
-      if (value !== undefined && value !== false) return value;
-    } catch (err) {
-      last = err;
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ""}`);
 }
 
 /** Push an image into the cache under the cache layout for `upstreamHost/repo`. */

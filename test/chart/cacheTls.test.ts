@@ -22,6 +22,7 @@ import { type RunningContainerd, startContainerd } from "../../testkit/container
 import { pushSinglePlatformImage } from "../../testkit/images.ts";
 import { freePort } from "../../testkit/ports.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
+import { eventually as waitFor } from "../support/eventually.ts";
 import {
   type Container,
   containerOf,
@@ -227,22 +228,3 @@ describe("the CA the agent writes for containerd", () => {
     }
   });
 });
-
-async function waitFor<T>(
-  what: string,
-  probe: () => Promise<T | false | undefined>,
-  timeoutMs = 30_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < deadline) {
-    try {
-      const value = await probe();
-      if (value !== undefined && value !== false) return value;
-    } catch (err) {
-      last = err;
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ""}`);
-}

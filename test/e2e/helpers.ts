@@ -12,6 +12,9 @@ import { loadCrd } from "../../src/api/crds.ts";
 import type { KubeObject } from "../../testkit/apiserver/index.ts";
 import { startTestCluster, type TestCluster, type TestClusterOptions } from "../../testkit/cluster.ts";
 import { kubectl as runKubectl } from "../../testkit/kubectl.ts";
+import { eventually } from "../support/eventually.ts";
+
+export { eventually };
 
 export const root = fileURLToPath(new URL("../..", import.meta.url));
 
@@ -146,31 +149,6 @@ export async function getModelImage(
 
 export function condition(mi: ModelImageView, type: string): Condition | undefined {
   return mi.status?.conditions?.find((c) => c.type === type);
-}
-
-/** Poll until `check` returns a value (not undefined/false); throws with `what` and the last value seen. */
-export async function eventually<T>(
-  what: string,
-  check: () => Promise<T | undefined | false> | T | undefined | false,
-  timeoutMs = 60_000,
-  intervalMs = 200,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let lastError: unknown;
-  for (;;) {
-    try {
-      const value = await check();
-      if (value !== undefined && value !== false) return value;
-    } catch (err) {
-      lastError = err;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(
-        `timed out waiting for: ${what}${lastError ? ` (last error: ${(lastError as Error).message})` : ""}`,
-      );
-    }
-    await new Promise((resolve) => setTimeout(resolve, intervalMs));
-  }
 }
 
 /** A condition reaching a status (and reason), polled through kubectl as a person would. */

@@ -4,6 +4,7 @@
  */
 import { CriClient } from "../../src/agent/cri.ts";
 import { type KubectlRun, kubectl as runKubectl } from "../../testkit/kubectl.ts";
+import { eventually } from "../support/eventually.ts";
 
 export type { KubectlRun };
 
@@ -12,26 +13,14 @@ export function kubectl(kubeconfig: string, home: string, args: string[]): Promi
   return runKubectl(args, { kubeconfig, dir: home, timeoutMs: 60_000 });
 }
 
-/** Polls `probe` until it returns a value other than undefined; throws with `what` and the last error on timeout. */
-export async function waitFor<T>(
+/** Polls `probe` until it returns a value (not undefined/false); containerd pulls get 90 s by default. */
+export function waitFor<T>(
   what: string,
   probe: () => Promise<T | undefined>,
   timeoutMs = 90_000,
   intervalMs = 250,
 ): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const value = await probe();
-      if (value !== undefined) return value;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline)
-      throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ""}`);
-    await new Promise((r) => setTimeout(r, intervalMs));
-  }
+  return eventually(what, probe, timeoutMs, intervalMs);
 }
 
 /** Whether containerd at `socket` holds `ref` (CRI ImageStatus). */
