@@ -4,7 +4,7 @@
  * mirror config and reports in the NodeCache status. Exit codes: 0 after SIGTERM/SIGINT,
  * 1 on a fatal startup error, 2 on bad usage.
  */
-import { readFile } from "node:fs/promises";
+
 import { parseArgs } from "node:util";
 import { type NodeCache, NodeCacheResource } from "../api/nodeCache.ts";
 import { KubeClient } from "../kube/client.ts";
@@ -15,6 +15,7 @@ import type { Clock } from "../util/clock.ts";
 import { asStowageError } from "../util/errors.ts";
 import { booleanFlag, durationFlag, integerFlag, normaliseBooleanFlags, UsageError } from "../util/flags.ts";
 import { createLogger, type Logger } from "../util/log.ts";
+import { stowageVersion } from "../util/version.ts";
 import { CriClient, type ImageRuntime } from "./cri.ts";
 import { containerdProgressProbe, type ProgressProbe } from "./progress.ts";
 import { type AgentConfig, defaultAgentConfig, NodeAgentReconciler } from "./reconciler.ts";
@@ -202,11 +203,6 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
   };
 }
 
-async function packageVersion(): Promise<string> {
-  const pkg = JSON.parse(await readFile(new URL("../../package.json", import.meta.url), "utf8"));
-  return String(pkg.version ?? "");
-}
-
 async function existingDir(path: string): Promise<string | undefined> {
   const { stat } = await import("node:fs/promises");
   try {
@@ -232,8 +228,11 @@ export async function runAgent(args: string[]): Promise<number> {
   const log = createLogger({ level: invocation.logLevel, name: "stowage-agent" });
   let runtime: CriClient | undefined;
   try {
-    const config: AgentConfig = { ...invocation.config, agentVersion: await packageVersion() };
-    const client = KubeClient.load({ path: invocation.kubeconfig });
+    const config: AgentConfig = { ...invocation.config, agentVersion: stowageVersion() };
+    const client = KubeClient.load({
+      path: invocation.kubeconfig,
+      userAgent: `stowage-agent/${stowageVersion()}`,
+    });
     runtime = new CriClient(invocation.criSocket);
     const root = invocation.containerdRoot ?? (await existingDir("/var/lib/containerd"));
     config.containerdRoot = root;

@@ -5,6 +5,7 @@
  * health server) until SIGTERM/SIGINT. Exit codes: 0 after a graceful stop, 1 on a fatal
  * startup error, 2 on bad usage.
  */
+
 import { readFile } from "node:fs/promises";
 import { hostname } from "node:os";
 import { parseArgs } from "node:util";
@@ -33,6 +34,7 @@ import {
   UsageError,
 } from "../util/flags.ts";
 import { createLogger, type Logger } from "../util/log.ts";
+import { stowageVersion } from "../util/version.ts";
 import { controllerConfig } from "./config.ts";
 
 export const controllerHelp = `Usage: stowage controller [flags]
@@ -510,7 +512,10 @@ export async function startController(
 ): Promise<RunningController> {
   let client: KubeClient;
   try {
-    client = KubeClient.load({ path: invocation.kubeconfig });
+    client = KubeClient.load({
+      path: invocation.kubeconfig,
+      userAgent: `stowage-controller/${stowageVersion()}`,
+    });
   } catch (err) {
     throw asStowageError(err, "InvalidArgument");
   }

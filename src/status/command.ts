@@ -3,9 +3,11 @@
  * coloured on a TTY) and scripts (`-o json`). Also runs as a kubectl plugin (`kubectl stowage
  * status`, via bin/kubectl-stowage). Exit codes: 0 printed, 1 could not read the cluster, 2 bad usage.
  */
+
 import { parseArgs } from "node:util";
 import { KubeClient } from "../kube/client.ts";
 import { asStowageError } from "../util/errors.ts";
+import { stowageVersion } from "../util/version.ts";
 import { gatherSnapshot } from "./gather.ts";
 import { buildReport } from "./model.ts";
 import { renderJson, renderText } from "./render.ts";
@@ -80,7 +82,11 @@ export async function runStatus(
   const namespace = values["all-namespaces"] ? undefined : values.namespace;
   let client: KubeClient | undefined;
   try {
-    client = KubeClient.load({ path: values.kubeconfig, context: values.context });
+    client = KubeClient.load({
+      path: values.kubeconfig,
+      context: values.context,
+      userAgent: `stowage-status/${stowageVersion()}`,
+    });
     const report = buildReport(await gatherSnapshot(client, { namespace }));
     if (output === "json") io.stdout.write(renderJson(report));
     else {

@@ -128,6 +128,15 @@ describe("stowage controller, end to end", () => {
     expect(cells.NODES).toMatch(/^(\d+\/\d+)?$/);
     expect(cells.AGE).toMatch(/^\d+[smhd]/);
 
+    // managedFields say who wrote what: the status is the controller's (named by its User-Agent),
+    // the spec kubectl's, so `kubectl get --show-managed-fields` answers "who changed this".
+    const stored = JSON.parse(
+      await cluster.kubectlOk(["get", "mi", name, "-o", "json", "--show-managed-fields"]),
+    ) as { metadata: { managedFields?: { manager: string; subresource?: string }[] } };
+    const managers = (stored.metadata.managedFields ?? []).map((f) => `${f.manager}:${f.subresource ?? ""}`);
+    expect(managers).toContain("stowage-controller:status");
+    expect(managers).not.toContain("unknown:status");
+
     const metrics = await controller.health("/metrics");
     expect(metrics.status).toBe(200);
     expect(sampleValue(metrics.body, "stowage_modelimage_ready", { namespace: "default", name })).toBe(1);
