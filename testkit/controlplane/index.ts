@@ -423,6 +423,7 @@ async function startControlPlaneOnce(options: ControlPlaneOptions): Promise<Cont
       return { kubeconfigPath: path, kubeconfig: text };
     };
     let auditLinesSeen = 0;
+    let signing: Promise<void> = Promise.resolve();
     const plane: ControlPlane = {
       url,
       kubeconfigPath,
@@ -435,12 +436,18 @@ async function startControlPlaneOnce(options: ControlPlaneOptions): Promise<Cont
       async kubeconfigForUser(name, groups = []) {
         const file = `user-${Math.random().toString(36).slice(2, 10)}`;
         const subject = [...groups.map((g) => `/O=${g}`), `/CN=${name}`].join("");
-        await signedCertificate(
-          dir,
-          file,
-          subject,
-          "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+        // One signing at a time: concurrent `openssl x509 -CAcreateserial` runs race on ca.srl
+        // ("Unable to load number from ca.srl"), e.g. two kubelet nodes started in parallel.
+        const signed = signing.then(() =>
+          signedCertificate(
+            dir,
+            file,
+            subject,
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+          ),
         );
+        signing = signed.catch(() => {});
+        await signed;
         return identityFile(name, {
           "client-certificate-data": b64(await readFile(join(dir, `${file}.crt`), "utf8")),
           "client-key-data": b64(await readFile(join(dir, `${file}.key`), "utf8")),
