@@ -19,7 +19,10 @@ if [ "${major:-0}" -lt 22 ]; then
 fi
 echo "setup: node $(node --version)" >&2
 
-packages=(docker-registry skopeo containerd prometheus lua5.1 lua-dkjson apache2-utils openssl)
+# containernetworking-plugins (the `loopback` CNI plugin) and busybox-static (a FROM-scratch
+# image that runs) are for the real kubelet nodes (testkit/kubeletNode.ts).
+packages=(docker-registry skopeo containerd prometheus lua5.1 lua-dkjson apache2-utils openssl
+  containernetworking-plugins busybox-static)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

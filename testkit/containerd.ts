@@ -1,7 +1,8 @@
 /**
  * A real containerd (Debian's /usr/bin/containerd, 1.6) for tests: its own root, state,
  * socket and registry `config_path` (certs.d) in a temp dir, the CRI plugin on, CNI left
- * unconfigured (only image calls are used). Several can run at once, one per test "node".
+ * unconfigured (only image calls are used) unless a kubelet's node asks for it (testkit/kubeletNode).
+ * Several can run at once, one per test "node".
  * Needs root (the overlayfs snapshotter mounts); falls back to the native snapshotter when
  * the kernel has no overlay filesystem.
  */
@@ -19,6 +20,22 @@ export interface ContainerdOptions {
   withoutConfigPath?: boolean;
   /** "overlayfs" (default when the kernel has it) or "native". */
   snapshotter?: "overlayfs" | "native";
+  /**
+   * CNI for a kubelet's containerd: the plugins' folder and network config lists written into
+   * the conf dir before start (file name → conflist). Without it CRI reports NetworkReady=false.
+   */
+  cni?: { binDir: string; conflists: Record<string, object> };
+  /** The image CRI runs as every pod's sandbox (`sandbox_image`); it must be imported, nothing is pulled. */
+  sandboxImage?: string;
+  /** Put containers in the cgroups the kubelet asks for; off by default (only image calls are used). */
+  cgroups?: boolean;
+  /**
+   * Clamp the OOM score a container asks for to containerd's own (`restrict_oom_score_adj`). The
+   * kubelet asks -998 for every pod sandbox; lowering a score needs CAP_SYS_RESOURCE, which root
+   * lacks on this machine, and runc then fails ("failed to update /proc/self/oom_score_adj:
+   * Permission denied").
+   */
+  restrictOomScoreAdj?: boolean;
 }
 
 export interface RunningContainerd {
@@ -54,7 +71,12 @@ export function overlayAvailable(): boolean {
   }
 }
 
-function configToml(dir: string, snapshotter: string, withConfigPath: boolean): string {
+function configToml(
+  dir: string,
+  snapshotter: string,
+  withConfigPath: boolean,
+  options: ContainerdOptions,
+): string {
   const q = (value: string) => JSON.stringify(value);
   return [
     "version = 2",
@@ -74,14 +96,16 @@ function configToml(dir: string, snapshotter: string, withConfigPath: boolean): 
     "  disable_tcp_service = true",
     `  stream_server_address = "127.0.0.1"`,
     `  stream_server_port = "0"`,
-    "  disable_cgroup = true",
+    `  disable_cgroup = ${options.cgroups ? "false" : "true"}`,
     "  disable_apparmor = true",
     // Image filesystem usage (ImageFsInfo) is sampled on this period; 10 s by default.
     "  stats_collect_period = 1",
+    options.restrictOomScoreAdj ? "  restrict_oom_score_adj = true" : "",
+    options.sandboxImage ? `  sandbox_image = ${q(options.sandboxImage)}` : "",
     `  [plugins."io.containerd.grpc.v1.cri".containerd]`,
     `    snapshotter = ${q(snapshotter)}`,
     `  [plugins."io.containerd.grpc.v1.cri".cni]`,
-    `    bin_dir = ${q(join(dir, "cni", "bin"))}`,
+    `    bin_dir = ${q(options.cni?.binDir ?? join(dir, "cni", "bin"))}`,
     `    conf_dir = ${q(join(dir, "cni", "conf"))}`,
     `  [plugins."io.containerd.grpc.v1.cri".registry]`,
     withConfigPath ? `    config_path = ${q(join(dir, "certs.d"))}` : "",
@@ -114,7 +138,9 @@ export async function startContainerd(options: ContainerdOptions = {}): Promise<
   const socketPath = join(dir, "containerd.sock");
   await mkdir(certsDir, { recursive: true });
   await mkdir(join(dir, "cni", "conf"), { recursive: true });
-  await writeFile(configFile, configToml(dir, snapshotter, !options.withoutConfigPath));
+  for (const [file, conflist] of Object.entries(options.cni?.conflists ?? {}))
+    await writeFile(join(dir, "cni", "conf", file), JSON.stringify(conflist));
+  await writeFile(configFile, configToml(dir, snapshotter, !options.withoutConfigPath, options));
 
   let child: ChildProcess | undefined;
   let output = "";
