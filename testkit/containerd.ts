@@ -12,6 +12,7 @@ import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { unmountUnder } from "./mounts.ts";
 
 const CONTAINERD_BINARY = "/usr/bin/containerd";
 
@@ -205,26 +206,4 @@ export async function startContainerd(options: ContainerdOptions = {}): Promise<
       await rm(dir, { recursive: true, force: true });
     },
   };
-}
-
-/** Snapshot mounts left behind under `dir` (a killed containerd) would make rm fail. */
-async function unmountUnder(dir: string): Promise<void> {
-  let mounts = "";
-  try {
-    mounts = readFileSync("/proc/self/mounts", "utf8");
-  } catch {
-    return;
-  }
-  const targets = mounts
-    .split("\n")
-    .map((line) => line.split(" ")[1])
-    .filter((target): target is string => target?.startsWith(`${dir}/`) ?? false)
-    .sort((a, b) => b.length - a.length);
-  for (const target of targets) {
-    await new Promise<void>((resolve) => {
-      const proc = spawn("umount", ["-l", target], { stdio: "ignore" });
-      proc.once("exit", () => resolve());
-      proc.once("error", () => resolve());
-    });
-  }
 }

@@ -5,10 +5,11 @@
  * Nothing of a Docker the machine may already run is touched, the client's config included.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { unmountUnder } from "./mounts.ts";
 
 export const DOCKERD_BINARY = "/usr/sbin/dockerd";
 export const DOCKER_CLIENT = "/usr/bin/docker";
@@ -150,14 +151,4 @@ export async function startDocker(): Promise<RunningDocker> {
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
   return { dir, env, docker, log: () => output, dispose };
-}
-
-/** Overlay and netns mounts left under `dir` (a dockerd killed mid-build) would make rm fail. */
-async function unmountUnder(dir: string): Promise<void> {
-  const targets = readFileSync("/proc/self/mounts", "utf8")
-    .split("\n")
-    .map((line) => line.split(" ")[1])
-    .filter((target): target is string => target?.startsWith(`${dir}/`) ?? false)
-    .sort((a, b) => b.length - a.length);
-  for (const target of targets) await runCommand("umount", ["-l", target], { timeoutMs: 10_000 });
 }

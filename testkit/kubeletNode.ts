@@ -27,6 +27,7 @@ import { stringify } from "yaml";
 import { type RunningContainerd, startContainerd } from "./containerd.ts";
 import type { ControlPlane } from "./controlplane/index.ts";
 import { k8sBin } from "./k8sTools.ts";
+import { unmountUnder } from "./mounts.ts";
 import { freePort } from "./ports.ts";
 
 const run = promisify(execFile);
@@ -415,22 +416,4 @@ async function removeEmptyCgroupParents(): Promise<void> {
     .filter((fields) => fields[2] === "cgroup" || fields[2] === "cgroup2")
     .map((fields) => fields[1] ?? "");
   for (const hierarchy of hierarchies) await rmdir(join(hierarchy, "k8s.io")).catch(() => {});
-}
-
-/** Mounts the kubelet left under `dir` (volumes, tmpfs for projected tokens), deepest first. */
-async function unmountUnder(dir: string): Promise<void> {
-  let mounts = "";
-  try {
-    mounts = readFileSync("/proc/self/mounts", "utf8");
-  } catch {
-    return;
-  }
-  const targets = mounts
-    .split("\n")
-    .map((line) => line.split(" ")[1])
-    .filter((target): target is string => target?.startsWith(`${dir}/`) ?? false)
-    .sort((a, b) => b.length - a.length);
-  for (const target of targets) {
-    await run("umount", ["-R", target]).catch(() => run("umount", ["-l", target]).catch(() => {}));
-  }
 }
