@@ -256,10 +256,11 @@ describe("watch", () => {
     try {
       await namespace("w-table");
       let output = "";
-      const seen = (text: string) =>
+      // Wait for whole rows: kubectl may write a row's start and end in separate chunks.
+      const seen = (text: RegExp) =>
         new Promise<void>((resolve, reject) => {
           const check = () => {
-            if (output.includes(text)) resolve();
+            if (text.test(output)) resolve();
           };
           child.stdout.on("data", (chunk) => {
             output += chunk;
@@ -268,13 +269,13 @@ describe("watch", () => {
           child.once("exit", () => reject(new Error(`kubectl exited; output so far: ${output}`)));
           check();
         });
-      const appeared = seen("ADDED");
+      const appeared = seen(/ADDED\s+watched\s+\d+s\n/);
       await api.core.createNamespacedConfigMap({
         namespace: "w-table",
         body: { metadata: { name: "watched" }, data: { a: "1" } },
       });
       await appeared;
-      const modified = seen("MODIFIED");
+      const modified = seen(/MODIFIED\s+watched\s+\d+s\n/);
       await api.core.patchNamespacedConfigMap(
         { name: "watched", namespace: "w-table", body: { data: { b: "2" } } },
         k8s.setHeaderOptions("Content-Type", "application/merge-patch+json"),
