@@ -46,6 +46,10 @@ export const normalisedFields: { field: string; why: string }[] = [
     why: "wall clock; compared as present",
   },
   {
+    field: "order of managedFields entries",
+    why: "the real server orders them by their time (whole seconds), so two writes in the same or in adjacent seconds come in either order; compared sorted by manager, operation and subresource",
+  },
+  {
     field: "metadata.name of an object created with generateName",
     why: "random suffix; compared as the prefix plus five characters",
   },
@@ -504,11 +508,14 @@ class Normaliser {
         meta.name = `${meta.generateName}<suffix>`;
     }
     if (Array.isArray(meta.managedFields)) {
-      meta.managedFields = meta.managedFields.map((entry: Json) => ({
-        ...entry,
-        ...(entry.time ? { time: "<time>" } : {}),
-        fieldsV1: ownedFields(entry.fieldsV1),
-      }));
+      const key = (entry: Json) => `${entry.manager}|${entry.operation}|${entry.subresource ?? ""}`;
+      meta.managedFields = meta.managedFields
+        .map((entry: Json) => ({
+          ...entry,
+          ...(entry.time ? { time: "<time>" } : {}),
+          fieldsV1: ownedFields(entry.fieldsV1),
+        }))
+        .sort((a: Json, b: Json) => key(a).localeCompare(key(b)));
     }
     const out = { ...obj, metadata: meta };
     if (Array.isArray(obj.webhooks))
