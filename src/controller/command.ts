@@ -7,6 +7,7 @@
  */
 
 import { readFile } from "node:fs/promises";
+import { isIP } from "node:net";
 import { hostname } from "node:os";
 import { parseArgs } from "node:util";
 import { collectDefaultMetrics, type Registry } from "prom-client";
@@ -77,6 +78,8 @@ Flags:
   --webhook-cert-secret NAME     Secret with the webhook certificate (default stowage-webhook-tls)
   --webhook-cert-management MODE self: create, rotate and publish the CA; external: read the Secret
                                  cert-manager issues (default self)
+  --webhook-cert-host HOST       also name this DNS name or IP address in the self-managed serving
+                                 certificate, for a webhook the API server reaches by URL (repeatable)
   --prewarm=BOOL                 plan image pre-pulls onto nodes through NodeCache objects (default
                                  true; off, with a warning, when the NodeCache CRD is not installed)
   --cache-endpoint-for-nodes URL where nodes reach the cache registry, written to every NodeCache
@@ -118,6 +121,7 @@ export const controllerOptions = {
   "webhook-configuration": { type: "string" },
   "webhook-cert-secret": { type: "string" },
   "webhook-cert-management": { type: "string" },
+  "webhook-cert-host": { type: "string", multiple: true },
   prewarm: { type: "string" },
   "cache-endpoint-for-nodes": { type: "string" },
   "disk-budget-fraction": { type: "string" },
@@ -163,6 +167,8 @@ export interface ControllerInvocation {
     configuration: string;
     certSecret: string;
     certManagement: "self" | "external";
+    /** Extra names in the self-managed serving certificate (`--webhook-cert-host`). */
+    certHosts: { dnsNames: string[]; ipAddresses: string[] };
   };
   logLevel: string;
   /** The pre-warm planner's settings; undefined with --prewarm=false. */
@@ -319,7 +325,7 @@ export async function parseControllerArgs(
         }
       : undefined,
     identity: get("identity") ?? `${hostname()}_${process.pid}`,
-    webhook: webhookSettings(get, env),
+    webhook: webhookSettings(get, list, env),
     logLevel,
     prewarm: booleanFlag(get("prewarm"), "prewarm", true)
       ? {
@@ -350,6 +356,7 @@ function cacheEndpointForNodes(value: string | undefined): string | undefined {
 
 function webhookSettings(
   get: (flag: FlagName) => string | undefined,
+  list: (flag: FlagName) => string[],
   env: NodeJS.ProcessEnv,
 ): ControllerInvocation["webhook"] {
   const port = get("webhook-port");
@@ -365,7 +372,26 @@ function webhookSettings(
     configuration: get("webhook-configuration") ?? "stowage",
     certSecret: get("webhook-cert-secret") ?? "stowage-webhook-tls",
     certManagement,
+    certHosts: certHosts(list("webhook-cert-host")),
   };
+}
+
+/** `--webhook-cert-host` values split into IP and DNS SANs; anything else is refused by name. */
+function certHosts(hosts: string[]): { dnsNames: string[]; ipAddresses: string[] } {
+  const dnsNames: string[] = [];
+  const ipAddresses: string[] = [];
+  for (const host of hosts) {
+    const bare = host.replace(/^\[(.*)\]$/, "$1");
+    if (isIP(bare)) ipAddresses.push(bare);
+    else if (
+      /^(?=.{1,253}$)(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$/i.test(
+        host,
+      )
+    )
+      dnsNames.push(host.toLowerCase());
+    else throw new UsageError(`--webhook-cert-host must be a DNS name or an IP address, got "${host}"`);
+  }
+  return { dnsNames, ipAddresses };
 }
 
 export async function runController(args: string[]): Promise<number> {
@@ -666,6 +692,11 @@ async function setupAdmission(
     webhookConfigurationName: settings.configuration,
     secretName: settings.certSecret,
     certManagement: settings.certManagement,
+    certificates: {
+      extraDnsNames: settings.certHosts.dnsNames,
+      // 127.0.0.1 stays for port-forwards and local tests
+      ipAddresses: ["127.0.0.1", ...settings.certHosts.ipAddresses.filter((ip) => ip !== "127.0.0.1")],
+    },
     log,
   });
   setupGateController(manager, {

@@ -52,6 +52,8 @@ export interface WebhookCertificatesOptions {
   webhookConfigurationName: string;
   /** IP SANs (default 127.0.0.1, for tests and port-forwards). */
   ipAddresses?: string[];
+  /** DNS SANs besides the Service's names (a webhook the API server reaches by URL). */
+  extraDnsNames?: string[];
   /** Lifetime of each CA and serving certificate (default 365 days). */
   validityMs?: number;
   /** Rotate when less than this is left (default a third of the validity). */
@@ -157,7 +159,12 @@ export class WebhookCertificates {
 
   dnsNames(): string[] {
     const { serviceName: svc, namespace: ns } = this.#options;
-    return [svc, `${svc}.${ns}`, `${svc}.${ns}.svc`, `${svc}.${ns}.svc.cluster.local`];
+    const names = [svc, `${svc}.${ns}`, `${svc}.${ns}.svc`, `${svc}.${ns}.svc.cluster.local`];
+    return [...new Set([...names, ...(this.#options.extraDnsNames ?? [])])];
+  }
+
+  #ipAddresses(): string[] {
+    return this.#options.ipAddresses ?? ["127.0.0.1"];
   }
 
   /** Bring the Secret, the CA bundle and the served certificate to where they should be. Idempotent. */
@@ -221,15 +228,22 @@ export class WebhookCertificates {
       this.#log.info({ secret: secretName }, "created webhook CA and serving certificate");
     } else {
       const serving = certificateInfo(stored.state.certPem);
-      if (!serving || serving.notAfter - now < this.#renewBeforeMs) {
+      // A name added since (a webhook now reached by URL) needs a certificate that names it.
+      const missingName =
+        serving !== undefined &&
+        (this.dnsNames().some((name) => !serving.dnsNames.includes(name)) ||
+          this.#ipAddresses().some((ip) => !serving.ipAddresses.includes(ip)));
+      if (!serving || serving.notAfter - now < this.#renewBeforeMs || missingName) {
         const previous = splitPemBundle(stored.state.caBundlePem).filter(
           (pem) => (certificateInfo(pem)?.notAfter ?? 0) > now,
         );
         next = await this.#issue(now, previous.slice(0, 1));
         next.rotatedAt = now;
         this.#log.info(
-          { secret: secretName, notAfter: serving?.notAfter },
-          "rotated webhook CA and serving certificate",
+          { secret: secretName, notAfter: serving?.notAfter, missingName },
+          missingName
+            ? "re-issued the webhook certificate: it did not name every host the webhook is reached at"
+            : "rotated webhook CA and serving certificate",
         );
       } else {
         const bundle = splitPemBundle(stored.state.caBundlePem);
@@ -288,7 +302,7 @@ export class WebhookCertificates {
     );
     const serving = await issueServingCertificate(
       ca,
-      { dnsNames: this.dnsNames(), ipAddresses: this.#options.ipAddresses ?? ["127.0.0.1"] },
+      { dnsNames: this.dnsNames(), ipAddresses: this.#ipAddresses() },
       { now, validityMs: this.#validityMs },
     );
     return {

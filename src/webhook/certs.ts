@@ -124,6 +124,9 @@ export interface CertificateInfo {
   notAfter: number;
   fingerprint256: string;
   subject: string;
+  /** Subject alternative names. */
+  dnsNames: string[];
+  ipAddresses: string[];
 }
 
 /** Validity and identity of a PEM certificate, read with node:crypto; undefined if it does not parse. */
@@ -135,10 +138,22 @@ export function certificateInfo(certPem: string): CertificateInfo | undefined {
       notAfter: Date.parse(cert.validTo),
       fingerprint256: cert.fingerprint256,
       subject: cert.subject,
+      ...subjectAltNames(cert.subjectAltName),
     };
   } catch {
     return undefined;
   }
+}
+
+/** Node renders SANs as `DNS:a, IP Address:127.0.0.1`; names with commas are quoted (none here). */
+function subjectAltNames(text: string | undefined): { dnsNames: string[]; ipAddresses: string[] } {
+  const dnsNames: string[] = [];
+  const ipAddresses: string[] = [];
+  for (const entry of (text ?? "").split(", ")) {
+    if (entry.startsWith("DNS:")) dnsNames.push(entry.slice(4));
+    else if (entry.startsWith("IP Address:")) ipAddresses.push(entry.slice(11));
+  }
+  return { dnsNames, ipAddresses };
 }
 
 /** True when `certPem` was signed by `caPem`'s key. */

@@ -37,10 +37,10 @@ export interface WebhookDeps {
   secretName?: string;
   serviceName?: string;
   webhookConfigurationName?: string;
-  /** Rotation tuning and IP SANs, for tests. */
+  /** Rotation tuning (for tests) and extra SANs (a webhook reached by URL). */
   certificates?: Pick<
     WebhookCertificatesOptions,
-    "validityMs" | "renewBeforeMs" | "overlapMs" | "ipAddresses"
+    "validityMs" | "renewBeforeMs" | "overlapMs" | "ipAddresses" | "extraDnsNames"
   >;
   /** How often the certificates are checked (re-read, rotated); default 5 min. */
   certificateCheckIntervalMs?: number;

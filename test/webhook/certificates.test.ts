@@ -194,6 +194,34 @@ describe("self-managed webhook certificates", () => {
     expect(two).toEqual(one);
   });
 
+  it("re-issues a stored certificate that does not name a host added since (a webhook reached by URL)", async () => {
+    const settings = {
+      client,
+      certManagement: "self" as const,
+      namespace: NS,
+      secretName: "renamed-tls",
+      serviceName: "stowage-webhook",
+      webhookConfigurationName: "absent-configuration",
+    };
+    const before = await new WebhookCertificates(settings).reconcile();
+    const sans = (pem: string) => new X509Certificate(pem).subjectAltName ?? "";
+    expect(sans(before.certPem)).not.toContain("webhook.ml.example.internal");
+
+    const widened = {
+      ...settings,
+      extraDnsNames: ["webhook.ml.example.internal"],
+      ipAddresses: ["127.0.0.1", "127.0.0.9"],
+    };
+    const after = await new WebhookCertificates(widened).reconcile();
+    expect(sans(after.certPem)).toContain("DNS:webhook.ml.example.internal");
+    expect(sans(after.certPem)).toContain("IP Address:127.0.0.9");
+    expect(sans(after.certPem)).toContain("DNS:stowage-webhook.stowage-system.svc");
+    // The CA that signed the certificates served so far stays trusted for the overlap.
+    expect(splitPemBundle(after.caBundlePem)).toContain(splitPemBundle(before.caBundlePem)[0]);
+    // Stable from then on: a second replica with the same names reads it, issues nothing.
+    expect(await new WebhookCertificates(widened).reconcile()).toEqual(after);
+  });
+
   it("replaces a Secret whose serving certificate was not signed by its CA", async () => {
     const settings = {
       client,

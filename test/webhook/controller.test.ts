@@ -134,7 +134,28 @@ describe("webhook flags of stowage controller", () => {
       configuration: "rel-stowage-webhook",
       certSecret: "rel-stowage-webhook-tls",
       certManagement: "external",
+      certHosts: { dnsNames: [], ipAddresses: [] },
     });
+  });
+
+  it("names the --webhook-cert-host values in the certificate, IP addresses apart, and refuses anything else", async () => {
+    const parsed = await parseControllerArgs(
+      [
+        ...base,
+        "--webhook-port=9443",
+        "--webhook-cert-host=Webhook.ML.internal",
+        "--webhook-cert-host=10.1.2.3",
+        "--webhook-cert-host=[fd00::5]",
+      ],
+      {},
+    );
+    expect(parsed !== "help" && parsed.webhook?.certHosts).toEqual({
+      dnsNames: ["webhook.ml.internal"],
+      ipAddresses: ["10.1.2.3", "fd00::5"],
+    });
+    await expect(
+      parseControllerArgs([...base, "--webhook-port=9443", "--webhook-cert-host=https://x:9443/p"], {}),
+    ).rejects.toThrow('--webhook-cert-host must be a DNS name or an IP address, got "https://x:9443/p"');
   });
 
   it("refuses a certificate management mode other than self or external", async () => {
