@@ -34,6 +34,19 @@ const valueSets: { name: string; options: RenderOptions }[] = [
   ...ciFiles.map((file) => ({ name: `ci/${file}`, options: { files: [join(chartDir, "ci", file)] } })),
   { name: "a node endpoint", options: { values: [{ cache: { nodeEndpoint: "http://10.0.0.5:30500" } }] } },
   {
+    name: "host network, a webhook reached by URL, a controller endpoint for the cache",
+    options: {
+      values: [
+        {
+          controller: { hostNetwork: true },
+          agent: { hostNetwork: true },
+          cache: { hostNetwork: true, controllerEndpoint: "http://10.0.0.5:5000" },
+          webhook: { enabled: true, url: "https://stowage-webhook.ml.internal:9443/mutate-pods" },
+        },
+      ],
+    },
+  },
+  {
     name: "cache TLS and htpasswd, webhook, namespaces, insecure upstreams",
     options: {
       values: [
@@ -161,6 +174,55 @@ describe("cache.nodeEndpoint", () => {
 
   it("defaults to the cache Service URL", async () => {
     expect(await endpointFor({})).toBe(`http://${RELEASE}-cache.${NAMESPACE}.svc:5000`);
+  });
+});
+
+describe("host network and a webhook reached by URL", () => {
+  const values: Values = {
+    controller: { hostNetwork: true },
+    agent: { hostNetwork: true },
+    cache: { hostNetwork: true, controllerEndpoint: "http://10.0.0.5:5000" },
+    webhook: { enabled: true, url: "https://stowage-webhook.ml.internal:9443/mutate-pods" },
+  };
+
+  it("runs each component on the host network with cluster DNS kept, only when asked", async () => {
+    const withIt = await render({ values: [values] });
+    const without = await render({});
+    for (const [kind, name] of [
+      ["Deployment", `${RELEASE}-controller`],
+      ["DaemonSet", `${RELEASE}-agent`],
+      ["StatefulSet", `${RELEASE}-cache`],
+    ] as const) {
+      // biome-ignore lint/suspicious/noExplicitAny: rendered objects are free-form
+      const spec = (objects: any) => getObject(objects, kind, name).spec.template.spec;
+      expect(spec(withIt)).toMatchObject({ hostNetwork: true, dnsPolicy: "ClusterFirstWithHostNet" });
+      expect(spec(without).hostNetwork).toBeUndefined();
+      expect(spec(without).dnsPolicy).toBeUndefined();
+    }
+  });
+
+  it("points the webhook at the URL instead of a Service and names its host in the controller's certificate", async () => {
+    const objects = await render({ values: [values] });
+    const config = getObject(objects, "MutatingWebhookConfiguration", `${RELEASE}-webhook`);
+    expect(config.webhooks[0].clientConfig).toEqual({
+      url: "https://stowage-webhook.ml.internal:9443/mutate-pods",
+    });
+    expect(objects.some((o) => o.kind === "Service" && o.metadata.name === `${RELEASE}-webhook`)).toBe(false);
+    const container = containerOf(getObject(objects, "Deployment", `${RELEASE}-controller`), "controller");
+    const [, ...args] = container.args ?? [];
+    const invocation = await parseControllerArgs(args, environment(container));
+    if (invocation === "help") throw new Error("unexpected help");
+    expect(invocation.webhook?.certHosts).toEqual({
+      dnsNames: ["stowage-webhook.ml.internal"],
+      ipAddresses: [],
+    });
+    expect(invocation.cache).toMatchObject({ registry: "10.0.0.5:5000", insecure: true });
+  });
+
+  it("refuses a webhook URL that is not https", async () => {
+    await expect(
+      render({ values: [{ webhook: { enabled: true, url: "http://10.0.0.7:9443/mutate-pods" } }] }),
+    ).rejects.toThrow(/webhook\.url|url/);
   });
 });
 

@@ -94,6 +94,19 @@ user's cache.httpSecret.existingSecret, else the chart's own with more than one 
 {{- end -}}
 
 {{/* The cache URL nodes (containerd on the host network) use. */}}
+{{/* The URL the controller pushes to: cache.controllerEndpoint, else the cache URL above. */}}
+{{- define "stowage.cacheControllerUrl" -}}
+{{- default (include "stowage.cacheUrl" .) .Values.cache.controllerEndpoint -}}
+{{- end -}}
+
+{{/* hostNetwork and the DNS policy that keeps cluster DNS with it, for a component's values: include "stowage.hostNetwork" .Values.agent */}}
+{{- define "stowage.hostNetwork" -}}
+{{- if .hostNetwork }}
+hostNetwork: true
+dnsPolicy: ClusterFirstWithHostNet
+{{- end }}
+{{- end -}}
+
 {{- define "stowage.cacheNodeEndpoint" -}}
 {{- default (include "stowage.cacheUrl" .) .Values.cache.nodeEndpoint -}}
 {{- end -}}
