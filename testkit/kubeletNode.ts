@@ -47,6 +47,11 @@ export interface KubeletNodeOptions {
   labels?: Record<string, string>;
   /** milliseconds to wait for the Node to be Ready (default 90 s) */
   readyTimeoutMs?: number;
+  /**
+   * taints the kubelet registers the Node with (`--register-with-taints`), as a node pool's
+   * template sets them, e.g. `{ key: "stowage.dev/warming", value: "true", effect: "NoSchedule" }`
+   */
+  taints?: { key: string; value?: string; effect: "NoSchedule" | "PreferNoSchedule" | "NoExecute" }[];
 }
 
 export interface KubeletNode {
@@ -226,6 +231,9 @@ export async function startKubeletNode(
     const labels = Object.entries(options.labels ?? {})
       .map(([key, value]) => `${key}=${value}`)
       .join(",");
+    const taints = (options.taints ?? [])
+      .map((t) => `${t.key}${t.value === undefined ? "" : `=${t.value}`}:${t.effect}`)
+      .join(",");
     logStream = createWriteStream(logPath);
     const proc = spawn(
       k8sBin("kubelet"),
@@ -237,6 +245,7 @@ export async function startKubeletNode(
         `--hostname-override=${name}`,
         "--node-ip=127.0.0.1",
         ...(labels ? [`--node-labels=${labels}`] : []),
+        ...(taints ? [`--register-with-taints=${taints}`] : []),
         "--v=2",
       ],
       { stdio: ["ignore", "pipe", "pipe"], cwd: dir },
