@@ -22,6 +22,10 @@ const commands: Record<string, Command> = {
     summary: "run the node agent: pre-pull this node's NodeCache images through CRI, mirror config",
     run: async (args) => (await import("./agent/command.ts")).runAgent(args),
   },
+  cache: {
+    summary: "run the pull-through cache front nodes pull from: misses fetched upstream once, verified",
+    run: async (args) => (await import("./cache/command.ts")).runCache(args),
+  },
 };
 
 export function usage(): string {

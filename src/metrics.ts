@@ -347,3 +347,87 @@ export function nodeCacheHeartbeatCollector(
   });
   return { heartbeatAge, images };
 }
+
+// ---------------------------------------------------------------------------------------------
+// stowage_cache_*: the pull-through front (`stowage cache`, src/cache).
+// ---------------------------------------------------------------------------------------------
+
+export interface CacheMetrics {
+  registry: Registry;
+  /** Requests answered from storage, by kind (manifest, blob). */
+  hits: Counter<"kind">;
+  /** Requests storage could not answer, fetched upstream, by kind. */
+  misses: Counter<"kind">;
+  /** Bytes sent to callers, by where they came from (storage, upstream). */
+  bytesServed: Counter<"source">;
+  /** Bytes read from upstreams (each blob once, however many callers wait on it). */
+  upstreamBytes: Counter<never>;
+  /** Callers currently streaming a blob that is still being fetched upstream. */
+  singleFlightWaiters: Gauge<never>;
+  /** Requests that joined a fetch already under way instead of starting one. */
+  singleFlightJoined: Counter<"kind">;
+  /** Tag requests answered with a remembered digest because the upstream could not be asked. */
+  staleTags: Counter<never>;
+  /** Requests refused by the access check, by status (401, 403). */
+  refused: Counter<"status">;
+  /** Upstream fetches that failed, by reason (DigestMismatch, UpstreamUnavailable, ...). */
+  fetchFailures: Counter<"reason">;
+}
+
+export function createCacheMetrics(registry: Registry = createRegistry()): CacheMetrics {
+  const registers = [registry];
+  return {
+    registry,
+    hits: new Counter({
+      name: "stowage_cache_hits_total",
+      help: "Requests the cache front answered from storage, by kind (manifest, blob).",
+      labelNames: ["kind"],
+      registers,
+    }),
+    misses: new Counter({
+      name: "stowage_cache_misses_total",
+      help: "Requests storage could not answer and the front fetched upstream, by kind (manifest, blob).",
+      labelNames: ["kind"],
+      registers,
+    }),
+    bytesServed: new Counter({
+      name: "stowage_cache_served_bytes_total",
+      help: "Bytes the cache front sent to callers, by source (storage, upstream).",
+      labelNames: ["source"],
+      registers,
+    }),
+    upstreamBytes: new Counter({
+      name: "stowage_cache_upstream_bytes_total",
+      help: "Blob bytes the cache front read from upstream registries (once per blob, whatever the number of callers).",
+      registers,
+    }),
+    singleFlightWaiters: new Gauge({
+      name: "stowage_cache_singleflight_waiters",
+      help: "Callers streaming a blob that is still being fetched upstream.",
+      registers,
+    }),
+    singleFlightJoined: new Counter({
+      name: "stowage_cache_singleflight_joined_total",
+      help: "Requests that joined an upstream fetch already under way instead of starting one, by kind.",
+      labelNames: ["kind"],
+      registers,
+    }),
+    staleTags: new Counter({
+      name: "stowage_cache_stale_tags_total",
+      help: "Tag requests answered with the last known digest because the upstream could not be asked.",
+      registers,
+    }),
+    refused: new Counter({
+      name: "stowage_cache_refused_total",
+      help: "Requests the access check refused, by status (401: no or wrong credentials, 403: not allowed).",
+      labelNames: ["status"],
+      registers,
+    }),
+    fetchFailures: new Counter({
+      name: "stowage_cache_fetch_failures_total",
+      help: "Upstream fetches that failed, by reason (DigestMismatch, UpstreamUnavailable, ...).",
+      labelNames: ["reason"],
+      registers,
+    }),
+  };
+}

@@ -1,0 +1,307 @@
+/**
+ * The front's HTTP side: a read-only OCI distribution endpoint over the cache layout. Every
+ * object request is authorized first (nothing is read from storage for a refused caller),
+ * then served from storage when it is there and fetched upstream when it is not.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import type { Readable } from "node:stream";
+import type { CacheMetrics } from "../metrics.ts";
+import type { RegistryClient } from "../oci/registry.ts";
+import { headerValue } from "../oci/transport.ts";
+import { asStowageError, StowageError } from "../util/errors.ts";
+import type { Logger } from "../util/log.ts";
+import type { AccessControl } from "./access.ts";
+import type { BlobFlights } from "./flights.ts";
+import { type CacheTarget, isDigestReference, parseCachePath } from "./layout.ts";
+import type { Manifests } from "./manifests.ts";
+import { ociErrorOf, sendError, sendUnauthorized } from "./respond.ts";
+import type { Storage } from "./storage.ts";
+import type { TagResolver } from "./tags.ts";
+
+export interface FrontDeps {
+  storage: Storage;
+  upstream: RegistryClient;
+  manifests: Manifests;
+  flights: BlobFlights;
+  tags: TagResolver;
+  access: AccessControl;
+  metrics: CacheMetrics;
+  logger: Logger;
+  /** Upstream hosts this front fetches from; "*" allows any. */
+  upstreamHosts: ReadonlySet<string>;
+}
+
+const API_HEADERS = { "docker-distribution-api-version": "registry/2.0" };
+/** Headers of a storage blob response passed on to the caller as they are. */
+const PASSED_HEADERS = [
+  "content-length",
+  "content-range",
+  "content-type",
+  "docker-content-digest",
+  "etag",
+  "accept-ranges",
+];
+
+export class Front {
+  private readonly deps: FrontDeps;
+
+  constructor(deps: FrontDeps) {
+    this.deps = deps;
+  }
+
+  readonly handle = (req: IncomingMessage, res: ServerResponse): void => {
+    this.serve(req, res).catch((err: unknown) => {
+      const failure = asStowageError(err);
+      const { status, code } = ociErrorOf(failure, undefined);
+      if (status >= 500) this.deps.logger.error({ reason: failure.reason, url: req.url }, failure.message);
+      sendError(res, status, code, failure.message);
+    });
+  };
+
+  private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? "/", "http://front.invalid");
+    if (url.pathname === "/v2" || url.pathname === "/v2/") {
+      if (req.method !== "GET" && req.method !== "HEAD") return this.readOnly(res);
+      res.writeHead(200, { ...API_HEADERS, "content-type": "application/json", "content-length": "2" });
+      res.end(req.method === "HEAD" ? undefined : "{}");
+      return;
+    }
+    let target: CacheTarget | undefined;
+    try {
+      target = parseCachePath(url.pathname, url.searchParams.get("ns"));
+    } catch (err) {
+      const failure = asStowageError(err);
+      const { status, code } = ociErrorOf(failure, undefined);
+      return sendError(res, status, code, failure.message);
+    }
+    if (!target)
+      return sendError(res, 404, "NOT_FOUND", `${url.pathname} is not served by this read-only cache`);
+    if (req.method !== "GET" && req.method !== "HEAD") return this.readOnly(res);
+    if (!this.deps.upstreamHosts.has("*") && !this.deps.upstreamHosts.has(target.upstream)) {
+      return sendError(res, 404, "NAME_UNKNOWN", `this cache does not serve images of ${target.upstream}`);
+    }
+    try {
+      if (target.kind === "manifest") await this.serveManifest(req, res, target);
+      else await this.serveBlob(req, res, target);
+    } catch (err) {
+      const failure = asStowageError(err);
+      if (failure.reason === "AuthFailed" || failure.reason === "Denied") {
+        this.deps.metrics.refused.inc({ status: failure.reason === "AuthFailed" ? "401" : "403" });
+        this.deps.logger.info(
+          { upstream: target.upstream, repository: target.repository, reason: failure.reason },
+          "refused",
+        );
+        if (failure.reason === "AuthFailed") return sendUnauthorized(res, failure.message);
+      }
+      const { status, code } = ociErrorOf(failure, target.kind);
+      if (status >= 500) {
+        this.deps.logger.warn(
+          {
+            upstream: target.upstream,
+            repository: target.repository,
+            reference: target.reference,
+            reason: failure.reason,
+          },
+          failure.message,
+        );
+      }
+      sendError(res, status, code, failure.message);
+    }
+  }
+
+  private readOnly(res: ServerResponse): void {
+    sendError(res, 405, "UNSUPPORTED", "this cache is read-only: push to the upstream registry");
+  }
+
+  private async serveManifest(req: IncomingMessage, res: ServerResponse, target: CacheTarget): Promise<void> {
+    const { access, tags, manifests, metrics } = this.deps;
+    const authorization = req.headers.authorization;
+    const byTag = !isDigestReference(target.reference);
+    let resolving: Promise<string> | undefined;
+    const digestOfTag = () => {
+      resolving ??= tags.resolve(target).then((resolved) => resolved.digest);
+      return resolving;
+    };
+    await access.authorize(authorization, target, byTag ? digestOfTag : undefined);
+    const digest = byTag ? await digestOfTag() : target.reference;
+    const found = await manifests.get(target, digest);
+    if (found.source === "storage") metrics.hits.inc({ kind: "manifest" });
+    else metrics.misses.inc({ kind: "manifest" });
+    const { manifest } = found;
+    res.writeHead(200, {
+      ...API_HEADERS,
+      "content-type": manifest.mediaType,
+      "content-length": String(manifest.bytes.length),
+      "docker-content-digest": manifest.digest,
+      etag: `"${manifest.digest}"`,
+    });
+    if (req.method === "HEAD") {
+      res.end();
+      return;
+    }
+    metrics.bytesServed.inc({ source: found.source }, manifest.bytes.length);
+    res.end(manifest.bytes);
+  }
+
+  private async serveBlob(req: IncomingMessage, res: ServerResponse, target: CacheTarget): Promise<void> {
+    const { access, storage, metrics } = this.deps;
+    await access.authorize(req.headers.authorization, target);
+    const method = req.method === "HEAD" ? "HEAD" : "GET";
+    const range = typeof req.headers.range === "string" ? req.headers.range : undefined;
+    const abort = new AbortController();
+    res.once("close", () => abort.abort());
+    const stored = await storage.openBlob(target.cacheRepository, target.reference, {
+      method,
+      range,
+      signal: abort.signal,
+    });
+    if (stored) {
+      metrics.hits.inc({ kind: "blob" });
+      const headers: Record<string, string> = { ...API_HEADERS };
+      for (const name of PASSED_HEADERS) {
+        const value = headerValue(stored.headers, name);
+        if (value !== undefined) headers[name] = value;
+      }
+      res.writeHead(stored.statusCode, headers);
+      await this.pipe(stored.body, res, "storage");
+      return;
+    }
+    metrics.misses.inc({ kind: "blob" });
+    const size = await this.deps.upstream.hasBlob(
+      { registry: target.upstream, repository: target.repository },
+      target.reference,
+    );
+    if (size === undefined) {
+      throw new StowageError(
+        "BlobNotFound",
+        `blob ${target.reference} not found in ${target.upstream}/${target.repository}`,
+      );
+    }
+    const blobHeaders = {
+      ...API_HEADERS,
+      "content-type": "application/octet-stream",
+      "docker-content-digest": target.reference,
+      "accept-ranges": "bytes",
+    };
+    if (method === "HEAD") {
+      res.writeHead(200, { ...blobHeaders, "content-length": String(size) });
+      res.end();
+      return;
+    }
+    const { flight } = this.deps.flights.join(target, size);
+    const { spool, settled } = await flight;
+    if (range) {
+      // A range of a blob not yet verified cannot be checked on its own: wait for the whole
+      // blob, then answer the range from storage as a hit would be.
+      const committed = await settled;
+      if (spool.state !== "sealed")
+        throw new StowageError(
+          "UpstreamUnavailable",
+          `fetching ${target.reference} from ${target.upstream} failed`,
+          { retryable: true },
+        );
+      const after = committed
+        ? await storage.openBlob(target.cacheRepository, target.reference, { range, signal: abort.signal })
+        : undefined;
+      if (!after)
+        throw new StowageError(
+          "CacheUnavailable",
+          `blob ${target.reference} could not be stored; retry without a Range`,
+          { retryable: true },
+        );
+      const headers: Record<string, string> = { ...API_HEADERS };
+      for (const name of PASSED_HEADERS) {
+        const value = headerValue(after.headers, name);
+        if (value !== undefined) headers[name] = value;
+      }
+      res.writeHead(after.statusCode, headers);
+      await this.pipe(after.body, res, "upstream");
+      return;
+    }
+    res.writeHead(200, { ...blobHeaders, "content-length": String(size) });
+    metrics.singleFlightWaiters.inc();
+    try {
+      for await (const chunk of spool.tail(0, size, { holdLast: true, signal: abort.signal })) {
+        metrics.bytesServed.inc({ source: "upstream" }, chunk.length);
+        if (!res.write(chunk)) {
+          await new Promise<void>((resolve) => {
+            const done = () => {
+              res.off("drain", done);
+              res.off("close", done);
+              resolve();
+            };
+            res.once("drain", done);
+            res.once("close", done);
+          });
+        }
+        if (res.destroyed) return;
+      }
+      res.end();
+    } catch (err) {
+      // Headers are out: the only honest answer left is a cut connection (a short body).
+      this.deps.logger.warn(
+        { repository: target.cacheRepository, digest: target.reference, err: asStowageError(err).message },
+        "aborting a blob response",
+      );
+      res.destroy();
+    } finally {
+      metrics.singleFlightWaiters.dec();
+    }
+  }
+
+  private async pipe(body: Readable, res: ServerResponse, source: "storage" | "upstream"): Promise<void> {
+    try {
+      for await (const chunk of body) {
+        this.deps.metrics.bytesServed.inc({ source }, (chunk as Buffer).length);
+        if (!res.write(chunk)) {
+          await new Promise<void>((resolve) => {
+            const done = () => {
+              res.off("drain", done);
+              res.off("close", done);
+              resolve();
+            };
+            res.once("drain", done);
+            res.once("close", done);
+          });
+        }
+        if (res.destroyed) {
+          body.destroy();
+          return;
+        }
+      }
+      res.end();
+    } catch {
+      res.destroy();
+    }
+  }
+}
+
+export interface RunningFront {
+  server: Server;
+  address: AddressInfo;
+  close(): Promise<void>;
+}
+
+export async function listenFront(front: Front, port: number, host = "0.0.0.0"): Promise<RunningFront> {
+  const server = createServer(front.handle);
+  // Large blobs to slow nodes: no whole-request timeout, only the per-socket idle one.
+  server.requestTimeout = 0;
+  server.keepAliveTimeout = 30_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  return {
+    server,
+    address: server.address() as AddressInfo,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}

@@ -1,0 +1,134 @@
+/**
+ * A blob on its way from the upstream, written once to a temp file and read by any number
+ * of tails at their own pace: the storage upload and every caller waiting on the same
+ * digest. A file rather than memory, so a 20 GiB layer costs no RAM and a slow node never
+ * holds back the others (nor the upstream read). Callers' tails stop one byte short of
+ * the end until the spool is sealed: nobody receives a complete blob before it is verified
+ * and committed, and a failure cuts every response short.
+ */
+
+import type { FileHandle } from "node:fs/promises";
+import { open, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { StowageError } from "../util/errors.ts";
+
+const READ_SIZE = 1 << 20;
+
+type State = "filling" | "sealed" | "failed";
+
+export class Spool {
+  readonly path: string;
+  /** The blob's size, known before the first byte (the upstream said so on HEAD). */
+  readonly size: number;
+  #handle: FileHandle | undefined;
+  #written = 0;
+  #state: State = "filling";
+  #failure: Error | undefined;
+  #waiters: (() => void)[] = [];
+  #readers = 0;
+  #disposeWhenIdle = false;
+
+  private constructor(path: string, size: number, handle: FileHandle) {
+    this.path = path;
+    this.size = size;
+    this.#handle = handle;
+  }
+
+  static async create(dir: string, name: string, size: number): Promise<Spool> {
+    const path = join(dir, `${name.replace(/[^a-zA-Z0-9]/g, "_")}-${process.pid}-${Date.now()}.part`);
+    const handle = await open(path, "w+");
+    return new Spool(path, size, handle);
+  }
+
+  get written(): number {
+    return this.#written;
+  }
+
+  get state(): State {
+    return this.#state;
+  }
+
+  async append(chunk: Buffer): Promise<void> {
+    if (this.#state !== "filling" || !this.#handle) throw new Error("spool is no longer filling");
+    let offset = 0;
+    while (offset < chunk.length) {
+      const { bytesWritten } = await this.#handle.write(chunk, offset, chunk.length - offset, this.#written);
+      offset += bytesWritten;
+      this.#written += bytesWritten;
+    }
+    this.#wake();
+  }
+
+  /** Everything is here and verified: tails may read to the end. */
+  seal(): void {
+    if (this.#state !== "filling") return;
+    this.#state = "sealed";
+    this.#wake();
+  }
+
+  /** The fetch failed: every tail errors with `err` (and stops short of the end). */
+  fail(err: Error): void {
+    if (this.#state !== "filling") return;
+    this.#state = "failed";
+    this.#failure = err;
+    this.#wake();
+  }
+
+  /**
+   * The bytes [start, end) as they arrive. `holdLast`: stop one byte short of the blob's end
+   * until the spool is sealed (what a caller's response does; the storage upload need not,
+   * since distribution verifies the digest itself before committing).
+   */
+  async *tail(start = 0, end = this.size, options: { holdLast?: boolean; signal?: AbortSignal } = {}) {
+    this.#readers++;
+    try {
+      let position = start;
+      while (position < end) {
+        if (options.signal?.aborted) throw new StowageError("Aborted", "reader went away");
+        if (this.#state === "failed") throw this.#failure ?? new Error("spool failed");
+        const limit =
+          this.#state === "sealed" || !options.holdLast
+            ? this.#written
+            : Math.min(this.#written, this.size - 1);
+        const available = Math.min(limit, end) - position;
+        if (available <= 0) {
+          if (this.#state === "sealed" && this.#written < end) {
+            throw new StowageError("SizeMismatch", `spool sealed at ${this.#written} of ${end} bytes`);
+          }
+          await new Promise<void>((resolve) => this.#waiters.push(resolve));
+          continue;
+        }
+        const handle = this.#handle;
+        if (!handle) throw new StowageError("Aborted", "spool was disposed");
+        const buffer = Buffer.allocUnsafe(Math.min(available, READ_SIZE));
+        const { bytesRead } = await handle.read(buffer, 0, buffer.length, position);
+        if (bytesRead === 0) throw new StowageError("Internal", `spool ${this.path} returned no bytes`);
+        position += bytesRead;
+        yield buffer.subarray(0, bytesRead);
+      }
+    } finally {
+      this.#readers--;
+      if (this.#disposeWhenIdle && this.#readers === 0) await this.#close();
+    }
+  }
+
+  /** Remove the file once the last tail is done with it. */
+  async dispose(): Promise<void> {
+    this.#disposeWhenIdle = true;
+    if (this.#readers === 0) await this.#close();
+  }
+
+  async #close(): Promise<void> {
+    const handle = this.#handle;
+    this.#handle = undefined;
+    if (!handle) return;
+    await handle.close().catch(() => {});
+    await rm(this.path, { force: true });
+  }
+
+  #wake(): void {
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const wake of waiters) wake();
+  }
+}

@@ -1,0 +1,130 @@
+/**
+ * Shared set-up for the cache front's tests: a real upstream registry behind the fault proxy
+ * (which records what reaches the upstream), a real storage registry, and the front itself,
+ * started in-process on loopback with a short spool directory of its own.
+ */
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { request } from "undici";
+import { type CacheConfig, type RunningCache, startCache } from "../../src/cache/command.ts";
+import { cacheHostSegment } from "../../src/cache/layout.ts";
+import type { Clock } from "../../src/util/clock.ts";
+import { type FaultProxy, startFaultProxy } from "../../testkit/faultProxy.ts";
+import { type RegistryOptions, type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
+
+export interface CacheRig {
+  upstream: RunningRegistry;
+  /** The upstream as the front sees it: through the fault proxy. */
+  proxy: FaultProxy;
+  storage: RunningRegistry;
+  front: RunningCache;
+  spoolDir: string;
+  /** `/v2/<cache layout host>/<repository>` for an upstream repository. */
+  prefix(repository: string): string;
+  stop(): Promise<void>;
+}
+
+export async function startRig(
+  options: { upstream?: RegistryOptions; config?: Partial<CacheConfig>; clock?: Clock } = {},
+): Promise<CacheRig> {
+  const [upstream, storage] = await Promise.all([startRegistry(options.upstream), startRegistry()]);
+  const proxy = await startFaultProxy(upstream.url);
+  const spoolDir = await mkdtemp(join(tmpdir(), "stowage-spool-"));
+  const front = await startCache(
+    {
+      storageUrl: storage.url,
+      upstreamHosts: [proxy.host],
+      insecureRegistries: [proxy.host],
+      caPem: [],
+      authFiles: [],
+      ecr: false,
+      tagTtlMs: 30_000,
+      accessTtlMs: 60_000,
+      spoolDir,
+      stallTimeoutMs: 30_000,
+      port: 0,
+      healthPort: 0,
+      host: "127.0.0.1",
+      ...options.config,
+    },
+    { clock: options.clock },
+  );
+  return {
+    upstream,
+    proxy,
+    storage,
+    front,
+    spoolDir,
+    prefix: (repository) => `/v2/${cacheHostSegment(proxy.host)}/${repository}`,
+    async stop() {
+      await front.stop();
+      await proxy.stop();
+      await Promise.all([upstream.stop(), storage.stop()]);
+      await rm(spoolDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface Fetched {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Buffer;
+  /** False when the connection was cut before the declared length arrived. */
+  complete: boolean;
+}
+
+/** One GET/HEAD to the front; a cut connection is reported (status 0 before headers), not thrown. */
+export async function fetchFrom(
+  baseUrl: string,
+  path: string,
+  headers: Record<string, string> = {},
+  method: "GET" | "HEAD" = "GET",
+): Promise<Fetched> {
+  let response: Awaited<ReturnType<typeof request>>;
+  try {
+    response = await request(`${baseUrl}${path}`, { method, headers });
+  } catch {
+    return { status: 0, headers: {}, body: Buffer.alloc(0), complete: false };
+  }
+  const chunks: Buffer[] = [];
+  let complete = true;
+  try {
+    for await (const chunk of response.body) chunks.push(chunk as Buffer);
+  } catch {
+    complete = false;
+  }
+  return { status: response.statusCode, headers: response.headers, body: Buffer.concat(chunks), complete };
+}
+
+export function basic(username: string, password: string): string {
+  return `Basic ${Buffer.from(`${username}:${password}`).toString("base64")}`;
+}
+
+/** Upstream requests the proxy saw that fetched blob bytes (GET .../blobs/...). */
+export function upstreamBlobGets(proxy: FaultProxy): string[] {
+  return proxy
+    .seen()
+    .filter((seen) => seen.method === "GET" && /\/blobs\/sha256:/.test(seen.path))
+    .map((seen) => seen.path);
+}
+
+/** A metric's value from the front's /metrics, summed over series matching `labels`. */
+export async function metricValue(
+  front: RunningCache,
+  name: string,
+  labels: Record<string, string> = {},
+): Promise<number> {
+  const text = await front.metrics.registry.metrics();
+  let total = 0;
+  for (const line of text.split("\n")) {
+    if (!line.startsWith(name)) continue;
+    const match = /^([a-z_]+)(\{[^}]*\})? (\S+)$/.exec(line);
+    if (!match || match[1] !== name) continue;
+    const series = match[2] ?? "";
+    if (Object.entries(labels).every(([key, value]) => series.includes(`${key}="${value}"`))) {
+      total += Number(match[3]);
+    }
+  }
+  return total;
+}
