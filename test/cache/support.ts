@@ -3,7 +3,7 @@
  * (which records what reaches the upstream), a real storage registry, and the front itself,
  * started in-process on loopback with a short spool directory of its own.
  */
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { request } from "undici";
@@ -26,18 +26,35 @@ export interface CacheRig {
 }
 
 export async function startRig(
-  options: { upstream?: RegistryOptions; config?: Partial<CacheConfig>; clock?: Clock } = {},
+  options: {
+    upstream?: RegistryOptions;
+    config?: Partial<CacheConfig>;
+    clock?: Clock;
+    /** Something between the fault proxy and the registry (a test's own auth realm). */
+    wrapUpstream?: (upstream: RunningRegistry) => Promise<{ url: string; stop(): Promise<void> }>;
+    /** The front's own upstream credentials, written to an --auth-file keyed by the proxy's host. */
+    frontCredentials?: { username: string; password: string };
+  } = {},
 ): Promise<CacheRig> {
   const [upstream, storage] = await Promise.all([startRegistry(options.upstream), startRegistry()]);
-  const proxy = await startFaultProxy(upstream.url);
+  const wrapper = await options.wrapUpstream?.(upstream);
+  const proxy = await startFaultProxy(wrapper?.url ?? upstream.url);
   const spoolDir = await mkdtemp(join(tmpdir(), "stowage-spool-"));
+  const authFiles: string[] = [];
+  if (options.frontCredentials) {
+    const { username, password } = options.frontCredentials;
+    const file = join(spoolDir, "front-auth.json");
+    const auth = Buffer.from(`${username}:${password}`).toString("base64");
+    await writeFile(file, JSON.stringify({ auths: { [proxy.host]: { auth } } }));
+    authFiles.push(file);
+  }
   const front = await startCache(
     {
       storageUrl: storage.url,
       upstreamHosts: [proxy.host],
       insecureRegistries: [proxy.host],
       caPem: [],
-      authFiles: [],
+      authFiles,
       ecr: false,
       tagTtlMs: 30_000,
       accessTtlMs: 60_000,
@@ -60,6 +77,7 @@ export async function startRig(
     async stop() {
       await front.stop();
       await proxy.stop();
+      await wrapper?.stop();
       await Promise.all([upstream.stop(), storage.stop()]);
       await rm(spoolDir, { recursive: true, force: true });
     },

@@ -1,0 +1,111 @@
+import { createHash } from "node:crypto";
+import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Spool } from "../../src/cache/spool.ts";
+import { RegistryClient } from "../../src/oci/registry.ts";
+import { pushSinglePlatformImage } from "../../testkit/images.ts";
+import { eventually } from "../support/eventually.ts";
+import { type CacheRig, fetchFrom, metricValue, startRig, upstreamBlobGets } from "./support.ts";
+
+let rig: CacheRig;
+let client: RegistryClient;
+
+beforeAll(async () => {
+  rig = await startRig();
+  client = new RegistryClient({ insecureHosts: [rig.upstream.host], retry: { attempts: 2 } });
+});
+
+afterAll(async () => {
+  await client?.close();
+  await rig?.stop();
+});
+
+describe("stowage cache: single flight", () => {
+  it("fetches a cold blob upstream once for eight concurrent callers, each getting the right bytes", async () => {
+    const pushed = await pushSinglePlatformImage(
+      client,
+      { registry: rig.upstream.host, repository: "acme/popular" },
+      "v1",
+      { layerSizes: [6 * 1024 * 1024] },
+    );
+    const layer = pushed.image.layers[0].descriptor;
+    // Hold the upstream's answer back a moment so that all eight arrive while it is cold.
+    rig.proxy.addRule({ match: { method: "GET", path: /\/blobs\// }, action: { kind: "delay", ms: 1500 } });
+    const path = `${rig.prefix("acme/popular")}/blobs/${layer.digest}`;
+    const results = await Promise.all(Array.from({ length: 8 }, () => fetchFrom(rig.front.url, path)));
+    for (const result of results) {
+      expect(result.status).toBe(200);
+      expect(result.complete).toBe(true);
+      expect(`sha256:${createHash("sha256").update(result.body).digest("hex")}`).toBe(layer.digest);
+    }
+    const gets = upstreamBlobGets(rig.proxy).filter((seen) => seen.includes(layer.digest));
+    expect(gets).toHaveLength(1);
+    expect(await metricValue(rig.front, "stowage_cache_upstream_bytes_total")).toBe(layer.size);
+    expect(await metricValue(rig.front, "stowage_cache_singleflight_joined_total", { kind: "blob" })).toBe(7);
+    // A caller has its bytes a moment before the front's side of the response is done.
+    await eventually(
+      "no caller left waiting on a flight",
+      async () => (await metricValue(rig.front, "stowage_cache_singleflight_waiters")) === 0,
+      10_000,
+      50,
+    );
+    await eventually(
+      "the spool file removed once everyone is done",
+      async () => (await readdir(rig.spoolDir)).filter((name) => name.endsWith(".part")).length === 0,
+      10_000,
+      50,
+    );
+  });
+});
+
+describe("spool", () => {
+  it("lets a reader stream bytes as they arrive and holds back the last byte until it is sealed", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "stowage-spool-test-"));
+    try {
+      const spool = await Spool.create(dir, "sha256:abc", 10);
+      const reader = spool.tail(0, 10, { holdLast: true })[Symbol.asyncIterator]();
+      await spool.append(Buffer.from("hello"));
+      const first = await reader.next();
+      expect(Buffer.from(first.value as Buffer).toString()).toBe("hello");
+      await spool.append(Buffer.from("world"));
+      // All ten bytes are written, but only nine may go out before the seal.
+      const second = await reader.next();
+      expect(Buffer.from(second.value as Buffer).toString()).toBe("worl");
+      let sealed = false;
+      const last = reader.next().then((result) => {
+        expect(sealed).toBe(true);
+        return result;
+      });
+      await new Promise((resolve) => setImmediate(resolve));
+      sealed = true;
+      spool.seal();
+      expect(Buffer.from((await last).value as Buffer).toString()).toBe("d");
+      expect((await reader.next()).done).toBe(true);
+      await spool.dispose();
+      expect(await readdir(dir)).toEqual([]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("fails every reader that is waiting when the fetch fails, without the final byte", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "stowage-spool-test-"));
+    try {
+      const spool = await Spool.create(dir, "sha256:def", 4);
+      await spool.append(Buffer.from("abcd"));
+      const received: string[] = [];
+      const reading = (async () => {
+        for await (const chunk of spool.tail(0, 4, { holdLast: true })) received.push(chunk.toString());
+      })();
+      await new Promise((resolve) => setImmediate(resolve));
+      spool.fail(new Error("digest mismatch"));
+      await expect(reading).rejects.toThrow("digest mismatch");
+      expect(received.join("")).toBe("abc");
+      await spool.dispose();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
