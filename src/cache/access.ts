@@ -65,6 +65,9 @@ export function callerOf(authorization: string | undefined): Caller {
   return { credentials: { username, password } };
 }
 
+/** The caller may not have the object: 401 (AuthFailed) or 403 (Denied), unlike the front's own upstream failures. */
+export class AccessRefused extends StowageError {}
+
 export class AccessControl {
   private readonly options: AccessOptions;
   private readonly remembered = new Map<string, Remembered>();
@@ -82,6 +85,25 @@ export class AccessControl {
    * upstream refuses for this repository).
    */
   async authorize(
+    authorization: string | undefined,
+    target: CacheTarget,
+    digestOfTag?: () => Promise<string>,
+  ): Promise<Grant> {
+    try {
+      return await this.check(authorization, target, digestOfTag);
+    } catch (err) {
+      if (
+        err instanceof StowageError &&
+        (err.reason === "AuthFailed" || err.reason === "Denied") &&
+        !err.retryable
+      ) {
+        throw new AccessRefused(err.reason, err.message, { status: err.reason === "AuthFailed" ? 401 : 403 });
+      }
+      throw err;
+    }
+  }
+
+  private async check(
     authorization: string | undefined,
     target: CacheTarget,
     digestOfTag?: () => Promise<string>,

@@ -11,7 +11,7 @@ import type { RegistryClient } from "../oci/registry.ts";
 import { headerValue } from "../oci/transport.ts";
 import { asStowageError, StowageError } from "../util/errors.ts";
 import type { Logger } from "../util/log.ts";
-import type { AccessControl } from "./access.ts";
+import { type AccessControl, AccessRefused } from "./access.ts";
 import type { BlobFlights } from "./flights.ts";
 import { type CacheTarget, isDigestReference, parseCachePath } from "./layout.ts";
 import type { Manifests } from "./manifests.ts";
@@ -86,13 +86,28 @@ export class Front {
       else await this.serveBlob(req, res, target);
     } catch (err) {
       const failure = asStowageError(err);
-      if (failure.reason === "AuthFailed" || failure.reason === "Denied") {
-        this.deps.metrics.refused.inc({ status: failure.reason === "AuthFailed" ? "401" : "403" });
+      if (err instanceof AccessRefused) {
+        this.deps.metrics.refused.inc({ status: String(err.status) });
         this.deps.logger.info(
-          { upstream: target.upstream, repository: target.repository, reason: failure.reason },
+          { upstream: target.upstream, repository: target.repository, reason: err.reason },
           "refused",
         );
-        if (failure.reason === "AuthFailed") return sendUnauthorized(res, failure.message);
+        if (err.reason === "AuthFailed") return sendUnauthorized(res, err.message);
+        return sendError(res, 403, "DENIED", err.message);
+      }
+      if (failure.reason === "AuthFailed" || failure.reason === "Denied") {
+        // The caller passed; the upstream refused the front's own credentials. 403 without a
+        // challenge: containerd then tries its next host (the upstream) with its own.
+        this.deps.logger.warn(
+          { upstream: target.upstream, repository: target.repository, reason: failure.reason },
+          "the upstream refuses the cache's own credentials; add them with --auth-file",
+        );
+        return sendError(
+          res,
+          403,
+          "DENIED",
+          `the cache cannot fetch ${target.upstream}/${target.repository}: the upstream refuses its credentials (${failure.message})`,
+        );
       }
       const { status, code } = ociErrorOf(failure, target.kind);
       if (status >= 500) {

@@ -240,3 +240,39 @@ describe("stowage cache: private stays private (token upstream, per-repository a
     expect(sha256(blob.body)).toBe(layer.digest);
   });
 });
+
+describe("stowage cache: a private upstream the cache itself has no credentials for", () => {
+  let rig: CacheRig;
+  let client: RegistryClient;
+
+  beforeAll(async () => {
+    rig = await startRig({ upstream: { auth: "htpasswd", users } });
+    client = new RegistryClient({
+      insecureHosts: [rig.upstream.host],
+      credentials: () => users[0],
+      retry: { attempts: 2 },
+    });
+  });
+
+  afterAll(async () => {
+    await client?.close();
+    await rig?.stop();
+  });
+
+  it("answers an authorized caller 403 naming the missing cache credentials, not a challenge it cannot meet", async () => {
+    const image = await pushSinglePlatformImage(
+      client,
+      { registry: rig.upstream.host, repository: "team-a/unconfigured" },
+      "v1",
+      { layerSizes: [16 * 1024] },
+    );
+    const got = await fetchFrom(rig.front.url, `${rig.prefix("team-a/unconfigured")}/manifests/v1`, {
+      authorization: basic("alice", "alice-secret"),
+    });
+    expect(got.status).toBe(403);
+    expect(got.headers["www-authenticate"]).toBeUndefined();
+    expect(JSON.parse(got.body.toString()).errors[0]).toMatchObject({ code: "DENIED" });
+    expect(JSON.parse(got.body.toString()).errors[0].message).toContain("refuses its credentials");
+    expect(got.body.includes(image.image.manifest.bytes.subarray(0, 32))).toBe(false);
+  });
+});
