@@ -12,7 +12,8 @@ import { open, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { StowageError } from "../util/errors.ts";
 
-const READ_SIZE = 1 << 20;
+// Small enough that eight tails of a blob do not hold many MiB between them while sockets drain.
+const READ_SIZE = 256 * 1024;
 
 type State = "filling" | "sealed" | "failed";
 

@@ -1,0 +1,162 @@
+/**
+ * Cache front benchmark: `stowage cache` as its own process between real distribution
+ * registries on 127.0.0.1.
+ *
+ *   npm run bench:cache                 # full size: one 2 GiB layer
+ *   node bench/cache.ts --scale 0.25    # quicker (also STOWAGE_BENCH_SCALE)
+ *
+ * Figures: the hit path (the blob through the front vs straight from distribution, same run,
+ * alternating, best of N), eight concurrent cold pulls (bytes read upstream as a multiple of
+ * the blob, time against one cold pull), and the front's peak RSS (VmHWM) while serving.
+ * Goals from issue 13: hit ≥ 0.9×, upstream bytes 1×, eight cold ≤ 1.2× one cold, RSS < 150 MB.
+ * NODE_OPTIONS reaches the front too (e.g. --max-semi-space-size=2, which lowers its peak RSS).
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { request } from "undici";
+import { cacheHostSegment } from "../src/cache/layout.ts";
+import { cacheRepository } from "../src/oci/reference.ts";
+import { RegistryClient } from "../src/oci/registry.ts";
+import { pushSinglePlatformImage } from "../testkit/images.ts";
+import { freePort } from "../testkit/ports.ts";
+import { type RunningRegistry, startRegistry } from "../testkit/registry.ts";
+
+const MiB = 1024 * 1024;
+const root = fileURLToPath(new URL("..", import.meta.url));
+
+const { values } = parseArgs({ options: { scale: { type: "string" }, rounds: { type: "string" } } });
+const scale = Number(values.scale ?? process.env.STOWAGE_BENCH_SCALE ?? "1");
+if (!(scale > 0)) throw new Error(`--scale must be a positive number, got ${values.scale}`);
+const rounds = Number(values.rounds ?? "3");
+const blobSize = Math.max(MiB, Math.round(2048 * MiB * scale));
+
+/** GETs a URL to the end; the bytes received and the seconds it took. */
+async function timedGet(url: string): Promise<{ bytes: number; seconds: number }> {
+  const started = performance.now();
+  const response = await request(url);
+  if (response.statusCode !== 200) throw new Error(`GET ${url}: HTTP ${response.statusCode}`);
+  let bytes = 0;
+  for await (const chunk of response.body) bytes += (chunk as Buffer).length;
+  return { bytes, seconds: (performance.now() - started) / 1000 };
+}
+
+async function metric(healthUrl: string, name: string): Promise<number> {
+  const text = await (await request(`${healthUrl}/metrics`)).body.text();
+  const line = text.split("\n").find((candidate) => candidate.startsWith(`${name} `));
+  return line ? Number(line.split(" ")[1]) : 0;
+}
+
+async function peakRssKiB(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, "utf8");
+  return Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? "0");
+}
+
+async function deleteBlob(storage: RunningRegistry, repository: string, digest: string): Promise<void> {
+  const response = await request(`${storage.url}/v2/${repository}/blobs/${digest}`, { method: "DELETE" });
+  await response.body.dump();
+  if (response.statusCode !== 202)
+    throw new Error(`could not delete the blob from storage: HTTP ${response.statusCode}`);
+}
+
+const mbps = (bytes: number, seconds: number) => bytes / 1e6 / seconds;
+const verdict = (ok: boolean) => (ok ? "ok" : "MISSED");
+
+let upstream: RunningRegistry | undefined;
+let storage: RunningRegistry | undefined;
+let front: ChildProcess | undefined;
+const spoolDir = await mkdtemp(join(tmpdir(), "stowage-bench-cache-"));
+try {
+  [upstream, storage] = await Promise.all([startRegistry(), startRegistry()]);
+  const client = new RegistryClient({ insecureHosts: [upstream.host], retry: { attempts: 2 } });
+  process.stdout.write(`pushing a ${(blobSize / MiB).toFixed(0)} MiB layer to the upstream...\n`);
+  const pushed = await pushSinglePlatformImage(
+    client,
+    { registry: upstream.host, repository: "bench/big" },
+    "v1",
+    { layers: [{ seed: `bench-cache-${blobSize}`, size: blobSize, format: "raw" }] },
+  );
+  await client.close();
+  const layer = pushed.image.layers[0].descriptor;
+  const [port, healthPort] = [await freePort(), await freePort()];
+  front = spawn(
+    process.execPath,
+    [
+      join(root, "bin/stowage.js"),
+      "cache",
+      `--storage-registry=${storage.url}`,
+      `--upstream-host=${upstream.host}`,
+      `--insecure-registry=${upstream.host}`,
+      `--spool-dir=${spoolDir}`,
+      `--port=${port}`,
+      `--health-port=${healthPort}`,
+      "--ecr=false",
+      "--log-level=warn",
+    ],
+    { stdio: ["ignore", "inherit", "inherit"] },
+  );
+  const healthUrl = `http://127.0.0.1:${healthPort}`;
+  for (let tries = 0; ; tries++) {
+    const ready = await request(`${healthUrl}/readyz`).then(
+      async (response) => {
+        await response.body.dump();
+        return response.statusCode === 200;
+      },
+      () => false,
+    );
+    if (ready) break;
+    if (tries > 200) throw new Error("the cache front did not become ready");
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  const readyRssMB = ((await peakRssKiB(front.pid as number)) * 1024) / 1e6;
+  const frontBlobUrl = `http://127.0.0.1:${port}/v2/${cacheHostSegment(upstream.host)}/bench/big/blobs/${layer.digest}`;
+  const storageRepository = cacheRepository({ registry: upstream.host, repository: "bench/big" });
+  const storageBlobUrl = `${storage.url}/v2/${storageRepository}/blobs/${layer.digest}`;
+
+  const cold = await timedGet(frontBlobUrl);
+  if (cold.bytes !== layer.size) throw new Error(`cold pull got ${cold.bytes} of ${layer.size} bytes`);
+  process.stdout.write(
+    `one cold pull through the front: ${cold.seconds.toFixed(2)} s (${mbps(cold.bytes, cold.seconds).toFixed(0)} MB/s)\n`,
+  );
+
+  let bestFront = Number.POSITIVE_INFINITY;
+  let bestDirect = Number.POSITIVE_INFINITY;
+  for (let round = 0; round < rounds; round++) {
+    bestDirect = Math.min(bestDirect, (await timedGet(storageBlobUrl)).seconds);
+    bestFront = Math.min(bestFront, (await timedGet(frontBlobUrl)).seconds);
+  }
+  const hitRatio = bestDirect / bestFront;
+  process.stdout.write(
+    `hit path, best of ${rounds}: front ${mbps(layer.size, bestFront).toFixed(0)} MB/s, distribution ${mbps(layer.size, bestDirect).toFixed(0)} MB/s, ratio ${hitRatio.toFixed(2)}x  ${verdict(hitRatio >= 0.9)} (goal >= 0.9x)\n`,
+  );
+
+  await deleteBlob(storage, storageRepository, layer.digest);
+  const upstreamBefore = await metric(healthUrl, "stowage_cache_upstream_bytes_total");
+  const started = performance.now();
+  const eight = await Promise.all(Array.from({ length: 8 }, () => timedGet(frontBlobUrl)));
+  const eightSeconds = (performance.now() - started) / 1000;
+  if (eight.some((result) => result.bytes !== layer.size))
+    throw new Error("a concurrent cold pull came up short");
+  const upstreamBytes = (await metric(healthUrl, "stowage_cache_upstream_bytes_total")) - upstreamBefore;
+  const multiple = upstreamBytes / layer.size;
+  const timeRatio = eightSeconds / cold.seconds;
+  process.stdout.write(
+    `eight concurrent cold pulls: ${eightSeconds.toFixed(2)} s, ${timeRatio.toFixed(2)}x one cold pull  ${verdict(timeRatio <= 1.2)} (goal <= 1.2x); upstream bytes ${multiple.toFixed(2)}x the blob  ${verdict(Math.abs(multiple - 1) < 1e-9)} (goal 1x)\n`,
+  );
+
+  const rssMB = ((await peakRssKiB(front.pid as number)) * 1024) / 1e6;
+  process.stdout.write(
+    `front peak RSS: ${rssMB.toFixed(1)} MB  ${verdict(rssMB < 150)} (goal < 150 MB; ${readyRssMB.toFixed(1)} MB of it before serving anything)\n`,
+  );
+} finally {
+  if (front && front.exitCode === null) {
+    const exited = new Promise((resolve) => front?.once("exit", resolve));
+    front.kill("SIGTERM");
+    await exited;
+  }
+  await Promise.all([upstream?.stop(), storage?.stop()]);
+  await rm(spoolDir, { recursive: true, force: true });
+}
