@@ -162,6 +162,7 @@ export class AccessControl {
     if (closure.expanded) return false;
     const queue = [...claims.digests];
     const seen = new Set<string>();
+    let complete = true;
     while (queue.length > 0) {
       const digest = queue.shift() as string;
       if (seen.has(digest)) continue;
@@ -169,7 +170,9 @@ export class AccessControl {
       let references: string[];
       try {
         references = await this.options.referencesOf(target, digest);
-      } catch {
+      } catch (err) {
+        // A blob named by the token has no references; anything else is tried again next time.
+        if (!(err instanceof StowageError && err.reason === "ImageNotFound")) complete = false;
         continue;
       }
       for (const reference of references) {
@@ -177,7 +180,7 @@ export class AccessControl {
         queue.push(reference);
       }
     }
-    closure.expanded = seen.size > 0;
+    closure.expanded = complete;
     return closure.allowed.has(wanted);
   }
 

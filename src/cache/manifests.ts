@@ -37,7 +37,16 @@ export class Manifests {
   }
 
   async get(target: CacheTarget, digest: string): Promise<ManifestSource> {
-    const stored = await this.options.storage.getManifest(target.cacheRepository, digest);
+    const stored = await this.options.storage
+      .getManifest(target.cacheRepository, digest)
+      .catch((err: unknown) => {
+        // Storage away: serve from the upstream rather than fail the pull (the store fails too, logged).
+        this.options.logger.warn(
+          { repository: target.cacheRepository, digest, err: asStowageError(err).message },
+          "cache storage unreadable; fetching the manifest upstream",
+        );
+        return undefined;
+      });
     if (stored) return { manifest: stored, source: "storage" };
     const key = `${target.cacheRepository}@${digest}`;
     let pending = this.pending.get(key);

@@ -167,11 +167,16 @@ export class Front {
     const range = typeof req.headers.range === "string" ? req.headers.range : undefined;
     const abort = new AbortController();
     res.once("close", () => abort.abort());
-    const stored = await storage.openBlob(target.cacheRepository, target.reference, {
-      method,
-      range,
-      signal: abort.signal,
-    });
+    const stored = await storage
+      .openBlob(target.cacheRepository, target.reference, { method, range, signal: abort.signal })
+      .catch((err: unknown) => {
+        // Storage away: stream from the upstream rather than fail the pull.
+        this.deps.logger.warn(
+          { repository: target.cacheRepository, digest: target.reference, err: asStowageError(err).message },
+          "cache storage unreadable; fetching the blob upstream",
+        );
+        return undefined;
+      });
     if (stored) {
       metrics.hits.inc({ kind: "blob" });
       const headers: Record<string, string> = { ...API_HEADERS };

@@ -179,3 +179,40 @@ describe("stowage cache: digests are verified before anyone gets the whole blob"
     expect(await client.hasBlob(cacheRepo, layer.digest)).toBe(layer.size);
   });
 });
+
+describe("stowage cache: storage down", () => {
+  let downRig: CacheRig;
+  let upstreamClient: RegistryClient;
+
+  beforeAll(async () => {
+    downRig = await startRig();
+    upstreamClient = new RegistryClient({ insecureHosts: [downRig.upstream.host], retry: { attempts: 2 } });
+  });
+
+  afterAll(async () => {
+    await upstreamClient?.close();
+    await downRig?.stop();
+  });
+
+  it("still serves pulls, verified, straight from the upstream while the storage registry is down", async () => {
+    const pushed = await pushSinglePlatformImage(
+      upstreamClient,
+      { registry: downRig.upstream.host, repository: "acme/nostorage" },
+      "v1",
+      { layerSizes: [512 * 1024] },
+    );
+    await downRig.storage.stop();
+    const prefix = downRig.prefix("acme/nostorage");
+    const manifest = await fetchFrom(downRig.front.url, `${prefix}/manifests/v1`);
+    expect(manifest.status).toBe(200);
+    expect(sha256(manifest.body)).toBe(pushed.digest);
+    for (const blob of pushed.image.blobs) {
+      const got = await fetchFrom(downRig.front.url, `${prefix}/blobs/${blob.descriptor.digest}`);
+      expect(got.status).toBe(200);
+      expect(got.complete).toBe(true);
+      expect(sha256(got.body)).toBe(blob.descriptor.digest);
+    }
+    const ready = await fetchFrom(downRig.front.healthUrl as string, "/readyz");
+    expect(ready.status).toBe(503);
+  });
+});

@@ -2,7 +2,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { issueNodeToken, NODE_TOKEN_USER } from "../../src/cache/nodeToken.ts";
 import { RegistryClient } from "../../src/oci/registry.ts";
-import { type PushedImage, pushSinglePlatformImage } from "../../testkit/images.ts";
+import { type PushedImage, pushMultiArchIndex, pushSinglePlatformImage } from "../../testkit/images.ts";
 import { startScopedUpstream } from "./scopedRealm.ts";
 import {
   basic,
@@ -173,6 +173,33 @@ describe("stowage cache: private stays private (htpasswd upstream)", () => {
       401,
       image.image.manifest.bytes,
     );
+  });
+  it("lets a node token naming an index reach the index's platform manifests and their blobs", async () => {
+    const index = await pushMultiArchIndex(
+      client,
+      { registry: rig.upstream.host, repository: "team-a/multi" },
+      "v1",
+      { layerSizes: [32 * 1024] },
+    );
+    const exp = Math.floor(Date.now() / 1000) + 600;
+    const authorization = basic(
+      NODE_TOKEN_USER,
+      issueNodeToken(secret, { node: "arm-1", digests: [index.digest], exp }),
+    );
+    const prefix = rig.prefix("team-a/multi");
+    const top = await fetchFrom(rig.front.url, `${prefix}/manifests/v1`, { authorization });
+    expect(top.status).toBe(200);
+    expect(sha256(top.body)).toBe(index.digest);
+    const arm = index.images[1];
+    const child = await fetchFrom(rig.front.url, `${prefix}/manifests/${arm.manifest.digest}`, {
+      authorization,
+    });
+    expect(child.status).toBe(200);
+    expect(sha256(child.body)).toBe(arm.manifest.digest);
+    const layer = arm.layers[0].descriptor;
+    const blob = await fetchFrom(rig.front.url, `${prefix}/blobs/${layer.digest}`, { authorization });
+    expect(blob.status).toBe(200);
+    expect(sha256(blob.body)).toBe(layer.digest);
   });
 });
 
