@@ -20,7 +20,12 @@ import { looksLikeNodeToken, NODE_TOKEN_USER, type NodeTokenClaims, verifyNodeTo
 /** What the upstream said to one set of credentials (or none) for one object. */
 export type UpstreamVerdict = "allowed" | "unauthenticated" | "denied";
 
-export type Grant = { via: "public" | "credentials" | "node-token"; node?: string };
+export type Grant = {
+  via: "public" | "credentials" | "node-token";
+  node?: string;
+  /** The caller's credentials, when the upstream accepted them for this repository. */
+  credentials?: Credentials;
+};
 
 /** The digests a manifest refers to (config, layers, child manifests); [] for a blob. */
 export type ReferencesOf = (target: CacheTarget, digest: string) => Promise<string[]>;
@@ -121,7 +126,7 @@ export class AccessControl {
       );
     }
     const verdict = await this.verdict(target, caller.credentials);
-    if (verdict === "allowed") return { via: "credentials" };
+    if (verdict === "allowed") return { via: "credentials", credentials: caller.credentials };
     if (verdict === "unauthenticated") {
       throw new StowageError("AuthFailed", `${target.upstream} does not accept these credentials`);
     }

@@ -19,6 +19,7 @@ import type { Manifests } from "./manifests.ts";
 import { ociErrorOf, sendError, sendUnauthorized } from "./respond.ts";
 import type { Storage } from "./storage.ts";
 import type { TagResolver } from "./tags.ts";
+import { callerCredentials } from "./upstreamAuth.ts";
 
 export interface FrontDeps {
   storage: Storage;
@@ -131,7 +132,7 @@ export class Front {
   }
 
   private async serveManifest(req: IncomingMessage, res: ServerResponse, target: CacheTarget): Promise<void> {
-    const { access, tags, manifests, metrics } = this.deps;
+    const { access, tags } = this.deps;
     const authorization = req.headers.authorization;
     const byTag = !isDigestReference(target.reference);
     let resolving: Promise<string> | undefined;
@@ -139,8 +140,20 @@ export class Front {
       resolving ??= tags.resolve(target).then((resolved) => resolved.digest);
       return resolving;
     };
-    await access.authorize(authorization, target, byTag ? digestOfTag : undefined);
-    const digest = byTag ? await digestOfTag() : target.reference;
+    const grant = await access.authorize(authorization, target, byTag ? digestOfTag : undefined);
+    await callerCredentials.run(grant.credentials, () =>
+      this.sendManifest(req, res, target, byTag ? digestOfTag : undefined),
+    );
+  }
+
+  private async sendManifest(
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: CacheTarget,
+    digestOfTag: (() => Promise<string>) | undefined,
+  ): Promise<void> {
+    const { manifests, metrics } = this.deps;
+    const digest = digestOfTag ? await digestOfTag() : target.reference;
     const found = await manifests.get(target, digest);
     if (found.source === "storage") metrics.hits.inc({ kind: "manifest" });
     else metrics.misses.inc({ kind: "manifest" });
@@ -161,8 +174,13 @@ export class Front {
   }
 
   private async serveBlob(req: IncomingMessage, res: ServerResponse, target: CacheTarget): Promise<void> {
-    const { access, storage, metrics } = this.deps;
-    await access.authorize(req.headers.authorization, target);
+    const { access } = this.deps;
+    const grant = await access.authorize(req.headers.authorization, target);
+    await callerCredentials.run(grant.credentials, () => this.sendBlob(req, res, target));
+  }
+
+  private async sendBlob(req: IncomingMessage, res: ServerResponse, target: CacheTarget): Promise<void> {
+    const { storage, metrics } = this.deps;
     const method = req.method === "HEAD" ? "HEAD" : "GET";
     const range = typeof req.headers.range === "string" ? req.headers.range : undefined;
     const abort = new AbortController();

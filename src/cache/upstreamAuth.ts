@@ -1,14 +1,22 @@
 /**
- * The front's own upstream credentials, composed as the controller composes them: docker
- * config files (a mounted pull secret's `.dockerconfigjson` is one) in a kubelet-style
- * keyring, most specific entry first, then an ECR token for ECR hosts, then anonymous.
- * Credentials are only ever handed to RegistryClient; nothing here logs them.
+ * The front's upstream credentials, composed as the controller composes them: docker config
+ * files (a mounted pull secret's `.dockerconfigjson` is one) in a kubelet-style keyring, most
+ * specific entry first, then an ECR token for ECR hosts, then the credentials of the caller
+ * being served when the upstream accepted them for the repository (so a private image pulled
+ * with the pod's own pull secret is fetched with it, with nothing configured on the front),
+ * then anonymous. The caller's credentials travel in an AsyncLocalStorage set around the
+ * serving of one request, so they never reach a fetch made for someone else. Credentials are
+ * only ever handed to RegistryClient; nothing here logs them.
  */
+import { AsyncLocalStorage } from "node:async_hooks";
 import { entryCredentials, loadDockerConfig } from "../auth/dockerConfig.ts";
 import { EcrAuth } from "../auth/ecr.ts";
 import { Keyring } from "../auth/keyring.ts";
 import type { CredentialLookup, Credentials } from "../oci/challenge.ts";
 import type { Logger } from "../util/log.ts";
+
+/** The verified credentials of the caller being served, if any (see the file comment). */
+export const callerCredentials = new AsyncLocalStorage<Credentials | undefined>();
 
 export interface UpstreamCredentials {
   lookup: CredentialLookup;
@@ -44,6 +52,8 @@ export async function loadUpstreamCredentials(
         );
       }
     }
+    const caller = callerCredentials.getStore();
+    if (caller) candidates.push({ ...caller, label: "the caller's credentials" });
     candidates.push({});
     return candidates;
   };

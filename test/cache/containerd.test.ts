@@ -142,7 +142,8 @@ describe("stowage cache with real containerd and a private upstream", () => {
   let client: RegistryClient;
 
   beforeAll(async () => {
-    rig = await startRig({ upstream: { auth: "htpasswd", users }, frontCredentials: users[0] });
+    // No credentials of its own: it fetches with those containerd sends (the pod's pull secret).
+    rig = await startRig({ upstream: { auth: "htpasswd", users } });
     recorder = await mirrorRig(rig);
     client = new RegistryClient({
       insecureHosts: [rig.upstream.host],

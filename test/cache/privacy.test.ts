@@ -271,9 +271,10 @@ describe("stowage cache: private stays private (token upstream, per-repository a
 describe("stowage cache: a private upstream the cache itself has no credentials for", () => {
   let rig: CacheRig;
   let client: RegistryClient;
+  const secret = randomBytes(32);
 
   beforeAll(async () => {
-    rig = await startRig({ upstream: { auth: "htpasswd", users } });
+    rig = await startRig({ upstream: { auth: "htpasswd", users }, config: { nodeTokenSecret: secret } });
     client = new RegistryClient({
       insecureHosts: [rig.upstream.host],
       credentials: () => users[0],
@@ -286,15 +287,56 @@ describe("stowage cache: a private upstream the cache itself has no credentials 
     await rig?.stop();
   });
 
-  it("answers an authorized caller 403 naming the missing cache credentials, not a challenge it cannot meet", async () => {
+  it("fetches with the caller's own verified credentials, and keeps the result private", async () => {
     const image = await pushSinglePlatformImage(
       client,
       { registry: rig.upstream.host, repository: "team-a/unconfigured" },
       "v1",
+      { layerSizes: [128 * 1024] },
+    );
+    const prefix = rig.prefix("team-a/unconfigured");
+    const authorization = basic("alice", "alice-secret");
+    const manifest = await fetchFrom(rig.front.url, `${prefix}/manifests/v1`, { authorization });
+    expect(manifest.status).toBe(200);
+    expect(sha256(manifest.body)).toBe(image.digest);
+    const layer = image.image.layers[0].descriptor;
+    const blob = await fetchFrom(rig.front.url, `${prefix}/blobs/${layer.digest}`, { authorization });
+    expect(blob.status).toBe(200);
+    expect(sha256(blob.body)).toBe(layer.digest);
+    expect(upstreamBlobGets(rig.proxy)).toHaveLength(1);
+    expect(
+      rig.proxy
+        .seen()
+        .filter((seen) => seen.path.includes("/blobs/"))
+        .every((seen) => seen.authorized || seen.status === 401),
+    ).toBe(true);
+    // Cached now, and still not for anyone else.
+    expectRefused(
+      await fetchFrom(rig.front.url, `${prefix}/blobs/${layer.digest}`),
+      401,
+      await layerBytes(image, 0),
+    );
+    const again = await fetchFrom(rig.front.url, `${prefix}/blobs/${layer.digest}`, {
+      authorization: basic("bob", "bob-secret"),
+    });
+    expect(sha256(again.body)).toBe(layer.digest);
+    expect(upstreamBlobGets(rig.proxy)).toHaveLength(1);
+  });
+
+  it("answers a node whose image it cannot fetch 403 naming the missing cache credentials, not a challenge", async () => {
+    const image = await pushSinglePlatformImage(
+      client,
+      { registry: rig.upstream.host, repository: "team-a/uncached" },
+      "v1",
       { layerSizes: [16 * 1024] },
     );
-    const got = await fetchFrom(rig.front.url, `${rig.prefix("team-a/unconfigured")}/manifests/v1`, {
-      authorization: basic("alice", "alice-secret"),
+    const token = issueNodeToken(secret, {
+      node: "gpu-2",
+      digests: [image.digest],
+      exp: Math.floor(Date.now() / 1000) + 600,
+    });
+    const got = await fetchFrom(rig.front.url, `${rig.prefix("team-a/uncached")}/manifests/${image.digest}`, {
+      authorization: basic(NODE_TOKEN_USER, token),
     });
     expect(got.status).toBe(403);
     expect(got.headers["www-authenticate"]).toBeUndefined();
