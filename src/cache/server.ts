@@ -63,8 +63,9 @@ export class Front {
 
   private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? "/", "http://front.invalid");
+    // Read-only: uploads, pushes and deletes are refused whatever the path.
+    if (req.method !== "GET" && req.method !== "HEAD") return this.readOnly(res);
     if (url.pathname === "/v2" || url.pathname === "/v2/") {
-      if (req.method !== "GET" && req.method !== "HEAD") return this.readOnly(res);
       res.writeHead(200, { ...API_HEADERS, "content-type": "application/json", "content-length": "2" });
       res.end(req.method === "HEAD" ? undefined : "{}");
       return;
@@ -79,7 +80,6 @@ export class Front {
     }
     if (!target)
       return sendError(res, 404, "NOT_FOUND", `${url.pathname} is not served by this read-only cache`);
-    if (req.method !== "GET" && req.method !== "HEAD") return this.readOnly(res);
     if (!this.deps.upstreamHosts.has("*") && !this.deps.upstreamHosts.has(target.upstream)) {
       return sendError(res, 404, "NAME_UNKNOWN", `this cache does not serve images of ${target.upstream}`);
     }

@@ -44,6 +44,11 @@ describe("stowage cache: the read-only distribution API", () => {
     });
     expect(put.statusCode).toBe(405);
     expect((await put.body.json()) as object).toMatchObject({ errors: [{ code: "UNSUPPORTED" }] });
+    const upload = await request(`${rig.front.url}${rig.prefix("acme/app")}/blobs/uploads/`, {
+      method: "POST",
+    });
+    expect(upload.statusCode).toBe(405);
+    await upload.body.dump();
   });
 
   it("serves an undeclared image on first pull, then from storage without reading upstream blobs again", async () => {
