@@ -186,4 +186,28 @@ describe("stowage cache with real containerd and a private upstream", () => {
       withCredentials.some((request) => request.path.includes("/blobs/") && request.status === 200),
     ).toBe(true);
   });
+
+  it("sends CRI credentials to the mirror only when their serverAddress is empty or names the mirror", async () => {
+    await pushSinglePlatformImage(
+      client,
+      { registry: rig.upstream.host, repository: "team-a/addressed" },
+      "v1",
+      { layerSizes: [8 * 1024] },
+    );
+    const image = `${rig.proxy.host}/team-a/addressed:v1`;
+    const credentials = { username: "alice", password: "alice-secret" };
+    // Addressed to the upstream (what a docker config key would name): withheld from the mirror.
+    const before = recorder.seen().length;
+    await expect(
+      cri(nodeB).pullImage(image, { auth: { ...credentials, serverAddress: `https://${rig.proxy.host}` } }),
+    ).rejects.toThrow();
+    const withheld = recorder.seen().slice(before);
+    expect(withheld.length).toBeGreaterThan(0);
+    expect(withheld.every((request) => !request.authorized)).toBe(true);
+    // Addressed to the mirror, with its scheme (containerd 1.6 cannot parse a bare host:port here).
+    const ref = await cri(nodeB).pullImage(image, {
+      auth: { ...credentials, serverAddress: `http://${recorder.host}` },
+    });
+    expect(ref).toMatch(/^sha256:/);
+  });
 });
