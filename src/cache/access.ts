@@ -17,8 +17,12 @@ import { StowageError } from "../util/errors.ts";
 import type { CacheTarget } from "./layout.ts";
 import { looksLikeNodeToken, NODE_TOKEN_USER, type NodeTokenClaims, verifyNodeToken } from "./nodeToken.ts";
 
-/** What the upstream said to one set of credentials (or none) for one object. */
-export type UpstreamVerdict = "allowed" | "unauthenticated" | "denied";
+/**
+ * What the upstream said to one set of credentials (or none) for one object. "absent": it
+ * answered 404, which says nothing about access (some registries hide private repositories
+ * behind a 404), so it is neither a grant nor remembered.
+ */
+export type UpstreamVerdict = "allowed" | "unauthenticated" | "denied" | "absent";
 
 export type Grant = {
   via: "public" | "credentials" | "node-token";
@@ -119,6 +123,13 @@ export class AccessControl {
     }
     const publicVerdict = await this.verdict(target, undefined);
     if (publicVerdict === "allowed") return { via: "public" };
+    if (!caller.credentials && publicVerdict === "absent") {
+      // What the upstream answers an anonymous caller, whatever the cache holds.
+      throw new StowageError(
+        target.kind === "blob" ? "BlobNotFound" : "ImageNotFound",
+        `${target.upstream}/${target.repository} has no ${target.reference} for anonymous callers`,
+      );
+    }
     if (!caller.credentials) {
       throw new StowageError(
         "AuthFailed",
@@ -127,6 +138,12 @@ export class AccessControl {
     }
     const verdict = await this.verdict(target, caller.credentials);
     if (verdict === "allowed") return { via: "credentials", credentials: caller.credentials };
+    if (verdict === "absent") {
+      throw new StowageError(
+        target.kind === "blob" ? "BlobNotFound" : "ImageNotFound",
+        `${target.upstream}/${target.repository} has no ${target.reference} for these credentials`,
+      );
+    }
     if (verdict === "unauthenticated") {
       throw new StowageError("AuthFailed", `${target.upstream} does not accept these credentials`);
     }
@@ -208,8 +225,10 @@ export class AccessControl {
     }
     try {
       const verdict = await pending;
-      this.bounded(this.remembered);
-      this.remembered.set(key, { verdict, at: this.options.clock.now() });
+      if (verdict !== "absent") {
+        this.bounded(this.remembered);
+        this.remembered.set(key, { verdict, at: this.options.clock.now() });
+      }
       return verdict;
     } catch (err) {
       // The upstream is away: the last answer stands (pulls keep working through an outage).
@@ -228,9 +247,9 @@ export class AccessControl {
 
 /**
  * Asks the upstream for the object (HEAD) as these credentials would: anonymously first,
- * then answering its challenge (Basic, or a token for `repository:<name>:pull`). A 404 after
- * authentication counts as allowed: the credentials reach the repository, the object is
- * just not there. Throws UpstreamUnavailable when the upstream cannot answer.
+ * then answering its challenge (Basic, or a token for `repository:<name>:pull`). Only a 200
+ * grants; a 404 is "absent" (see UpstreamVerdict). Throws UpstreamUnavailable when the
+ * upstream cannot answer.
  */
 export async function probeUpstream(
   transport: Transport,
@@ -275,7 +294,8 @@ export async function probeUpstream(
     // means they are real but lack this repository.
     if (response.statusCode === 401) return authorization.startsWith("Basic ") ? "unauthenticated" : "denied";
   }
-  if (response.statusCode === 200 || response.statusCode === 404) return "allowed";
+  if (response.statusCode === 200) return "allowed";
+  if (response.statusCode === 404) return "absent";
   if (response.statusCode === 403) return "denied";
   throw new StowageError(
     "UpstreamUnavailable",

@@ -150,6 +150,28 @@ describe("stowage cache: the read-only distribution API", () => {
   });
 });
 
+describe("stowage cache: a repository the upstream hides behind 404", () => {
+  it("answers an anonymous caller 404 like the upstream does, even when storage holds the image", async () => {
+    const hidden = await pushSinglePlatformImage(
+      client,
+      {
+        registry: rig.storage.host,
+        repository: rig.prefix("acme/hidden").slice("/v2/".length),
+      },
+      "v1",
+      { layerSizes: [16 * 1024] },
+    );
+    const prefix = rig.prefix("acme/hidden");
+    const manifest = await fetchFrom(rig.front.url, `${prefix}/manifests/${hidden.digest}`);
+    expect(manifest.status).toBe(404);
+    expect(manifest.body.includes(hidden.image.manifest.bytes.subarray(0, 32))).toBe(false);
+    const layer = hidden.image.layers[0].descriptor;
+    const blob = await fetchFrom(rig.front.url, `${prefix}/blobs/${layer.digest}`);
+    expect(blob.status).toBe(404);
+    expect(JSON.parse(blob.body.toString())).toMatchObject({ errors: [{ code: "BLOB_UNKNOWN" }] });
+  });
+});
+
 describe("stowage cache: digests are verified before anyone gets the whole blob", () => {
   it("cuts the response short and stores nothing when the upstream's bytes do not match the digest", async () => {
     const bad = await pushSinglePlatformImage(

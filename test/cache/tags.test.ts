@@ -78,7 +78,16 @@ describe("stowage cache: tags", () => {
   });
 
   it("after a restart with the upstream down, serves the digest storage holds under the tag (a declared image)", async () => {
-    // What the controller does for a declared image: push it into storage under the cache layout.
+    // A declared image: upstream, and mirrored by the controller into storage under the cache layout.
+    await pushSinglePlatformImage(
+      client,
+      { registry: rig.upstream.host, repository: "acme/declared" },
+      "v1",
+      {
+        seed: "declared",
+        layerSizes: [8192],
+      },
+    );
     const declared = await pushSinglePlatformImage(
       client,
       {
@@ -103,11 +112,11 @@ describe("stowage cache: tags", () => {
       port: 0,
       host: "127.0.0.1",
     });
-    // The upstream answers the access check (the repository is public) but not manifests.
+    // The upstream answers the access check (a HEAD: the repository is public), then no more.
     rig.proxy.addRule({
       match: { method: "HEAD", path: /\/manifests\/v1$/ },
       times: 1,
-      action: { kind: "status", status: 404 },
+      action: { kind: "delay", ms: 0 },
     });
     rig.proxy.addRule({
       match: { path: /\/manifests\// },
