@@ -1,0 +1,317 @@
+/**
+ * The product as users install it, on real nodes: `helm install` of the chart onto the real
+ * control plane with a real kubelet (its own containerd), running the Stowage image this test
+ * builds from the Dockerfile (scripts/build-image.sh on a private Docker engine) and a CNCF
+ * distribution image built from Debian's binary (testkit/registryImage.ts), both imported into
+ * the node's containerd: nothing is pulled from outside. The controller Deployment, the agent
+ * DaemonSet and the cache StatefulSet run as real pods; a ModelImage applied with kubectl is
+ * mirrored into the cache pod, the agent pod pre-pulls it through the node's CRI, and a user pod
+ * is held by the webhook's scheduling gate, released, scheduled and started.
+ *
+ * What this machine lacks and the values say instead: no kube-proxy and no cluster DNS, and every
+ * address is on loopback (the EndpointSlice API refuses 127.0.0.0/8 endpoints), so the pods run
+ * on the host network (chart `hostNetwork`), reach the API server at its loopback address
+ * (KUBERNETES_SERVICE_HOST/PORT in `extraEnv`, which the kubelet's own service variables yield
+ * to), the API server calls the webhook by URL (`webhook.url`) and the controller pushes to the
+ * cache at its node address (`cache.controllerEndpoint`). Ports are free ones picked here.
+ */
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { stringify } from "yaml";
+import { RegistryClient } from "../../src/oci/registry.ts";
+import { type ControlPlane, startControlPlane } from "../../testkit/controlplane/index.ts";
+import { dockerUnavailableHere, type RunningDocker, runCommand, startDocker } from "../../testkit/docker.ts";
+import { type FaultProxy, startFaultProxy } from "../../testkit/faultProxy.ts";
+import { helmOk } from "../../testkit/helm.ts";
+import { pushImage } from "../../testkit/images.ts";
+import { kubectl } from "../../testkit/kubectl.ts";
+import { type KubeletNode, startKubeletNode } from "../../testkit/kubeletNode.ts";
+import { freePort } from "../../testkit/ports.ts";
+import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
+import { buildRegistryImage, saveImage } from "../../testkit/registryImage.ts";
+import { runnableImage } from "../../testkit/runnableImage.ts";
+import { eventually } from "../support/eventually.ts";
+
+// biome-ignore lint/suspicious/noExplicitAny: objects read back as free-form JSON
+type Json = any;
+
+const whyNoDocker = dockerUnavailableHere();
+const root = resolve(import.meta.dirname, "../..");
+const STOWAGE_IMAGE = "stowage.test/stowage:chart-on-kubelet";
+const RELEASE = "stowage";
+const NAMESPACE = "stowage-system";
+const GPU_LABELS = {
+  "nvidia.com/gpu.present": "true",
+  "nvidia.com/cuda.driver.major": "12",
+  "nvidia.com/cuda.driver.minor": "4",
+};
+
+let dir: string;
+let plane: ControlPlane;
+let node: KubeletNode;
+let upstream: RunningRegistry;
+/** The upstream as the controller and the node see it: behind a proxy that can slow it down. */
+let upstreamProxy: FaultProxy;
+let cachePort: number;
+let modelRef: string;
+let modelDigest: string;
+
+const run = (args: string[]) => kubectl(args, { kubeconfig: plane.kubeconfigPath, dir });
+
+async function buildImages(
+  docker: RunningDocker,
+): Promise<{ stowage: string; registry: string; registryTag: string }> {
+  const built = await runCommand("bash", [join(root, "scripts/build-image.sh")], {
+    env: { ...docker.env, STOWAGE_IMAGE_TAG: STOWAGE_IMAGE },
+    timeoutMs: 600_000,
+  });
+  if (built.code !== 0)
+    throw new Error(`scripts/build-image.sh exited ${built.code}:\n${built.err.slice(-4000)}`);
+  const registryTag = await buildRegistryImage(docker);
+  const stowage = join(dir, "stowage.tar");
+  const registry = join(dir, "registry.tar");
+  await saveImage(docker, STOWAGE_IMAGE, stowage);
+  await saveImage(docker, registryTag, registry);
+  return { stowage, registry, registryTag };
+}
+
+/** The Pods of one chart component, as the API server has them. */
+async function podsOf(component: string): Promise<Json[]> {
+  const got = await plane.request(
+    "GET",
+    `/api/v1/namespaces/${NAMESPACE}/pods?labelSelector=${encodeURIComponent(`app.kubernetes.io/component=${component}`)}`,
+  );
+  return got.body.items ?? [];
+}
+
+describe.runIf(whyNoDocker === undefined)("the chart installed by helm onto a real kubelet node", () => {
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), "chart-on-kubelet-"));
+    const docker = await startDocker();
+    let archives: Awaited<ReturnType<typeof buildImages>>;
+    try {
+      archives = await buildImages(docker);
+    } finally {
+      await docker.dispose();
+    }
+    plane = await startControlPlane({ apiserverFlags: ["--kubelet-preferred-address-types=InternalIP"] });
+    node = await startKubeletNode(plane, "gpu-node-1", { labels: GPU_LABELS });
+    await node.importImage(archives.stowage);
+    await node.importImage(archives.registry);
+
+    upstream = await startRegistry();
+    upstreamProxy = await startFaultProxy(upstream.url);
+    const image = await runnableImage({ seed: "chart-on-kubelet", dataLayerSizes: [3 * 1024 * 1024] });
+    const upstreamHost = new URL(upstream.url).host;
+    const client = new RegistryClient({ insecureHosts: [upstreamHost] });
+    modelDigest = await pushImage(client, { registry: upstreamHost, repository: "ml/model" }, image, "v1");
+    modelRef = `${new URL(upstreamProxy.url).host}/ml/model:v1`;
+
+    cachePort = await freePort();
+    const [cacheMetricsPort, controllerPort, webhookPort, agentPort] = await Promise.all([
+      freePort(),
+      freePort(),
+      freePort(),
+      freePort(),
+    ]);
+    const apiServer = new URL(plane.url);
+    // The kubelet gives every container KUBERNETES_SERVICE_HOST/PORT for the `kubernetes`
+    // Service's ClusterIP, which nothing routes here; a container's own env wins over those.
+    const apiEnv = [
+      { name: "KUBERNETES_SERVICE_HOST", value: apiServer.hostname },
+      { name: "KUBERNETES_SERVICE_PORT", value: apiServer.port },
+    ];
+    const cacheUrl = `http://127.0.0.1:${cachePort}`;
+    const [repository, tag] = STOWAGE_IMAGE.split(":");
+    const [cacheRepository, cacheTag] = archives.registryTag.split(":");
+    const values = {
+      image: { repository, tag, pullPolicy: "Never" },
+      controller: {
+        replicas: 1,
+        hostNetwork: true,
+        healthPort: controllerPort,
+        insecureRegistries: [new URL(upstreamProxy.url).host],
+        logLevel: "debug",
+        extraEnv: apiEnv,
+      },
+      agent: {
+        hostNetwork: true,
+        healthPort: agentPort,
+        criSocket: node.containerd.socketPath,
+        containerdConfigPath: node.containerd.certsDir,
+        containerdRoot: join(node.containerd.dir, "root"),
+        containerdConfigFile: node.containerd.configFile,
+        extraEnv: apiEnv,
+      },
+      cache: {
+        image: { repository: cacheRepository, tag: cacheTag, pullPolicy: "Never" },
+        hostNetwork: true,
+        port: cachePort,
+        metricsPort: cacheMetricsPort,
+        persistence: { enabled: false },
+        controllerEndpoint: cacheUrl,
+        nodeEndpoint: cacheUrl,
+      },
+      webhook: { enabled: true, port: webhookPort, url: `https://127.0.0.1:${webhookPort}/mutate-pods` },
+      metrics: { serviceMonitor: { enabled: false } },
+      prometheusRule: { enabled: false },
+    };
+    const valuesFile = join(dir, "values.yaml");
+    await writeFile(valuesFile, stringify(values));
+    await helmOk(
+      [
+        "install",
+        RELEASE,
+        join(root, "charts/stowage"),
+        "--namespace",
+        NAMESPACE,
+        "--create-namespace",
+        "--values",
+        valuesFile,
+        "--wait",
+        "--timeout",
+        "5m",
+      ],
+      { dir, kubeconfig: plane.kubeconfigPath, timeoutMs: 360_000 },
+    ).catch(async (err) => {
+      const pods = await run(["get", "pods", "-A", "-o", "wide"]);
+      const events = await run(["get", "events", "-n", NAMESPACE, "--sort-by=.lastTimestamp"]);
+      throw new Error(
+        `${(err as Error).message}\n${pods.stdout}\n${events.stdout}\n--- kubelet\n${(await node.log()).split("\n").slice(-40).join("\n")}`,
+      );
+    });
+  }, 1_200_000);
+
+  afterAll(async () => {
+    await node?.stop();
+    await plane?.stop();
+    await upstreamProxy?.stop();
+    await upstream?.stop();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  }, 180_000);
+
+  it("runs the controller, the agent and the cache as ready pods of the built images on the node", async () => {
+    for (const [component, image] of [
+      ["controller", STOWAGE_IMAGE],
+      ["agent", STOWAGE_IMAGE],
+      ["cache", undefined],
+    ] as const) {
+      const pods = await podsOf(component);
+      expect(pods, component).toHaveLength(1);
+      const [pod] = pods;
+      expect(pod.spec.nodeName).toBe(node.name);
+      expect(pod.status.phase).toBe("Running");
+      expect(pod.status.containerStatuses[0]).toMatchObject({ ready: true, started: true, restartCount: 0 });
+      if (image) expect(pod.status.containerStatuses[0].image).toContain(image);
+      // Really running on this node's containerd, not only reported.
+      const id = String(pod.status.containerStatuses[0].containerID).replace("containerd://", "");
+      expect(await node.runningTaskIds()).toContain(id);
+    }
+    // The controller runs as the image's non-root user under the chart's restricted context.
+    const [controller] = await podsOf("controller");
+    expect(controller.spec.securityContext.runAsNonRoot).toBe(true);
+  }, 300_000);
+
+  it("mirrors a ModelImage applied with kubectl into the cache pod, pre-pulls it on the node, and holds a user pod until then", async () => {
+    // The upstream answers the layer only after a while: the pod below is created while the
+    // ModelImage is still syncing, as it is when a team applies both at once.
+    upstreamProxy.addRule({
+      match: { method: "GET", path: /\/blobs\/sha256:/ },
+      times: 1,
+      action: { kind: "delay", ms: 8000 },
+    });
+    const manifest = {
+      apiVersion: "stowage.dev/v1alpha1",
+      kind: "ModelImage",
+      metadata: { name: "model", namespace: "ml" },
+      spec: {
+        variants: [{ name: "cuda", image: modelRef, nodeSelector: { "nvidia.com/gpu.present": "true" } }],
+        prewarm: { enabled: true, holdPods: true, holdTimeout: "10m" },
+      },
+    };
+    await writeFile(join(dir, "model.yaml"), stringify(manifest));
+    expect((await run(["create", "namespace", "ml"])).code).toBe(0);
+    const applied = await run(["apply", "-f", join(dir, "model.yaml")]);
+    expect(applied.code, applied.stderr).toBe(0);
+    // The controller (whose webhook shares its ModelImage cache) has seen it once it writes status.
+    await eventually("the controller's first status on the ModelImage", async () => {
+      const got = await plane.request("GET", "/apis/stowage.dev/v1alpha1/namespaces/ml/modelimages/model");
+      return got.body.status?.conditions?.length ? true : undefined;
+    });
+
+    const userPod = {
+      apiVersion: "v1",
+      kind: "Pod",
+      metadata: { name: "inference", namespace: "ml" },
+      spec: {
+        hostNetwork: true,
+        automountServiceAccountToken: false,
+        terminationGracePeriodSeconds: 5,
+        nodeSelector: { "nvidia.com/gpu.present": "true" },
+        containers: [{ name: "server", image: modelRef, imagePullPolicy: "IfNotPresent" }],
+      },
+    };
+    const created = await plane.request("POST", "/api/v1/namespaces/ml/pods", userPod);
+    expect(created.status, JSON.stringify(created.body)).toBe(201);
+    // Held: the webhook added the gate, so the scheduler has not placed it.
+    expect(created.body.spec.schedulingGates).toEqual([{ name: "stowage.dev/prewarm" }]);
+    expect(created.body.spec.nodeName).toBeUndefined();
+
+    const running = await eventually(
+      "the user pod released, scheduled and running",
+      async () => {
+        const got = await plane.request("GET", "/api/v1/namespaces/ml/pods/inference");
+        return got.body.status?.phase === "Running" ? got.body : undefined;
+      },
+      180_000,
+    );
+    expect(running.spec.schedulingGates ?? []).toEqual([]);
+    expect(running.spec.nodeName).toBe(node.name);
+    expect(running.status.containerStatuses[0]).toMatchObject({ name: "server", ready: true });
+
+    const mi = (await plane.request("GET", "/apis/stowage.dev/v1alpha1/namespaces/ml/modelimages/model"))
+      .body;
+    const condition = (type: string) => mi.status.conditions.find((c: Json) => c.type === type);
+    expect(condition("Ready")).toMatchObject({ status: "True" });
+    expect(condition("Prewarmed")).toMatchObject({ status: "True" });
+    // The digest the ModelImage reports is the one pushed upstream, mirrored into the cache pod.
+    expect(JSON.stringify(mi.status.variants)).toContain(modelDigest);
+    const cached = await fetch(
+      `http://127.0.0.1:${cachePort}/v2/${new URL(upstreamProxy.url).host.replace(":", "_")}/ml/model/manifests/${modelDigest}`,
+      {
+        method: "HEAD",
+        headers: { accept: "application/vnd.oci.image.manifest.v1+json" },
+      },
+    );
+    expect(cached.status).toBe(200);
+
+    const nodeCache = (await plane.request("GET", `/apis/stowage.dev/v1alpha1/nodecaches/${node.name}`)).body;
+    expect(nodeCache.status.images).toContainEqual(
+      expect.objectContaining({ digest: modelDigest, state: "Present" }),
+    );
+    // The agent pod pulled it into this node's containerd before the pod ran: the kubelet found it there.
+    const events = await run([
+      "get",
+      "events",
+      "-n",
+      "ml",
+      "--field-selector",
+      "involvedObject.name=inference",
+      "-o",
+      "json",
+    ]);
+    const messages = JSON.parse(events.stdout).items.map((e: Json) => `${e.reason}: ${e.message}`);
+    expect(messages.join("\n")).toMatch(/already present on machine/);
+    expect(messages.join("\n")).not.toMatch(/^Pulling:/m);
+  }, 300_000);
+});
+
+describe.runIf(whyNoDocker !== undefined)("the chart on a real kubelet (no Docker engine here)", () => {
+  it("cannot build the images it runs", () => {
+    throw new Error(
+      `building the Stowage image needs a Docker engine it can start: ${whyNoDocker}; run scripts/setup.sh as root`,
+    );
+  }, 300_000);
+});

@@ -1,0 +1,106 @@
+/**
+ * A CNCF distribution container image built here from Debian's /usr/bin/docker-registry, since no
+ * image can be pulled: FROM scratch with the binary, the glibc files it links against, a default
+ * config (filesystem storage, :5000) and /var/lib/registry and /tmp owned by 65532, so it runs as
+ * the chart's cache StatefulSet runs it (non-root 65532, read-only root filesystem, the config
+ * mounted at /etc/docker/registry, emptyDirs at /var/lib/registry and /tmp). The entrypoint and
+ * command are the upstream image's: `registry serve /etc/docker/registry/config.yml`.
+ */
+import { execFile } from "node:child_process";
+import { chmod, chown, copyFile, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { promisify } from "node:util";
+import type { RunningDocker } from "./docker.ts";
+
+const run = promisify(execFile);
+export const REGISTRY_BINARY = "/usr/bin/docker-registry";
+const NONROOT = 65532;
+
+const DEFAULT_CONFIG = `version: 0.1
+log:
+  level: info
+storage:
+  filesystem:
+    rootdirectory: /var/lib/registry
+  delete:
+    enabled: true
+http:
+  addr: :5000
+`;
+
+/** The image's tag: the Debian package's version, made a valid tag. */
+async function registryTag(): Promise<string> {
+  const { stdout } = await run("dpkg-query", ["-W", "-f=${Version}", "docker-registry"]);
+  return `stowage.test/distribution:${stdout.trim().replace(/[^A-Za-z0-9_.-]/g, "_")}`;
+}
+
+/** The shared libraries the binary loads, from `ldd` (the vDSO has no file). */
+async function linkedLibraries(binary: string): Promise<string[]> {
+  const { stdout } = await run("ldd", [binary]);
+  const paths: string[] = [];
+  for (const line of stdout.split("\n")) {
+    const match = /(?:=>\s*)?(\/\S+)\s+\(0x/.exec(line);
+    if (match?.[1]) paths.push(match[1]);
+  }
+  return paths;
+}
+
+const built = new WeakMap<RunningDocker, Promise<string>>();
+
+/** Builds the image on `docker` once (per engine) and returns its tag. */
+export function buildRegistryImage(docker: RunningDocker): Promise<string> {
+  let pending = built.get(docker);
+  if (!pending) {
+    pending = build(docker);
+    built.set(docker, pending);
+  }
+  return pending;
+}
+
+async function build(docker: RunningDocker): Promise<string> {
+  const tag = await registryTag();
+  const context = await mkdtemp(join(tmpdir(), "registry-image-"));
+  try {
+    const rootfs = join(context, "rootfs");
+    await mkdir(join(rootfs, "bin"), { recursive: true });
+    await copyFile(REGISTRY_BINARY, join(rootfs, "bin", "registry"));
+    await chmod(join(rootfs, "bin", "registry"), 0o755);
+    for (const library of await linkedLibraries(REGISTRY_BINARY)) {
+      await mkdir(join(rootfs, dirname(library)), { recursive: true });
+      await copyFile(library, join(rootfs, library));
+    }
+    await mkdir(join(rootfs, "etc", "docker", "registry"), { recursive: true });
+    await writeFile(join(rootfs, "etc", "docker", "registry", "config.yml"), DEFAULT_CONFIG);
+    for (const writable of ["var/lib/registry", "tmp"]) {
+      await mkdir(join(rootfs, writable), { recursive: true });
+      await chown(join(rootfs, writable), NONROOT, NONROOT);
+    }
+    await chmod(join(rootfs, "tmp"), 0o1777);
+    await writeFile(
+      join(context, "Dockerfile"),
+      [
+        "FROM scratch",
+        "COPY rootfs/ /",
+        `USER ${NONROOT}:${NONROOT}`,
+        "VOLUME /var/lib/registry",
+        "EXPOSE 5000",
+        'ENTRYPOINT ["/bin/registry"]',
+        'CMD ["serve", "/etc/docker/registry/config.yml"]',
+        "",
+      ].join("\n"),
+    );
+    const result = await docker.docker(["build", "--network", "host", "-t", tag, context], 300_000);
+    if (result.code !== 0)
+      throw new Error(`docker build of ${tag} failed (${result.code}): ${result.err.slice(-2000)}`);
+    return tag;
+  } finally {
+    await rm(context, { recursive: true, force: true });
+  }
+}
+
+/** `docker save` of `tag` into `file`, an archive `ctr images import` takes. */
+export async function saveImage(docker: RunningDocker, tag: string, file: string): Promise<void> {
+  const result = await docker.docker(["save", "-o", file, tag], 300_000);
+  if (result.code !== 0) throw new Error(`docker save ${tag} failed (${result.code}): ${result.err}`);
+}
