@@ -44,6 +44,11 @@ export class BlobFlights {
     return this.flights.size;
   }
 
+  /** The flight under way for this blob, if any (callers then need not ask the upstream its size). */
+  running(target: CacheTarget): Promise<Flight> | undefined {
+    return this.flights.get(`${target.cacheRepository}@${target.reference}`);
+  }
+
   /** The flight for this blob: the one under way, or a new one of `size` bytes. */
   join(target: CacheTarget, size: number): { flight: Promise<Flight>; started: boolean } {
     const key = `${target.cacheRepository}@${target.reference}`;
@@ -135,10 +140,11 @@ export class BlobFlights {
     } finally {
       clearTimeout(stallTimer);
     }
-    // Verified (getBlob checks the digest before its last chunk): let the callers finish
-    // once storage has it, so a pull right after this one is a hit.
-    const stored = await upload;
+    // Verified (getBlob checks the digest before its last chunk): the callers may finish now,
+    // without waiting for storage's slower ingest. The flight stays joinable until the upload
+    // is over, so a pull in between reads the sealed spool instead of the upstream.
     spool.seal();
+    const stored = await upload;
     logger.info(
       { upstream: target.upstream, repository: target.repository, digest, bytes: spool.size, stored },
       "fetched blob upstream",

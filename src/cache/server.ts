@@ -207,10 +207,13 @@ export class Front {
       return;
     }
     metrics.misses.inc({ kind: "blob" });
-    const size = await this.deps.upstream.hasBlob(
-      { registry: target.upstream, repository: target.repository },
-      target.reference,
-    );
+    const running = this.deps.flights.running(target);
+    const size = running
+      ? (await running).spool.size
+      : await this.deps.upstream.hasBlob(
+          { registry: target.upstream, repository: target.repository },
+          target.reference,
+        );
     if (size === undefined) {
       throw new StowageError(
         "BlobNotFound",

@@ -3,8 +3,8 @@
  * of tails at their own pace: the storage upload and every caller waiting on the same
  * digest. A file rather than memory, so a 20 GiB layer costs no RAM and a slow node never
  * holds back the others (nor the upstream read). Callers' tails stop one byte short of
- * the end until the spool is sealed: nobody receives a complete blob before it is verified
- * and committed, and a failure cuts every response short.
+ * the end until the spool is sealed: nobody receives a complete blob before it is verified,
+ * and a failure cuts every response short.
  */
 
 import type { FileHandle } from "node:fs/promises";

@@ -27,7 +27,8 @@ function run(args: string[]): Promise<{ code: number | null; stdout: string; std
     child.stderr.on("data", (chunk) => {
       stderr += chunk;
     });
-    child.on("exit", (code) => resolve({ code, stdout, stderr }));
+    // "close", not "exit": the output may still be in the pipes when the process exits.
+    child.on("close", (code) => resolve({ code, stdout, stderr }));
   });
 }
 

@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { RegistryClient } from "../../src/oci/registry.ts";
 import { MediaType } from "../../src/oci/types.ts";
 import { type PushedImage, pushSinglePlatformImage } from "../../testkit/images.ts";
+import { eventually } from "../support/eventually.ts";
 import { type CacheRig, fetchFrom, metricValue, startRig, upstreamBlobGets } from "./support.ts";
 
 let rig: CacheRig;
@@ -76,7 +77,13 @@ describe("stowage cache: the read-only distribution API", () => {
     // Storage now holds every blob, committed by digest.
     const cacheRepo = { registry: rig.storage.host, repository: `${prefix.slice(4)}` };
     for (const blob of image.image.blobs) {
-      expect(await client.hasBlob(cacheRepo, blob.descriptor.digest)).toBe(blob.descriptor.size);
+      // Callers finish once the blob is verified; storage's commit follows a moment later.
+      await eventually(
+        `blob ${blob.descriptor.digest} committed to storage`,
+        async () => (await client.hasBlob(cacheRepo, blob.descriptor.digest)) === blob.descriptor.size,
+        10_000,
+        50,
+      );
     }
     const misses = await metricValue(rig.front, "stowage_cache_misses_total", { kind: "blob" });
     for (const blob of image.image.blobs) {
@@ -203,7 +210,12 @@ describe("stowage cache: digests are verified before anyone gets the whole blob"
     const healed = await fetchFrom(rig.front.url, path);
     expect(healed.complete).toBe(true);
     expect(sha256(healed.body)).toBe(layer.digest);
-    expect(await client.hasBlob(cacheRepo, layer.digest)).toBe(layer.size);
+    await eventually(
+      "the healed blob committed to storage",
+      async () => (await client.hasBlob(cacheRepo, layer.digest)) === layer.size,
+      10_000,
+      50,
+    );
   });
 });
 
