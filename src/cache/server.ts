@@ -233,9 +233,10 @@ export class Front {
     }
     const { flight } = this.deps.flights.join(target, size);
     const { spool, settled } = await flight;
-    if (range) {
-      // A range of a blob not yet verified cannot be checked on its own: wait for the whole
-      // blob, then answer the range from storage as a hit would be.
+    if (range || spool.closed) {
+      // A range of a blob not yet verified cannot be checked on its own, and a flight that
+      // ended while this request joined it has no spool left: both wait for the flight to be
+      // over, then are answered from storage as a hit would be.
       const committed = await settled;
       if (spool.state !== "sealed")
         throw new StowageError(
@@ -249,7 +250,7 @@ export class Front {
       if (!after)
         throw new StowageError(
           "CacheUnavailable",
-          `blob ${target.reference} could not be stored; retry without a Range`,
+          `blob ${target.reference} could not be stored; ${range ? "retry without a Range" : "retry"}`,
           { retryable: true },
         );
       const headers: Record<string, string> = { ...API_HEADERS };

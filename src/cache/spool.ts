@@ -49,6 +49,11 @@ export class Spool {
     return this.#state;
   }
 
+  /** Disposed and gone: a tail started now would fail. (A tail counts itself synchronously when started.) */
+  get closed(): boolean {
+    return this.#handle === undefined;
+  }
+
   async append(chunk: Buffer): Promise<void> {
     if (this.#state !== "filling" || !this.#handle) throw new Error("spool is no longer filling");
     let offset = 0;
