@@ -40,22 +40,18 @@ export class BlobFlights {
     this.options = options;
   }
 
-  get inFlight(): number {
-    return this.flights.size;
-  }
-
   /** The flight under way for this blob, if any (callers then need not ask the upstream its size). */
   running(target: CacheTarget): Promise<Flight> | undefined {
     return this.flights.get(`${target.cacheRepository}@${target.reference}`);
   }
 
   /** The flight for this blob: the one under way, or a new one of `size` bytes. */
-  join(target: CacheTarget, size: number): { flight: Promise<Flight>; started: boolean } {
+  join(target: CacheTarget, size: number): { flight: Promise<Flight> } {
     const key = `${target.cacheRepository}@${target.reference}`;
     const existing = this.flights.get(key);
     if (existing) {
       this.options.metrics.singleFlightJoined.inc({ kind: "blob" });
-      return { flight: existing, started: false };
+      return { flight: existing };
     }
     // A failed flight is forgotten at once, before its callers see the failure, so a retry
     // starts a new fetch instead of joining the broken one.
@@ -68,7 +64,7 @@ export class BlobFlights {
       .then((started) => started.settled)
       .catch(() => false)
       .finally(forget);
-    return { flight, started: true };
+    return { flight };
   }
 
   private async start(target: CacheTarget, size: number, forget: () => void): Promise<Flight> {

@@ -17,7 +17,7 @@ import type { BlobFlights } from "./flights.ts";
 import { type CacheTarget, isDigestReference, parseCachePath } from "./layout.ts";
 import type { Manifests } from "./manifests.ts";
 import { ociErrorOf, sendError, sendUnauthorized } from "./respond.ts";
-import type { Storage } from "./storage.ts";
+import type { RawResponse, Storage } from "./storage.ts";
 import type { TagResolver } from "./tags.ts";
 import { callerCredentials } from "./upstreamAuth.ts";
 
@@ -44,6 +44,16 @@ const PASSED_HEADERS = [
   "etag",
   "accept-ranges",
 ];
+
+/** The caller's headers for a storage response: the API version and what PASSED_HEADERS names. */
+function passedHeaders(response: RawResponse): Record<string, string> {
+  const headers: Record<string, string> = { ...API_HEADERS };
+  for (const name of PASSED_HEADERS) {
+    const value = headerValue(response.headers, name);
+    if (value !== undefined) headers[name] = value;
+  }
+  return headers;
+}
 
 export class Front {
   private readonly deps: FrontDeps;
@@ -197,12 +207,7 @@ export class Front {
       });
     if (stored) {
       metrics.hits.inc({ kind: "blob" });
-      const headers: Record<string, string> = { ...API_HEADERS };
-      for (const name of PASSED_HEADERS) {
-        const value = headerValue(stored.headers, name);
-        if (value !== undefined) headers[name] = value;
-      }
-      res.writeHead(stored.statusCode, headers);
+      res.writeHead(stored.statusCode, passedHeaders(stored));
       await this.pipe(stored.body, res, "storage");
       return;
     }
@@ -253,12 +258,7 @@ export class Front {
           `blob ${target.reference} could not be stored; ${range ? "retry without a Range" : "retry"}`,
           { retryable: true },
         );
-      const headers: Record<string, string> = { ...API_HEADERS };
-      for (const name of PASSED_HEADERS) {
-        const value = headerValue(after.headers, name);
-        if (value !== undefined) headers[name] = value;
-      }
-      res.writeHead(after.statusCode, headers);
+      res.writeHead(after.statusCode, passedHeaders(after));
       await this.pipe(after.body, res, "upstream");
       return;
     }

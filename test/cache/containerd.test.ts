@@ -10,11 +10,11 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CriClient } from "../../src/agent/cri.ts";
 import { applyMirrorConfig } from "../../src/agent/hostsToml.ts";
 import { cacheHostSegment } from "../../src/cache/layout.ts";
-import { RegistryClient } from "../../src/oci/registry.ts";
+import type { RegistryClient } from "../../src/oci/registry.ts";
 import { type RunningContainerd, startContainerd } from "../../testkit/containerd.ts";
 import { type FaultProxy, startFaultProxy } from "../../testkit/faultProxy.ts";
 import { pushSinglePlatformImage } from "../../testkit/images.ts";
-import { type CacheRig, metricValue, startRig } from "./support.ts";
+import { type CacheRig, metricValue, rigClient, startRig } from "./support.ts";
 
 const users = [
   { username: "front", password: "front-secret" },
@@ -57,7 +57,7 @@ describe("stowage cache with real containerd", () => {
   beforeAll(async () => {
     rig = await startRig({ config: { tagTtlMs: 600_000, accessTtlMs: 600_000 } });
     recorder = await mirrorRig(rig);
-    client = new RegistryClient({ insecureHosts: [rig.upstream.host], retry: { attempts: 2 } });
+    client = rigClient(rig);
   });
 
   afterAll(async () => {
@@ -145,11 +145,7 @@ describe("stowage cache with real containerd and a private upstream", () => {
     // No credentials of its own: it fetches with those containerd sends (the pod's pull secret).
     rig = await startRig({ upstream: { auth: "htpasswd", users } });
     recorder = await mirrorRig(rig);
-    client = new RegistryClient({
-      insecureHosts: [rig.upstream.host],
-      credentials: () => users[0],
-      retry: { attempts: 2 },
-    });
+    client = rigClient(rig, users[0]);
   });
 
   afterAll(async () => {

@@ -1,10 +1,10 @@
 import { createHash } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { RegistryClient } from "../../src/oci/registry.ts";
+import type { RegistryClient } from "../../src/oci/registry.ts";
 import { MediaType } from "../../src/oci/types.ts";
 import { type PushedImage, pushSinglePlatformImage } from "../../testkit/images.ts";
 import { eventually } from "../support/eventually.ts";
-import { type CacheRig, fetchFrom, metricValue, startRig, upstreamBlobGets } from "./support.ts";
+import { type CacheRig, fetchFrom, metricValue, rigClient, startRig, upstreamBlobGets } from "./support.ts";
 
 let rig: CacheRig;
 let client: RegistryClient;
@@ -16,10 +16,7 @@ function sha256(bytes: Buffer): string {
 
 beforeAll(async () => {
   rig = await startRig();
-  client = new RegistryClient({
-    insecureHosts: [rig.upstream.host, rig.storage.host],
-    retry: { attempts: 2 },
-  });
+  client = rigClient(rig);
   image = await pushSinglePlatformImage(
     client,
     { registry: rig.upstream.host, repository: "acme/app" },
@@ -225,7 +222,7 @@ describe("stowage cache: storage down", () => {
 
   beforeAll(async () => {
     downRig = await startRig();
-    upstreamClient = new RegistryClient({ insecureHosts: [downRig.upstream.host], retry: { attempts: 2 } });
+    upstreamClient = rigClient(downRig);
   });
 
   afterAll(async () => {

@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { issueNodeToken, NODE_TOKEN_USER } from "../../src/cache/nodeToken.ts";
-import { RegistryClient } from "../../src/oci/registry.ts";
+import type { RegistryClient } from "../../src/oci/registry.ts";
 import { type PushedImage, pushMultiArchIndex, pushSinglePlatformImage } from "../../testkit/images.ts";
 import { startScopedUpstream } from "./scopedRealm.ts";
 import {
@@ -10,6 +10,7 @@ import {
   type Fetched,
   fetchFrom,
   metricValue,
+  rigClient,
   startRig,
   upstreamBlobGets,
 } from "./support.ts";
@@ -51,11 +52,7 @@ describe("stowage cache: private stays private (htpasswd upstream)", () => {
       frontCredentials: users[0],
       config: { nodeTokenSecret: secret },
     });
-    client = new RegistryClient({
-      insecureHosts: [rig.upstream.host],
-      credentials: () => users[0],
-      retry: { attempts: 2 },
-    });
+    client = rigClient(rig, users[0]);
     image = await pushSinglePlatformImage(
       client,
       { registry: rig.upstream.host, repository: "team-a/private" },
@@ -214,11 +211,7 @@ describe("stowage cache: private stays private (token upstream, per-repository a
       wrapUpstream: (upstream) => startScopedUpstream(upstream, { alice: ["team-a/"], bob: ["team-b/"] }),
       frontCredentials: users[0],
     });
-    client = new RegistryClient({
-      insecureHosts: [rig.upstream.host],
-      credentials: () => users[0],
-      retry: { attempts: 2 },
-    });
+    client = rigClient(rig, users[0]);
     image = await pushSinglePlatformImage(
       client,
       { registry: rig.upstream.host, repository: "team-a/model" },
@@ -275,11 +268,7 @@ describe("stowage cache: a private upstream the cache itself has no credentials 
 
   beforeAll(async () => {
     rig = await startRig({ upstream: { auth: "htpasswd", users }, config: { nodeTokenSecret: secret } });
-    client = new RegistryClient({
-      insecureHosts: [rig.upstream.host],
-      credentials: () => users[0],
-      retry: { attempts: 2 },
-    });
+    client = rigClient(rig, users[0]);
   });
 
   afterAll(async () => {

@@ -4,17 +4,17 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Spool } from "../../src/cache/spool.ts";
-import { RegistryClient } from "../../src/oci/registry.ts";
+import type { RegistryClient } from "../../src/oci/registry.ts";
 import { pushSinglePlatformImage } from "../../testkit/images.ts";
 import { eventually } from "../support/eventually.ts";
-import { type CacheRig, fetchFrom, metricValue, startRig, upstreamBlobGets } from "./support.ts";
+import { type CacheRig, fetchFrom, metricValue, rigClient, startRig, upstreamBlobGets } from "./support.ts";
 
 let rig: CacheRig;
 let client: RegistryClient;
 
 beforeAll(async () => {
   rig = await startRig();
-  client = new RegistryClient({ insecureHosts: [rig.upstream.host], retry: { attempts: 2 } });
+  client = rigClient(rig);
 });
 
 afterAll(async () => {

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { request } from "undici";
 import { type CacheConfig, type RunningCache, startCache } from "../../src/cache/command.ts";
 import { cacheHostSegment } from "../../src/cache/layout.ts";
+import { RegistryClient } from "../../src/oci/registry.ts";
 import type { Clock } from "../../src/util/clock.ts";
 import { type FaultProxy, startFaultProxy } from "../../testkit/faultProxy.ts";
 import { type RegistryOptions, type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
@@ -23,6 +24,24 @@ export interface CacheRig {
   /** `/v2/<cache layout host>/<repository>` for an upstream repository. */
   prefix(repository: string): string;
   stop(): Promise<void>;
+}
+
+/** A front on a free loopback port for `upstreamHost` (plain HTTP), in front of `storageUrl`. */
+export function frontConfig(storageUrl: string, upstreamHost: string, spoolDir: string): CacheConfig {
+  return {
+    storageUrl,
+    upstreamHosts: [upstreamHost],
+    insecureRegistries: [upstreamHost],
+    caPem: [],
+    authFiles: [],
+    ecr: false,
+    tagTtlMs: 30_000,
+    accessTtlMs: 60_000,
+    spoolDir,
+    stallTimeoutMs: 30_000,
+    port: 0,
+    host: "127.0.0.1",
+  };
 }
 
 export async function startRig(
@@ -49,22 +68,7 @@ export async function startRig(
     authFiles.push(file);
   }
   const front = await startCache(
-    {
-      storageUrl: storage.url,
-      upstreamHosts: [proxy.host],
-      insecureRegistries: [proxy.host],
-      caPem: [],
-      authFiles,
-      ecr: false,
-      tagTtlMs: 30_000,
-      accessTtlMs: 60_000,
-      spoolDir,
-      stallTimeoutMs: 30_000,
-      port: 0,
-      healthPort: 0,
-      host: "127.0.0.1",
-      ...options.config,
-    },
+    { ...frontConfig(storage.url, proxy.host, spoolDir), authFiles, healthPort: 0, ...options.config },
     { clock: options.clock },
   );
   return {
@@ -82,6 +86,18 @@ export async function startRig(
       await rm(spoolDir, { recursive: true, force: true });
     },
   };
+}
+
+/** A client that pushes test images straight to the rig's upstream (and reads its storage). */
+export function rigClient(
+  rig: CacheRig,
+  credentials?: { username: string; password: string },
+): RegistryClient {
+  return new RegistryClient({
+    insecureHosts: [rig.upstream.host, rig.storage.host],
+    credentials: credentials ? () => credentials : undefined,
+    retry: { attempts: 2 },
+  });
 }
 
 export interface Fetched {

@@ -4,10 +4,10 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startCache } from "../../src/cache/command.ts";
 import { cacheRepository } from "../../src/oci/reference.ts";
-import { RegistryClient } from "../../src/oci/registry.ts";
+import type { RegistryClient } from "../../src/oci/registry.ts";
 import { type Clock, systemClock } from "../../src/util/clock.ts";
 import { pushSinglePlatformImage } from "../../testkit/images.ts";
-import { type CacheRig, fetchFrom, metricValue, startRig } from "./support.ts";
+import { type CacheRig, fetchFrom, frontConfig, metricValue, rigClient, startRig } from "./support.ts";
 
 let rig: CacheRig;
 let client: RegistryClient;
@@ -16,10 +16,7 @@ const clock: Clock = { now: () => Date.now() + offsetMs, sleep: systemClock.slee
 
 beforeAll(async () => {
   rig = await startRig({ clock, config: { tagTtlMs: 30_000, accessTtlMs: 60_000 } });
-  client = new RegistryClient({
-    insecureHosts: [rig.upstream.host, rig.storage.host],
-    retry: { attempts: 2 },
-  });
+  client = rigClient(rig);
 });
 
 afterAll(async () => {
@@ -98,20 +95,7 @@ describe("stowage cache: tags", () => {
       { seed: "declared", layerSizes: [8192] },
     );
     const spoolDir = await mkdtemp(join(tmpdir(), "stowage-spool-"));
-    const fresh = await startCache({
-      storageUrl: rig.storage.url,
-      upstreamHosts: [rig.proxy.host],
-      insecureRegistries: [rig.proxy.host],
-      caPem: [],
-      authFiles: [],
-      ecr: false,
-      tagTtlMs: 30_000,
-      accessTtlMs: 60_000,
-      spoolDir,
-      stallTimeoutMs: 30_000,
-      port: 0,
-      host: "127.0.0.1",
-    });
+    const fresh = await startCache(frontConfig(rig.storage.url, rig.proxy.host, spoolDir));
     // The upstream answers the access check (a HEAD: the repository is public), then no more.
     rig.proxy.addRule({
       match: { method: "HEAD", path: /\/manifests\/v1$/ },
