@@ -122,6 +122,7 @@ export class BlobFlights {
         await spool.append(chunk as Buffer);
         metrics.upstreamBytes.inc((chunk as Buffer).length);
       }
+      await spool.flush();
     } catch (err) {
       const failure = asStowageError(abort.signal.reason ?? err);
       metrics.fetchFailures.inc({ reason: failure.reason });

@@ -70,6 +70,7 @@ describe("spool", () => {
       const first = await reader.next();
       expect(Buffer.from(first.value as Buffer).toString()).toBe("hello");
       await spool.append(Buffer.from("world"));
+      await spool.flush();
       // All ten bytes are written, but only nine may go out before the seal.
       const second = await reader.next();
       expect(Buffer.from(second.value as Buffer).toString()).toBe("worl");
@@ -95,6 +96,7 @@ describe("spool", () => {
     try {
       const spool = await Spool.create(dir, "sha256:def", 4);
       await spool.append(Buffer.from("abcd"));
+      await spool.flush();
       const received: string[] = [];
       const reading = (async () => {
         for await (const chunk of spool.tail(0, 4, { holdLast: true })) received.push(chunk.toString());
