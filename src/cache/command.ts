@@ -65,6 +65,7 @@ Flags:
   --log-level LEVEL              trace, debug, info, warn, error (default info)
   -h, --help                     show this help
 
+On SIGTERM the front stops accepting and gives responses under way 20 s to finish.
 Exit codes: 0 stopped gracefully, 1 fatal startup error, 2 bad usage.
 `;
 
@@ -110,6 +111,9 @@ export interface CacheConfig {
   /** Bind address; tests use 127.0.0.1. */
   host?: string;
 }
+
+/** How long responses under way may finish after SIGTERM (inside Kubernetes' default 30 s grace). */
+const SHUTDOWN_GRACE_MS = 20_000;
 
 const logLevels = ["trace", "debug", "info", "warn", "error", "fatal", "silent"];
 
@@ -217,7 +221,8 @@ export interface RunningCache {
   url: string;
   healthUrl?: string;
   metrics: CacheMetrics;
-  stop(): Promise<void>;
+  /** Stops serving; responses under way get `graceMs` (default 0) to finish. */
+  stop(graceMs?: number): Promise<void>;
 }
 
 function listenHealth(
@@ -344,8 +349,8 @@ export async function startCache(
     url: `http://${host}`,
     healthUrl: healthAddress ? `http://${shownHost}:${healthAddress.port}` : undefined,
     metrics,
-    async stop() {
-      await running.close();
+    async stop(graceMs = 0) {
+      await running.close(graceMs);
       if (health) {
         const server = health;
         await new Promise<void>((resolve) => {
@@ -396,7 +401,8 @@ export async function runCache(args: string[]): Promise<number> {
     process.once("SIGTERM", resolve);
     process.once("SIGINT", resolve);
   });
-  await cache.stop();
+  logger.info({ graceSeconds: SHUTDOWN_GRACE_MS / 1000 }, "stopping: finishing responses under way");
+  await cache.stop(SHUTDOWN_GRACE_MS);
   logger.info("cache stopped");
   return 0;
 }

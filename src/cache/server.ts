@@ -312,7 +312,8 @@ export class Front {
 export interface RunningFront {
   server: Server;
   address: AddressInfo;
-  close(): Promise<void>;
+  /** Stops the server; responses under way get `graceMs` (default 0) to finish. */
+  close(graceMs?: number): Promise<void>;
 }
 
 export async function listenFront(front: Front, port: number, host = "0.0.0.0"): Promise<RunningFront> {
@@ -330,10 +331,20 @@ export async function listenFront(front: Front, port: number, host = "0.0.0.0"):
   return {
     server,
     address: server.address() as AddressInfo,
-    close: () =>
+    close: (graceMs = 0) =>
       new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
+        // Stop accepting, let responses under way finish for up to graceMs (a node cut off
+        // later resumes with a Range request elsewhere), then cut what is left.
+        const timer = setTimeout(() => server.closeAllConnections(), graceMs);
+        // A keep-alive connection whose response just finished would otherwise hold close()
+        // until its idle timeout.
+        const idle = setInterval(() => server.closeIdleConnections(), 100);
+        server.close(() => {
+          clearTimeout(timer);
+          clearInterval(idle);
+          resolve();
+        });
+        server.closeIdleConnections();
       }),
   };
 }

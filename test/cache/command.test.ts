@@ -92,13 +92,13 @@ describe("stowage cache process", () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  it("serves pulls, /healthz, /readyz and /metrics on the health port, and stops on SIGTERM with 0", async () => {
+  it("serves pulls, /healthz, /readyz and /metrics on the health port, and on SIGTERM finishes a response under way, then exits 0", async () => {
     const client = new RegistryClient({ insecureHosts: [upstream.host], retry: { attempts: 2 } });
     const pushed = await pushSinglePlatformImage(
       client,
       { registry: upstream.host, repository: "acme/cli" },
       "v1",
-      { layerSizes: [32 * 1024] },
+      { layerSizes: [32 * 1024, 24 * 1024 * 1024] },
     );
     await client.close();
     const [port, healthPort] = [await freePort(), await freePort()];
@@ -144,8 +144,18 @@ describe("stowage cache process", () => {
     const metrics = await (await request(`${health}/metrics`)).body.text();
     expect(metrics).toContain('stowage_cache_misses_total{kind="blob"} 1');
     expect(metrics).toContain("process_resident_memory_bytes");
+    // A slow reader: the response is under way (and held back by the socket) at SIGTERM.
+    const big = pushed.image.layers[1].descriptor;
+    const slow = await request(
+      `http://127.0.0.1:${port}/v2/${cacheHostSegment(upstream.host)}/acme/cli/blobs/${big.digest}`,
+    );
+    expect(slow.statusCode).toBe(200);
     const exited = new Promise<number | null>((resolve) => started.once("exit", resolve));
     started.kill("SIGTERM");
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const hash = createHash("sha256");
+    for await (const chunk of slow.body) hash.update(chunk as Buffer);
+    expect(`sha256:${hash.digest("hex")}`).toBe(big.digest);
     expect(await exited, stderr).toBe(0);
   });
 });
