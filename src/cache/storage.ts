@@ -1,7 +1,8 @@
 /**
  * The storage behind the front: the CNCF distribution registry the controller pushes into.
  * Hits are passed through as raw HTTP (status, Range, headers) so distribution's own range
- * handling and redirects serve them; writes go through the project's RegistryClient, whose
+ * handling serves them (a redirect to object storage is followed here, not handed to the
+ * node); writes go through the project's RegistryClient, whose
  * uploads end with the digest on the final PUT, which distribution verifies before it
  * commits anything.
  *
