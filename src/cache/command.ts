@@ -28,6 +28,7 @@ import { stowageVersion } from "../util/version.ts";
 import { AccessControl } from "./access.ts";
 import { BlobFlights } from "./flights.ts";
 import { Manifests } from "./manifests.ts";
+import { ManifestPromotion } from "./promotion.ts";
 import { Front, listenFront } from "./server.ts";
 import { Storage } from "./storage.ts";
 import { TagResolver } from "./tags.ts";
@@ -292,7 +293,8 @@ export async function startCache(
     caPem: config.caPem.length > 0 ? config.caPem : undefined,
     userAgent,
   });
-  const manifests = new Manifests({ upstream, storage, metrics, logger });
+  const promotion = new ManifestPromotion({ storage, logger });
+  const manifests = new Manifests({ upstream, storage, metrics, logger, promotion });
   const access = new AccessControl({
     transport: probeTransport,
     clock,
@@ -315,6 +317,9 @@ export async function startCache(
     metrics,
     logger,
     stallTimeoutMs: config.stallTimeoutMs,
+    onCommitted: (target) => {
+      promotion.blobCommitted(target.cacheRepository, target.reference).catch(() => {});
+    },
   });
   const front = new Front({
     storage,

@@ -30,6 +30,8 @@ export interface BlobFlightsOptions {
   logger: Logger;
   /** Abort a fetch that received nothing for this long. */
   stallTimeoutMs: number;
+  /** Told when a fetched blob is committed to storage (manifest promotion). */
+  onCommitted?: (target: CacheTarget) => void;
 }
 
 export class BlobFlights {
@@ -142,6 +144,7 @@ export class BlobFlights {
     // is over, so a pull in between reads the sealed spool instead of the upstream.
     spool.seal();
     const stored = await upload;
+    if (stored) this.options.onCommitted?.(target);
     logger.info(
       { upstream: target.upstream, repository: target.repository, digest, bytes: spool.size, stored },
       "fetched blob upstream",

@@ -9,6 +9,7 @@ import type { RegistryClient } from "../oci/registry.ts";
 import { asStowageError } from "../util/errors.ts";
 import type { Logger } from "../util/log.ts";
 import type { CacheTarget } from "./layout.ts";
+import type { ManifestPromotion } from "./promotion.ts";
 import type { Storage, StoredManifest } from "./storage.ts";
 
 export interface ManifestSource {
@@ -17,22 +18,20 @@ export interface ManifestSource {
   source: "storage" | "upstream";
 }
 
+export interface ManifestsOptions {
+  upstream: RegistryClient;
+  storage: Storage;
+  metrics: CacheMetrics;
+  logger: Logger;
+  promotion?: ManifestPromotion;
+}
+
 export class Manifests {
   private readonly pending = new Map<string, Promise<StoredManifest>>();
 
-  private readonly options: {
-    upstream: RegistryClient;
-    storage: Storage;
-    metrics: CacheMetrics;
-    logger: Logger;
-  };
+  private readonly options: ManifestsOptions;
 
-  constructor(options: {
-    upstream: RegistryClient;
-    storage: Storage;
-    metrics: CacheMetrics;
-    logger: Logger;
-  }) {
+  constructor(options: ManifestsOptions) {
     this.options = options;
   }
 
@@ -80,6 +79,8 @@ export class Manifests {
     );
     try {
       await storage.putManifestBlob(target.cacheRepository, manifest);
+      // In the background: the caller need not wait for storage's bookkeeping.
+      this.options.promotion?.track(target, manifest).catch(() => {});
     } catch (err) {
       logger.warn(
         { repository: target.cacheRepository, digest, err: asStowageError(err).message },

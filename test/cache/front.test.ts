@@ -1,4 +1,8 @@
+import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { RegistryClient } from "../../src/oci/registry.ts";
 import { MediaType } from "../../src/oci/types.ts";
@@ -82,6 +86,17 @@ describe("stowage cache: the read-only distribution API", () => {
         50,
       );
     }
+    // With every blob committed, the manifest is promoted into distribution's manifest store
+    // (what its garbage collection and eviction count as in use).
+    await eventually(
+      "the manifest in storage's manifest store",
+      async () => {
+        const stored = await client.getManifest(cacheRepo, image.digest).catch(() => undefined);
+        return stored?.digest === image.digest;
+      },
+      10_000,
+      50,
+    );
     const misses = await metricValue(rig.front, "stowage_cache_misses_total", { kind: "blob" });
     for (const blob of image.image.blobs) {
       const again = await fetchFrom(rig.front.url, `${prefix}/blobs/${blob.descriptor.digest}`);
@@ -100,6 +115,25 @@ describe("stowage cache: the read-only distribution API", () => {
     expect(
       await metricValue(rig.front, "stowage_cache_served_bytes_total", { source: "storage" }),
     ).toBeGreaterThan(3 * 1024 * 1024);
+  });
+
+  it("leaves what was pulled through it to survive distribution's garbage collection", async () => {
+    const repository = rig.prefix("acme/app").slice("/v2/".length);
+    const config = join(rig.spoolDir, "gc.yml");
+    await writeFile(
+      config,
+      `version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: ${rig.storage.storageDir}\n`,
+    );
+    // --dry-run only reads: it says what it keeps (marks) and what it would delete.
+    const { stdout } = await promisify(execFile)("/usr/bin/docker-registry", [
+      "garbage-collect",
+      "--dry-run",
+      config,
+    ]);
+    expect(stdout).toContain(`${repository}: marking manifest ${image.digest}`);
+    for (const blob of image.image.blobs) {
+      expect(stdout).toContain(`${repository}: marking blob ${blob.descriptor.digest}`);
+    }
   });
 
   it("accepts the plain-mirror form /v2/<repository>/...?ns=<host> that containerd sends without a path", async () => {
