@@ -22,7 +22,14 @@ export interface FaultRule {
     | { kind: "ignoreRange" }
     /** Answer 307 to the same path on another origin (object storage, a CDN). */
     | { kind: "redirect"; to: string }
-    | { kind: "status"; status: number; retryAfterSeconds?: number; body?: string };
+    | { kind: "status"; status: number; retryAfterSeconds?: number; body?: string }
+    /**
+     * A WAN link: the response body goes out at most `bytesPerSecond` on each client connection
+     * (a token bucket per socket, so parallel connections each get the rate, as a registry's
+     * per-connection limit gives them), after `latencyMs` added before the request is forwarded.
+     * Give it `times: Infinity` and no `match` to throttle everything.
+     */
+    | { kind: "throttle"; bytesPerSecond: number; latencyMs: number };
 }
 
 export interface SeenRequest {
@@ -65,6 +72,8 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
   let rules: ActiveRule[] = [];
   const seenRequests: SeenRequest[] = [];
   const sockets = new Set<Socket>();
+  /** When each throttled connection may send its next byte (ms, performance.now()). */
+  const linkFreeAt = new WeakMap<Socket, number>();
   let proxyOrigin = "";
 
   const takeRule = (req: IncomingMessage): FaultRule | undefined => {
@@ -154,12 +163,32 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
               return;
             }
             sent += out.length;
+            if (action?.kind === "throttle") {
+              // Pace the body on this connection: hold the upstream until the bucket allows the chunk.
+              const now = performance.now();
+              const socket = req.socket;
+              const start = Math.max(now, linkFreeAt.get(socket) ?? now);
+              const freeAt = start + (out.length / action.bytesPerSecond) * 1000;
+              linkFreeAt.set(socket, freeAt);
+              upstreamRes.pause();
+              setTimeout(() => {
+                if (res.write(out)) upstreamRes.resume();
+                else res.once("drain", () => upstreamRes.resume());
+              }, freeAt - now);
+              return;
+            }
             if (!res.write(out)) {
               upstreamRes.pause();
               res.once("drain", () => upstreamRes.resume());
             }
           });
-          upstreamRes.on("end", () => res.end());
+          // A throttled body's last chunk may still be waiting for its turn: end after it.
+          upstreamRes.on("end", () => {
+            const socket = req.socket;
+            const wait = action?.kind === "throttle" ? (linkFreeAt.get(socket) ?? 0) - performance.now() : 0;
+            if (wait > 0) setTimeout(() => res.end(), wait);
+            else res.end();
+          });
           upstreamRes.on("error", () => res.socket?.destroy());
         },
       );
@@ -177,6 +206,7 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
     };
 
     if (action?.kind === "delay") setTimeout(forward, action.ms);
+    else if (action?.kind === "throttle" && action.latencyMs > 0) setTimeout(forward, action.latencyMs);
     else forward();
   });
   server.on("connection", (socket) => {

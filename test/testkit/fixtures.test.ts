@@ -1,3 +1,4 @@
+import { createHash, randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { createServer } from "node:net";
@@ -157,6 +158,49 @@ describe("startFaultProxy", () => {
         "GET /v2/ 200",
         "GET /v2/ 200",
       ]);
+    } finally {
+      await proxy.stop();
+      await registry.stop();
+    }
+  });
+
+  it("throttles each connection's response body to the link's rate, and the body arrives whole", async () => {
+    const registry = await startRegistry();
+    const proxy = await startFaultProxy(registry.url);
+    try {
+      const MiB = 1024 * 1024;
+      const body = randomBytes(4 * MiB);
+      const digest = `sha256:${createHash("sha256").update(body).digest("hex")}`;
+      const upload = await fetch(`${registry.url}/v2/link/test/blobs/uploads/`, { method: "POST" });
+      const location = new URL(upload.headers.get("location") ?? "", registry.url);
+      location.searchParams.set("digest", digest);
+      expect((await fetch(location, { method: "PUT", body })).status).toBe(201);
+
+      proxy.addRule({
+        times: Number.POSITIVE_INFINITY,
+        action: { kind: "throttle", bytesPerSecond: 4 * MiB, latencyMs: 20 },
+      });
+      const started = performance.now();
+      const response = await fetch(`${proxy.url}/v2/link/test/blobs/${digest}`);
+      expect(response.status).toBe(200);
+      const reader = (response.body as ReadableStream<Uint8Array>).getReader();
+      const chunks: Uint8Array[] = [];
+      let received = 0;
+      let receivedEarly: number | undefined;
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        chunks.push(value);
+        received += value.length;
+        // Whatever the machine's load, a 4 MiB/s link cannot have delivered more than 0.4 s
+        // worth (plus one upstream chunk) 0.4 s in; unthrottled loopback delivers it all at once.
+        if (receivedEarly === undefined && performance.now() - started >= 400)
+          receivedEarly = received - value.length;
+      }
+      expect(receivedEarly).toBeDefined();
+      expect(receivedEarly).toBeLessThanOrEqual(0.4 * 4 * MiB + 256 * 1024);
+      expect(Buffer.concat(chunks).equals(body)).toBe(true);
+      expect(proxy.seen().at(-1)?.fault).toBe("throttle");
     } finally {
       await proxy.stop();
       await registry.stop();
