@@ -7,7 +7,7 @@
  * command are the upstream image's: `registry serve /etc/docker/registry/config.yml`.
  */
 import { execFile } from "node:child_process";
-import { chmod, chown, copyFile, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { chmod, copyFile, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { promisify } from "node:util";
@@ -74,16 +74,16 @@ async function build(docker: RunningDocker): Promise<string> {
     }
     await mkdir(join(rootfs, "etc", "docker", "registry"), { recursive: true });
     await writeFile(join(rootfs, "etc", "docker", "registry", "config.yml"), DEFAULT_CONFIG);
-    for (const writable of ["var/lib/registry", "tmp"]) {
-      await mkdir(join(rootfs, writable), { recursive: true });
-      await chown(join(rootfs, writable), NONROOT, NONROOT);
-    }
-    await chmod(join(rootfs, "tmp"), 0o1777);
+    // COPY makes everything root-owned; the writable dirs come in a second COPY with --chown.
+    const writable = join(context, "writable");
+    for (const dir of ["var/lib/registry", "tmp"]) await mkdir(join(writable, dir), { recursive: true });
+    await chmod(join(writable, "tmp"), 0o1777);
     await writeFile(
       join(context, "Dockerfile"),
       [
         "FROM scratch",
         "COPY rootfs/ /",
+        `COPY --chown=${NONROOT}:${NONROOT} writable/ /`,
         `USER ${NONROOT}:${NONROOT}`,
         "VOLUME /var/lib/registry",
         "EXPOSE 5000",

@@ -1,0 +1,186 @@
+/**
+ * The container tier: real components as containers through `testcontainers`, for a developer
+ * whose laptop has Docker but not Debian's docker-registry. Everything runs on a Docker engine the
+ * tests start themselves (testkit/docker.ts: private data root and socket, no bridge), from images
+ * built here (testkit/registryImage.ts), with host networking on 127.0.0.1 only.
+ *
+ * Two settings of testcontainers are made for such an engine:
+ * - Ryuk (its reaper container) is off: its image cannot be pulled here. The equivalent is this
+ *   file's: every container carries a session label; `stop()` removes them, a process exit
+ *   removes whatever a crashed test left (synchronously, with the docker CLI), and disposing of
+ *   the private engine removes everything it ever ran.
+ * - The host is given (127.0.0.1): testcontainers otherwise asks the engine for the gateway of
+ *   its `bridge` network, which this engine does not have.
+ *
+ * The process tier (testkit/registry.ts) stays for machines without Docker; the README says
+ * which tier needs what.
+ */
+import { execFile, spawnSync } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import type { StartedTestContainer } from "testcontainers";
+import { DOCKER_CLIENT, type RunningDocker, startDocker } from "./docker.ts";
+import { freePort } from "./ports.ts";
+import { buildRegistryImage } from "./registryImage.ts";
+
+const run = promisify(execFile);
+export const SESSION_LABEL = "dev.stowage.test-session";
+
+export interface ContainerEngine {
+  docker: RunningDocker;
+  /** The label value every container of this engine's session carries. */
+  session: string;
+  /** Ids of the session's containers the engine still has (running or not). */
+  containers(): Promise<string[]>;
+  /** Removes the session's containers, then stops the engine and deletes its dirs. */
+  dispose(): Promise<void>;
+}
+
+const liveSessions = new Map<string, NodeJS.ProcessEnv>();
+process.once("exit", () => {
+  // What Ryuk would do for a crashed run: remove the session's containers before the engine goes.
+  for (const [session, env] of liveSessions) {
+    const listed = spawnSync(DOCKER_CLIENT, ["ps", "-aq", "--filter", `label=${SESSION_LABEL}=${session}`], {
+      env,
+      encoding: "utf8",
+      timeout: 10_000,
+    });
+    const ids = (listed.stdout ?? "").split("\n").filter(Boolean);
+    if (ids.length > 0) spawnSync(DOCKER_CLIENT, ["rm", "-f", ...ids], { env, timeout: 20_000 });
+  }
+});
+
+/**
+ * Starts a private Docker engine and points testcontainers at it. One engine per test file:
+ * testcontainers keeps its client for the life of the module, and vitest gives each file its own.
+ */
+export async function startContainerEngine(): Promise<ContainerEngine> {
+  const docker = await startDocker();
+  // Read by testcontainers when it first needs a client (the first container started).
+  process.env.DOCKER_HOST = docker.env.DOCKER_HOST;
+  process.env.TESTCONTAINERS_RYUK_DISABLED = "true";
+  process.env.TESTCONTAINERS_HOST_OVERRIDE = "127.0.0.1";
+  const session = randomUUID();
+  liveSessions.set(session, docker.env);
+  const containers = async () => {
+    const listed = await docker.docker(["ps", "-aq", "--filter", `label=${SESSION_LABEL}=${session}`]);
+    return listed.out.split("\n").filter(Boolean);
+  };
+  return {
+    docker,
+    session,
+    containers,
+    async dispose() {
+      const ids = await containers().catch(() => []);
+      if (ids.length > 0) await docker.docker(["rm", "-f", ...ids]);
+      liveSessions.delete(session);
+      await docker.dispose();
+    },
+  };
+}
+
+export interface ContainerRegistryOptions {
+  auth?: "none" | "htpasswd";
+  users?: { username: string; password: string }[];
+}
+
+/** A distribution registry in a container, shaped like testkit/registry.ts's RunningRegistry. */
+export interface ContainerRegistry {
+  host: string;
+  url: string;
+  users: { username: string; password: string }[];
+  container: StartedTestContainer;
+  /** Request lines from the registry's access log, oldest first. */
+  requests(): Promise<{ method: string; path: string; status: number }[]>;
+  stop(): Promise<void>;
+}
+
+// Combined log format of the access log: "GET /v2/ HTTP/1.1" 200 2 ...
+const ACCESS_LINE = /"([A-Z]+) (\S+) HTTP\/[\d.]+" (\d{3}) /;
+
+export async function startContainerRegistry(
+  engine: ContainerEngine,
+  options: ContainerRegistryOptions = {},
+): Promise<ContainerRegistry> {
+  const { GenericContainer, Wait } = await import("testcontainers");
+  const image = await buildRegistryImage(engine.docker);
+  const users = options.users ?? [{ username: "stowage", password: "s3cret" }];
+  const work = await mkdtemp(join(tmpdir(), "container-registry-"));
+  const port = await freePort();
+  const host = `127.0.0.1:${port}`;
+  const environment: Record<string, string> = {
+    REGISTRY_HTTP_ADDR: host,
+    REGISTRY_STORAGE_DELETE_ENABLED: "true",
+    REGISTRY_LOG_ACCESSLOG_DISABLED: "false",
+    REGISTRY_LOG_FORMATTER: "text",
+  };
+  const bindMounts: { source: string; target: string; mode: "ro" }[] = [];
+  if (options.auth === "htpasswd") {
+    const lines: string[] = [];
+    for (const user of users)
+      lines.push((await run("htpasswd", ["-Bbn", user.username, user.password])).stdout.trim());
+    await writeFile(join(work, "htpasswd"), `${lines.join("\n")}\n`);
+    bindMounts.push({ source: join(work, "htpasswd"), target: "/auth/htpasswd", mode: "ro" });
+    Object.assign(environment, {
+      REGISTRY_AUTH: "htpasswd",
+      REGISTRY_AUTH_HTPASSWD_REALM: "stowage-test",
+      REGISTRY_AUTH_HTPASSWD_PATH: "/auth/htpasswd",
+    });
+  }
+  const accessLines: string[] = [];
+  let started: StartedTestContainer;
+  try {
+    started = await new GenericContainer(image)
+      .withNetworkMode("host")
+      .withEnvironment(environment)
+      .withBindMounts(bindMounts)
+      .withLabels({ [SESSION_LABEL]: engine.session })
+      .withLogConsumer((stream) => {
+        let rest = "";
+        stream.on("data", (chunk: Buffer | string) => {
+          const parts = (rest + chunk.toString()).split("\n");
+          rest = parts.pop() ?? "";
+          for (const line of parts) if (ACCESS_LINE.test(line)) accessLines.push(line);
+        });
+      })
+      // Host networking has no mapped ports for an HTTP wait strategy: the registry's own line.
+      .withWaitStrategy(Wait.forLogMessage(`listening on ${host}`))
+      .withStartupTimeout(60_000)
+      .start();
+  } catch (err) {
+    await rm(work, { recursive: true, force: true });
+    throw err;
+  }
+  const url = `http://${host}`;
+  // Logged just before it serves: wait for /v2/ itself.
+  for (let i = 0; ; i++) {
+    const status = await fetch(`${url}/v2/`).then(
+      (res) => res.status,
+      () => 0,
+    );
+    if (status === 200 || status === 401) break;
+    if (i > 100) throw new Error(`registry container at ${url} did not answer /v2/`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return {
+    host,
+    url,
+    users,
+    container: started,
+    async requests() {
+      // The access line follows the response by a moment, and comes through the log stream.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      return accessLines.flatMap((line) => {
+        const match = ACCESS_LINE.exec(line);
+        return match ? [{ method: match[1], path: match[2], status: Number(match[3]) }] : [];
+      });
+    },
+    async stop() {
+      await started.stop({ remove: true, timeout: 5_000 });
+      await rm(work, { recursive: true, force: true });
+    },
+  };
+}
