@@ -19,6 +19,13 @@ import {
 } from "./challenge.ts";
 import { errorFromNetwork, errorFromResponse } from "./errors.ts";
 import {
+  type OpenRange,
+  type RangedDownloadOptions,
+  RangeNotSupported,
+  rangedChunks,
+  rangedDefaults,
+} from "./rangedDownload.ts";
+import {
   backoffDelay,
   type RetryOptions,
   type RetryPolicy,
@@ -48,6 +55,8 @@ export interface RegistryClientOptions {
   logger?: Logger;
   /** Size of PATCH chunks when a registry refuses monolithic uploads. Default 64 MiB. */
   chunkSizeBytes?: number;
+  /** Parallel ranged downloads of large blobs; false downloads every blob as one stream. */
+  rangedDownload?: RangedDownloadOptions | false;
 }
 
 export interface RepoRef {
@@ -145,6 +154,8 @@ class ChunkReader {
   }
 }
 
+type RangeResponseBody = AsyncIterable<Buffer> & { destroy(): void };
+
 /** Thrown by a monolithic PUT the registry refused in a way that chunks may fix. */
 class MonolithicRefused extends Error {}
 
@@ -155,6 +166,7 @@ export class RegistryClient {
   private readonly clock: Clock;
   private readonly logger: Logger;
   private readonly chunkSize: number;
+  private readonly ranged: Required<RangedDownloadOptions> | undefined;
 
   constructor(options: RegistryClientOptions = {}) {
     this.transport = new Transport({
@@ -172,6 +184,8 @@ export class RegistryClient {
       clock: this.clock,
     });
     this.chunkSize = options.chunkSizeBytes ?? DEFAULT_CHUNK_SIZE;
+    this.ranged =
+      options.rangedDownload === false ? undefined : { ...rangedDefaults, ...options.rangedDownload };
   }
 
   /** Checks the registry answers the API (and, when it asks for auth, that our credentials work). */
@@ -341,8 +355,27 @@ export class RegistryClient {
     const subject = `blob ${descriptor.digest} in ${displayName(repo)}`;
     const verifier = new DigestVerifier(descriptor);
     let held: Buffer | undefined;
+    if (
+      this.ranged &&
+      descriptor.size >= this.ranged.minBlobBytes &&
+      descriptor.size > this.ranged.rangeBytes
+    ) {
+      try {
+        for await (const piece of this.rangedBlobChunks(repo, descriptor, subject, signal)) {
+          verifier.update(piece);
+          onBytes?.(piece.length);
+          if (held) yield held;
+          held = piece;
+        }
+      } catch (err) {
+        if (!(err instanceof RangeNotSupported)) throw err;
+        this.logger.debug({ blob: descriptor.digest, registry: repo.registry }, "upstream ignores Range");
+      }
+    }
     let failures = 0;
-    for (;;) {
+    // Ranged or not, the stream ends here once every byte arrived (the loop below only runs for
+    // a single-stream download, or when the upstream turned out to ignore Range).
+    for (; verifier.received < descriptor.size || descriptor.size === 0; ) {
       if (signal?.aborted) throw new StowageError("Aborted", `download of ${subject} was aborted`);
       const start = verifier.received;
       let response: Awaited<ReturnType<RegistryClient["exchange"]>> | undefined;
@@ -434,6 +467,73 @@ export class RegistryClient {
       throw new StowageError(failure.reason, `${subject}: ${failure.message}`, { cause: err });
     }
     if (held) yield held;
+  }
+
+  /**
+   * The blob's bytes in order, fetched as concurrent ranges (see rangedDownload.ts). Once a
+   * range was redirected to object storage, later ranges go straight there (without our
+   * Authorization, the URL carries its own signature), back to the registry if that fails.
+   */
+  private rangedBlobChunks(
+    repo: RepoRef,
+    descriptor: Descriptor,
+    subject: string,
+    signal: AbortSignal | undefined,
+  ): AsyncGenerator<Buffer, void, undefined> {
+    const ranged = this.ranged as Required<RangedDownloadOptions>;
+    const registryOrigin = new URL(this.transport.baseUrl(repo.registry)).origin;
+    let direct: string | undefined;
+    const open: OpenRange = async (start, end, rangeSignal) => {
+      const via = direct;
+      let response: Awaited<ReturnType<RegistryClient["exchange"]>>;
+      try {
+        response = await this.exchange({
+          registry: repo.registry,
+          method: "GET",
+          target: via ?? `/v2/${repo.repository}/blobs/${descriptor.digest}`,
+          headers: { range: `bytes=${start}-${end}` },
+          scopes: [pullScope(repo.repository)],
+          expect: [200, 206],
+          subject,
+          notFound: "BlobNotFound",
+          signal: rangeSignal,
+        });
+      } catch (err) {
+        if (via === undefined) throw err;
+        // A signed storage URL may have expired: ask the registry again on the retry.
+        direct = undefined;
+        const failure = errorFromNetwork(err, repo.registry, subject);
+        throw new StowageError(failure.reason, failure.message, { cause: err, retryable: true });
+      }
+      const contentRange = /^bytes (\d+)-/.exec(headerValue(response.headers, "content-range") ?? "");
+      const partial =
+        response.statusCode === 206 && contentRange !== null && Number(contentRange[1]) === start;
+      if (partial && via === undefined && new URL(response.url).origin !== registryOrigin)
+        direct = response.url;
+      return { partial, body: response.body as unknown as RangeResponseBody };
+    };
+    return rangedChunks(
+      descriptor.size,
+      open,
+      {
+        attempts: this.policy.attempts,
+        toError: (caught) => errorFromNetwork(caught, repo.registry, subject),
+        sleep: (failures, err, sleepSignal) => {
+          const requested = retryAfterOf(err);
+          const delay =
+            requested !== undefined
+              ? Math.min(requested, this.policy.maxDelayMs)
+              : backoffDelay(this.policy, failures - 1);
+          return this.clock.sleep(delay, sleepSignal);
+        },
+      },
+      {
+        ...ranged,
+        signal,
+        onRetry: (at, err) =>
+          this.logger.debug({ blob: descriptor.digest, at, err: err.message }, "resuming blob range"),
+      },
+    );
   }
 
   /** Cross-repository mount: true when mounted (201); false when the registry opened an upload instead. */
