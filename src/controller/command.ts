@@ -36,6 +36,7 @@ import {
 } from "../util/flags.ts";
 import { createLogger, type Logger } from "../util/log.ts";
 import { stowageVersion } from "../util/version.ts";
+import { parseByteSize } from "./cachegc/budget.ts";
 import { controllerConfig } from "./config.ts";
 
 export const controllerHelp = `Usage: stowage controller [flags]
@@ -88,6 +89,10 @@ Flags:
                                  (default 0.8)
   --warming-taint=BOOL           remove the stowage.dev/warming taint from nodes once every image
                                  planned for them is present (default true)
+  --cache-size-budget SIZE       bytes the images nobody declared (cached on first pull through
+                                 \`stowage cache\`) may take, e.g. 200Gi; beyond it the least recently
+                                 pulled are evicted (default: no eviction)
+  --cache-gc-interval DURATION   how often eviction runs (default 10m)
   --log-level LEVEL              trace, debug, info, warn, error (default info)
   -h, --help                     show this help
 
@@ -126,6 +131,8 @@ export const controllerOptions = {
   "cache-endpoint-for-nodes": { type: "string" },
   "disk-budget-fraction": { type: "string" },
   "warming-taint": { type: "string" },
+  "cache-size-budget": { type: "string" },
+  "cache-gc-interval": { type: "string" },
   "log-level": { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
@@ -173,6 +180,8 @@ export interface ControllerInvocation {
   logLevel: string;
   /** The pre-warm planner's settings; undefined with --prewarm=false. */
   prewarm?: { cacheEndpointForNodes?: string; diskBudgetFraction: number; warmingTaint: boolean };
+  /** Eviction of undeclared images (src/controller/cachegc); undefined without --cache-size-budget. */
+  cacheGc?: { budgetBytes: number; intervalMs: number };
 }
 
 /** A flag's value, else its STOWAGE_* variable (comma list for repeatable flags). */
@@ -334,7 +343,14 @@ export async function parseControllerArgs(
           warmingTaint: booleanFlag(get("warming-taint"), "warming-taint", true),
         }
       : undefined,
+    cacheGc: cacheGcSettings(get("cache-size-budget"), get("cache-gc-interval")),
   };
+}
+
+function cacheGcSettings(budget: string | undefined, interval: string | undefined) {
+  const budgetBytes = parseByteSize(budget, "cache-size-budget");
+  if (budgetBytes === undefined) return undefined;
+  return { budgetBytes, intervalMs: durationFlag(interval, "cache-gc-interval", 10 * 60_000) };
 }
 
 function fraction(value: string | undefined, flag: string, fallback: number): number {
