@@ -7,15 +7,16 @@
  * Two settings of testcontainers are made for such an engine:
  * - Ryuk (its reaper container) is off: its image cannot be pulled here. The equivalent is this
  *   file's: every container carries a session label; `stop()` removes them, a process exit
- *   removes whatever a crashed test left (synchronously, with the docker CLI), and disposing of
- *   the private engine removes everything it ever ran.
+ *   removes whatever a failed test left (synchronously, with the docker CLI), a detached reaper
+ *   does the same when this process is killed outright, and disposing of the private engine
+ *   removes everything it ever ran.
  * - The host is given (127.0.0.1): testcontainers otherwise asks the engine for the gateway of
  *   its `bridge` network, which this engine does not have.
  *
  * The process tier (testkit/registry.ts) stays for machines without Docker; the README says
  * which tier needs what.
  */
-import { execFile, spawnSync } from "node:child_process";
+import { type ChildProcess, execFile, spawn, spawnSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -41,7 +42,8 @@ export interface ContainerEngine {
 
 const liveSessions = new Map<string, NodeJS.ProcessEnv>();
 process.once("exit", () => {
-  // What Ryuk would do for a crashed run: remove the session's containers before the engine goes.
+  // A normal exit (or an uncaught error) removes the session's containers at once, before the
+  // engine goes; the reaper below covers deaths that run no handler (SIGKILL, OOM).
   for (const [session, env] of liveSessions) {
     const listed = spawnSync(DOCKER_CLIENT, ["ps", "-aq", "--filter", `label=${SESSION_LABEL}=${session}`], {
       env,
@@ -54,17 +56,45 @@ process.once("exit", () => {
 });
 
 /**
- * Starts a private Docker engine and points testcontainers at it. One engine per test file:
- * testcontainers keeps its client for the life of the module, and vitest gives each file its own.
+ * Ryuk's job without its image: a detached process holding a pipe from this one. When the pipe
+ * closes (this process ended, however it died), it removes the session's containers.
  */
-export async function startContainerEngine(): Promise<ContainerEngine> {
-  const docker = await startDocker();
+const REAPER = `
+const { spawnSync } = require("node:child_process");
+const [docker, filter] = process.argv.slice(1);
+process.stdin.resume();
+process.stdin.on("close", () => {
+  const listed = spawnSync(docker, ["ps", "-aq", "--filter", filter], { encoding: "utf8", timeout: 10000 });
+  const ids = (listed.stdout || "").split("\\n").filter(Boolean);
+  if (ids.length > 0) spawnSync(docker, ["rm", "-f", ...ids], { timeout: 20000 });
+  process.exit(0);
+});
+`;
+
+function startReaper(env: NodeJS.ProcessEnv, session: string): ChildProcess {
+  const reaper = spawn(process.execPath, ["-e", REAPER, DOCKER_CLIENT, `label=${SESSION_LABEL}=${session}`], {
+    env,
+    detached: true,
+    stdio: ["pipe", "ignore", "ignore"],
+  });
+  // Neither the process nor its pipe may keep this one alive.
+  reaper.unref();
+  (reaper.stdin as unknown as { unref(): void }).unref();
+  return reaper;
+}
+
+/**
+ * Points testcontainers at `docker` (an engine someone else owns and disposes of) and opens a
+ * session on it: `dispose()` removes the session's containers and leaves the engine running.
+ */
+export function useContainerEngine(docker: RunningDocker): ContainerEngine {
   // Read by testcontainers when it first needs a client (the first container started).
   process.env.DOCKER_HOST = docker.env.DOCKER_HOST;
   process.env.TESTCONTAINERS_RYUK_DISABLED = "true";
   process.env.TESTCONTAINERS_HOST_OVERRIDE = "127.0.0.1";
   const session = randomUUID();
   liveSessions.set(session, docker.env);
+  const reaper = startReaper(docker.env, session);
   const containers = async () => {
     const listed = await docker.docker(["ps", "-aq", "--filter", `label=${SESSION_LABEL}=${session}`]);
     return listed.out.split("\n").filter(Boolean);
@@ -77,6 +107,23 @@ export async function startContainerEngine(): Promise<ContainerEngine> {
       const ids = await containers().catch(() => []);
       if (ids.length > 0) await docker.docker(["rm", "-f", ...ids]);
       liveSessions.delete(session);
+      reaper.stdin?.end();
+    },
+  };
+}
+
+/**
+ * Starts a private Docker engine and points testcontainers at it. One engine per test file:
+ * testcontainers keeps its client for the life of the module, and vitest gives each file its own.
+ * Disposing of it removes the session's containers, then the engine with everything it ran.
+ */
+export async function startContainerEngine(): Promise<ContainerEngine> {
+  const docker = await startDocker();
+  const session = useContainerEngine(docker);
+  return {
+    ...session,
+    async dispose() {
+      await session.dispose();
       await docker.dispose();
     },
   };

@@ -4,6 +4,9 @@
  * mirror` copying between them as it does between the process-tier registries. Cleanup is the
  * file's own Ryuk equivalent: nothing of the session is left once the registries stop.
  */
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { createInterface } from "node:readline";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { RegistryClient } from "../../src/oci/registry.ts";
 import { dockerUnavailableHere } from "../../testkit/docker.ts";
@@ -15,11 +18,12 @@ import {
   startContainerEngine,
   startContainerRegistry,
 } from "../../testkit/testcontainers.ts";
-import { stowage } from "../support/run.ts";
+import { root, stowage } from "../support/run.ts";
 
 const whyNoDocker = dockerUnavailableHere();
 
-describe.runIf(whyNoDocker === undefined)("registries as containers (testcontainers)", () => {
+const title = "registries as containers (testcontainers)";
+describe.skipIf(whyNoDocker !== undefined)(whyNoDocker ? `${title} (skipped: ${whyNoDocker})` : title, () => {
   let engine: ContainerEngine;
   let source: ContainerRegistry;
   let target: ContainerRegistry;
@@ -91,13 +95,34 @@ describe.runIf(whyNoDocker === undefined)("registries as containers (testcontain
     );
   });
 
+  it("removes a session's containers when its test process is killed outright, as Ryuk would", async () => {
+    const child = spawn(process.execPath, ["test/containers/fixtures/killedSession.ts"], {
+      cwd: root,
+      env: { ...process.env, DOCKER_HOST: engine.docker.env.DOCKER_HOST },
+      stdio: ["pipe", "pipe", "inherit"],
+    });
+    const exited = once(child, "exit");
+    const lines = createInterface({ input: child.stdout });
+    const [first] = (await once(lines, "line")) as [string];
+    const { session, container } = JSON.parse(first) as { session: string; container: string };
+    const labelled = ["ps", "-aq", "--no-trunc", "--filter", `label=${SESSION_LABEL}=${session}`];
+    expect((await engine.docker.docker(labelled)).out.trim()).toBe(container);
+
+    child.stdin.write("die\n");
+    const [, signal] = await exited;
+    expect(signal).toBe("SIGKILL");
+    // No handler ran in the killed process: only its reaper can remove the container.
+    let left = container;
+    for (let i = 0; i < 300 && left !== ""; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      left = (await engine.docker.docker(labelled)).out.trim();
+    }
+    expect(left).toBe("");
+  }, 120_000);
+
   it("leaves no container of the session behind once the registries stop", async () => {
     expect(await engine.containers()).toHaveLength(2);
     await Promise.all([source.stop(), target.stop()]);
     expect(await engine.containers()).toEqual([]);
   });
-});
-
-describe.runIf(whyNoDocker !== undefined)("registries as containers (no Docker engine here)", () => {
-  it.skip(`needs a Docker engine: ${whyNoDocker}`, () => {});
 });
