@@ -22,7 +22,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import type { StartedTestContainer } from "testcontainers";
+import type { StartedTestContainer, WaitStrategy } from "testcontainers";
 import { DOCKER_CLIENT, type RunningDocker, startDocker } from "./docker.ts";
 import { freePort } from "./ports.ts";
 import { buildRegistryImage } from "./registryImage.ts";
@@ -145,6 +145,50 @@ export interface ContainerRegistry {
   stop(): Promise<void>;
 }
 
+/**
+ * Ready when GET /v2/ answers 200 or 401. Written here because testcontainers' Wait.forHttp
+ * needs a mapped port, and a container on the host network has none: it listens on the
+ * host's address itself. Fails at once, with the container's exit code, if it exits.
+ */
+class RegistryAnswers implements WaitStrategy {
+  private timeoutMs = 60_000;
+  private timeoutSet = false;
+  private readonly v2Url: string;
+  constructor(v2Url: string) {
+    this.v2Url = v2Url;
+  }
+
+  async waitUntilReady(container: Parameters<WaitStrategy["waitUntilReady"]>[0]): Promise<void> {
+    const deadline = Date.now() + this.timeoutMs;
+    for (;;) {
+      const status = await fetch(this.v2Url, { signal: AbortSignal.timeout(5_000) }).then(
+        (res) => res.status,
+        () => 0,
+      );
+      if (status === 200 || status === 401) return;
+      const { State } = await container.inspect();
+      if (!State.Running)
+        throw new Error(`registry container exited (${State.ExitCode}) before ${this.v2Url} answered`);
+      if (Date.now() > deadline) throw new Error(`${this.v2Url} did not answer within ${this.timeoutMs} ms`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+
+  withStartupTimeout(startupTimeoutMs: number): this {
+    this.timeoutMs = startupTimeoutMs;
+    this.timeoutSet = true;
+    return this;
+  }
+
+  isStartupTimeoutSet(): boolean {
+    return this.timeoutSet;
+  }
+
+  getStartupTimeout(): number {
+    return this.timeoutMs;
+  }
+}
+
 // Combined log format of the access log: "GET /v2/ HTTP/1.1" 200 2 ...
 const ACCESS_LINE = /"([A-Z]+) (\S+) HTTP\/[\d.]+" (\d{3}) /;
 
@@ -152,7 +196,7 @@ export async function startContainerRegistry(
   engine: ContainerEngine,
   options: ContainerRegistryOptions = {},
 ): Promise<ContainerRegistry> {
-  const { GenericContainer, Wait } = await import("testcontainers");
+  const { GenericContainer } = await import("testcontainers");
   const image = await buildRegistryImage(engine.docker);
   const users = options.users ?? [{ username: "stowage", password: "s3cret" }];
   const work = await mkdtemp(join(tmpdir(), "container-registry-"));
@@ -193,8 +237,7 @@ export async function startContainerRegistry(
           for (const line of parts) if (ACCESS_LINE.test(line)) accessLines.push(line);
         });
       })
-      // Host networking has no mapped ports for an HTTP wait strategy: the registry's own line.
-      .withWaitStrategy(Wait.forLogMessage(`listening on ${host}`))
+      .withWaitStrategy(new RegistryAnswers(`http://${host}/v2/`))
       .withStartupTimeout(60_000)
       .start();
   } catch (err) {
@@ -202,16 +245,6 @@ export async function startContainerRegistry(
     throw err;
   }
   const url = `http://${host}`;
-  // Logged just before it serves: wait for /v2/ itself.
-  for (let i = 0; ; i++) {
-    const status = await fetch(`${url}/v2/`).then(
-      (res) => res.status,
-      () => 0,
-    );
-    if (status === 200 || status === 401) break;
-    if (i > 100) throw new Error(`registry container at ${url} did not answer /v2/`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
   return {
     host,
     url,
