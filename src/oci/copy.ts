@@ -12,6 +12,7 @@ import type { Clock } from "../util/clock.ts";
 import { systemClock } from "../util/clock.ts";
 import { StowageError } from "../util/errors.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
+import { type BlobIndex, MemoryBlobIndex } from "./blobIndex.ts";
 import { checkSinglePlatform, formatPlatform, selectManifests } from "./platforms.ts";
 import { formatReference, type ImageReference } from "./reference.ts";
 import type { RegistryClient, RepoRef } from "./registry.ts";
@@ -142,43 +143,16 @@ function mediaTypeOf(raw: RawManifest): string {
   return raw.mediaType;
 }
 
-/**
- * Where blobs were last seen in target registries, remembered across runs so a later image
- * mounts a shared base instead of uploading it again. Only a hint: a failed mount falls
- * back to an upload. Bounded, oldest entries dropped first.
- */
-class BlobLocations {
-  readonly #entries = new Map<string, string>();
-  readonly #limit: number;
-
-  constructor(limit: number) {
-    this.#limit = limit;
-  }
-
-  get(key: string): string | undefined {
-    return this.#entries.get(key);
-  }
-
-  set(key: string, repository: string): void {
-    this.#entries.delete(key);
-    this.#entries.set(key, repository);
-    if (this.#entries.size > this.#limit) {
-      const oldest = this.#entries.keys().next().value;
-      if (oldest !== undefined) this.#entries.delete(oldest);
-    }
-  }
-}
-
 /** State shared by every image of one run: queues per target registry, in-flight transfers, known blob locations. */
 class RunState {
   readonly queues = new Map<string, PQueue>();
   /** `${registry}|${digest}` → transfer in progress, resolving to the repository the blob landed in. */
   readonly inflight = new Map<string, Promise<string>>();
-  /** `${registry}|${digest}` → a repository of that registry known to hold the blob (shared across runs). */
-  readonly locations: BlobLocations;
+  /** A repository of a target registry known to hold a blob (shared across runs, maybe across restarts). */
+  readonly locations: BlobIndex;
   readonly concurrency: number;
 
-  constructor(concurrency: number, locations: BlobLocations) {
+  constructor(concurrency: number, locations: BlobIndex) {
     this.concurrency = concurrency;
     this.locations = locations;
   }
@@ -211,10 +185,12 @@ export class Copier {
   readonly #client: RegistryClient;
   readonly #logger: Logger;
   readonly #clock: Clock;
-  readonly #locations = new BlobLocations(50_000);
+  readonly #locations: BlobIndex;
 
-  constructor(deps: { client: RegistryClient; logger?: Logger; clock?: Clock }) {
+  /** `blobIndex`: where blobs live in target registries; default in memory, for this Copier's life. */
+  constructor(deps: { client: RegistryClient; logger?: Logger; clock?: Clock; blobIndex?: BlobIndex }) {
     this.#client = deps.client;
+    this.#locations = deps.blobIndex ?? new MemoryBlobIndex();
     this.#logger = deps.logger ?? silentLogger();
     this.#clock = deps.clock ?? systemClock;
   }
@@ -257,6 +233,15 @@ export class Copier {
       );
     }
     return Promise.allSettled(executions);
+  }
+
+  /**
+   * Carries out a plan from `plan()` as a run of its own: the CLI plans first so an unchanged
+   * re-run is answered from that plan's requests alone.
+   */
+  execute(plan: CopyPlan, options: CopyOptions = {}, started = this.#clock.now()): Promise<CopyResult> {
+    const run = new RunState(Math.max(1, options.concurrency ?? 4), this.#locations);
+    return this.#execute(plan, run, options, started);
   }
 
   /** Resolves the source, selects platforms, and asks the target what it already has. No writes. */
@@ -411,7 +396,9 @@ export class Copier {
 
     for (const blob of plan.blobs) {
       if (plan.present.has(blob.digest)) {
-        run.locations.set(`${plan.targetRepo.registry}|${blob.digest}`, plan.targetRepo.repository);
+        // An unchanged image was recorded when it was pushed: its no-op run writes nothing.
+        if (!plan.upToDate)
+          run.locations.set(plan.targetRepo.registry, blob.digest, plan.targetRepo.repository);
         tally.blobs.skipped++;
         tally.bytes.skipped += blob.size;
         emit({ type: "blob", image, digest: blob.digest, size: blob.size, outcome: "skipped" });
@@ -501,7 +488,7 @@ export class Copier {
       if (landedIn === targetRepo.repository) return "skipped";
       return this.#mountOrTransfer(sourceRepo, targetRepo, blob, landedIn, context);
     }
-    const known = run.locations.get(key);
+    const known = run.locations.get(targetRepo.registry, blob.digest);
     const transfer = this.#mountOrTransfer(
       sourceRepo,
       targetRepo,
@@ -512,7 +499,7 @@ export class Copier {
     const landing = transfer.then(() => targetRepo.repository);
     run.inflight.set(key, landing);
     landing.then(
-      () => run.locations.set(key, targetRepo.repository),
+      () => run.locations.set(targetRepo.registry, blob.digest, targetRepo.repository),
       () => undefined,
     );
     landing.finally(() => run.inflight.delete(key)).catch(() => undefined);

@@ -7,9 +7,11 @@ import { Writable } from "node:stream";
 import { parseArgs } from "node:util";
 import { isMainThread, parentPort, SHARE_ENV, Worker, workerData } from "node:worker_threads";
 import { asStowageError, StowageError } from "../util/errors.ts";
+import { defaultBlobIndexPath } from "./blobIndex.ts";
 import type { CopyOptions } from "./copy.ts";
 import { parsePlatformList } from "./platforms.ts";
 import { createProgressReporter, formatBytes } from "./progress.ts";
+import type { RangedDownloadOptions } from "./rangedDownload.ts";
 import { type ImageReference, parseReference } from "./reference.ts";
 import type { CredentialLookup, Credentials, RegistryClient } from "./registry.ts";
 
@@ -31,6 +33,11 @@ Flags:
   --dest-creds USER:PASS        credentials for the destination registry
   --ca-file PATH                extra CA certificate(s) to trust, PEM (repeatable)
   --concurrency N               blob transfers in flight per registry (default 4)
+  --download-ranges N           Range requests in flight per large blob (default 8; 1 = one stream)
+  --range-size MIB              size of each Range request in MiB (default 16; blobs from 64 MiB are ranged)
+  --blob-index PATH             where blob locations in targets are remembered across runs, so a shared
+                                base is mounted, not uploaded (default $XDG_CACHE_HOME/stowage/blob-index.sqlite)
+  --no-blob-index               remember nothing across runs
   --json                        print one JSON object with the result on stdout
   --quiet                       no progress output
   -h, --help                    show this help
@@ -68,6 +75,9 @@ interface MirrorInvocation {
   destCreds?: Credentials;
   json: boolean;
   quiet: boolean;
+  /** undefined: remember nothing across runs. */
+  blobIndexPath?: string;
+  rangedDownload: RangedDownloadOptions | false;
 }
 
 async function parseInvocation(args: string[]): Promise<MirrorInvocation | "help"> {
@@ -101,6 +111,8 @@ async function parseInvocation(args: string[]): Promise<MirrorInvocation | "help
       throw new UsageError(`--concurrency must be an integer from 1 to 64, got "${values.concurrency}"`);
     }
   }
+  const downloadRanges = integerFlag(values["download-ranges"], "--download-ranges", 1, 64);
+  const rangeSizeMiB = integerFlag(values["range-size"], "--range-size", 1, 1024);
   const platforms = values.platform ? parsePlatformList(values.platform) : undefined;
   const caPem: string[] = [];
   for (const path of values["ca-file"] ?? []) {
@@ -128,7 +140,24 @@ async function parseInvocation(args: string[]): Promise<MirrorInvocation | "help
     destCreds: parseCreds(values["dest-creds"], "--dest-creds"),
     json: values.json ?? false,
     quiet: values.quiet ?? false,
+    blobIndexPath: values["no-blob-index"] ? undefined : (values["blob-index"] ?? defaultBlobIndexPath()),
+    rangedDownload:
+      downloadRanges === 1
+        ? false
+        : {
+            ...(downloadRanges !== undefined ? { concurrency: downloadRanges } : {}),
+            ...(rangeSizeMiB !== undefined ? { rangeBytes: rangeSizeMiB * 1024 * 1024 } : {}),
+          },
   };
+}
+
+function integerFlag(value: string | undefined, flag: string, min: number, max: number): number | undefined {
+  if (value === undefined) return undefined;
+  const parsed = Number(value);
+  if (!Number.isInteger(parsed) || parsed < min || parsed > max) {
+    throw new UsageError(`${flag} must be an integer from ${min} to ${max}, got "${value}"`);
+  }
+  return parsed;
 }
 
 function parseFlags(args: string[]) {
@@ -146,6 +175,10 @@ function parseFlags(args: string[]) {
       "dest-creds": { type: "string" },
       "ca-file": { type: "string", multiple: true },
       concurrency: { type: "string" },
+      "download-ranges": { type: "string" },
+      "range-size": { type: "string" },
+      "blob-index": { type: "string" },
+      "no-blob-index": { type: "boolean" },
       json: { type: "boolean" },
       quiet: { type: "boolean", short: "q" },
       help: { type: "boolean", short: "h" },
@@ -198,17 +231,19 @@ export async function runMirror(args: string[]): Promise<number> {
     process.stdout.write(mirrorHelp);
     return 0;
   }
-  if (process.env.STOWAGE_MIRROR_INLINE === "1") {
-    const abort = new AbortController();
-    const onSignal = () => abort.abort(interrupted());
-    process.once("SIGINT", onSignal);
-    process.once("SIGTERM", onSignal);
-    try {
-      return await executeMirror(invocation, processOutput(), abort.signal);
-    } finally {
-      process.off("SIGINT", onSignal);
-      process.off("SIGTERM", onSignal);
-    }
+  const inline = process.env.STOWAGE_MIRROR_INLINE === "1";
+  const abort = new AbortController();
+  const onSignal = () => abort.abort(interrupted());
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  try {
+    // An unchanged re-run is answered here from the plan's requests (manifest GET, HEADs),
+    // without the worker's start-up; only a real copy goes to the worker.
+    const answered = await executeMirror(invocation, processOutput(), abort.signal, !inline);
+    if (answered !== "needsCopy") return answered;
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
   }
   return runInWorker(args);
 }
@@ -289,11 +324,13 @@ async function workerMain(data: { args: string[]; tty: boolean; columns?: number
   try {
     const invocation = await parseInvocation(data.args);
     if (invocation === "help") throw new Error("unreachable: help is handled by the main thread");
-    exitCode = await executeMirror(
+    const outcome = await executeMirror(
       invocation,
       { stdout: (text) => post({ stream: "stdout", text }), stderr, tty: data.tty, columns: data.columns },
       abort.signal,
+      false,
     );
+    exitCode = outcome === "needsCopy" ? 1 : outcome;
   } catch (err) {
     post({ stream: "stderr", text: `stowage: Internal: ${oneLine((err as Error).message)}\n` });
   }
@@ -305,15 +342,21 @@ if (!isMainThread && (workerData as { kind?: string } | undefined)?.kind === wor
   await workerMain(workerData as { args: string[]; tty: boolean; columns?: number });
 }
 
+/**
+ * Plans and copies. With `upToDateOnly`, stops after planning unless the target is already
+ * up to date, answering "needsCopy" (nothing written, nothing printed).
+ */
 async function executeMirror(
   invocation: MirrorInvocation,
   output: Output,
   signal: AbortSignal,
-): Promise<number> {
-  const [{ createLogger }, { Copier }, { RegistryClient }] = await Promise.all([
+  upToDateOnly: boolean,
+): Promise<number | "needsCopy"> {
+  const [{ createLogger }, { Copier }, { RegistryClient }, { SqliteBlobIndex }] = await Promise.all([
     import("../util/log.ts"),
     import("./copy.ts"),
     import("./registry.ts"),
+    import("./blobIndex.ts"),
   ]);
   const logger = createLogger({
     level: process.env.STOWAGE_LOG_LEVEL ?? (invocation.quiet ? "error" : "warn"),
@@ -325,6 +368,7 @@ async function executeMirror(
     columns: output.columns,
   });
   let client: RegistryClient | undefined;
+  let blobIndex: import("./blobIndex.ts").BlobIndex | undefined;
   try {
     client = new RegistryClient({
       credentials: await credentialLookup(invocation),
@@ -332,13 +376,22 @@ async function executeMirror(
       caPem: invocation.caPem.length > 0 ? invocation.caPem : undefined,
       userAgent: "stowage-mirror",
       logger,
+      rangedDownload: invocation.rangedDownload,
     });
-    const copier = new Copier({ client, logger });
-    const result = await copier.copy(invocation.source, invocation.target, {
+    blobIndex = invocation.blobIndexPath ? new SqliteBlobIndex(invocation.blobIndexPath, logger) : undefined;
+    const copier = new Copier({ client, logger, blobIndex });
+    const options: CopyOptions = {
       ...invocation.options,
       signal,
       onProgress: (event) => progress.onProgress(event),
-    });
+    };
+    const started = Date.now();
+    const plan = await copier.plan(invocation.source, invocation.target, options);
+    if (upToDateOnly && !plan.upToDate) {
+      progress.finish();
+      return "needsCopy";
+    }
+    const result = await copier.execute(plan, options, started);
     progress.finish();
     if (invocation.json) {
       output.stdout(`${JSON.stringify(result)}\n`);
@@ -357,6 +410,7 @@ async function executeMirror(
     output.stderr.write(`stowage: ${error.reason}: ${oneLine(error.message)}\n`);
     return 1;
   } finally {
+    blobIndex?.close();
     await client?.close().catch(() => undefined);
   }
 }

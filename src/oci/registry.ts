@@ -802,6 +802,42 @@ export class RegistryClient {
     return tags;
   }
 
+  /**
+   * Repositories of a registry from its catalog (`/v2/_catalog`, paged by Link), at most
+   * `limit`. Needs the registry's catalog scope; distribution serves it to anyone it lets pull.
+   */
+  async listRepositories(
+    registry: string,
+    options: { limit?: number; pageSize?: number } = {},
+  ): Promise<string[]> {
+    const limit = options.limit ?? Number.POSITIVE_INFINITY;
+    const repositories: string[] = [];
+    let target: string | undefined = appendQuery("/v2/_catalog", { n: String(options.pageSize ?? 1000) });
+    while (target !== undefined && repositories.length < limit) {
+      const page: string = target;
+      const result = await this.retrying(`list repositories of ${registry}`, undefined, async () => {
+        const response = await this.exchange({
+          registry,
+          method: "GET",
+          target: page,
+          scopes: ["registry:catalog:*"],
+          expect: [200],
+          subject: `catalog of ${registry}`,
+        });
+        const body = JSON.parse(await response.body.text()) as { repositories?: string[] | null };
+        const link = headerValue(response.headers, "link");
+        const next = link ? /<([^>]+)>\s*;\s*rel="?next"?/.exec(link)?.[1] : undefined;
+        return {
+          names: body.repositories ?? [],
+          next: next ? new URL(next, response.url).toString() : undefined,
+        };
+      });
+      repositories.push(...result.names);
+      target = result.next;
+    }
+    return repositories.slice(0, limit);
+  }
+
   close(): Promise<void> {
     return this.transport.close();
   }
