@@ -2,10 +2,13 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DEFAULT_CONTROLLER_CONFIG } from "../../src/controller/config.ts";
+import { createRegistries } from "../../src/controller/modelimage/registries.ts";
 import { MemoryBlobIndex, rebuildBlobIndex, SqliteBlobIndex } from "../../src/oci/blobIndex.ts";
 import { Copier } from "../../src/oci/copy.ts";
 import { parseReference } from "../../src/oci/reference.ts";
 import { RegistryClient } from "../../src/oci/registry.ts";
+import { silentLogger } from "../../src/util/log.ts";
 import { type PushedImage, pushSharedBaseImages } from "../../testkit/images.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
 import { stowage } from "../support/run.ts";
@@ -123,6 +126,42 @@ describe("rebuildBlobIndex", () => {
     } finally {
       await targetClient.close();
       await target.stop();
+    }
+  });
+});
+
+describe("the controller's registries", () => {
+  it("mount a base pushed before a restart, once the index is read back from the cache registry", async () => {
+    const cache = await startRegistry();
+    const start = () =>
+      createRegistries({
+        config: {
+          ...DEFAULT_CONTROLLER_CONFIG,
+          insecureRegistries: [source.host],
+          cache: { registry: cache.host, insecure: true },
+        },
+        cacheCredentials: () => undefined,
+        logger: silentLogger(),
+      });
+    const first = start();
+    try {
+      await first.blobIndexReady;
+      await first.copier.copy(parseReference(sourceRef(0)), parseReference(`${cache.host}/ctl/app-0:v1`));
+    } finally {
+      await first.client.close();
+    }
+    const restarted = start();
+    try {
+      await restarted.blobIndexReady;
+      const result = await restarted.copier.copy(
+        parseReference(sourceRef(1)),
+        parseReference(`${cache.host}/ctl/app-1:v1`),
+      );
+      expect(result.blobs.mounted).toBe(1);
+      expect(result.bytes.mounted).toBeGreaterThanOrEqual(baseSize);
+    } finally {
+      await restarted.client.close();
+      await cache.stop();
     }
   });
 });

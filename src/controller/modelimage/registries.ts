@@ -7,6 +7,7 @@
  * created per copy call, so tasks of one run never execute in another ModelImage's context.
  */
 import { AsyncLocalStorage } from "node:async_hooks";
+import { MemoryBlobIndex, rebuildBlobIndex } from "../../oci/blobIndex.ts";
 import { Copier } from "../../oci/copy.ts";
 import { type CredentialLookup, RegistryClient, type RegistryClientOptions } from "../../oci/registry.ts";
 import type { Logger } from "../../util/log.ts";
@@ -16,6 +17,8 @@ export interface Registries {
   client: RegistryClient;
   copier: Copier;
   cacheRegistry: string;
+  /** Settles once the blob index has been read back from the cache registry (or could not be). */
+  blobIndexReady: Promise<void>;
   /** Run `work` with `lookup` answering for every upstream registry it talks to. */
   withUpstreamCredentials<T>(lookup: CredentialLookup, work: () => Promise<T>): Promise<T>;
 }
@@ -44,11 +47,25 @@ export function createRegistries(deps: {
     logger: deps.logger,
     ...deps.options,
   });
-  const copier = new Copier({ client, logger: deps.logger });
+  // Where blobs live in the cache registry, read back from the registry itself at start (so
+  // the first image after a restart mounts a base an earlier run pushed) and kept current by
+  // the Copier as it pushes. Only a hint: syncs do not wait for it.
+  const blobIndex = new MemoryBlobIndex(200_000);
+  const copier = new Copier({ client, logger: deps.logger, blobIndex });
+  const blobIndexReady = rebuildBlobIndex(client, cacheRegistry, blobIndex, { logger: deps.logger }).then(
+    (rebuilt) =>
+      deps.logger.info({ registry: cacheRegistry, ...rebuilt }, "blob index rebuilt from the cache registry"),
+    (err: unknown) =>
+      deps.logger.warn(
+        { registry: cacheRegistry, err: (err as Error).message },
+        "blob index not rebuilt; shared blobs upload once more",
+      ),
+  );
   return {
     client,
     copier,
     cacheRegistry,
+    blobIndexReady,
     withUpstreamCredentials: (credentials, work) => upstream.run(credentials, work),
   };
 }
