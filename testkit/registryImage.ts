@@ -29,16 +29,16 @@ http:
   addr: :5000
 `;
 
-/** The image's tag: the Debian package's version, made a valid tag. */
-async function registryTag(): Promise<string> {
+/** A Debian package's installed version, made a valid image tag. */
+export async function debianPackageVersion(name: string): Promise<string> {
   // dpkg-query's own ${Version} field syntax, not a template literal
   const format = ["-f=$", "{Version}"].join("");
-  const { stdout } = await run("dpkg-query", ["-W", format, "docker-registry"]);
-  return `stowage.test/distribution:${stdout.trim().replace(/[^A-Za-z0-9_.-]/g, "_")}`;
+  const { stdout } = await run("dpkg-query", ["-W", format, name]);
+  return stdout.trim().replace(/[^A-Za-z0-9_.-]/g, "_");
 }
 
 /** The shared libraries the binary loads, from `ldd` (the vDSO has no file). */
-async function linkedLibraries(binary: string): Promise<string[]> {
+export async function linkedLibraries(binary: string): Promise<string[]> {
   const { stdout } = await run("ldd", [binary]);
   const paths: string[] = [];
   for (const line of stdout.split("\n")) {
@@ -61,7 +61,7 @@ export function buildRegistryImage(docker: RunningDocker): Promise<string> {
 }
 
 async function build(docker: RunningDocker): Promise<string> {
-  const tag = await registryTag();
+  const tag = `stowage.test/distribution:${await debianPackageVersion("docker-registry")}`;
   const context = await mkdtemp(join(tmpdir(), "registry-image-"));
   try {
     const rootfs = join(context, "rootfs");

@@ -142,6 +142,7 @@ export interface ContainerRegistry {
   container: StartedTestContainer;
   /** Request lines from the registry's access log, oldest first. */
   requests(): Promise<{ method: string; path: string; status: number }[]>;
+  /** Removes the container (and its htpasswd file); a second call does nothing. */
   stop(): Promise<void>;
 }
 
@@ -199,7 +200,6 @@ export async function startContainerRegistry(
   const { GenericContainer } = await import("testcontainers");
   const image = await buildRegistryImage(engine.docker);
   const users = options.users ?? [{ username: "stowage", password: "s3cret" }];
-  const work = await mkdtemp(join(tmpdir(), "container-registry-"));
   const port = await freePort();
   const host = `127.0.0.1:${port}`;
   const environment: Record<string, string> = {
@@ -209,7 +209,9 @@ export async function startContainerRegistry(
     REGISTRY_LOG_FORMATTER: "text",
   };
   const bindMounts: { source: string; target: string; mode: "ro" }[] = [];
-  if (options.auth === "htpasswd") {
+  // Only htpasswd needs a file on the host; nothing else is left to clean up after a crash.
+  const work = options.auth === "htpasswd" ? await mkdtemp(join(tmpdir(), "container-registry-")) : undefined;
+  if (work) {
     const lines: string[] = [];
     for (const user of users)
       lines.push((await run("htpasswd", ["-Bbn", user.username, user.password])).stdout.trim());
@@ -241,10 +243,11 @@ export async function startContainerRegistry(
       .withStartupTimeout(60_000)
       .start();
   } catch (err) {
-    await rm(work, { recursive: true, force: true });
+    if (work) await rm(work, { recursive: true, force: true });
     throw err;
   }
   const url = `http://${host}`;
+  let stopped = false;
   return {
     host,
     url,
@@ -259,8 +262,10 @@ export async function startContainerRegistry(
       });
     },
     async stop() {
+      if (stopped) return;
+      stopped = true;
       await started.stop({ remove: true, timeout: 5_000 });
-      await rm(work, { recursive: true, force: true });
+      if (work) await rm(work, { recursive: true, force: true });
     },
   };
 }

@@ -43,6 +43,8 @@ describe.skipIf(whyNoDocker !== undefined)(whyNoDocker ? `${title} (skipped: ${w
 
   afterAll(async () => {
     await client?.close();
+    // Already stopped by the last test unless an earlier one failed; stop() removes the htpasswd dir.
+    await Promise.all([source?.stop(), target?.stop()]);
     await engine?.dispose();
   }, 120_000);
 

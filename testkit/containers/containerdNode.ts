@@ -1,0 +1,134 @@
+/**
+ * A containerd "node" as a container of the container tier (testkit/testcontainers.ts): Debian's
+ * containerd binary and the glibc it links against in a scratch image built here, run
+ * with CAP_SYS_ADMIN on the host network. Its root, state, socket and registry hosts dir sit in a host
+ * temp dir bind-mounted at the same path, so the CRI socket and hosts.toml files are reached
+ * from the test exactly as with testkit/containerd.ts's process. Image calls only (pull, status,
+ * remove): the image has no runc, and no CNI is configured.
+ */
+import { chmod, copyFile, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import type { StartedTestContainer } from "testcontainers";
+import type { RunningDocker } from "../docker.ts";
+import { debianPackageVersion, linkedLibraries } from "../registryImage.ts";
+import { type ContainerEngine, SESSION_LABEL } from "../testcontainers.ts";
+
+const CONTAINERD_BINARY = "/usr/bin/containerd";
+
+const built = new WeakMap<RunningDocker, Promise<string>>();
+
+/** Builds `stowage.test/containerd:<Debian version>` on `docker` once per engine; returns the tag. */
+export function buildContainerdImage(docker: RunningDocker): Promise<string> {
+  let pending = built.get(docker);
+  if (!pending) {
+    pending = build(docker);
+    built.set(docker, pending);
+  }
+  return pending;
+}
+
+async function build(docker: RunningDocker): Promise<string> {
+  const tag = `stowage.test/containerd:${await debianPackageVersion("containerd")}`;
+  const context = await mkdtemp(join(tmpdir(), "containerd-image-"));
+  try {
+    const rootfs = join(context, "rootfs");
+    await mkdir(join(rootfs, "bin"), { recursive: true });
+    await copyFile(CONTAINERD_BINARY, join(rootfs, "bin", "containerd"));
+    await chmod(join(rootfs, "bin", "containerd"), 0o755);
+    for (const library of await linkedLibraries(CONTAINERD_BINARY)) {
+      await mkdir(join(rootfs, dirname(library)), { recursive: true });
+      await copyFile(library, join(rootfs, library));
+    }
+    await mkdir(join(rootfs, "tmp"), { recursive: true });
+    await chmod(join(rootfs, "tmp"), 0o1777);
+    await writeFile(
+      join(context, "Dockerfile"),
+      ["FROM scratch", "COPY rootfs/ /", 'ENTRYPOINT ["/bin/containerd"]', ""].join("\n"),
+    );
+    const result = await docker.docker(["build", "--network", "host", "-t", tag, context], 300_000);
+    if (result.code !== 0)
+      throw new Error(`docker build of ${tag} failed (${result.code}): ${result.err.slice(-2000)}`);
+    return tag;
+  } finally {
+    await rm(context, { recursive: true, force: true });
+  }
+}
+
+function configToml(dir: string): string {
+  const q = (value: string) => JSON.stringify(value);
+  return [
+    "version = 2",
+    `root = ${q(join(dir, "root"))}`,
+    `state = ${q(join(dir, "state"))}`,
+    `disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]`,
+    "[grpc]",
+    `  address = ${q(join(dir, "containerd.sock"))}`,
+    "[ttrpc]",
+    `  address = ${q(join(dir, "containerd.sock.ttrpc"))}`,
+    `[plugins."io.containerd.internal.v1.opt"]`,
+    `  path = ${q(join(dir, "opt"))}`,
+    `[plugins."io.containerd.grpc.v1.cri"]`,
+    "  disable_tcp_service = true",
+    `  stream_server_address = "127.0.0.1"`,
+    `  stream_server_port = "0"`,
+    "  disable_cgroup = true",
+    "  disable_apparmor = true",
+    `  [plugins."io.containerd.grpc.v1.cri".containerd]`,
+    `    snapshotter = "overlayfs"`,
+    `  [plugins."io.containerd.grpc.v1.cri".registry]`,
+    `    config_path = ${q(join(dir, "certs.d"))}`,
+    "",
+  ].join("\n");
+}
+
+export interface ContainerdNode {
+  dir: string;
+  socketPath: string;
+  /** The registry hosts dir (`config_path`): `<certsDir>/<host>/hosts.toml`. */
+  certsDir: string;
+  configFile: string;
+  container: StartedTestContainer;
+  /** Removes the container, then its dir. */
+  stop(): Promise<void>;
+}
+
+export async function startContainerdNode(engine: ContainerEngine): Promise<ContainerdNode> {
+  const { GenericContainer, Wait } = await import("testcontainers");
+  const image = await buildContainerdImage(engine.docker);
+  // Short path: unix socket paths are limited to 108 bytes.
+  const dir = await mkdtemp(join(tmpdir(), "ctrdc-"));
+  const certsDir = join(dir, "certs.d");
+  const configFile = join(dir, "config.toml");
+  await mkdir(certsDir, { recursive: true });
+  await writeFile(configFile, configToml(dir));
+  let container: StartedTestContainer;
+  try {
+    container = await new GenericContainer(image)
+      .withNetworkMode("host")
+      // The overlayfs snapshotter mounts inside the container. Not --privileged: that asks for every
+      // capability, and root here lacks CAP_SYS_RESOURCE, so runc refuses ("unable to apply caps").
+      .withAddedCapabilities("SYS_ADMIN")
+      .withSecurityOpt("seccomp=unconfined", "apparmor=unconfined")
+      .withBindMounts([{ source: dir, target: dir, mode: "rw" }])
+      .withCommand(["--config", configFile])
+      .withLabels({ [SESSION_LABEL]: engine.session })
+      .withWaitStrategy(Wait.forLogMessage("containerd successfully booted"))
+      .withStartupTimeout(60_000)
+      .start();
+  } catch (err) {
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
+  return {
+    dir,
+    socketPath: join(dir, "containerd.sock"),
+    certsDir,
+    configFile,
+    container,
+    async stop() {
+      await container.stop({ remove: true, timeout: 10_000 });
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
