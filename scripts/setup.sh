@@ -44,3 +44,11 @@ else
   bin=$(bash scripts/build-k8s.sh)
   echo "setup: kubectl $("$bin/kubectl" version --client -o json | sed -n 's/.*"gitVersion": "\([^"]*\)".*/\1/p' | head -1), helm and the control plane in $bin" >&2
 fi
+
+# The real S3 server (SeaweedFS) the scale-out tests store the cache registry in
+# (scripts/build-s3.sh: once, ~7 min on 2 cores). STOWAGE_SKIP_S3_BUILD=1 skips it.
+if [ "${STOWAGE_SKIP_S3_BUILD:-0}" = "1" ]; then
+  echo "setup: STOWAGE_SKIP_S3_BUILD=1: not building the S3 server (the S3 tests will build it)" >&2
+else
+  echo "setup: SeaweedFS (S3) in $(bash scripts/build-s3.sh)" >&2
+fi

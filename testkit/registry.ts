@@ -28,6 +28,57 @@ export interface RegistryOptions {
   anonymousPull?: boolean;
   /** auth=token only: token lifetime in seconds (default 300). */
   tokenExpiresIn?: number;
+  /**
+   * Store in S3 (e.g. testkit/s3.ts) instead of the filesystem; several registries given the same
+   * bucket and httpSecret behave as replicas of one registry.
+   */
+  s3?: RegistryS3Storage;
+  /** A storage section used as is (e.g. one a chart rendered), in place of filesystem or s3. */
+  storage?: Record<string, unknown>;
+  /** http.secret (default random): replicas sharing storage must share it. */
+  httpSecret?: string;
+  /** Environment for the registry process, added to this process's (e.g. REGISTRY_STORAGE_S3_ACCESSKEY). */
+  env?: Record<string, string>;
+  /** storage.maintenance.readonly: refuse pushes and deletes (what garbage collection needs). */
+  readOnly?: boolean;
+}
+
+export interface RegistryS3Storage {
+  endpoint: string;
+  bucket: string;
+  region: string;
+  accessKey: string;
+  secretKey: string;
+  rootDirectory?: string;
+}
+
+/**
+ * The registry's environment. With object storage, none of this process's AWS_* variables: the
+ * keys come from the config, and distribution 2.8 panics at start when AWS_CA_BUNDLE is set
+ * ("LoadCustomCABundleError: ... HTTPClient's transport unsupported type"), as it is on machines
+ * that point the AWS SDKs at the system CAs.
+ */
+function registryEnv(opts: RegistryOptions): NodeJS.ProcessEnv | undefined {
+  if (!opts.s3 && !opts.storage && !opts.env) return undefined;
+  const env: NodeJS.ProcessEnv = {};
+  for (const [name, value] of Object.entries(process.env)) if (!name.startsWith("AWS_")) env[name] = value;
+  return { ...env, ...opts.env };
+}
+
+function s3StorageSection(s3: RegistryS3Storage): Record<string, unknown> {
+  return {
+    s3: {
+      accesskey: s3.accessKey,
+      secretkey: s3.secretKey,
+      region: s3.region,
+      regionendpoint: s3.endpoint,
+      forcepathstyle: true,
+      bucket: s3.bucket,
+      rootdirectory: s3.rootDirectory ?? "/stowage",
+    },
+    // Blob GETs are served by the registry, not redirected to the S3 server.
+    redirect: { disable: true },
+  };
 }
 
 export interface RunningRegistry {
@@ -110,13 +161,17 @@ async function startOnce(opts: RegistryOptions): Promise<RunningRegistry> {
       version: 0.1,
       log: { level: "info", formatter: "text", accesslog: { disabled: false } },
       storage: {
-        filesystem: { rootdirectory: storageDir },
+        ...(opts.storage ??
+          (opts.s3 ? s3StorageSection(opts.s3) : { filesystem: { rootdirectory: storageDir } })),
         delete: { enabled: true },
-        maintenance: { uploadpurging: { enabled: false } },
+        maintenance: {
+          uploadpurging: { enabled: false },
+          ...(opts.readOnly ? { readonly: { enabled: true } } : {}),
+        },
       },
       http: {
         addr: host,
-        secret: randomBytes(16).toString("hex"),
+        secret: opts.httpSecret ?? randomBytes(16).toString("hex"),
         headers: { "X-Content-Type-Options": ["nosniff"] },
       },
     };
@@ -160,7 +215,10 @@ async function startOnce(opts: RegistryOptions): Promise<RunningRegistry> {
     const accessLines: string[] = [];
     let stdoutRest = "";
     let stderrTail = "";
-    child = spawn(REGISTRY_BINARY, ["serve", configPath], { stdio: ["ignore", "pipe", "pipe"] });
+    child = spawn(REGISTRY_BINARY, ["serve", configPath], {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: registryEnv(opts),
+    });
     running.add(child);
     const started = child;
     child.once("exit", () => running.delete(started));
