@@ -431,3 +431,45 @@ export function createCacheMetrics(registry: Registry = createRegistry()): Cache
     }),
   };
 }
+
+// ---------------------------------------------------------------------------------------------
+// stowage_cache_evict*: the controller's eviction of images nobody declared (src/controller/cachegc).
+// ---------------------------------------------------------------------------------------------
+
+export interface EvictionMetrics {
+  /** Images (manifests) evicted from the cache registry. */
+  evictions: Counter<never>;
+  /** Bytes no longer referenced once those images were evicted (freed by the next garbage collection). */
+  evictedBytes: Counter<never>;
+  /** Bytes the images nobody declared take, as of the last eviction pass. */
+  undeclaredBytes: Gauge<never>;
+  /** Eviction passes, by result (ok, failed). */
+  passes: Counter<"result">;
+}
+
+export function createEvictionMetrics(registry: Registry = createRegistry()): EvictionMetrics {
+  const registers = [registry];
+  return {
+    evictions: new Counter({
+      name: "stowage_cache_evictions_total",
+      help: "Images nobody declared that the controller evicted from the cache registry (least recently pulled first).",
+      registers,
+    }),
+    evictedBytes: new Counter({
+      name: "stowage_cache_evicted_bytes_total",
+      help: "Blob bytes no image references any more after evictions (freed by the registry's garbage collection).",
+      registers,
+    }),
+    undeclaredBytes: new Gauge({
+      name: "stowage_cache_undeclared_bytes",
+      help: "Bytes the images nobody declared take in the cache registry, as of the last eviction pass.",
+      registers,
+    }),
+    passes: new Counter({
+      name: "stowage_cache_eviction_passes_total",
+      help: "Eviction passes over the cache registry, by result (ok, failed).",
+      labelNames: ["result"],
+      registers,
+    }),
+  };
+}

@@ -7,7 +7,7 @@
 import { readFile } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { tmpdir } from "node:os";
+import { hostname, tmpdir } from "node:os";
 import { parseArgs } from "node:util";
 import { collectDefaultMetrics } from "prom-client";
 import { type CacheMetrics, createCacheMetrics, createRegistry } from "../metrics.ts";
@@ -29,6 +29,7 @@ import { AccessControl } from "./access.ts";
 import { BlobFlights } from "./flights.ts";
 import { Manifests } from "./manifests.ts";
 import { ManifestPromotion } from "./promotion.ts";
+import { PullLog } from "./pulls.ts";
 import { Front, listenFront } from "./server.ts";
 import { Storage } from "./storage.ts";
 import { TagResolver } from "./tags.ts";
@@ -61,6 +62,10 @@ Flags:
                                  (optional; without it node tokens are refused)
   --spool-dir DIR                where blobs being fetched are spooled (default the temp dir)
   --stall-timeout DURATION       abort an upstream fetch that receives nothing this long (default 60s)
+  --pull-record-interval DURATION  how often this front writes when it last served each image into
+                                 the storage registry, for the controller's eviction (default 60s)
+  --instance NAME                this replica's name in those records (default POD_NAME, else the
+                                 hostname)
   --port N                       serve the registry API on this port (default 5000; 0 picks one)
   --health-port N                serve /healthz, /readyz, /metrics (default 8082; 0 picks one)
   --log-level LEVEL              trace, debug, info, warn, error (default info)
@@ -85,6 +90,8 @@ export const cacheOptions = {
   "node-token-secret-file": { type: "string" },
   "spool-dir": { type: "string" },
   "stall-timeout": { type: "string" },
+  "pull-record-interval": { type: "string" },
+  instance: { type: "string" },
   port: { type: "string" },
   "health-port": { type: "string" },
   "log-level": { type: "string" },
@@ -107,6 +114,10 @@ export interface CacheConfig {
   nodeTokenSecret?: Buffer;
   spoolDir: string;
   stallTimeoutMs: number;
+  /** How often pull records are written (pulls.ts); 0 never writes them. */
+  pullRecordIntervalMs?: number;
+  /** This replica's name in the pull records (default the hostname). */
+  instance?: string;
   port: number;
   healthPort?: number;
   /** Bind address; tests use 127.0.0.1. */
@@ -210,6 +221,8 @@ export async function parseCacheArgs(
       nodeTokenSecret,
       spoolDir: get("spool-dir") ?? tmpdir(),
       stallTimeoutMs: durationFlag(get("stall-timeout"), "stall-timeout", 60_000),
+      pullRecordIntervalMs: durationFlag(get("pull-record-interval"), "pull-record-interval", 60_000),
+      instance: get("instance") ?? env.POD_NAME ?? hostname(),
       port: integerFlag(get("port"), "port", 5000, 0, 65535),
       healthPort: integerFlag(get("health-port"), "health-port", 8082, 0, 65535),
     },
@@ -321,6 +334,17 @@ export async function startCache(
       promotion.blobCommitted(target.cacheRepository, target.reference).catch(() => {});
     },
   });
+  const pulls =
+    config.pullRecordIntervalMs && config.pullRecordIntervalMs > 0
+      ? new PullLog({
+          client: storage.client,
+          registry: storage.registry,
+          instance: config.instance ?? hostname(),
+          clock,
+          logger,
+        })
+      : undefined;
+  await pulls?.load();
   const front = new Front({
     storage,
     upstream,
@@ -331,7 +355,12 @@ export async function startCache(
     metrics,
     logger,
     upstreamHosts: new Set(config.upstreamHosts),
+    pulls,
   });
+  const recordTimer = pulls
+    ? setInterval(() => void pulls.flush(), Math.min(config.pullRecordIntervalMs ?? 60_000, 2 ** 31 - 1))
+    : undefined;
+  recordTimer?.unref();
   const bindHost = config.host ?? "0.0.0.0";
   const running = await listenFront(front, config.port, bindHost);
   let health: Server | undefined;
@@ -356,6 +385,8 @@ export async function startCache(
     metrics,
     async stop(graceMs = 0) {
       await running.close(graceMs);
+      clearInterval(recordTimer);
+      await pulls?.flush();
       if (health) {
         const server = health;
         await new Promise<void>((resolve) => {

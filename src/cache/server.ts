@@ -16,6 +16,7 @@ import { type AccessControl, AccessRefused } from "./access.ts";
 import type { BlobFlights } from "./flights.ts";
 import { type CacheTarget, isDigestReference, parseCachePath } from "./layout.ts";
 import type { Manifests } from "./manifests.ts";
+import type { PullLog } from "./pulls.ts";
 import { ociErrorOf, sendError, sendUnauthorized } from "./respond.ts";
 import type { RawResponse, Storage } from "./storage.ts";
 import type { TagResolver } from "./tags.ts";
@@ -32,6 +33,8 @@ export interface FrontDeps {
   logger: Logger;
   /** Upstream hosts this front fetches from; "*" allows any. */
   upstreamHosts: ReadonlySet<string>;
+  /** Notes when each manifest was last pulled, for the controller's eviction (pulls.ts). */
+  pulls?: PullLog;
 }
 
 const API_HEADERS = { "docker-distribution-api-version": "registry/2.0" };
@@ -168,6 +171,7 @@ export class Front {
     if (found.source === "storage") metrics.hits.inc({ kind: "manifest" });
     else metrics.misses.inc({ kind: "manifest" });
     const { manifest } = found;
+    this.deps.pulls?.record(target.cacheRepository, manifest.digest);
     res.writeHead(200, {
       ...API_HEADERS,
       "content-type": manifest.mediaType,
