@@ -71,6 +71,18 @@ export interface NodeCacheSpec {
   /** Upstream hosts the agent writes containerd hosts.toml for. */
   mirrorHosts?: string[];
   images?: NodeCacheImage[];
+  /**
+   * A node token (src/cache/nodeToken.ts) for exactly the digests in `images`: the agent passes it
+   * to the cache front in CRI PullImage auth so private images are served to this node.
+   */
+  pullToken?: NodePullToken;
+}
+
+export interface NodePullToken {
+  /** `stwn1.<payload>.<signature>`: a credential, never logged. */
+  token: string;
+  /** RFC 3339; the controller renews the token at half its life. */
+  expiresAt: string;
 }
 
 export interface NodeImageStatus {

@@ -89,6 +89,10 @@ Flags:
                                  (default 0.8)
   --warming-taint=BOOL           remove the stowage.dev/warming taint from nodes once every image
                                  planned for them is present (default true)
+  --node-token-secret-file FILE  HMAC secret shared with \`stowage cache\` (>= 32 bytes): every
+                                 NodeCache then carries a node token for the digests planned there
+  --pull-through-host HOST       an upstream host the cache front pulls through for any image,
+                                 written into every NodeCache's mirrorHosts (repeatable)
   --cache-size-budget SIZE       bytes the images nobody declared (cached on first pull through
                                  \`stowage cache\`) may take, e.g. 200Gi; beyond it the least recently
                                  pulled are evicted (default: no eviction)
@@ -131,6 +135,8 @@ export const controllerOptions = {
   "cache-endpoint-for-nodes": { type: "string" },
   "disk-budget-fraction": { type: "string" },
   "warming-taint": { type: "string" },
+  "node-token-secret-file": { type: "string" },
+  "pull-through-host": { type: "string", multiple: true },
   "cache-size-budget": { type: "string" },
   "cache-gc-interval": { type: "string" },
   "log-level": { type: "string" },
@@ -179,7 +185,13 @@ export interface ControllerInvocation {
   };
   logLevel: string;
   /** The pre-warm planner's settings; undefined with --prewarm=false. */
-  prewarm?: { cacheEndpointForNodes?: string; diskBudgetFraction: number; warmingTaint: boolean };
+  prewarm?: {
+    cacheEndpointForNodes?: string;
+    diskBudgetFraction: number;
+    warmingTaint: boolean;
+    nodeTokenSecret?: Buffer;
+    pullThroughHosts?: string[];
+  };
   /** Eviction of undeclared images (src/controller/cachegc); undefined without --cache-size-budget. */
   cacheGc?: { budgetBytes: number; intervalMs: number };
 }
@@ -341,6 +353,8 @@ export async function parseControllerArgs(
           cacheEndpointForNodes: cacheEndpointForNodes(get("cache-endpoint-for-nodes")),
           diskBudgetFraction: fraction(get("disk-budget-fraction"), "disk-budget-fraction", 0.8),
           warmingTaint: booleanFlag(get("warming-taint"), "warming-taint", true),
+          nodeTokenSecret: await nodeTokenSecret(get("node-token-secret-file")),
+          pullThroughHosts: list("pull-through-host").map(hostOf),
         }
       : undefined,
     cacheGc: cacheGcSettings(get("cache-size-budget"), get("cache-gc-interval")),
@@ -360,6 +374,17 @@ function fraction(value: string | undefined, flag: string, fallback: number): nu
     throw new UsageError(`--${flag} must be a number above 0 and at most 1, got "${value}"`);
   }
   return n;
+}
+
+async function nodeTokenSecret(file: string | undefined): Promise<Buffer | undefined> {
+  if (file === undefined) return undefined;
+  const secret = Buffer.from((await readPem(file, "node-token-secret-file")).trim());
+  if (secret.length < 32) {
+    throw new UsageError(
+      `--node-token-secret-file ${file} holds fewer than 32 bytes; use a longer random secret`,
+    );
+  }
+  return secret;
 }
 
 function cacheEndpointForNodes(value: string | undefined): string | undefined {

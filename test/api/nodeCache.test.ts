@@ -36,6 +36,7 @@ const completeSpec: Complete<NodeCacheSpec> = {
       requestedBy: [{ namespace: "ml", name: "llama3-serve", variant: "cuda" }],
     },
   ],
+  pullToken: { token: "stwn1.e30.c2ln", expiresAt: "2026-11-26T21:00:00Z" },
 };
 
 const completeStatus: Complete<NodeCacheStatus> = {

@@ -10,6 +10,18 @@ export interface PrewarmConfig {
   diskBudgetFraction: number;
   /** Remove the `stowage.dev/warming:NoSchedule` taint once a node holds its planned images (default true). */
   warmingTaint: boolean;
+  /**
+   * HMAC key shared with the cache front (`--node-token-secret-file`): with it every NodeCache
+   * carries a node token for exactly the digests planned there (`spec.pullToken`).
+   */
+  nodeTokenSecret?: Buffer;
+  /** Life of a node token (default 1 h); renewed once half of it has passed. */
+  nodeTokenTtlMs?: number;
+  /**
+   * Upstream hosts the cache front pulls through for any image (`--pull-through-host`): written
+   * into every NodeCache's mirrorHosts beside the declared images' hosts.
+   */
+  pullThroughHosts?: string[];
 }
 
 export const DEFAULT_PREWARM_CONFIG: PrewarmConfig = {

@@ -369,7 +369,9 @@ export function planPrewarm(input: PlanInput): PrewarmPlan {
 
   // The specs.
   const specs = new Map<string, NodeCacheSpec>();
-  for (const [nodeName] of input.nodeCaches) specs.set(nodeName, emptySpec(nodeName, input.cacheEndpoint));
+  const pullThrough = input.config.pullThroughHosts ?? [];
+  for (const [nodeName] of input.nodeCaches)
+    specs.set(nodeName, emptySpec(nodeName, input.cacheEndpoint, pullThrough));
   for (const [nodeName, list] of groupBy(placed, (c) => c.node)) {
     const entries = new Map<string, NodeCacheImage>();
     for (const c of list) {
@@ -405,8 +407,7 @@ export function planPrewarm(input: PlanInput): PrewarmPlan {
         a.image.localeCompare(b.image) ||
         a.digest.localeCompare(b.digest),
     );
-    const hosts = [...new Set(images.map((e) => parseReference(e.image).registry))].sort();
-    specs.set(nodeName, { ...emptySpec(nodeName, input.cacheEndpoint), mirrorHosts: hosts, images });
+    specs.set(nodeName, { ...emptySpec(nodeName, input.cacheEndpoint, pullThrough, images), images });
   }
   return { specs, modelImages };
 }
@@ -423,8 +424,18 @@ function candidateBase(t: VariantTarget, node: string) {
   };
 }
 
-function emptySpec(nodeName: string, cacheEndpoint: string): NodeCacheSpec {
-  return { nodeName, cacheEndpoint, mirrorHosts: [], images: [] };
+/**
+ * A node's spec without images. mirrorHosts: the hosts of its images and the pull-through hosts,
+ * so the kubelet's pulls of images nobody declared go through the cache front as well.
+ */
+function emptySpec(
+  nodeName: string,
+  cacheEndpoint: string,
+  pullThroughHosts: readonly string[],
+  images: readonly NodeCacheImage[] = [],
+): NodeCacheSpec {
+  const hosts = new Set([...pullThroughHosts, ...images.map((e) => parseReference(e.image).registry)]);
+  return { nodeName, cacheEndpoint, mirrorHosts: [...hosts].sort(), images: [] };
 }
 
 function groupBy<T>(items: readonly T[], key: (item: T) => string): Map<string, T[]> {

@@ -20,6 +20,12 @@ import type { PrewarmConfig } from "./config.ts";
 import { type ImageResolver, type Resolution, resolutionKey } from "./images.ts";
 import { hasWarmingTaint, isNodeReady, type PlannerNode } from "./nodes.ts";
 import { type PrewarmPlan, planPrewarm, resolutionNeeds } from "./plan.ts";
+import {
+  DEFAULT_NODE_TOKEN_TTL_MS,
+  type PullTokenSettings,
+  pullTokenFor,
+  renewalDueAt,
+} from "./pullToken.ts";
 
 export const PLAN_KEY = "cluster";
 /** Look again this often even without changes (unresolved images, missed events). */
@@ -71,7 +77,13 @@ export function createPrewarmReconciler(deps: PrewarmReconcilerDeps): Reconcile 
       cacheEndpoint: deps.cacheEndpoint,
     });
 
-    await writeSpecs(plan, nodes, nodeCaches, plannedAt, now, deps);
+    const tokens: PullTokenSettings | undefined = deps.config.nodeTokenSecret
+      ? {
+          secret: deps.config.nodeTokenSecret,
+          ttlMs: deps.config.nodeTokenTtlMs ?? DEFAULT_NODE_TOKEN_TTL_MS,
+        }
+      : undefined;
+    const nextRenewal = await writeSpecs(plan, nodes, nodeCaches, plannedAt, now, tokens, deps);
     observeDurations(nodeCaches, plannedAt, deps);
     await maintainNodes(plan, nodes, nodeCaches, deps);
     await reportProblems(plan, modelImages, reported, deps);
@@ -80,7 +92,8 @@ export function createPrewarmReconciler(deps: PrewarmReconcilerDeps): Reconcile 
     const unresolved = [...plan.modelImages.values()].some((variants) =>
       variants.some((v) => v.decisions.some((d) => d.state === "unresolved")),
     );
-    return unresolved ? requeueAfter(RETRY_UNRESOLVED_MS) : requeueAfter(RESYNC_MS);
+    const next = Math.min(unresolved ? RETRY_UNRESOLVED_MS : RESYNC_MS, nextRenewal - now);
+    return requeueAfter(Math.max(1000, next));
   };
 }
 
@@ -90,10 +103,15 @@ async function writeSpecs(
   nodeCaches: Map<string, NodeCache>,
   plannedAt: Map<string, number>,
   now: number,
+  tokens: PullTokenSettings | undefined,
   deps: PrewarmReconcilerDeps,
-): Promise<void> {
+): Promise<number> {
   const nodesByName = new Map(nodes.map((n) => [n.metadata?.name ?? "", n]));
-  for (const [nodeName, spec] of plan.specs) {
+  let nextRenewal = Number.POSITIVE_INFINITY;
+  for (const [nodeName, planned] of plan.specs) {
+    const pullToken = tokens && pullTokenFor(planned, nodeCaches.get(nodeName)?.spec.pullToken, tokens, now);
+    const spec = pullToken ? { ...planned, pullToken } : planned;
+    if (pullToken && tokens) nextRenewal = Math.min(nextRenewal, renewalDueAt(pullToken, tokens));
     for (const image of spec.images ?? []) {
       const key = `${nodeName}|${image.digest}`;
       if (
@@ -124,6 +142,7 @@ async function writeSpecs(
     });
     deps.log.info({ node: nodeName, images: spec.images?.length ?? 0 }, "NodeCache created");
   }
+  return nextRenewal;
 }
 
 function observeDurations(
