@@ -679,6 +679,15 @@ export async function startController(
     }
     throw err;
   }
+  const eviction = invocation.cacheGc
+    ? (await import("./cachegc/index.ts")).setupCacheEviction({
+        cache: config.cache,
+        settings: invocation.cacheGc,
+        isLeader: () => manager.isLeader(),
+        metricsRegistry: registry,
+        log,
+      })
+    : undefined;
   const health = manager.healthAddress;
   log.info(
     {
@@ -689,6 +698,7 @@ export async function startController(
       cacheRegistry: invocation.cache.registry,
       namespaces: invocation.namespaces ?? "all",
       prewarm: prewarmOn,
+      cacheSizeBudget: invocation.cacheGc?.budgetBytes,
       leaderElection: invocation.leaderElection
         ? `${invocation.leaderElection.namespace}/${invocation.leaderElection.name}`
         : "off",
@@ -707,6 +717,7 @@ export async function startController(
         credentials.close(),
         modelImageController.registries.client.close(),
         prewarm?.close(),
+        eviction?.stop(),
       ]);
     },
   };
