@@ -7,8 +7,9 @@
  *
  * Everything is real and on 127.0.0.1: the control plane (etcd, kube-apiserver,
  * controller-manager, scheduler), kubelet nodes each with its own containerd
- * (testkit/kubeletNode.ts), an "upstream" distribution registry behind the fault proxy's
- * per-connection throttle (a WAN registry), the cache registry, and Stowage's `controller` (with
+ * (testkit/kubeletNode.ts), an "upstream" distribution registry behind a link paced per
+ * connection with added latency (bench/wanLink.ts: a WAN registry), the cache registry with the
+ * `stowage cache` front, and Stowage's `controller` (with
  * its pod admission webhook) and `agent` processes. The user pod's image is busybox plus
  * multi-GB incompressible layers; its container really starts on the kubelet.
  *
@@ -41,7 +42,7 @@ import { RegistryClient } from "../src/oci/registry.ts";
 import { type AgentNode, spawnStowage, startAgentNode, stopChild } from "../testkit/agentNode.ts";
 import { type ControllerProcess, startControllerProcess } from "../testkit/controllerProcess.ts";
 import { type ControlPlane, startControlPlane } from "../testkit/controlplane/index.ts";
-import { type FaultProxy, type FaultRule, startFaultProxy } from "../testkit/faultProxy.ts";
+import { type FaultProxy, startFaultProxy } from "../testkit/faultProxy.ts";
 import { type KubeletNode, type KubeletNodeOptions, startKubeletNode } from "../testkit/kubeletNode.ts";
 import { unmountUnder } from "../testkit/mounts.ts";
 import { freePort } from "../testkit/ports.ts";
@@ -58,6 +59,7 @@ import {
   userPod,
   waitFor,
 } from "./podstartKit.ts";
+import { startWanLink } from "./wanLink.ts";
 
 const MiB = 1024 * 1024;
 const STOWAGE_NS = "stowage-system";
@@ -102,12 +104,6 @@ function say(line = ""): void {
 const secs = (ms: number | undefined) => (ms === undefined ? "-" : (ms / 1000).toFixed(ms < 10_000 ? 2 : 1));
 const mib = (bytes: number) => `${(bytes / MiB).toFixed(0)} MiB`;
 
-/** Whether this tree's fault proxy knows the throttle action (another change adds it). */
-function proxyThrottles(): boolean {
-  const source = readFileSync(fileURLToPath(new URL("../testkit/faultProxy.ts", import.meta.url)), "utf8");
-  return /kind: "throttle"/.test(source);
-}
-
 /** Whether `stowage cache` (the pull-through front, src/cache) exists in this tree. */
 function cacheCommandMissing(): string | undefined {
   const bin = fileURLToPath(new URL("../bin/stowage.js", import.meta.url));
@@ -150,20 +146,14 @@ async function main(): Promise<number> {
       () => upstream.stop(),
       () => cache.stop(),
     );
-    const link: FaultProxy = await startFaultProxy(upstream.url);
+    // client → WAN link (per-connection pace, added latency) → fault proxy (records requests) → upstream
+    const recorder: FaultProxy = await startFaultProxy(upstream.url);
+    cleanups.push(() => recorder.stop());
+    const link = await startWanLink(Number(new URL(recorder.url).port), {
+      bytesPerSecond: rateMBps * 1e6,
+      latencyMs,
+    });
     cleanups.push(() => link.stop());
-    if (rateMBps > 0 || latencyMs > 0) {
-      if (!proxyThrottles()) {
-        process.stderr.write(
-          "bench:podstart: testkit/faultProxy.ts has no throttle action yet; run with --rate 0 --latency 0 for an unthrottled upstream\n",
-        );
-        return 1;
-      }
-      link.addRule({
-        times: Number.POSITIVE_INFINITY,
-        action: { kind: "throttle", bytesPerSecond: rateMBps * 1e6, latencyMs },
-      } as unknown as FaultRule);
-    }
 
     const seedStarted = performance.now();
     const image = await buildRunnableImage(`stowage-bench-podstart-${scale}`, layerSizes);
@@ -193,7 +183,7 @@ async function main(): Promise<number> {
     const blobSizes = new Map(
       [...image.blobs, ...(undeclared?.blobs ?? [])].map((b) => [b.descriptor.digest, b.descriptor.size]),
     );
-    const traffic = trafficMeter(link, cache, blobSizes);
+    const traffic = trafficMeter(recorder, cache, blobSizes);
     say(
       `image ${reference} ${digest.slice(0, 19)}…: busybox + ${layerSizes.length} layers, ${mib(bytes)}${undeclared ? `; and ${undeclaredReference} (no ModelImage), as large` : ""}; seeded upstream in ${secs(performance.now() - seedStarted)} s`,
     );
