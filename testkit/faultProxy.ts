@@ -148,6 +148,9 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
           record.status = status;
           res.writeHead(status, responseHeaders);
           let sent = 0;
+          // A throttled chunk waits on a timer; the body ends only after the last one went out.
+          let throttledPending = 0;
+          let endWhenSent = false;
           upstreamRes.on("data", (chunk: Buffer) => {
             let out = chunk;
             if (action?.kind === "flipByte" && action.offset >= sent && action.offset < sent + chunk.length) {
@@ -171,8 +174,12 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
               const freeAt = start + (out.length / action.bytesPerSecond) * 1000;
               linkFreeAt.set(socket, freeAt);
               upstreamRes.pause();
+              throttledPending++;
               setTimeout(() => {
-                if (res.write(out)) upstreamRes.resume();
+                throttledPending--;
+                const flushed = res.write(out);
+                if (endWhenSent && throttledPending === 0) res.end();
+                else if (flushed) upstreamRes.resume();
                 else res.once("drain", () => upstreamRes.resume());
               }, freeAt - now);
               return;
@@ -183,10 +190,10 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
             }
           });
           // A throttled body's last chunk may still be waiting for its turn: end after it.
+          // (Timers of equal expiry can fire in either order once Node rounds their delays, so the
+          // end waits for the pending chunk itself rather than for a timer of its own.)
           upstreamRes.on("end", () => {
-            const socket = req.socket;
-            const wait = action?.kind === "throttle" ? (linkFreeAt.get(socket) ?? 0) - performance.now() : 0;
-            if (wait > 0) setTimeout(() => res.end(), wait);
+            if (throttledPending > 0) endWhenSent = true;
             else res.end();
           });
           upstreamRes.on("error", () => res.socket?.destroy());
