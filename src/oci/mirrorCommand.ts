@@ -34,7 +34,7 @@ Flags:
   --ca-file PATH                extra CA certificate(s) to trust, PEM (repeatable)
   --concurrency N               blob transfers in flight per registry (default 4)
   --download-ranges N           Range requests in flight per large blob (default 8; 1 = one stream)
-  --range-size MIB              size of each Range request in MiB (default 16; blobs from 64 MiB are ranged)
+  --range-size MIB              size of each Range request in MiB (default 8; blobs from 64 MiB are ranged)
   --blob-index PATH             where blob locations in targets are remembered across runs, so a shared
                                 base is mounted, not uploaded (default $XDG_CACHE_HOME/stowage/blob-index.sqlite)
   --no-blob-index               remember nothing across runs

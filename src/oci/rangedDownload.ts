@@ -2,8 +2,9 @@
  * Parallel ranged download of one large blob: a WAN registry (or the object storage it
  * redirects to) gives each connection a fraction of the link, so a giant layer is fetched as
  * several concurrent `Range` requests and handed on in order. Only a fixed window of ranges
- * is in flight or buffered at once (window × rangeBytes of memory, never the blob), each
- * range resumes on its own after a drop, and the caller hashes the reassembled stream.
+ * is in flight or buffered at once (window × rangeBytes of memory, never the blob), the window
+ * grows only while the reader waits on the network, each range resumes on its own after a
+ * drop, and the caller hashes the reassembled stream.
  *
  * Hand-written because no well-kept npm library does ordered, bounded, resumable ranged GETs
  * on top of our own authenticated undici exchange (download managers write to files).
@@ -13,7 +14,7 @@ import { StowageError } from "../util/errors.ts";
 export interface RangedDownloadOptions {
   /** Blobs at least this large are downloaded in ranges. Default 64 MiB. */
   minBlobBytes?: number;
-  /** Bytes per Range request. Default 16 MiB. */
+  /** Bytes per Range request. Default 8 MiB. */
   rangeBytes?: number;
   /** Ranges in flight (and buffered ahead of the reader) at once. Default 8. */
   concurrency?: number;
@@ -21,7 +22,7 @@ export interface RangedDownloadOptions {
 
 export const rangedDefaults: Required<RangedDownloadOptions> = {
   minBlobBytes: 64 * 1024 * 1024,
-  rangeBytes: 16 * 1024 * 1024,
+  rangeBytes: 8 * 1024 * 1024,
   concurrency: 8,
 };
 
@@ -86,7 +87,9 @@ export async function* rangedChunks(
     let received = 0;
     let failures = 0;
     let pending = first;
+    let receivedAtAttempt = 0;
     for (;;) {
+      receivedAtAttempt = received;
       try {
         const response = pending ?? (await open(part.start + received, part.end, signal));
         pending = undefined;
@@ -122,6 +125,8 @@ export async function* rangedChunks(
         if (signal.aborted) throw caught;
         const err = retry.toError(caught);
         if (!err.retryable) throw err;
+        // Attempts count failures in a row: a range that made progress starts counting again.
+        if (received > receivedAtAttempt) failures = 0;
         failures++;
         if (failures >= retry.attempts) {
           throw new StowageError(err.reason, `${err.message} (gave up after ${failures} attempts)`, {
@@ -136,15 +141,31 @@ export async function* rangedChunks(
     }
   };
 
-  const started = new Set<number>();
-  const startPart = (index: number, first?: RangeResponse) => {
-    if (index >= parts.length || started.has(index)) return;
-    started.add(index);
-    const part = parts[index];
-    fetchPart(part, first).catch((err: unknown) => {
-      part.error = err;
-      wake(part);
-    });
+  // Ranges in flight grow only while the reader starves: on a fast link (loopback, or a
+  // target slower than the source) extra connections cost CPU and buy nothing, so one range
+  // is fetched at a time (the next one as soon as it is done); when the reader spent most of a
+  // range waiting for bytes, the link is the limit and the ranges in flight double, up to
+  // `concurrency`. Never more than `concurrency` ranges past the reader's are started.
+  let active = 1;
+  let inflight = 0;
+  let nextToStart = 0;
+  let readerAt = 0;
+  const startMore = () => {
+    while (inflight < active && nextToStart < parts.length && nextToStart < readerAt + window) {
+      const part = parts[nextToStart++];
+      inflight++;
+      fetchPart(part, undefined).then(
+        () => {
+          inflight--;
+          startMore();
+        },
+        (err: unknown) => {
+          inflight--;
+          part.error = err;
+          wake(part);
+        },
+      );
+    }
   };
 
   try {
@@ -154,11 +175,25 @@ export async function* rangedChunks(
       probe.body.destroy();
       throw new RangeNotSupported();
     }
-    startPart(0, probe);
+    nextToStart = 1;
+    inflight = 1;
+    fetchPart(parts[0], probe).then(
+      () => {
+        inflight--;
+        startMore();
+      },
+      (err: unknown) => {
+        inflight--;
+        parts[0].error = err;
+        wake(parts[0]);
+      },
+    );
     for (let index = 0; index < parts.length; index++) {
-      // Keep the window full: the reader's range plus the next window-1.
-      for (let ahead = index; ahead < index + window; ahead++) startPart(ahead);
+      readerAt = index;
+      startMore();
       const part = parts[index];
+      const partStarted = performance.now();
+      let waited = 0;
       for (;;) {
         while (part.chunks.length > 0) {
           const chunk = part.chunks.shift() as Buffer;
@@ -166,10 +201,13 @@ export async function* rangedChunks(
         }
         if (part.error !== undefined) throw part.error;
         if (part.done) break;
+        const waitStarted = performance.now();
         await new Promise<void>((resolve) => {
           part.wake = resolve;
         });
+        waited += performance.now() - waitStarted;
       }
+      if (waited > 0.5 * (performance.now() - partStarted)) active = Math.min(window, active * 2);
     }
   } finally {
     // The reader stopped (finished, failed or gave up): cancel the ranges still running.
