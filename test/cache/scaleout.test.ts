@@ -5,13 +5,18 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { stringify } from "yaml";
 import { cacheHostSegment } from "../../src/cache/layout.ts";
+import { collectWhilePaused, garbageCollect } from "../../src/controller/cachegc/collect.ts";
+import { evictUndeclared } from "../../src/controller/cachegc/evict.ts";
+import { createEvictionMetrics, createRegistry } from "../../src/metrics.ts";
 import { RegistryClient } from "../../src/oci/registry.ts";
+import { silentLogger } from "../../src/util/log.ts";
 import { type PushedImage, pushSinglePlatformImage } from "../../testkit/images.ts";
 import { freePort } from "../../testkit/ports.ts";
 import { type RegistryOptions, type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
@@ -31,6 +36,7 @@ async function startFront(
   upstreamHost: string,
   spoolDir: string,
   ports: { port: number; healthPort: number },
+  instance: string,
 ): Promise<FrontProcess> {
   const child: ChildProcess = spawn(
     process.execPath,
@@ -43,6 +49,7 @@ async function startFront(
       `--spool-dir=${spoolDir}`,
       `--port=${ports.port}`,
       `--health-port=${ports.healthPort}`,
+      `--instance=${instance}`,
       "--ecr=false",
       "--log-level=warn",
     ],
@@ -156,7 +163,7 @@ describe("two registries on one S3 bucket behind two fronts", () => {
     }
   });
 
-  it("serves through both fronts an image pushed through one registry and one pulled through the other front, after a restart of either registry and either front", async () => {
+  it("serves through both fronts an image pushed through one registry and one pulled through the other front, after a restart of either registry and either front, until evicted from the bucket with both registries read-only", async () => {
     const segment = cacheHostSegment(upstream.host);
     const client = new RegistryClient({
       insecureHosts: [upstream.host, ...registries.map((r) => r.host)],
@@ -188,8 +195,8 @@ describe("two registries on one S3 bucket behind two fronts", () => {
       [0, 1].map(async () => ({ port: await freePort(), healthPort: await freePort() })),
     );
     fronts.push(
-      await startFront(registries[0].url, upstream.host, spoolDir, ports[0]),
-      await startFront(registries[1].url, upstream.host, spoolDir, ports[1]),
+      await startFront(registries[0].url, upstream.host, spoolDir, ports[0], "front-0"),
+      await startFront(registries[1].url, upstream.host, spoolDir, ports[1], "front-1"),
     );
     const prefix = (repository: string) => `/v2/${segment}/${repository}`;
 
@@ -198,7 +205,25 @@ describe("two registries on one S3 bucket behind two fronts", () => {
     expect(metric(await fronts[0].metrics(), 'stowage_cache_misses_total{kind="blob"}')).toBe(
       undeclared.image.blobs.length,
     );
-    // Front 1's miss landed in the shared bucket: front 2 serves it from its own registry.
+    // Front 1's miss lands in the shared bucket (committed just after the last byte went out):
+    // once registry 2 has it, front 2 serves it from there.
+    for (const blob of undeclared.image.blobs) {
+      await eventually(
+        `blob ${blob.descriptor.digest} in registry 2`,
+        async () => {
+          const head = await request(
+            `${registries[1].url}${prefix("acme/undeclared")}/blobs/${blob.descriptor.digest}`,
+            {
+              method: "HEAD",
+            },
+          );
+          await head.body.dump();
+          return head.statusCode === 200;
+        },
+        10_000,
+        50,
+      );
+    }
     await pullByDigest(fronts[1].url, prefix("acme/undeclared"), undeclared);
     const frontTwo = await fronts[1].metrics();
     expect(metric(frontTwo, 'stowage_cache_misses_total{kind="blob"}')).toBe(0);
@@ -216,12 +241,115 @@ describe("two registries on one S3 bucket behind two fronts", () => {
       await registries[i].stop();
       registries[i] = await startRegistry({ ...registryOptions, port });
       await fronts[i].stop();
-      fronts[i] = await startFront(registries[i].url, upstream.host, spoolDir, ports[i]);
+      fronts[i] = await startFront(registries[i].url, upstream.host, spoolDir, ports[i], `front-${i}`);
       for (const front of fronts) {
         await pullByDigest(front.url, prefix("acme/declared"), declared);
         await pullByDigest(front.url, prefix("acme/undeclared"), undeclared);
       }
     }
     expect(await upstreamBlobGets()).toBe(undeclared.image.blobs.length);
+
+    // Eviction on the shared bucket: a stale undeclared image, pulled before the others.
+    const pusher = new RegistryClient({ insecureHosts: [upstream.host], retry: { attempts: 2 } });
+    const stale = await pushSinglePlatformImage(
+      pusher,
+      { registry: upstream.host, repository: "acme/stale" },
+      "v1",
+      { layerSizes: [16 * 1024, 1024 * 1024] },
+    );
+    await pusher.close();
+    await pullByDigest(fronts[0].url, prefix("acme/stale"), stale);
+    await eventually(
+      "the stale image promoted",
+      async () =>
+        (
+          await request(`${registries[1].url}${prefix("acme/stale")}/manifests/${stale.digest}`, {
+            method: "HEAD",
+            headers: { accept: stale.mediaType },
+          })
+        ).statusCode === 200,
+      10_000,
+      50,
+    );
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    await pullByDigest(fronts[1].url, prefix("acme/undeclared"), undeclared);
+    await pullByDigest(fronts[0].url, prefix("acme/declared"), declared);
+    for (const front of fronts) await front.stop(); // each writes its pull record
+
+    const gcConfig = join(spoolDir, "gc.yml");
+    await writeFile(
+      gcConfig,
+      stringify({
+        version: 0.1,
+        storage: {
+          s3: {
+            accesskey: s3.accessKey,
+            secretkey: s3.secretKey,
+            region: s3.region,
+            regionendpoint: s3.endpoint,
+            forcepathstyle: true,
+            bucket: s3.bucket,
+            rootdirectory: "/stowage",
+          },
+        },
+      }),
+    );
+    const undeclaredBytes =
+      undeclared.image.blobs.reduce((sum, blob) => sum + blob.descriptor.size, 0) +
+      undeclared.image.manifest.bytes.length;
+    const restartAll = async (readOnly: boolean) => {
+      for (const i of [0, 1]) {
+        const port = Number(registries[i].host.split(":")[1]);
+        await registries[i].stop();
+        registries[i] = await startRegistry({ ...registryOptions, port, readOnly });
+      }
+    };
+    const gcClient = new RegistryClient({
+      insecureHosts: registries.map((r) => r.host),
+      retry: { attempts: 2 },
+    });
+    let collected: string[] = [];
+    const result = await evictUndeclared({
+      client: gcClient,
+      registry: registries[0].host,
+      budgetBytes: undeclaredBytes + 1024,
+      metrics: createEvictionMetrics(createRegistry()),
+      logger: silentLogger(),
+      collectGarbage: async () => {
+        const env = Object.fromEntries(
+          Object.entries(process.env).filter(([name]) => !name.startsWith("AWS_")),
+        );
+        collected = (
+          await collectWhilePaused({ pause: () => restartAll(true), resume: () => restartAll(false) }, () =>
+            garbageCollect({ configPath: gcConfig, env }),
+          )
+        ).blobs;
+      },
+    });
+    await gcClient.close();
+    expect(result.evicted.map((e) => e.digest)).toEqual([stale.digest]);
+    const staleLayers = stale.image.blobs.map((b) => b.descriptor.digest);
+    expect(collected).toEqual(expect.arrayContaining(staleLayers));
+    for (const registry of registries) {
+      const status = async (path: string, accept?: string) => {
+        const response = await request(`${registry.url}${path}`, {
+          method: "HEAD",
+          headers: accept ? { accept } : {},
+        });
+        await response.body.dump();
+        return response.statusCode;
+      };
+      expect(await status(`${prefix("acme/stale")}/manifests/${stale.digest}`, stale.mediaType)).toBe(404);
+      for (const digest of staleLayers)
+        expect(await status(`${prefix("acme/stale")}/blobs/${digest}`)).toBe(404);
+      for (const [name, image] of [
+        ["acme/declared", declared],
+        ["acme/undeclared", undeclared],
+      ] as const) {
+        expect(await status(`${prefix(name)}/manifests/${image.digest}`, image.mediaType)).toBe(200);
+        for (const blob of image.image.blobs)
+          expect(await status(`${prefix(name)}/blobs/${blob.descriptor.digest}`)).toBe(200);
+      }
+    }
   }, 300_000);
 });
