@@ -106,7 +106,13 @@ export async function* rangedChunks(
             const piece = received + chunk.length > length ? chunk.subarray(0, length - received) : chunk;
             part.chunks.push(piece);
             received += piece.length;
+            buffered += piece.length;
             wake(part);
+            // Ahead of the reader, hold the connection (TCP backpressure) once the ranges
+            // waiting for it hold a range per connection in flight: a slow target then keeps
+            // memory at that, not the whole window.
+            while (part !== parts[readerAt] && buffered > active * rangeBytes && !signal.aborted)
+              await new Promise<void>((resolve) => spaceWaiters.push(resolve));
           }
         } finally {
           response.body.destroy();
@@ -147,6 +153,12 @@ export async function* rangedChunks(
   // range waiting for bytes, the link is the limit and the ranges in flight double, up to
   // `concurrency`. Never more than `concurrency` ranges past the reader's are started.
   let active = 1;
+  let buffered = 0;
+  const spaceWaiters: (() => void)[] = [];
+  const freeSpace = () => {
+    for (const resolve of spaceWaiters.splice(0)) resolve();
+  };
+  signal.addEventListener("abort", freeSpace, { once: true });
   let inflight = 0;
   let nextToStart = 0;
   let readerAt = 0;
@@ -190,6 +202,7 @@ export async function* rangedChunks(
     );
     for (let index = 0; index < parts.length; index++) {
       readerAt = index;
+      freeSpace();
       startMore();
       const part = parts[index];
       const partStarted = performance.now();
@@ -197,6 +210,8 @@ export async function* rangedChunks(
       for (;;) {
         while (part.chunks.length > 0) {
           const chunk = part.chunks.shift() as Buffer;
+          buffered -= chunk.length;
+          freeSpace();
           yield chunk;
         }
         if (part.error !== undefined) throw part.error;
