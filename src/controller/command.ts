@@ -189,7 +189,8 @@ export interface ControllerInvocation {
     cacheEndpointForNodes?: string;
     diskBudgetFraction: number;
     warmingTaint: boolean;
-    nodeTokenSecret?: Buffer;
+    /** Read when the planner starts (readNodeTokenSecret): the chart mounts it from a Secret. */
+    nodeTokenSecretFile?: string;
     pullThroughHosts?: string[];
   };
   /** Eviction of undeclared images (src/controller/cachegc); undefined without --cache-size-budget. */
@@ -353,7 +354,7 @@ export async function parseControllerArgs(
           cacheEndpointForNodes: cacheEndpointForNodes(get("cache-endpoint-for-nodes")),
           diskBudgetFraction: fraction(get("disk-budget-fraction"), "disk-budget-fraction", 0.8),
           warmingTaint: booleanFlag(get("warming-taint"), "warming-taint", true),
-          nodeTokenSecret: await nodeTokenSecret(get("node-token-secret-file")),
+          nodeTokenSecretFile: get("node-token-secret-file"),
           pullThroughHosts: list("pull-through-host").map(hostOf),
         }
       : undefined,
@@ -376,7 +377,8 @@ function fraction(value: string | undefined, flag: string, fallback: number): nu
   return n;
 }
 
-async function nodeTokenSecret(file: string | undefined): Promise<Buffer | undefined> {
+/** The node-token HMAC key from --node-token-secret-file (at least 32 bytes, surrounding whitespace trimmed). */
+export async function readNodeTokenSecret(file: string | undefined): Promise<Buffer | undefined> {
   if (file === undefined) return undefined;
   const secret = Buffer.from((await readPem(file, "node-token-secret-file")).trim());
   if (secret.length < 32) {
@@ -638,7 +640,10 @@ export async function startController(
     ? setupPrewarmController(manager, {
         client,
         config,
-        prewarm: invocation.prewarm,
+        prewarm: {
+          ...invocation.prewarm,
+          nodeTokenSecret: await readNodeTokenSecret(invocation.prewarm?.nodeTokenSecretFile),
+        },
         events,
         metrics: createPrewarmMetrics(registry),
         cacheCredentials: credentials.forCache(),

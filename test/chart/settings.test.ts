@@ -172,8 +172,11 @@ describe("cache.nodeEndpoint", () => {
     );
   });
 
-  it("defaults to the cache Service URL", async () => {
-    expect(await endpointFor({})).toBe(`http://${RELEASE}-cache.${NAMESPACE}.svc:5000`);
+  it("defaults to the pull-through front's port on the cache Service, the registry's without the front", async () => {
+    expect(await endpointFor({})).toBe(`http://${RELEASE}-cache.${NAMESPACE}.svc:5002`);
+    expect(await endpointFor({ cache: { front: { enabled: false } } })).toBe(
+      `http://${RELEASE}-cache.${NAMESPACE}.svc:5000`,
+    );
   });
 });
 

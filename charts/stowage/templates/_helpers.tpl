@@ -107,8 +107,30 @@ dnsPolicy: ClusterFirstWithHostNet
 {{- end }}
 {{- end -}}
 
+{{/* "true" when the pull-through front runs in the cache pod: the chart's cache, front on, no TLS (the front serves HTTP). */}}
+{{- define "stowage.cacheFrontEnabled" -}}
+{{- if and .Values.cache.enabled .Values.cache.front.enabled (not .Values.cache.tls.enabled) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The front's URL on the cache Service. */}}
+{{- define "stowage.cacheFrontUrl" -}}
+{{- printf "http://%s-cache.%s.svc:%d" (include "stowage.fullname" .) .Release.Namespace (int .Values.cache.front.port) -}}
+{{- end -}}
+
+{{/* The Secret with the node-token HMAC key (key `secret`): the user's, else the chart's own. */}}
+{{- define "stowage.nodeTokenSecretName" -}}
+{{- default (printf "%s-node-token" (include "stowage.fullname" .)) .Values.cache.front.nodeToken.existingSecret -}}
+{{- end -}}
+
+{{/* The cache URL nodes use: cache.nodeEndpoint, else the front when it runs, else the registry. */}}
 {{- define "stowage.cacheNodeEndpoint" -}}
-{{- default (include "stowage.cacheUrl" .) .Values.cache.nodeEndpoint -}}
+{{- if .Values.cache.nodeEndpoint -}}
+{{- .Values.cache.nodeEndpoint -}}
+{{- else if include "stowage.cacheFrontEnabled" . -}}
+{{- include "stowage.cacheFrontUrl" . -}}
+{{- else -}}
+{{- include "stowage.cacheUrl" . -}}
+{{- end -}}
 {{- end -}}
 
 {{/* argocd.argoproj.io/sync-wave annotation line (or nothing), when enabled: include "stowage.syncWave" (dict "root" . "wave" "-1") */}}
