@@ -145,6 +145,13 @@ export async function startS3(opts: { bucket?: string } = {}): Promise<RunningS3
       clearTimeout(timer);
     }
     await rm(dir, { recursive: true, force: true });
+    // weed server puts each service's local gRPC socket in /tmp whatever -dir says.
+    const sockets = { master: masterGrpc, volume: volumeGrpc, filer: filerGrpc, s3: s3Grpc };
+    await Promise.all(
+      Object.entries(sockets).map(([service, port]) =>
+        rm(`/tmp/seaweedfs-${service}-grpc-${port}.sock`, { force: true }),
+      ),
+    );
   };
 
   try {
