@@ -1,28 +1,33 @@
 /**
- * Mirror benchmark: `stowage mirror` against `skopeo copy` on the same synthetic images,
- * between real distribution registries on 127.0.0.1.
+ * Mirror benchmark (issue 14): `stowage mirror` against skopeo and crane on the same synthetic
+ * images in the same run, alternating, between real distribution registries on 127.0.0.1.
  *
- *   npm run bench:mirror                  # full size: a 1.5 GiB layer image + 4 images sharing a 512 MiB base
+ *   npm run bench:mirror                  # full size: a 2 GiB single-layer image + 3 images sharing a 512 MiB base
  *   node bench/mirror.ts --scale 0.1      # quick run (also STOWAGE_BENCH_SCALE)
  *
- * Layers are uncompressed tar, so skopeo runs with --preserve-digests: without it skopeo
- * gzips uncompressed layers on the way (new digests, CPU-bound), which is not the same job.
- * Both tools copy into fresh repositories of their own fresh registry.
+ * Rows: (a) loopback cold copy, next to the target registry's own ingest rate measured in the
+ * same run; (b) the same copy from behind the fault proxy limiting each connection to 40 MB/s
+ * with 20 ms latency (a WAN registry); (c) three images sharing a base, copied by three
+ * separate processes into one registry (the base should be uploaded once); the unchanged
+ * re-run (no-op), whole-process time and peak RSS from /usr/bin/time -v. Where stowage's time
+ * goes is shown as the rates of its parts: upstream download, hashing, target ingest.
+ *
+ * crane is built from the pinned module in tools/bench by scripts/build-bench-tools.sh (once;
+ * later runs reuse it). Layers are uncompressed tar, so skopeo runs with --preserve-digests:
+ * without it skopeo gzips them on the way (new digests, CPU-bound), which is not the same job.
+ * Every cold copy goes into a fresh registry of its own, so no tool finds blobs from a round before.
  */
-import { spawn } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { execFileSync, spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { Copier, type CopyResult } from "../src/oci/copy.ts";
-import { parseReference } from "../src/oci/reference.ts";
+import type { CopyResult } from "../src/oci/copy.ts";
 import { RegistryClient } from "../src/oci/registry.ts";
-import {
-  drain,
-  type PushedImage,
-  pushSharedBaseImages,
-  pushSinglePlatformImage,
-  tarStream,
-} from "../testkit/images.ts";
+import { type FaultProxy, startFaultProxy } from "../testkit/faultProxy.ts";
+import { drain, type PushedImage, pushSharedBaseImages, pushSinglePlatformImage } from "../testkit/images.ts";
 import { type RunningRegistry, startRegistry } from "../testkit/registry.ts";
 
 const MiB = 1024 * 1024;
@@ -32,20 +37,23 @@ const timeBinary = "/usr/bin/time";
 const { values } = parseArgs({
   options: {
     scale: { type: "string" },
-    concurrency: { type: "string" },
-    "skip-skopeo": { type: "boolean" },
     rounds: { type: "string" },
+    "wan-rounds": { type: "string" },
+    "skip-peers": { type: "boolean" },
   },
 });
 const scale = Number(values.scale ?? process.env.STOWAGE_BENCH_SCALE ?? "1");
 if (!(scale > 0)) throw new Error(`--scale must be a positive number, got ${values.scale}`);
-const rounds = Number(values.rounds ?? "3");
+const rounds = Number(values.rounds ?? "2");
+const wanRounds = Number(values["wan-rounds"] ?? "1");
 const size = (bytes: number) => Math.max(1024, Math.round(bytes * scale));
 
-const bigLayers = [1536 * MiB, 256 * MiB, 64 * MiB, 16 * MiB, 4 * MiB].map(size);
+const bigLayer = size(2048 * MiB);
 const sharedBase = size(512 * MiB);
 const sharedTop = size(32 * MiB);
-const sharedCount = 4;
+const sharedCount = 3;
+const wanBytesPerSecond = 40e6;
+const wanLatencyMs = 20;
 
 interface ProcessRun {
   code: number | null;
@@ -56,12 +64,16 @@ interface ProcessRun {
 }
 
 /** Runs a command under /usr/bin/time -v when present (peak RSS), else polls /proc/<pid>/status VmHWM. */
-function runMeasured(command: string, args: string[]): Promise<ProcessRun> {
+function runMeasured(command: string, args: string[], env: Record<string, string> = {}): Promise<ProcessRun> {
   const useTime = existsSync(timeBinary);
   const [file, argv] = useTime ? [timeBinary, ["-v", command, ...args]] : [command, args];
   const started = performance.now();
   return new Promise((resolve, reject) => {
-    const child = spawn(file, argv, { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(file, argv, {
+      cwd: root,
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, ...env },
+    });
     let stdout = "";
     let stderr = "";
     let polledPeak = 0;
@@ -69,8 +81,7 @@ function runMeasured(command: string, args: string[]): Promise<ProcessRun> {
       ? undefined
       : setInterval(() => {
           try {
-            const status = readFileSync(`/proc/${child.pid}/status`, "utf8");
-            const match = /VmHWM:\s+(\d+) kB/.exec(status);
+            const match = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, "utf8"));
             if (match) polledPeak = Math.max(polledPeak, Number(match[1]));
           } catch {
             // process gone
@@ -92,61 +103,57 @@ function runMeasured(command: string, args: string[]): Promise<ProcessRun> {
   });
 }
 
-function median(numbers: number[]): number {
+const median = (numbers: number[]): number => {
   const sorted = [...numbers].sort((a, b) => a - b);
   const mid = Math.floor(sorted.length / 2);
   return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-}
-
-function mbps(bytes: number, ms: number): number {
-  return bytes / 1e6 / (ms / 1000);
-}
-
-function fmtMB(bytes: number): string {
-  return `${(bytes / 1e6).toFixed(1)} MB`;
-}
-
-function fmtRss(kib: number | undefined): string {
-  return kib === undefined ? "n/a" : `${(kib / 1024).toFixed(0)} MiB`;
-}
+};
+const mbps = (bytes: number, ms: number) => bytes / 1e6 / (ms / 1000);
+const fmtMB = (bytes: number) => `${(bytes / 1e6).toFixed(1)} MB`;
+const fmtRss = (kib: number | undefined) => (kib === undefined ? "n/a" : `${(kib / 1024).toFixed(0)} MiB`);
+const imageBytes = (image: PushedImage) => image.image.blobs.reduce((sum, b) => sum + b.descriptor.size, 0);
 
 const verdicts: { name: string; pass: boolean; detail: string }[] = [];
-function verdict(name: string, pass: boolean, detail: string): void {
-  verdicts.push({ name, pass, detail });
-}
+const verdict = (name: string, pass: boolean, detail: string) => verdicts.push({ name, pass, detail });
 
-function imageBytes(image: PushedImage): number {
-  return image.image.blobs.reduce((sum, b) => sum + b.descriptor.size, 0);
+type Tool = "stowage" | "skopeo" | "crane";
+
+function craneBinary(): string {
+  const bin = execFileSync(join(root, "scripts/build-bench-tools.sh"), {
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "inherit"],
+  }).trim();
+  return join(bin, "crane");
 }
 
 async function main(): Promise<void> {
   console.log(`stowage mirror benchmark, scale ${scale}, node ${process.version}`);
+  const peers: Tool[] = values["skip-peers"] ? [] : ["skopeo", "crane"];
+  const crane = peers.includes("crane") ? craneBinary() : "crane";
+  const tools: Tool[] = ["stowage", ...peers];
   const registries = new Set<RunningRegistry>();
+  const proxies: FaultProxy[] = [];
+  const scratch = mkdtempSync(join(tmpdir(), "stowage-bench-"));
+  const fresh = async () => {
+    const registry = await startRegistry();
+    registries.add(registry);
+    return registry;
+  };
   const stop = async (registry: RunningRegistry) => {
     registries.delete(registry);
     await registry.stop();
   };
-  const client = new RegistryClient({ insecureHosts: [] });
   try {
-    const source = await startRegistry();
-    registries.add(source);
-    const hosts = [source.host];
-    const seeding = new RegistryClient({ insecureHosts: hosts });
-
-    // 0. How fast synthetic layers are generated (the seed step and tests depend on it).
+    const source = await fresh();
+    const seeding = new RegistryClient({ insecureHosts: [source.host] });
     let started = performance.now();
-    const generated = await drain(tarStream("bench/generation-rate", bigLayers[0]));
-    console.log(
-      `synthetic layer generation: ${fmtMB(generated)} at ${mbps(generated, performance.now() - started).toFixed(0)} MB/s`,
-    );
-
-    // 1. Seed the source registry (streamed: layers are generated while they upload).
-    started = performance.now();
     const big = await pushSinglePlatformImage(
       seeding,
       { registry: source.host, repository: "bench/big" },
       "v1",
-      { layers: bigLayers.map((bytes, i) => ({ seed: `bench/big/${i}`, size: bytes })) },
+      {
+        layers: [{ seed: "bench/big/0", size: bigLayer }],
+      },
     );
     const shared = await pushSharedBaseImages(seeding, source.host, {
       prefix: "bench/shared",
@@ -156,192 +163,228 @@ async function main(): Promise<void> {
     });
     const bigBytes = imageBytes(big);
     console.log(
-      `seeded source: big image ${fmtMB(bigBytes)} in ${bigLayers.length} layers (largest ${fmtMB(bigLayers[0])}), ` +
-        `${sharedCount} images sharing a ${fmtMB(sharedBase)} base, in ${((performance.now() - started) / 1000).toFixed(1)} s`,
+      `seeded source: ${fmtMB(bigBytes)} single-layer image, ${sharedCount} images sharing a ${fmtMB(sharedBase)} base, ` +
+        `in ${((performance.now() - started) / 1000).toFixed(1)} s`,
     );
 
-    // 2. Cold copy of the big image, in interleaved rounds (stowage first, then skopeo first, ...)
-    //    so load from other processes on this shared machine hits both tools alike. Every
-    //    round copies into FRESH registries: skopeo's blob-info cache would otherwise mount
-    //    blobs it saw in an earlier round instead of uploading them.
-    const concurrency = values.concurrency ? ["--concurrency", values.concurrency] : [];
-    const stowageArgs = (target: RunningRegistry) => [
-      "bin/stowage.js",
-      "mirror",
-      "--json",
-      ...concurrency,
-      "--insecure-registry",
-      source.host,
-      "--insecure-registry",
-      target.host,
-      `${source.host}/bench/big:v1`,
-      `${target.host}/bench/big:v1`,
-    ];
-    const runStowage = async (target: RunningRegistry) => {
-      const run = await runMeasured(process.execPath, stowageArgs(target));
-      if (run.code !== 0) throw new Error(`stowage mirror failed: ${run.stderr}`);
-      const result = JSON.parse(run.stdout) as CopyResult;
-      const rate = mbps(result.bytes.transferred, run.wallMs);
-      console.log(
-        `  stowage: ${fmtMB(result.bytes.transferred)} uploaded in ${(run.wallMs / 1000).toFixed(2)} s ` +
-          `(process; copy ${(result.durationMs / 1000).toFixed(2)} s) → ${rate.toFixed(1)} MB/s, peak RSS ${fmtRss(run.peakRssKiB)}`,
-      );
-      return { rate, rss: run.peakRssKiB, result };
-    };
-    const runSkopeo = async (target: RunningRegistry) => {
-      const run = await runMeasured("skopeo", [
-        "copy",
-        "--quiet",
-        "--preserve-digests",
-        "--src-tls-verify=false",
-        "--dest-tls-verify=false",
-        `docker://${source.host}/bench/big:v1`,
-        `docker://${target.host}/bench/big:v1`,
-      ]);
-      if (run.code !== 0) throw new Error(`skopeo copy failed: ${run.stderr}`);
-      const rate = mbps(bigBytes, run.wallMs);
-      console.log(
-        `  skopeo:  ${fmtMB(bigBytes)} in ${(run.wallMs / 1000).toFixed(2)} s → ${rate.toFixed(1)} MB/s, peak RSS ${fmtRss(run.peakRssKiB)}`,
-      );
-      return { rate, rss: run.peakRssKiB };
-    };
-    const stowageRuns: { rate: number; rss?: number; result: CopyResult }[] = [];
-    const skopeoRuns: { rate: number; rss?: number }[] = [];
-    let stowageTarget: RunningRegistry | undefined;
-    for (let round = 0; round < rounds; round++) {
-      console.log(`cold copy of the big image, round ${round + 1}/${rounds}:`);
-      const [forStowage, forSkopeo] = await Promise.all([startRegistry(), startRegistry()]);
-      registries.add(forStowage);
-      registries.add(forSkopeo);
-      const order = round % 2 === 0 ? ["stowage", "skopeo"] : ["skopeo", "stowage"];
-      for (const tool of order) {
-        if (tool === "stowage") stowageRuns.push(await runStowage(forStowage));
-        else if (!values["skip-skopeo"]) skopeoRuns.push(await runSkopeo(forSkopeo));
-      }
-      await stop(forSkopeo);
-      if (stowageTarget) await stop(stowageTarget);
-      stowageTarget = forStowage; // the last one stays for the re-sync and shared-set steps
-    }
-    if (!stowageTarget) throw new Error("--rounds must be at least 1");
-    hosts.push(stowageTarget.host);
-    const stowageRate = median(stowageRuns.map((r) => r.rate));
-    const peakRss = Math.max(...stowageRuns.map((r) => r.rss ?? Number.POSITIVE_INFINITY));
-    console.log(
-      `stowage cold, median of ${rounds}: ${stowageRate.toFixed(1)} MB/s, worst peak RSS ${fmtRss(peakRss)}`,
-    );
-    if (skopeoRuns.length > 0) {
-      const skopeoRate = median(skopeoRuns.map((r) => r.rate));
-      console.log(
-        `skopeo cold, median of ${rounds}: ${skopeoRate.toFixed(1)} MB/s, worst peak RSS ${fmtRss(Math.max(...skopeoRuns.map((r) => r.rss ?? 0)))}`,
-      );
-      // Rounds run back to back, so a round's two runs see similar machine load; the per-round
-      // ratio is the fair comparison on a shared machine, the medians are shown alongside.
-      const pairedRatios = skopeoRuns.map((skopeoRun, i) => stowageRuns[i].rate / skopeoRun.rate);
-      const pairedRatio = median(pairedRatios);
-      console.log(
-        `ratio stowage/skopeo: per round ${pairedRatios.map((r) => r.toFixed(2)).join(", ")}; ` +
-          `median of rounds ${pairedRatio.toFixed(2)}; ratio of medians ${(stowageRate / skopeoRate).toFixed(2)}`,
-      );
-      verdict(
-        "cold throughput >= skopeo",
-        pairedRatio >= 1,
-        `median per-round ratio ${pairedRatio.toFixed(2)}; medians ${stowageRate.toFixed(1)} vs ${skopeoRate.toFixed(1)} MB/s`,
-      );
-    }
-    verdict(
-      "peak RSS < 200 MB while copying the 1.5 GiB-layer image",
-      peakRss * 1024 < 200e6,
-      `worst of ${rounds} runs: ${fmtRss(peakRss)} = ${((peakRss * 1024) / 1e6).toFixed(0)} MB`,
-    );
-
-    // 3. Unchanged re-sync: the CLI (dominated by process start-up) and in-process.
-    const resyncCli = await runMeasured(process.execPath, stowageArgs(stowageTarget));
-    const resyncCliResult = JSON.parse(resyncCli.stdout) as CopyResult;
-    console.log(
-      `stowage re-sync (CLI): ${resyncCli.wallMs.toFixed(0)} ms process, ${resyncCliResult.durationMs} ms copy, ` +
-        `${resyncCliResult.blobs.transferred} blobs transferred`,
-    );
-    const resyncClient = new RegistryClient({ insecureHosts: hosts });
-    const copier = new Copier({ client: resyncClient });
-    const source_ = parseReference(`${source.host}/bench/big:v1`);
-    const target_ = parseReference(`${stowageTarget.host}/bench/big:v1`);
-    const timings: number[] = [];
-    let resyncTransferred = 0;
-    for (let i = 0; i < 6; i++) {
-      started = performance.now();
-      const result = await copier.copy(source_, target_);
-      timings.push(performance.now() - started);
-      resyncTransferred += result.blobs.transferred;
-    }
-    await resyncClient.close();
-    const firstResync = timings[0];
-    const worstResync = Math.max(...timings);
-    console.log(
-      `stowage re-sync (in-process): first ${firstResync.toFixed(1)} ms (new connections), ` +
-        `then ${timings
-          .slice(1)
-          .map((t) => t.toFixed(1))
-          .join(", ")} ms`,
-    );
-    verdict(
-      "unchanged re-sync < 200 ms",
-      worstResync < 200 && resyncTransferred === 0 && resyncCliResult.blobs.transferred === 0,
-      `worst in-process ${worstResync.toFixed(1)} ms, 0 blobs transferred: ${resyncTransferred === 0}`,
-    );
-
-    // 4. The shared-base set in one run: the base must be uploaded once and mounted elsewhere.
-    const sharedClient = new RegistryClient({ insecureHosts: hosts });
-    started = performance.now();
-    const results = await new Copier({ client: sharedClient }).copyMany(
-      shared.map((image) => ({
-        source: parseReference(`${source.host}/${image.repo.repository}:v1`),
-        target: parseReference(`${stowageTarget.host}/${image.repo.repository}:v1`),
-      })),
-      values.concurrency ? { concurrency: Number(values.concurrency) } : {},
-    );
-    const sharedMs = performance.now() - started;
-    await sharedClient.close();
-    const uniqueBlobs = new Map<string, number>();
-    for (const image of shared)
-      for (const b of image.image.blobs) uniqueBlobs.set(b.descriptor.digest, b.descriptor.size);
-    const uniqueBytes = [...uniqueBlobs.values()].reduce((a, b) => a + b, 0);
-    const transferred = results.reduce((sum, r) => sum + r.bytes.transferred, 0);
-    const mounted = results.reduce((sum, r) => sum + r.bytes.mounted, 0);
-    console.log(
-      `stowage shared set (${sharedCount} images, copyMany): ${fmtMB(transferred)} uploaded, ${fmtMB(mounted)} mounted, ` +
-        `unique bytes ${fmtMB(uniqueBytes)}, in ${(sharedMs / 1000).toFixed(2)} s → ${mbps(transferred, sharedMs).toFixed(1)} MB/s`,
-    );
-    verdict(
-      "shared base uploaded once",
-      transferred === uniqueBytes,
-      `uploaded ${transferred} bytes, unique ${uniqueBytes} bytes`,
-    );
-
-    if (!values["skip-skopeo"]) {
-      const skopeoTarget = await startRegistry();
-      registries.add(skopeoTarget);
-      started = performance.now();
-      for (const image of shared) {
-        const run = await runMeasured("skopeo", [
+    /** One cold copy by `tool` from `from` (a registry host or the WAN proxy) into a fresh registry. */
+    const copyOnce = async (
+      tool: Tool,
+      from: string,
+      repository: string,
+      target: RunningRegistry,
+      env = {},
+    ) => {
+      const src = `${from}/${repository}:v1`;
+      const dst = `${target.host}/${repository}:v1`;
+      let run: ProcessRun;
+      if (tool === "stowage") {
+        run = await runMeasured(
+          process.execPath,
+          [
+            "bin/stowage.js",
+            "mirror",
+            "--json",
+            "--blob-index",
+            join(scratch, `${target.host.replace(":", "_")}.sqlite`),
+            "--insecure-registry",
+            from,
+            "--insecure-registry",
+            target.host,
+            src,
+            dst,
+          ],
+          env,
+        );
+      } else if (tool === "skopeo") {
+        run = await runMeasured("skopeo", [
           "copy",
           "--quiet",
           "--preserve-digests",
           "--src-tls-verify=false",
           "--dest-tls-verify=false",
-          `docker://${source.host}/${image.repo.repository}:v1`,
-          `docker://${skopeoTarget.host}/${image.repo.repository}:v1`,
+          `docker://${src}`,
+          `docker://${dst}`,
         ]);
-        if (run.code !== 0) throw new Error(`skopeo copy failed: ${run.stderr}`);
+      } else {
+        run = await runMeasured(crane, ["copy", "--insecure", src, dst]);
       }
-      const skopeoSharedMs = performance.now() - started;
+      if (run.code !== 0) throw new Error(`${tool} failed: ${run.stderr.slice(-2000)}`);
+      const result = tool === "stowage" ? (JSON.parse(run.stdout) as CopyResult) : undefined;
+      return { run, result };
+    };
+
+    // Target ingest: one monolithic PUT of the big layer from the generator into a fresh registry.
+    const ingestTarget = await fresh();
+    const layer = big.image.layers[0];
+    started = performance.now();
+    const ingestClient = new RegistryClient({ insecureHosts: [ingestTarget.host] });
+    await ingestClient.pushBlob(
+      { registry: ingestTarget.host, repository: "bench/ingest" },
+      layer.descriptor,
+      layer.open,
+    );
+    await ingestClient.close();
+    const ingestRate = mbps(layer.descriptor.size, performance.now() - started);
+    await stop(ingestTarget);
+    started = performance.now();
+    const generated = await drain(layer.open());
+    const generateRate = mbps(generated, performance.now() - started);
+    const hashBuffer = Buffer.alloc(256 * MiB, 7);
+    started = performance.now();
+    createHash("sha256").update(hashBuffer).digest();
+    const hashRate = mbps(hashBuffer.length, performance.now() - started);
+    console.log(
+      `target registry ingest (one PUT from the generator): ${ingestRate.toFixed(0)} MB/s; generator alone ${generateRate.toFixed(0)} MB/s; sha256 ${hashRate.toFixed(0)} MB/s`,
+    );
+
+    const coldRows = async (label: string, from: string, count: number) => {
+      const rates = new Map<Tool, number[]>(tools.map((t) => [t, []]));
+      const rss = new Map<Tool, number[]>(tools.map((t) => [t, []]));
+      for (let round = 0; round < count; round++) {
+        // Rotate the order so machine load from other processes hits every tool alike.
+        const order = tools.map((_, i) => tools[(i + round) % tools.length]);
+        for (const tool of order) {
+          const target = await fresh();
+          const { run, result } = await copyOnce(tool, from, "bench/big", target);
+          const rate = mbps(bigBytes, run.wallMs);
+          rates.get(tool)?.push(rate);
+          rss.get(tool)?.push(run.peakRssKiB ?? 0);
+          console.log(
+            `  ${label} round ${round + 1} ${tool.padEnd(7)} ${(run.wallMs / 1000).toFixed(2)} s → ${rate.toFixed(1)} MB/s, peak RSS ${fmtRss(run.peakRssKiB)}` +
+              (result ? ` (uploaded ${fmtMB(result.bytes.transferred)})` : ""),
+          );
+          await stop(target);
+        }
+      }
+      const medians = new Map(tools.map((t) => [t, median(rates.get(t) ?? [0])]));
+      const bestPeer = Math.max(...peers.map((p) => medians.get(p) ?? 0), 0);
       console.log(
-        `skopeo shared set (${sharedCount} sequential copies): ${(skopeoSharedMs / 1000).toFixed(2)} s`,
+        `${label}: median MB/s ${tools.map((t) => `${t} ${(medians.get(t) ?? 0).toFixed(1)} (RSS ${fmtRss(Math.max(...(rss.get(t) ?? [0])))})`).join(", ")}` +
+          (bestPeer > 0
+            ? `; stowage / faster peer = ${((medians.get("stowage") ?? 0) / bestPeer).toFixed(2)}x`
+            : ""),
       );
+      return { stowage: medians.get("stowage") ?? 0, bestPeer };
+    };
+
+    // (a) loopback.
+    console.log(`(a) loopback cold copy of the ${fmtMB(bigBytes)} image, ${rounds} rounds:`);
+    const loopback = await coldRows("(a) loopback", source.host, rounds);
+    if (peers.length > 0)
+      verdict(
+        "(a) loopback >= 1.0x the faster peer",
+        loopback.stowage >= loopback.bestPeer,
+        `${(loopback.stowage / loopback.bestPeer).toFixed(2)}x`,
+      );
+    verdict(
+      "(a) loopback within 10% of the target's ingest rate",
+      loopback.stowage >= 0.9 * ingestRate,
+      `${loopback.stowage.toFixed(0)} of ${ingestRate.toFixed(0)} MB/s = ${((100 * loopback.stowage) / ingestRate).toFixed(0)}%`,
+    );
+
+    // Upstream alone over the WAN link: what stowage's ranged download gets with no target.
+    const wan = await startFaultProxy(source.url);
+    proxies.push(wan);
+    wan.addRule({
+      times: Number.POSITIVE_INFINITY,
+      action: { kind: "throttle", bytesPerSecond: wanBytesPerSecond, latencyMs: wanLatencyMs },
+    });
+    const wanClient = new RegistryClient({ insecureHosts: [wan.host] });
+    started = performance.now();
+    await drain(wanClient.getBlob({ registry: wan.host, repository: "bench/big" }, layer.descriptor));
+    const wanDownload = mbps(layer.descriptor.size, performance.now() - started);
+    await wanClient.close();
+    console.log(
+      `stowage download alone through the WAN proxy (ranged, verified, no target): ${wanDownload.toFixed(0)} MB/s`,
+    );
+
+    // (b) behind the WAN proxy.
+    console.log(
+      `(b) through the fault proxy (${wanBytesPerSecond / 1e6} MB/s per connection, ${wanLatencyMs} ms latency), ${wanRounds} round(s):`,
+    );
+    const throttled = await coldRows("(b) WAN", wan.host, wanRounds);
+    if (peers.length > 0)
+      verdict(
+        "(b) WAN >= 3x the faster peer",
+        throttled.stowage >= 3 * throttled.bestPeer,
+        `${(throttled.stowage / throttled.bestPeer).toFixed(2)}x`,
+      );
+
+    // (c) three images sharing a base, one process each, one target per tool.
+    console.log(
+      `(c) ${sharedCount} images sharing a ${fmtMB(sharedBase)} base, one process per image into one registry:`,
+    );
+    const uniqueBlobs = new Map<string, number>();
+    for (const image of shared)
+      for (const b of image.image.blobs) uniqueBlobs.set(b.descriptor.digest, b.descriptor.size);
+    const uniqueBytes = [...uniqueBlobs.values()].reduce((a, b) => a + b, 0);
+    const sharedTimes = new Map<Tool, number>();
+    let stowageUploaded = 0;
+    let stowageMounted = 0;
+    let noopTarget: RunningRegistry | undefined;
+    for (const tool of tools) {
+      const target = await fresh();
+      started = performance.now();
+      for (const image of shared) {
+        const { result } = await copyOnce(tool, source.host, image.repo.repository, target);
+        if (result) {
+          stowageUploaded += result.bytes.transferred;
+          stowageMounted += result.bytes.mounted;
+        }
+      }
+      sharedTimes.set(tool, performance.now() - started);
+      if (tool === "stowage") noopTarget = target;
+      else await stop(target);
     }
+    console.log(
+      `(c) shared set: ${tools.map((t) => `${t} ${((sharedTimes.get(t) ?? 0) / 1000).toFixed(2)} s`).join(", ")}; ` +
+        `stowage uploaded ${fmtMB(stowageUploaded)}, mounted ${fmtMB(stowageMounted)}, unique bytes ${fmtMB(uniqueBytes)}`,
+    );
+    verdict(
+      "(c) base uploaded once",
+      stowageUploaded === uniqueBytes,
+      `uploaded ${stowageUploaded} bytes, unique ${uniqueBytes}`,
+    );
+
+    // No-op: the unchanged re-run of the last shared image, whole process, alternating.
+    if (!noopTarget) throw new Error("no stowage target for the no-op");
+    const last = shared[shared.length - 1].repo.repository;
+    const noop = new Map<Tool, { ms: number[]; rss: number[] }>(tools.map((t) => [t, { ms: [], rss: [] }]));
+    for (let i = 0; i < 5; i++) {
+      for (const tool of tools) {
+        const { run, result } = await copyOnce(tool, source.host, last, noopTarget);
+        if (result && result.bytes.transferred > 0) throw new Error("the no-op re-run transferred bytes");
+        noop.get(tool)?.ms.push(run.wallMs);
+        noop.get(tool)?.rss.push(run.peakRssKiB ?? 0);
+      }
+    }
+    const noopMs = (t: Tool) => median(noop.get(t)?.ms ?? [0]);
+    console.log(
+      `no-op re-run (median of 5, whole process): ${tools.map((t) => `${t} ${noopMs(t).toFixed(0)} ms / ${fmtRss(Math.max(...(noop.get(t)?.rss ?? [0])))}`).join(", ")}`,
+    );
+    const stowageNoopRss = Math.max(...(noop.get("stowage")?.rss ?? [0]));
+    verdict("no-op ~100 ms", noopMs("stowage") <= 120, `${noopMs("stowage").toFixed(0)} ms`);
+    verdict(
+      "no-op peak RSS < 80 MB",
+      stowageNoopRss * 1024 < 80e6,
+      `${((stowageNoopRss * 1024) / 1e6).toFixed(0)} MB`,
+    );
+    if (peers.includes("skopeo"))
+      verdict(
+        "no-op <= 3.5x skopeo",
+        noopMs("stowage") <= 3.5 * noopMs("skopeo"),
+        `${(noopMs("stowage") / noopMs("skopeo")).toFixed(2)}x`,
+      );
+    console.log(
+      `where stowage's time goes: upstream over loopback is the source registry (ranged), over the WAN ${wanDownload.toFixed(0)} MB/s ranged; ` +
+        `hashing ${hashRate.toFixed(0)} MB/s; target ingest ${ingestRate.toFixed(0)} MB/s (one PUT: distribution cannot take parallel chunks)`,
+    );
     await seeding.close();
   } finally {
-    await client.close();
+    await Promise.all(proxies.map((p) => p.stop()));
     await Promise.all([...registries].map((r) => r.stop()));
+    rmSync(scratch, { recursive: true, force: true });
   }
 
   console.log("");
