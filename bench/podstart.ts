@@ -614,25 +614,33 @@ interface TrafficMark {
 }
 
 /**
- * Bytes of the image's blobs fetched over the link (from the fault proxy's record) and from the
- * cache registry (its access log) since a mark: blob GETs answered 200/206, counted at blob size.
+ * Bytes of the images' blobs fetched over the link (from the fault proxy's record) and from the
+ * cache registry (its access log, which has no Range: a 206 there counts as the whole blob) since
+ * a mark: blob GETs answered 200 or 206.
  */
 function trafficMeter(link: FaultProxy, cache: RunningRegistry, blobSizes: Map<string, number>) {
-  const blobBytes = (entries: { method: string; path: string; status: number }[]) =>
+  // A 206 counts its range (Stowage's client downloads large blobs in parallel ranges), a 200 the blob.
+  const bytesOf = (r: { path: string; status: number; range?: string }) => {
+    const size = blobSizes.get(/\/blobs\/(sha256:[0-9a-f]{64})/.exec(r.path)?.[1] ?? "") ?? 0;
+    const range = r.status === 206 ? /^bytes=(\d+)-(\d*)$/.exec(r.range ?? "") : null;
+    if (!range) return size;
+    const end = range[2] ? Math.min(Number(range[2]), size - 1) : size - 1;
+    return Math.max(0, end - Number(range[1]) + 1);
+  };
+  const blobBytes = (entries: { method: string; path: string; status: number; range?: string }[]) =>
     entries
       .filter((r) => r.method === "GET" && (r.status === 200 || r.status === 206))
-      .reduce(
-        (sum, r) => sum + (blobSizes.get(/\/blobs\/(sha256:[0-9a-f]{64})/.exec(r.path)?.[1] ?? "") ?? 0),
-        0,
-      );
+      .reduce((sum, r) => sum + bytesOf(r), 0);
   return {
     async mark(): Promise<TrafficMark> {
       return { link: link.seen().length, cache: (await cache.requests()).length };
     },
     async since(mark: TrafficMark): Promise<string> {
-      const overLink = blobBytes(link.seen().slice(mark.link));
+      const linkRequests = link.seen().slice(mark.link);
+      const overLink = blobBytes(linkRequests);
+      const linkGets = linkRequests.filter((r) => r.method === "GET" && /\/blobs\//.test(r.path)).length;
       const fromCache = blobBytes((await cache.requests()).slice(mark.cache));
-      return `over the link ${mib(overLink)}, from the cache ${mib(fromCache)}`;
+      return `over the link ${mib(overLink)} (${linkGets} blob GETs), from the cache ${mib(fromCache)}`;
     },
   };
 }
