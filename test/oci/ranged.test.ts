@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { rangedChunks } from "../../src/oci/rangedDownload.ts";
 import { digestOf, RegistryClient, type RepoRef } from "../../src/oci/registry.ts";
 import { type Descriptor, MediaType } from "../../src/oci/types.ts";
 import { type FaultProxy, startFaultProxy } from "../../testkit/faultProxy.ts";
@@ -162,5 +163,65 @@ describe("parallel ranged blob downloads", () => {
     const requested = blobGets(proxy, since).length;
     expect(requested).toBeLessThan(expectedRanges(size).length);
     stream.destroy();
+  });
+});
+
+describe("rangedChunks' window", () => {
+  const noRetry = {
+    attempts: 1,
+    sleep: async () => {},
+    toError: (caught: unknown) => caught as never,
+  };
+
+  /** An upstream whose every range arrives in 4 pieces, `pieceDelayMs` apart; counts ranges open at once. */
+  function slowUpstream(pieceDelayMs: number) {
+    let open = 0;
+    let maxOpen = 0;
+    const openRange = async (start: number, end: number) => {
+      open++;
+      maxOpen = Math.max(maxOpen, open);
+      const length = end - start + 1;
+      const body = Readable.from(
+        (async function* pieces() {
+          try {
+            for (let i = 0; i < 4; i++) {
+              await sleep(pieceDelayMs);
+              const from = Math.floor((i * length) / 4);
+              yield Buffer.alloc(Math.floor(((i + 1) * length) / 4) - from, 1);
+            }
+          } finally {
+            open--;
+          }
+        })(),
+      );
+      return { partial: true, body };
+    };
+    return { openRange, maxOpen: () => maxOpen };
+  }
+
+  it("opens more ranges at once while the reader waits on a slow link", async () => {
+    const upstream = slowUpstream(20);
+    let total = 0;
+    for await (const chunk of rangedChunks(64 * KiB, upstream.openRange, noRetry, {
+      rangeBytes: 4 * KiB,
+      concurrency: 4,
+    }))
+      total += chunk.length;
+    expect(total).toBe(64 * KiB);
+    expect(upstream.maxOpen()).toBe(4);
+  });
+
+  it("keeps to one range at a time when the reader, not the link, is the slow side", async () => {
+    const upstream = slowUpstream(0);
+    let total = 0;
+    for await (const chunk of rangedChunks(64 * KiB, upstream.openRange, noRetry, {
+      rangeBytes: 4 * KiB,
+      concurrency: 4,
+    })) {
+      total += chunk.length;
+      await sleep(10);
+    }
+    expect(total).toBe(64 * KiB);
+    expect(upstream.maxOpen()).toBe(1);
   });
 });
