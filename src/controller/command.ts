@@ -685,13 +685,17 @@ export async function startController(
     throw err;
   }
   const eviction = invocation.cacheGc
-    ? (await import("./cachegc/index.ts")).setupCacheEviction({
-        cache: config.cache,
-        settings: invocation.cacheGc,
-        isLeader: () => manager.isLeader(),
-        metricsRegistry: registry,
-        log,
-      })
+    ? await import("./cachegc/index.ts").then(({ setupCacheEviction, declaredImages }) =>
+        setupCacheEviction({
+          cache: config.cache,
+          settings: invocation.cacheGc as NonNullable<ControllerInvocation["cacheGc"]>,
+          isLeader: () => manager.isLeader(),
+          declared: () =>
+            declaredImages(modelImageController.informers.flatMap((informer) => informer.list())),
+          metricsRegistry: registry,
+          log,
+        }),
+      )
     : undefined;
   const health = manager.healthAddress;
   log.info(

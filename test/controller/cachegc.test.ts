@@ -11,13 +11,14 @@ import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type RunningCache, startCache } from "../../src/cache/command.ts";
 import { cacheHostSegment } from "../../src/cache/layout.ts";
-import { readPullRecord } from "../../src/cache/pulls.ts";
+import { PullLog, readPullRecord } from "../../src/cache/pulls.ts";
 import {
   collectWhilePaused,
   type GarbageCollection,
   garbageCollect,
 } from "../../src/controller/cachegc/collect.ts";
 import { evictUndeclared } from "../../src/controller/cachegc/evict.ts";
+import { declaredImages } from "../../src/controller/cachegc/index.ts";
 import { planEviction } from "../../src/controller/cachegc/plan.ts";
 import { createEvictionMetrics, createRegistry } from "../../src/metrics.ts";
 import { RegistryClient } from "../../src/oci/registry.ts";
@@ -252,4 +253,73 @@ describe("evicting images pulled through the front", () => {
     });
     expect(again.evicted).toEqual([]);
   }, 120_000);
+});
+
+describe("images ModelImages declare by digest", () => {
+  let cache: RunningRegistry;
+  let client: RegistryClient;
+
+  beforeAll(async () => {
+    cache = await startRegistry();
+    client = new RegistryClient({ insecureHosts: [cache.host], retry: { attempts: 1 } });
+  });
+
+  afterAll(async () => {
+    await client?.close();
+    await cache?.stop();
+  });
+
+  it("are kept though untagged and least recently pulled, named by ModelImage status", async () => {
+    const repository = "docker.io/acme/pinned";
+    const images: PushedImage[] = [];
+    for (const tag of ["by-digest", "other"]) {
+      const image = await pushSinglePlatformImage(client, { registry: cache.host, repository }, tag);
+      // As the controller stores a digest-only source, and the front what it fetched: no tag.
+      const manifest = await client.getManifest({ registry: cache.host, repository }, image.digest);
+      await client.deleteManifest({ registry: cache.host, repository }, image.digest);
+      await client.putManifest({ registry: cache.host, repository }, image.digest, manifest);
+      images.push(image);
+    }
+    const [declared, other] = images;
+    let now = 10;
+    const pulls = new PullLog({
+      client,
+      registry: cache.host,
+      instance: "front-0",
+      clock: { now: () => now, sleep: systemClock.sleep },
+      logger: silentLogger(),
+    });
+    pulls.record(repository, declared.digest);
+    now = 20;
+    pulls.record(repository, other.digest);
+    await pulls.flush();
+    const modelImages = [
+      { metadata: { name: "node" }, status: { conditions: [] } },
+      {
+        metadata: { name: "tools", namespace: "ml" },
+        status: {
+          variants: [
+            {
+              name: "default",
+              image: `docker.io/acme/pinned@${declared.digest}`,
+              cacheDigest: declared.digest,
+            },
+          ],
+        },
+      },
+    ];
+    expect(declaredImages(modelImages)).toEqual([{ repository, digest: declared.digest }]);
+    const result = await evictUndeclared({
+      client,
+      registry: cache.host,
+      budgetBytes: 0,
+      metrics: createEvictionMetrics(createRegistry()),
+      logger: silentLogger(),
+      declared: () => declaredImages(modelImages),
+    });
+    expect(result.evicted.map((e) => e.digest)).toEqual([other.digest]);
+    expect((await client.headManifest({ registry: cache.host, repository }, declared.digest))?.digest).toBe(
+      declared.digest,
+    );
+  });
 });

@@ -18,6 +18,11 @@ export interface EvictionOptions {
   registry: string;
   /** Bytes the undeclared images may take. */
   budgetBytes: number;
+  /**
+   * Declared images as ModelImage status names them (cache repository and digest): pinned even
+   * when untagged (a digest-only source is pushed by digest). Tagged images are pinned anyway.
+   */
+  declared?: () => Iterable<{ repository: string; digest: string }>;
   metrics: EvictionMetrics;
   logger: Logger;
   /**
@@ -53,8 +58,12 @@ export async function evictUndeclared(options: EvictionOptions): Promise<Evictio
   const { client, registry, metrics, logger } = options;
   const pinned = await pinnedImages(client, registry);
   const pulls = await lastPulls(client, registry);
-  const candidates = await candidateImages(client, registry, pulls, pinned);
-  const plan = planEviction([...pinned.values()], candidates, options.budgetBytes);
+  const declared = new Set<string>();
+  for (const image of options.declared?.() ?? []) declared.add(`${image.repository}@${image.digest}`);
+  const all = await candidateImages(client, registry, pulls, pinned);
+  const candidates = all.filter((image) => !declared.has(`${image.repository}@${image.digest}`));
+  const declaredImages = all.filter((image) => declared.has(`${image.repository}@${image.digest}`));
+  const plan = planEviction([...pinned.values(), ...declaredImages], candidates, options.budgetBytes);
   metrics.undeclaredBytes.set(plan.undeclaredBytes);
   const evicted: EvictionResult["evicted"] = [];
   for (const image of plan.evict) {
