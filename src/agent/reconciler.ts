@@ -19,9 +19,11 @@ import {
   NodeCacheConditionTypes,
   type NodeCacheImage,
   NodeCacheResource,
+  type NodeCacheSpec,
   type NodeCacheStatus,
   type NodeImageStatus,
 } from "../api/nodeCache.ts";
+import { NODE_TOKEN_USER } from "../cache/nodeToken.ts";
 import type { KubeClient } from "../kube/client.ts";
 import { type Condition, type ConditionInput, setCondition } from "../kube/conditions.ts";
 import { done, type Result, requeueAfter } from "../kube/controller.ts";
@@ -32,7 +34,7 @@ import { parseReference } from "../oci/reference.ts";
 import { type Clock, systemClock } from "../util/clock.ts";
 import { asStowageError, StowageError } from "../util/errors.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
-import type { ImageRuntime } from "./cri.ts";
+import type { CriAuth, ImageRuntime } from "./cri.ts";
 import { applyMirrorConfig, checkConfigPath } from "./hostsToml.ts";
 import { type ProgressProbe, runtimeProgressProbe } from "./progress.ts";
 
@@ -417,7 +419,8 @@ export class NodeAgentReconciler {
       }
     })();
     try {
-      await this.#deps.runtime.pullImage(ref, { signal: attempt.signal });
+      const auth = pullAuthOf(this.#deps.getNodeCache()?.spec);
+      await this.#deps.runtime.pullImage(ref, { signal: attempt.signal, ...(auth ? { auth } : {}) });
     } catch (err) {
       if (stalled)
         throw new StowageError(
@@ -531,4 +534,22 @@ function readyCondition(
   if (present < wanted)
     return { type, status: "False", reason: "Pulling", message: `${present} of ${wanted} images present` };
   return { type, status: "True", reason: "AllPresent", message: `all ${wanted} images present` };
+}
+
+/**
+ * The node token as CRI pull credentials for the cache front: Basic `stowage-node:<token>`,
+ * which containerd (1.6) sends to a mirror that answers 401 only when the server address is
+ * empty or the mirror's own `http(s)://host`. It is the cache's: so that containerd never hands
+ * it to the upstream it falls back to, the address names the cache endpoint, never empty.
+ */
+export function pullAuthOf(spec: NodeCacheSpec | undefined): CriAuth | undefined {
+  const token = spec?.pullToken?.token;
+  if (!token || !spec?.cacheEndpoint) return undefined;
+  let origin: string;
+  try {
+    origin = new URL(spec.cacheEndpoint).origin;
+  } catch {
+    return undefined; // an endpoint the mirror config refuses too, and says so in its condition
+  }
+  return { username: NODE_TOKEN_USER, password: token, serverAddress: origin };
 }
