@@ -16,6 +16,7 @@ import {
   collectWhilePaused,
   type GarbageCollection,
   garbageCollect,
+  READ_ONLY_REGISTRY_ENV,
 } from "../../src/controller/cachegc/collect.ts";
 import { evictUndeclared } from "../../src/controller/cachegc/evict.ts";
 import { declaredImages } from "../../src/controller/cachegc/index.ts";
@@ -181,7 +182,8 @@ describe("evicting images pulled through the front", () => {
           {
             pause: async () => {
               await storage.stop();
-              storage = await startRegistry(storageOptions({ port, readOnly: true }));
+              // Read-only by environment, as a patched StatefulSet would set it.
+              storage = await startRegistry({ ...storageOptions({ port }), env: READ_ONLY_REGISTRY_ENV });
               const upload = await request(`${storage.url}/v2/acme/late/blobs/uploads/`, { method: "POST" });
               await upload.body.dump();
               uploadWhilePaused = upload.statusCode;

@@ -12,6 +12,13 @@
 import { execFile } from "node:child_process";
 import { StowageError } from "../../util/errors.ts";
 
+/**
+ * The environment that makes distribution 2.8 read-only without touching its config file (what
+ * a StatefulSet patch can set): uploads and manifest PUTs answer 405. The flatter
+ * REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED=true makes 2.8 panic at start.
+ */
+export const READ_ONLY_REGISTRY_ENV = { REGISTRY_STORAGE_MAINTENANCE_READONLY: '{"enabled":true}' };
+
 export interface WritePause {
   /** Stop the registry taking writes (restart it read-only, or stop it); resolves once in force. */
   pause(): Promise<void>;
