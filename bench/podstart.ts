@@ -215,25 +215,13 @@ async function main(): Promise<number> {
 
     const nodes: KubeletNode[] = [];
     const startNode = async (name: string, options?: KubeletNodeOptions) => {
-      for (let attempt = 1; ; attempt++) {
-        try {
-          const node = await startKubeletNode(plane, name, options);
-          nodes.push(node);
-          cleanups.push(() => node.stop());
-          return node;
-        } catch (err) {
-          // Every kubelet binds /var/lib/kubelet/device-plugins/kubelet.sock whatever its root dir:
-          // two starting at once (here, or another kubelet on this machine) race for it.
-          if (
-            attempt >= 3 ||
-            !/device-plugins\/kubelet\.sock: bind: address already in use/.test(String(err))
-          )
-            throw err;
-          say(`    ${name}: kubelet lost the race for the device-plugin socket; starting it again`);
-        }
-      }
+      // startKubeletNode starts again a kubelet that lost the race for the shared device-plugin socket.
+      const node = await startKubeletNode(plane, name, options);
+      nodes.push(node);
+      cleanups.push(() => node.stop());
+      return node;
     };
-    // One after the other: see the device-plugin socket above.
+    // One after the other: the kubelets race for a shared device-plugin socket (testkit/kubeletNode).
     const plainNode = await startNode(PLAIN_NODE);
     const warmNode = await startNode(WARM_NODE, { labels: POOL });
     say(

@@ -128,6 +128,26 @@ export async function startKubeletNode(
   name: string,
   options: KubeletNodeOptions = {},
 ): Promise<KubeletNode> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startKubeletNodeOnce(plane, name, options);
+    } catch (err) {
+      // Every kubelet binds /var/lib/kubelet/device-plugins/kubelet.sock whatever its root dir (a
+      // constant in the kubelet): two starting at once on this machine, in this process or another
+      // test file's, race for it and the loser exits. The winner keeps working; start again.
+      if (attempt >= 4 || !DEVICE_PLUGIN_RACE.test(String(err))) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 200 + Math.random() * 800));
+    }
+  }
+}
+
+const DEVICE_PLUGIN_RACE = /device-plugins\/kubelet\.sock: bind: address already in use/;
+
+async function startKubeletNodeOnce(
+  plane: ControlPlane,
+  name: string,
+  options: KubeletNodeOptions,
+): Promise<KubeletNode> {
   if (process.getuid?.() !== 0) throw new Error("a kubelet node needs root (mounts, containers)");
   tunablesBeforeKubelet ??= readTunables();
   const dir = await mkdtemp(join(tmpdir(), "kubelet-"));
