@@ -93,6 +93,8 @@ Flags:
                                  NodeCache then carries a node token for the digests planned there
   --pull-through-host HOST       an upstream host the cache front pulls through for any image,
                                  written into every NodeCache's mirrorHosts (repeatable)
+  --prewarm-through-cache URL    the cache front (\`stowage cache\`) as the controller reaches it:
+                                 plan pre-pulls before the mirror is Synced, resolved there
   --cache-size-budget SIZE       bytes the images nobody declared (cached on first pull through
                                  \`stowage cache\`) may take, e.g. 200Gi; beyond it the least recently
                                  pulled are evicted (default: no eviction)
@@ -137,6 +139,7 @@ export const controllerOptions = {
   "warming-taint": { type: "string" },
   "node-token-secret-file": { type: "string" },
   "pull-through-host": { type: "string", multiple: true },
+  "prewarm-through-cache": { type: "string" },
   "cache-size-budget": { type: "string" },
   "cache-gc-interval": { type: "string" },
   "log-level": { type: "string" },
@@ -192,6 +195,7 @@ export interface ControllerInvocation {
     /** Read when the planner starts (readNodeTokenSecret): the chart mounts it from a Secret. */
     nodeTokenSecretFile?: string;
     pullThroughHosts?: string[];
+    throughCache?: string;
   };
   /** Eviction of undeclared images (src/controller/cachegc); undefined without --cache-size-budget. */
   cacheGc?: { budgetBytes: number; intervalMs: number };
@@ -356,6 +360,7 @@ export async function parseControllerArgs(
           warmingTaint: booleanFlag(get("warming-taint"), "warming-taint", true),
           nodeTokenSecretFile: get("node-token-secret-file"),
           pullThroughHosts: list("pull-through-host").map(hostOf),
+          throughCache: cacheEndpointForNodes(get("prewarm-through-cache"), "prewarm-through-cache"),
         }
       : undefined,
     cacheGc: cacheGcSettings(get("cache-size-budget"), get("cache-gc-interval")),
@@ -389,10 +394,13 @@ export async function readNodeTokenSecret(file: string | undefined): Promise<Buf
   return secret;
 }
 
-function cacheEndpointForNodes(value: string | undefined): string | undefined {
+function cacheEndpointForNodes(
+  value: string | undefined,
+  flag = "cache-endpoint-for-nodes",
+): string | undefined {
   if (value === undefined) return undefined;
   if (!/^https?:\/\/[^/\s]+\/?$/i.test(value)) {
-    throw new UsageError(`--cache-endpoint-for-nodes must be http(s)://host[:port], got "${value}"`);
+    throw new UsageError(`--${flag} must be http(s)://host[:port], got "${value}"`);
   }
   return value.replace(/\/+$/, "");
 }

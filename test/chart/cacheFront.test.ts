@@ -66,6 +66,10 @@ describe("the cache front in the chart", () => {
     expect(invocation.prewarm?.cacheEndpointForNodes).toBe(`http://${RELEASE}-cache.${NAMESPACE}.svc:5002`);
     expect(invocation.cache.registry).toBe(`${RELEASE}-cache.${NAMESPACE}.svc:5000`);
     expect(invocation.prewarm?.pullThroughHosts).toEqual(parsed.config.upstreamHosts);
+    // Pre-warm resolves images the mirror has not finished through the front.
+    expect(invocation.prewarm?.throughCache).toBe(`http://${RELEASE}-cache.${NAMESPACE}.svc:5002`);
+    const waiting = await render({ values: [{ cache: { front: { prewarmThrough: false } } }] });
+    expect((await controllerInvocation(waiting)).prewarm?.throughCache).toBeUndefined();
   });
 
   it("mounts one generated node-token key into the front and the controller, at the files their flags name", async () => {
@@ -123,6 +127,7 @@ describe("the cache front in the chart", () => {
       expect(invocation.prewarm?.cacheEndpointForNodes).toMatch(/:5000$/);
       expect(invocation.prewarm?.nodeTokenSecretFile).toBeUndefined();
       expect(invocation.prewarm?.pullThroughHosts).toEqual([]);
+      expect(invocation.prewarm?.throughCache).toBeUndefined();
     }
   });
 

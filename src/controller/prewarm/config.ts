@@ -22,6 +22,12 @@ export interface PrewarmConfig {
    * into every NodeCache's mirrorHosts beside the declared images' hosts.
    */
   pullThroughHosts?: string[];
+  /**
+   * The cache front as the controller reaches it (`--prewarm-through-cache`): images the mirror
+   * has not finished are resolved there and planned at once, the front single-flighting the
+   * upstream read. Unset: a node pulls only once the ModelImage is Synced.
+   */
+  throughCache?: string;
 }
 
 export const DEFAULT_PREWARM_CONFIG: PrewarmConfig = {

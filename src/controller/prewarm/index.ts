@@ -89,6 +89,25 @@ export function setupPrewarmController(manager: Manager, deps: PrewarmController
       logger: log,
     });
 
+  const throughUrl = config.throughCache ? new URL(config.throughCache) : undefined;
+  const throughClient = throughUrl
+    ? new RegistryClient({
+        insecureHosts: throughUrl.protocol === "http:" ? [throughUrl.host] : [],
+        caPem: cache.caPem,
+        userAgent: "stowage-controller",
+        logger: log,
+        retry: { attempts: 1 },
+      })
+    : undefined;
+  const through =
+    throughUrl && throughClient
+      ? {
+          registry: throughUrl.host,
+          client: throughClient,
+          resolver: new ImageResolver(throughClient, throughUrl.host),
+        }
+      : undefined;
+
   let latest: PrewarmPlan | undefined;
   const planListeners = new Set<EventHandler<ModelImage>>();
   const onPlan = (plan: PrewarmPlan) => {
@@ -109,6 +128,7 @@ export function setupPrewarmController(manager: Manager, deps: PrewarmController
     nodeCacheClient: deps.client.resource<NodeCache>(NodeCacheResource),
     nodeClient: deps.client.resource<PlannerNode>(Resources.Node),
     resolver: new ImageResolver(registryClient, cache.registry),
+    through,
     config,
     cacheEndpoint: cacheEndpointFor(config, cache),
     events: deps.events,
@@ -162,6 +182,7 @@ export function setupPrewarmController(manager: Manager, deps: PrewarmController
     },
     close: async () => {
       if (ownClient) await registryClient.close();
+      await throughClient?.close();
     },
   };
 }

@@ -89,6 +89,12 @@ export interface PlanInput {
   lookup: (repository: string, digest: string, platform: Platform) => Resolution | undefined;
   config: PrewarmConfig;
   cacheEndpoint: string;
+  /**
+   * Pre-warm through the front: for variants the mirror has not finished (no cache digest in
+   * status), the digest their image resolves to through the cache front, by normalised image.
+   * Such a variant is planned at once; the front single-flights the upstream read.
+   */
+  throughDigests?: ReadonlyMap<string, string>;
 }
 
 /** A (cache repository, digest) the planner needs resolved for a platform. */
@@ -96,6 +102,8 @@ export interface ResolutionNeed {
   repository: string;
   digest: string;
   platform: Platform;
+  /** Resolved through the cache front (the mirror has not stored it yet), not from the cache registry. */
+  through: boolean;
 }
 
 interface Candidate {
@@ -129,10 +137,33 @@ interface VariantTarget {
   priority: number;
   maxConcurrentNodes: number;
   acceptsNew: boolean;
+  /** Planned before the mirror finished, at the digest the front resolved. */
+  through: boolean;
 }
 
-/** The variants that pre-warm: prewarm enabled and a cache digest in status. */
-function variantTargets(modelImages: readonly ModelImage[]): {
+/** The images of pre-warming variants whose status has no cache digest yet (normalised). */
+export function imagesAwaitingMirror(modelImages: readonly ModelImage[]): string[] {
+  const images = new Set<string>();
+  for (const mi of modelImages) {
+    if (mi.metadata.deletionTimestamp || !withDefaults(mi.spec).prewarm.enabled) continue;
+    for (const variant of variantsOf(mi.spec)) {
+      const status = mi.status?.variants?.find((v) => v.name === variant.name);
+      if (status?.cacheDigest) continue;
+      try {
+        images.add(normaliseImage(status?.image ?? variant.image));
+      } catch {
+        // an invalid reference is the ModelImage reconciler's to report
+      }
+    }
+  }
+  return [...images];
+}
+
+/** The variants that pre-warm: prewarm enabled and a cache digest in status (or one resolved through the front). */
+function variantTargets(
+  modelImages: readonly ModelImage[],
+  throughDigests: ReadonlyMap<string, string> = new Map(),
+): {
   targets: VariantTarget[];
   uncached: Map<string, UncachedVariant[]>;
 } {
@@ -151,7 +182,8 @@ function variantTargets(modelImages: readonly ModelImage[]): {
       } catch {
         continue; // an invalid reference is the ModelImage reconciler's to report
       }
-      if (!status?.cacheDigest) {
+      const throughDigest = status?.cacheDigest ? undefined : throughDigests.get(image);
+      if (!status?.cacheDigest && !throughDigest) {
         uncached.set(miKey, [
           ...(uncached.get(miKey) ?? []),
           { variant: variant.name, selector: variant.nodeSelector },
@@ -164,11 +196,12 @@ function variantTargets(modelImages: readonly ModelImage[]): {
         variant: variant.name,
         image,
         cacheRepository: cacheRepository(parseReference(image)),
-        cacheDigest: status.cacheDigest,
+        cacheDigest: status?.cacheDigest ?? (throughDigest as string),
         selector: variant.nodeSelector,
         priority: spec.prewarm.priority,
         maxConcurrentNodes: spec.prewarm.maxConcurrentNodes,
         acceptsNew: !spec.suspend,
+        through: !status?.cacheDigest,
       });
     }
   }
@@ -185,22 +218,23 @@ function requestedBy(entry: NodeCacheImage | undefined, miKey: string, variant: 
 export function resolutionNeeds(
   modelImages: readonly ModelImage[],
   nodes: readonly PlannerNode[],
+  throughDigests?: ReadonlyMap<string, string>,
 ): ResolutionNeed[] {
   const needs = new Map<string, ResolutionNeed>();
-  for (const t of variantTargets(modelImages).targets) {
+  for (const t of variantTargets(modelImages, throughDigests).targets) {
     for (const node of nodes) {
       if (!selectorMatches(t.selector, node.metadata?.labels)) continue;
       const platform = platformOf(node);
       if (!platform) continue;
       const key = `${t.cacheRepository}@${t.cacheDigest}#${platform.os}/${platform.architecture}/${platform.variant ?? ""}`;
-      needs.set(key, { repository: t.cacheRepository, digest: t.cacheDigest, platform });
+      needs.set(key, { repository: t.cacheRepository, digest: t.cacheDigest, platform, through: t.through });
     }
   }
   return [...needs.values()];
 }
 
 export function planPrewarm(input: PlanInput): PrewarmPlan {
-  const { targets, uncached } = variantTargets(input.modelImages);
+  const { targets, uncached } = variantTargets(input.modelImages, input.throughDigests);
   const modelImages = new Map<string, VariantPlan[]>();
   const variantPlan = (miKey: string, variant: string, cached: boolean): VariantPlan => {
     const list = modelImages.get(miKey) ?? [];

@@ -14,12 +14,15 @@ import type { EventRecorder } from "../../kube/events.ts";
 import { sameJson } from "../../kube/status.ts";
 import { parseTime } from "../../kube/time.ts";
 import type { PrewarmMetrics } from "../../metrics.ts";
+import { cacheRepository, parseReference } from "../../oci/reference.ts";
+import type { RegistryClient } from "../../oci/registry.ts";
 import type { Clock } from "../../util/clock.ts";
+import { asStowageError } from "../../util/errors.ts";
 import type { Logger } from "../../util/log.ts";
 import type { PrewarmConfig } from "./config.ts";
 import { type ImageResolver, type Resolution, resolutionKey } from "./images.ts";
 import { hasWarmingTaint, isNodeReady, type PlannerNode } from "./nodes.ts";
-import { type PrewarmPlan, planPrewarm, resolutionNeeds } from "./plan.ts";
+import { imagesAwaitingMirror, type PrewarmPlan, planPrewarm, resolutionNeeds } from "./plan.ts";
 import {
   DEFAULT_NODE_TOKEN_TTL_MS,
   type PullTokenSettings,
@@ -39,6 +42,11 @@ export interface PrewarmReconcilerDeps {
   nodeCacheClient: ObjectClient<NodeCache>;
   nodeClient: ObjectClient<PlannerNode>;
   resolver: ImageResolver;
+  /**
+   * Pre-warm through the cache front: images the mirror has not finished are resolved there
+   * (tag → digest, then platform) and planned at once. Undefined: wait for Synced.
+   */
+  through?: { registry: string; client: RegistryClient; resolver: ImageResolver };
   config: PrewarmConfig;
   cacheEndpoint: string;
   events: EventRecorder;
@@ -61,10 +69,14 @@ export function createPrewarmReconciler(deps: PrewarmReconcilerDeps): Reconcile 
     const nodeCaches = new Map(deps.nodeCaches().map((nc) => [nc.metadata.name ?? "", nc]));
     const now = deps.clock.now();
 
+    const throughDigests = deps.through
+      ? await resolveThrough(modelImages, deps.through, deps.log)
+      : undefined;
     const resolutions = new Map<string, Resolution>();
     await Promise.all(
-      resolutionNeeds(modelImages, nodes).map(async (need) => {
-        const resolution = await deps.resolver.resolve(need.repository, need.digest, need.platform);
+      resolutionNeeds(modelImages, nodes, throughDigests).map(async (need) => {
+        const resolver = need.through && deps.through ? deps.through.resolver : deps.resolver;
+        const resolution = await resolver.resolve(need.repository, need.digest, need.platform);
         resolutions.set(resolutionKey(need.repository, need.digest, need.platform), resolution);
       }),
     );
@@ -75,6 +87,7 @@ export function createPrewarmReconciler(deps: PrewarmReconcilerDeps): Reconcile 
       lookup: (repository, digest, platform) => resolutions.get(resolutionKey(repository, digest, platform)),
       config: deps.config,
       cacheEndpoint: deps.cacheEndpoint,
+      throughDigests,
     });
 
     const tokens: PullTokenSettings | undefined = deps.config.nodeTokenSecret
@@ -95,6 +108,38 @@ export function createPrewarmReconciler(deps: PrewarmReconcilerDeps): Reconcile 
     const next = Math.min(unresolved ? RETRY_UNRESOLVED_MS : RESYNC_MS, nextRenewal - now);
     return requeueAfter(Math.max(1000, next));
   };
+}
+
+/**
+ * The digests images awaiting the mirror resolve to through the cache front (a tag is asked
+ * each pass; the front answers from its short tag TTL). An image the front will not resolve
+ * (private without credentials, upstream down) is left out: it waits for the mirror as before.
+ */
+async function resolveThrough(
+  modelImages: ModelImage[],
+  through: NonNullable<PrewarmReconcilerDeps["through"]>,
+  log: Logger,
+): Promise<Map<string, string>> {
+  const digests = new Map<string, string>();
+  await Promise.all(
+    imagesAwaitingMirror(modelImages).map(async (image) => {
+      const ref = parseReference(image);
+      if (ref.digest) return void digests.set(image, ref.digest);
+      try {
+        const head = await through.client.headManifest(
+          { registry: through.registry, repository: cacheRepository(ref) },
+          ref.tag ?? "latest",
+        );
+        if (head) digests.set(image, head.digest);
+      } catch (err) {
+        log.debug(
+          { image, reason: asStowageError(err).reason },
+          "not resolved through the cache front; waiting for the mirror",
+        );
+      }
+    }),
+  );
+  return digests;
 }
 
 async function writeSpecs(
