@@ -15,11 +15,12 @@
  * to), the API server calls the webhook by URL (`webhook.url`) and the controller pushes to the
  * cache at its node address (`cache.controllerEndpoint`). Ports are free ones picked here.
  */
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { stringify } from "yaml";
+import { CriClient } from "../../src/agent/cri.ts";
 import { RegistryClient } from "../../src/oci/registry.ts";
 import { type ControlPlane, startControlPlane } from "../../testkit/controlplane/index.ts";
 import { dockerUnavailableHere, type RunningDocker, runCommand, startDocker } from "../../testkit/docker.ts";
@@ -306,6 +307,148 @@ describe.runIf(whyNoDocker === undefined)("the chart installed by helm onto a re
     expect(messages.join("\n")).toMatch(/already present on machine/);
     expect(messages.join("\n")).not.toMatch(/^Pulling:/m);
   }, 300_000);
+
+  it("pulls an image nobody declared through the cache front on the kubelet's own pull, and a second pull after the node forgot it from the front's storage", async () => {
+    const upstreamHost = new URL(upstreamProxy.url).host;
+    const undeclared = await runnableImage({
+      seed: "chart-on-kubelet/undeclared",
+      dataLayerSizes: [2 * 1024 * 1024],
+    });
+    const pushClient = new RegistryClient({ insecureHosts: [new URL(upstream.url).host] });
+    const undeclaredDigest = await pushImage(
+      pushClient,
+      { registry: new URL(upstream.url).host, repository: "ml/undeclared" },
+      undeclared,
+      "v1",
+    );
+    await pushClient.close();
+    const undeclaredRef = `${upstreamHost}/ml/undeclared:v1`;
+
+    // The front fetches from this test's upstream (not one of the chart's default hosts) on
+    // free ports, and nodes pull from it. The controller holds host ports on the host network,
+    // so a surge pod could not start beside it: it goes first and the upgrade brings it back.
+    const [frontPort, frontHealthPort] = await Promise.all([freePort(), freePort()]);
+    const frontUrl = `http://127.0.0.1:${frontPort}`;
+    const scaled = await run(["-n", NAMESPACE, "scale", `deployment/${RELEASE}-controller`, "--replicas=0"]);
+    expect(scaled.code, scaled.stderr).toBe(0);
+    await eventually("the controller pod gone", async () =>
+      (await podsOf("controller")).length === 0 ? true : undefined,
+    );
+    await helmOk(
+      [
+        "upgrade",
+        RELEASE,
+        join(root, "charts/stowage"),
+        "--namespace",
+        NAMESPACE,
+        "--reuse-values",
+        "--set",
+        `cache.front.upstreamHosts={${upstreamHost}}`,
+        "--set",
+        `cache.front.port=${frontPort}`,
+        "--set",
+        `cache.front.healthPort=${frontHealthPort}`,
+        "--set",
+        `cache.nodeEndpoint=${frontUrl}`,
+        "--wait",
+        "--timeout",
+        "4m",
+      ],
+      { dir, kubeconfig: plane.kubeconfigPath, timeoutMs: 300_000 },
+    );
+    const [cachePod] = await podsOf("cache");
+    expect(cachePod.status.containerStatuses.map((c: Json) => [c.name, c.ready])).toEqual([
+      ["front", true],
+      ["registry", true],
+    ]);
+    // The planner points the node at the front and lists the upstream host, the agent writes it.
+    await eventually("the node's NodeCache and hosts.toml naming the front", async () => {
+      const nc = (await plane.request("GET", `/apis/stowage.dev/v1alpha1/nodecaches/${node.name}`)).body;
+      if (nc.spec?.cacheEndpoint !== frontUrl || !nc.spec?.mirrorHosts?.includes(upstreamHost))
+        return undefined;
+      const hostsToml = await readFile(
+        join(node.containerd.certsDir, upstreamHost, "hosts.toml"),
+        "utf8",
+      ).catch(() => "");
+      return hostsToml.includes(`${frontUrl}/v2/`) ? true : undefined;
+    });
+
+    /** Upstream blob GETs of the undeclared image, by digest. */
+    const upstreamBlobGets = () =>
+      upstreamProxy
+        .seen()
+        .filter((seen) => seen.method === "GET" && seen.path.includes("/ml/undeclared/blobs/"))
+        .map((seen) => seen.path.split("/blobs/")[1].split("?")[0]);
+    // Its busybox layer is the model image's too, which the node holds: containerd asks for
+    // the config and the data layer only.
+    const modelLayers = new Set(
+      (await runnableImage({ seed: "chart-on-kubelet", dataLayerSizes: [3 * 1024 * 1024] })).layers.map(
+        (l) => l.descriptor.digest,
+      ),
+    );
+    const fresh = undeclared.blobs
+      .map((b) => b.descriptor.digest)
+      .filter((digest) => !modelLayers.has(digest));
+    expect(fresh.length).toBeGreaterThanOrEqual(2);
+    const frontBlobHits = async () => {
+      const text = await (await fetch(`http://127.0.0.1:${frontHealthPort}/metrics`)).text();
+      return text
+        .split("\n")
+        .filter((line) => line.startsWith("stowage_cache_hits_total{") && line.includes('kind="blob"'))
+        .reduce((sum, line) => sum + Number(line.split(" ").at(-1)), 0);
+    };
+    const runPod = async (name: string) => {
+      const pod = {
+        apiVersion: "v1",
+        kind: "Pod",
+        metadata: { name, namespace: "ml" },
+        spec: {
+          hostNetwork: true,
+          automountServiceAccountToken: false,
+          terminationGracePeriodSeconds: 1,
+          nodeSelector: { "nvidia.com/gpu.present": "true" },
+          containers: [{ name: "main", image: undeclaredRef, imagePullPolicy: "IfNotPresent" }],
+        },
+      };
+      const created = await plane.request("POST", "/api/v1/namespaces/ml/pods", pod);
+      expect(created.status, JSON.stringify(created.body)).toBe(201);
+      // Nobody declared it: not held.
+      expect(created.body.spec.schedulingGates ?? []).toEqual([]);
+      return eventually(
+        `pod ${name} running`,
+        async () => {
+          const got = await plane.request("GET", `/api/v1/namespaces/ml/pods/${name}`);
+          return got.body.status?.phase === "Running" ? got.body : undefined;
+        },
+        180_000,
+      );
+    };
+
+    const before = upstreamBlobGets().length;
+    const hitsBefore = await frontBlobHits();
+    const first = await runPod("undeclared-1");
+    expect(first.status.containerStatuses[0].imageID).toContain(undeclaredDigest);
+    // The kubelet's pull went through the front, which read each blob upstream once.
+    const firstReads = upstreamBlobGets().slice(before);
+    expect([...firstReads].sort()).toEqual([...fresh].sort());
+
+    // The node forgets the image; the next pull is served from the front's storage.
+    expect((await run(["-n", "ml", "delete", "pod", "undeclared-1", "--wait=true"])).code).toBe(0);
+    const runtime = new CriClient(node.containerd.socketPath);
+    try {
+      await runtime.removeImage(undeclaredRef);
+      expect(await runtime.imageStatus(undeclaredRef)).toBeUndefined();
+    } finally {
+      runtime.close();
+    }
+    const hitsAfterFirst = await frontBlobHits();
+    const second = await runPod("undeclared-2");
+    expect(second.status.containerStatuses[0].imageID).toContain(undeclaredDigest);
+    // Nothing more from the upstream: the front served every blob from its storage.
+    expect(upstreamBlobGets().slice(before)).toEqual(firstReads);
+    expect(await frontBlobHits()).toBeGreaterThanOrEqual(hitsAfterFirst + fresh.length);
+    expect(hitsAfterFirst).toBeGreaterThanOrEqual(hitsBefore);
+  }, 600_000);
 });
 
 describe.runIf(whyNoDocker !== undefined)("the chart on a real kubelet (no Docker engine here)", () => {
