@@ -151,7 +151,8 @@ export async function* rangedChunks(
   // target slower than the source) extra connections cost CPU and buy nothing, so one range
   // is fetched at a time (the next one as soon as it is done); when the reader spent most of a
   // range waiting for bytes, the link is the limit and the ranges in flight double, up to
-  // `concurrency`. Never more than `concurrency` ranges past the reader's are started.
+  // `concurrency`, as long as each doubling made the reader faster (else it is undone and the
+  // window stays). Never more than `concurrency` ranges past the reader's are started.
   let active = 1;
   let buffered = 0;
   const spaceWaiters: (() => void)[] = [];
@@ -200,6 +201,10 @@ export async function* rangedChunks(
         wake(parts[0]);
       },
     );
+    let growing = true;
+    let trial: { activeBefore: number; rateBefore: number; partsLeft: number } | undefined;
+    let segmentStarted = performance.now();
+    let segmentBytes = 0;
     for (let index = 0; index < parts.length; index++) {
       readerAt = index;
       freeSpace();
@@ -222,7 +227,27 @@ export async function* rangedChunks(
         });
         waited += performance.now() - waitStarted;
       }
-      if (waited > 0.5 * (performance.now() - partStarted)) active = Math.min(window, active * 2);
+      // The reader's rate over the ranges since the last decision (one range alone is noisy:
+      // ranges fetched ahead arrive in bursts).
+      const now = performance.now();
+      segmentBytes += part.end - part.start + 1;
+      const rate = segmentBytes / Math.max(1e-3, now - segmentStarted);
+      if (trial && --trial.partsLeft <= 0) {
+        segmentBytes = 0;
+        segmentStarted = now;
+        // Did the extra connections pay? If the reader got less than a quarter more, the limit
+        // is elsewhere (the target, the CPU): go back and stop growing.
+        if (rate < 1.25 * trial.rateBefore) {
+          active = trial.activeBefore;
+          growing = false;
+        }
+        trial = undefined;
+      } else if (!trial && growing && active < window && waited > 0.5 * (now - partStarted)) {
+        segmentBytes = 0;
+        segmentStarted = now;
+        trial = { activeBefore: active, rateBefore: rate, partsLeft: active * 2 };
+        active = Math.min(window, active * 2);
+      }
     }
   } finally {
     // The reader stopped (finished, failed or gave up): cancel the ranges still running.
