@@ -3,94 +3,20 @@
  * plus multi-GB incompressible layers), the pod whose start is timed, and a stopwatch that
  * watches the pod from the bench with a monotonic clock.
  */
-import { execFile } from "node:child_process";
-import { copyFile, mkdir, mkdtemp, readFile, rm, symlink } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { promisify } from "node:util";
 import { isNotFound, type KubeClient } from "../src/kube/client.ts";
 import type { RegistryClient, RepoRef } from "../src/oci/registry.ts";
-import { MediaType } from "../src/oci/types.ts";
-import { bytesBlob, pushImage, rawManifest, type SyntheticImage, syntheticLayer } from "../testkit/images.ts";
-
-const run = promisify(execFile);
+import { pushImage, type SyntheticImage } from "../testkit/images.ts";
+import { runnableImage } from "../testkit/runnableImage.ts";
 
 // biome-ignore lint/suspicious/noExplicitAny: pods and nodes read back as free-form JSON
 export type Json = any;
-
-/** Debian's busybox-static, as testkit/kubeletNode.ts builds its images from it. */
-const BUSYBOX = "/bin/busybox";
-
-/** A one-layer tar of busybox in /bin (sh, sleep), so a container of the image can start. */
-async function busyboxLayer(): Promise<Buffer> {
-  const work = await mkdtemp(join(tmpdir(), "podstart-busybox-"));
-  try {
-    await mkdir(join(work, "rootfs", "bin"), { recursive: true });
-    await copyFile(BUSYBOX, join(work, "rootfs", "bin", "busybox"));
-    for (const applet of ["sh", "sleep", "true"])
-      await symlink("busybox", join(work, "rootfs", "bin", applet));
-    const tar = join(work, "layer.tar");
-    await run("tar", [
-      "--numeric-owner",
-      "--owner=0",
-      "--group=0",
-      "--mtime=@0",
-      "-C",
-      join(work, "rootfs"),
-      "-cf",
-      tar,
-      "bin",
-    ]);
-    return await readFile(tar);
-  } finally {
-    await rm(work, { recursive: true, force: true });
-  }
-}
 
 /**
  * An OCI image: busybox first (the executable layer), then uncompressed tar layers of random bytes
  * of `layerSizes` (streamed, never held in memory), entrypoint `/bin/sh`.
  */
-export async function buildRunnableImage(seed: string, layerSizes: number[]): Promise<SyntheticImage> {
-  const base = bytesBlob(await busyboxLayer(), MediaType.OciLayerTar);
-  const layers = [base];
-  for (const [i, size] of layerSizes.entries())
-    layers.push(await syntheticLayer({ seed: `${seed}/${i}`, size, format: "tar" }));
-  const config = bytesBlob(
-    Buffer.from(
-      JSON.stringify({
-        created: "2024-01-01T00:00:00Z",
-        architecture: "amd64",
-        os: "linux",
-        config: { Entrypoint: ["/bin/sh"], Env: ["PATH=/bin"] },
-        rootfs: { type: "layers", diff_ids: layers.map((l) => l.diffId) },
-      }),
-    ),
-    MediaType.OciConfig,
-  );
-  const manifest = rawManifest(
-    {
-      schemaVersion: 2,
-      mediaType: MediaType.OciManifest,
-      config: config.descriptor,
-      layers: layers.map((l) => l.descriptor),
-    },
-    MediaType.OciManifest,
-  );
-  const platform = { os: "linux", architecture: "amd64" };
-  return {
-    manifest,
-    config,
-    layers,
-    platform,
-    blobs: [config, ...layers],
-    descriptor: {
-      mediaType: MediaType.OciManifest,
-      digest: manifest.digest,
-      size: manifest.bytes.length,
-      platform,
-    },
-  };
+export function buildRunnableImage(seed: string, layerSizes: number[]): Promise<SyntheticImage> {
+  return runnableImage({ seed, dataLayerSizes: layerSizes, entrypoint: ["/bin/sh"] });
 }
 
 /** Pushes the image and returns its manifest digest. */
