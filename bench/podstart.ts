@@ -79,7 +79,7 @@ const { values } = parseArgs({
     scale: { type: "string" },
     rate: { type: "string", default: "40" },
     latency: { type: "string", default: "20" },
-    runs: { type: "string", default: "5" },
+    runs: { type: "string", default: "11" },
     "timeout-seconds": { type: "string", default: "1800" },
   },
 });
