@@ -3,6 +3,13 @@
  *
  *   npm run bench:prewarm                 # one 2 GiB single-platform image, three containerd nodes
  *   node bench/prewarm.ts --scale 0.05    # quick run (also STOWAGE_BENCH_SCALE)
+ *   node bench/prewarm.ts --mode through  # nodes pull through the cache front (`stowage cache`)
+ *                                         # as soon as the image resolves, while the mirror runs
+ *
+ * Modes: `wait` (default) plans a node's pull once the ModelImage is Synced and nodes pull from
+ * the cache registry; `through` runs the front before the registry, points the nodes at it and
+ * starts the controller with --prewarm-through-cache, so pulls start before Synced and the front
+ * single-flights what the nodes read upstream (the mirror reads its own copy beside it).
  *
  * Stowage: the Kubernetes API test double, an upstream and a cache registry, the real
  * `stowage controller` and three `stowage agent` processes, each beside its own containerd.
@@ -21,6 +28,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { loadAllCrds } from "../src/api/crds.ts";
 import { KubeClient } from "../src/kube/client.ts";
+import { rangedDefaults } from "../src/oci/rangedDownload.ts";
 import { cacheRepository, parseReference } from "../src/oci/reference.ts";
 import { RegistryClient } from "../src/oci/registry.ts";
 import { gatherSnapshot } from "../src/status/gather.ts";
@@ -30,6 +38,7 @@ import { startApiServer } from "../testkit/apiserver/index.ts";
 import { type RunningContainerd, startContainerd } from "../testkit/containerd.ts";
 import { type ControllerProcess, startControllerProcess } from "../testkit/controllerProcess.ts";
 import { pushSinglePlatformImage } from "../testkit/images.ts";
+import { freePort } from "../testkit/ports.ts";
 import { startRegistry } from "../testkit/registry.ts";
 
 const MiB = 1024 * 1024;
@@ -40,12 +49,15 @@ const NODE_NAMES = ["bench-node-1", "bench-node-2", "bench-node-3"];
 const { values } = parseArgs({
   options: {
     scale: { type: "string" },
+    mode: { type: "string", default: "wait" },
     "timeout-seconds": { type: "string", default: "1800" },
   },
 });
 const scale = Number(values.scale ?? process.env.STOWAGE_BENCH_SCALE ?? "1");
 if (!(scale > 0)) throw new Error(`--scale must be a positive number, got ${values.scale}`);
 const timeoutMs = Number(values["timeout-seconds"]) * 1000;
+const mode = values.mode;
+if (mode !== "wait" && mode !== "through") throw new Error(`--mode must be wait or through, got ${mode}`);
 // 2 GiB at scale 1, in layers of the sizes a large ML image has (one dominant layer).
 const layerSizes = [1024, 512, 256, 128, 64, 48, 16].map((m) => Math.max(1024, Math.round(m * MiB * scale)));
 
@@ -139,6 +151,54 @@ async function waitForLogLine(file: string, text: string, ms: number): Promise<b
   return false;
 }
 
+/** `stowage cache` as its own process before the cache registry, on free loopback ports. */
+async function startFront(
+  storageUrl: string,
+  upstreamHost: string,
+  dir: string,
+): Promise<{ url: string; pid: number | undefined; stop: () => Promise<void> }> {
+  const [port, healthPort] = await Promise.all([freePort(), freePort()]);
+  const child = spawn(
+    process.execPath,
+    [
+      join(import.meta.dirname, "../bin/stowage.js"),
+      "cache",
+      `--storage-registry=${storageUrl}`,
+      `--upstream-host=${upstreamHost}`,
+      `--insecure-registry=${upstreamHost}`,
+      `--port=${port}`,
+      `--health-port=${healthPort}`,
+      `--spool-dir=${dir}`,
+      "--log-level=warn",
+    ],
+    { stdio: ["ignore", "inherit", "inherit"] },
+  );
+  children.add(child);
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const ready = await fetch(`http://127.0.0.1:${healthPort}/readyz`).then(
+      (r) => r.ok,
+      () => false,
+    );
+    if (ready) break;
+    if (Date.now() > deadline || child.exitCode !== null)
+      throw new Error("stowage cache did not become ready");
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  return {
+    url,
+    pid: child.pid,
+    stop: async () => {
+      if (child.exitCode !== null) return;
+      const exited = new Promise((resolve) => child.once("exit", resolve));
+      child.kill("SIGTERM");
+      await exited;
+      children.delete(child);
+    },
+  };
+}
+
 async function main(): Promise<number> {
   if (process.getuid?.() !== 0) {
     process.stderr.write("bench:prewarm: containerd needs root (snapshotter mounts)\n");
@@ -181,10 +241,26 @@ async function main(): Promise<number> {
     for (const namespace of ["stowage-system", NAMESPACE])
       await api.create({ apiVersion: "v1", kind: "Namespace", metadata: { name: namespace } });
 
+    let frontUrl: string | undefined;
+    let frontPid: number | undefined;
+    if (mode === "through") {
+      const front = await startFront(cache.url, upstream.host, dir);
+      cleanups.push(front.stop);
+      frontUrl = front.url;
+      frontPid = front.pid;
+      say(`stowage cache (the front) pid ${front.pid} at ${front.url}`);
+    }
     const controller: ControllerProcess = await startControllerProcess({
       kubeconfig: kubeconfigPath,
       cacheRegistry: cache.url,
-      args: ["--insecure-registry", upstream.host, "--leader-elect=false"],
+      args: [
+        "--insecure-registry",
+        upstream.host,
+        "--leader-elect=false",
+        ...(frontUrl
+          ? [`--cache-endpoint-for-nodes=${frontUrl}`, `--prewarm-through-cache=${frontUrl}`]
+          : []),
+      ],
       echo: false,
     });
     cleanups.push(() => controller.kill("SIGTERM"));
@@ -253,17 +329,23 @@ async function main(): Promise<number> {
     }
 
     const controllerRss = peakRssKiB(controller.pid);
+    const frontRss = peakRssKiB(frontPid);
     const agentRss = nodes.map((n) => peakRssKiB(n.agent.pid));
 
     // Bytes from upstream: every blob GET the upstream answered, by digest.
     const gets = (await upstream.requests()).filter(
       (r) => r.method === "GET" && /\/blobs\/sha256:/.test(r.path) && (r.status === 200 || r.status === 206),
     );
+    // Copies read, by digest: a 200 is one; a large blob comes in Range requests (206) that
+    // tile it once per download (src/oci/rangedDownload.ts), so each counts as its share.
+    const sizeOf = new Map(blobs.map((b) => [b.digest, b.size]));
     const getsByDigest = new Map<string, number>();
     for (const r of gets) {
       const digest = /\/blobs\/(sha256:[0-9a-f]{64})/.exec(r.path)?.[1] ?? r.path;
-      getsByDigest.set(digest, (getsByDigest.get(digest) ?? 0) + 1);
+      const parts = r.status === 206 ? Math.ceil((sizeOf.get(digest) ?? 1) / rangedDefaults.rangeBytes) : 1;
+      getsByDigest.set(digest, (getsByDigest.get(digest) ?? 0) + 1 / parts);
     }
+    for (const [digest, copies] of getsByDigest) getsByDigest.set(digest, Math.round(copies * 100) / 100);
     const upstreamBytes = blobs.reduce((sum, b) => sum + b.size * (getsByDigest.get(b.digest) ?? 0), 0);
     const eachOnce =
       blobs.every((b) => getsByDigest.get(b.digest) === 1) && getsByDigest.size === blobs.length;
@@ -311,6 +393,7 @@ async function main(): Promise<number> {
     }
 
     say("");
+    say(`mode:                               ${mode}`);
     say(`image size (blobs):                 ${mib(imageBytes)} in ${blobs.length} blobs (scale ${scale})`);
     say(`time to Synced:                     ${syncedMs !== undefined ? seconds(syncedMs) : "(never)"}`);
     say(
@@ -345,9 +428,19 @@ async function main(): Promise<number> {
         );
     }
     const kib = (v: number | undefined) => (v === undefined ? "?" : `${(v / 1024).toFixed(1)} MiB`);
-    say(`peak RSS (VmHWM): controller ${kib(controllerRss)}; agents ${agentRss.map(kib).join(", ")}`);
+    say(
+      `peak RSS (VmHWM): controller ${kib(controllerRss)}; agents ${agentRss.map(kib).join(", ")}${frontPid ? `; front ${kib(frontRss)}` : ""}`,
+    );
     say(`all nodes Present: ${verdict(presentMs !== undefined)}`);
-    return presentMs !== undefined && eachOnce && upstreamBytes === imageBytes && !peerFailure ? 0 : 1;
+    // Through the front, the mirror reads its own copy beside the front's single flight: at most two.
+    const copiesAllowed = mode === "through" ? 2 : 1;
+    const withinCopies = blobs.every((b) => (getsByDigest.get(b.digest) ?? 0) <= copiesAllowed);
+    if (mode === "through")
+      say(
+        `through: upstream copies ${(upstreamBytes / imageBytes).toFixed(2)}× the image  ${verdict(withinCopies)} (the front's one flight + the mirror's own)`,
+      );
+    const upstreamOk = mode === "through" ? withinCopies : eachOnce && upstreamBytes === imageBytes;
+    return presentMs !== undefined && upstreamOk && !peerFailure ? 0 : 1;
   } finally {
     await cleanUp();
   }

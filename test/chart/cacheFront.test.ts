@@ -66,10 +66,12 @@ describe("the cache front in the chart", () => {
     expect(invocation.prewarm?.cacheEndpointForNodes).toBe(`http://${RELEASE}-cache.${NAMESPACE}.svc:5002`);
     expect(invocation.cache.registry).toBe(`${RELEASE}-cache.${NAMESPACE}.svc:5000`);
     expect(invocation.prewarm?.pullThroughHosts).toEqual(parsed.config.upstreamHosts);
-    // Pre-warm resolves images the mirror has not finished through the front.
-    expect(invocation.prewarm?.throughCache).toBe(`http://${RELEASE}-cache.${NAMESPACE}.svc:5002`);
-    const waiting = await render({ values: [{ cache: { front: { prewarmThrough: false } } }] });
-    expect((await controllerInvocation(waiting)).prewarm?.throughCache).toBeUndefined();
+    // Pre-warm waits for the mirror unless asked to resolve images through the front.
+    expect(invocation.prewarm?.throughCache).toBeUndefined();
+    const through = await render({ values: [{ cache: { front: { prewarmThrough: true } } }] });
+    expect((await controllerInvocation(through)).prewarm?.throughCache).toBe(
+      `http://${RELEASE}-cache.${NAMESPACE}.svc:5002`,
+    );
   });
 
   it("mounts one generated node-token key into the front and the controller, at the files their flags name", async () => {
