@@ -133,6 +133,31 @@ describe("the cache front in the chart", () => {
     }
   });
 
+  it("gives the front the registry's htpasswd credentials when the registry requires them", async () => {
+    const objects = await render({
+      values: [{ cache: { htpasswd: { enabled: true, secretName: "registry-auth" } } }],
+    });
+    const front = containerOf(statefulSetOf(objects), "front");
+    // The container's environment as the kubelet resolves it, each Secret key standing for its value.
+    const env: Record<string, string> = {};
+    for (const variable of front.env ?? []) {
+      const ref = variable.valueFrom?.secretKeyRef;
+      if (ref) {
+        expect(ref.name).toBe("registry-auth");
+        env[variable.name] = `value-of-${ref.key}`;
+      }
+    }
+    const parsed = await parseCacheArgs(
+      (front.args ?? []).slice(1).filter((a) => !a.startsWith("--node-token-secret-file=")),
+      env,
+    );
+    if (parsed === "help") throw new Error("unexpected help");
+    expect(parsed.config.storageCredentials).toEqual({
+      username: "value-of-username",
+      password: "value-of-password",
+    });
+  });
+
   it("keeps cache.nodeEndpoint when it is set", async () => {
     const objects = await render({ values: [{ cache: { nodeEndpoint: "http://10.0.0.5:30502" } }] });
     expect((await controllerInvocation(objects)).prewarm?.cacheEndpointForNodes).toBe(
