@@ -36,16 +36,22 @@ function node(name: string): PlannerNode {
   };
 }
 
-/** The cache resolves an image's top-level digest to itself (single-platform images). */
-const resolver = {
-  resolve: async (_repository: string, digest: string): Promise<Resolution> => ({
-    ok: true,
-    image: { digest, sizeBytes: 1000 },
-  }),
-} as unknown as ImageResolver;
+/** By default the cache resolves an image's top-level digest to itself (single-platform images). */
+const sameDigest = (digest: string) => digest;
 
 /** The planner's reconciler over in-memory objects, with a clock the test moves. */
-function plannerOver(modelImages: ModelImage[], nodes: PlannerNode[], ttlMs = 60 * 60_000) {
+function plannerOver(
+  modelImages: ModelImage[],
+  nodes: PlannerNode[],
+  ttlMs = 60 * 60_000,
+  platformDigestOf: (digest: string) => string = sameDigest,
+) {
+  const resolver = {
+    resolve: async (_repository: string, digest: string): Promise<Resolution> => ({
+      ok: true,
+      image: { digest: platformDigestOf(digest), sizeBytes: 1000 },
+    }),
+  } as unknown as ImageResolver;
   const stored = new Map<string, NodeCache>();
   let writes = 0;
   let now = Date.parse("2026-12-04T20:00:00Z");
@@ -157,6 +163,30 @@ describe("node tokens in NodeCache specs", () => {
     await planner.pass();
     expect(planner.stored.get("cpu-1")?.spec.images).toEqual([]);
     expect(planner.stored.get("cpu-1")?.spec.pullToken).toBeUndefined();
+  });
+});
+
+describe("node tokens for images chosen from an index", () => {
+  it("also grant the index the node's platform image was chosen from (upstream and cache digest), for the agent's pull by tag", async () => {
+    const index = `sha256:${"1".repeat(64)}`;
+    const filteredIndex = `sha256:${"2".repeat(64)}`;
+    const child = `sha256:${"3".repeat(64)}`;
+    const llama = modelImage("llama", "docker.io/acme/llama:1", filteredIndex);
+    llama.status = { variants: [{ name: "cpu", sourceDigest: index, cacheDigest: filteredIndex }] };
+    const other = modelImage("mistral", "ghcr.io/acme/mistral:2", digestB);
+    other.spec = {
+      variants: [{ name: "cpu", image: "ghcr.io/acme/mistral:2", nodeSelector: { role: "none" } }],
+    };
+    // The cache resolves the (filtered) index to this node's platform image.
+    const planner = plannerOver([llama, other], [node("cpu-1")], undefined, (digest) =>
+      digest === filteredIndex ? child : digest,
+    );
+    await planner.pass();
+    expect(planner.stored.get("cpu-1")?.spec.images?.map((i) => i.digest)).toEqual([child]);
+    const token = planner.stored.get("cpu-1")?.spec.pullToken?.token ?? "";
+    expect(verifyNodeToken(secret, token, planner.now()).digests).toEqual(
+      [index, filteredIndex, child].sort(),
+    );
   });
 });
 

@@ -1,11 +1,12 @@
 /**
  * The node token a NodeCache carries (`spec.pullToken`): signed for exactly the digests planned
- * on that node, so the cache front serves those images (and what they reference) to the node's
- * agent even when they are private upstream, and nothing else. Kept while it still names the
+ * on that node (and the index each was chosen from), so the cache front serves those images (and
+ * what they reference) to the node's agent even when they are private upstream, and nothing else. Kept while it still names the
  * same digests and has more than half its life ahead; re-signed otherwise, so a steady state
  * writes a NodeCache about once per half-life, not on every pass.
  */
 
+import type { ModelImage } from "../../api/modelImage.ts";
 import type { NodeCacheSpec, NodePullToken } from "../../api/nodeCache.ts";
 import { issueNodeToken, verifyNodeToken } from "../../cache/nodeToken.ts";
 
@@ -16,9 +17,24 @@ export interface PullTokenSettings {
   ttlMs: number;
 }
 
-/** The digests a node's token must grant: every image in its spec, sorted, once each. */
-export function plannedDigests(spec: NodeCacheSpec): string[] {
-  return [...new Set((spec.images ?? []).map((image) => image.digest))].sort();
+/**
+ * The digests a node's token must grant: every image in its spec, and the top-level digests
+ * (upstream and cache: an index, when the image has several platforms) of the variants that
+ * requested them, so the agent's pull by tag, which resolves to the index, is granted too.
+ */
+export function plannedDigests(spec: NodeCacheSpec, modelImages: readonly ModelImage[] = []): string[] {
+  const digests = new Set<string>();
+  for (const image of spec.images ?? []) {
+    digests.add(image.digest);
+    for (const requester of image.requestedBy ?? []) {
+      const mi = modelImages.find(
+        (m) => m.metadata.namespace === requester.namespace && m.metadata.name === requester.name,
+      );
+      const variant = mi?.status?.variants?.find((v) => v.name === (requester.variant ?? ""));
+      for (const digest of [variant?.sourceDigest, variant?.cacheDigest]) if (digest) digests.add(digest);
+    }
+  }
+  return [...digests].sort();
 }
 
 /**
@@ -30,8 +46,9 @@ export function pullTokenFor(
   current: NodePullToken | undefined,
   settings: PullTokenSettings,
   nowMs: number,
+  modelImages: readonly ModelImage[] = [],
 ): NodePullToken | undefined {
-  const digests = plannedDigests(spec);
+  const digests = plannedDigests(spec, modelImages);
   if (digests.length === 0) return undefined;
   if (current && stillFits(current, spec.nodeName, digests, settings, nowMs)) return current;
   const exp = Math.floor((nowMs + settings.ttlMs) / 1000);

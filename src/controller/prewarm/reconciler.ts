@@ -96,7 +96,7 @@ export function createPrewarmReconciler(deps: PrewarmReconcilerDeps): Reconcile 
           ttlMs: deps.config.nodeTokenTtlMs ?? DEFAULT_NODE_TOKEN_TTL_MS,
         }
       : undefined;
-    const nextRenewal = await writeSpecs(plan, nodes, nodeCaches, plannedAt, now, tokens, deps);
+    const nextRenewal = await writeSpecs(plan, modelImages, nodes, nodeCaches, plannedAt, now, tokens, deps);
     observeDurations(nodeCaches, plannedAt, deps);
     await maintainNodes(plan, nodes, nodeCaches, deps);
     await reportProblems(plan, modelImages, reported, deps);
@@ -144,6 +144,7 @@ async function resolveThrough(
 
 async function writeSpecs(
   plan: PrewarmPlan,
+  modelImages: ModelImage[],
   nodes: PlannerNode[],
   nodeCaches: Map<string, NodeCache>,
   plannedAt: Map<string, number>,
@@ -154,7 +155,8 @@ async function writeSpecs(
   const nodesByName = new Map(nodes.map((n) => [n.metadata?.name ?? "", n]));
   let nextRenewal = Number.POSITIVE_INFINITY;
   for (const [nodeName, planned] of plan.specs) {
-    const pullToken = tokens && pullTokenFor(planned, nodeCaches.get(nodeName)?.spec.pullToken, tokens, now);
+    const pullToken =
+      tokens && pullTokenFor(planned, nodeCaches.get(nodeName)?.spec.pullToken, tokens, now, modelImages);
     const spec = pullToken ? { ...planned, pullToken } : planned;
     if (pullToken && tokens) nextRenewal = Math.min(nextRenewal, renewalDueAt(pullToken, tokens));
     for (const image of spec.images ?? []) {
