@@ -191,3 +191,64 @@ describe("pre-warm of a private image through the cache front with a node token"
     expect(await runtime.imageStatus(`${rig.proxy.host}/team-a/model@${image.digest}`)).toBeUndefined();
   });
 });
+
+describe("a private image through a front with credentials of its own", () => {
+  let credentialedRig: CacheRig;
+  let credentialedRecorder: FaultProxy;
+
+  beforeAll(async () => {
+    credentialedRig = await startRig({
+      upstream: { auth: "htpasswd", users },
+      config: { nodeTokenSecret: secret },
+      frontCredentials: users[0],
+    });
+    credentialedRecorder = await startFaultProxy(credentialedRig.front.url);
+  }, 60_000);
+
+  afterAll(async () => {
+    await credentialedRecorder?.stop();
+    await credentialedRig?.stop();
+  });
+
+  it("pre-pulls it by digest and by tag with the node token, the front fetching it upstream on the miss", async () => {
+    const upstreamClient = rigClient(credentialedRig, users[0]);
+    const pushed = await pushSinglePlatformImage(
+      upstreamClient,
+      { registry: credentialedRig.upstream.host, repository: "team-b/model" },
+      "v2",
+      { layerSizes: [256 * 1024] },
+    );
+    await upstreamClient.close();
+    const ref = `${credentialedRig.proxy.host}/team-b/model:v2`;
+    const spec: NodeCacheSpec = {
+      nodeName: "node-c",
+      cacheEndpoint: credentialedRecorder.url,
+      mirrorHosts: [credentialedRig.proxy.host],
+      images: [{ image: ref, digest: pushed.digest }],
+    };
+    const pullToken = pullTokenFor(spec, undefined, { secret, ttlMs: 3_600_000 }, Date.now());
+    await nodeCaches().create({
+      apiVersion: "stowage.dev/v1alpha1",
+      kind: "NodeCache",
+      metadata: { name: "node-c" },
+      spec: { ...spec, pullToken },
+    });
+    const node = await startContainerd();
+    try {
+      await runAgent("node-c", node);
+      const pulled = await settled("node-c");
+      expect(pulled, JSON.stringify(pulled)).toMatchObject({ state: "Present", digest: pushed.digest });
+      const runtime = new CriClient(node.socketPath);
+      criClients.push(runtime);
+      // The tag the kubelet will ask for is on the node too: the front granted it to the token.
+      const byTag = await eventually("the tag on the node", async () => runtime.imageStatus(ref));
+      expect(byTag.repoDigests).toContain(`${credentialedRig.proxy.host}/team-b/model@${pushed.digest}`);
+      const seen = credentialedRecorder.seen();
+      expect(seen.filter((s) => s.authorized).every((s) => s.status === 200)).toBe(true);
+      expect(seen.some((s) => s.authorized && s.path.includes("/manifests/v2"))).toBe(true);
+    } finally {
+      for (const agent of agents.splice(0)) await agent.stop();
+      await node.dispose();
+    }
+  });
+});
