@@ -1,4 +1,6 @@
 import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -38,7 +40,24 @@ export function run(
   });
 }
 
+/**
+ * Where the CLI's per-user cache (the blob index, `$XDG_CACHE_HOME/stowage`) goes in tests: one
+ * temp dir per test process, never the user's own ~/.cache.
+ */
+let cacheHome: string | undefined;
+function testCacheHome(): string {
+  if (!cacheHome) {
+    cacheHome = mkdtempSync(join(tmpdir(), "stowage-cli-cache-"));
+    const dir = cacheHome;
+    process.once("exit", () => rmSync(dir, { recursive: true, force: true }));
+  }
+  return cacheHome;
+}
+
 /** `node bin/stowage.js args`, as a user runs the CLI. */
 export function stowage(args: string[], env: Record<string, string> = {}): Promise<Run> {
-  return run(process.execPath, [join(root, "bin/stowage.js"), ...args], env);
+  return run(process.execPath, [join(root, "bin/stowage.js"), ...args], {
+    XDG_CACHE_HOME: testCacheHome(),
+    ...env,
+  });
 }
