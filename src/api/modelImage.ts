@@ -289,6 +289,37 @@ export function statusColumns(variants: readonly VariantStatus[]): { digest?: st
   return columns;
 }
 
+function parsesAsDuration(input: string): boolean {
+  try {
+    parseDuration(input);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The durations the controller must turn into timers, checked: a value the pattern accepts can
+ * still be past Go's limit (`99999999999h`), and the reconciler would fail on it every pass.
+ * The problems name the field; the reconciler reports them as Stalled/InvalidSpec.
+ */
+export function durationProblems(spec: ModelImageSpec): FieldProblem[] {
+  const fields: [string, string | undefined][] = [
+    ["spec.sync.interval", spec.sync?.interval],
+    ["spec.prewarm.holdTimeout", spec.prewarm?.holdTimeout],
+  ];
+  const problems: FieldProblem[] = [];
+  for (const [field, value] of fields) {
+    if (value === undefined) continue;
+    try {
+      parseDuration(value);
+    } catch (err) {
+      problems.push({ field, message: (err as Error).message });
+    }
+  }
+  return problems;
+}
+
 /** A problem with one field, named by its path as the API server would name it. */
 export interface FieldProblem {
   field: string;
@@ -345,6 +376,8 @@ export function validateModelImageSpec(spec: ModelImageSpec): FieldProblem[] {
   if (sync.interval !== undefined) {
     if (!matches(DURATION_PATTERN, sync.interval)) {
       problem("spec.sync.interval", `"${sync.interval}" is not a duration like 10m or 1h30m`);
+    } else if (!parsesAsDuration(sync.interval)) {
+      problem("spec.sync.interval", `"${sync.interval}" is too long (the maximum is about 2562047h)`);
     } else if (parseDuration(sync.interval) < parseDuration(MIN_SYNC_INTERVAL)) {
       problem("spec.sync.interval", `must be at least ${MIN_SYNC_INTERVAL}`);
     }
@@ -376,6 +409,11 @@ export function validateModelImageSpec(spec: ModelImageSpec): FieldProblem[] {
   }
   if (prewarm.holdTimeout !== undefined && !matches(DURATION_PATTERN, prewarm.holdTimeout)) {
     problem("spec.prewarm.holdTimeout", `"${prewarm.holdTimeout}" is not a duration like 15m`);
+  } else if (prewarm.holdTimeout !== undefined && !parsesAsDuration(prewarm.holdTimeout)) {
+    problem(
+      "spec.prewarm.holdTimeout",
+      `"${prewarm.holdTimeout}" is too long (the maximum is about 2562047h)`,
+    );
   }
   return problems;
 }

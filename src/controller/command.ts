@@ -35,6 +35,7 @@ import {
   UsageError,
 } from "../util/flags.ts";
 import { createLogger, type Logger } from "../util/log.ts";
+import { clampTimerMs } from "../util/timer.ts";
 import { stowageVersion } from "../util/version.ts";
 import { parseByteSize } from "./cachegc/budget.ts";
 import { controllerConfig } from "./config.ts";
@@ -537,7 +538,7 @@ async function checkApi(client: KubeClient, namespaces: string[] | undefined, lo
         );
       }
       log.warn({ attempt, error: (err as Error).message, delayMs }, "API server not reachable yet; retrying");
-      await new Promise((resolve) => setTimeout(resolve, delayMs));
+      await new Promise((resolve) => setTimeout(resolve, clampTimerMs(delayMs)));
       delayMs *= 2;
     }
   }

@@ -13,6 +13,7 @@ import type {
   KubeConfig,
 } from "@kubernetes/client-node";
 import { type Reason, StowageError } from "../util/errors.ts";
+import { clampTimerMs } from "../util/timer.ts";
 import { stowageVersion } from "../util/version.ts";
 import { type ClusterConfig, clientNodeKubeConfig, loadClusterConfig } from "./kubeconfig.ts";
 
@@ -254,10 +255,13 @@ export class KubeClient {
     let timer: NodeJS.Timeout | undefined;
     const resetTimer = () => {
       clearTimeout(timer);
-      timer = setTimeout(() => {
-        inactive = true;
-        abort.abort(new Error("watch inactive"));
-      }, options.inactivityMs ?? 120_000);
+      timer = setTimeout(
+        () => {
+          inactive = true;
+          abort.abort(new Error("watch inactive"));
+        },
+        clampTimerMs(options.inactivityMs ?? 120_000),
+      );
       timer.unref();
     };
     try {

@@ -1,3 +1,5 @@
+import { clampTimerMs } from "./timer.ts";
+
 /** Time as a parameter, so tests can run real logic against controlled time. */
 export interface Clock {
   now(): number;
@@ -12,7 +14,7 @@ export const systemClock: Clock = {
       const timer = setTimeout(() => {
         signal?.removeEventListener("abort", onAbort);
         resolve();
-      }, ms);
+      }, clampTimerMs(ms));
       const onAbort = () => {
         clearTimeout(timer);
         reject(signal?.reason);

@@ -88,6 +88,17 @@ describe("ModelImage reconciler failures", () => {
     expect(condition(mi, "Stalled")?.message).toContain(`variant "default" (${upstream.host}/models/ok:v9)`);
   });
 
+  it("stalls with InvalidSpec naming spec.sync.interval when the interval cannot be honoured, instead of Synced=True", async () => {
+    await createModelImage(cluster.client, "ml", "forever", {
+      image: `${upstream.host}/models/ok:v1`,
+      sync: { interval: "99999999999h" },
+    });
+    const mi = await waitForCondition(cluster.client, "ml", "forever", "Stalled", "True", "InvalidSpec");
+    expect(condition(mi, "Stalled")?.message).toContain("spec.sync.interval");
+    expect(condition(mi, "Synced")).toMatchObject({ status: "False", reason: "InvalidSpec" });
+    expect(condition(mi, "Ready")).toMatchObject({ status: "False", reason: "InvalidSpec" });
+  });
+
   it("reports UpstreamUnavailable for a stopped upstream and keeps retrying until it is back", async () => {
     await stoppedUpstream.stop();
     await createModelImage(cluster.client, "ml", "flaky", {

@@ -9,6 +9,7 @@ import type { RegistryClient } from "../../oci/registry.ts";
 import type { Clock } from "../../util/clock.ts";
 import { asStowageError } from "../../util/errors.ts";
 import type { Logger } from "../../util/log.ts";
+import { clampTimerMs } from "../../util/timer.ts";
 import { candidateImages, lastPulls, pinnedImages } from "./inventory.ts";
 import { planEviction } from "./plan.ts";
 
@@ -100,7 +101,7 @@ export function startEvictionLoop(
   const loop = (async () => {
     while (!abort.signal.aborted) {
       try {
-        await options.clock.sleep(Math.min(options.intervalMs, 2 ** 31 - 1), abort.signal);
+        await options.clock.sleep(clampTimerMs(options.intervalMs), abort.signal);
       } catch {
         return;
       }

@@ -7,6 +7,7 @@
  * the status's lastCheckedAt takes its place).
  */
 import {
+  durationProblems,
   type ModelImage,
   type ModelImageStatus,
   type ModelImageVariant,
@@ -47,6 +48,7 @@ import {
 } from "./plan.ts";
 import type { Registries } from "./registries.ts";
 import {
+  invalidSpecStatus,
   isStalledReason,
   noMatchingNodesNote,
   statusFrom,
@@ -140,6 +142,17 @@ export function createReconciler(deps: ReconcilerDeps) {
         },
       );
       return done(); // a spec change (suspend: false) queues it again
+    }
+    const problems = durationProblems(spec);
+    if (problems.length > 0) {
+      await writeStatus<ModelImageStatus, ModelImage>(
+        deps.objects,
+        mi,
+        (status, current) => invalidSpecStatus(status, current, problems, deps.clock.now()),
+        { clock: deps.clock },
+      );
+      ctx.log.warn({ reason: "InvalidSpec", problems }, "spec cannot be honoured");
+      return done(); // a spec change queues it again
     }
     return syncModelImage(mi, deps, ctx);
   };

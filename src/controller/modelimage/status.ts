@@ -174,6 +174,47 @@ export function suspendedStatus(
   return assemble(previous, generation, conditions, previous?.variants ?? []);
 }
 
+/**
+ * A spec the API server accepted but the controller cannot honour (a duration past Go's limit):
+ * Stalled with reason InvalidSpec naming the fields, Synced and Ready False, nothing mirrored.
+ * A spec change queues the ModelImage again.
+ */
+export function invalidSpecStatus(
+  previous: ModelImageStatus | undefined,
+  mi: ModelImage,
+  problems: { field: string; message: string }[],
+  now: number,
+): ModelImageStatus {
+  const generation = mi.metadata.generation;
+  const message = `${problems.map((p) => `${p.field}: ${p.message}`).join("; ")}; fix the spec`;
+  let conditions = previous?.conditions;
+  for (const type of [ConditionTypes.Stalled, ConditionTypes.Synced, ConditionTypes.Ready]) {
+    conditions = setCondition(
+      conditions,
+      {
+        type,
+        status: type === ConditionTypes.Stalled ? "True" : "False",
+        reason: ConditionReasons.InvalidSpec,
+        message,
+        observedGeneration: generation,
+      },
+      now,
+    );
+  }
+  conditions = setCondition(
+    conditions,
+    {
+      type: ConditionTypes.Reconciling,
+      status: "False",
+      reason: ConditionReasons.Idle,
+      message: "no sync in progress",
+      observedGeneration: generation,
+    },
+    now,
+  );
+  return assemble(previous, generation, conditions, previous?.variants ?? []);
+}
+
 function assemble(
   previous: ModelImageStatus | undefined,
   generation: number | undefined,
