@@ -320,6 +320,36 @@ export function durationProblems(spec: ModelImageSpec): FieldProblem[] {
   return problems;
 }
 
+/**
+ * Image references whose registry port no TCP connection can use (`host:99999`): the reference
+ * syntax allows any digits, and a dial would fail the same way forever, so it is a spec error,
+ * not an unavailable upstream.
+ */
+export function portProblems(spec: ModelImageSpec): FieldProblem[] {
+  const images: [string, string][] = [];
+  if (spec.image !== undefined) images.push(["spec.image", spec.image]);
+  (spec.variants ?? []).forEach((variant, i) => {
+    images.push([`spec.variants[${i}].image`, variant.image]);
+  });
+  const problems: FieldProblem[] = [];
+  for (const [field, image] of images) {
+    const host = image.split("/")[0];
+    if (!image.includes("/")) continue;
+    const port = /^(?:\[[0-9a-fA-F:]+\]|[^:]+):([0-9]+)$/.exec(host)?.[1];
+    if (port === undefined) continue;
+    const value = Number(port);
+    if (value < 1 || value > 65535) {
+      problems.push({ field, message: `registry port ${port} in "${image}" is not between 1 and 65535` });
+    }
+  }
+  return problems;
+}
+
+/** What the reconciler cannot honour although the API server accepted it (reported as InvalidSpec). */
+export function unhonourableSpecProblems(spec: ModelImageSpec): FieldProblem[] {
+  return [...portProblems(spec), ...durationProblems(spec)];
+}
+
 /** A problem with one field, named by its path as the API server would name it. */
 export interface FieldProblem {
   field: string;
@@ -337,6 +367,7 @@ export function validateModelImageSpec(spec: ModelImageSpec): FieldProblem[] {
     problem("spec", "exactly one of spec.image or spec.variants must be set");
   }
   if (spec.image !== undefined) checkImage(spec.image, "spec.image", problem);
+  for (const p of portProblems(spec)) problem(p.field, p.message);
   if (spec.variants !== undefined) {
     if (spec.variants.length < 1) problem("spec.variants", "must have at least 1 item");
     if (spec.variants.length > MAX_VARIANTS)

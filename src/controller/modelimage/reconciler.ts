@@ -7,11 +7,11 @@
  * the status's lastCheckedAt takes its place).
  */
 import {
-  durationProblems,
   type ModelImage,
   type ModelImageStatus,
   type ModelImageVariant,
   syncIntervalMs,
+  unhonourableSpecProblems,
   variantsOf,
   withDefaults,
 } from "../../api/modelImage.ts";
@@ -143,7 +143,7 @@ export function createReconciler(deps: ReconcilerDeps) {
       );
       return done(); // a spec change (suspend: false) queues it again
     }
-    const problems = durationProblems(spec);
+    const problems = unhonourableSpecProblems(spec);
     if (problems.length > 0) {
       await writeStatus<ModelImageStatus, ModelImage>(
         deps.objects,
