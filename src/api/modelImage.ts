@@ -326,13 +326,8 @@ export function durationProblems(spec: ModelImageSpec): FieldProblem[] {
  * not an unavailable upstream.
  */
 export function portProblems(spec: ModelImageSpec): FieldProblem[] {
-  const images: [string, string][] = [];
-  if (spec.image !== undefined) images.push(["spec.image", spec.image]);
-  (spec.variants ?? []).forEach((variant, i) => {
-    images.push([`spec.variants[${i}].image`, variant.image]);
-  });
   const problems: FieldProblem[] = [];
-  for (const [field, image] of images) {
+  for (const [field, image] of imagesOf(spec)) {
     const host = image.split("/")[0];
     if (!image.includes("/")) continue;
     const port = /^(?:\[[0-9a-fA-F:]+\]|[^:]+):([0-9]+)$/.exec(host)?.[1];
@@ -340,6 +335,37 @@ export function portProblems(spec: ModelImageSpec): FieldProblem[] {
     const value = Number(port);
     if (value < 1 || value > 65535) {
       problems.push({ field, message: `registry port ${port} in "${image}" is not between 1 and 65535` });
+    }
+  }
+  return problems;
+}
+
+function imagesOf(spec: ModelImageSpec): [string, string][] {
+  const images: [string, string][] = [];
+  if (spec.image !== undefined) images.push(["spec.image", spec.image]);
+  (spec.variants ?? []).forEach((variant, i) => {
+    images.push([`spec.variants[${i}].image`, variant.image]);
+  });
+  return images;
+}
+
+/**
+ * Images that name the Stowage cache itself (`cacheHosts`: its registry host and the other names
+ * nodes or the front reach it by). The controller reads the cache with its own credentials, so a
+ * ModelImage naming `CACHE/<host>_<port>/private/model:v1` would copy another tenant's private
+ * image without that tenant's pull secret: refused, whatever the namespace.
+ */
+export function cacheReferenceProblems(spec: ModelImageSpec, cacheHosts: string[]): FieldProblem[] {
+  const refused = new Set(cacheHosts.map((host) => host.toLowerCase()));
+  const problems: FieldProblem[] = [];
+  for (const [field, image] of imagesOf(spec)) {
+    if (!image.includes("/")) continue;
+    const host = image.split("/")[0].toLowerCase();
+    if (refused.has(host)) {
+      problems.push({
+        field,
+        message: `"${image}" names the Stowage cache itself; name the upstream image instead`,
+      });
     }
   }
   return problems;

@@ -644,6 +644,9 @@ export async function startController(
     workers: invocation.workers,
     maxConcurrentSyncs: invocation.maxConcurrentSyncs,
     retainOnDelete: invocation.retainOnDelete,
+    cacheAliases: [invocation.prewarm?.cacheEndpointForNodes, invocation.prewarm?.throughCache]
+      .filter((endpoint): endpoint is string => endpoint !== undefined)
+      .map((endpoint) => new URL(endpoint).host),
   });
   const prewarm = prewarmOn
     ? setupPrewarmController(manager, {

@@ -14,6 +14,12 @@ export interface CacheConfig {
 
 export interface ControllerConfig {
   cache: CacheConfig;
+  /**
+   * Other host[:port] names of the cache registry (the endpoint for nodes, the cache front): a
+   * ModelImage naming one of them, or `cache.registry`, is refused, since the controller would read
+   * another tenant's cached copy with its own cache credentials.
+   */
+  cacheAliases?: string[];
   /** Upstream hosts spoken to over plain HTTP. */
   insecureRegistries: string[];
   /** Extra CAs for upstream registries. */

@@ -16,6 +16,9 @@ import {
   waitForCondition,
 } from "./modelimage-harness.ts";
 
+/** Where nodes reach the cache (--cache-endpoint-for-nodes): another name of the cache. */
+const NODE_CACHE_ENDPOINT_HOST = "stowage-cache.stowage-system.svc:5000";
+
 let cluster: Awaited<ReturnType<typeof startCluster>>;
 let upstream: RunningRegistry;
 let privateUpstream: RunningRegistry;
@@ -57,6 +60,7 @@ beforeAll(async () => {
     cache: { registry: cache.host, insecure: true },
     insecureRegistries,
     namespaces: ["ml"],
+    cacheAliases: [NODE_CACHE_ENDPOINT_HOST],
   });
   cacheDownController = await startController(cluster.client, {
     cache: { registry: deadCache, insecure: true },
@@ -112,6 +116,31 @@ describe("ModelImage reconciler failures", () => {
     expect(condition(mi, "Stalled")?.message).toContain("spec.image");
     expect(condition(mi, "Stalled")?.message).toContain("99999");
     expect(condition(mi, "Ready")).toMatchObject({ status: "False", reason: "InvalidSpec" });
+  });
+
+  it("refuses a reference to the cache's own copy of another tenant's image (InvalidSpec), so it is never read with the cache's credentials", async () => {
+    const cacheCopy = `${cache.host}/${privateUpstream.host.replace(":", "_")}/models/secret:v1`;
+    await createModelImage(cluster.client, "ml", "deputy", { image: cacheCopy });
+    const mi = await waitForCondition(cluster.client, "ml", "deputy", "Stalled", "True", "InvalidSpec");
+    expect(condition(mi, "Stalled")?.message).toContain("names the Stowage cache itself");
+    expect(condition(mi, "Ready")).toMatchObject({ status: "False", reason: "InvalidSpec" });
+    expect(mi.status?.variants ?? []).toEqual([]);
+  });
+
+  it("refuses a reference through the cache's endpoint for nodes as naming the cache itself", async () => {
+    await createModelImage(cluster.client, "ml", "deputy-endpoint", {
+      variants: [{ name: "gpu", image: `${NODE_CACHE_ENDPOINT_HOST}/docker.io/library/busybox:1` }],
+    });
+    const mi = await waitForCondition(
+      cluster.client,
+      "ml",
+      "deputy-endpoint",
+      "Stalled",
+      "True",
+      "InvalidSpec",
+    );
+    expect(condition(mi, "Stalled")?.message).toContain("spec.variants[0].image");
+    expect(condition(mi, "Stalled")?.message).toContain("name the upstream image instead");
   });
 
   it("reports UpstreamUnavailable for a stopped upstream and keeps retrying until it is back", async () => {

@@ -7,6 +7,7 @@
  * the status's lastCheckedAt takes its place).
  */
 import {
+  cacheReferenceProblems,
   type ModelImage,
   type ModelImageStatus,
   type ModelImageVariant,
@@ -143,7 +144,10 @@ export function createReconciler(deps: ReconcilerDeps) {
       );
       return done(); // a spec change (suspend: false) queues it again
     }
-    const problems = unhonourableSpecProblems(spec);
+    const problems = [
+      ...cacheReferenceProblems(spec, [deps.config.cache.registry, ...(deps.config.cacheAliases ?? [])]),
+      ...unhonourableSpecProblems(spec),
+    ];
     if (problems.length > 0) {
       await writeStatus<ModelImageStatus, ModelImage>(
         deps.objects,
