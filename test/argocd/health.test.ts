@@ -118,6 +118,20 @@ const samples = [
     expect: { status: "Degraded", message: "ImageNotFound" },
   },
   {
+    name: "suspended",
+    object: {
+      ...modelImage(2, {
+        observedGeneration: 2,
+        conditions: [
+          condition("Ready", "False", "Suspended", "spec.suspend is true: no upstream checks"),
+          condition("Reconciling", "False", "Suspended", "spec.suspend is true: no upstream checks"),
+        ],
+      }),
+      spec: { image: "docker.io/vllm/vllm-openai:v0.6.3", suspend: true },
+    },
+    expect: { status: "Suspended", message: "spec.suspend is true: no upstream checks" },
+  },
+  {
     name: "not ready, not reconciling, not stalled",
     object: modelImage(1, {
       observedGeneration: 1,
@@ -151,7 +165,7 @@ const samples = [
 ];
 
 describe("Argo CD health check for ModelImage and NodeCache", () => {
-  it("maps conditions to Healthy, Progressing and Degraded with the condition's message, in Argo CD's sandbox", async () => {
+  it("maps conditions to Healthy, Progressing, Suspended and Degraded with the condition's message, in Argo CD's sandbox", async () => {
     const results = await runHealth(script, samples);
     expect(results.map((r) => r.error).filter(Boolean)).toEqual([]);
     for (const [i, sample] of samples.entries()) {

@@ -48,6 +48,13 @@ if stalled ~= nil and stalled.status == "True" then
 end
 
 local ready = findCondition(conditions, "Ready")
+-- spec.suspend: true is a choice, not a sync that never ends; the controller says so on Ready.
+if ready ~= nil and ready.reason == "Suspended" then
+  hs.status = "Suspended"
+  hs.message = describe(ready, "Suspended")
+  return hs
+end
+
 if ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
   hs.message = describe(ready, "Ready")
