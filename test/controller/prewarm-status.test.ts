@@ -145,4 +145,20 @@ describe("CUDA awareness", () => {
     ).toBeUndefined();
     expect(parseCudaVersion("12.4.1")).toEqual({ major: 12, minor: 4 });
   });
+
+  it("does not cap a driver from a branch newer than the table at the table's newest CUDA (a 590 driver is not judged too old for CUDA 13.1)", () => {
+    const node = (major: string, minor: string) => ({
+      metadata: {
+        labels: {
+          "nvidia.com/cuda.driver-version.major": major,
+          "nvidia.com/cuda.driver-version.minor": minor,
+        },
+      },
+    });
+    expect(nodeCudaDriver(node("580", "82"))?.cuda).toEqual({ major: 13, minor: 0 });
+    // A newer branch supports at least what the table knows; what more is not known here, so the
+    // node is not skipped (as for a node with no driver labels).
+    expect(nodeCudaDriver(node("590", "44"))).toBeUndefined();
+    expect(nodeCudaDriver(node("600", "0"))).toBeUndefined();
+  });
 });

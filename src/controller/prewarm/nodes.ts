@@ -81,6 +81,9 @@ const CUDA_BY_DRIVER: readonly [driverMajor: number, driverMinor: number, cuda: 
   [410, 48, { major: 10, minor: 0 }],
 ];
 
+/** The newest driver branch the table knows (580, CUDA 13.0). */
+const NEWEST_DRIVER_BRANCH = CUDA_BY_DRIVER[0][0];
+
 /** The newest CUDA version a driver `major.minor` supports (undefined for drivers older than CUDA 10). */
 export function cudaForDriver(driverMajor: number, driverMinor: number): CudaVersion | undefined {
   for (const [major, minor, cuda] of CUDA_BY_DRIVER) {
@@ -108,6 +111,10 @@ export function nodeCudaDriver(node: PlannerNode): NodeCuda | undefined {
     const major = Number.parseInt(labels[`${prefix}.major`] ?? "", 10);
     if (!Number.isFinite(major)) continue;
     const minor = Number.parseInt(labels[`${prefix}.minor`] ?? "0", 10) || 0;
+    // A driver branch newer than the table's newest supports CUDA the table does not list yet
+    // (CUDA 13.1 and later): capping it at the newest row would skip a node that can run the
+    // image, so the planner is told it cannot tell, as for a node without driver labels.
+    if (major > NEWEST_DRIVER_BRANCH) return undefined;
     return { driver: `${major}.${minor}`, cuda: cudaForDriver(major, minor) };
   }
   return undefined;
