@@ -13,7 +13,14 @@ import { Manager } from "../kube/manager.ts";
 import { createRegistry, createRuntimeMetrics } from "../metrics.ts";
 import type { Clock } from "../util/clock.ts";
 import { asStowageError } from "../util/errors.ts";
-import { booleanFlag, durationFlag, integerFlag, normaliseBooleanFlags, UsageError } from "../util/flags.ts";
+import {
+  bindAddressFlag,
+  booleanFlag,
+  durationFlag,
+  integerFlag,
+  normaliseBooleanFlags,
+  UsageError,
+} from "../util/flags.ts";
 import { createLogger, type Logger } from "../util/log.ts";
 import { stowageVersion } from "../util/version.ts";
 import { CriClient, type ImageRuntime } from "./cri.ts";
@@ -45,6 +52,7 @@ Flags:
   --retry-initial DURATION       first delay before retrying a failed pull (default 10s; doubles)
   --retry-max DURATION           longest delay between pull retries (default 5m)
   --health-port N                serve /healthz, /readyz, /metrics (default 8081; 0 picks one)
+  --health-bind-address IP       address the health server listens on (default 0.0.0.0)
   --log-level LEVEL              trace, debug, info, warn, error (default info)
   -h, --help                     show this help
 
@@ -68,6 +76,7 @@ export const agentOptions = {
   "retry-initial": { type: "string" },
   "retry-max": { type: "string" },
   "health-port": { type: "string" },
+  "health-bind-address": { type: "string" },
   "log-level": { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
@@ -80,6 +89,7 @@ export interface AgentInvocation {
   containerdRoot?: string;
   kubeconfig?: string;
   healthPort: number;
+  healthBindAddress: string;
   logLevel: string;
 }
 
@@ -130,6 +140,7 @@ export function parseAgentArgs(
     containerdRoot: get("containerd-root"),
     kubeconfig: get("kubeconfig"),
     healthPort: integerFlag(get("health-port"), "health-port", 8081, 0, 65535),
+    healthBindAddress: bindAddressFlag(get("health-bind-address"), "health-bind-address", "0.0.0.0"),
     logLevel,
   };
 }
@@ -147,6 +158,8 @@ export interface StartAgentOptions {
   progress?: ProgressProbe;
   /** Omit for no health server. */
   healthPort?: number;
+  /** Address the health server listens on (default 0.0.0.0). */
+  healthHost?: string;
   clock?: Clock;
   log?: Logger;
   handleSignals?: boolean;
@@ -161,6 +174,7 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
     log: options.log,
     metrics: createRuntimeMetrics(createRegistry()),
     healthPort: options.healthPort,
+    healthHost: options.healthHost,
   });
   const informer = manager.addInformer<NodeCache>({
     type: NodeCacheResource,
@@ -242,6 +256,7 @@ export async function runAgent(args: string[]): Promise<number> {
       runtime,
       progress: root ? containerdProgressProbe(runtime, root) : undefined,
       healthPort: invocation.healthPort,
+      healthHost: invocation.healthBindAddress,
       log,
       handleSignals: true,
     });

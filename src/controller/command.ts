@@ -27,6 +27,7 @@ import {
 import { systemClock } from "../util/clock.ts";
 import { asStowageError, StowageError } from "../util/errors.ts";
 import {
+  bindAddressFlag,
   booleanFlag,
   durationFlag,
   envName,
@@ -64,6 +65,7 @@ Flags:
   --retain-on-delete=BOOL        keep cache tags when a ModelImage is deleted (default true)
   --health-port N                serve /healthz, /readyz, /metrics on this port (default 8080;
                                  0 picks a free port, reported in the "controller ready" log line)
+  --health-bind-address IP       address the health server listens on (default 0.0.0.0)
   --leader-elect=BOOL            run only while holding the leader Lease (default true)
   --leader-election-namespace NS namespace of the Lease (default POD_NAMESPACE or stowage-system)
   --leader-election-id NAME      name of the Lease (default stowage-controller)
@@ -120,6 +122,7 @@ export const controllerOptions = {
   "max-concurrent-syncs": { type: "string" },
   "retain-on-delete": { type: "string" },
   "health-port": { type: "string" },
+  "health-bind-address": { type: "string" },
   "leader-elect": { type: "string" },
   "leader-election-namespace": { type: "string" },
   "leader-election-id": { type: "string" },
@@ -168,6 +171,7 @@ export interface ControllerInvocation {
   maxConcurrentSyncs: number;
   retainOnDelete: boolean;
   healthPort: number;
+  healthBindAddress: string;
   leaderElection?: {
     namespace: string;
     name: string;
@@ -342,6 +346,7 @@ export async function parseControllerArgs(
     maxConcurrentSyncs: integerFlag(get("max-concurrent-syncs"), "max-concurrent-syncs", 4, 1, 256),
     retainOnDelete: booleanFlag(get("retain-on-delete"), "retain-on-delete", true),
     healthPort: integerFlag(get("health-port"), "health-port", 8080, 0, 65535),
+    healthBindAddress: bindAddressFlag(get("health-bind-address"), "health-bind-address", "0.0.0.0"),
     leaderElection: booleanFlag(get("leader-elect"), "leader-elect", true)
       ? {
           namespace: get("leader-election-namespace") ?? env.POD_NAMESPACE ?? "stowage-system",
@@ -621,6 +626,7 @@ export async function startController(
     log,
     metrics: runtimeMetrics,
     healthPort: invocation.healthPort,
+    healthHost: invocation.healthBindAddress,
     leaderElection: invocation.leaderElection
       ? { ...invocation.leaderElection, identity: invocation.identity }
       : undefined,

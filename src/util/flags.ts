@@ -4,6 +4,7 @@
  * parseArgs lacks: `--flag=false` booleans, STOWAGE_* environment fallbacks, and typed values
  * with one-line errors that name the flag.
  */
+import { isIP } from "node:net";
 import { parseDuration } from "./duration.ts";
 
 /** Bad usage: the command prints the message in one line and exits 2. */
@@ -31,6 +32,15 @@ export function booleanFlag(value: string | undefined, flag: string, fallback: b
   if (value === "true" || value === "1") return true;
   if (value === "false" || value === "0") return false;
   throw new UsageError(`--${flag} must be true or false, got "${value}"`);
+}
+
+/** An IP address to listen on (`0.0.0.0` all IPv4, `::` all addresses, `127.0.0.1` loopback only). */
+export function bindAddressFlag(value: string | undefined, flag: string, fallback: string): string {
+  if (value === undefined) return fallback;
+  if (isIP(value) === 0) {
+    throw new UsageError(`--${flag} must be an IP address such as 0.0.0.0, :: or 127.0.0.1, got "${value}"`);
+  }
+  return value;
 }
 
 export function integerFlag(
