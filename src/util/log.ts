@@ -1,19 +1,27 @@
-import { type Logger, pino } from "pino";
+import { type DestinationStream, type Logger, pino } from "pino";
 
 export type { Logger };
 
-/** Structured logs to stderr, so stdout stays free for `--json` results. */
-export function createLogger(options: { level?: string; name?: string } = {}): Logger {
+/**
+ * Structured logs to stderr, so stdout stays free for `--json` results. Levels are labels
+ * (`"level":"warn"`, what log pipelines filter on) and an Error under `err` or `error` is
+ * serialised with its type, message, reason and stack instead of being flattened to a string.
+ */
+export function createLogger(
+  options: { level?: string; name?: string; destination?: DestinationStream } = {},
+): Logger {
   return pino(
     {
       name: options.name ?? "stowage",
       level: options.level ?? process.env.STOWAGE_LOG_LEVEL ?? "info",
+      formatters: { level: (label) => ({ level: label }) },
+      serializers: { err: pino.stdSerializers.err, error: pino.stdSerializers.err },
       redact: {
         paths: ["password", "token", "auth", "authorization", "*.password", "*.token", "*.authorization"],
         censor: "[redacted]",
       },
     },
-    pino.destination(2),
+    options.destination ?? pino.destination(2),
   );
 }
 
