@@ -111,12 +111,8 @@ describe.runIf(whyNoDocker === undefined)("the chart installed by helm onto a re
     modelRef = `${new URL(upstreamProxy.url).host}/ml/model:v1`;
 
     cachePort = await freePort();
-    const [cacheMetricsPort, controllerPort, webhookPort, agentPort] = await Promise.all([
-      freePort(),
-      freePort(),
-      freePort(),
-      freePort(),
-    ]);
+    const [cacheMetricsPort, controllerPort, webhookPort, agentPort, frontPort, frontHealthPort] =
+      await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort(), freePort()]);
     const apiServer = new URL(plane.url);
     // The kubelet gives every container KUBERNETES_SERVICE_HOST/PORT for the `kubernetes`
     // Service's ClusterIP, which nothing routes here; a container's own env wins over those.
@@ -154,6 +150,8 @@ describe.runIf(whyNoDocker === undefined)("the chart installed by helm onto a re
         persistence: { enabled: false },
         controllerEndpoint: cacheUrl,
         nodeEndpoint: cacheUrl,
+        // On the host network too: never the chart's fixed default ports.
+        front: { port: frontPort, healthPort: frontHealthPort },
       },
       webhook: { enabled: true, port: webhookPort, url: `https://127.0.0.1:${webhookPort}/mutate-pods` },
       metrics: { serviceMonitor: { enabled: false } },

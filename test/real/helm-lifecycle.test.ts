@@ -324,6 +324,8 @@ describe("the chart installed, upgraded, rolled back and uninstalled by the real
       [
         `ClusterRoleBinding /stowage-controller-namespaced`,
         `ConfigMap ${NAMESPACE}/stowage-cache`,
+        // the front's node-token key goes with the cache
+        `Secret ${NAMESPACE}/stowage-node-token`,
         `Service ${NAMESPACE}/stowage-cache`,
         `Service ${NAMESPACE}/stowage-cache-headless`,
         `StatefulSet ${NAMESPACE}/stowage-cache`,
