@@ -251,9 +251,13 @@ export function syncIntervalMs(spec: ModelImageSpec): number {
   return Math.max(interval, parseDuration(MIN_SYNC_INTERVAL));
 }
 
-/** Milliseconds a held pod waits for its node to be warm. */
+/**
+ * Milliseconds a held pod waits for its node to be warm. A value past Go's limit (which the
+ * ModelImage reports as Stalled/InvalidSpec) gives the default: a pod is never held without bound.
+ */
 export function holdTimeoutMs(spec: ModelImageSpec): number {
-  return parseDuration(spec.prewarm?.holdTimeout ?? DEFAULT_HOLD_TIMEOUT);
+  const holdTimeout = spec.prewarm?.holdTimeout ?? DEFAULT_HOLD_TIMEOUT;
+  return parseDuration(parsesAsDuration(holdTimeout) ? holdTimeout : DEFAULT_HOLD_TIMEOUT);
 }
 
 /** `sync.platforms` (or a variant's own list) resolved: undefined means "auto". */

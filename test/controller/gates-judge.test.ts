@@ -58,6 +58,13 @@ describe("deciding when a held pod is released", () => {
     expect(judge(heldPod("ml/b"), lookup(cold("b")), created + 14 * minute).release).toBeUndefined();
   });
 
+  it("judges a pod held for a ModelImage whose holdTimeout is past Go's limit by the default timeout instead of failing", () => {
+    const pod = heldPod("ml/a");
+    const images = lookup(cold("a", "99999999999h"));
+    expect(judge(pod, images, created + 14 * minute).release).toBeUndefined();
+    expect(judge(pod, images, created + 15 * minute).release).toBe("timeout");
+  });
+
   it("releases a gate without a held-for annotation only by the default timeout", () => {
     expect(judge(heldPod(undefined), lookup(), created + 14 * minute).release).toBeUndefined();
     expect(judge(heldPod(undefined), lookup(), created + 15 * minute).release).toBe("timeout");
