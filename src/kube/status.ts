@@ -13,6 +13,12 @@ export interface WriteStatusOptions {
   maxAttempts?: number;
   /** First delay after a conflict; doubles each time (default 20 ms). */
   backoffMs?: number;
+  /**
+   * The reconcile's signal: once aborted (the controller stopped, at shutdown or on losing the
+   * lease) nothing is written, so a reconcile abandoned then cannot write a stale status over the
+   * next leader's.
+   */
+  signal?: AbortSignal;
 }
 
 export interface WriteStatusResult<T> {
@@ -40,6 +46,12 @@ export async function writeStatus<S, T extends WithStatus<S>>(
   for (let attempt = 1; ; attempt++) {
     const desired = mutate(structuredClone(current.status), current);
     if (sameJson(desired, current.status)) return { written: false, object: current };
+    if (options.signal?.aborted) {
+      throw new StowageError(
+        "Aborted",
+        `not writing status of ${objects.type.kind} ${current.metadata?.namespace ?? ""}/${current.metadata?.name}: the controller stopped (shutdown or lost leadership)`,
+      );
+    }
     try {
       const object = await objects.updateStatus({ ...current, status: desired });
       return { written: true, object };

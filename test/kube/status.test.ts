@@ -68,6 +68,24 @@ describe("status writes", () => {
     expect(await writes()).toEqual([]);
   });
 
+  it("writes nothing once its signal is aborted (a reconcile abandoned when the controller stopped or lost the lease)", async () => {
+    const widgets = client.resource<Widget>(WidgetType);
+    const created = await widgets.create({
+      metadata: { name: "abandoned", namespace: "ml" },
+      spec: { size: 1 },
+    });
+    await cluster.resetRequestLog();
+    const stopped = new AbortController();
+    stopped.abort(new Error("controller stopped"));
+    const stale: Widget["status"] = { phase: "stale" };
+    const refused = await writeStatus(widgets, created, () => stale, { signal: stopped.signal }).catch(
+      (err: unknown) => err,
+    );
+    expect(refused).toMatchObject({ reason: "Aborted" });
+    expect(await writes()).toEqual([]);
+    expect((await widgets.get("abandoned", "ml")).status).toBeUndefined();
+  });
+
   it("re-reads and re-applies the mutation when the status write hits a conflict", async () => {
     const widgets = client.resource<Widget>(WidgetType);
     const stale = await widgets.create({

@@ -148,7 +148,7 @@ export function setupModelImageController(
     prewarmStatusController = manager.addController({
       name: `${CONTROLLER_NAME}-prewarm`,
       workers: 1,
-      reconcile: async (key) => {
+      reconcile: async (key, ctx) => {
         const mi = getModelImage(key);
         // Before the first sync there is no status to add to; the sync's own write folds it in.
         if (!mi || isBeingDeleted(mi) || mi.status?.observedGeneration === undefined) return done();
@@ -157,7 +157,7 @@ export function setupModelImageController(
           mi,
           (status, current) =>
             foldPrewarm(status ?? {}, current, nodeInformer.list(), prewarmSource, clock.now()),
-          { clock },
+          { clock, signal: ctx.signal },
         );
         return done();
       },

@@ -138,9 +138,7 @@ export function createReconciler(deps: ReconcilerDeps) {
         deps.objects,
         mi,
         (status, current) => suspendedStatus(status, current, deps.clock.now()),
-        {
-          clock: deps.clock,
-        },
+        { clock: deps.clock, signal: ctx.signal },
       );
       return done(); // a spec change (suspend: false) queues it again
     }
@@ -153,7 +151,7 @@ export function createReconciler(deps: ReconcilerDeps) {
         deps.objects,
         mi,
         (status, current) => invalidSpecStatus(status, current, problems, deps.clock.now()),
-        { clock: deps.clock },
+        { clock: deps.clock, signal: ctx.signal },
       );
       ctx.log.warn({ reason: "InvalidSpec", problems }, "spec cannot be honoured");
       return done(); // a spec change queues it again
@@ -190,7 +188,7 @@ async function syncModelImage(mi: ModelImage, deps: ReconcilerDeps, ctx: Reconci
   // 2. Mirror what differs; the status says so first (Reconciling, upstreamChangedAt).
   const toCopy = work.filter((w) => w.outcome.syncing);
   if (toCopy.length > 0) {
-    mi = (await write(mi, work, deps)).object;
+    mi = (await write(mi, work, deps, ctx.signal)).object;
     for (const w of toCopy) {
       void deps.events.event(mi, {
         type: "Normal",
@@ -204,7 +202,7 @@ async function syncModelImage(mi: ModelImage, deps: ReconcilerDeps, ctx: Reconci
 
   // 3. Report.
   const previousSyncedMessage = storedSyncedMessage(mi);
-  const written = await write(mi, work, deps);
+  const written = await write(mi, work, deps, ctx.signal);
   mi = written.object;
   const now = deps.clock.now();
   const checks = deps.checks.get(key) ?? new Map<string, CheckRecord>();
@@ -249,7 +247,7 @@ async function syncModelImage(mi: ModelImage, deps: ReconcilerDeps, ctx: Reconci
   return requeueAfter(nextSyncDelay(syncIntervalMs(spec), deps.config.syncJitter, deps.random));
 }
 
-function write(mi: ModelImage, work: VariantWork[], deps: ReconcilerDeps) {
+function write(mi: ModelImage, work: VariantWork[], deps: ReconcilerDeps, signal: AbortSignal) {
   return writeStatus<ModelImageStatus, ModelImage>(
     deps.objects,
     mi,
@@ -265,7 +263,7 @@ function write(mi: ModelImage, work: VariantWork[], deps: ReconcilerDeps) {
       // stayed "waiting for the cache" until something else (a plan change) refreshed it.
       return foldPrewarm(next, { ...current, status: next }, deps.nodes(), deps.prewarm, deps.clock.now());
     },
-    { clock: deps.clock },
+    { clock: deps.clock, signal },
   );
 }
 
