@@ -197,7 +197,7 @@ async function syncModelImage(mi: ModelImage, deps: ReconcilerDeps, ctx: Reconci
         note: `mirroring ${variantLabel(w.outcome)} at ${w.outcome.upstreamDigest} to ${w.outcome.cacheImage}`,
       });
     }
-    await Promise.all(toCopy.map((w) => copyVariant(mi, w, credentials!, deps)));
+    await Promise.all(toCopy.map((w) => copyVariant(mi, w, credentials!, deps, ctx.signal)));
   }
 
   // 3. Report.
@@ -346,6 +346,7 @@ async function copyVariant(
   work: VariantWork,
   credentials: CredentialLookup,
   deps: ReconcilerDeps,
+  signal: AbortSignal,
 ): Promise<void> {
   const { outcome, source, target, choice } = work;
   if (!source || !target || !choice || !outcome.upstreamDigest) return;
@@ -362,6 +363,7 @@ async function copyVariant(
         allPlatforms: choice.kind === "all",
         platforms: choice.kind === "list" ? choice.platforms : undefined,
         referrers: mi.spec.sync?.referrers ?? false,
+        signal,
       },
       platformKey: platformKey(choice),
       credentials,

@@ -18,7 +18,12 @@ export interface SyncRequest {
   /** The upstream image, by the digest the tag resolved to (what is copied is exactly what was checked). */
   source: ImageReference;
   target: ImageReference;
-  options: Pick<CopyOptions, "platforms" | "allPlatforms" | "referrers">;
+  /**
+   * `signal` is the controller's (aborted when it stops: shutdown or lost lease), the same for
+   * every reconcile of that controller, so a copy joined by several ModelImages is aborted only
+   * when all of them would be.
+   */
+  options: Pick<CopyOptions, "platforms" | "allPlatforms" | "referrers" | "signal">;
   /** Part of the single-flight key: same platforms → same result. */
   platformKey: string;
   /** The requesting ModelImage's upstream credentials (the copy may start later, from another context). */
@@ -75,6 +80,8 @@ export class Syncer {
   }
 
   async #copy(request: SyncRequest): Promise<CopyResult> {
+    // A copy still queued when the controller stopped does not start.
+    request.options.signal?.throwIfAborted();
     const started = this.#clock.now();
     try {
       const result = await this.#registries.withUpstreamCredentials(request.credentials, () =>
