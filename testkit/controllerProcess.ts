@@ -15,7 +15,8 @@ process.once("exit", () => {
 });
 
 export interface LogLine {
-  level: number;
+  /** pino's level label: "trace", "debug", "info", "warn", "error" or "fatal". */
+  level: string;
   msg: string;
   [field: string]: unknown;
 }
