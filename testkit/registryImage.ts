@@ -48,57 +48,102 @@ export async function linkedLibraries(binary: string): Promise<string[]> {
   return paths;
 }
 
-const built = new WeakMap<RunningDocker, Promise<string>>();
+export interface ScratchImageSpec {
+  tag: string;
+  /** A host binary, copied to /bin/<name> with the shared libraries it loads. */
+  binary: string;
+  name: string;
+  /** Adds the image's other files: `rootfs` is copied owned by root, `writable` owned by 65532. */
+  prepare?(dirs: { rootfs: string; writable: string }): Promise<void>;
+  /** Dockerfile lines after the COPYs (USER, ENTRYPOINT, CMD, ...). */
+  instructions: string[];
+}
 
-/** Builds the image on `docker` once (per engine) and returns its tag. */
-export function buildRegistryImage(docker: RunningDocker): Promise<string> {
-  let pending = built.get(docker);
+const built = new WeakMap<RunningDocker, Map<string, Promise<string>>>();
+
+/**
+ * Builds a FROM-scratch image of one host binary (the way this machine gets images: nothing can be
+ * pulled) on `docker`, once per engine and tag; returns the tag.
+ */
+export function buildScratchImage(docker: RunningDocker, spec: ScratchImageSpec): Promise<string> {
+  let images = built.get(docker);
+  if (!images) {
+    images = new Map();
+    built.set(docker, images);
+  }
+  let pending = images.get(spec.tag);
   if (!pending) {
-    pending = build(docker);
-    built.set(docker, pending);
+    pending = buildScratch(docker, spec);
+    images.set(spec.tag, pending);
   }
   return pending;
 }
 
-async function build(docker: RunningDocker): Promise<string> {
-  const tag = `stowage.test/distribution:${await debianPackageVersion("docker-registry")}`;
-  const context = await mkdtemp(join(tmpdir(), "registry-image-"));
+async function buildScratch(docker: RunningDocker, spec: ScratchImageSpec): Promise<string> {
+  const context = await mkdtemp(join(tmpdir(), `${spec.name}-image-`));
   try {
     const rootfs = join(context, "rootfs");
+    const writable = join(context, "writable");
     await mkdir(join(rootfs, "bin"), { recursive: true });
-    await copyFile(REGISTRY_BINARY, join(rootfs, "bin", "registry"));
-    await chmod(join(rootfs, "bin", "registry"), 0o755);
-    for (const library of await linkedLibraries(REGISTRY_BINARY)) {
+    await mkdir(join(writable, "tmp"), { recursive: true });
+    await chmod(join(writable, "tmp"), 0o1777);
+    await copyFile(spec.binary, join(rootfs, "bin", spec.name));
+    await chmod(join(rootfs, "bin", spec.name), 0o755);
+    for (const library of await linkedLibraries(spec.binary)) {
       await mkdir(join(rootfs, dirname(library)), { recursive: true });
       await copyFile(library, join(rootfs, library));
     }
-    await mkdir(join(rootfs, "etc", "docker", "registry"), { recursive: true });
-    await writeFile(join(rootfs, "etc", "docker", "registry", "config.yml"), DEFAULT_CONFIG);
-    // COPY makes everything root-owned; the writable dirs come in a second COPY with --chown.
-    const writable = join(context, "writable");
-    for (const dir of ["var/lib/registry", "tmp"]) await mkdir(join(writable, dir), { recursive: true });
-    await chmod(join(writable, "tmp"), 0o1777);
+    await spec.prepare?.({ rootfs, writable });
     await writeFile(
       join(context, "Dockerfile"),
       [
         "FROM scratch",
         "COPY rootfs/ /",
+        // COPY makes everything root-owned; the writable dirs come in a second COPY with --chown.
         `COPY --chown=${NONROOT}:${NONROOT} writable/ /`,
-        `USER ${NONROOT}:${NONROOT}`,
-        "VOLUME /var/lib/registry",
-        "EXPOSE 5000",
-        'ENTRYPOINT ["/bin/registry"]',
-        'CMD ["serve", "/etc/docker/registry/config.yml"]',
+        ...spec.instructions,
         "",
       ].join("\n"),
     );
-    const result = await docker.docker(["build", "--network", "host", "-t", tag, context], 300_000);
+    const result = await docker.docker(["build", "--network", "host", "-t", spec.tag, context], 300_000);
     if (result.code !== 0)
-      throw new Error(`docker build of ${tag} failed (${result.code}): ${result.err.slice(-2000)}`);
-    return tag;
+      throw new Error(`docker build of ${spec.tag} failed (${result.code}): ${result.err.slice(-2000)}`);
+    return spec.tag;
   } finally {
     await rm(context, { recursive: true, force: true });
   }
+}
+
+const registryImages = new WeakMap<RunningDocker, Promise<string>>();
+
+/** Builds the distribution image on `docker` once (per engine) and returns its tag. */
+export function buildRegistryImage(docker: RunningDocker): Promise<string> {
+  let pending = registryImages.get(docker);
+  if (!pending) {
+    pending = buildDistribution(docker);
+    registryImages.set(docker, pending);
+  }
+  return pending;
+}
+
+async function buildDistribution(docker: RunningDocker): Promise<string> {
+  return buildScratchImage(docker, {
+    tag: `stowage.test/distribution:${await debianPackageVersion("docker-registry")}`,
+    binary: REGISTRY_BINARY,
+    name: "registry",
+    async prepare({ rootfs, writable }) {
+      await mkdir(join(rootfs, "etc", "docker", "registry"), { recursive: true });
+      await writeFile(join(rootfs, "etc", "docker", "registry", "config.yml"), DEFAULT_CONFIG);
+      await mkdir(join(writable, "var", "lib", "registry"), { recursive: true });
+    },
+    instructions: [
+      `USER ${NONROOT}:${NONROOT}`,
+      "VOLUME /var/lib/registry",
+      "EXPOSE 5000",
+      'ENTRYPOINT ["/bin/registry"]',
+      'CMD ["serve", "/etc/docker/registry/config.yml"]',
+    ],
+  });
 }
 
 /** `docker save` of `tag` into `file`, an archive `ctr images import` takes. */

@@ -6,53 +6,24 @@
  * from the test exactly as with testkit/containerd.ts's process. Image calls only (pull, status,
  * remove): the image has no runc, and no CNI is configured.
  */
-import { chmod, copyFile, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import type { StartedTestContainer } from "testcontainers";
 import type { RunningDocker } from "../docker.ts";
-import { debianPackageVersion, linkedLibraries } from "../registryImage.ts";
+import { buildScratchImage, debianPackageVersion } from "../registryImage.ts";
 import { type ContainerEngine, SESSION_LABEL } from "../testcontainers.ts";
 
 const CONTAINERD_BINARY = "/usr/bin/containerd";
 
-const built = new WeakMap<RunningDocker, Promise<string>>();
-
 /** Builds `stowage.test/containerd:<Debian version>` on `docker` once per engine; returns the tag. */
-export function buildContainerdImage(docker: RunningDocker): Promise<string> {
-  let pending = built.get(docker);
-  if (!pending) {
-    pending = build(docker);
-    built.set(docker, pending);
-  }
-  return pending;
-}
-
-async function build(docker: RunningDocker): Promise<string> {
-  const tag = `stowage.test/containerd:${await debianPackageVersion("containerd")}`;
-  const context = await mkdtemp(join(tmpdir(), "containerd-image-"));
-  try {
-    const rootfs = join(context, "rootfs");
-    await mkdir(join(rootfs, "bin"), { recursive: true });
-    await copyFile(CONTAINERD_BINARY, join(rootfs, "bin", "containerd"));
-    await chmod(join(rootfs, "bin", "containerd"), 0o755);
-    for (const library of await linkedLibraries(CONTAINERD_BINARY)) {
-      await mkdir(join(rootfs, dirname(library)), { recursive: true });
-      await copyFile(library, join(rootfs, library));
-    }
-    await mkdir(join(rootfs, "tmp"), { recursive: true });
-    await chmod(join(rootfs, "tmp"), 0o1777);
-    await writeFile(
-      join(context, "Dockerfile"),
-      ["FROM scratch", "COPY rootfs/ /", 'ENTRYPOINT ["/bin/containerd"]', ""].join("\n"),
-    );
-    const result = await docker.docker(["build", "--network", "host", "-t", tag, context], 300_000);
-    if (result.code !== 0)
-      throw new Error(`docker build of ${tag} failed (${result.code}): ${result.err.slice(-2000)}`);
-    return tag;
-  } finally {
-    await rm(context, { recursive: true, force: true });
-  }
+export async function buildContainerdImage(docker: RunningDocker): Promise<string> {
+  return buildScratchImage(docker, {
+    tag: `stowage.test/containerd:${await debianPackageVersion("containerd")}`,
+    binary: CONTAINERD_BINARY,
+    name: "containerd",
+    instructions: ['ENTRYPOINT ["/bin/containerd"]'],
+  });
 }
 
 function configToml(dir: string): string {
