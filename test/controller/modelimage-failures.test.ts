@@ -209,8 +209,10 @@ describe("ModelImage reconciler failures", () => {
     );
     expect(condition(mi, "Synced")?.message).toContain(deadCache);
     expect(condition(mi, "Stalled")).toBeUndefined();
-    const warnings = await eventsFor(cluster.client, "cachedown", "blocked");
-    expect(warnings.some((e) => e.reason === "SyncFailed")).toBe(true);
+    // The Event is recorded after the status write: it may land a moment later.
+    await eventually("a SyncFailed Warning", async () =>
+      (await eventsFor(cluster.client, "cachedown", "blocked")).some((e) => e.reason === "SyncFailed"),
+    );
   });
 
   it("releases the finalizer of a deleted ModelImage after the bound when the cache stays unreachable, with a Warning", async () => {

@@ -100,8 +100,11 @@ describe("ModelImage reconciler", () => {
     expect(condition(mi, "Reconciling")?.status).toBe("False");
     expect(condition(mi, "Stalled")).toBeUndefined();
     expect(mi.metadata.finalizers).toContain("stowage.dev/cache-cleanup");
-    const reasons = (await eventsFor(cluster.client, "ml", "tiny")).map((e) => e.reason);
-    expect(reasons).toEqual(expect.arrayContaining(["SyncStarted", "Synced"]));
+    // Events are recorded after the status write: the last may land a moment later.
+    await eventually("SyncStarted and Synced Events", async () => {
+      const reasons = (await eventsFor(cluster.client, "ml", "tiny")).map((e) => e.reason);
+      return reasons.includes("SyncStarted") && reasons.includes("Synced");
+    });
   });
 
   it("mirrors only the platforms of the Ready nodes a variant selects, and every platform when none match", async () => {
@@ -268,8 +271,11 @@ describe("ModelImage reconciler", () => {
     await waitForCondition(cluster.client, "ml", "app-1", "Ready", "True");
     const mounted = (await stowageSum("stowage_sync_bytes_total", { kind: "mounted" })) - mountedBefore;
     expect(mounted).toBe(mountedBase(second));
-    const note =
-      (await eventsFor(cluster.client, "ml", "app-1")).find((e) => e.reason === "Synced")?.note ?? "";
+    let note = "";
+    await eventually("the Synced Event", async () => {
+      note = (await eventsFor(cluster.client, "ml", "app-1")).find((e) => e.reason === "Synced")?.note ?? "";
+      return note !== "";
+    });
     expect(note).toMatch(/KiB mounted/);
   });
 
