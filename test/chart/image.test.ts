@@ -26,6 +26,8 @@ function reachable(entry: string): { files: Set<string>; packages: Set<string> }
     const specifiers = [
       ...source.matchAll(/(?:import|export)\s[^;]*?from\s+"([^"]+)"/g),
       ...source.matchAll(/import\(\s*"([^"]+)"\s*\)/g),
+      // side-effect imports: `import "reflect-metadata";`
+      ...source.matchAll(/^import\s+"([^"]+)"/gm),
     ].map((m) => m[1]);
     for (const specifier of specifiers) {
       if (specifier.startsWith(".")) visit(resolve(dirname(file), specifier));
@@ -50,6 +52,12 @@ describe("container image", () => {
     expect([...files].filter((f) => !existsSync(f))).toEqual([]);
     const notProduction = [...packages].filter((name) => !(name in packageJson.dependencies));
     expect(notProduction).toEqual([]);
+  });
+
+  it("ships no production dependency that `stowage` never loads (test-only packages stay dev dependencies)", () => {
+    const { packages } = reachable(join(root, "bin/stowage.js"));
+    const unused = Object.keys(packageJson.dependencies).filter((name) => !packages.has(name));
+    expect(unused).toEqual([]);
   });
 
   it("is built in stages, with production dependencies only, sources outside node_modules, as non-root without a shell", () => {
