@@ -11,9 +11,11 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-major=$(node --version 2>/dev/null | sed -E 's/^v([0-9]+).*/\1/' || true)
-if [ "${major:-0}" -lt 22 ]; then
-  echo "setup: Node ${major:-none} is too old, installing Node 24 from the npm registry" >&2
+# shellcheck source=scripts/node-version.sh
+. scripts/node-version.sh
+current=$(node --version 2>/dev/null || true)
+if node_too_old "$current"; then
+  echo "setup: Node ${current:-none} is older than ${STOWAGE_NODE_FLOOR_MAJOR}.${STOWAGE_NODE_FLOOR_MINOR}, installing Node 24 from the npm registry" >&2
   as_root npm install -g --force node@24
   hash -r
 fi
