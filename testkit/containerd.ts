@@ -72,7 +72,8 @@ export function overlayAvailable(): boolean {
   }
 }
 
-function configToml(
+/** containerd's config.toml for a node rooted at `dir` (also used by the container tier's node). */
+export function configToml(
   dir: string,
   snapshotter: string,
   withConfigPath: boolean,

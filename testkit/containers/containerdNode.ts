@@ -10,6 +10,7 @@ import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { StartedTestContainer } from "testcontainers";
+import { configToml } from "../containerd.ts";
 import type { RunningDocker } from "../docker.ts";
 import { buildScratchImage, debianPackageVersion } from "../registryImage.ts";
 import { type ContainerEngine, SESSION_LABEL } from "../testcontainers.ts";
@@ -24,33 +25,6 @@ export async function buildContainerdImage(docker: RunningDocker): Promise<strin
     name: "containerd",
     instructions: ['ENTRYPOINT ["/bin/containerd"]'],
   });
-}
-
-function configToml(dir: string): string {
-  const q = (value: string) => JSON.stringify(value);
-  return [
-    "version = 2",
-    `root = ${q(join(dir, "root"))}`,
-    `state = ${q(join(dir, "state"))}`,
-    `disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]`,
-    "[grpc]",
-    `  address = ${q(join(dir, "containerd.sock"))}`,
-    "[ttrpc]",
-    `  address = ${q(join(dir, "containerd.sock.ttrpc"))}`,
-    `[plugins."io.containerd.internal.v1.opt"]`,
-    `  path = ${q(join(dir, "opt"))}`,
-    `[plugins."io.containerd.grpc.v1.cri"]`,
-    "  disable_tcp_service = true",
-    `  stream_server_address = "127.0.0.1"`,
-    `  stream_server_port = "0"`,
-    "  disable_cgroup = true",
-    "  disable_apparmor = true",
-    `  [plugins."io.containerd.grpc.v1.cri".containerd]`,
-    `    snapshotter = "overlayfs"`,
-    `  [plugins."io.containerd.grpc.v1.cri".registry]`,
-    `    config_path = ${q(join(dir, "certs.d"))}`,
-    "",
-  ].join("\n");
 }
 
 export interface ContainerdNode {
@@ -72,7 +46,8 @@ export async function startContainerdNode(engine: ContainerEngine): Promise<Cont
   const certsDir = join(dir, "certs.d");
   const configFile = join(dir, "config.toml");
   await mkdir(certsDir, { recursive: true });
-  await writeFile(configFile, configToml(dir));
+  // The process tier's config: image calls only, so no cgroups, CNI left unconfigured.
+  await writeFile(configFile, configToml(dir, "overlayfs", true, {}));
   let container: StartedTestContainer;
   try {
     container = await new GenericContainer(image)
