@@ -15,8 +15,13 @@ export interface FaultRule {
   match?: { method?: string; path?: RegExp };
   times?: number;
   action:
-    | { kind: "dropAfterBytes"; bytes: number }
     | { kind: "flipByte"; offset: number }
+    /**
+     * Cut the connection once `bytes` of the body went out. `unframed` forwards the body without
+     * its Content-Length (chunked), so a cut at the very end still leaves the client without
+     * the body's end marker: every byte arrived, yet the read fails.
+     */
+    | { kind: "dropAfterBytes"; bytes: number; unframed?: boolean }
     | { kind: "delay"; ms: number }
     /** Forward without the Range header, as a server that does not support ranges would answer. */
     | { kind: "ignoreRange" }
@@ -144,6 +149,7 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
             responseHeaders.location = options.relativeLocations ? path : proxyOrigin + path;
           }
           delete responseHeaders.connection;
+          if (action?.kind === "dropAfterBytes" && action.unframed) delete responseHeaders["content-length"];
           const status = upstreamRes.statusCode ?? 502;
           record.status = status;
           res.writeHead(status, responseHeaders);
@@ -151,6 +157,8 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
           // A throttled chunk waits on a timer; the body ends only after the last one went out.
           let throttledPending = 0;
           let endWhenSent = false;
+          // Once cut, the body never ends cleanly (an upstream end already queued must not close it).
+          let cut = false;
           upstreamRes.on("data", (chunk: Buffer) => {
             let out = chunk;
             if (action?.kind === "flipByte" && action.offset >= sent && action.offset < sent + chunk.length) {
@@ -160,6 +168,7 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
             if (action?.kind === "dropAfterBytes" && sent + out.length >= action.bytes) {
               const keep = action.bytes - sent;
               sent += keep;
+              cut = true;
               upstreamRes.destroy();
               // Flush what the rule lets through, then cut the connection without a clean end.
               res.write(out.subarray(0, keep), () => res.socket?.destroy());
@@ -193,6 +202,7 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
           // (Timers of equal expiry can fire in either order once Node rounds their delays, so the
           // end waits for the pending chunk itself rather than for a timer of its own.)
           upstreamRes.on("end", () => {
+            if (cut) return;
             if (throttledPending > 0) endWhenSent = true;
             else res.end();
           });

@@ -129,6 +129,14 @@ export async function* rangedChunks(
         return;
       } catch (caught) {
         if (signal.aborted) throw caught;
+        // Every byte of the range arrived and only the end of the exchange failed (a connection
+        // cut before a chunked body's end marker): keep it. Asking for the rest would request a
+        // range past its end (a 416); the caller's digest check still judges the bytes.
+        if (received === part.end - part.start + 1) {
+          part.done = true;
+          wake(part);
+          return;
+        }
         const err = retry.toError(caught);
         if (!err.retryable) throw err;
         // Attempts count failures in a row: a range that made progress starts counting again.
