@@ -82,6 +82,13 @@ export const AUTO_PLATFORMS = "auto";
 export const DEFAULT_MAX_CONCURRENT_NODES = 4;
 export const MAX_CONCURRENT_NODES = 1000;
 export const DEFAULT_HOLD_TIMEOUT = "15m";
+/** Longest sync.interval and prewarm.holdTimeout the CRD accepts: one year. */
+export const MAX_DURATION = "8760h";
+/** Bound on spec.prewarm.minReadyNodes (more nodes than a Kubernetes cluster supports). */
+export const MAX_MIN_READY_NODES = 100000;
+/** spec.prewarm.priority is an int32. */
+export const MIN_PRIORITY = -2147483648;
+export const MAX_PRIORITY = 2147483647;
 
 // The regular expressions below are written into the CRD verbatim (a test checks it). They use
 // only syntax JavaScript and Go's RE2 read alike, because the real server evaluates them with RE2.
@@ -105,6 +112,18 @@ export const PLATFORM_PATTERN = "^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$";
 /** `sync.platforms` items: a platform, or `auto` alone. */
 export const SYNC_PLATFORM_PATTERN = "^(auto|[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?)$";
 export { DURATION_PATTERN };
+/**
+ * A duration the real server's CEL `duration()` can always evaluate: at most four numbers of at
+ * most five digits (99999h × 4 stays under Go's 2562047h limit), so the CRD's upper bound is
+ * checked with a clear message instead of failing with a CEL evaluation error.
+ */
+export const BOUNDED_DURATION_PATTERN =
+  "^(([0-9]{1,5}(\\.[0-9]{0,9})?|\\.[0-9]{1,9})(ns|us|µs|μs|ms|s|m|h)){1,4}$";
+/** An image reference whose first component is `host:port/`. */
+export const REGISTRY_WITH_PORT_PATTERN = "^(\\[[0-9a-fA-F:]+\\]|[^:/]+):[0-9]+/";
+/** ... with a port between 1 and 65535 (leading zeros allowed, as Number() reads them). */
+export const REGISTRY_PORT_IN_RANGE_PATTERN =
+  "^(\\[[0-9a-fA-F:]+\\]|[^:/]+):0*([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])/";
 
 export interface LocalObjectReference {
   name: string;
@@ -442,6 +461,8 @@ export function validateModelImageSpec(spec: ModelImageSpec): FieldProblem[] {
     } else if (parseDuration(sync.interval) < parseDuration(MIN_SYNC_INTERVAL)) {
       problem("spec.sync.interval", `must be at least ${MIN_SYNC_INTERVAL}`);
     }
+    const tooLong = durationBoundProblem(sync.interval);
+    if (tooLong) problem("spec.sync.interval", tooLong);
   }
   if (sync.platforms !== undefined) {
     sync.platforms.forEach((platform, j) => {
@@ -476,7 +497,33 @@ export function validateModelImageSpec(spec: ModelImageSpec): FieldProblem[] {
       `"${prewarm.holdTimeout}" is too long (the maximum is about 2562047h)`,
     );
   }
+  const holdTooLong =
+    prewarm.holdTimeout === undefined ? undefined : durationBoundProblem(prewarm.holdTimeout);
+  if (holdTooLong) problem("spec.prewarm.holdTimeout", holdTooLong);
+  if (prewarm.minReadyNodes !== undefined && prewarm.minReadyNodes > MAX_MIN_READY_NODES) {
+    problem("spec.prewarm.minReadyNodes", `should be less than or equal to ${MAX_MIN_READY_NODES}`);
+  }
+  if (
+    prewarm.priority !== undefined &&
+    (!Number.isInteger(prewarm.priority) ||
+      prewarm.priority < MIN_PRIORITY ||
+      prewarm.priority > MAX_PRIORITY)
+  ) {
+    problem("spec.prewarm.priority", `must be a 32-bit integer (${MIN_PRIORITY} to ${MAX_PRIORITY})`);
+  }
   return problems;
+}
+
+/** The CRD's upper bound on a duration field, as its CEL rule says it; undefined when within it. */
+function durationBoundProblem(value: string): string | undefined {
+  if (!matches(DURATION_PATTERN, value)) return undefined; // the pattern's own problem
+  if (
+    !matches(BOUNDED_DURATION_PATTERN, value) ||
+    !parsesAsDuration(value) ||
+    parseDuration(value) > parseDuration(MAX_DURATION)
+  )
+    return `must be at most ${MAX_DURATION} (one year), written with at most four numbers of at most five digits`;
+  return undefined;
 }
 
 function checkImage(image: string, field: string, problem: (field: string, message: string) => void): void {

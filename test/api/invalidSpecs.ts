@@ -113,6 +113,48 @@ export const invalidSpecs: InvalidCase[] = [
     spec: { image, sync: { interval: "-1h" } },
   },
   {
+    what: "an interval past one year",
+    field: "spec.sync.interval",
+    message: "must be at most 8760h",
+    spec: { image, sync: { interval: "8761h" } },
+  },
+  {
+    what: "an interval past Go's duration limit",
+    field: "spec.sync.interval",
+    message: "must be at most 8760h",
+    spec: { image, sync: { interval: "99999999999h" } },
+  },
+  {
+    what: "a holdTimeout past one year",
+    field: "spec.prewarm.holdTimeout",
+    message: "must be at most 8760h",
+    spec: { image, prewarm: { holdTimeout: "9000h" } },
+  },
+  {
+    what: "a registry port of 65536",
+    field: "spec.image",
+    message: "the registry port must be between 1 and 65535",
+    spec: { image: "registry.example.com:65536/acme/llama:1" },
+  },
+  {
+    what: "a registry port of 0 in a variant",
+    field: "spec.variants[0].image",
+    message: "the registry port must be between 1 and 65535",
+    spec: { variants: [{ name: "cuda", image: "localhost:0/acme/llama:1" }] },
+  },
+  {
+    what: "a priority past int32",
+    field: "spec.prewarm.priority",
+    message: "should be less than or equal to 2147483647",
+    spec: { image, prewarm: { priority: 2147483648 } },
+  },
+  {
+    what: "minReadyNodes past 100000",
+    field: "spec.prewarm.minReadyNodes",
+    message: "should be less than or equal to 100000",
+    spec: { image, prewarm: { minReadyNodes: 100001 } },
+  },
+  {
     what: "a node selector value with a space",
     field: "spec.variants[0].nodeSelector.tier",
     message: 'Invalid value: "gpu large"',

@@ -3,6 +3,7 @@ import { describe, expect, it } from "vitest";
 import { parseAllDocuments } from "yaml";
 import { loadAllCrds, loadCrd } from "../../src/api/crds.ts";
 import {
+  BOUNDED_DURATION_PATTERN,
   DNS_LABEL_PATTERN,
   DNS_SUBDOMAIN_PATTERN,
   DURATION_PATTERN,
@@ -14,6 +15,8 @@ import {
   type ModelImageSpec,
   normaliseImage,
   PLATFORM_PATTERN,
+  REGISTRY_PORT_IN_RANGE_PATTERN,
+  REGISTRY_WITH_PORT_PATTERN,
   SYNC_PLATFORM_PATTERN,
   statusColumns,
   syncIntervalMs,
@@ -190,6 +193,9 @@ describe("the CRD and the code share their rules", () => {
     ["PLATFORM_PATTERN", PLATFORM_PATTERN],
     ["SYNC_PLATFORM_PATTERN", SYNC_PLATFORM_PATTERN],
     ["DURATION_PATTERN", DURATION_PATTERN],
+    ["BOUNDED_DURATION_PATTERN", BOUNDED_DURATION_PATTERN],
+    ["REGISTRY_WITH_PORT_PATTERN", REGISTRY_WITH_PORT_PATTERN],
+    ["REGISTRY_PORT_IN_RANGE_PATTERN", REGISTRY_PORT_IN_RANGE_PATTERN],
   ])("writes %s into the CRD verbatim", (_name, pattern) => {
     expect(crdText).toContain(pattern);
   });

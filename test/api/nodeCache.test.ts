@@ -166,6 +166,46 @@ describe("the NodeCache CRD with the API server and the built kubectl", () => {
     expect(row).toMatch(/^gpu-node-1\s+gpu-node-1\s+1\s+1\s+0\s+0\s+12 GiB \/ 100 GiB\s+/);
   });
 
+  it.each([
+    ["a port past 65535", "http://10.0.0.5:70000", "the port must be between 1 and 65535"],
+    ["port 0", "https://cache.example:0/", "the port must be between 1 and 65535"],
+    ["a scheme other than http(s)", "ftp://10.0.0.5:5000", "must be an http:// or https:// URL"],
+    ["a URL with a query", "http://10.0.0.5:5000/?x=1", "must be an http:// or https:// URL"],
+  ])("refuses a cacheEndpoint with %s, naming the field", async (_what, cacheEndpoint, message) => {
+    const nc = {
+      apiVersion: API_VERSION,
+      kind: NODE_CACHE_KIND,
+      metadata: { name: "bad-endpoint" },
+      spec: { nodeName: "bad-endpoint", cacheEndpoint },
+    };
+    const refused = await kubectl.apply([nc]);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toContain("spec.cacheEndpoint");
+    expect(refused.stderr).toContain(message);
+  });
+
+  it("accepts cacheEndpoints with ports 1 and 65535, an IPv6 address and no port", async () => {
+    for (const [i, cacheEndpoint] of [
+      "http://10.0.0.5:1",
+      "https://cache.example:65535/",
+      "http://[fd00::5]:5000",
+      "https://cache.example",
+    ].entries()) {
+      const nc = {
+        apiVersion: API_VERSION,
+        kind: NODE_CACHE_KIND,
+        metadata: { name: `good-endpoint-${i}` },
+        spec: { nodeName: `good-endpoint-${i}`, cacheEndpoint },
+      };
+      const applied = await kubectl.apply([nc]);
+      expect({ cacheEndpoint, code: applied.code, stderr: applied.stderr }).toEqual({
+        cacheEndpoint,
+        code: 0,
+        stderr: "",
+      });
+    }
+  });
+
   it("refuses an image state the agent contract does not know", async () => {
     const bad = await kubectl.run([
       "patch",
