@@ -22,6 +22,7 @@ const onBothApiServers = [
   "test/kube/leaderElection.test.ts",
   "test/kube/manager.test.ts",
   "test/kube/status.test.ts",
+  "test/kube/trim.test.ts",
   "test/auth/pullSecrets.test.ts",
   "test/auth/ecr.test.ts",
   "test/controller/modelimage.test.ts",

@@ -34,6 +34,13 @@ export interface InformerOptions {
   watchTimeoutSeconds?: number;
   /** Restart a watch that delivered nothing, not even a bookmark, for this long (default 120 s). */
   watchInactivityMs?: number;
+  /**
+   * Keep only what consumers read: applied to every listed and watched object before it is
+   * cached or handed to handlers (client-go's TransformFunc). A whole-cluster Pod or Node cache
+   * of full objects is most of a controller's memory; see trim.ts. Must keep metadata.name,
+   * namespace, uid and resourceVersion, which the cache itself relies on.
+   */
+  transform?: (obj: KubeObject) => KubeObject;
 }
 
 type WatchOutcome = "closed" | "gone" | "stopped";
@@ -213,7 +220,7 @@ export class Informer<T extends KubeObject = KubeObject> implements EventSource<
     const listed = new Set<string>();
     for (const item of items) {
       // List items carry no TypeMeta; give cached objects the same shape as watched ones.
-      const obj = { apiVersion: apiVersionOf(this.type), kind: this.type.kind, ...item } as T;
+      const obj = this.#trim({ apiVersion: apiVersionOf(this.type), kind: this.type.kind, ...item } as T);
       const key = objectKey(obj);
       listed.add(key);
       this.#upsert(key, obj);
@@ -240,14 +247,14 @@ export class Informer<T extends KubeObject = KubeObject> implements EventSource<
       switch (type) {
         case "ADDED":
         case "MODIFIED":
-          this.#upsert(objectKey(obj), obj);
+          this.#upsert(objectKey(obj), this.#trim(obj));
           break;
         case "DELETED": {
           const key = objectKey(obj);
           const cached = this.#cache.get(key);
           // A delete of an older incarnation (same name, other uid) must not drop the newer one.
           if (cached && (!cached.metadata?.uid || cached.metadata.uid === obj.metadata?.uid))
-            this.#remove(key, obj);
+            this.#remove(key, this.#trim(obj));
           break;
         }
         case "BOOKMARK":
@@ -282,6 +289,11 @@ export class Informer<T extends KubeObject = KubeObject> implements EventSource<
     }
     if (this.#stopped) return "stopped";
     return outcome ?? "closed";
+  }
+
+  #trim(obj: T): T {
+    const transform = this.#options.transform;
+    return transform ? (transform(obj) as T) : obj;
   }
 
   #upsert(key: string, obj: T): void {

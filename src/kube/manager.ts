@@ -46,6 +46,9 @@ export class Manager {
   readonly #clock: Clock;
   readonly #log: Logger;
   readonly #informers: Informer<KubeObject>[] = [];
+  readonly #shared = new Map<string, Informer<KubeObject>>();
+  /** Identities of transform functions, for the sharing key. */
+  readonly #transforms = new Map<unknown, number>();
   readonly #controllers: Controller[] = [];
   readonly #stopSignal = new AbortController();
   #elector: LeaderElector | undefined;
@@ -69,9 +72,18 @@ export class Manager {
     this.#log = options.log ?? silentLogger();
   }
 
+  /**
+   * One informer per kind and scope, shared by every controller that asks for it (client-go's
+   * shared informer factory): the ModelImage controller, the pre-warm planner, the gates and the
+   * webhook would otherwise each cache every ModelImage and Node. Asking again with the same
+   * type, namespace, selectors and transform returns the same informer.
+   */
   addInformer<T extends KubeObject>(
     options: Omit<InformerOptions, "client" | "clock" | "metrics" | "log">,
   ): Informer<T> {
+    const key = this.#informerKey(options);
+    const shared = this.#shared.get(key);
+    if (shared) return shared as unknown as Informer<T>;
     const informer = new Informer<T>({
       ...options,
       client: this.client,
@@ -80,8 +92,22 @@ export class Manager {
       log: this.#log,
     });
     this.#informers.push(informer as unknown as Informer<KubeObject>);
+    this.#shared.set(key, informer as unknown as Informer<KubeObject>);
     if (this.#started) informer.start();
     return informer;
+  }
+
+  #informerKey(options: Omit<InformerOptions, "client" | "clock" | "metrics" | "log">): string {
+    const { type, transform, ...rest } = options;
+    let transformId = 0;
+    if (transform) {
+      transformId = this.#transforms.get(transform) ?? this.#transforms.size + 1;
+      this.#transforms.set(transform, transformId);
+    }
+    const scope = Object.entries(rest)
+      .filter(([, value]) => value !== undefined)
+      .sort(([a], [b]) => a.localeCompare(b));
+    return JSON.stringify([type.group ?? "", type.version, type.plural, transformId, scope]);
   }
 
   addController(options: Omit<ControllerOptions, "clock" | "metrics" | "log">): Controller {

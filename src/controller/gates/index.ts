@@ -9,6 +9,7 @@ import { type Controller, objectKey } from "../../kube/controller.ts";
 import type { EventRecorder } from "../../kube/events.ts";
 import type { Informer } from "../../kube/informer.ts";
 import type { Manager } from "../../kube/manager.ts";
+import { trimPod } from "../../kube/trim.ts";
 import type { GateMetrics } from "../../metrics.ts";
 import { type Clock, systemClock } from "../../util/clock.ts";
 import { type ModelImageCache, modelImageCache } from "../../webhook/cache.ts";
@@ -40,7 +41,9 @@ export interface GateController {
 
 export function setupGateController(manager: Manager, deps: GateControllerDeps): GateController {
   const scopes = deps.namespaces && deps.namespaces.length > 0 ? [...deps.namespaces] : [undefined];
-  const pods = scopes.map((namespace) => manager.addInformer<GatedPod>({ type: Resources.Pod, namespace }));
+  const pods = scopes.map((namespace) =>
+    manager.addInformer<GatedPod>({ type: Resources.Pod, namespace, transform: trimPod }),
+  );
   const modelImages = deps.modelImages ?? modelImageCache(manager, deps.namespaces);
   for (const informer of pods)
     informer.addIndexer(HELD_FOR_INDEX, (pod) =>

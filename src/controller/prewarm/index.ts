@@ -34,6 +34,8 @@ export {
   readyFrom,
 } from "./status.ts";
 
+import { trimNode } from "../../kube/trim.ts";
+
 export const PREWARM_CONTROLLER_NAME = "prewarm";
 
 export interface PrewarmControllerDeps {
@@ -71,7 +73,7 @@ export function setupPrewarmController(manager: Manager, deps: PrewarmController
   const modelImageInformers = namespaces.map((namespace) =>
     manager.addInformer<ModelImage>({ type: ModelImageResource, namespace }),
   );
-  const nodeInformer = manager.addInformer<PlannerNode>({ type: Resources.Node });
+  const nodeInformer = manager.addInformer<PlannerNode>({ type: Resources.Node, transform: trimNode });
   const nodeCacheInformer = manager.addInformer<NodeCache>({ type: NodeCacheResource });
   const allModelImages = () => modelImageInformers.flatMap((informer) => informer.list());
 
