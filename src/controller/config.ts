@@ -30,6 +30,18 @@ export interface ControllerConfig {
   workers: number;
   /** Mirror operations in flight across all ModelImages (default 4). */
   maxConcurrentSyncs: number;
+  /**
+   * Reconcile workers one upstream host may hold at once (default: half the workers, at least 1):
+   * an upstream that never answers then cannot take every worker; the ModelImages it would have
+   * held wait parked, without a worker, until one of its syncs ends.
+   */
+  maxSyncsPerUpstreamHost?: number;
+  /**
+   * The whole-sync deadline: a ModelImage sync (upstream checks and the copy) still running after
+   * this long is aborted, reported as Synced=False UpstreamTimeout and retried with backoff
+   * (default 30 min: a 40 GB image at 25 MB/s fits; the copy resumes from the blobs already there).
+   */
+  syncTimeoutMs: number;
   /** Keep cache tags when a ModelImage is deleted (default true). */
   retainOnDelete: boolean;
   /** 0..1: fraction of the sync interval added at random to each requeue (default 0.1). */
@@ -48,11 +60,19 @@ export const DEFAULT_CONTROLLER_CONFIG: Omit<ControllerConfig, "cache"> = {
   insecureRegistries: [],
   workers: 4,
   maxConcurrentSyncs: 4,
+  syncTimeoutMs: 30 * 60_000,
   retainOnDelete: true,
   syncJitter: 0.1,
   deletionTimeoutMs: 5 * 60_000,
   checkedAtResolutionMs: 60 * 60_000,
 };
+
+/** Slots per upstream host: the configured number, else half the workers (at least 1). */
+export function syncsPerUpstreamHost(
+  config: Pick<ControllerConfig, "workers" | "maxSyncsPerUpstreamHost">,
+): number {
+  return config.maxSyncsPerUpstreamHost ?? Math.max(1, Math.floor(config.workers / 2));
+}
 
 /** A full config from the cache registry and any overrides. */
 export function controllerConfig(

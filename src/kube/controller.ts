@@ -18,9 +18,43 @@ export function requeueAfter(ms: number): Result {
 }
 
 export interface ReconcileContext {
-  /** Aborted when the controller stops and the shutdown deadline has passed. */
+  /**
+   * Aborted when the controller stops and the shutdown deadline has passed (shutdown, or the
+   * lease lost): write nothing after it fires.
+   */
   signal: AbortSignal;
+  /**
+   * Aborted when this reconcile's time budget (`reconcileTimeoutMs`) runs out, when the key is
+   * cancelled (`Controller.cancel`: the object is being deleted, its spec changed) or with
+   * `signal`. Network work takes this one; a reconcile may still report what happened once it
+   * fired (`budgetReason` says why), as long as `signal` has not fired.
+   */
+  budget: AbortSignal;
   log: Logger;
+}
+
+/** Why `ctx.budget` fired: the time budget ran out, the key was cancelled, or the controller stopped. */
+export function budgetReason(ctx: ReconcileContext): "timeout" | "cancelled" | "stopped" | undefined {
+  if (!ctx.budget.aborted) return undefined;
+  if (ctx.signal.aborted) return "stopped";
+  return ctx.budget.reason instanceof ReconcileTimeout ? "timeout" : "cancelled";
+}
+
+/** The abort reason of a reconcile whose time budget ran out. */
+export class ReconcileTimeout extends Error {
+  readonly timeoutMs: number;
+  constructor(controller: string, key: string, timeoutMs: number) {
+    super(`reconcile of ${key} by ${controller} ran past its ${timeoutMs} ms budget`);
+    this.name = "ReconcileTimeout";
+    this.timeoutMs = timeoutMs;
+  }
+}
+
+/** A reconcile still running past its budget plus grace: it ignored its budget signal. */
+export interface StuckReconcile {
+  controller: string;
+  key: string;
+  runningMs: number;
 }
 
 /** Level-triggered: given a key ("ns/name" or "name"), make the world match. Throw to retry with backoff. */
@@ -62,6 +96,22 @@ export interface ControllerOptions {
   metrics?: RuntimeMetrics;
   log?: Logger;
   backoff?: { baseMs?: number; maxMs?: number };
+  /**
+   * Each reconcile's time budget: `ctx.budget` aborts after this long, so one object whose
+   * upstream accepts a connection and never answers cannot hold a worker for minutes. Unset: no
+   * budget (the reconcile still gets `signal`).
+   */
+  reconcileTimeoutMs?: number;
+  /**
+   * A reconcile running this long past its budget ignored the abort: `stuck()` reports it
+   * (readiness then fails; default 30 s).
+   */
+  stuckGraceMs?: number;
+}
+
+interface InFlight {
+  startedAt: number;
+  cancel: AbortController;
 }
 
 interface Watch {
@@ -82,7 +132,10 @@ export class Controller {
   readonly #metrics: RuntimeMetrics;
   readonly #log: Logger;
   readonly #backoff: { baseMs?: number; maxMs?: number };
+  readonly #reconcileTimeoutMs: number | undefined;
+  readonly #stuckGraceMs: number;
   readonly #watches: Watch[] = [];
+  readonly #inFlight = new Map<string, InFlight>();
   #queue: WorkQueue | undefined;
   #unsubscribe: (() => void)[] = [];
   #workerLoops: Promise<void>[] = [];
@@ -96,6 +149,35 @@ export class Controller {
     this.#metrics = options.metrics ?? defaultRuntimeMetrics();
     this.#log = (options.log ?? silentLogger()).child({ controller: options.name });
     this.#backoff = options.backoff ?? {};
+    this.#reconcileTimeoutMs = options.reconcileTimeoutMs;
+    this.#stuckGraceMs = options.stuckGraceMs ?? 30_000;
+  }
+
+  /**
+   * Abort the budget of `key`'s reconcile in flight, if any (its object is being deleted, or its
+   * spec changed: the work under way is moot). The key itself is queued by whoever calls this.
+   */
+  cancel(key: string, reason = "cancelled"): boolean {
+    const inFlight = this.#inFlight.get(key);
+    if (!inFlight) return false;
+    inFlight.cancel.abort(new Error(`reconcile of ${key} ${reason}`));
+    return true;
+  }
+
+  /**
+   * Reconciles running past their budget plus the grace: they ignore their budget signal and hold
+   * a worker each. Empty without a budget.
+   */
+  stuck(): StuckReconcile[] {
+    if (this.#reconcileTimeoutMs === undefined) return [];
+    const limit = this.#reconcileTimeoutMs + this.#stuckGraceMs;
+    const now = this.#clock.now();
+    const stuck: StuckReconcile[] = [];
+    for (const [key, inFlight] of this.#inFlight) {
+      const runningMs = now - inFlight.startedAt;
+      if (runningMs > limit) stuck.push({ controller: this.name, key, runningMs });
+    }
+    return stuck;
   }
 
   /** Reconcile the keys `toKeys` derives from every change `source` reports (default: the object's own key). */
@@ -180,8 +262,19 @@ export class Controller {
   async #process(queue: WorkQueue, key: string, signal: AbortSignal): Promise<void> {
     const started = this.#clock.now();
     const labels = { controller: this.name };
+    const cancel = new AbortController();
+    this.#inFlight.set(key, { startedAt: started, cancel });
+    const timer = new AbortController();
+    const timeoutMs = this.#reconcileTimeoutMs;
+    if (timeoutMs !== undefined) {
+      this.#clock.sleep(timeoutMs, timer.signal).then(
+        () => cancel.abort(new ReconcileTimeout(this.name, key, timeoutMs)),
+        () => {}, // finished in time
+      );
+    }
+    const budget = AbortSignal.any([signal, cancel.signal]);
     try {
-      const result = await this.#reconcile(key, { signal, log: this.#log.child({ key }) });
+      const result = await this.#reconcile(key, { signal, budget, log: this.#log.child({ key }) });
       queue.forget(key);
       if (result.requeueAfterMs !== undefined) {
         queue.addAfter(key, result.requeueAfterMs);
@@ -196,6 +289,8 @@ export class Controller {
       this.#log.warn({ key, reason, error: message, retries: queue.numRequeues(key) }, "reconcile failed");
       queue.addRateLimited(key);
     } finally {
+      timer.abort();
+      this.#inFlight.delete(key);
       this.#metrics.reconcileTime.observe(labels, (this.#clock.now() - started) / 1000);
       queue.done(key);
     }

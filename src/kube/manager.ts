@@ -5,7 +5,7 @@ import { defaultRuntimeMetrics, type RuntimeMetrics } from "../metrics.ts";
 import { type Clock, systemClock } from "../util/clock.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
 import type { KubeClient, KubeObject } from "./client.ts";
-import { Controller, type ControllerOptions } from "./controller.ts";
+import { Controller, type ControllerOptions, type StuckReconcile } from "./controller.ts";
 import { Informer, type InformerOptions } from "./informer.ts";
 import { LeaderElector } from "./leaderElection.ts";
 
@@ -162,6 +162,14 @@ export class Manager {
     return this.#informers.every((informer) => informer.hasSynced());
   }
 
+  /**
+   * Reconciles running past their budget plus grace (each holds a worker and ignores its abort):
+   * a wedged controller, which /readyz reports.
+   */
+  stuck(): StuckReconcile[] {
+    return this.#controllers.flatMap((controller) => controller.stuck());
+  }
+
   /** Running and not shutting down. */
   alive(): boolean {
     return this.#started && this.#stopping === undefined;
@@ -227,14 +235,16 @@ export class Manager {
         res.writeHead(ok ? 200 : 503, { "content-type": "text/plain" }).end(ok ? "ok" : "shutting down");
       } else if (path === "/readyz") {
         const unsynced = this.#informers.filter((i) => !i.hasSynced()).map((i) => i.resourceLabel);
-        const ok = this.alive() && unsynced.length === 0;
-        res
-          .writeHead(ok ? 200 : 503, { "content-type": "text/plain" })
-          .end(
-            ok
-              ? "ok"
-              : `not ready: ${unsynced.length ? `informers not synced: ${unsynced.join(", ")}` : "shutting down"}`,
-          );
+        const stuck = this.stuck();
+        const ok = this.alive() && unsynced.length === 0 && stuck.length === 0;
+        let why = "shutting down";
+        if (unsynced.length) why = `informers not synced: ${unsynced.join(", ")}`;
+        else if (stuck.length)
+          why = `reconciles stuck past their deadline: ${stuck
+            .slice(0, 5)
+            .map((s) => `${s.controller} ${s.key} (${Math.round(s.runningMs / 1000)}s)`)
+            .join(", ")}${stuck.length > 5 ? ` and ${stuck.length - 5} more` : ""}`;
+        res.writeHead(ok ? 200 : 503, { "content-type": "text/plain" }).end(ok ? "ok" : `not ready: ${why}`);
       } else if (path === "/metrics") {
         try {
           const body = await this.metrics.registry.metrics();

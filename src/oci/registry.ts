@@ -203,15 +203,21 @@ export class RegistryClient {
     });
   }
 
-  async getManifest(repo: RepoRef, reference: string): Promise<RawManifest> {
+  /** `signal` aborts the request and its retries (a controller's sync deadline). */
+  async getManifest(
+    repo: RepoRef,
+    reference: string,
+    options: { signal?: AbortSignal } = {},
+  ): Promise<RawManifest> {
     const name = displayName(repo, reference);
-    return this.retrying(`get manifest ${name}`, undefined, async () => {
+    return this.retrying(`get manifest ${name}`, options.signal, async () => {
       const response = await this.exchange({
         registry: repo.registry,
         method: "GET",
         target: `/v2/${repo.repository}/manifests/${reference}`,
         headers: { accept: MANIFEST_ACCEPT },
         scopes: [pullScope(repo.repository)],
+        signal: options.signal,
         expect: [200],
         subject: `image ${name}`,
         notFound: "ImageNotFound",
@@ -243,15 +249,17 @@ export class RegistryClient {
   async headManifest(
     repo: RepoRef,
     reference: string,
+    options: { signal?: AbortSignal } = {},
   ): Promise<{ digest: string; mediaType: string; size: number } | undefined> {
     const name = displayName(repo, reference);
-    const head = await this.retrying(`head manifest ${name}`, undefined, async () => {
+    const head = await this.retrying(`head manifest ${name}`, options.signal, async () => {
       const response = await this.exchange({
         registry: repo.registry,
         method: "HEAD",
         target: `/v2/${repo.repository}/manifests/${reference}`,
         headers: { accept: MANIFEST_ACCEPT },
         scopes: [pullScope(repo.repository)],
+        signal: options.signal,
         expect: [200, 404],
         subject: `image ${name}`,
         notFound: "ImageNotFound",
@@ -269,7 +277,7 @@ export class RegistryClient {
       return { digest: head.digest, mediaType: head.mediaType, size: head.size };
     }
     // Some registries omit the digest or a useful content type on HEAD: ask for the body.
-    const manifest = await this.getManifest(repo, reference);
+    const manifest = await this.getManifest(repo, reference, options);
     return { digest: manifest.digest, mediaType: manifest.mediaType, size: manifest.bytes.length };
   }
 

@@ -13,6 +13,8 @@ export const Reasons = [
   "DigestMismatch",
   "SizeMismatch",
   "UpstreamUnavailable",
+  // A ModelImage sync ran past its deadline (--sync-timeout): an upstream that never answers.
+  "UpstreamTimeout",
   "CacheUnavailable",
   "RateLimited",
   "ManifestInvalid",

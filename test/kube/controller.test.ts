@@ -1,6 +1,7 @@
 import { pino } from "pino";
 import { describe, expect, it } from "vitest";
 import {
+  budgetReason,
   Controller,
   done,
   type EventHandler,
@@ -211,5 +212,34 @@ describe("controller loop", () => {
     await clock.advance(1000);
     await stoppingStuck;
     expect(aborted).toBe(true);
+  });
+
+  it("aborts a reconcile's budget at its deadline or on cancel, leaving its write signal alone", async () => {
+    const clock = new FakeClock();
+    const why: string[] = [];
+    const source = new TestSource<KeyedObject>();
+    const controller = new Controller({
+      name: "budget",
+      clock,
+      workers: 2,
+      reconcileTimeoutMs: 1_000,
+      reconcile: async (_key, ctx) => {
+        await new Promise<void>((resolve) => ctx.budget.addEventListener("abort", () => resolve()));
+        why.push(`${budgetReason(ctx)} signal=${ctx.signal.aborted}`);
+        return done();
+      },
+    }).watches(source);
+    controller.start();
+    source.add(obj("slow", "ns"));
+    source.add(obj("deleted", "ns"));
+    await settle();
+    expect(controller.cancel("ns/deleted", "cancelled: the object is being deleted")).toBe(true);
+    await settle();
+    expect(why).toEqual(["cancelled signal=false"]);
+    expect(controller.stuck()).toEqual([]);
+    await clock.advance(1_000);
+    expect(why).toEqual(["cancelled signal=false", "timeout signal=false"]);
+    expect(controller.cancel("ns/slow")).toBe(false); // nothing in flight any more
+    await controller.stop({ deadlineMs: 10 });
   });
 });

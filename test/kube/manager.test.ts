@@ -67,4 +67,46 @@ describe("manager", () => {
     await manager.stop();
     await expect(get("/healthz")).rejects.toThrow();
   });
+
+  it("reports not ready while a reconcile ignores its deadline and holds a worker, and ready once it ends", async () => {
+    await client.resource(WidgetType).create({ metadata: { name: "wedged", namespace: "health" } });
+    let release: () => void = () => {};
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let started = false;
+    const manager = new Manager({
+      client,
+      metrics: createRuntimeMetrics(),
+      healthPort: 0,
+      healthHost: "127.0.0.1",
+    });
+    const widgets = manager.addInformer({ type: WidgetType, namespace: "health" });
+    manager
+      .addController({
+        name: "wedge-test",
+        reconcileTimeoutMs: 100,
+        stuckGraceMs: 100,
+        // Ignores ctx.budget: as a call without a deadline into a peer that never answers would.
+        reconcile: async (key) => {
+          if (key !== "health/wedged") return done();
+          started = true;
+          await held;
+          return done();
+        },
+      })
+      .watches(widgets);
+    await manager.start();
+    const get = (path: string) => fetch(`http://127.0.0.1:${manager.healthAddress!.port}${path}`);
+    await eventually("the reconcile started", () => started);
+    await eventually(
+      "readiness reports the wedged reconcile",
+      async () => (await get("/readyz")).status === 503,
+    );
+    expect(await (await get("/readyz")).text()).toContain("wedge-test health/wedged");
+    expect((await get("/healthz")).status).toBe(200);
+    release();
+    await eventually("ready again", async () => (await get("/readyz")).status === 200);
+    await manager.stop();
+  });
 });

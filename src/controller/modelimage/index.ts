@@ -24,13 +24,15 @@ import type { Informer } from "../../kube/informer.ts";
 import type { Manager } from "../../kube/manager.ts";
 import { writeStatus } from "../../kube/status.ts";
 import { parseTime } from "../../kube/time.ts";
+import { trimNode } from "../../kube/trim.ts";
 import type { ModelImageSamples, StowageMetrics } from "../../metrics.ts";
 import type { RegistryClientOptions } from "../../oci/registry.ts";
 import { type Clock, systemClock } from "../../util/clock.ts";
 import { type Logger, silentLogger } from "../../util/log.ts";
-import type { ControllerConfig } from "../config.ts";
+import { type ControllerConfig, syncsPerUpstreamHost } from "../config.ts";
 import type { PrewarmController } from "../prewarm/index.ts";
 import { mapNodeCacheToModelImages } from "../prewarm/status.ts";
+import { UpstreamSlots } from "./fairness.ts";
 import { isNodeReady, type Node, nodePlatform, selectorMatches } from "./plan.ts";
 import {
   type CheckRecord,
@@ -86,7 +88,7 @@ export function setupModelImageController(
   const modelImageInformers = namespaces.map((namespace) =>
     manager.addInformer<ModelImage>({ type: ModelImageResource, namespace }),
   );
-  const nodeInformer = manager.addInformer<Node>({ type: Resources.Node });
+  const nodeInformer = manager.addInformer<Node>({ type: Resources.Node, transform: trimNode });
   const getModelImage = (key: string) => {
     for (const informer of modelImageInformers) {
       const found = informer.get(key);
@@ -109,6 +111,9 @@ export function setupModelImageController(
     maxConcurrentSyncs: deps.config.maxConcurrentSyncs,
   });
   const checks = new Map<string, Map<string, CheckRecord>>();
+  // A parked key is queued again through the controller, created below.
+  let controller: Controller | undefined;
+  const slots = new UpstreamSlots(syncsPerUpstreamHost(deps.config), (key) => controller?.enqueue(key));
   const planner = deps.prewarm;
   const prewarmSource: PrewarmSource | undefined = planner
     ? { nodeCaches: () => planner.nodeCacheInformer.list(), plan: () => planner.plan() }
@@ -128,14 +133,33 @@ export function setupModelImageController(
     checks,
     random: deps.random,
     prewarm: prewarmSource,
+    slots,
   });
-  const controller = manager.addController({
+  const modelImageController = manager.addController({
     name: CONTROLLER_NAME,
     reconcile,
     workers: deps.config.workers,
+    reconcileTimeoutMs: deps.config.syncTimeoutMs,
   });
-  for (const informer of modelImageInformers) controller.watches(specChanges(informer));
-  controller.watches(relevantNodeChanges(nodeInformer), (node) =>
+  controller = modelImageController;
+  for (const informer of modelImageInformers) {
+    modelImageController.watches(specChanges(informer));
+    // A sync under way for a spec that changed, or for an object being deleted, is moot: its
+    // worker goes to the pass the change queued (a deletion must not wait out a hung upstream).
+    informer.addEventHandler({
+      update: (old, obj) => {
+        const generationChanged = old.metadata.generation !== obj.metadata.generation;
+        const deletionStarted = !old.metadata.deletionTimestamp && Boolean(obj.metadata.deletionTimestamp);
+        if (generationChanged || deletionStarted)
+          modelImageController.cancel(
+            objectKey(obj),
+            deletionStarted ? "cancelled: the object is being deleted" : "cancelled: its spec changed",
+          );
+      },
+      delete: (obj) => modelImageController.cancel(objectKey(obj), "cancelled: the object was deleted"),
+    });
+  }
+  modelImageController.watches(relevantNodeChanges(nodeInformer), (node) =>
     allModelImages()
       .filter((mi) => variantsOf(mi.spec).some((v) => selectorMatches(v.nodeSelector, node.metadata?.labels)))
       .map((mi) => objectKey(mi)),
@@ -169,7 +193,7 @@ export function setupModelImageController(
 
   deps.metrics.setModelImageSource(() => samples(allModelImages(), checks, clock.now()));
   return {
-    controller,
+    controller: modelImageController,
     informers: [...modelImageInformers, nodeInformer] as unknown as Informer<KubeObject>[],
     registries,
     syncer,

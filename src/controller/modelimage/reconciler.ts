@@ -19,7 +19,13 @@ import {
 import type { NodeCache } from "../../api/nodeCache.ts";
 import type { CredentialProvider } from "../../auth/index.ts";
 import type { ObjectClient } from "../../kube/client.ts";
-import { done, type ReconcileContext, type Result, requeueAfter } from "../../kube/controller.ts";
+import {
+  budgetReason,
+  done,
+  type ReconcileContext,
+  type Result,
+  requeueAfter,
+} from "../../kube/controller.ts";
 import type { EventRecorder } from "../../kube/events.ts";
 import { ensureFinalizer, isBeingDeleted, removeFinalizer } from "../../kube/finalizers.ts";
 import { writeStatus } from "../../kube/status.ts";
@@ -31,12 +37,14 @@ import {
 } from "../../oci/reference.ts";
 import type { CredentialLookup } from "../../oci/registry.ts";
 import type { Clock } from "../../util/clock.ts";
+import { formatDuration } from "../../util/duration.ts";
 import { asStowageError, StowageError } from "../../util/errors.ts";
 import type { Logger } from "../../util/log.ts";
 import type { ControllerConfig } from "../config.ts";
 import type { PrewarmPlan } from "../prewarm/plan.ts";
 import { prewarmStatus, withPrewarmStatus } from "../prewarm/status.ts";
 import { FINALIZER, finalize } from "./deletion.ts";
+import type { UpstreamSlots } from "./fairness.ts";
 import {
   cacheImageName,
   cacheTarget,
@@ -86,6 +94,27 @@ export interface ReconcilerDeps {
   random?: () => number;
   /** The pre-warm planner's view, when it runs in this process: status then carries node counts and Prewarmed. */
   prewarm?: PrewarmSource;
+  /** Per-upstream-host sync slots (fairness); without it a sync never waits for a host. */
+  slots?: UpstreamSlots;
+}
+
+/**
+ * A key parked for a full upstream host is woken when the host frees a slot; this requeue is
+ * only the safety net should that wake-up be lost (a new leadership term, a restarted queue).
+ */
+const PARKED_RECHECK_MS = 60_000;
+
+/** The upstream hosts a sync of `spec` talks to (references that do not parse talk to none). */
+function upstreamHosts(spec: ModelImage["spec"]): string[] {
+  const hosts: string[] = [];
+  for (const variant of variantsOf(spec)) {
+    try {
+      hosts.push(parseReference(variant.image).registry);
+    } catch {
+      // reported as InvalidReference by the sync
+    }
+  }
+  return hosts;
 }
 
 /** What the ModelImage status needs from the pre-warm planner. */
@@ -156,8 +185,54 @@ export function createReconciler(deps: ReconcilerDeps) {
       ctx.log.warn({ reason: "InvalidSpec", problems }, "spec cannot be honoured");
       return done(); // a spec change queues it again
     }
-    return syncModelImage(mi, deps, ctx);
+    const release = deps.slots ? deps.slots.tryAcquire(key, upstreamHosts(spec)) : () => {};
+    if (!release) {
+      ctx.log.debug(
+        { perHost: deps.slots?.perHost },
+        "upstream host busy with other syncs: parked until one of them ends",
+      );
+      return requeueAfter(PARKED_RECHECK_MS);
+    }
+    try {
+      return await syncModelImage(mi, deps, ctx);
+    } finally {
+      release();
+    }
   };
+}
+
+/**
+ * After `ctx.budget` fired: a stop or a cancellation (deletion, spec change) ends the pass
+ * without a write (the key is queued again by what cancelled it); a timeout turns every variant
+ * not finished into Synced=False UpstreamTimeout, which the caller writes and retries with backoff.
+ */
+function budgetSpent(
+  ctx: ReconcileContext,
+  work: VariantWork[],
+  deps: ReconcilerDeps,
+): "end" | "report" | undefined {
+  const why = budgetReason(ctx);
+  if (why === undefined) return undefined;
+  if (why !== "timeout") {
+    ctx.log.debug({ why }, "sync interrupted");
+    return "end";
+  }
+  const budget = formatDuration(deps.config.syncTimeoutMs);
+  for (const { outcome } of work) {
+    const unfinished = outcome.syncing || (outcome.error && !isStalledReason(outcome.error.reason));
+    if (!unfinished) continue;
+    const host = outcome.image ? parseReference(outcome.image).registry : "the upstream";
+    const stage = outcome.upstreamDigest
+      ? `the copy from ${host} into the cache was still running`
+      : `${host} did not answer the manifest check`;
+    outcome.syncing = false;
+    outcome.error = new StowageError(
+      "UpstreamTimeout",
+      `${variantLabel(outcome)}: the sync did not finish within ${budget} (--sync-timeout): ${stage}; retrying with backoff`,
+      { retryable: true, cause: ctx.budget.reason },
+    );
+  }
+  return "report";
 }
 
 interface VariantWork {
@@ -182,12 +257,16 @@ async function syncModelImage(mi: ModelImage, deps: ReconcilerDeps, ctx: Reconci
   // 1. Check: what upstream serves now, and whether the cache already holds it.
   const nodes = deps.nodes();
   const work: VariantWork[] = await Promise.all(
-    variants.map((variant) => checkVariant(mi, variant, nodes, credentials, credentialError, deps)),
+    variants.map((variant) =>
+      checkVariant(mi, variant, nodes, credentials, credentialError, deps, ctx.budget),
+    ),
   );
+  let spent = budgetSpent(ctx, work, deps);
+  if (spent === "end") return done();
 
   // 2. Mirror what differs; the status says so first (Reconciling, upstreamChangedAt).
   const toCopy = work.filter((w) => w.outcome.syncing);
-  if (toCopy.length > 0) {
+  if (toCopy.length > 0 && spent === undefined) {
     mi = (await write(mi, work, deps, ctx.signal)).object;
     for (const w of toCopy) {
       void deps.events.event(mi, {
@@ -197,7 +276,9 @@ async function syncModelImage(mi: ModelImage, deps: ReconcilerDeps, ctx: Reconci
         note: `mirroring ${variantLabel(w.outcome)} at ${w.outcome.upstreamDigest} to ${w.outcome.cacheImage}`,
       });
     }
-    await Promise.all(toCopy.map((w) => copyVariant(mi, w, credentials!, deps, ctx.signal)));
+    await Promise.all(toCopy.map((w) => copyVariant(mi, w, credentials!, deps, ctx.budget)));
+    spent = budgetSpent(ctx, work, deps);
+    if (spent === "end") return done();
   }
 
   // 3. Report.
@@ -274,6 +355,7 @@ async function checkVariant(
   credentials: CredentialLookup | undefined,
   credentialError: StowageError | undefined,
   deps: ReconcilerDeps,
+  signal: AbortSignal,
 ): Promise<VariantWork> {
   const outcome: VariantOutcome = { variant, noMatchingNodes: false };
   let source: ImageReference;
@@ -309,6 +391,7 @@ async function checkVariant(
           deps.registries.client.headManifest(
             { registry: source.registry, repository: source.repository },
             manifestReference(source),
+            { signal },
           ),
         )
       )?.digest;
@@ -327,6 +410,7 @@ async function checkVariant(
       const cached = await deps.registries.client.headManifest(
         { registry: target.registry, repository: target.repository },
         reference,
+        { signal },
       );
       if (cached?.digest === previous.cacheDigest) {
         outcome.cacheDigest = cached.digest;

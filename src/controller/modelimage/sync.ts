@@ -19,15 +19,22 @@ export interface SyncRequest {
   source: ImageReference;
   target: ImageReference;
   /**
-   * `signal` is the controller's (aborted when it stops: shutdown or lost lease), the same for
-   * every reconcile of that controller, so a copy joined by several ModelImages is aborted only
-   * when all of them would be.
+   * `signal` is the requesting reconcile's budget (its sync deadline, its cancellation and the
+   * controller's stop). It ends this caller's wait at once; the copy itself is aborted only when
+   * every caller sharing it has stopped waiting, so one ModelImage's deadline cannot fail another's copy.
    */
   options: Pick<CopyOptions, "platforms" | "allPlatforms" | "referrers" | "signal">;
   /** Part of the single-flight key: same platforms → same result. */
   platformKey: string;
   /** The requesting ModelImage's upstream credentials (the copy may start later, from another context). */
   credentials: CredentialLookup;
+}
+
+/** One copy and the callers still waiting for it. */
+interface SharedCopy {
+  result: Promise<CopyResult>;
+  abort: AbortController;
+  waiting: number;
 }
 
 export interface SyncOutcome {
@@ -41,7 +48,7 @@ export class Syncer {
   readonly #metrics: StowageMetrics;
   readonly #clock: Clock;
   readonly #queue: PQueue;
-  readonly #inflight = new Map<string, Promise<CopyResult>>();
+  readonly #inflight = new Map<string, SharedCopy>();
 
   constructor(deps: {
     registries: Registries;
@@ -72,15 +79,72 @@ export class Syncer {
       request.platformKey,
       request.options.referrers ? "referrers" : "",
     ].join("|");
-    const running = this.#inflight.get(key);
-    if (running) return running.then((result) => ({ result, shared: true }));
-    const copy = this.#queue.add(() => this.#copy(request)).finally(() => this.#inflight.delete(key));
-    this.#inflight.set(key, copy);
-    return copy.then((result) => ({ result, shared: false }));
+    let shared = true;
+    let copy = this.#inflight.get(key);
+    if (!copy) {
+      shared = false;
+      const abort = new AbortController();
+      const options = { ...request.options, signal: abort.signal };
+      const started: SharedCopy = {
+        abort,
+        waiting: 0,
+        result: this.#queue
+          .add(() => this.#copy({ ...request, options }))
+          .finally(() => {
+            if (this.#inflight.get(key) === started) this.#inflight.delete(key);
+          }),
+      };
+      // Nobody awaits it once every caller gave up; its failure is theirs, already reported.
+      started.result.catch(() => {});
+      this.#inflight.set(key, started);
+      copy = started;
+    }
+    return this.#wait(copy, key, request.options.signal).then((result) => ({ result, shared }));
+  }
+
+  /** Wait for `copy` until it settles or `signal` aborts; the last waiter to leave aborts it. */
+  #wait(copy: SharedCopy, key: string, signal: AbortSignal | undefined): Promise<CopyResult> {
+    copy.waiting++;
+    let left = false;
+    const leave = () => {
+      if (left) return;
+      left = true;
+      copy.waiting--;
+      if (copy.waiting === 0) {
+        copy.abort.abort(signal?.reason);
+        // A new caller starts a new copy rather than joining an aborted one.
+        if (this.#inflight.get(key) === copy) this.#inflight.delete(key);
+      }
+    };
+    if (signal?.aborted) {
+      leave();
+      return Promise.reject(signal.reason);
+    }
+    return new Promise<CopyResult>((resolve, reject) => {
+      const onAbort = () => {
+        leave();
+        reject(signal?.reason);
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      copy.result.then(
+        (result) => {
+          signal?.removeEventListener("abort", onAbort);
+          left = true;
+          copy.waiting--;
+          resolve(result);
+        },
+        (err) => {
+          signal?.removeEventListener("abort", onAbort);
+          left = true;
+          copy.waiting--;
+          reject(err);
+        },
+      );
+    });
   }
 
   async #copy(request: SyncRequest): Promise<CopyResult> {
-    // A copy still queued when the controller stopped does not start.
+    // A copy still queued when every caller gave up (deadline, deletion, shutdown) does not start.
     request.options.signal?.throwIfAborted();
     const started = this.#clock.now();
     try {
