@@ -37,7 +37,8 @@ Flags:
   --cri-socket PATH              CRI runtime socket (default /run/containerd/containerd.sock;
                                  CRI-O: /var/run/crio/crio.sock)
   --containerd-config-path DIR   containerd registry config_path (default /etc/containerd/certs.d)
-  --containerd-config FILE       containerd config.toml, read to check config_path is set (optional)
+  --containerd-config FILE       containerd config.toml, read to check config_path is set (optional;
+                                 without it the agent asks containerd through CRI Status)
   --containerd-root DIR          containerd root, to see download progress (default /var/lib/containerd
                                  when it exists)
   --kubeconfig FILE              kubeconfig (default: KUBECONFIG, in-cluster, ~/.kube/config)

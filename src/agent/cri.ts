@@ -30,6 +30,14 @@ export interface CriVersion {
   runtimeApiVersion: string;
 }
 
+/** What the runtime says of its own configuration (CRI Status, verbose); containerd only. */
+export interface RuntimeConfig {
+  /** containerd's CRI registry `config_path`; "" when it is not set. */
+  registryConfigPath: string;
+  /** containerd's root (`/var/lib/containerd`, k3s: `/var/lib/rancher/k3s/agent/containerd`). */
+  rootDir?: string;
+}
+
 /** Registry credentials for one pull (the cache's, when it needs them); never logged. */
 export interface CriAuth {
   username?: string;
@@ -46,6 +54,8 @@ export interface ImageRuntime {
   removeImage(image: string): Promise<void>;
   imageFsInfo(): Promise<CriFilesystem[]>;
   listImages(): Promise<CriImage[]>;
+  /** The runtime's own configuration, or undefined when it does not report one (CRI-O, an older containerd). */
+  runtimeConfig?(): Promise<RuntimeConfig | undefined>;
 }
 
 interface WireImage {
@@ -127,6 +137,31 @@ export class CriClient implements ImageRuntime {
       runtimeName: response.runtimeName ?? "",
       runtimeVersion: response.runtimeVersion ?? "",
       runtimeApiVersion: response.runtimeApiVersion ?? "",
+    };
+  }
+
+  /**
+   * containerd answers a verbose CRI Status with its CRI plugin config as JSON: the registry
+   * `config_path` it reads hosts.toml from, wherever its config.toml lives (k3s, RKE2 and
+   * Bottlerocket keep it elsewhere than /etc/containerd). Undefined when the runtime reports none.
+   */
+  async runtimeConfig(): Promise<RuntimeConfig | undefined> {
+    const response = (await this.#call(this.#runtime, "status", { verbose: true })) as {
+      info?: Record<string, string>;
+    };
+    const text = response.info?.config;
+    if (!text) return undefined;
+    let config: { registry?: { configPath?: unknown }; containerdRootDir?: unknown };
+    try {
+      config = JSON.parse(text);
+    } catch {
+      return undefined; // not containerd's shape: as if it said nothing
+    }
+    if (!config || typeof config !== "object" || !config.registry) return undefined;
+    const configPath = config.registry.configPath;
+    return {
+      registryConfigPath: typeof configPath === "string" ? configPath : "",
+      ...(typeof config.containerdRootDir === "string" ? { rootDir: config.containerdRootDir } : {}),
     };
   }
 

@@ -221,12 +221,15 @@ export type ConfigPathCheck =
   | { ok: false; configPath: ""; message: string };
 
 /**
- * Whether containerd will read hosts.toml files from `configPath`: containerd's own config (when
- * given) must set the CRI registry `config_path`, and the directory must exist.
+ * Whether containerd will read hosts.toml files from `configPath`: containerd's own config (the
+ * file when given, else what the runtime reports through CRI Status) must set the CRI registry
+ * `config_path` to it, and the directory must exist. Without either (CRI-O, a runtime that
+ * reports nothing) only the directory is checked.
  */
 export async function checkConfigPath(
   configPath: string,
   containerdConfigFile?: string,
+  runtimeReported?: { registryConfigPath: string },
 ): Promise<ConfigPathCheck> {
   if (containerdConfigFile) {
     const text = await readOptional(containerdConfigFile);
@@ -248,6 +251,20 @@ export async function checkConfigPath(
         ok: false,
         configPath: "",
         message: `containerd reads registry hosts from ${match[1]}, but the agent was given --containerd-config-path ${configPath}`,
+      };
+  } else if (runtimeReported) {
+    const reported = runtimeReported.registryConfigPath;
+    if (reported === "")
+      return {
+        ok: false,
+        configPath: "",
+        message: `containerd (CRI status) has no [plugins."io.containerd.grpc.v1.cri".registry] config_path; set it to ${configPath} in its config.toml and restart containerd to use the cache mirror`,
+      };
+    if (reported !== configPath)
+      return {
+        ok: false,
+        configPath: "",
+        message: `containerd (CRI status) reads registry hosts from ${reported}, but the agent was given --containerd-config-path ${configPath} (chart: agent.containerdConfigPath)`,
       };
   }
   try {

@@ -224,7 +224,15 @@ export class NodeAgentReconciler {
     cacheEndpoint: string | undefined,
   ): Promise<{ configPath: string; condition: ConditionInput }> {
     const type = NodeCacheConditionTypes.MirrorConfigured;
-    const check = await checkConfigPath(this.#config.containerdConfigPath, this.#config.containerdConfigFile);
+    // Without a config file, ask the runtime; a runtime that cannot say (or fails to) leaves only the directory check.
+    const reported = this.#config.containerdConfigFile
+      ? undefined
+      : await this.#deps.runtime.runtimeConfig?.().catch(() => undefined);
+    const check = await checkConfigPath(
+      this.#config.containerdConfigPath,
+      this.#config.containerdConfigFile,
+      reported,
+    );
     const configPath = check.configPath;
     if (!this.#config.mirrorConfig)
       return {
