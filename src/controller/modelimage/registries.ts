@@ -12,6 +12,7 @@ import { Copier } from "../../oci/copy.ts";
 import { type CredentialLookup, RegistryClient, type RegistryClientOptions } from "../../oci/registry.ts";
 import type { Logger } from "../../util/log.ts";
 import type { ControllerConfig } from "../config.ts";
+import { ThroughFrontClient, throughFrontCredentials } from "./throughFront.ts";
 
 export interface Registries {
   client: RegistryClient;
@@ -28,6 +29,11 @@ export function createRegistries(deps: {
   cacheCredentials: CredentialLookup;
   logger: Logger;
   options?: Partial<RegistryClientOptions>;
+  /**
+   * The cache front (`--prewarm-through-cache`): the mirror then reads upstream blobs through
+   * it, so nodes pulling through the front and the mirror share one upstream read.
+   */
+  throughCache?: string;
 }): Registries {
   const upstream = new AsyncLocalStorage<CredentialLookup>();
   const cacheRegistry = deps.config.cache.registry;
@@ -36,7 +42,7 @@ export function createRegistries(deps: {
     return upstream.getStore()?.(registry, repository);
   };
   const caPem = [...(deps.config.caPem ?? []), ...(deps.config.cache.caPem ?? [])];
-  const client = new RegistryClient({
+  const clientOptions: RegistryClientOptions = {
     credentials: lookup,
     insecureHosts: [
       ...deps.config.insecureRegistries,
@@ -46,7 +52,15 @@ export function createRegistries(deps: {
     userAgent: "stowage-controller",
     logger: deps.logger,
     ...deps.options,
-  });
+  };
+  const client = deps.throughCache
+    ? new ThroughFrontClient({
+        ...clientOptions,
+        credentials: throughFrontCredentials(deps.throughCache, lookup),
+        frontUrl: deps.throughCache,
+        cacheRegistry,
+      })
+    : new RegistryClient(clientOptions);
   // Where blobs live in the cache registry, read back from the registry itself at start (so
   // the first image after a restart mounts a base an earlier run pushed) and kept current by
   // the Copier as it pushes. Only a hint: syncs do not wait for it.

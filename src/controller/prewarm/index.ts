@@ -61,6 +61,8 @@ export interface PrewarmController {
   plan(): PrewarmPlan | undefined;
   /** Reports the ModelImages whose plan changed after a pass (for a secondary watch). */
   planChanges: EventSource<ModelImage>;
+  /** The cache front the controller reaches (`--prewarm-through-cache`), when set: the mirror reads blobs through it too. */
+  throughCache?: string;
   /** Close the registry client if it was made here. */
   close(): Promise<void>;
 }
@@ -176,6 +178,7 @@ export function setupPrewarmController(manager: Manager, deps: PrewarmController
     informers: [...modelImageInformers, nodeInformer, nodeCacheInformer] as unknown as Informer<KubeObject>[],
     nodeCacheInformer,
     plan: () => latest,
+    throughCache: config.throughCache,
     planChanges: {
       addEventHandler(handler) {
         planListeners.add(handler);
