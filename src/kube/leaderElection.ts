@@ -1,5 +1,6 @@
 import { defaultRuntimeMetrics, type RuntimeMetrics } from "../metrics.ts";
 import { type Clock, systemClock } from "../util/clock.ts";
+import { StowageError } from "../util/errors.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
 import {
   isConflict,
@@ -191,7 +192,7 @@ export class LeaderElector {
     try {
       const current = await this.#leases.find(name, namespace, { signal });
       if (!current) {
-        const created = await this.#leases.create(
+        const created = await this.#createLease(
           {
             metadata: { name, namespace },
             spec: {
@@ -231,10 +232,25 @@ export class LeaderElector {
       this.#observe(updated);
       return true;
     } catch (err) {
+      if (err instanceof LeaderElectionNamespaceMissing) throw err;
       if (!isConflict(err) && !isNotFound(err)) {
         this.#log.warn({ error: (err as Error).message }, "lease acquire/renew failed");
       }
       return false;
+    }
+  }
+
+  /**
+   * Create the Lease; a missing namespace is fatal, not retried: campaigning would stall
+   * silently forever, the controller never leading and never saying why.
+   */
+  async #createLease(lease: Lease, options: { signal: AbortSignal }): Promise<Lease> {
+    try {
+      return await this.#leases.create(lease, options);
+    } catch (err) {
+      if (isNotFound(err))
+        throw new LeaderElectionNamespaceMissing(this.#options.namespace, this.#options.name, err);
+      throw err;
     }
   }
 
@@ -267,6 +283,18 @@ export class LeaderElector {
     } catch {
       return false;
     }
+  }
+}
+
+/** The Lease's namespace does not exist: leader election cannot ever succeed. */
+export class LeaderElectionNamespaceMissing extends StowageError {
+  constructor(namespace: string, name: string, cause: unknown) {
+    super(
+      "NotFound",
+      `cannot create the leader-election Lease ${namespace}/${name}: namespace "${namespace}" does not exist; create it, or point --leader-election-namespace (POD_NAMESPACE) at the controller's own namespace`,
+      { cause },
+    );
+    this.name = "LeaderElectionNamespaceMissing";
   }
 }
 

@@ -58,6 +58,7 @@ export class Manager {
   #stopping: Promise<void> | undefined;
   #signalHandler: (() => void) | undefined;
   #controllersRunning = false;
+  #fatal: Error | undefined;
   #resolveStopped: () => void = () => {};
   /** Resolves once the manager has stopped (after `stop()` or a handled signal). */
   readonly stopped: Promise<void> = new Promise((resolve) => {
@@ -150,7 +151,17 @@ export class Manager {
       onStartedLeading: (signal) => this.#startControllers(signal),
       onStoppedLeading: () => this.#stopControllers(),
     });
-    this.#electing = this.#elector.run(this.#stopSignal.signal);
+    this.#electing = this.#elector.run(this.#stopSignal.signal).catch((err: Error) => {
+      // Leader election cannot go on (its namespace is missing): stop rather than stall unseen.
+      this.#fatal = err;
+      this.#log.error({ err }, `leader election failed: ${err.message}`);
+      void this.stop();
+    });
+  }
+
+  /** Why the manager stopped by itself (leader election could not go on), if it did. */
+  get fatalError(): Error | undefined {
+    return this.#fatal;
   }
 
   isLeader(): boolean {
