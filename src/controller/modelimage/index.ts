@@ -103,6 +103,8 @@ export function setupModelImageController(
     cacheCredentials: deps.credentials.forCache(),
     logger: log,
     options: deps.registryOptions,
+    // Pre-warm through the front: the mirror reads blobs there too (one upstream read).
+    throughCache: deps.prewarm?.throughCache,
   });
   const syncer = new Syncer({
     registries,
