@@ -12,7 +12,8 @@ import { createCredentialProvider } from "../../src/auth/index.ts";
 import { controllerConfig } from "../../src/controller/config.ts";
 import { setupModelImageController } from "../../src/controller/modelimage/index.ts";
 import type { PrewarmController } from "../../src/controller/prewarm/index.ts";
-import type { KubeClient } from "../../src/kube/client.ts";
+import type { PlannerNode } from "../../src/controller/prewarm/nodes.ts";
+import { type KubeClient, Resources } from "../../src/kube/client.ts";
 import { EventRecorder } from "../../src/kube/events.ts";
 import { Manager } from "../../src/kube/manager.ts";
 import { createRegistry, createStowageMetrics } from "../../src/metrics.ts";
@@ -83,5 +84,35 @@ describe("the first sync of a ModelImage with pre-warm on and no matching node",
     expect(condition(ready, "Synced")?.status).toBe("True");
     expect(condition(ready, "Prewarmed")).toMatchObject({ status: "True", reason: "NodesWarm" });
     expect(ready.status?.variants?.[0]?.cacheDigest).toMatch(/^sha256:/);
+  });
+
+  it("recomputes Prewarmed and Ready when a matching node is uncordoned after the sync, with no plan change", async () => {
+    // Ready but cordoned: it takes no new images, so nothing is desired at the first sync.
+    await client.resource<PlannerNode>(Resources.Node).create({
+      metadata: { name: "gpu-cordoned", labels: { "kubernetes.io/arch": "amd64", pool: "gpu" } },
+      spec: { unschedulable: true },
+      status: { conditions: [{ type: "Ready", status: "True" }] },
+    });
+    await createModelImage(client, "ml", "gpu-only", {
+      variants: [{ name: "gpu", image: `${upstream.host}/models/first:v1`, nodeSelector: { pool: "gpu" } }],
+    });
+    const warm = await waitForCondition(client, "ml", "gpu-only", "Ready", "True", undefined, 15_000);
+    expect(warm.status?.variants?.[0]?.nodes?.desired ?? 0).toBe(0);
+
+    await client
+      .resource<PlannerNode>(Resources.Node)
+      .patch("gpu-cordoned", { spec: { unschedulable: false } });
+    // Not the sync interval (10m): the node change itself brings the count and the conditions.
+    const pulling = await waitForCondition(
+      client,
+      "ml",
+      "gpu-only",
+      "Prewarmed",
+      "False",
+      "NodesPulling",
+      15_000,
+    );
+    expect(pulling.status?.variants?.[0]?.nodes?.desired).toBe(1);
+    expect(condition(pulling, "Ready")?.status).toBe("False");
   });
 });

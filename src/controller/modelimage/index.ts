@@ -190,6 +190,16 @@ export function setupModelImageController(
     });
     prewarmStatusController.watches(planner.nodeCacheInformer, mapNodeCacheToModelImages);
     prewarmStatusController.watches(planner.planChanges);
+    // Node counts follow the nodes a variant's selector matches that take images (Ready, not
+    // cordoned): a node uncordoned or labelled after the sync changes Prewarmed and Ready, even
+    // when no plan changed (no NodeCache yet) and no upstream check is due.
+    prewarmStatusController.watches(prewarmNodeChanges(nodeInformer), (node) =>
+      allModelImages()
+        .filter((mi) =>
+          variantsOf(mi.spec).some((v) => selectorMatches(v.nodeSelector, node.metadata?.labels)),
+        )
+        .map((mi) => objectKey(mi)),
+    );
     for (const informer of modelImageInformers) prewarmStatusController.watches(specChanges(informer));
   }
 
@@ -232,6 +242,26 @@ function specChanges(informer: Informer<ModelImage>): EventSource<ModelImage> {
 function relevantNodeChanges(informer: Informer<Node>): EventSource<Node> {
   const fingerprint = (node: Node) =>
     JSON.stringify([node.metadata?.labels ?? {}, isNodeReady(node), nodePlatform(node)]);
+  return {
+    addEventHandler(handler: EventHandler<Node>) {
+      return informer.addEventHandler({
+        add: (node) => handler.add?.(node),
+        delete: (node) => handler.delete?.(node),
+        update: (old, node) => {
+          if (fingerprint(old) === fingerprint(node)) return;
+          // Keys for both label sets: a node that stopped matching a selector matters too.
+          handler.update?.(old, old);
+          handler.update?.(old, node);
+        },
+      });
+    },
+  };
+}
+
+/** Node updates that change the pre-warm counts: labels, readiness, cordon; not heartbeats. */
+function prewarmNodeChanges(informer: Informer<Node>): EventSource<Node> {
+  const fingerprint = (node: Node) =>
+    JSON.stringify([node.metadata?.labels ?? {}, isNodeReady(node), Boolean(node.spec?.unschedulable)]);
   return {
     addEventHandler(handler: EventHandler<Node>) {
       return informer.addEventHandler({
