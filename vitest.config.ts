@@ -21,6 +21,7 @@ const onBothApiServers = [
   "test/kube/informer.test.ts",
   "test/kube/leaderElection.test.ts",
   "test/kube/manager.test.ts",
+  "test/kube/fieldManager.test.ts",
   "test/kube/status.test.ts",
   "test/kube/trim.test.ts",
   "test/auth/pullSecrets.test.ts",

@@ -172,15 +172,19 @@ export class KubeClient {
   #delegate: Promise<KubeConfig> | undefined;
   #fileToken: { value: string; readAt: number } | undefined;
 
-  /**
-   * Sent as User-Agent; the API server names the field manager of every write after its first
-   * word (`stowage-controller`), so `managedFields` says who wrote what instead of `unknown`.
-   */
+  /** Sent as User-Agent (`stowage-controller/1.2.3`), for the API server's logs and audit. */
   readonly userAgent: string;
+  /**
+   * Sent as `fieldManager` on every create, update and patch, so `managedFields` names this
+   * component (default: the User-Agent's product, `stowage-controller`). The API server would
+   * otherwise derive it from the User-Agent, which a proxy or wrapper may rewrite.
+   */
+  readonly fieldManager: string;
 
-  constructor(config: ClusterConfig, userAgent = `stowage/${stowageVersion()}`) {
+  constructor(config: ClusterConfig, userAgent = `stowage/${stowageVersion()}`, fieldManager?: string) {
     this.config = config;
     this.userAgent = userAgent;
+    this.fieldManager = fieldManager ?? (userAgent.split("/")[0].trim() || "stowage").slice(0, 128);
     this.#https = config.server.startsWith("https:");
     this.#agent = this.#https
       ? new HttpsAgent({
@@ -196,9 +200,15 @@ export class KubeClient {
 
   /** A client for the cluster `loadClusterConfig` resolves (explicit file, KUBECONFIG, in-cluster, ~/.kube/config). */
   static load(
-    options: { path?: string; inCluster?: boolean; context?: string; userAgent?: string } = {},
+    options: {
+      path?: string;
+      inCluster?: boolean;
+      context?: string;
+      userAgent?: string;
+      fieldManager?: string;
+    } = {},
   ): KubeClient {
-    return new KubeClient(loadClusterConfig(options), options.userAgent);
+    return new KubeClient(loadClusterConfig(options), options.userAgent, options.fieldManager);
   }
 
   get server(): string {
@@ -321,6 +331,11 @@ export class KubeClient {
     for (const [name, value] of Object.entries(init.query ?? {})) {
       if (value !== undefined && value !== "") url.searchParams.set(name, String(value));
     }
+    if (
+      (method === "POST" || method === "PUT" || method === "PATCH") &&
+      !url.searchParams.has("fieldManager")
+    )
+      url.searchParams.set("fieldManager", this.fieldManager);
     const body = init.body === undefined ? undefined : JSON.stringify(init.body);
     const options: HttpsRequestOptions = {
       method: method === "WATCH" ? "GET" : method,
