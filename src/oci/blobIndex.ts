@@ -7,7 +7,6 @@
  * node:sqlite, so nothing native to install), and for the controller the cache registry
  * itself, read back at start by `rebuildBlobIndex` (catalog + manifests).
  */
-import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import type { Logger } from "../util/log.ts";
 import type { RegistryClient } from "./registry.ts";
@@ -81,8 +80,9 @@ export class SqliteBlobIndex implements BlobIndex {
     if (this.#db) return true;
     if (this.#broken) return false;
     try {
-      mkdirSync(dirname(this.#path), { recursive: true });
-      // node:sqlite is loaded here, not at the top, so the no-op path never pays for it.
+      // node:fs and node:sqlite are loaded here, not at the top, so the no-op path never pays
+      // for them (an ESM import of node:fs also evaluates ~30 more built-ins).
+      process.getBuiltinModule("node:fs").mkdirSync(dirname(this.#path), { recursive: true });
       const { DatabaseSync } = process.getBuiltinModule("node:sqlite") as typeof import("node:sqlite");
       const db = new DatabaseSync(this.#path, { timeout: 2000 });
       db.exec(`PRAGMA journal_mode = WAL;

@@ -4,9 +4,9 @@
  */
 import { readFile } from "node:fs/promises";
 import { Writable } from "node:stream";
-import { parseArgs } from "node:util";
-import { isMainThread, parentPort, SHARE_ENV, Worker, workerData } from "node:worker_threads";
+import type { MessagePort } from "node:worker_threads";
 import { asStowageError, StowageError } from "../util/errors.ts";
+import type { Logger } from "../util/log.ts";
 import { defaultBlobIndexPath } from "./blobIndex.ts";
 import type { CopyOptions } from "./copy.ts";
 import { parsePlatformList } from "./platforms.ts";
@@ -161,6 +161,9 @@ function integerFlag(value: string | undefined, flag: string, min: number, max: 
 }
 
 function parseFlags(args: string[]) {
+  // Not `import ... from "node:util"`: an ESM import of node:util evaluates all of its exports,
+  // loading some 30 more built-ins (worker_threads among them) that a no-op run never uses.
+  const { parseArgs } = process.getBuiltinModule("node:util");
   return parseArgs({
     args,
     allowPositionals: true,
@@ -209,7 +212,6 @@ interface Output {
   columns?: number;
 }
 
-const workerKind = "stowage-mirror";
 /**
  * V8 grows the young generation to tens of MB under the per-chunk garbage of a long
  * streaming copy, which alone took peak RSS from ~120 to ~190 MiB. The limit can only be
@@ -263,18 +265,21 @@ function processOutput(): Output {
 
 type WorkerMessage = { stream: "stdout" | "stderr"; text: string } | { exitCode: number };
 
-/** Runs the copy in a worker thread; its output comes back as ordered messages, then its exit code. */
-function runInWorker(args: string[]): Promise<number> {
+/**
+ * Runs the copy in a worker thread (mirrorWorker.ts); its output comes back as ordered
+ * messages, then its exit code. worker_threads is loaded here, so a no-op run never loads it.
+ */
+async function runInWorker(args: string[]): Promise<number> {
+  const threads = await import("node:worker_threads");
   return new Promise((resolve) => {
-    const worker = new Worker(new URL(import.meta.url), {
+    const worker = new threads.Worker(new URL("./mirrorWorker.ts", import.meta.url), {
       workerData: {
-        kind: workerKind,
         args,
         tty: process.stderr.isTTY === true,
         columns: process.stderr.columns,
       },
       resourceLimits: { maxYoungGenerationSizeMb: workerYoungGenerationMb },
-      env: SHARE_ENV,
+      env: threads.SHARE_ENV,
     });
     let settled = false;
     const finish = (code: number) => {
@@ -306,9 +311,11 @@ function runInWorker(args: string[]): Promise<number> {
   });
 }
 
-async function workerMain(data: { args: string[]; tty: boolean; columns?: number }): Promise<void> {
-  const port = parentPort;
-  if (!port) return;
+/** The worker thread's side of runInWorker (started by mirrorWorker.ts). */
+export async function workerMain(
+  port: MessagePort,
+  data: { args: string[]; tty: boolean; columns?: number },
+): Promise<void> {
   const post = (message: WorkerMessage) => port.postMessage(message);
   const abort = new AbortController();
   port.on("message", (message: { abort?: boolean }) => {
@@ -338,8 +345,43 @@ async function workerMain(data: { args: string[]; tty: boolean; columns?: number
   port.unref();
 }
 
-if (!isMainThread && (workerData as { kind?: string } | undefined)?.kind === workerKind) {
-  await workerMain(workerData as { args: string[]; tty: boolean; columns?: number });
+const levelOrder = ["trace", "debug", "info", "warn", "error", "fatal"];
+
+/**
+ * A logger made by `create` on its first message at an enabled level (or any other use): an
+ * unchanged re-run logs nothing at the default level, so it never loads pino. A Proxy keeps
+ * every other member of pino's Logger working as it would on the real one.
+ */
+export function deferredLogger(level: string, create: () => Logger): Logger {
+  // A level pino does not know is its error to report, at once.
+  if (level !== "silent" && !levelOrder.includes(level)) return create();
+  const threshold = level === "silent" ? levelOrder.length : Math.max(0, levelOrder.indexOf(level));
+  let real: Logger | undefined;
+  const made = () => {
+    real ??= create();
+    return real;
+  };
+  const gated = new Map(
+    levelOrder.map((name, rank) => [
+      name,
+      (...args: unknown[]) => {
+        if (rank < threshold && real === undefined) return;
+        (made()[name as "info"] as (...a: unknown[]) => void)(...args);
+      },
+    ]),
+  );
+  // The target is never read: every access goes to the real logger once there is one.
+  return new Proxy({} as Logger, {
+    get(_target, property) {
+      if (real === undefined && typeof property === "string") {
+        const method = gated.get(property);
+        if (method) return method;
+        if (property === "level") return level;
+      }
+      const value = Reflect.get(made(), property);
+      return typeof value === "function" ? value.bind(real) : value;
+    },
+  });
 }
 
 /**
@@ -358,9 +400,8 @@ async function executeMirror(
     import("./registry.ts"),
     import("./blobIndex.ts"),
   ]);
-  const logger = createLogger({
-    level: process.env.STOWAGE_LOG_LEVEL ?? (invocation.quiet ? "error" : "warn"),
-  });
+  const level = process.env.STOWAGE_LOG_LEVEL ?? (invocation.quiet ? "error" : "warn");
+  const logger = deferredLogger(level, () => createLogger({ level }));
   const progress = createProgressReporter({
     stream: output.stderr,
     tty: output.tty,

@@ -1,6 +1,15 @@
-import { type DestinationStream, type Logger, pino } from "pino";
+import { createRequire } from "node:module";
+import type { DestinationStream, Logger } from "pino";
 
 export type { Logger };
+
+// pino (and its ~30 files) is loaded when a logger is first made, not when this module is
+// imported: a command that never logs (an unchanged `stowage mirror` re-run) does without it.
+let pinoModule: typeof import("pino") | undefined;
+const loadPino = () => {
+  pinoModule ??= createRequire(import.meta.url)("pino") as typeof import("pino");
+  return pinoModule.pino;
+};
 
 /**
  * Structured logs to stderr, so stdout stays free for `--json` results. Levels are labels
@@ -10,6 +19,7 @@ export type { Logger };
 export function createLogger(
   options: { level?: string; name?: string; destination?: DestinationStream } = {},
 ): Logger {
+  const pino = loadPino();
   return pino(
     {
       name: options.name ?? "stowage",
@@ -27,5 +37,5 @@ export function createLogger(
 
 /** A logger that drops everything, for tests and quiet commands. */
 export function silentLogger(): Logger {
-  return pino({ level: "silent" });
+  return loadPino()({ level: "silent" });
 }

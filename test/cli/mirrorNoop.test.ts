@@ -1,0 +1,132 @@
+/**
+ * Issue 14: an unchanged `stowage mirror` re-run answers from the plan's requests and loads
+ * nothing that path does not need (no worker thread, no SQLite, no pino), against real
+ * distribution registries. What a run loaded is read at its exit by a preloaded probe (CommonJS
+ * files from require.cache, Node built-ins from process.moduleLoadList); timings are bench/mirror.ts's.
+ */
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { CopyResult } from "../../src/oci/copy.ts";
+import { deferredLogger } from "../../src/oci/mirrorCommand.ts";
+import { RegistryClient } from "../../src/oci/registry.ts";
+import { createLogger } from "../../src/util/log.ts";
+import { pushSinglePlatformImage } from "../../testkit/images.ts";
+import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
+import { stowage } from "../support/run.ts";
+
+let source: RunningRegistry;
+let target: RunningRegistry;
+let dir: string;
+let probe: string;
+
+beforeAll(async () => {
+  [source, target] = await Promise.all([startRegistry(), startRegistry()]);
+  dir = await mkdtemp(join(tmpdir(), "stowage-noop-"));
+  probe = join(dir, "probe.cjs");
+  await writeFile(
+    probe,
+    `const { writeFileSync } = require("node:fs");
+process.on("exit", () => {
+  if (!process.env.PROBE_OUT) return;
+  writeFileSync(process.env.PROBE_OUT, JSON.stringify({
+    files: Object.keys(require.cache),
+    builtins: process.moduleLoadList.filter((m) => m.startsWith("NativeModule ")).map((m) => m.slice(13)),
+  }));
+});
+`,
+  );
+  const client = new RegistryClient({ insecureHosts: [source.host] });
+  try {
+    await pushSinglePlatformImage(client, { registry: source.host, repository: "noop/app" }, "v1");
+  } finally {
+    await client.close();
+  }
+});
+
+afterAll(async () => {
+  await Promise.all([source?.stop(), target?.stop()]);
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+async function mirrorProbed(name: string, env: Record<string, string> = {}) {
+  const out = join(dir, `${name}.json`);
+  const run = await stowage(
+    [
+      "mirror",
+      "--json",
+      "--blob-index",
+      join(dir, "index.sqlite"),
+      "--insecure-registry",
+      source.host,
+      "--insecure-registry",
+      target.host,
+      `${source.host}/noop/app:v1`,
+      `${target.host}/noop/app:v1`,
+    ],
+    { NODE_OPTIONS: `--require ${probe}`, PROBE_OUT: out, ...env },
+  );
+  expect(run.code, run.stderr).toBe(0);
+  if (!env.STOWAGE_LOG_LEVEL) expect(run.stderr).toBe("");
+  const loaded = JSON.parse(await readFile(out, "utf8")) as { files: string[]; builtins: string[] };
+  return { result: JSON.parse(run.stdout) as CopyResult, loaded };
+}
+
+const loadsPino = (files: string[]) => files.some((f) => f.includes("/node_modules/pino/"));
+
+describe("an unchanged stowage mirror re-run", () => {
+  it("answers without a worker thread, SQLite or pino, where the copy before it loaded them", async () => {
+    // The copy in the main thread (inline) and logging at info: the probe sees all three loaded.
+    const copy = await mirrorProbed("copy", { STOWAGE_MIRROR_INLINE: "1", STOWAGE_LOG_LEVEL: "info" });
+    expect(copy.result.bytes.transferred).toBeGreaterThan(0);
+    expect(loadsPino(copy.loaded.files)).toBe(true);
+    expect(copy.loaded.builtins).toContain("sqlite");
+
+    const noop = await mirrorProbed("noop");
+    expect(noop.result.bytes.transferred).toBe(0);
+    expect(noop.result.manifests.pushed).toBe(0);
+    expect(noop.result.targetDigest).toBe(copy.result.targetDigest);
+    expect(loadsPino(noop.loaded.files)).toBe(false);
+    expect(noop.loaded.builtins).not.toContain("sqlite");
+    expect(noop.loaded.builtins).not.toContain("worker_threads");
+  });
+
+  it("copies a changed image in a worker thread", async () => {
+    const client = new RegistryClient({ insecureHosts: [source.host] });
+    try {
+      await pushSinglePlatformImage(client, { registry: source.host, repository: "noop/app" }, "v1", {
+        layers: [{ seed: "noop/app/changed", size: 64 * 1024 }],
+      });
+    } finally {
+      await client.close();
+    }
+    const copy = await mirrorProbed("changed");
+    expect(copy.result.bytes.transferred).toBeGreaterThan(0);
+    expect(copy.loaded.builtins).toContain("worker_threads");
+  });
+});
+
+describe("the mirror command's deferred logger", () => {
+  it("makes the logger only for a message at an enabled level, then hands every call to it", () => {
+    const lines: string[] = [];
+    let made = 0;
+    const logger = deferredLogger("warn", () => {
+      made++;
+      return createLogger({ level: "warn", destination: { write: (line: string) => lines.push(line) } });
+    });
+    logger.debug({ blob: "sha256:1" }, "resuming blob");
+    logger.info("mirrored");
+    expect(made).toBe(0);
+    expect(logger.level).toBe("warn");
+    logger.warn({ path: "/x" }, "blob index unusable");
+    logger.info("not at warn");
+    expect(made).toBe(1);
+    expect(lines.map((line) => JSON.parse(line).msg)).toEqual(["blob index unusable"]);
+    expect(JSON.parse(lines[0]).level).toBe("warn");
+  });
+
+  it("makes the logger at once for a level pino does not know, so pino reports it", () => {
+    expect(() => deferredLogger("loud", () => createLogger({ level: "loud" }))).toThrow(/loud/);
+  });
+});
