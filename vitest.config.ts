@@ -39,6 +39,8 @@ const onBothApiServers = [
   "test/webhook/controller.test.ts",
   "test/agent/agent.test.ts",
   "test/agent/command.test.ts",
+  "test/agent/containerdConfig.test.ts",
+  "test/agent/uninstall.test.ts",
   "test/status/status.test.ts",
   "test/api/nodeCache.test.ts",
   "test/argocd/examples.test.ts",

@@ -26,6 +26,10 @@ const commands: Record<string, Command> = {
     summary: "run the pull-through cache front nodes pull from: misses fetched upstream once, verified",
     run: async (args) => (await import("./cache/command.ts")).runCache(args),
   },
+  uninstall: {
+    summary: "before the chart is deleted: agents remove their hosts.toml, nodes lose warm labels and taint",
+    run: async (args) => (await import("./agent/uninstall.ts")).runUninstall(args),
+  },
 };
 
 export function usage(): string {

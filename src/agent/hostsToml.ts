@@ -6,7 +6,7 @@
  * cache with a private CA gets that CA written beside each hosts.toml and named by the cache's
  * `ca` key (containerd reads `ca` as a path, absolute or relative to the hosts.toml).
  */
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rename, rm, rmdir, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { cacheRepository, isDockerHub } from "../oci/reference.ts";
 
@@ -193,7 +193,8 @@ export async function applyMirrorConfig(
       result.hosts[host] = "restored";
     } else {
       await rm(join(dir, "hosts.toml"), { force: true });
-      await rm(dir, { recursive: false, force: true }).catch(() => {});
+      // rmdir: the folder goes only when nothing else (a certificate of the node's own) is in it.
+      await rmdir(dir).catch(() => {});
       result.hosts[host] = "removed";
     }
   }

@@ -11,6 +11,7 @@
  */
 import { readFile, statfs } from "node:fs/promises";
 import PQueue from "p-queue";
+import { UNINSTALL_ANNOTATION } from "../api/labels.ts";
 import {
   countImages,
   diskUsedColumn,
@@ -122,6 +123,7 @@ export class NodeAgentReconciler {
   readonly #tasks = new Map<string, PullTask>();
   #reported = new Map<string, NodeImageStatus>();
   #stopped = false;
+  #uninstalled = false;
 
   constructor(config: AgentConfig, deps: AgentDeps) {
     this.#config = config;
@@ -142,6 +144,7 @@ export class NodeAgentReconciler {
   async reconcile(): Promise<Result> {
     const nc = this.#deps.getNodeCache();
     if (!nc || this.#stopped) return done(); // the planner creates it; its watch brings us back
+    if (nc.metadata?.annotations?.[UNINSTALL_ANNOTATION]) return this.#uninstall(nc);
     const now = this.#clock.now();
     const spec = nc.spec ?? { nodeName: this.#config.nodeName };
     const wanted = dedupe(spec.images ?? []);
@@ -203,6 +206,59 @@ export class NodeAgentReconciler {
       .map((t) => Math.max(0, (t.retryAt as number) - now));
     const runtimeRetry = runtimeError ? [Math.min(this.#config.retryInitialMs, 5000)] : [];
     return requeueAfter(Math.min(untilHeartbeat, this.#config.resyncIntervalMs, ...retries, ...runtimeRetry));
+  }
+
+  /**
+   * Stowage is being uninstalled (the chart's pre-delete hook annotated this NodeCache): stop
+   * pulling, remove every hosts.toml this agent wrote (restoring what it had merged with), and say
+   * so in status, which the hook waits for. Images stay; the kubelet's GC owns them from now on.
+   */
+  async #uninstall(nc: NodeCache): Promise<Result> {
+    // Once reported, stay idle: writing again would wake this watch with our own write, forever.
+    if (this.#uninstalled) return done();
+    this.#queue.clear();
+    for (const task of this.#tasks.values()) task.abort.abort(new Error("uninstalling"));
+    this.#tasks.clear();
+    const type = NodeCacheConditionTypes.MirrorConfigured;
+    let condition: ConditionInput;
+    try {
+      const result = this.#config.mirrorConfig
+        ? await applyMirrorConfig(this.#config.containerdConfigPath, [], { cacheEndpoint: "" })
+        : { hosts: {} };
+      const hosts = Object.entries(result.hosts);
+      if (hosts.length > 0)
+        this.#log.info({ hosts: result.hosts }, "containerd mirror config removed for uninstall");
+      const restored = hosts.filter(([, outcome]) => outcome === "restored").map(([host]) => host);
+      condition = {
+        type,
+        status: "False",
+        reason: "Uninstalled",
+        message: `Stowage is being uninstalled: removed the hosts.toml of ${hosts.length} host(s) under ${this.#config.containerdConfigPath}${restored.length ? `, restored the earlier one of ${restored.join(", ")}` : ""}; pulls stopped`,
+      };
+    } catch (err) {
+      condition = {
+        type,
+        status: "False",
+        reason: "WriteFailed",
+        message: `removing hosts.toml under ${this.#config.containerdConfigPath} for uninstall: ${(err as Error).message}`,
+      };
+    }
+    const now = this.#clock.now();
+    await writeStatus<NodeCacheStatus, NodeCache>(
+      this.#deps.client.resource<NodeCache>(NodeCacheResource),
+      nc,
+      (current) => ({
+        ...(current ?? {}),
+        containerdConfigPath: "",
+        conditions: setCondition(current?.conditions ?? [], condition, now),
+        heartbeatTime: formatTime(now),
+      }),
+      { clock: this.#clock },
+    );
+    // A failed removal is retried; once done, the annotation keeps every later pass here, idle.
+    if (condition.reason !== "Uninstalled") return requeueAfter(this.#config.retryInitialMs);
+    this.#uninstalled = true;
+    return done();
   }
 
   /** The cache CA file's PEM; undefined without --cache-ca-file or when the file does not exist. */

@@ -30,3 +30,10 @@ export function warmNodeLabel(namespace: string, name: string): string {
   const head = plain.slice(0, 63 - hash.length - 1).replace(/[^A-Za-z0-9]+$/, "");
   return `${WARM_LABEL_PREFIX}${head}-${hash}`;
 }
+
+/**
+ * NodeCache annotation the uninstall hook (`stowage uninstall`) sets: the node's agent then removes
+ * the containerd hosts.toml files it wrote (restoring any it merged with), stops pulling, and
+ * reports MirrorConfigured=False reason `Uninstalled`.
+ */
+export const UNINSTALL_ANNOTATION = "stowage.dev/uninstall";
