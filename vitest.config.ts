@@ -30,6 +30,7 @@ const onBothApiServers = [
   "test/controller/modelimage-failures.test.ts",
   "test/controller/modelimage-finalizer.test.ts",
   "test/controller/modelimage-hung-upstream.test.ts",
+  "test/controller/modelimage-pull-secret.test.ts",
   "test/controller/prewarm-first-sync.test.ts",
   "test/controller/prewarm.test.ts",
   "test/controller/prewarm-integration.test.ts",

@@ -42,6 +42,11 @@ export interface ControllerConfig {
    * (default 30 min: a 40 GB image at 25 MB/s fits; the copy resumes from the blobs already there).
    */
   syncTimeoutMs: number;
+  /**
+   * How often the Secrets named by ModelImages that failed on credentials (AuthConfigInvalid,
+   * AuthFailed) are read again, so a created or fixed Secret re-queues them (default 5 s).
+   */
+  pullSecretRecheckMs?: number;
   /** Keep cache tags when a ModelImage is deleted (default true). */
   retainOnDelete: boolean;
   /** 0..1: fraction of the sync interval added at random to each requeue (default 0.1). */

@@ -34,6 +34,7 @@ import type { PrewarmController } from "../prewarm/index.ts";
 import { mapNodeCacheToModelImages } from "../prewarm/status.ts";
 import { UpstreamSlots } from "./fairness.ts";
 import { isNodeReady, type Node, nodePlatform, selectorMatches } from "./plan.ts";
+import { recheckPullSecrets } from "./pullSecrets.ts";
 import {
   type CheckRecord,
   type CredentialSource,
@@ -144,6 +145,21 @@ export function setupModelImageController(
     reconcileTimeoutMs: deps.config.syncTimeoutMs,
   });
   controller = modelImageController;
+  // A Secret created or fixed after a ModelImage failed on it: sync again now, not at the interval.
+  const secretRecheck = new AbortController();
+  void manager.stopped.then(() => secretRecheck.abort());
+  void recheckPullSecrets(
+    {
+      secrets: deps.client.resource(Resources.Secret),
+      modelImages: allModelImages,
+      enqueue: (key) => modelImageController.enqueue(key),
+      active: () => modelImageController.running,
+      clock,
+      log,
+      intervalMs: deps.config.pullSecretRecheckMs ?? 5_000,
+    },
+    secretRecheck.signal,
+  );
   for (const informer of modelImageInformers) {
     modelImageController.watches(specChanges(informer));
     // A sync under way for a spec that changed, or for an object being deleted, is moot: its
