@@ -42,6 +42,7 @@ const onBothApiServers = [
   "test/agent/command.test.ts",
   "test/agent/containerdConfig.test.ts",
   "test/agent/uninstall.test.ts",
+  "test/agent/pullProgress.test.ts",
   "test/status/status.test.ts",
   "test/api/nodeCache.test.ts",
   "test/argocd/examples.test.ts",

@@ -50,6 +50,9 @@ Flags:
   --max-concurrent-pulls N       pulls in flight (default 2)
   --stall-timeout DURATION       cancel and retry a pull without progress for this long (default 5m)
   --heartbeat-interval DURATION  how often status.heartbeatTime is refreshed (default 60s)
+  --progress-interval DURATION   how often a running pull's bytes reach status (\`pulling 42%\`), read from
+                                 containerd's content store under --containerd-root (default 10s; 0: only
+                                 at Present)
   --retry-initial DURATION       first delay before retrying a failed pull (default 10s; doubles)
   --retry-max DURATION           longest delay between pull retries (default 5m)
   --health-port N                serve /healthz, /readyz, /metrics (default 8081; 0 picks one)
@@ -74,6 +77,7 @@ export const agentOptions = {
   "max-concurrent-pulls": { type: "string" },
   "stall-timeout": { type: "string" },
   "heartbeat-interval": { type: "string" },
+  "progress-interval": { type: "string" },
   "retry-initial": { type: "string" },
   "retry-max": { type: "string" },
   "health-port": { type: "string" },
@@ -134,6 +138,14 @@ export function parseAgentArgs(
         defaultAgentConfig.heartbeatIntervalMs,
       ),
       resyncIntervalMs: defaultAgentConfig.resyncIntervalMs,
+      progressIntervalMs:
+        get("progress-interval") === "0"
+          ? 0
+          : durationFlag(
+              get("progress-interval"),
+              "progress-interval",
+              defaultAgentConfig.progressIntervalMs ?? 10_000,
+            ),
       retryInitialMs: durationFlag(get("retry-initial"), "retry-initial", defaultAgentConfig.retryInitialMs),
       retryMaxMs: durationFlag(get("retry-max"), "retry-max", defaultAgentConfig.retryMaxMs),
     },

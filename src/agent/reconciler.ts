@@ -37,7 +37,7 @@ import { asStowageError, StowageError } from "../util/errors.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
 import type { CriAuth, ImageRuntime } from "./cri.ts";
 import { applyMirrorConfig, checkConfigPath } from "./hostsToml.ts";
-import { type ProgressProbe, runtimeProgressProbe } from "./progress.ts";
+import { type ProgressProbe, pulledBytes, runtimeProgressProbe } from "./progress.ts";
 
 export interface AgentConfig {
   nodeName: string;
@@ -68,6 +68,11 @@ export interface AgentConfig {
   /** Backoff between attempts of a failing pull. */
   retryInitialMs: number;
   retryMaxMs: number;
+  /**
+   * How often a pull's bytes so far reach status while it runs (`pulling 42%`), read from
+   * containerd's content store under containerdRoot; 0 reports bytes only at Present.
+   */
+  progressIntervalMs?: number;
 }
 
 export const defaultAgentConfig: Omit<AgentConfig, "nodeName" | "agentVersion"> = {
@@ -79,6 +84,7 @@ export const defaultAgentConfig: Omit<AgentConfig, "nodeName" | "agentVersion"> 
   resyncIntervalMs: 30_000,
   retryInitialMs: 10_000,
   retryMaxMs: 5 * 60_000,
+  progressIntervalMs: 10_000,
 };
 
 export interface AgentDeps {
@@ -109,6 +115,10 @@ interface PullTask {
   /** The image was absent when the pull started, so the agent may remove it later. */
   ownsImage: boolean;
   abort: AbortController;
+  /** Bytes of the image's config and layers in the runtime so far, while pulling. */
+  bytes?: number;
+  /** When `bytes` last asked for a status write. */
+  bytesReportedAt?: number;
 }
 
 const NAME = "node-agent";
@@ -472,6 +482,7 @@ export class NodeAgentReconciler {
           return;
         }
         const sample = await this.#progress.sample().catch(() => undefined);
+        await this.#measureBytes(task);
         if (sample !== undefined && sample !== last) {
           last = sample;
           lastChange = this.#clock.now();
@@ -498,6 +509,24 @@ export class NodeAgentReconciler {
       task.abort.signal.removeEventListener("abort", onTaskAbort);
       await watcher;
     }
+  }
+
+  /**
+   * Bytes so far of the pulling image, from containerd's content store; a status pass is asked
+   * for at most every progressIntervalMs when they changed (status writes are the API server's
+   * load: one per pulling node per interval).
+   */
+  async #measureBytes(task: PullTask): Promise<void> {
+    const every = this.#config.progressIntervalMs ?? 0;
+    const root = this.#config.containerdRoot;
+    if (every <= 0 || !root) return;
+    const now = this.#clock.now();
+    if (task.bytesReportedAt !== undefined && now - task.bytesReportedAt < every) return;
+    const progress = await pulledBytes(root, task.digest).catch(() => undefined);
+    if (!progress || progress.bytes === task.bytes) return;
+    task.bytes = progress.bytes;
+    task.bytesReportedAt = now;
+    this.#deps.requeue();
   }
 
   /** Images the previous status lists but spec no longer does: remove the ones we pulled. */
@@ -574,7 +603,14 @@ function taskStatus(base: { image: string; digest: string }, task: PullTask, now
       ...startedAt,
       ...owned,
     };
-  if (task.state === "pulling") return { ...base, state: "Pulling", ...startedAt, ...owned };
+  if (task.state === "pulling")
+    return {
+      ...base,
+      state: "Pulling",
+      ...(task.bytes !== undefined ? { bytes: task.bytes } : {}),
+      ...startedAt,
+      ...owned,
+    };
   return { ...base, state: "Pending", ...owned };
 }
 
