@@ -149,7 +149,10 @@ export class Manager {
       metrics: this.metrics,
       log: this.#log,
       onStartedLeading: (signal) => this.#startControllers(signal),
-      onStoppedLeading: () => this.#stopControllers(),
+      // Shutting down: reconciles get the deadline, then the Lease is released. Lost (another
+      // replica holds it, or renewing failed past the renew deadline): the new leader may already
+      // be writing, so in-flight reconciles are aborted at once and write nothing more.
+      onStoppedLeading: () => this.#stopControllers(this.#stopSignal.signal.aborted ? undefined : 0),
     });
     this.#electing = this.#elector.run(this.#stopSignal.signal).catch((err: Error) => {
       // Leader election cannot go on (its namespace is missing): stop rather than stall unseen.
@@ -231,10 +234,9 @@ export class Manager {
     this.#controllersRunning = true;
   }
 
-  async #stopControllers(): Promise<void> {
+  async #stopControllers(deadlineMs = this.#options.shutdownDeadlineMs ?? 10_000): Promise<void> {
     if (!this.#controllersRunning) return;
     this.#controllersRunning = false;
-    const deadlineMs = this.#options.shutdownDeadlineMs ?? 10_000;
     await Promise.all(this.#controllers.map((controller) => controller.stop({ deadlineMs })));
   }
 

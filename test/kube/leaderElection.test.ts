@@ -7,6 +7,7 @@ import { done } from "../../src/kube/controller.ts";
 import { Informer } from "../../src/kube/informer.ts";
 import type { Lease } from "../../src/kube/leaderElection.ts";
 import { Manager } from "../../src/kube/manager.ts";
+import { formatMicroTime } from "../../src/kube/time.ts";
 import { createRuntimeMetrics } from "../../src/metrics.ts";
 import { startRefusingWebhook } from "./apiFaults.ts";
 import { createNamespace, eventually, metricSum, startCluster, type TestCluster } from "./helpers.ts";
@@ -188,6 +189,51 @@ describe("leader election", () => {
       calls.includes(`replica-a ${ns}/while-not-leading`),
     );
     await a.stop();
+  });
+
+  it("aborts reconciles in flight at once when another replica takes the lease, not after the shutdown deadline", async () => {
+    const ns = "le-stolen";
+    await createNamespace(client, ns);
+    await createConfigMap(ns, "busy");
+    let started = false;
+    let abortedAfterLoss = false;
+    const manager = new Manager({
+      client,
+      metrics: createRuntimeMetrics(),
+      leaderElection: { namespace: ns, name: "stowage-controller", identity: "replica-a", ...timing },
+      shutdownDeadlineMs: 120_000, // were the loss handled like a shutdown, the test would time out
+    });
+    const configMaps = manager.addInformer({ type: Resources.ConfigMap, namespace: ns });
+    manager
+      .addController({
+        name: "busy",
+        reconcile: async (key, ctx) => {
+          if (key !== `${ns}/busy`) return done();
+          started = true;
+          await new Promise<void>((resolve) => ctx.signal.addEventListener("abort", () => resolve()));
+          abortedAfterLoss = !manager.isLeader();
+          return done();
+        },
+      })
+      .watches(configMaps);
+    running.push(manager);
+    await manager.start();
+    await eventually("replica-a leads and reconciles", () => manager.isLeader() && started);
+    // Another replica takes the lease (as after a partition longer than the lease).
+    const lease = await client.resource<Lease>(Resources.Lease).get("stowage-controller", ns);
+    const now = formatMicroTime(Date.now());
+    await client.resource<Lease>(Resources.Lease).update({
+      ...lease,
+      spec: {
+        ...lease.spec,
+        holderIdentity: "replica-b",
+        leaseDurationSeconds: 60,
+        acquireTime: now,
+        renewTime: now,
+      },
+    });
+    await eventually("the reconcile in flight is aborted", () => abortedAfterLoss, 15_000);
+    expect((await holder(ns))?.holderIdentity).toBe("replica-b");
   });
 
   it("releases the lease when a controller process gets SIGTERM", async () => {
