@@ -62,6 +62,13 @@ Flags:
   --namespace NS                 watch only this namespace (repeatable; default all)
   --workers N                    reconcile workers (default 4)
   --max-concurrent-syncs N       mirror operations in flight across all ModelImages (default 4)
+  --max-syncs-per-upstream-host N  workers one upstream host may hold at once (default half of
+                                 --workers, at least 1): a host that never answers cannot take them all
+  --sync-timeout DURATION        abort a ModelImage sync (checks and copy) still running after this
+                                 long: Synced=False UpstreamTimeout, retried with backoff (default 30m)
+  --shutdown-timeout DURATION    on SIGTERM, finish within this long: reconciles get all but 5 s of it,
+                                 then transfers are aborted, the Lease is released and the process
+                                 exits (default 25s, inside a pod's default 30 s grace period)
   --retain-on-delete=BOOL        keep cache tags when a ModelImage is deleted (default true)
   --health-port N                serve /healthz, /readyz, /metrics on this port (default 8080;
                                  0 picks a free port, reported in the "controller ready" log line)
@@ -120,6 +127,9 @@ export const controllerOptions = {
   namespace: { type: "string", multiple: true },
   workers: { type: "string" },
   "max-concurrent-syncs": { type: "string" },
+  "max-syncs-per-upstream-host": { type: "string" },
+  "sync-timeout": { type: "string" },
+  "shutdown-timeout": { type: "string" },
   "retain-on-delete": { type: "string" },
   "health-port": { type: "string" },
   "health-bind-address": { type: "string" },
@@ -169,6 +179,10 @@ export interface ControllerInvocation {
   namespaces?: string[];
   workers: number;
   maxConcurrentSyncs: number;
+  maxSyncsPerUpstreamHost?: number;
+  syncTimeoutMs: number;
+  /** From SIGTERM to exit (--shutdown-timeout). */
+  shutdownTimeoutMs: number;
   retainOnDelete: boolean;
   healthPort: number;
   healthBindAddress: string;
@@ -327,6 +341,8 @@ export async function parseControllerArgs(
   if (retryPeriodMs >= renewDeadlineMs) {
     throw new UsageError("--retry-period must be shorter than --renew-deadline");
   }
+  const workers = integerFlag(get("workers"), "workers", 4, 1, 256);
+  const perHost = get("max-syncs-per-upstream-host");
   const namespaces = list("namespace");
   const caPem: string[] = [];
   for (const path of list("ca-file")) caPem.push(await readPem(path, "ca-file"));
@@ -342,8 +358,13 @@ export async function parseControllerArgs(
     insecureRegistries: list("insecure-registry").map(hostOf),
     caPem,
     namespaces: namespaces.length > 0 ? namespaces : undefined,
-    workers: integerFlag(get("workers"), "workers", 4, 1, 256),
+    workers,
     maxConcurrentSyncs: integerFlag(get("max-concurrent-syncs"), "max-concurrent-syncs", 4, 1, 256),
+    // At most the workers: more would not bound anything.
+    maxSyncsPerUpstreamHost:
+      perHost === undefined ? undefined : integerFlag(perHost, "max-syncs-per-upstream-host", 1, 1, workers),
+    syncTimeoutMs: durationFlag(get("sync-timeout"), "sync-timeout", 30 * 60_000),
+    shutdownTimeoutMs: durationFlag(get("shutdown-timeout"), "shutdown-timeout", 25_000),
     retainOnDelete: booleanFlag(get("retain-on-delete"), "retain-on-delete", true),
     healthPort: integerFlag(get("health-port"), "health-port", 8080, 0, 65535),
     healthBindAddress: bindAddressFlag(get("health-bind-address"), "health-bind-address", "0.0.0.0"),
@@ -475,10 +496,34 @@ export async function runController(args: string[]): Promise<number> {
     log.fatal({ reason: failure.reason }, `controller could not start: ${failure.message}`);
     return 1;
   }
+  // The backstop: whatever hangs past the budget, the process leaves before the kubelet's SIGKILL.
+  const backstop = () => {
+    setTimeout(() => {
+      log.error(
+        { shutdownTimeoutMs: invocation.shutdownTimeoutMs },
+        "shutdown did not finish within --shutdown-timeout; exiting anyway",
+      );
+      process.exit(1);
+    }, clampTimerMs(invocation.shutdownTimeoutMs)).unref();
+  };
+  process.once("SIGTERM", backstop);
+  process.once("SIGINT", backstop);
   await running.manager.stopped;
   await running.close();
+  process.removeListener("SIGTERM", backstop);
+  process.removeListener("SIGINT", backstop);
+  const fatal = running.manager.fatalError;
+  if (fatal) {
+    log.fatal({ reason: asStowageError(fatal).reason }, `controller stopped: ${fatal.message}`);
+    return 1;
+  }
   log.info("controller stopped");
   return 0;
+}
+
+/** In-flight reconciles get the shutdown budget less 5 s (at least half of it) before they are aborted. */
+export function shutdownDeadline(shutdownTimeoutMs: number): number {
+  return Math.max(shutdownTimeoutMs / 2, shutdownTimeoutMs - 5_000);
 }
 
 export interface RunningController {
@@ -627,6 +672,8 @@ export async function startController(
     metrics: runtimeMetrics,
     healthPort: invocation.healthPort,
     healthHost: invocation.healthBindAddress,
+    // The rest of the budget releases the Lease, stops informers and closes connections.
+    shutdownDeadlineMs: shutdownDeadline(invocation.shutdownTimeoutMs),
     leaderElection: invocation.leaderElection
       ? { ...invocation.leaderElection, identity: invocation.identity }
       : undefined,
@@ -649,6 +696,8 @@ export async function startController(
     namespaces: invocation.namespaces,
     workers: invocation.workers,
     maxConcurrentSyncs: invocation.maxConcurrentSyncs,
+    maxSyncsPerUpstreamHost: invocation.maxSyncsPerUpstreamHost,
+    syncTimeoutMs: invocation.syncTimeoutMs,
     retainOnDelete: invocation.retainOnDelete,
     cacheAliases: [invocation.prewarm?.cacheEndpointForNodes, invocation.prewarm?.throughCache]
       .filter((endpoint): endpoint is string => endpoint !== undefined)
