@@ -12,7 +12,7 @@
  * NODE_OPTIONS reaches the front too (e.g. --max-semi-space-size=2, which lowers its peak RSS).
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -99,6 +99,8 @@ try {
   );
   await client.close();
   const layer = pushed.image.layers[0].descriptor;
+  // The registry creates its root on the first push; a pod's volume mount is there from the start.
+  await mkdir(storage.storageDir, { recursive: true });
   const [port, healthPort] = [await freePort(), await freePort()];
   front = spawn(
     process.execPath,
@@ -109,6 +111,8 @@ try {
       `--upstream-host=${upstream.host}`,
       `--insecure-registry=${upstream.host}`,
       `--spool-dir=${spoolDir}`,
+      // As in the chart: the front beside the registry, its volume mounted read-only.
+      `--storage-root=${storage.storageDir}`,
       `--port=${port}`,
       `--health-port=${healthPort}`,
       "--ecr=false",

@@ -4,10 +4,11 @@
  * resolver and single flight behind one HTTP server, plus a health server with /metrics.
  * Exit codes: 0 after SIGTERM/SIGINT, 1 on a fatal startup error, 2 on bad usage.
  */
-import { readFile } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { hostname, tmpdir } from "node:os";
+import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { collectDefaultMetrics } from "prom-client";
 import { type CacheMetrics, createCacheMetrics, createRegistry } from "../metrics.ts";
@@ -26,6 +27,7 @@ import {
 import { createLogger, type Logger, silentLogger } from "../util/log.ts";
 import { stowageVersion } from "../util/version.ts";
 import { AccessControl } from "./access.ts";
+import { BlobFiles } from "./blobFiles.ts";
 import { BlobFlights } from "./flights.ts";
 import { Manifests } from "./manifests.ts";
 import { ManifestPromotion } from "./promotion.ts";
@@ -48,6 +50,10 @@ Flags:
   --storage-ca-file FILE         CA certificate(s) of an HTTPS storage registry
   --storage-username USER        storage registry user (env STOWAGE_STORAGE_USERNAME)
   --storage-password PASS        storage registry password (prefer env STOWAGE_STORAGE_PASSWORD)
+  --storage-root DIR             the storage registry's filesystem root (its
+                                 storage.filesystem.rootdirectory), mounted read-only beside it:
+                                 hits are read from there, linked blobs only (optional; without
+                                 it, or for S3, hits are read from the registry over HTTP)
   --upstream-host HOST           an upstream host[:port] the front fetches from (repeatable, or a
                                  comma list; "*" allows any host a caller names; required)
   --insecure-registry HOST       talk plain HTTP to this upstream host[:port] (repeatable)
@@ -80,6 +86,7 @@ export const cacheOptions = {
   "storage-ca-file": { type: "string" },
   "storage-username": { type: "string" },
   "storage-password": { type: "string" },
+  "storage-root": { type: "string" },
   "upstream-host": { type: "string", multiple: true },
   "insecure-registry": { type: "string", multiple: true },
   "ca-file": { type: "string", multiple: true },
@@ -104,6 +111,8 @@ export interface CacheConfig {
   storageUrl: string;
   storageCaPem?: string[];
   storageCredentials?: { username: string; password: string };
+  /** The registry's filesystem root, read directly for hits (blobFiles.ts). */
+  storageRoot?: string;
   upstreamHosts: string[];
   insecureRegistries: string[];
   caPem: string[];
@@ -192,6 +201,15 @@ export async function parseCacheArgs(
   if (!logLevels.includes(logLevel))
     throw new UsageError(`--log-level must be one of ${logLevels.join(", ")}`);
   const storageCaFile = get("storage-ca-file");
+  const storageRoot = get("storage-root");
+  if (storageRoot !== undefined) {
+    const layout = join(storageRoot, "docker", "registry", "v2");
+    const found = await stat(layout).catch(() => undefined);
+    // An empty registry has no docker/registry/v2 yet; the root itself must exist.
+    const root = found ?? (await stat(storageRoot).catch(() => undefined));
+    if (!root?.isDirectory())
+      throw new UsageError(`--storage-root ${storageRoot} is not a directory (distribution's rootdirectory)`);
+  }
   const secretFile = get("node-token-secret-file");
   let nodeTokenSecret: Buffer | undefined;
   if (secretFile) {
@@ -211,6 +229,7 @@ export async function parseCacheArgs(
       storageCaPem: storageCaFile ? [await readText(storageCaFile, "storage-ca-file")] : undefined,
       storageCredentials:
         username !== undefined && password !== undefined ? { username, password } : undefined,
+      storageRoot,
       upstreamHosts,
       insecureRegistries: list("insecure-registry").map(hostOf),
       caPem,
@@ -356,6 +375,7 @@ export async function startCache(
     logger,
     upstreamHosts: new Set(config.upstreamHosts),
     pulls,
+    blobFiles: config.storageRoot ? new BlobFiles(config.storageRoot) : undefined,
   });
   const recordTimer = pulls
     ? setInterval(() => void pulls.flush(), Math.min(config.pullRecordIntervalMs ?? 60_000, 2 ** 31 - 1))

@@ -13,11 +13,13 @@ import { headerValue } from "../oci/transport.ts";
 import { asStowageError, StowageError } from "../util/errors.ts";
 import type { Logger } from "../util/log.ts";
 import { type AccessControl, AccessRefused } from "./access.ts";
+import { type BlobFile, type BlobFiles, parseRange } from "./blobFiles.ts";
 import type { BlobFlights } from "./flights.ts";
 import { type CacheTarget, isDigestReference, parseCachePath } from "./layout.ts";
 import type { Manifests } from "./manifests.ts";
 import type { PullLog } from "./pulls.ts";
 import { ociErrorOf, sendError, sendUnauthorized } from "./respond.ts";
+import { fileChunks, sendBuffers, sendChunks } from "./send.ts";
 import type { RawResponse, Storage } from "./storage.ts";
 import type { TagResolver } from "./tags.ts";
 import { callerCredentials } from "./upstreamAuth.ts";
@@ -35,9 +37,12 @@ export interface FrontDeps {
   upstreamHosts: ReadonlySet<string>;
   /** Notes when each manifest was last pulled, for the controller's eviction (pulls.ts). */
   pulls?: PullLog;
+  /** The registry's filesystem storage, read directly for hits (`--storage-root`, blobFiles.ts). */
+  blobFiles?: BlobFiles;
 }
 
 const API_HEADERS = { "docker-distribution-api-version": "registry/2.0" };
+
 /** Headers of a storage blob response passed on to the caller as they are. */
 const PASSED_HEADERS = [
   "content-length",
@@ -199,6 +204,8 @@ export class Front {
     const range = typeof req.headers.range === "string" ? req.headers.range : undefined;
     const abort = new AbortController();
     res.once("close", () => abort.abort());
+    const file = await this.deps.blobFiles?.open(target.cacheRepository, target.reference);
+    if (file && (await this.sendFile(res, target, file, method, range))) return;
     const stored = await storage
       .openBlob(target.cacheRepository, target.reference, { method, range, signal: abort.signal })
       .catch((err: unknown) => {
@@ -269,21 +276,9 @@ export class Front {
     res.writeHead(200, { ...blobHeaders, "content-length": String(size) });
     metrics.singleFlightWaiters.inc();
     try {
-      for await (const chunk of spool.tail(0, size, { holdLast: true, signal: abort.signal })) {
-        metrics.bytesServed.inc({ source: "upstream" }, chunk.length);
-        if (!res.write(chunk)) {
-          await new Promise<void>((resolve) => {
-            const done = () => {
-              res.off("drain", done);
-              res.off("close", done);
-              resolve();
-            };
-            res.once("drain", done);
-            res.once("close", done);
-          });
-        }
-        if (res.destroyed) return;
-      }
+      const chunks = spool.tail(0, size, { holdLast: true, signal: abort.signal, buffers: sendBuffers() });
+      await sendChunks(res, chunks, (bytes) => metrics.bytesServed.inc({ source: "upstream" }, bytes));
+      if (res.destroyed) return;
       res.end();
     } catch (err) {
       // Headers are out: the only honest answer left is a cut connection (a short body).
@@ -295,6 +290,65 @@ export class Front {
     } finally {
       metrics.singleFlightWaiters.dec();
     }
+  }
+
+  /**
+   * A hit read from the registry's own files; false (file closed) for a Range this does not
+   * serve, which the caller then asks distribution for.
+   */
+  private async sendFile(
+    res: ServerResponse,
+    target: CacheTarget,
+    file: BlobFile,
+    method: "GET" | "HEAD",
+    range: string | undefined,
+  ): Promise<boolean> {
+    const answer = parseRange(range, file.size);
+    if (answer.kind === "unsupported") {
+      await file.handle.close().catch(() => {});
+      return false;
+    }
+    this.deps.metrics.hits.inc({ kind: "blob" });
+    const headers: Record<string, string> = {
+      ...API_HEADERS,
+      "content-type": "application/octet-stream",
+      "docker-content-digest": target.reference,
+      etag: `"${target.reference}"`,
+      "accept-ranges": "bytes",
+    };
+    if (answer.kind === "unsatisfiable") {
+      await file.handle.close().catch(() => {});
+      res.writeHead(416, { ...headers, "content-range": `bytes */${file.size}`, "content-length": "0" });
+      res.end();
+      return true;
+    }
+    const start = answer.kind === "partial" ? answer.start : 0;
+    const end = answer.kind === "partial" ? answer.end : file.size - 1;
+    const length = file.size === 0 ? 0 : end - start + 1;
+    if (answer.kind === "partial") headers["content-range"] = `bytes ${start}-${end}/${file.size}`;
+    res.writeHead(answer.kind === "partial" ? 206 : 200, { ...headers, "content-length": String(length) });
+    if (method === "HEAD" || length === 0) {
+      await file.handle.close().catch(() => {});
+      res.end();
+      return true;
+    }
+    let sent = 0;
+    try {
+      const read = async (buffer: Buffer, length: number, position: number) =>
+        (await file.handle.read(buffer, 0, length, position)).bytesRead;
+      sent = await sendChunks(res, fileChunks(read, start, end));
+      res.end();
+    } catch (err) {
+      this.deps.logger.warn(
+        { repository: target.cacheRepository, digest: target.reference, err: asStowageError(err).message },
+        "aborting a blob response read from the registry's files",
+      );
+      res.destroy();
+    } finally {
+      await file.handle.close().catch(() => {});
+      this.deps.metrics.bytesServed.inc({ source: "storage" }, sent);
+    }
+    return true;
   }
 
   /** Streams a storage response to the caller: node's own pipe (the hit path's speed), bytes counted per chunk. */

@@ -12,8 +12,9 @@ import { open, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { StowageError } from "../util/errors.ts";
 
-// Small enough that eight tails of a blob do not hold many MiB between them while sockets drain.
-const READ_SIZE = 256 * 1024;
+// Reads for tails without their own buffers (the storage upload, whose HTTP client keeps what it
+// was given until sent, so its buffers cannot be reused).
+const READ_SIZE = 1024 * 1024;
 const WRITE_HIGH_WATER = 8 * 1024 * 1024;
 
 type State = "filling" | "sealed" | "failed";
@@ -82,19 +83,14 @@ export class Spool {
   async #writeQueued(): Promise<void> {
     try {
       while (this.#queue.length > 0 && this.#handle) {
-        const batch = this.#queue.length === 1 ? this.#queue[0] : Buffer.concat(this.#queue);
+        // One vectored write of every queued chunk: no copy of them into one buffer first.
+        let batch = this.#queue;
         this.#queue = [];
-        let offset = 0;
-        while (offset < batch.length) {
-          const { bytesWritten } = await this.#handle.write(
-            batch,
-            offset,
-            batch.length - offset,
-            this.#written,
-          );
-          offset += bytesWritten;
+        while (batch.length > 0) {
+          const { bytesWritten } = await this.#handle.writev(batch, this.#written);
           this.#written += bytesWritten;
           this.#queued -= bytesWritten;
+          batch = remainderAfter(batch, bytesWritten);
         }
         this.#wake();
       }
@@ -126,8 +122,18 @@ export class Spool {
    * until the spool is sealed (what a caller's response does; the storage upload need not,
    * since distribution verifies the digest itself before committing).
    */
-  async *tail(start = 0, end = this.size, options: { holdLast?: boolean; signal?: AbortSignal } = {}) {
+  async *tail(
+    start = 0,
+    end = this.size,
+    options: {
+      holdLast?: boolean;
+      signal?: AbortSignal;
+      /** Read into these in turn (send.ts): the consumer must be done with a chunk two chunks later. */
+      buffers?: Buffer[];
+    } = {},
+  ) {
     this.#readers++;
+    let turn = 0;
     try {
       let position = start;
       while (position < end) {
@@ -147,8 +153,10 @@ export class Spool {
         }
         const handle = this.#handle;
         if (!handle) throw new StowageError("Aborted", "spool was disposed");
-        const buffer = Buffer.allocUnsafe(Math.min(available, READ_SIZE));
-        const { bytesRead } = await handle.read(buffer, 0, buffer.length, position);
+        const buffer = options.buffers
+          ? options.buffers[turn++ % options.buffers.length]
+          : Buffer.allocUnsafe(Math.min(available, READ_SIZE));
+        const { bytesRead } = await handle.read(buffer, 0, Math.min(available, buffer.length), position);
         if (bytesRead === 0) throw new StowageError("Internal", `spool ${this.path} returned no bytes`);
         position += bytesRead;
         yield buffer.subarray(0, bytesRead);
@@ -178,4 +186,17 @@ export class Spool {
     this.#waiters = [];
     for (const wake of waiters) wake();
   }
+}
+
+/** What is left of `buffers` once their first `bytes` bytes were written. */
+function remainderAfter(buffers: Buffer[], bytes: number): Buffer[] {
+  let skip = bytes;
+  let index = 0;
+  while (index < buffers.length && skip >= buffers[index].length) {
+    skip -= buffers[index].length;
+    index++;
+  }
+  const rest = buffers.slice(index);
+  if (rest.length > 0 && skip > 0) rest[0] = rest[0].subarray(skip);
+  return rest;
 }

@@ -3,7 +3,7 @@
  * (which records what reaches the upstream), a real storage registry, and the front itself,
  * started in-process on loopback with a short spool directory of its own.
  */
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { request } from "undici";
@@ -53,6 +53,8 @@ export async function startRig(
     wrapUpstream?: (upstream: RunningRegistry) => Promise<{ url: string; stop(): Promise<void> }>;
     /** The front's own upstream credentials, written to an --auth-file keyed by the proxy's host. */
     frontCredentials?: { username: string; password: string };
+    /** The front reads hits from the storage registry's files (`--storage-root`), as beside it in a pod. */
+    readStorageFiles?: boolean;
   } = {},
 ): Promise<CacheRig> {
   const [upstream, storage] = await Promise.all([startRegistry(options.upstream), startRegistry()]);
@@ -67,8 +69,17 @@ export async function startRig(
     await writeFile(file, JSON.stringify({ auths: { [proxy.host]: { auth } } }));
     authFiles.push(file);
   }
+  // The registry creates its root on the first push; a pod's volume mount is there from the start.
+  if (options.readStorageFiles) await mkdir(storage.storageDir, { recursive: true });
+  const storageRoot = options.readStorageFiles ? storage.storageDir : undefined;
   const front = await startCache(
-    { ...frontConfig(storage.url, proxy.host, spoolDir), authFiles, healthPort: 0, ...options.config },
+    {
+      ...frontConfig(storage.url, proxy.host, spoolDir),
+      authFiles,
+      healthPort: 0,
+      storageRoot,
+      ...options.config,
+    },
     { clock: options.clock },
   );
   return {
