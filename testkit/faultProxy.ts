@@ -34,7 +34,9 @@ export interface FaultRule {
      * per-connection limit gives them), after `latencyMs` added before the request is forwarded.
      * Give it `times: Infinity` and no `match` to throttle everything.
      */
-    | { kind: "throttle"; bytesPerSecond: number; latencyMs: number };
+    | { kind: "throttle"; bytesPerSecond: number; latencyMs: number }
+    /** Forward the request body, then cut both connections once `bytes` of it went through (a cache killed mid-upload). */
+    | { kind: "resetAfterRequestBytes"; bytes: number };
 }
 
 export interface SeenRequest {
@@ -218,6 +220,16 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
           res.socket?.destroy();
         }
       });
+      if (action?.kind === "resetAfterRequestBytes") {
+        let received = 0;
+        req.on("data", (chunk: Buffer) => {
+          received += chunk.length;
+          if (received < action.bytes) return;
+          record.status = -1;
+          upstream.destroy();
+          req.socket.destroy();
+        });
+      }
       req.pipe(upstream);
       req.on("error", () => upstream.destroy());
     };

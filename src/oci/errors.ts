@@ -3,7 +3,8 @@
  * (`{errors:[{code,message,detail}]}`) first, the HTTP status second.
  */
 import { type Reason, StowageError } from "../util/errors.ts";
-import { isRetryableStatus, parseRetryAfter, withRetryAfter } from "./retry.ts";
+import { isRetryableStatus, parseRetryAfter, retryAfterOf, withRetryAfter } from "./retry.ts";
+import { upstreamText } from "./sanitize.ts";
 
 export interface OciErrorEntry {
   code: string;
@@ -41,14 +42,20 @@ export function parseOciErrors(body: string): OciErrorEntry[] {
   }
 }
 
-/** What the server said, in one line: the OCI error messages, else the start of the body. */
+/**
+ * What the server said, in one short plain line (see sanitize.ts): the OCI error messages,
+ * else the start of the body with any HTML and control characters removed.
+ */
 export function serverMessage(body: string, status: number): string {
   const entries = parseOciErrors(body);
   if (entries.length > 0) {
-    return entries.map((entry) => entry.message || entry.code.toLowerCase().replace(/_/g, " ")).join("; ");
+    return upstreamText(
+      entries
+        .map((entry) => String(entry.message || String(entry.code).toLowerCase().replace(/_/g, " ")))
+        .join("; "),
+    );
   }
-  const text = body.trim().replace(/\s+/g, " ").slice(0, 200);
-  return text || `HTTP ${status}`;
+  return upstreamText(body) || `HTTP ${status}`;
 }
 
 export interface ResponseContext {
@@ -77,6 +84,7 @@ export function errorFromResponse(status: number, body: string, context: Respons
     else if (status === 403) reason = "Denied";
     else if (status === 404) reason = context.notFound ?? "NotFound";
     else if (status >= 500 || status === 408) reason = "UpstreamUnavailable";
+    else if (status >= 300 && status < 400) reason = "UpstreamUnavailable";
     else reason = "InvalidArgument";
   }
   // An upload session the registry forgot (restart, purge): a fresh upload will do.
@@ -101,7 +109,10 @@ export function errorFromResponse(status: number, body: string, context: Respons
       message = `${context.host} is rate limiting requests (HTTP ${status}): ${said}`;
       break;
     case "UpstreamUnavailable":
-      message = `${context.host} answered HTTP ${status} for ${context.subject}: ${said}`;
+      message =
+        status >= 300 && status < 400
+          ? `${context.host} answered a redirect (HTTP ${status}) for ${context.subject}; redirects are followed only for blob downloads (see redirects.ts)`
+          : `${context.host} answered HTTP ${status} for ${context.subject}: ${said}`;
       break;
     default:
       message = `${context.host} refused ${context.subject} (HTTP ${status}): ${said}`;
@@ -110,12 +121,28 @@ export function errorFromResponse(status: number, body: string, context: Respons
   return withRetryAfter(err, parseRetryAfter(context.retryAfter, context.nowMs ?? Date.now()));
 }
 
-/** Connection-level failures (refused, reset, timed out) as retryable UpstreamUnavailable. */
+/** undici's and the transport's deadline errors (see deadlines.ts). */
+const TIMEOUT_CODES: Record<string, string> = {
+  UND_ERR_HEADERS_TIMEOUT: "sent no response headers within the request timeout (--request-timeout)",
+  UND_ERR_BODY_TIMEOUT: "stalled: no byte of the response arrived within the stall timeout (--stall-timeout)",
+  UND_ERR_CONNECT_TIMEOUT: "did not accept a connection in time",
+};
+
+/**
+ * Connection-level failures (refused, reset, timed out) as retryable UpstreamUnavailable, or
+ * UpstreamTimeout when a deadline or the stall timeout ran out. Any text they carry is
+ * upstream text (sanitize.ts).
+ */
 export function errorFromNetwork(err: unknown, host: string, subject: string): StowageError {
   if (err instanceof StowageError) return err;
-  const cause = err as { code?: string; message?: string; cause?: { code?: string; message?: string } };
+  const cause = err as {
+    code?: string;
+    message?: string;
+    timeoutMs?: number;
+    cause?: { code?: string; message?: string };
+  };
   const code = cause?.code ?? cause?.cause?.code;
-  const detail = cause?.cause?.message ?? cause?.message ?? String(err);
+  const detail = upstreamText(cause?.cause?.message ?? cause?.message ?? String(err));
   if (code && TLS_CODES.has(code)) {
     return new StowageError(
       "UpstreamUnavailable",
@@ -130,11 +157,39 @@ export function errorFromNetwork(err: unknown, host: string, subject: string): S
       { cause: err, retryable: false },
     );
   }
+  if (code === "STOWAGE_TIMEOUT") {
+    return new StowageError("UpstreamTimeout", `${host} ${detail} (${subject})`, {
+      cause: err,
+      retryable: true,
+    });
+  }
+  if (code && TIMEOUT_CODES[code]) {
+    return new StowageError("UpstreamTimeout", `${host} ${TIMEOUT_CODES[code]} for ${subject}`, {
+      cause: err,
+      retryable: true,
+    });
+  }
   return new StowageError(
     "UpstreamUnavailable",
     `${host} could not be reached for ${subject}: ${code ? `${code} ` : ""}${detail}`,
     { cause: err, retryable: true },
   );
+}
+
+/**
+ * The same failure blamed on the cache registry: a registry the caller named as its cache
+ * (the controller's cache, `stowage mirror`'s destination) that did not answer, timed out or
+ * answered 5xx is CacheUnavailable, retried like an upstream fault, never UpstreamUnavailable.
+ */
+export function blameCache(err: StowageError, cacheRegistry: string): StowageError {
+  if (err.reason !== "UpstreamUnavailable" && err.reason !== "UpstreamTimeout") return err;
+  const blamed = new StowageError("CacheUnavailable", `cache registry ${cacheRegistry}: ${err.message}`, {
+    cause: err,
+    retryable: err.retryable,
+    status: err.status,
+  });
+  const wait = retryAfterOf(err);
+  return wait === undefined ? blamed : withRetryAfter(blamed, wait);
 }
 
 const TLS_CODES = new Set([

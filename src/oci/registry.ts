@@ -17,7 +17,8 @@ import {
   pushScope,
   repositoryOfScopes,
 } from "./challenge.ts";
-import { errorFromNetwork, errorFromResponse } from "./errors.ts";
+import { blameCache, errorFromNetwork, errorFromResponse } from "./errors.ts";
+import type { ProxySettings } from "./proxy.ts";
 import {
   type OpenRange,
   type RangedDownloadOptions,
@@ -25,14 +26,9 @@ import {
   rangedChunks,
   rangedDefaults,
 } from "./rangedDownload.ts";
-import {
-  backoffDelay,
-  type RetryOptions,
-  type RetryPolicy,
-  retryAfterOf,
-  retryPolicy,
-  withRetry,
-} from "./retry.ts";
+import type { HostResolver } from "./redirects.ts";
+import { type RetryOptions, type RetryPolicy, retryPolicy, waitBeforeRetry, withRetry } from "./retry.ts";
+import { readCappedText } from "./sanitize.ts";
 import { type HttpMethod, headerValue, type ResponseData, Transport } from "./transport.ts";
 import { type Descriptor, type ImageIndex, ManifestAccept, MediaType, type RawManifest } from "./types.ts";
 import { DigestVerifier, digestOf } from "./verify.ts";
@@ -57,6 +53,21 @@ export interface RegistryClientOptions {
   chunkSizeBytes?: number;
   /** Parallel ranged downloads of large blobs; false downloads every blob as one stream. */
   rangedDownload?: RangedDownloadOptions | false;
+  /**
+   * The cache: registries whose failures (no answer, timeouts, 5xx) are CacheUnavailable rather
+   * than UpstreamUnavailable, and which are never reached through a proxy.
+   */
+  cacheRegistries?: string[];
+  /** Headers deadline of every request, ms (default 30 s; deadlines.ts). */
+  requestTimeoutMs?: number;
+  /** A transfer that moves no byte for this long is abandoned and retried, ms (default 60 s). */
+  stallTimeoutMs?: number;
+  /** How long a registry may take to answer after an upload's last byte, ms (default 5 min). */
+  commitTimeoutMs?: number;
+  /** HTTPS_PROXY/HTTP_PROXY/NO_PROXY from this environment (default process.env); false: no proxy. */
+  proxy?: ProxySettings | false;
+  /** Resolves redirect targets before they are followed (tests); default the system resolver. */
+  resolveHost?: HostResolver;
 }
 
 export interface RepoRef {
@@ -167,13 +178,23 @@ export class RegistryClient {
   private readonly logger: Logger;
   private readonly chunkSize: number;
   private readonly ranged: Required<RangedDownloadOptions> | undefined;
+  private readonly cacheRegistries: Set<string>;
 
   constructor(options: RegistryClientOptions = {}) {
+    this.cacheRegistries = new Set(options.cacheRegistries ?? []);
     this.transport = new Transport({
       insecureHosts: options.insecureHosts,
       caPem: options.caPem,
       maxConnectionsPerHost: options.maxConnectionsPerHost,
       userAgent: options.userAgent,
+      requestTimeoutMs: options.requestTimeoutMs,
+      stallTimeoutMs: options.stallTimeoutMs,
+      commitTimeoutMs: options.commitTimeoutMs,
+      proxy:
+        options.proxy === false
+          ? false
+          : { ...options.proxy, noProxy: [...(options.proxy?.noProxy ?? []), ...this.cacheRegistries] },
+      resolveHost: options.resolveHost,
     });
     this.clock = options.clock ?? systemClock;
     this.logger = options.logger ?? silentLogger();
@@ -443,12 +464,16 @@ export class RegistryClient {
       } catch (caught) {
         if (signal?.aborted)
           throw new StowageError("Aborted", `download of ${subject} was aborted`, { cause: caught });
-        const err = errorFromNetwork(caught, repo.registry, subject);
+        const err = this.blame(errorFromNetwork(caught, repo.registry, subject), repo.registry);
         if (!err.retryable) throw err;
         if (verifier.received > start) failures = 0;
         failures++;
-        if (failures >= this.policy.attempts) {
-          throw new StowageError(err.reason, `${err.message} (gave up after ${failures} attempts)`, {
+        let delay: number;
+        try {
+          delay = waitBeforeRetry(this.policy, err, failures);
+        } catch (final) {
+          const last = final as StowageError;
+          throw new StowageError(last.reason, `${last.message} (gave up after ${failures} attempts)`, {
             cause: err,
             retryable: true,
             status: err.status,
@@ -458,11 +483,6 @@ export class RegistryClient {
           { blob: descriptor.digest, received: verifier.received, err: err.message },
           "resuming blob",
         );
-        const requested = retryAfterOf(err);
-        const delay =
-          requested !== undefined
-            ? Math.min(requested, this.policy.maxDelayMs)
-            : backoffDelay(this.policy, failures - 1);
         await this.clock.sleep(delay, signal);
       } finally {
         if (response && !response.body.destroyed) response.body.destroy();
@@ -510,7 +530,7 @@ export class RegistryClient {
         if (via === undefined) throw err;
         // A signed storage URL may have expired: ask the registry again on the retry.
         direct = undefined;
-        const failure = errorFromNetwork(err, repo.registry, subject);
+        const failure = this.blame(errorFromNetwork(err, repo.registry, subject), repo.registry);
         throw new StowageError(failure.reason, failure.message, { cause: err, retryable: true });
       }
       const contentRange = /^bytes (\d+)-/.exec(headerValue(response.headers, "content-range") ?? "");
@@ -525,13 +545,15 @@ export class RegistryClient {
       open,
       {
         attempts: this.policy.attempts,
-        toError: (caught) => errorFromNetwork(caught, repo.registry, subject),
+        toError: (caught) => this.blame(errorFromNetwork(caught, repo.registry, subject), repo.registry),
         sleep: (failures, err, sleepSignal) => {
-          const requested = retryAfterOf(err);
-          const delay =
-            requested !== undefined
-              ? Math.min(requested, this.policy.maxDelayMs)
-              : backoffDelay(this.policy, failures - 1);
+          // rangedChunks counts the attempts itself; only the wait (and a long Retry-After to
+          // report) is decided here.
+          const delay = waitBeforeRetry(
+            { ...this.policy, attempts: Number.POSITIVE_INFINITY },
+            err,
+            failures,
+          );
           return this.clock.sleep(delay, sleepSignal);
         },
       },
@@ -636,7 +658,7 @@ export class RegistryClient {
           subject,
           signal: options.signal,
         });
-        const text = await response.body.text();
+        const text = await readCappedText(response.body);
         if (response.statusCode === 201 || response.statusCode === 204) return;
         const err = errorFromResponse(response.statusCode, text, { host: repo.registry, subject });
         if (sourceError) throw sourceError;
@@ -688,7 +710,10 @@ export class RegistryClient {
     } catch (err) {
       opened.destroy();
       await this.cancelUpload(repo, location);
-      if (sourceError) throw sourceError;
+      // The source's own failure wins, unless it is only the echo of the upload being torn
+      // down (a premature close or abort after the target dropped the connection): then the
+      // target's error says what happened.
+      if (sourceError && !(isTeardownError(sourceError) && err instanceof StowageError)) throw sourceError;
       throw err;
     }
   }
@@ -862,6 +887,15 @@ export class RegistryClient {
     return declared ?? served;
   }
 
+  /** A failure of a cache registry is the cache's (CacheUnavailable), not the upstream's. */
+  private blame(err: StowageError, registry: string): StowageError {
+    return this.cacheRegistries.has(registry) ? blameCache(err, registry) : err;
+  }
+
+  private blameResponse(status: number, body: string, context: Parameters<typeof errorFromResponse>[2]) {
+    return this.blame(errorFromResponse(status, body, context), context.host);
+  }
+
   private retrying<T>(
     what: string,
     signal: AbortSignal | undefined,
@@ -892,7 +926,7 @@ export class RegistryClient {
   ): Promise<ResponseData & { url: string }> {
     const { registry, signal } = request;
     const challenge = headerValue(refused.headers, "www-authenticate");
-    let said = await refused.body.text();
+    let said = await readCappedText(refused.body);
     const scopes = this.auth.onChallenge(registry, challenge, request.scopes);
     const repository = repositoryOfScopes(request.scopes);
     const candidates = await this.auth.candidates(registry, repository);
@@ -932,7 +966,7 @@ export class RegistryClient {
         }
         return response;
       }
-      said = await response.body.text();
+      said = await readCappedText(response.body);
       refusedBy.push(describeCandidate(credentials));
     }
     const err = errorFromResponse(401, said, { host: registry, subject: request.subject });
@@ -965,7 +999,7 @@ export class RegistryClient {
         if (request.signal?.aborted) {
           throw new StowageError("Aborted", `${request.subject} was aborted`, { cause: err });
         }
-        throw errorFromNetwork(err, request.registry, request.subject);
+        throw this.blame(errorFromNetwork(err, request.registry, request.subject), request.registry);
       }
     };
 
@@ -975,9 +1009,9 @@ export class RegistryClient {
       response = await this.answerChallenge(request, response, attempt);
     }
     if (request.expect.includes(response.statusCode)) return response;
-    const text = request.method === "HEAD" ? "" : await response.body.text().catch(() => "");
+    const text = request.method === "HEAD" ? "" : await readCappedText(response.body);
     if (request.method === "HEAD") await response.body.dump();
-    throw errorFromResponse(response.statusCode, text, {
+    throw this.blameResponse(response.statusCode, text, {
       host: request.registry,
       subject: request.subject,
       notFound: request.notFound,
@@ -985,6 +1019,13 @@ export class RegistryClient {
       nowMs: this.clock.now(),
     });
   }
+}
+
+function isTeardownError(err: unknown): boolean {
+  const code = (err as { code?: string } | undefined)?.code;
+  return (
+    code === "ERR_STREAM_PREMATURE_CLOSE" || code === "ABORT_ERR" || (err as Error)?.name === "AbortError"
+  );
 }
 
 /** "pull secret "ngc" (nvcr.io)", "anonymous", or "credentials #2"-free: never a secret. */

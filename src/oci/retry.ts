@@ -1,6 +1,10 @@
 /**
  * Retry policy for registry traffic: exponential backoff with full jitter on transient
- * failures (connection errors, 408, 429, 5xx), honouring Retry-After, never on other 4xx.
+ * failures (connection errors, timeouts, 408, 429, 5xx), never on other 4xx. Retry-After is
+ * honoured up to `maxRetryAfterMs` (default 5 min): a wait up to `maxDelayMs` (30 s) is slept
+ * where the request is; a longer one is slept too (`longWaits: "sleep"`, the one-shot CLI), or
+ * handed to the caller (`"report"`, the controller, which must not hold a worker for minutes)
+ * as an error that says "retrying in Ns" and carries the wait (retryAfterOf).
  */
 import type { Clock } from "../util/clock.ts";
 import { StowageError } from "../util/errors.ts";
@@ -11,19 +15,33 @@ export interface RetryOptions {
   attempts?: number;
   baseDelayMs?: number;
   maxDelayMs?: number;
+  /** The longest Retry-After honoured (default 5 min); longer requests wait this long. */
+  maxRetryAfterMs?: number;
+  /** A Retry-After past maxDelayMs: slept here ("sleep", default) or reported to the caller ("report"). */
+  longWaits?: "sleep" | "report";
 }
 
 export interface RetryPolicy {
   attempts: number;
   baseDelayMs: number;
   maxDelayMs: number;
+  maxRetryAfterMs: number;
+  longWaits: "sleep" | "report";
 }
 
+export const DEFAULT_MAX_RETRY_AFTER_MS = 5 * 60_000;
+
 export function retryPolicy(options: RetryOptions = {}): RetryPolicy {
+  const maxDelayMs = options.maxDelayMs ?? 30_000;
   return {
     attempts: Math.max(1, options.attempts ?? 5),
     baseDelayMs: options.baseDelayMs ?? 200,
-    maxDelayMs: options.maxDelayMs ?? 30_000,
+    maxDelayMs,
+    maxRetryAfterMs: Math.max(
+      maxDelayMs,
+      Math.min(options.maxRetryAfterMs ?? DEFAULT_MAX_RETRY_AFTER_MS, 2 ** 31 - 1),
+    ),
+    longWaits: options.longWaits ?? "sleep",
   };
 }
 
@@ -44,7 +62,11 @@ export function parseRetryAfter(value: string | undefined, nowMs: number): numbe
 }
 
 /** Full jitter: uniform in [0, min(max, base * 2^retry)]. `retry` counts from 0. */
-export function backoffDelay(policy: RetryPolicy, retry: number, random: () => number = Math.random): number {
+export function backoffDelay(
+  policy: Pick<RetryPolicy, "baseDelayMs" | "maxDelayMs">,
+  retry: number,
+  random: () => number = Math.random,
+): number {
   const ceiling = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** retry);
   return Math.floor(random() * ceiling);
 }
@@ -63,10 +85,8 @@ export async function withRetry<T>(
       return await operation(attempt);
     } catch (err) {
       if (context.signal?.aborted) throw err;
-      if (!(err instanceof StowageError) || !err.retryable || attempt >= policy.attempts) throw err;
-      const requested = retryAfterOf(err);
-      const delay =
-        requested !== undefined ? Math.min(requested, policy.maxDelayMs) : backoffDelay(policy, attempt - 1);
+      if (!(err instanceof StowageError) || !err.retryable) throw err;
+      const delay = waitBeforeRetry(policy, err, attempt);
       context.logger?.debug(
         { what: context.what, attempt, delayMs: delay, reason: err.reason, err: err.message },
         "retrying registry request",
@@ -74,6 +94,36 @@ export async function withRetry<T>(
       await clock.sleep(delay, context.signal);
     }
   }
+}
+
+/**
+ * How long to wait before retry number `failures` (1-based) after `err`; throws instead when
+ * the attempts are spent or a long Retry-After is to be reported: the thrown error then says
+ * "retrying in Ns" when the registry asked for a wait, and carries it (capped).
+ */
+export function waitBeforeRetry(policy: RetryPolicy, err: StowageError, failures: number): number {
+  const requested = retryAfterOf(err);
+  if (requested === undefined) {
+    if (failures >= policy.attempts) throw err;
+    return backoffDelay(policy, failures - 1);
+  }
+  const wait = Math.min(requested, policy.maxRetryAfterMs);
+  const long = wait > policy.maxDelayMs;
+  if (failures >= policy.attempts || (long && policy.longWaits === "report")) {
+    throw retryingIn(err, wait, requested);
+  }
+  return wait;
+}
+
+function retryingIn(err: StowageError, waitMs: number, requestedMs: number): StowageError {
+  const seconds = Math.ceil(waitMs / 1000);
+  const capped = requestedMs > waitMs ? `; it asked for ${Math.ceil(requestedMs / 1000)}s, capped` : "";
+  const reported = new StowageError(
+    err.reason,
+    `${err.message}; retrying in ${seconds}s (Retry-After${capped})`,
+    { cause: err, retryable: err.retryable, status: err.status },
+  );
+  return withRetryAfter(reported, waitMs);
 }
 
 const RETRY_AFTER = Symbol("retryAfterMs");

@@ -1,11 +1,17 @@
 /**
  * HTTP plumbing for registry traffic: one pooled keep-alive undici Agent per client, TLS
  * verified against the system CAs plus any extra CAs, plain HTTP only for hosts the user
- * names as insecure, and redirects followed without leaking credentials to other origins.
+ * names as insecure, deadlines on every request (deadlines.ts), redirects followed only as
+ * redirects.ts allows, and HTTPS_PROXY/HTTP_PROXY/NO_PROXY honoured (proxy.ts).
  */
+
+import { createRequire } from "node:module";
 import type { Readable } from "node:stream";
 import { rootCertificates } from "node:tls";
-import { Agent, type Dispatcher, request } from "undici";
+import type { Dispatcher, Agent as UndiciAgent } from "undici";
+import { type Deadlines, deadlines, watchStreamedBody } from "./deadlines.ts";
+import { type ProxySettings, proxyConfig } from "./proxy.ts";
+import { checkRedirectHop, type HostResolver, MAX_REDIRECT_HOPS, mayFollowRedirects } from "./redirects.ts";
 import { registryApiHost } from "./reference.ts";
 
 export interface TransportOptions {
@@ -13,6 +19,16 @@ export interface TransportOptions {
   caPem?: string | string[];
   maxConnectionsPerHost?: number;
   userAgent?: string;
+  /** Headers deadline of every request (ms, default 30 s). */
+  requestTimeoutMs?: number;
+  /** A body (download or upload) that moves no byte for this long is abandoned (ms, default 60 s). */
+  stallTimeoutMs?: number;
+  /** After an upload's last byte, how long the registry may take to answer (ms, default 5 min). */
+  commitTimeoutMs?: number;
+  /** Proxy from the environment; false: never a proxy. */
+  proxy?: ProxySettings | false;
+  /** Resolves the host of a redirect before it is followed (tests); default the system resolver. */
+  resolveHost?: HostResolver;
 }
 
 export type HttpMethod = "GET" | "HEAD" | "PUT" | "POST" | "PATCH" | "DELETE";
@@ -23,27 +39,59 @@ export interface SendOptions {
   headers?: Record<string, string>;
   body?: Buffer | string | Readable | null;
   signal?: AbortSignal;
-  /** Follow up to this many redirects (GET/HEAD only). Default 5. */
+  /** Follow at most this many redirects of a blob read (redirects.ts; never more than 5). */
   maxRedirects?: number;
 }
 
 export type ResponseData = Dispatcher.ResponseData;
 
-const MAX_REDIRECTS = 5;
+// undici's index loads all of undici (fetch, WebSocket, mocks, caches: ~130 files, ~14 MB and
+// most of an unchanged `stowage mirror` re-run's start-up); this needs only its Agent and the
+// request API, so they are loaded from undici's own files, as its index loads them.
+const requireUndici = createRequire(import.meta.url);
+const Agent = requireUndici("undici/lib/dispatcher/agent.js") as typeof UndiciAgent;
+/** Loaded only when a proxy is configured. */
+const loadEnvHttpProxyAgent = () =>
+  requireUndici("undici/lib/dispatcher/env-http-proxy-agent.js") as typeof import("undici").EnvHttpProxyAgent;
+const requestApi = requireUndici("undici/lib/api/api-request.js") as (
+  this: Dispatcher,
+  options: Dispatcher.RequestOptions,
+) => Promise<Dispatcher.ResponseData>;
 
 export class Transport {
-  readonly dispatcher: Agent;
+  readonly dispatcher: Dispatcher;
   readonly userAgent: string;
+  readonly deadlines: Deadlines;
+  /** Where requests go through a proxy (for logs and tests); undefined without one. */
+  readonly proxied?: { httpProxy?: string; httpsProxy?: string; noProxy: string };
   private readonly insecureHosts: Set<string>;
+  private readonly resolveHost?: HostResolver;
 
   constructor(options: TransportOptions = {}) {
     const extraCas = options.caPem === undefined ? [] : [options.caPem].flat();
-    this.dispatcher = new Agent({
+    this.deadlines = deadlines(options);
+    const agentOptions = {
       connections: options.maxConnectionsPerHost ?? 16,
       keepAliveTimeout: 30_000,
+      headersTimeout: this.deadlines.requestTimeoutMs,
+      bodyTimeout: this.deadlines.stallTimeoutMs,
       // Node replaces its built-in roots when `ca` is given, so pass both.
       connect: extraCas.length > 0 ? { ca: [...rootCertificates, ...extraCas] } : undefined,
-    });
+    };
+    const proxy = options.proxy === false ? undefined : proxyConfig(options.proxy);
+    if (proxy) {
+      const EnvHttpProxyAgent = loadEnvHttpProxyAgent();
+      this.proxied = proxy;
+      this.dispatcher = new EnvHttpProxyAgent({
+        ...agentOptions,
+        ...proxy,
+        // The proxy's own TLS (an https:// proxy URL) trusts the same CAs.
+        ...(agentOptions.connect ? { proxyTls: agentOptions.connect, requestTls: agentOptions.connect } : {}),
+      });
+    } else {
+      this.dispatcher = new Agent(agentOptions) as UndiciAgent;
+    }
+    this.resolveHost = options.resolveHost;
     this.userAgent = options.userAgent ?? "stowage";
     this.insecureHosts = new Set((options.insecureHosts ?? []).map((host) => host.toLowerCase()));
   }
@@ -60,34 +108,59 @@ export class Transport {
   }
 
   /**
-   * One HTTP exchange. GET/HEAD redirects are followed; the Authorization header is only
-   * sent to the origin it was meant for (object-storage redirects carry their own signature).
+   * One HTTP exchange. Redirects of blob reads are followed as redirects.ts allows (other 3xx
+   * are handed back); the Authorization header is only sent to the origin it was meant for
+   * (object-storage redirects carry their own signature). A streamed request body gets the
+   * upload watchdog of deadlines.ts instead of undici's headers timer.
    */
   async send(options: SendOptions): Promise<ResponseData & { url: string }> {
     let url = options.url;
     const firstOrigin = new URL(url).origin;
-    const maxRedirects = options.maxRedirects ?? MAX_REDIRECTS;
-    const canFollow = options.method === "GET" || options.method === "HEAD";
+    const maxRedirects = Math.min(options.maxRedirects ?? MAX_REDIRECT_HOPS, MAX_REDIRECT_HOPS);
+    const canFollow = mayFollowRedirects(options.method, new URL(url));
+    const streamed =
+      options.body !== null && typeof options.body === "object" && !Buffer.isBuffer(options.body)
+        ? watchStreamedBody(options.body, this.deadlines)
+        : undefined;
+    const signal =
+      streamed && options.signal
+        ? AbortSignal.any([options.signal, streamed.signal])
+        : (streamed?.signal ?? options.signal);
     for (let redirects = 0; ; redirects++) {
       const headers: Record<string, string> = { "user-agent": this.userAgent, ...options.headers };
       if (new URL(url).origin !== firstOrigin) {
         delete headers.authorization;
         delete headers.Authorization;
       }
-      const response = await request(url, {
-        dispatcher: this.dispatcher,
-        method: options.method,
-        headers,
-        body: options.body ?? null,
-        signal: options.signal,
-      });
+      const target = new URL(url);
+      let response: ResponseData;
+      try {
+        response = await requestApi.call(this.dispatcher, {
+          origin: target.origin,
+          path: `${target.pathname}${target.search}`,
+          method: options.method,
+          headers,
+          body: streamed?.body ?? options.body ?? null,
+          signal,
+          // A streamed body is watched by its own stall and commit timers instead.
+          ...(streamed ? { headersTimeout: 0 } : {}),
+        });
+      } finally {
+        streamed?.settle();
+      }
       const location = headerValue(response.headers, "location");
       const isRedirect = [301, 302, 303, 307, 308].includes(response.statusCode);
-      if (!canFollow || !isRedirect || location === undefined || redirects >= maxRedirects) {
+      if (!canFollow || !isRedirect || location === undefined) {
         return Object.assign(response, { url });
       }
       await response.body.dump();
-      url = new URL(location, url).toString();
+      const next = new URL(location, url);
+      await checkRedirectHop(target, next, {
+        count: redirects + 1,
+        limit: maxRedirects,
+        resolve: this.resolveHost,
+      });
+      url = next.toString();
     }
   }
 

@@ -6,6 +6,7 @@
 import { createHash, type Hash } from "node:crypto";
 import { Transform, type TransformCallback } from "node:stream";
 import { StowageError } from "../util/errors.ts";
+import type { RegistryClient, RepoRef } from "./registry.ts";
 import type { Descriptor } from "./types.ts";
 
 const ALGORITHMS: Record<string, string> = { sha256: "sha256", sha512: "sha512" };
@@ -102,4 +103,89 @@ export class VerifyingTransform extends Transform {
     this.held = undefined;
     callback();
   }
+}
+
+/** A blob or manifest of the cache whose bytes are not what its digest says (or that is missing). */
+export interface CorruptContent {
+  digest: string;
+  kind: "manifest" | "blob";
+  reason: "DigestMismatch" | "SizeMismatch" | "BlobNotFound" | "ImageNotFound";
+  message: string;
+}
+
+export interface ImageVerification {
+  manifests: number;
+  blobs: number;
+  bytes: number;
+  corrupt: CorruptContent[];
+}
+
+type ContentReader = Pick<RegistryClient, "getManifest" | "getBlob">;
+
+const CORRUPTION_REASONS = new Set(["DigestMismatch", "SizeMismatch", "BlobNotFound", "ImageNotFound"]);
+
+/**
+ * Reads an image back from a registry (normally the cache) and hashes every byte: the
+ * manifest under `reference`, every child of an index, every config and layer. What does
+ * not match its digest, or is missing, is listed in `corrupt`; a registry that cannot be
+ * read at all throws. Costs a full read of the image, so it runs on a slower schedule than
+ * the manifest check (`stowage mirror --verify`, the controller's verify pass).
+ */
+export async function verifyImage(
+  client: ContentReader,
+  repo: RepoRef,
+  reference: string,
+  options: { signal?: AbortSignal } = {},
+): Promise<ImageVerification> {
+  const result: ImageVerification = { manifests: 0, blobs: 0, bytes: 0, corrupt: [] };
+  const seen = new Set<string>();
+  const corrupt = (err: unknown, digest: string, kind: CorruptContent["kind"]): boolean => {
+    if (!(err instanceof StowageError) || !CORRUPTION_REASONS.has(err.reason)) return false;
+    result.corrupt.push({
+      digest,
+      kind,
+      reason: err.reason as CorruptContent["reason"],
+      message: `${kind} ${digest} of ${repo.registry}/${repo.repository}: ${err.message}`,
+    });
+    return true;
+  };
+  const visitManifest = async (ref: string): Promise<void> => {
+    let raw: Awaited<ReturnType<ContentReader["getManifest"]>>;
+    try {
+      raw = await client.getManifest(repo, ref);
+    } catch (err) {
+      if (ref !== reference && corrupt(err, ref, "manifest")) return;
+      throw err;
+    }
+    result.manifests++;
+    let document: { manifests?: Descriptor[]; config?: Descriptor; layers?: Descriptor[] };
+    try {
+      document = JSON.parse(raw.bytes.toString("utf8"));
+    } catch (cause) {
+      throw new StowageError("ManifestInvalid", `manifest ${raw.digest} is not valid JSON`, { cause });
+    }
+    for (const child of document.manifests ?? []) {
+      if (!seen.has(child.digest)) {
+        seen.add(child.digest);
+        await visitManifest(child.digest);
+      }
+    }
+    const blobs = [...(document.config ? [document.config] : []), ...(document.layers ?? [])];
+    for (const blob of blobs) {
+      // Foreign layers live elsewhere; registries do not hold them.
+      if (blob.urls && blob.urls.length > 0) continue;
+      if (seen.has(blob.digest)) continue;
+      seen.add(blob.digest);
+      try {
+        for await (const chunk of client.getBlob(repo, blob, { signal: options.signal })) {
+          result.bytes += (chunk as Buffer).length;
+        }
+        result.blobs++;
+      } catch (err) {
+        if (!corrupt(err, blob.digest, "blob")) throw err;
+      }
+    }
+  };
+  await visitManifest(reference);
+  return result;
 }

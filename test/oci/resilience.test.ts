@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { digestOf, RegistryClient, type RepoRef } from "../../src/oci/registry.ts";
-import { backoffDelay, parseRetryAfter } from "../../src/oci/retry.ts";
+import { backoffDelay, parseRetryAfter, retryAfterOf } from "../../src/oci/retry.ts";
 import { type Descriptor, MediaType, type RawManifest } from "../../src/oci/types.ts";
 import type { Clock } from "../../src/util/clock.ts";
 import { type FaultProxy, startFaultProxy } from "../../testkit/faultProxy.ts";
@@ -208,7 +208,7 @@ describe("retries", () => {
     expect(clock.sleeps).toEqual([4_000]);
   });
 
-  it("reports RateLimited, retryable, when 429s outlast the attempts", async () => {
+  it("reports RateLimited, retryable, with the wait it would take, when 429s outlast the attempts", async () => {
     await seedManifest("ratelimit/always", "v1");
     proxy.addRule({
       match: { path: /ratelimit\/always\/manifests/ },
@@ -219,8 +219,11 @@ describe("retries", () => {
     const err = await failure(clientWith(clock, 2).getManifest(viaProxy("ratelimit/always"), "v1"));
     expect(err.reason).toBe("RateLimited");
     expect(err.retryable).toBe(true);
-    // Retry-After is honoured but capped at maxDelayMs.
-    expect(clock.sleeps).toEqual([10_000]);
+    // Retry-After is honoured past maxDelayMs, up to maxRetryAfterMs (5 min by default), and
+    // the final error says how long the next try is away.
+    expect(clock.sleeps).toEqual([300_000]);
+    expect(err.message).toMatch(/retrying in 300s \(Retry-After; it asked for 3600s, capped\)/);
+    expect(retryAfterOf(err)).toBe(300_000);
   });
 
   it("retries 503s until the registry recovers", async () => {
