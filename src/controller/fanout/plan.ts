@@ -10,9 +10,9 @@
  * the first wave comes from the cache and each node, once it has the blob, feeds up to k more.
  * The whole tree is planned ahead (a node's source may still be pulling; the node starts when
  * its source has the blob) so the controller writes each NodeCache once per plan, not once per
- * blob per wave. Each digest gets its own order of nodes (a hash of digest and node name), so
- * the nodes that serve one layer are mostly not the ones serving the next: the upload work is
- * spread over the cluster instead of landing on the same few interior nodes.
+ * blob per wave. Each digest gets its own order of nodes (see Rotation), so the nodes that
+ * serve one layer are mostly not the ones serving the next: the upload work is spread over the
+ * cluster instead of landing on the same few interior nodes.
  *
  * Level-triggered and idempotent: assignments from the previous plan are kept while they are
  * still valid (the node still needs the blob, its source is still there, serving and within

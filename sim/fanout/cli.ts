@@ -1,0 +1,258 @@
+/**
+ * `npm run sim:fanout [-- options]`: run the fan-out strategies on one scenario, print one table
+ * and whether issue 15's goals are met, write the warm-nodes-over-time plot as SVG.
+ * The entry point is main.ts; this module is imported by the tests.
+ */
+import { writeFile } from "node:fs/promises";
+import { parseArgs } from "node:util";
+import { StowageError } from "../../src/util/errors.ts";
+import { defaultScenario, GB, Gbps, mlImageLayers, type RunResult, type Scenario, simulate } from "./sim.ts";
+import { warmCurvesSvg } from "./svg.ts";
+
+const MiB = 2 ** 20;
+
+export const USAGE = `usage: npm run sim:fanout -- [options]
+  --nodes N              nodes pre-warming the image (default 1000; 10 to 10000 is the intended range)
+  --image-gb G           image size in GB (default 20), split like an ML image into 16 layers
+  --piece-mib M          planned mode moves pieces of M MiB (default 64; 0: whole layers only)
+  --nic-gbps G           node NIC, each direction (default 25)
+  --cache-nic-gbps G     cache registry NIC (default: the node NIC)
+  --disk-gbs G           node disk write, GB/s (default 4)
+  --zones Z              zones the nodes are spread over (default 3)
+  --peer-slots K         planner: nodes each node feeds per layer/piece (default 3)
+  --cache-slots C        planner: nodes the cache feeds per layer/piece, i.e. its copies (default 1)
+  --fail-at F            fail the busiest node at F x the planned all-warm time (default 0.3; 0: no failure run)
+  --join N@S             N more nodes join at S seconds (repeatable)
+  --svg PATH             where to write the plot (default fanout.svg)
+  --seed S               seed of the random-peer strategy (default 1)`;
+
+export interface Row {
+  label: string;
+  result: RunResult;
+}
+
+export interface FailureOutcome {
+  failedNode: string;
+  atS: number;
+  /** (node, piece) pairs planned from the failed node and not yet complete when it failed. */
+  fedByFailed: number;
+  replanned: number;
+  outsideSubtree: number;
+  result: RunResult;
+  /** The same run without the failure. */
+  baseline: RunResult;
+}
+
+export interface Goal {
+  text: string;
+  met: boolean;
+  detail: string;
+}
+
+export interface Comparison {
+  scenario: Scenario;
+  alone: RunResult;
+  rows: Row[];
+  failure?: FailureOutcome;
+  goals: Goal[];
+}
+
+/** Run every strategy on the scenario (and a failure run of the planned tree when asked). */
+export function compareStrategies(
+  scenario: Scenario,
+  failAtFraction: number,
+  progress: (line: string) => void = () => {},
+): Comparison {
+  const alone = simulate({ ...scenario, nodes: 1, joins: [], failures: [], startJitterS: 0 }, "star");
+  const rows: Row[] = [];
+  const run = (label: string, s: Scenario, strategy: "star" | "planned" | "random") => {
+    progress(`running ${label}`);
+    const result = simulate(s, strategy);
+    rows.push({ label, result });
+    return result;
+  };
+  run("star: every node from the cache (today)", scenario, "star");
+  run("random peer, whole layers (Spegel-like)", scenario, "random");
+  let planned = run("planned tree, whole layers", { ...scenario, pieceBytes: 0 }, "planned");
+  if (scenario.pieceBytes > 0) {
+    planned = run(`planned tree, ${(scenario.pieceBytes / MiB).toFixed(0)} MiB pieces`, scenario, "planned");
+  }
+  let failure: FailureOutcome | undefined;
+  if (failAtFraction > 0 && Number.isFinite(planned.allWarmS)) {
+    const atS = planned.allWarmS * failAtFraction;
+    progress(`running the planned tree with the busiest node failing at ${atS.toFixed(2)} s`);
+    const result = simulate({ ...scenario, failures: [{ node: "busiest", atS }] }, "planned");
+    const replan = result.failureReplans[0];
+    failure = {
+      failedNode: replan?.node ?? "none",
+      atS,
+      fedByFailed: replan?.fedByFailed ?? 0,
+      replanned: replan?.replanned ?? 0,
+      outsideSubtree: replan?.outsideSubtree ?? 0,
+      result,
+      baseline: planned,
+    };
+  }
+  const ratio = planned.allWarmS / alone.allWarmS;
+  const copies = planned.cacheEgressBytes / planned.imageBytes;
+  const goals: Goal[] = [
+    {
+      text: "all nodes warm within 1.5x one node pulling alone",
+      met: ratio <= 1.5,
+      detail: `${planned.allWarmS.toFixed(2)} s vs ${alone.allWarmS.toFixed(2)} s alone = ${ratio.toFixed(2)}x`,
+    },
+    { text: "cache egress at most 3 image copies", met: copies <= 3, detail: `${copies.toFixed(2)} copies` },
+  ];
+  if (failure) {
+    const survivorsWarm = Number.isFinite(failure.result.allWarmS);
+    goals.push({
+      text: "a node failure mid fan-out costs no more than one re-planned subtree",
+      met: replanWasLocal(failure) && survivorsWarm,
+      detail:
+        `${failure.failedNode} failed at ${failure.atS.toFixed(2)} s feeding ${failure.fedByFailed} (node, piece) pairs; ` +
+        `re-planned ${failure.replanned}, ${failure.outsideSubtree} outside its subtree; ` +
+        `all surviving nodes warm at ${failure.result.allWarmS.toFixed(2)} s ` +
+        `(+${(failure.result.allWarmS - failure.baseline.allWarmS).toFixed(2)} s), cache egress ` +
+        `${(failure.result.cacheEgressBytes / failure.result.imageBytes).toFixed(2)} copies`,
+    });
+  }
+  return { scenario, alone, rows, failure, goals };
+}
+
+function replanWasLocal(failure: FailureOutcome): boolean {
+  return failure.outsideSubtree === 0 && failure.replanned <= failure.fedByFailed;
+}
+
+function pad(text: string, width: number, right = false): string {
+  return right ? text.padStart(width) : text.padEnd(width);
+}
+
+export function formatComparison(c: Comparison): string[] {
+  const s = c.scenario;
+  const lines = [
+    `${s.nodes} nodes in ${s.zones} zones, ${(c.rows[0].result.imageBytes / GB).toFixed(1)} GB image in ${s.layerBytes.length} layers, ` +
+      `node NIC ${(s.nodeDownBps / Gbps).toFixed(0)} Gb/s, cache NIC ${(s.cacheNicBps / Gbps).toFixed(0)} Gb/s, ` +
+      `disk ${(s.nodeDiskWriteBps / GB).toFixed(1)} GB/s, k=${s.peerSlots}, cache slots=${s.cacheSlots}`,
+    `one node alone: ${c.alone.allWarmS.toFixed(2)} s`,
+    "",
+  ];
+  const header = ["strategy", "all warm", "x alone", "p50 node", "p99 node", "cache egress", "cross-zone"];
+  const widths = [44, 11, 8, 10, 10, 13, 11];
+  lines.push(header.map((h, i) => pad(h, widths[i], i > 0)).join(" "));
+  for (const { label, result } of c.rows) {
+    const cells = [
+      label,
+      `${result.allWarmS.toFixed(1)} s`,
+      (result.allWarmS / c.alone.allWarmS).toFixed(2),
+      `${result.p50S.toFixed(1)} s`,
+      `${result.p99S.toFixed(1)} s`,
+      `${(result.cacheEgressBytes / result.imageBytes).toFixed(2)} copies`,
+      `${(result.crossZoneBytes / result.imageBytes).toFixed(1)} copies`,
+    ];
+    lines.push(cells.map((cell, i) => pad(cell, widths[i], i > 0)).join(" "));
+  }
+  lines.push("", "goals (issue 15):");
+  for (const goal of c.goals)
+    lines.push(`  ${goal.met ? "MET    " : "NOT MET"} ${goal.text}: ${goal.detail}`);
+  return lines;
+}
+
+function number(value: string | undefined, name: string, fallback: number, min = 0): number {
+  if (value === undefined) return fallback;
+  const parsed = Number(value);
+  if (!Number.isFinite(parsed) || parsed < min) {
+    throw new StowageError(
+      "InvalidArgument",
+      `--${name} must be a number of at least ${min}, got "${value}"`,
+    );
+  }
+  return parsed;
+}
+
+export function scenarioFromArgs(argv: string[]): { scenario: Scenario; failAt: number; svgPath: string } {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      nodes: { type: "string" },
+      "image-gb": { type: "string" },
+      "piece-mib": { type: "string" },
+      "nic-gbps": { type: "string" },
+      "cache-nic-gbps": { type: "string" },
+      "disk-gbs": { type: "string" },
+      zones: { type: "string" },
+      "peer-slots": { type: "string" },
+      "cache-slots": { type: "string" },
+      "fail-at": { type: "string" },
+      join: { type: "string", multiple: true },
+      svg: { type: "string" },
+      seed: { type: "string" },
+    },
+    strict: true,
+  });
+  const base = defaultScenario();
+  const nodes = number(values.nodes, "nodes", base.nodes, 1);
+  if (!Number.isInteger(nodes) || nodes > 100_000) {
+    throw new StowageError(
+      "InvalidArgument",
+      `--nodes must be a whole number up to 100000, got "${values.nodes}"`,
+    );
+  }
+  const nic = number(values["nic-gbps"], "nic-gbps", base.nodeDownBps / Gbps, 0.001) * Gbps;
+  const joins = (values.join ?? []).map((text) => {
+    const match = /^(\d+)@(\d+(?:\.\d+)?)$/.exec(text);
+    if (!match)
+      throw new StowageError(
+        "InvalidArgument",
+        `--join must look like COUNT@SECONDS (e.g. 50@3), got "${text}"`,
+      );
+    return { count: Number(match[1]), atS: Number(match[2]) };
+  });
+  const scenario: Scenario = {
+    ...base,
+    nodes,
+    layerBytes: mlImageLayers(number(values["image-gb"], "image-gb", 20, 0.001) * GB),
+    pieceBytes: number(values["piece-mib"], "piece-mib", 64) * MiB,
+    nodeDownBps: nic,
+    nodeUpBps: nic,
+    cacheNicBps: number(values["cache-nic-gbps"], "cache-nic-gbps", nic / Gbps, 0.001) * Gbps,
+    nodeDiskWriteBps: number(values["disk-gbs"], "disk-gbs", base.nodeDiskWriteBps / GB, 0.001) * GB,
+    zones: number(values.zones, "zones", base.zones, 1),
+    peerSlots: number(values["peer-slots"], "peer-slots", base.peerSlots),
+    cacheSlots: number(values["cache-slots"], "cache-slots", base.cacheSlots, 1),
+    seed: number(values.seed, "seed", base.seed),
+    joins,
+  };
+  return { scenario, failAt: number(values["fail-at"], "fail-at", 0.3), svgPath: values.svg ?? "fanout.svg" };
+}
+
+export async function runCli(argv: string[], write: (line: string) => void): Promise<number> {
+  if (argv.includes("--help") || argv.includes("-h")) {
+    write(USAGE);
+    return 0;
+  }
+  let parsed: ReturnType<typeof scenarioFromArgs>;
+  try {
+    parsed = scenarioFromArgs(argv);
+  } catch (err) {
+    write(`sim:fanout: ${(err as Error).message}`);
+    write(USAGE);
+    return 2;
+  }
+  const comparison = compareStrategies(parsed.scenario, parsed.failAt, (line) => write(`.. ${line}`));
+  for (const line of formatComparison(comparison)) write(line);
+  const curves = comparison.rows.map((row) => ({ label: row.label, points: row.result.warmCurve }));
+  if (comparison.failure) {
+    curves.push({ label: "planned, busiest node fails", points: comparison.failure.result.warmCurve });
+  }
+  const total = parsed.scenario.nodes + parsed.scenario.joins.reduce((sum, join) => sum + join.count, 0);
+  await writeFile(
+    parsed.svgPath,
+    warmCurvesSvg(
+      `Nodes warm over time: ${parsed.scenario.nodes} nodes, ${(comparison.rows[0].result.imageBytes / GB).toFixed(0)} GB`,
+      curves,
+      total,
+    ),
+  );
+  write(`plot: ${parsed.svgPath}`);
+  return 0;
+}
