@@ -5,6 +5,7 @@
 import { readFile } from "node:fs/promises";
 import { Writable } from "node:stream";
 import type { MessagePort } from "node:worker_threads";
+import { parseDuration } from "../util/duration.ts";
 import { asStowageError, StowageError } from "../util/errors.ts";
 import type { Logger } from "../util/log.ts";
 import { defaultBlobIndexPath } from "./blobIndex.ts";
@@ -38,6 +39,12 @@ Flags:
   --blob-index PATH             where blob locations in targets are remembered across runs, so a shared
                                 base is mounted, not uploaded (default $XDG_CACHE_HOME/stowage/blob-index.sqlite)
   --no-blob-index               remember nothing across runs
+  --request-timeout DURATION    deadline for a registry to start answering a request (default 30s)
+  --stall-timeout DURATION      a transfer that moves no byte for this long is abandoned and
+                                resumed (default 60s)
+  --max-retry-after DURATION    longest Retry-After wait honoured (default 5m)
+  --verify                      read the image back from DST and hash every blob; re-copy what is
+                                corrupt or missing, exit 1 if DST still serves bad bytes
   --json                        print one JSON object with the result on stdout
   --quiet                       no progress output
   -h, --help                    show this help
@@ -78,6 +85,11 @@ interface MirrorInvocation {
   /** undefined: remember nothing across runs. */
   blobIndexPath?: string;
   rangedDownload: RangedDownloadOptions | false;
+  /** Deadlines and Retry-After cap (src/oci/deadlines.ts, retry.ts); undefined: defaults. */
+  requestTimeoutMs?: number;
+  stallTimeoutMs?: number;
+  maxRetryAfterMs?: number;
+  verify: boolean;
 }
 
 async function parseInvocation(args: string[]): Promise<MirrorInvocation | "help"> {
@@ -141,6 +153,10 @@ async function parseInvocation(args: string[]): Promise<MirrorInvocation | "help
     json: values.json ?? false,
     quiet: values.quiet ?? false,
     blobIndexPath: values["no-blob-index"] ? undefined : (values["blob-index"] ?? defaultBlobIndexPath()),
+    requestTimeoutMs: durationValue(values["request-timeout"], "--request-timeout"),
+    stallTimeoutMs: durationValue(values["stall-timeout"], "--stall-timeout"),
+    maxRetryAfterMs: durationValue(values["max-retry-after"], "--max-retry-after"),
+    verify: values.verify ?? false,
     rangedDownload:
       downloadRanges === 1
         ? false
@@ -149,6 +165,21 @@ async function parseInvocation(args: string[]): Promise<MirrorInvocation | "help
             ...(rangeSizeMiB !== undefined ? { rangeBytes: rangeSizeMiB * 1024 * 1024 } : {}),
           },
   };
+}
+
+/** A positive duration (30s, 5m, 1h30m) in ms, at most 2^31-1 ms (a timer's limit). */
+function durationValue(value: string | undefined, flag: string): number | undefined {
+  if (value === undefined) return undefined;
+  let ms: number | undefined;
+  try {
+    ms = parseDuration(value);
+  } catch {
+    // reported below
+  }
+  if (ms === undefined || !(ms > 0) || ms > 2 ** 31 - 1) {
+    throw new UsageError(`${flag} must be a positive duration up to 596h like 30s or 5m, got "${value}"`);
+  }
+  return ms;
 }
 
 function integerFlag(value: string | undefined, flag: string, min: number, max: number): number | undefined {
@@ -182,6 +213,10 @@ function parseFlags(args: string[]) {
       "range-size": { type: "string" },
       "blob-index": { type: "string" },
       "no-blob-index": { type: "boolean" },
+      "request-timeout": { type: "string" },
+      "stall-timeout": { type: "string" },
+      "max-retry-after": { type: "string" },
+      verify: { type: "boolean" },
       json: { type: "boolean" },
       quiet: { type: "boolean", short: "q" },
       help: { type: "boolean", short: "h" },
@@ -418,6 +453,14 @@ async function executeMirror(
       userAgent: "stowage-mirror",
       logger,
       rangedDownload: invocation.rangedDownload,
+      // Failures of DST are the cache's (CacheUnavailable), and DST is never reached through a proxy.
+      cacheRegistries: [invocation.target.registry],
+      requestTimeoutMs: invocation.requestTimeoutMs,
+      stallTimeoutMs: invocation.stallTimeoutMs,
+      retry:
+        invocation.maxRetryAfterMs !== undefined
+          ? { maxRetryAfterMs: invocation.maxRetryAfterMs }
+          : undefined,
     });
     blobIndex = invocation.blobIndexPath ? new SqliteBlobIndex(invocation.blobIndexPath, logger) : undefined;
     const copier = new Copier({ client, logger, blobIndex });
@@ -433,6 +476,15 @@ async function executeMirror(
       return "needsCopy";
     }
     const result = await copier.execute(plan, options, started);
+    if (invocation.verify) {
+      const { verifyAndRepair } = await import("./verify.ts");
+      const checked = await verifyAndRepair(client, plan.sourceRepo, plan.targetRepo, plan.targetReference, {
+        signal,
+      });
+      if (checked.repaired > 0) {
+        logger.warn({ target: result.target, repaired: checked.repaired }, "re-copied corrupt content");
+      }
+    }
     progress.finish();
     if (invocation.json) {
       output.stdout(`${JSON.stringify(result)}\n`);

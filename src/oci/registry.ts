@@ -347,6 +347,25 @@ export class RegistryClient {
     });
   }
 
+  /**
+   * Unlinks a blob from a repository (distribution keeps the data while any repository or
+   * manifest refers to it); false when the repository did not have it.
+   */
+  async deleteBlob(repo: RepoRef, digest: string): Promise<boolean> {
+    return this.retrying(`delete blob ${digest}`, undefined, async () => {
+      const response = await this.exchange({
+        registry: repo.registry,
+        method: "DELETE",
+        target: `/v2/${repo.repository}/blobs/${digest}`,
+        scopes: [`repository:${repo.repository}:delete`, pushScope(repo.repository)],
+        expect: [200, 202, 204, 404],
+        subject: `blob ${digest} in ${displayName(repo)}`,
+      });
+      await response.body.dump();
+      return response.statusCode !== 404;
+    });
+  }
+
   /** The blob's size when the repository has it, undefined when it does not. */
   async hasBlob(repo: RepoRef, digest: string): Promise<number | undefined> {
     return this.retrying(`head blob ${digest}`, undefined, async () => {

@@ -108,6 +108,8 @@ export class VerifyingTransform extends Transform {
 /** A blob or manifest of the cache whose bytes are not what its digest says (or that is missing). */
 export interface CorruptContent {
   digest: string;
+  /** The descriptor the content was listed under (size and media type, for a re-copy). */
+  descriptor: Descriptor;
   kind: "manifest" | "blob";
   reason: "DigestMismatch" | "SizeMismatch" | "BlobNotFound" | "ImageNotFound";
   message: string;
@@ -139,22 +141,24 @@ export async function verifyImage(
 ): Promise<ImageVerification> {
   const result: ImageVerification = { manifests: 0, blobs: 0, bytes: 0, corrupt: [] };
   const seen = new Set<string>();
-  const corrupt = (err: unknown, digest: string, kind: CorruptContent["kind"]): boolean => {
+  const corrupt = (err: unknown, descriptor: Descriptor, kind: CorruptContent["kind"]): boolean => {
     if (!(err instanceof StowageError) || !CORRUPTION_REASONS.has(err.reason)) return false;
+    const digest = descriptor.digest;
     result.corrupt.push({
       digest,
+      descriptor,
       kind,
       reason: err.reason as CorruptContent["reason"],
       message: `${kind} ${digest} of ${repo.registry}/${repo.repository}: ${err.message}`,
     });
     return true;
   };
-  const visitManifest = async (ref: string): Promise<void> => {
+  const visitManifest = async (ref: string, descriptor?: Descriptor): Promise<void> => {
     let raw: Awaited<ReturnType<ContentReader["getManifest"]>>;
     try {
       raw = await client.getManifest(repo, ref);
     } catch (err) {
-      if (ref !== reference && corrupt(err, ref, "manifest")) return;
+      if (descriptor && corrupt(err, descriptor, "manifest")) return;
       throw err;
     }
     result.manifests++;
@@ -167,7 +171,7 @@ export async function verifyImage(
     for (const child of document.manifests ?? []) {
       if (!seen.has(child.digest)) {
         seen.add(child.digest);
-        await visitManifest(child.digest);
+        await visitManifest(child.digest, child);
       }
     }
     const blobs = [...(document.config ? [document.config] : []), ...(document.layers ?? [])];
@@ -182,10 +186,59 @@ export async function verifyImage(
         }
         result.blobs++;
       } catch (err) {
-        if (!corrupt(err, blob.digest, "blob")) throw err;
+        if (!corrupt(err, blob, "blob")) throw err;
       }
     }
   };
   await visitManifest(reference);
   return result;
+}
+
+type ContentCopier = Pick<
+  RegistryClient,
+  "getManifest" | "getBlob" | "putManifest" | "pushBlob" | "deleteBlob"
+>;
+
+/**
+ * Verifies the image `reference` in `target` and re-copies from `source` whatever is corrupt
+ * or missing (a blob is unlinked first, then uploaded again; a child manifest pushed again by
+ * digest), then verifies again. Throws DigestMismatch when the target still serves bad bytes:
+ * CNCF distribution keeps the data of a blob it already stores (an upload of the same digest
+ * does not replace it), so a corrupt blob there is only cured by deleting the manifests that
+ * use it, running the registry's garbage collection, and copying again.
+ */
+export async function verifyAndRepair(
+  client: ContentCopier,
+  source: RepoRef,
+  target: RepoRef,
+  reference: string,
+  options: { signal?: AbortSignal } = {},
+): Promise<{ verified: ImageVerification; repaired: number }> {
+  const first = await verifyImage(client, target, reference, options);
+  if (first.corrupt.length === 0) return { verified: first, repaired: 0 };
+  for (const bad of first.corrupt) {
+    if (bad.kind === "blob") {
+      await client.deleteBlob(target, bad.digest);
+      await client.pushBlob(
+        target,
+        bad.descriptor,
+        () => client.getBlob(source, bad.descriptor, options),
+        options,
+      );
+    } else {
+      const manifest = await client.getManifest(source, bad.digest);
+      await client.putManifest(target, bad.digest, manifest);
+    }
+  }
+  const second = await verifyImage(client, target, reference, options);
+  if (second.corrupt.length > 0) {
+    const names = second.corrupt.map((bad) => `${bad.kind} ${bad.digest}`).join(", ");
+    throw new StowageError(
+      "DigestMismatch",
+      `${target.registry}/${target.repository} still serves corrupt content after re-copying it (${names}): ` +
+        "the registry keeps the data of a blob it already stores; delete this image's manifests from it, " +
+        `run its garbage collection, then copy again (${second.corrupt[0].message})`,
+    );
+  }
+  return { verified: second, repaired: first.corrupt.length };
 }
