@@ -43,6 +43,12 @@ export interface ControllerConfig {
    */
   syncTimeoutMs: number;
   /**
+   * The upstream manifest checks of one sync (a HEAD per variant) must answer within this (default
+   * 20 s; a HEAD normally takes well under a second): past it the sync is UpstreamTimeout at once
+   * rather than holding its worker for the transport's retries, and the host counts as slow.
+   */
+  checkTimeoutMs?: number;
+  /**
    * How often the Secrets named by ModelImages that failed on credentials (AuthConfigInvalid,
    * AuthFailed) are read again, so a created or fixed Secret re-queues them (default 5 s).
    */

@@ -57,6 +57,7 @@ let cache: RunningRegistry;
 let hanging: HangingServer;
 let healthyImage: string;
 const controllers: { stop(): Promise<void> }[] = [];
+const cleanups: (() => Promise<void>)[] = [];
 
 beforeAll(async () => {
   [cluster, upstream, cache, hanging] = await Promise.all([
@@ -69,11 +70,12 @@ beforeAll(async () => {
   await pushSinglePlatformImage(push, { registry: upstream.host, repository: "models/healthy" }, "v1");
   await push.close();
   healthyImage = `${upstream.host}/models/healthy:v1`;
-  await createNamespaces(cluster.client, "tenant-a", "tenant-b", "timeouts");
+  await createNamespaces(cluster.client, "tenant-a", "tenant-b", "timeouts", "spread");
 }, 120_000);
 
 afterAll(async () => {
   for (const controller of controllers) await controller.stop().catch(() => {});
+  for (const cleanup of cleanups) await cleanup().catch(() => {});
   await hanging?.stop();
   await Promise.all([cluster?.api.stop(), upstream?.stop(), cache?.stop()]);
   cluster?.client.close();
@@ -142,5 +144,52 @@ describe("ModelImage controller with an upstream that never answers", () => {
       async () => hanging.accepted() > acceptedAtTimeout,
       60_000,
     );
+    await controller.stop();
   }, 180_000);
+
+  it("syncs a healthy ModelImage while four others hang on four different upstreams", async () => {
+    const hosts = await Promise.all([1, 2, 3, 4].map(() => startHangingServer()));
+    cleanups.push(() => Promise.all(hosts.map((host) => host.stop())).then(() => {}));
+    const controller = await startController(cluster.client, {
+      cache: { registry: cache.host, insecure: true },
+      insecureRegistries: [upstream.host, ...hosts.map((host) => host.host)],
+      namespaces: ["spread"],
+      workers: 4, // the defaults: four workers, two per host, a 20 s manifest check
+      maxConcurrentSyncs: 4,
+    });
+    controllers.push(controller);
+    for (const [i, host] of hosts.entries()) {
+      await createModelImage(cluster.client, "spread", `hung-${i + 1}`, {
+        image: `${host.host}/models/hung:v1`,
+      });
+    }
+    await eventually("every worker waits on a hung upstream", async () =>
+      hosts.every((host) => host.accepted() >= 1),
+    );
+    const created = Date.now();
+    await createModelImage(cluster.client, "spread", "healthy-first", { image: healthyImage });
+    // Bounded by the check deadline: without it the hung checks hold every worker for the
+    // transport's timeouts and retries (minutes).
+    await waitForCondition(cluster.client, "spread", "healthy-first", "Synced", "True", undefined, 45_000);
+    const firstWaitMs = Date.now() - created;
+    const hung = await waitForCondition(
+      cluster.client,
+      "spread",
+      "hung-1",
+      "Synced",
+      "False",
+      "UpstreamTimeout",
+    );
+    expect(condition(hung, "Synced")?.message).toContain("did not answer the manifest check within 20s");
+
+    // Now the four hosts are known slow and share two workers: a newcomer gets one of the others.
+    const createdLater = Date.now();
+    await createModelImage(cluster.client, "spread", "healthy-later", { image: healthyImage });
+    await waitForCondition(cluster.client, "spread", "healthy-later", "Synced", "True", undefined, 45_000);
+    const laterWaitMs = Date.now() - createdLater;
+    console.info(
+      `four hung upstreams on four hosts: a healthy ModelImage Synced ${firstWaitMs} ms after creation; one created after their first timeout, ${laterWaitMs} ms`,
+    );
+    await controller.stop();
+  }, 240_000);
 });

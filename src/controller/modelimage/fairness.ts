@@ -5,24 +5,59 @@
  * all of them; a key whose host is full is parked (its worker goes to the next key) and queued
  * again as soon as that host frees a slot.
  *
+ * Hosts that recently let a sync time out are "slow": together they get `perHost` slots too, so
+ * four ModelImages on four different hung upstreams hold at most half the workers once each has
+ * timed out once (the first round is bounded by the check deadline). A slow host is forgiven after
+ * `slowForMs` or its first answered check.
+ *
  * Hand-written rather than p-queue/p-limit: those queue the work and keep a worker awaiting it;
  * here the point is to give the worker back and come back later through the work queue.
  */
 
+/** The parking spot of keys waiting for the shared slots of slow hosts. */
+const SLOW_HOSTS = "\u0000slow upstream hosts";
+
 export class UpstreamSlots {
   readonly perHost: number;
   readonly #inUse = new Map<string, number>();
+  readonly #slowUntil = new Map<string, number>();
+  readonly #now: () => number;
+  readonly #slowForMs: number;
   /** host → keys waiting for one of its slots */
   readonly #parked = new Map<string, Set<string>>();
   readonly #wake: (key: string) => void;
 
   /** `wake(key)` queues a parked key again once a host it waits for frees a slot. */
-  constructor(perHost: number, wake: (key: string) => void) {
+  constructor(
+    perHost: number,
+    wake: (key: string) => void,
+    options: { now?: () => number; slowForMs?: number } = {},
+  ) {
     if (!Number.isInteger(perHost) || perHost < 1) {
       throw new RangeError(`slots per upstream host must be a whole number of at least 1, got ${perHost}`);
     }
     this.perHost = perHost;
     this.#wake = wake;
+    this.#now = options.now ?? Date.now;
+    this.#slowForMs = options.slowForMs ?? 10 * 60_000;
+  }
+
+  /** `host` let a sync time out: it shares the slow hosts' slots for a while. */
+  markSlow(host: string): void {
+    this.#slowUntil.set(host, this.#now() + this.#slowForMs);
+  }
+
+  /** `host` answered: it has its own slots again. */
+  markAnswered(host: string): void {
+    this.#slowUntil.delete(host);
+  }
+
+  isSlow(host: string): boolean {
+    const until = this.#slowUntil.get(host);
+    if (until === undefined) return false;
+    if (until > this.#now()) return true;
+    this.#slowUntil.delete(host);
+    return false;
   }
 
   /**
@@ -32,6 +67,8 @@ export class UpstreamSlots {
   tryAcquire(key: string, hosts: Iterable<string>): (() => void) | undefined {
     const wanted = [...new Set(hosts)];
     const full = wanted.filter((host) => (this.#inUse.get(host) ?? 0) >= this.perHost);
+    const slow = wanted.some((host) => this.isSlow(host));
+    if (slow && (this.#inUse.get(SLOW_HOSTS) ?? 0) >= this.perHost) full.push(SLOW_HOSTS);
     if (full.length > 0) {
       for (const host of full) {
         const parked = this.#parked.get(host) ?? new Set<string>();
@@ -40,6 +77,7 @@ export class UpstreamSlots {
       }
       return undefined;
     }
+    if (slow) wanted.push(SLOW_HOSTS);
     for (const host of wanted) this.#inUse.set(host, (this.#inUse.get(host) ?? 0) + 1);
     let released = false;
     return () => {

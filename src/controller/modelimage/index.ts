@@ -116,7 +116,9 @@ export function setupModelImageController(
   const checks = new Map<string, Map<string, CheckRecord>>();
   // A parked key is queued again through the controller, created below.
   let controller: Controller | undefined;
-  const slots = new UpstreamSlots(syncsPerUpstreamHost(deps.config), (key) => controller?.enqueue(key));
+  const slots = new UpstreamSlots(syncsPerUpstreamHost(deps.config), (key) => controller?.enqueue(key), {
+    now: () => clock.now(),
+  });
   const planner = deps.prewarm;
   const prewarmSource: PrewarmSource | undefined = planner
     ? { nodeCaches: () => planner.nodeCacheInformer.list(), plan: () => planner.plan() }

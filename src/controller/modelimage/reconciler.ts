@@ -201,6 +201,30 @@ export function createReconciler(deps: ReconcilerDeps) {
   };
 }
 
+const DEFAULT_CHECK_TIMEOUT_MS = 20_000;
+
+/** Variants whose upstream did not answer the manifest check in time: UpstreamTimeout, retried with backoff. */
+function checksTimedOut(work: VariantWork[], checkTimeoutMs: number): void {
+  for (const { outcome } of work) {
+    if (outcome.upstreamDigest || !outcome.image) continue;
+    if (outcome.error && isStalledReason(outcome.error.reason)) continue;
+    const host = parseReference(outcome.image).registry;
+    outcome.error = new StowageError(
+      "UpstreamTimeout",
+      `${variantLabel(outcome)}: ${host} did not answer the manifest check within ${formatDuration(checkTimeoutMs)}; retrying with backoff`,
+      { retryable: true },
+    );
+  }
+}
+
+/** A host that timed out shares the slow hosts' slots; one that answered has its own again. */
+function noteHostHealth(outcome: VariantOutcome, slots: UpstreamSlots | undefined): void {
+  if (!slots || !outcome.image) return;
+  const host = parseReference(outcome.image).registry;
+  if (outcome.upstreamDigest) slots.markAnswered(host);
+  else if (outcome.error?.reason === "UpstreamTimeout") slots.markSlow(host);
+}
+
 /**
  * After `ctx.budget` fired: a stop or a cancellation (deletion, spec change) ends the pass
  * without a write (the key is queued again by what cancelled it); a timeout turns every variant
@@ -254,13 +278,33 @@ async function syncModelImage(mi: ModelImage, deps: ReconcilerDeps, ctx: Reconci
     credentialError = asStowageError(err, "AuthConfigInvalid");
   }
 
-  // 1. Check: what upstream serves now, and whether the cache already holds it.
+  // 1. Check: what upstream serves now, and whether the cache already holds it. A manifest HEAD
+  // answers in well under a second; one that has not within the check deadline will not, and
+  // must not hold the worker for the transport's retries.
   const nodes = deps.nodes();
+  const checkTimeoutMs = deps.config.checkTimeoutMs ?? DEFAULT_CHECK_TIMEOUT_MS;
+  const checkDeadline = new AbortController();
+  const checkDone = new AbortController();
+  deps.clock.sleep(checkTimeoutMs, checkDone.signal).then(
+    () => checkDeadline.abort(new Error(`manifest checks past ${checkTimeoutMs} ms`)),
+    () => {}, // the checks finished first
+  );
   const work: VariantWork[] = await Promise.all(
     variants.map((variant) =>
-      checkVariant(mi, variant, nodes, credentials, credentialError, deps, ctx.budget),
+      checkVariant(
+        mi,
+        variant,
+        nodes,
+        credentials,
+        credentialError,
+        deps,
+        AbortSignal.any([ctx.budget, checkDeadline.signal]),
+      ),
     ),
   );
+  checkDone.abort();
+  if (checkDeadline.signal.aborted && !ctx.budget.aborted) checksTimedOut(work, checkTimeoutMs);
+  for (const { outcome } of work) noteHostHealth(outcome, deps.slots);
   let spent = budgetSpent(ctx, work, deps);
   if (spent === "end") return done();
 
