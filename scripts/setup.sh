@@ -24,10 +24,11 @@ echo "setup: node $(node --version)" >&2
 # containernetworking-plugins (the `loopback` CNI plugin) and busybox-static (a FROM-scratch
 # image that runs) are for the real kubelet nodes (testkit/kubeletNode.ts). docker.io, debootstrap
 # and binutils (strip) build the Dockerfile in test/image with bases made here
-# (scripts/build-image.sh): no registry serves base images to CI.
+# (scripts/build-image.sh): no registry serves base images to CI. tinyproxy is the real HTTP
+# proxy the proxy tests go through (test/hostile/proxy.test.ts).
 packages=(docker-registry skopeo containerd prometheus lua5.1 lua-dkjson apache2-utils openssl
   containernetworking-plugins busybox-static
-  docker.io debootstrap binutils)
+  docker.io debootstrap binutils tinyproxy)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,167 @@
+/**
+ * Corporate proxies: the OCI transport honours HTTPS_PROXY/HTTP_PROXY/NO_PROXY through a real
+ * proxy process (Debian's tinyproxy) on loopback, while the cache registry is always reached
+ * directly. Upstream and cache are real CNCF distribution registries.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Copier } from "../../src/oci/copy.ts";
+import { parseReference } from "../../src/oci/reference.ts";
+import { RegistryClient } from "../../src/oci/registry.ts";
+import { pushSinglePlatformImage } from "../../testkit/images.ts";
+import { freePort } from "../../testkit/ports.ts";
+import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
+import { failure } from "../support/failure.ts";
+import { stowage } from "../support/run.ts";
+
+interface Tinyproxy {
+  url: string;
+  /** The hosts (host:port) it was asked to connect to, from its log. */
+  targets(): Promise<string[]>;
+  stop(): Promise<void>;
+}
+
+async function startTinyproxy(dir: string): Promise<Tinyproxy> {
+  const port = await freePort();
+  const log = join(dir, "tinyproxy.log");
+  const config = join(dir, "tinyproxy.conf");
+  // No ConnectPort line: CONNECT to any port (undici tunnels plain-HTTP targets too).
+  await writeFile(
+    config,
+    [
+      `Port ${port}`,
+      "Listen 127.0.0.1",
+      "Timeout 60",
+      `LogFile "${log}"`,
+      "LogLevel Connect",
+      "MaxClients 50",
+      "Allow 127.0.0.1",
+      "DisableViaHeader Yes",
+      "",
+    ].join("\n"),
+  );
+  const child: ChildProcess = spawn("tinyproxy", ["-d", "-c", config], { stdio: "ignore" });
+  const url = `http://127.0.0.1:${port}`;
+  // Ready once it accepts a connection.
+  for (let tries = 0; ; tries++) {
+    const accepting = await fetch(`${url}/`).then(
+      () => true,
+      () => false,
+    );
+    if (accepting) break;
+    if (tries > 100 || child.exitCode !== null) throw new Error("tinyproxy did not start");
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return {
+    url,
+    async targets() {
+      const text = await readFile(log, "utf8").catch(() => "");
+      const found = [
+        ...text.matchAll(/Request \(file descriptor \d+\): (?:CONNECT (\S+)|\S+ https?:\/\/([^/\s]+))/g),
+      ];
+      return found.map((match) => match[1] ?? match[2]);
+    },
+    stop: () =>
+      new Promise<void>((resolve) => {
+        if (child.exitCode !== null) return resolve();
+        child.once("exit", () => resolve());
+        child.kill("SIGTERM");
+      }),
+  };
+}
+
+let dir: string;
+let upstream: RunningRegistry;
+let cache: RunningRegistry;
+let proxy: Tinyproxy;
+let seeder: RegistryClient;
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "stowage-proxy-"));
+  [upstream, cache] = await Promise.all([startRegistry(), startRegistry()]);
+  proxy = await startTinyproxy(dir);
+  seeder = new RegistryClient({ insecureHosts: [upstream.host], proxy: false });
+  await pushSinglePlatformImage(seeder, { registry: upstream.host, repository: "p/app" }, "v1");
+});
+
+afterAll(async () => {
+  await seeder?.close();
+  await proxy?.stop();
+  await Promise.all([upstream?.stop(), cache?.stop()]);
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+describe("HTTPS_PROXY / HTTP_PROXY / NO_PROXY", () => {
+  it("copies from the upstream through the proxy and pushes to the cache directly", async () => {
+    const client = new RegistryClient({
+      insecureHosts: [upstream.host, cache.host],
+      cacheRegistries: [cache.host],
+      proxy: { env: { HTTP_PROXY: proxy.url, HTTPS_PROXY: proxy.url } },
+    });
+    try {
+      const result = await new Copier({ client }).copy(
+        parseReference(`${upstream.host}/p/app:v1`),
+        parseReference(`${cache.host}/p/app:v1`),
+      );
+      expect(result.blobs.transferred).toBeGreaterThan(0);
+    } finally {
+      await client.close();
+    }
+    const targets = await proxy.targets();
+    expect(targets).toContain(upstream.host);
+    expect(targets).not.toContain(cache.host);
+  });
+
+  it("leaves a host named in NO_PROXY alone", async () => {
+    const before = (await proxy.targets()).length;
+    const client = new RegistryClient({
+      insecureHosts: [upstream.host],
+      proxy: { env: { http_proxy: proxy.url, no_proxy: `example.invalid, ${upstream.host}` } },
+    });
+    try {
+      expect(await client.headManifest({ registry: upstream.host, repository: "p/app" }, "v1")).toBeDefined();
+    } finally {
+      await client.close();
+    }
+    expect((await proxy.targets()).slice(before)).toEqual([]);
+  });
+
+  it("stowage mirror reads HTTP_PROXY from its environment and fails clearly when the proxy is down", async () => {
+    const args = [
+      "mirror",
+      "--no-blob-index",
+      "--quiet",
+      "--insecure-registry",
+      upstream.host,
+      "--insecure-registry",
+      cache.host,
+      `${upstream.host}/p/app:v1`,
+      `${cache.host}/p/cli:v1`,
+    ];
+    const before = (await proxy.targets()).length;
+    const through = await stowage(args, { HTTP_PROXY: proxy.url });
+    expect(through.stderr).toBe("");
+    expect(through.code).toBe(0);
+    const targets = (await proxy.targets()).slice(before);
+    expect(targets).toContain(upstream.host);
+    expect(targets).not.toContain(cache.host);
+
+    // A proxy that is not there: the upstream cannot be reached, the error says so.
+    const deadProxy = `http://127.0.0.1:${await freePort()}`;
+    const client = new RegistryClient({
+      insecureHosts: [upstream.host],
+      retry: { attempts: 1 },
+      proxy: { env: { HTTP_PROXY: deadProxy } },
+    });
+    try {
+      const err = await failure(client.headManifest({ registry: upstream.host, repository: "p/app" }, "v1"));
+      expect(err.reason).toBe("UpstreamUnavailable");
+      expect(err.message).toContain(upstream.host);
+    } finally {
+      await client.close();
+    }
+  });
+});
