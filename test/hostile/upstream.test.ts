@@ -16,6 +16,7 @@ import { type HostileRegistry, startHostileRegistry } from "../../testkit/hostil
 import { buildImage, type SyntheticImage } from "../../testkit/images.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
 import { failure } from "../support/failure.ts";
+import { stowage } from "../support/run.ts";
 
 let hostile: HostileRegistry;
 let guarded: HostileRegistry;
@@ -338,5 +339,61 @@ describe("rate limits and error bodies", () => {
     // biome-ignore lint/suspicious/noControlCharactersInRegex: asserting their absence
     expect(err.message).not.toMatch(/[<>\u0000-\u001f\u202e]|\[31m|alert|color:red/);
     expect(err.message.length).toBeLessThan(500);
+  });
+});
+
+describe("through stowage mirror", () => {
+  const mirror = (tag: string, ...flags: string[]) =>
+    stowage([
+      "mirror",
+      "--no-blob-index",
+      "--quiet",
+      "--insecure-registry",
+      hostile.host,
+      "--insecure-registry",
+      cache.host,
+      ...flags,
+      `${hostile.host}/h/app:v1`,
+      `${cache.host}/h/${tag}:v1`,
+    ]);
+
+  it("exits 1 with UpstreamTimeout when the upstream never answers, after --request-timeout per attempt", async () => {
+    hostile.addRule({
+      match: { path: /\/manifests\// },
+      times: Number.POSITIVE_INFINITY,
+      action: { kind: "hang" },
+    });
+    const run = await mirror("cli-hang", "--request-timeout", "1s");
+    expect(run.code).toBe(1);
+    expect(run.stderr).toMatch(/^stowage: UpstreamTimeout: /);
+    expect(run.stderr).toContain(hostile.host);
+  });
+
+  it("prints an upstream's HTML error page as one short plain line", async () => {
+    const page = `<html><body><h1>Service\u0007 Unavailable</h1><script>evil()</script>${"x".repeat(100_000)}</body></html>`;
+    hostile.addRule({
+      match: { path: /\/manifests\// },
+      times: Number.POSITIVE_INFINITY,
+      action: { kind: "status", status: 500, body: page, contentType: "text/html" },
+    });
+    const run = await mirror("cli-html");
+    expect(run.code).toBe(1);
+    const lines = run.stderr.split("\n").filter((line) => line.length > 0);
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/^stowage: UpstreamUnavailable: .*Service Unavailable/);
+    expect(lines[0]).not.toMatch(/<|evil/);
+    expect(lines[0]).not.toContain("\u0007");
+    expect(lines[0].length).toBeLessThan(600);
+  });
+
+  it("follows a blob redirect to object storage and mirrors the image", async () => {
+    const digest = largestLayer().descriptor.digest;
+    hostile.addRule({
+      match: { method: "GET", path: blobPath(digest) },
+      action: { kind: "redirect", location: `${elsewhere.url}/v2/h/app/blobs/${digest}` },
+    });
+    const run = await mirror("cli-redirect");
+    expect(run.stderr).toBe("");
+    expect(run.code).toBe(0);
   });
 });
