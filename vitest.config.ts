@@ -43,6 +43,7 @@ const onBothApiServers = [
   "test/agent/containerdConfig.test.ts",
   "test/agent/uninstall.test.ts",
   "test/agent/pullProgress.test.ts",
+  "test/agent/pinning.test.ts",
   "test/status/status.test.ts",
   "test/api/nodeCache.test.ts",
   "test/argocd/examples.test.ts",

@@ -473,3 +473,28 @@ export function createEvictionMetrics(registry: Registry = createRegistry()): Ev
     }),
   };
 }
+
+/** The node agent's own metrics (one agent per node: the scrape target's labels say which). */
+export interface AgentMetrics {
+  /** Pre-warmed images that disappeared from the node without the agent removing them. */
+  imagesEvicted: Counter;
+  /** Spec images the runtime reports pinned (kept from the kubelet's image GC), and not. */
+  imagesPinned: Gauge;
+}
+
+export function createAgentMetrics(registry: Registry = createRegistry()): AgentMetrics {
+  const registers = [registry];
+  return {
+    imagesEvicted: new Counter({
+      name: "stowage_agent_images_evicted_total",
+      help: "Pre-warmed images that were present and then vanished from the node without the agent removing them (the kubelet's image garbage collection, or someone's crictl rmi); each is pulled again.",
+      registers,
+    }),
+    imagesPinned: new Gauge({
+      name: "stowage_agent_images_pinned",
+      help: "Spec images present on the node, by whether the runtime reports them pinned (kept from the kubelet's image GC: containerd 1.7+).",
+      labelNames: ["pinned"],
+      registers,
+    }),
+  };
+}

@@ -10,7 +10,7 @@ import { type NodeCache, NodeCacheResource } from "../api/nodeCache.ts";
 import { KubeClient } from "../kube/client.ts";
 import { EventRecorder } from "../kube/events.ts";
 import { Manager } from "../kube/manager.ts";
-import { createRegistry, createRuntimeMetrics } from "../metrics.ts";
+import { createAgentMetrics, createRegistry, createRuntimeMetrics } from "../metrics.ts";
 import type { Clock } from "../util/clock.ts";
 import { asStowageError } from "../util/errors.ts";
 import {
@@ -24,6 +24,7 @@ import {
 import { createLogger, type Logger } from "../util/log.ts";
 import { stowageVersion } from "../util/version.ts";
 import { CriClient, type ImageRuntime } from "./cri.ts";
+import { ContainerdPinner, type ImagePinner } from "./pin.ts";
 import { containerdProgressProbe, type ProgressProbe } from "./progress.ts";
 import { type AgentConfig, defaultAgentConfig, NodeAgentReconciler } from "./reconciler.ts";
 
@@ -44,6 +45,9 @@ Flags:
   --kubeconfig FILE              kubeconfig (default: KUBECONFIG, in-cluster, ~/.kube/config)
   --mirror-config=BOOL           write containerd hosts.toml for the cache (default true)
   --cache-skip-verify=BOOL       skip_verify for the cache host in hosts.toml (default false)
+  --pin-images=BOOL              label present images io.cri-containerd.pinned=pinned so containerd 1.7+
+                                 keeps them from the kubelet's image GC; unlabel them when they leave
+                                 the spec (default true; containerd 1.6 keeps the label but pins nothing)
   --cache-ca-file FILE           CA certificate of an HTTPS cache registry: copied beside each
                                  hosts.toml and named by the cache's \`ca\` key; re-read on every
                                  pass, and a missing file means none (the node's own CAs)
@@ -73,6 +77,7 @@ export const agentOptions = {
   kubeconfig: { type: "string" },
   "mirror-config": { type: "string" },
   "cache-skip-verify": { type: "string" },
+  "pin-images": { type: "string" },
   "cache-ca-file": { type: "string" },
   "max-concurrent-pulls": { type: "string" },
   "stall-timeout": { type: "string" },
@@ -86,7 +91,7 @@ export const agentOptions = {
   help: { type: "boolean", short: "h" },
 } as const;
 
-const booleanFlags = new Set(["mirror-config", "cache-skip-verify"]);
+const booleanFlags = new Set(["mirror-config", "cache-skip-verify", "pin-images"]);
 
 export interface AgentInvocation {
   config: AgentConfig;
@@ -129,6 +134,7 @@ export function parseAgentArgs(
       containerdConfigPath: get("containerd-config-path") ?? defaultAgentConfig.containerdConfigPath,
       containerdConfigFile: get("containerd-config"),
       cacheSkipVerify: booleanFlag(get("cache-skip-verify"), "cache-skip-verify", false),
+      pinImages: booleanFlag(get("pin-images"), "pin-images", true),
       cacheCaFile: get("cache-ca-file"),
       maxConcurrentPulls: integerFlag(get("max-concurrent-pulls"), "max-concurrent-pulls", 2, 1, 64),
       stallTimeoutMs: durationFlag(get("stall-timeout"), "stall-timeout", defaultAgentConfig.stallTimeoutMs),
@@ -169,6 +175,8 @@ export interface StartAgentOptions {
   client: KubeClient;
   runtime: ImageRuntime;
   progress?: ProgressProbe;
+  /** Pins present images against the kubelet's image GC (containerd); omit for none. */
+  pinner?: ImagePinner;
   /** Omit for no health server. */
   healthPort?: number;
   /** Address the health server listens on (default 0.0.0.0). */
@@ -181,11 +189,12 @@ export interface StartAgentOptions {
 /** Wire the agent: an informer on this node's NodeCache only, one reconcile worker, health server. */
 export async function startAgent(options: StartAgentOptions): Promise<RunningAgent> {
   const { config, client } = options;
+  const registry = createRegistry();
   const manager = new Manager({
     client,
     clock: options.clock,
     log: options.log,
-    metrics: createRuntimeMetrics(createRegistry()),
+    metrics: createRuntimeMetrics(registry),
     healthPort: options.healthPort,
     healthHost: options.healthHost,
   });
@@ -207,6 +216,8 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
     events,
     runtime: options.runtime,
     progress: options.progress,
+    pinner: options.pinner,
+    metrics: createAgentMetrics(registry),
     clock: options.clock,
     log: options.log,
     getNodeCache: () => informer.get(config.nodeName),
@@ -254,6 +265,7 @@ export async function runAgent(args: string[]): Promise<number> {
   }
   const log = createLogger({ level: invocation.logLevel, name: "stowage-agent" });
   let runtime: CriClient | undefined;
+  let pinner: ContainerdPinner | undefined;
   try {
     const config: AgentConfig = { ...invocation.config, agentVersion: stowageVersion() };
     const client = KubeClient.load({
@@ -261,6 +273,7 @@ export async function runAgent(args: string[]): Promise<number> {
       userAgent: `stowage-agent/${stowageVersion()}`,
     });
     runtime = new CriClient(invocation.criSocket);
+    if (config.pinImages !== false) pinner = new ContainerdPinner(invocation.criSocket);
     const root = invocation.containerdRoot ?? (await existingDir("/var/lib/containerd"));
     config.containerdRoot = root;
     const agent = await startAgent({
@@ -268,6 +281,7 @@ export async function runAgent(args: string[]): Promise<number> {
       client,
       runtime,
       progress: root ? containerdProgressProbe(runtime, root) : undefined,
+      pinner,
       healthPort: invocation.healthPort,
       healthHost: invocation.healthBindAddress,
       log,
@@ -288,5 +302,6 @@ export async function runAgent(args: string[]): Promise<number> {
     return 1;
   } finally {
     runtime?.close();
+    pinner?.close();
   }
 }

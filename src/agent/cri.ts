@@ -16,6 +16,8 @@ export interface CriImage {
   repoTags: string[];
   repoDigests: string[];
   sizeBytes: number;
+  /** The runtime keeps it from the kubelet's image GC (containerd 1.7+: the pin label; 1.6: never). */
+  pinned?: boolean;
 }
 
 export interface CriFilesystem {
@@ -63,6 +65,7 @@ interface WireImage {
   repoTags?: string[];
   repoDigests?: string[];
   size?: number | string;
+  pinned?: boolean;
 }
 
 interface WireFsUsage {
@@ -237,6 +240,7 @@ function toImage(wire: WireImage): CriImage {
     repoTags: wire.repoTags ?? [],
     repoDigests: wire.repoDigests ?? [],
     sizeBytes: Number(wire.size ?? 0),
+    pinned: wire.pinned === true,
   };
 }
 

@@ -31,12 +31,14 @@ import { done, type Result, requeueAfter } from "../kube/controller.ts";
 import type { EventRecorder } from "../kube/events.ts";
 import { sameJson, writeStatus } from "../kube/status.ts";
 import { formatTime, parseTime } from "../kube/time.ts";
+import type { AgentMetrics } from "../metrics.ts";
 import { parseReference } from "../oci/reference.ts";
 import { type Clock, systemClock } from "../util/clock.ts";
 import { asStowageError, StowageError } from "../util/errors.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
 import type { CriAuth, ImageRuntime } from "./cri.ts";
 import { applyMirrorConfig, checkConfigPath } from "./hostsToml.ts";
+import type { ImagePinner } from "./pin.ts";
 import { type ProgressProbe, pulledBytes, runtimeProgressProbe } from "./progress.ts";
 
 export interface AgentConfig {
@@ -73,6 +75,11 @@ export interface AgentConfig {
    * containerd's content store under containerdRoot; 0 reports bytes only at Present.
    */
   progressIntervalMs?: number;
+  /**
+   * Label present spec images so the runtime pins them against the kubelet's image GC
+   * (containerd 1.7+; see pin.ts), and unlabel them when they leave the spec (default true).
+   */
+  pinImages?: boolean;
 }
 
 export const defaultAgentConfig: Omit<AgentConfig, "nodeName" | "agentVersion"> = {
@@ -85,6 +92,7 @@ export const defaultAgentConfig: Omit<AgentConfig, "nodeName" | "agentVersion"> 
   retryInitialMs: 10_000,
   retryMaxMs: 5 * 60_000,
   progressIntervalMs: 10_000,
+  pinImages: true,
 };
 
 export interface AgentDeps {
@@ -98,6 +106,9 @@ export interface AgentDeps {
   events?: EventRecorder;
   /** How pull progress is measured (default: the runtime's image filesystem usage). */
   progress?: ProgressProbe;
+  /** Pins images against the kubelet's GC (containerd's images API); none: nothing is pinned. */
+  pinner?: ImagePinner;
+  metrics?: AgentMetrics;
   clock?: Clock;
   log?: Logger;
 }
@@ -119,9 +130,13 @@ interface PullTask {
   bytes?: number;
   /** When `bytes` last asked for a status write. */
   bytesReportedAt?: number;
+  /** Set when the image was Present and vanished without the agent removing it (kubelet GC). */
+  evictedAt?: number;
 }
 
 const NAME = "node-agent";
+/** gRPC UNIMPLEMENTED: the runtime does not serve the method (containerd's images API on CRI-O). */
+const UNIMPLEMENTED = 12;
 
 export class NodeAgentReconciler {
   readonly #config: AgentConfig;
@@ -134,6 +149,9 @@ export class NodeAgentReconciler {
   #reported = new Map<string, NodeImageStatus>();
   #stopped = false;
   #uninstalled = false;
+  /** Digests whose names this process has labelled pinned (labels survive restarts; the set does not). */
+  readonly #pinned = new Map<string, number>();
+  #pinUnsupported = false;
 
   constructor(config: AgentConfig, deps: AgentDeps) {
     this.#config = config;
@@ -171,6 +189,9 @@ export class NodeAgentReconciler {
       for (const entry of wanted) images.push(await this.#observe(entry, previous.get(entry.digest), now));
       await this.#removeDropped(wanted, previous);
       this.#reported = new Map(images.map((i) => [i.digest, i]));
+      const present = images.filter((i) => i.state === "Present");
+      this.#deps.metrics?.imagesPinned.set({ pinned: "true" }, present.filter((i) => i.pinned).length);
+      this.#deps.metrics?.imagesPinned.set({ pinned: "false" }, present.filter((i) => !i.pinned).length);
     } catch (err) {
       runtimeError = asStowageError(err);
       if (runtimeError.reason !== "RuntimeUnavailable") throw err;
@@ -232,6 +253,8 @@ export class NodeAgentReconciler {
     const type = NodeCacheConditionTypes.MirrorConfigured;
     let condition: ConditionInput;
     try {
+      // The images stay, unpinned: from now on they are the kubelet's to collect.
+      for (const image of nc.status?.images ?? []) await this.#unpin(image.image, image.digest);
       const result = this.#config.mirrorConfig
         ? await applyMirrorConfig(this.#config.containerdConfigPath, [], { cacheEndpoint: "" })
         : { hosts: {} };
@@ -382,7 +405,7 @@ export class NodeAgentReconciler {
     const base = { image: entry.image, digest: entry.digest };
     let task = this.#tasks.get(entry.digest);
     if (task?.state === "queued" || task?.state === "pulling") return taskStatus(base, task, now);
-    const present = await this.#deps.runtime.imageStatus(refs.byDigest);
+    let present = await this.#deps.runtime.imageStatus(refs.byDigest);
     if (present) {
       const owned = previous?.ownedByAgent === true || (task?.state === "done" && task.ownsImage);
       const startedAt = task?.startedAt ?? parseTime(previous?.startedAt);
@@ -390,12 +413,21 @@ export class NodeAgentReconciler {
       if (task?.state === "done") this.#tasks.delete(entry.digest);
       // Content here but not the tag the kubelet will ask for: resolving the tag is cheap.
       const tagRetryDue = task?.state !== "failed" || (task.retryAt ?? 0) <= now;
-      if (refs.byTag && tagRetryDue && !(await this.#deps.runtime.imageStatus(refs.byTag)))
+      let tagPulling = false;
+      if (refs.byTag && tagRetryDue && !(await this.#deps.runtime.imageStatus(refs.byTag))) {
         this.#startPull(entry, task, owned);
+        tagPulling = true;
+      }
+      // Pinned once no pull of it is running: a CRI pull rewrites the labels of the names it
+      // creates (containerd 1.6 drops ours). Just labelled: ask again, so status says what the
+      // runtime does with the label.
+      if (!tagPulling && (await this.#pin(entry, refs, present.id, now)))
+        present = (await this.#deps.runtime.imageStatus(refs.byDigest)) ?? present;
       return {
         ...base,
         state: "Present",
         bytes: present.sizeBytes,
+        pinned: present.pinned === true,
         ...(startedAt ? { startedAt: formatTime(startedAt) } : {}),
         ...(finishedAt ? { finishedAt: formatTime(finishedAt) } : {}),
         ownedByAgent: owned,
@@ -405,8 +437,85 @@ export class NodeAgentReconciler {
       this.#tasks.delete(entry.digest); // removed behind our back: pull again
       task = undefined;
     }
-    if (!task || (task.retryAt ?? 0) <= now) task = this.#startPull(entry, task, true);
+    // Present before, absent now, and not removed by us (it is still in spec): evicted, most
+    // likely by the kubelet's image GC. Counted once: the status no longer says Present after.
+    const evicted = previous?.state === "Present" && !task;
+    if (evicted) {
+      this.#pinned.delete(entry.digest);
+      this.#deps.metrics?.imagesEvicted.inc();
+      this.#log.warn(
+        { image: entry.image, digest: entry.digest },
+        "pre-warmed image evicted from the node; pulling it again",
+      );
+      this.#event(
+        "Warning",
+        "Evicted",
+        `${entry.image} (${entry.digest}) was present and is gone without the agent removing it (the kubelet's image garbage collection?); pulling it again`,
+      );
+    }
+    if (!task || (task.retryAt ?? 0) <= now) {
+      const evictedAt = evicted ? now : task?.evictedAt;
+      task = this.#startPull(entry, task, true);
+      if (evictedAt !== undefined) task.evictedAt = evictedAt;
+    }
     return taskStatus(base, task, now);
+  }
+
+  /**
+   * Label a present image pinned (checked again each heartbeat interval; the label lives in
+   * containerd). True when it was checked now. A failure is logged and retried next pass:
+   * pinning protects, it never blocks pre-warming.
+   */
+  async #pin(
+    entry: NodeCacheImage,
+    refs: { byDigest: string; byTag?: string },
+    id: string,
+    now: number,
+  ): Promise<boolean> {
+    const pinner = this.#deps.pinner;
+    if (!pinner || this.#config.pinImages === false || this.#pinUnsupported) return false;
+    // Checked again every heartbeat interval: anyone's pull of the image (the kubelet's
+    // imagePullPolicy Always too) may rewrite its labels.
+    const checkedAt = this.#pinned.get(entry.digest);
+    if (checkedAt !== undefined && now - checkedAt < this.#config.heartbeatIntervalMs) return false;
+    try {
+      await pinner.setPinned([refs.byDigest, ...(refs.byTag ? [refs.byTag] : []), ...(id ? [id] : [])], true);
+      this.#pinned.set(entry.digest, now);
+      return true;
+    } catch (err) {
+      if ((err as StowageError).status === UNIMPLEMENTED) {
+        // Not containerd (CRI-O answers no containerd API): nothing to pin with, say it once.
+        this.#log.info(
+          { error: (err as Error).message },
+          "the runtime has no containerd images API; images are not pinned",
+        );
+        this.#pinUnsupported = true;
+        return false;
+      }
+      this.#log.warn(
+        { image: entry.image, error: (err as Error).message },
+        "pinning the image failed; will retry",
+      );
+      return false;
+    }
+  }
+
+  /** Clear the pin label of an image leaving the spec (or the node, on uninstall). */
+  async #unpin(image: string, digest: string): Promise<void> {
+    const pinner = this.#deps.pinner;
+    this.#pinned.delete(digest);
+    if (!pinner || this.#config.pinImages === false || this.#pinUnsupported) return;
+    const refs = pullReferences({ image, digest });
+    try {
+      const present = await this.#deps.runtime.imageStatus(refs.byDigest);
+      await pinner.setPinned(
+        [refs.byDigest, ...(refs.byTag ? [refs.byTag] : []), ...(present?.id ? [present.id] : [])],
+        false,
+      );
+    } catch (err) {
+      if (asStowageError(err).reason === "RuntimeUnavailable") throw err;
+      this.#log.warn({ image, error: (err as Error).message }, "unpinning the image failed");
+    }
   }
 
   #startPull(entry: NodeCacheImage, previous: PullTask | undefined, ownsImage: boolean): PullTask {
@@ -538,7 +647,10 @@ export class NodeAgentReconciler {
       this.#tasks.delete(digest);
     }
     for (const [digest, status] of previous) {
-      if (keep.has(digest) || !status.ownedByAgent) continue;
+      if (keep.has(digest)) continue;
+      // Unpinned first, owned or not: an image that stays (not ours) is the kubelet's to collect again.
+      await this.#unpin(status.image, digest);
+      if (!status.ownedByAgent) continue;
       const refs = pullReferences({ image: status.image, digest });
       for (const ref of [refs.byDigest, refs.byTag]) {
         if (!ref) continue;
@@ -603,15 +715,23 @@ function taskStatus(base: { image: string; digest: string }, task: PullTask, now
       ...startedAt,
       ...owned,
     };
+  const evicted =
+    task.evictedAt !== undefined
+      ? {
+          reason: "Evicted",
+          message: `was present, then removed from the node at ${formatTime(task.evictedAt)} without the agent removing it (the kubelet's image garbage collection?); pulling it again`,
+        }
+      : {};
   if (task.state === "pulling")
     return {
       ...base,
       state: "Pulling",
+      ...evicted,
       ...(task.bytes !== undefined ? { bytes: task.bytes } : {}),
       ...startedAt,
       ...owned,
     };
-  return { ...base, state: "Pending", ...owned };
+  return { ...base, state: "Pending", ...evicted, ...owned };
 }
 
 function readyCondition(

@@ -95,6 +95,8 @@ export interface NodeImageStatus {
   startedAt?: string;
   finishedAt?: string;
   ownedByAgent?: boolean;
+  /** Present and pinned by the runtime: kept from the kubelet's image GC (containerd 1.7+). */
+  pinned?: boolean;
 }
 
 export interface ImageFsStatus {

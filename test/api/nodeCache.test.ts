@@ -57,6 +57,7 @@ const completeStatus: Complete<NodeCacheStatus> = {
       startedAt: "2026-11-26T19:59:48Z",
       finishedAt: "2026-11-26T20:00:00Z",
       ownedByAgent: true,
+      pinned: false,
     },
   ],
   conditions: [
