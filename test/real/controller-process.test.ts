@@ -4,6 +4,7 @@
  * inside a pod's grace period; a leader-election namespace that does not exist ends the process
  * with a message saying so, instead of a controller that never leads and never says why.
  */
+import { type AddressInfo, createServer, type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type ModelImage, ModelImageResource } from "../../src/api/modelImage.ts";
 import { KubeClient, Resources } from "../../src/kube/client.ts";
@@ -18,6 +19,29 @@ import { type FaultProxy, startFaultProxy } from "../../testkit/faultProxy.ts";
 import { pushSinglePlatformImage } from "../../testkit/images.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
 import { type Cluster, eventually, startCluster } from "../e2e/helpers.ts";
+
+/** A TCP server on loopback that accepts every connection and never answers. */
+async function startHangingServer(): Promise<{ host: string; accepted(): number; stop(): Promise<void> }> {
+  const sockets = new Set<Socket>();
+  let accepted = 0;
+  const server = createServer((socket) => {
+    accepted++;
+    sockets.add(socket);
+    socket.on("error", () => {});
+    socket.on("close", () => sockets.delete(socket));
+    socket.resume();
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    host: `127.0.0.1:${port}`,
+    accepted: () => accepted,
+    async stop() {
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
 
 /** A pod's default terminationGracePeriodSeconds: the kubelet sends SIGKILL after it. */
 const POD_GRACE_MS = 30_000;
@@ -129,6 +153,57 @@ describe("the controller process on the real API server", () => {
     expect(writes).toEqual([]);
     expect((await objects.get("big", "ml")).metadata.resourceVersion).toBe(before.metadata.resourceVersion);
   }, 180_000);
+
+  it("with its default flags keeps syncing other ModelImages while four hang on an upstream that never answers, and deletes them", async () => {
+    const hanging = await startHangingServer();
+    try {
+      const controller = await startControllerProcess({
+        kubeconfig: cluster.api.kubeconfigPath,
+        cacheRegistry: cache.url,
+        // Only what the test needs: the workers, deadlines and per-host limit are the defaults.
+        args: ["--insecure-registry", hanging.host, "--insecure-registry", upstream.host, "--prewarm=false"],
+        env: { STOWAGE_RETAIN_ON_DELETE: "false" }, // a finalizer: deletion needs this controller
+      });
+      processes.push(controller);
+      await cluster.apply([{ apiVersion: "v1", kind: "Namespace", metadata: { name: "hung" } }]);
+      const objects = client.resource<ModelImage>(ModelImageResource);
+      for (let i = 1; i <= 4; i++) {
+        await objects.create({
+          apiVersion: "stowage.dev/v1alpha1",
+          kind: "ModelImage",
+          metadata: { name: `hung-${i}`, namespace: "hung" },
+          spec: { image: `${hanging.host}/models/hung-${i}:v1` },
+        });
+      }
+      await eventually("the hung upstream holds connections", async () => hanging.accepted() >= 2);
+      const created = Date.now();
+      await objects.create({
+        apiVersion: "stowage.dev/v1alpha1",
+        kind: "ModelImage",
+        metadata: { name: "healthy", namespace: "hung" },
+        spec: { image: `${upstream.host}/models/big:v1` },
+      });
+      await eventually(
+        "the healthy ModelImage is Synced",
+        async () =>
+          (await objects.get("healthy", "hung")).status?.conditions?.some(
+            (c) => c.type === "Synced" && c.status === "True",
+          ),
+        90_000,
+      );
+      console.info(`controller process: healthy ModelImage Synced ${Date.now() - created} ms after creation`);
+      expect((await controller.health("/readyz")).status).toBe(200);
+      for (let i = 1; i <= 4; i++) await objects.delete(`hung-${i}`, "hung");
+      await eventually(
+        "the hung ModelImages are deleted",
+        async () => (await objects.list({ namespace: "hung" })).items.length === 1,
+        60_000,
+      );
+      expect((await exitWithin(controller, POD_GRACE_MS, "SIGTERM"))?.code).toBe(0);
+    } finally {
+      await hanging.stop();
+    }
+  }, 240_000);
 
   it("exits 1 at once, naming the namespace, when the leader-election namespace does not exist", async () => {
     const controller = await startControllerProcess({
