@@ -36,6 +36,7 @@ import {
   parseReference,
 } from "../../oci/reference.ts";
 import type { CredentialLookup } from "../../oci/registry.ts";
+import { retryAfterOf } from "../../oci/retry.ts";
 import type { Clock } from "../../util/clock.ts";
 import { formatDuration } from "../../util/duration.ts";
 import { asStowageError, StowageError } from "../../util/errors.ts";
@@ -366,6 +367,9 @@ async function syncModelImage(mi: ModelImage, deps: ReconcilerDeps, ctx: Reconci
   }
   const retryable = failures.find((o) => o.error && !isStalledReason(o.error.reason));
   if (retryable?.error) {
+    // A registry that named its wait (Retry-After; the message says "retrying in Ns") gets it.
+    const wait = retryAfterOf(retryable.error);
+    if (wait !== undefined) return requeueAfter(wait);
     // Back off through the work queue; the status already says what is wrong.
     throw retryable.error;
   }

@@ -51,7 +51,12 @@ export function createRegistries(deps: {
     caPem: caPem.length > 0 ? caPem : undefined,
     userAgent: "stowage-controller",
     logger: deps.logger,
+    // The cache's failures are CacheUnavailable, and it is never reached through a proxy.
+    cacheRegistries: [cacheRegistry],
     ...deps.options,
+    // A Retry-After past 30 s is reported ("retrying in Ns", the wait on the error for the
+    // requeue) instead of slept on a worker (src/oci/retry.ts).
+    retry: { longWaits: "report", ...deps.options?.retry },
   };
   const client = deps.throughCache
     ? new ThroughFrontClient({
