@@ -212,7 +212,7 @@ describe("chart templates", () => {
     expect(daemonSet).toContain("fieldPath: spec.nodeName");
   });
 
-  it("run the controller and cache under restricted Pod Security and only the agent privileged", () => {
+  it("run the controller and cache under restricted Pod Security and nothing privileged", () => {
     const helpers = read("templates/_helpers.tpl");
     for (const setting of [
       "runAsNonRoot: true",
@@ -223,7 +223,8 @@ describe("chart templates", () => {
     ])
       expect(helpers).toContain(setting);
     const privileged = templates.filter(({ text }) => /privileged: true/.test(text)).map((t) => t.file);
-    expect(privileged).toEqual(["agent-daemonset.yaml"]);
+    expect(privileged).toEqual([]);
+    expect((defaults.agent as Values).securityContext).toMatchObject({ privileged: false });
     for (const file of ["controller-deployment.yaml", "cache-statefulset.yaml"]) {
       const text = read(`templates/${file}`);
       expect(text).toContain('include "stowage.restrictedPodSecurityContext"');

@@ -139,7 +139,9 @@ describe.runIf(whyNoDocker === undefined)("the chart installed by helm onto a re
         criSocket: node.containerd.socketPath,
         containerdConfigPath: node.containerd.certsDir,
         containerdRoot: join(node.containerd.dir, "root"),
-        containerdConfigFile: node.containerd.configFile,
+        // no containerdConfigFile: the chart's default mounts none and the agent asks containerd
+        // through CRI Status; and the health server on the pod's IP only (the kubelet expands it)
+        healthBindAddress: "podIP",
         extraEnv: apiEnv,
       },
       cache: {
@@ -211,6 +213,17 @@ describe.runIf(whyNoDocker === undefined)("the chart installed by helm onto a re
     // The controller runs as the image's non-root user under the chart's restricted context.
     const [controller] = await podsOf("controller");
     expect(controller.spec.securityContext.runAsNonRoot).toBe(true);
+    // The agent runs as root, not privileged and with no capability, and works: ready above,
+    // MirrorConfigured from containerd's own CRI Status, its health server on the pod IP.
+    const [agent] = await podsOf("agent");
+    expect(agent.spec.containers[0].securityContext).toMatchObject({
+      privileged: false,
+      runAsUser: 0,
+      allowPrivilegeEscalation: false,
+      capabilities: { drop: ["ALL"] },
+    });
+    expect(agent.spec.containers[0].args).toContain("--health-bind-address=$(POD_IP)");
+    expect(agent.spec.volumes.map((v: Json) => v.name)).not.toContain("containerd-config");
   }, 300_000);
 
   it("mirrors a ModelImage applied with kubectl into the cache pod, pre-pulls it on the node, and holds a user pod until then", async () => {
@@ -304,6 +317,15 @@ describe.runIf(whyNoDocker === undefined)("the chart installed by helm onto a re
     const messages = JSON.parse(events.stdout).items.map((e: Json) => `${e.reason}: ${e.message}`);
     expect(messages.join("\n")).toMatch(/already present on machine/);
     expect(messages.join("\n")).not.toMatch(/^Pulling:/m);
+    // The unprivileged agent pod wrote containerd's mirror config on the host, and says so.
+    expect(nodeCache.status.conditions).toContainEqual(
+      expect.objectContaining({ type: "MirrorConfigured", status: "True", reason: "Configured" }),
+    );
+    const hostsToml = await readFile(
+      join(node.containerd.certsDir, new URL(upstreamProxy.url).host, "hosts.toml"),
+      "utf8",
+    );
+    expect(hostsToml).toContain(`http://127.0.0.1:${cachePort}/v2/`);
   }, 300_000);
 
   it("pulls an image nobody declared through the cache front on the kubelet's own pull, and a second pull after the node forgot it from the front's storage", async () => {
@@ -446,6 +468,48 @@ describe.runIf(whyNoDocker === undefined)("the chart installed by helm onto a re
     expect(upstreamBlobGets().slice(before)).toEqual(firstReads);
     expect(await frontBlobHits()).toBeGreaterThanOrEqual(hitsAfterFirst + fresh.length);
     expect(hitsAfterFirst).toBeGreaterThanOrEqual(hitsBefore);
+  }, 600_000);
+
+  it("helm uninstall runs the pre-delete hook: the node loses the hosts.toml files, warm labels and warming taint Stowage put there", async () => {
+    const certsDir = node.containerd.certsDir;
+    const { readdir } = await import("node:fs/promises");
+    const nodePath = `/api/v1/nodes/${node.name}`;
+    // What the release left on the node: the agent's hosts.toml files and the planner's warm label;
+    // and a warming taint, as an autoscaler's node template adds it.
+    expect((await readdir(certsDir)).length).toBeGreaterThan(0);
+    const before = (await plane.request("GET", nodePath)).body;
+    expect(Object.keys(before.metadata.labels)).toContain("warm.stowage.dev/ml.model");
+    const tainted = await plane.request(
+      "PATCH",
+      nodePath,
+      {
+        spec: {
+          taints: [...(before.spec.taints ?? []), { key: "stowage.dev/warming", effect: "NoSchedule" }],
+        },
+      },
+      "application/merge-patch+json",
+    );
+    expect(tainted.status, JSON.stringify(tainted.body)).toBe(200);
+
+    await helmOk(["uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", "--timeout", "4m"], {
+      dir,
+      kubeconfig: plane.kubeconfigPath,
+      timeoutMs: 300_000,
+    });
+
+    expect(await readdir(certsDir)).toEqual([]);
+    const after = (await plane.request("GET", nodePath)).body;
+    expect(
+      Object.keys(after.metadata.labels).filter((k: string) => k.startsWith("warm.stowage.dev/")),
+    ).toEqual([]);
+    expect((after.spec.taints ?? []).map((t: Json) => t.key)).not.toContain("stowage.dev/warming");
+    // The agent said so before it went, and the hook's Job and RBAC are gone with the release.
+    const nc = (await plane.request("GET", `/apis/stowage.dev/v1alpha1/nodecaches/${node.name}`)).body;
+    expect(nc.status.conditions).toContainEqual(
+      expect.objectContaining({ type: "MirrorConfigured", status: "False", reason: "Uninstalled" }),
+    );
+    const jobs = await plane.request("GET", `/apis/batch/v1/namespaces/${NAMESPACE}/jobs`);
+    expect(jobs.body.items ?? []).toEqual([]);
   }, 600_000);
 });
 
