@@ -474,6 +474,58 @@ export function createEvictionMetrics(registry: Registry = createRegistry()): Ev
   };
 }
 
+// ---------------------------------------------------------------------------------------------
+// stowage_cache_registry_gc*: the registry's garbage collection run in the cluster by the
+// controller (src/controller/cachegc/cluster.ts): read-only rollout, a Job, writable again.
+// ---------------------------------------------------------------------------------------------
+
+export interface RegistryGcMetrics {
+  /** Garbage collections, by result (ok, failed). */
+  runs: Counter<"result">;
+  /** Failed garbage collections since the last one that succeeded. */
+  consecutiveFailures: Gauge<never>;
+  /** When a garbage collection last succeeded (Unix seconds); absent until one has. */
+  lastSuccess: Gauge<never>;
+  /** How long collections took, pause to resume. */
+  duration: Histogram<"result">;
+  /** 1 while this controller holds the cache registry read-only for a collection. */
+  readOnly: Gauge<never>;
+}
+
+export function createRegistryGcMetrics(registry: Registry = createRegistry()): RegistryGcMetrics {
+  const registers = [registry];
+  return {
+    runs: new Counter({
+      name: "stowage_cache_registry_gc_runs_total",
+      help: "Garbage collections of the cache registry the controller ran in the cluster, by result (ok, failed).",
+      labelNames: ["result"],
+      registers,
+    }),
+    consecutiveFailures: new Gauge({
+      name: "stowage_cache_registry_gc_consecutive_failures",
+      help: "Garbage collections of the cache registry that failed since the last one that succeeded.",
+      registers,
+    }),
+    lastSuccess: new Gauge({
+      name: "stowage_cache_registry_gc_last_success_timestamp_seconds",
+      help: "When a garbage collection of the cache registry last succeeded (Unix seconds).",
+      registers,
+    }),
+    duration: new Histogram({
+      name: "stowage_cache_registry_gc_duration_seconds",
+      help: "Garbage collections of the cache registry, from the read-only rollout to writes resumed, by result.",
+      labelNames: ["result"],
+      buckets: [10, 30, 60, 120, 300, 600, 1800, 3600],
+      registers,
+    }),
+    readOnly: new Gauge({
+      name: "stowage_cache_registry_read_only",
+      help: "1 while the controller holds the cache registry read-only for a garbage collection.",
+      registers,
+    }),
+  };
+}
+
 /** The node agent's own metrics (one agent per node: the scrape target's labels say which). */
 export interface AgentMetrics {
   /** Pre-warmed images that disappeared from the node without the agent removing them. */

@@ -109,6 +109,14 @@ Flags:
                                  \`stowage cache\`) may take, e.g. 200Gi; beyond it the least recently
                                  pulled are evicted (default: no eviction)
   --cache-gc-interval DURATION   how often eviction runs (default 10m)
+  --cache-gc-statefulset NAME    the cache registry's StatefulSet (in POD_NAMESPACE): the leader runs
+                                 the registry's garbage collection there (read-only rollout, a Job
+                                 on its storage, writable again) after evictions and on an interval
+  --cache-gc-collect-interval DURATION
+                                 how often that collection runs without evictions (default 24h;
+                                 0: only after an eviction pass freed something)
+  --cache-gc-collect-timeout DURATION
+                                 how long the collection Job may run (default 1h)
   --log-level LEVEL              trace, debug, info, warn, error (default info)
   -h, --help                     show this help
 
@@ -156,6 +164,9 @@ export const controllerOptions = {
   "prewarm-through-cache": { type: "string" },
   "cache-size-budget": { type: "string" },
   "cache-gc-interval": { type: "string" },
+  "cache-gc-statefulset": { type: "string" },
+  "cache-gc-collect-interval": { type: "string" },
+  "cache-gc-collect-timeout": { type: "string" },
   "log-level": { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
@@ -218,6 +229,8 @@ export interface ControllerInvocation {
   };
   /** Eviction of undeclared images (src/controller/cachegc); undefined without --cache-size-budget. */
   cacheGc?: { budgetBytes: number; intervalMs: number };
+  /** The registry's garbage collection in the cluster (src/controller/cachegc/cluster.ts); undefined without --cache-gc-statefulset. */
+  registryGc?: { namespace: string; statefulSet: string; intervalMs: number; timeoutMs: number };
 }
 
 /** A flag's value, else its STOWAGE_* variable (comma list for repeatable flags). */
@@ -391,6 +404,23 @@ export async function parseControllerArgs(
         }
       : undefined,
     cacheGc: cacheGcSettings(get("cache-size-budget"), get("cache-gc-interval")),
+    registryGc: registryGcSettings(get, env),
+  };
+}
+
+function registryGcSettings(
+  get: (flag: FlagName) => string | undefined,
+  env: NodeJS.ProcessEnv,
+): ControllerInvocation["registryGc"] {
+  const statefulSet = get("cache-gc-statefulset");
+  if (statefulSet === undefined) return undefined;
+  const interval = get("cache-gc-collect-interval");
+  return {
+    namespace: env.POD_NAMESPACE ?? "stowage-system",
+    statefulSet,
+    intervalMs:
+      interval?.trim() === "0" ? 0 : durationFlag(interval, "cache-gc-collect-interval", 24 * 60 * 60_000),
+    timeoutMs: durationFlag(get("cache-gc-collect-timeout"), "cache-gc-collect-timeout", 60 * 60_000),
   };
 }
 
@@ -751,9 +781,23 @@ export async function startController(
     }
     throw err;
   }
+  const registryGc = invocation.registryGc
+    ? await import("./cachegc/index.ts").then(({ setupRegistryGc }) =>
+        setupRegistryGc({
+          client,
+          ...(invocation.registryGc as NonNullable<ControllerInvocation["registryGc"]>),
+          settings: invocation.registryGc as NonNullable<ControllerInvocation["registryGc"]>,
+          isLeader: () => manager.isLeader(),
+          events,
+          metricsRegistry: registry,
+          log,
+        }),
+      )
+    : undefined;
   const eviction = invocation.cacheGc
     ? await import("./cachegc/index.ts").then(({ setupCacheEviction, declaredImages }) =>
         setupCacheEviction({
+          collectGarbage: registryGc,
           cache: config.cache,
           settings: invocation.cacheGc as NonNullable<ControllerInvocation["cacheGc"]>,
           isLeader: () => manager.isLeader(),
@@ -793,7 +837,7 @@ export async function startController(
         credentials.close(),
         modelImageController.registries.client.close(),
         prewarm?.close(),
-        eviction?.stop(),
+        eviction?.stop().then(() => registryGc?.stop()),
       ]);
     },
   };

@@ -10,7 +10,7 @@
  * (no --delete-untagged): the front stores what nodes pulled by digest, untagged.
  */
 import { execFile } from "node:child_process";
-import { StowageError } from "../../util/errors.ts";
+import { asStowageError, StowageError } from "../../util/errors.ts";
 
 /**
  * The environment that makes distribution 2.8 read-only without touching its config file (what
@@ -67,15 +67,33 @@ export function garbageCollect(options: {
   });
 }
 
-/** Pauses writes, collects, and resumes writes whatever happened. */
-export async function collectWhilePaused(
+/**
+ * Pauses writes, collects, and resumes writes whatever happened: also when the pause itself failed
+ * half-way (a rollout that did not finish leaves some replicas read-only). When both the
+ * collection and the resume fail, the resume's failure is thrown (writes are still refused, the
+ * more urgent news) with the collection's in its message.
+ */
+export async function collectWhilePaused<T = GarbageCollection>(
   pause: WritePause,
-  collect: () => Promise<GarbageCollection>,
-): Promise<GarbageCollection> {
-  await pause.pause();
+  collect: () => Promise<T>,
+): Promise<T> {
+  let result: T;
   try {
-    return await collect();
-  } finally {
-    await pause.resume();
+    await pause.pause();
+    result = await collect();
+  } catch (err) {
+    try {
+      await pause.resume();
+    } catch (resumeErr) {
+      const resumeFailure = asStowageError(resumeErr);
+      throw new StowageError(
+        resumeFailure.reason,
+        `${resumeFailure.message} (resuming writes after a failed collection: ${asStowageError(err).message})`,
+        { cause: resumeErr, retryable: true },
+      );
+    }
+    throw err;
   }
+  await pause.resume();
+  return result;
 }
