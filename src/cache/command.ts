@@ -319,6 +319,9 @@ export async function startCache(
     logger,
     // A node waits on these: a few quick tries, then the stale answer or an error.
     retry: { attempts: 3, baseDelayMs: 100, maxDelayMs: 2_000 },
+    // Ranges arriving out of order are held in memory until their turn: the client's default
+    // (8 x 8 MiB) put up to 64 MiB on the front's resident memory for each blob in flight.
+    rangedDownload: { concurrency: 4, rangeBytes: 4 * 1024 * 1024 },
   });
   const probeTransport = new Transport({
     insecureHosts: config.insecureRegistries,

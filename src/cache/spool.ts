@@ -15,7 +15,9 @@ import { StowageError } from "../util/errors.ts";
 // Reads for tails without their own buffers (the storage upload, whose HTTP client keeps what it
 // was given until sent, so its buffers cannot be reused).
 const READ_SIZE = 1024 * 1024;
-const WRITE_HIGH_WATER = 8 * 1024 * 1024;
+// Queued bytes before the fetch waits for the file: enough to batch dozens of network chunks
+// into one write, small enough not to show in the front's resident memory.
+const WRITE_HIGH_WATER = 2 * 1024 * 1024;
 
 type State = "filling" | "sealed" | "failed";
 
