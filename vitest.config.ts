@@ -38,6 +38,7 @@ const onBothApiServers = [
   "test/controller/gates.test.ts",
   "test/webhook/certificates.test.ts",
   "test/webhook/controller.test.ts",
+  "test/webhook/childDigest.test.ts",
   "test/agent/agent.test.ts",
   "test/agent/command.test.ts",
   "test/agent/containerdConfig.test.ts",

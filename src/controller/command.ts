@@ -759,7 +759,15 @@ export async function startController(
     prewarm,
   });
   const admission = invocation.webhook
-    ? await setupAdmission(manager, invocation.webhook, invocation.namespaces, events, registry, log)
+    ? await setupAdmission(
+        manager,
+        invocation.webhook,
+        invocation.namespaces,
+        events,
+        registry,
+        log,
+        prewarmOn,
+      )
     : undefined;
   let webhookPort: number | undefined;
   try {
@@ -851,6 +859,7 @@ async function setupAdmission(
   events: EventRecorder,
   registry: Registry,
   log: Logger,
+  nodeCaches: boolean,
 ) {
   const [{ setupWebhook }, { setupGateController }] = await Promise.all([
     import("../webhook/index.ts"),
@@ -869,6 +878,8 @@ async function setupAdmission(
       // 127.0.0.1 stays for port-forwards and local tests
       ipAddresses: ["127.0.0.1", ...settings.certHosts.ipAddresses.filter((ip) => ip !== "127.0.0.1")],
     },
+    // pods pinned to a per-platform child digest are matched through the planner's NodeCaches
+    nodeCaches,
     log,
   });
   setupGateController(manager, {

@@ -14,6 +14,8 @@ export interface AdmissionLookups {
   modelImagesIn(namespace: string): readonly ModelImage[];
   namespaceLabels(namespace: string): Record<string, string> | undefined;
   controllerNamespace?: string;
+  /** Per-platform child digests the planner assigned for a ModelImage's variant (see HoldContext). */
+  platformDigests?(namespace: string, name: string, variant: string): ReadonlySet<string> | undefined;
 }
 
 export interface AdmissionResponse {
@@ -84,6 +86,7 @@ export function reviewPodAdmission(body: unknown, lookups: AdmissionLookups): Po
       namespaceLabels: lookups.namespaceLabels(namespace),
       controllerNamespace: lookups.controllerNamespace,
       modelImages: lookups.modelImagesIn(namespace),
+      platformDigests: lookups.platformDigests?.bind(lookups),
     });
   } catch (err) {
     return {

@@ -3,6 +3,7 @@
  * webhook reads only caches), the certificates, and the HTTPS server. The webhook serves on every
  * replica (the Service sends admissions to any of them), not only on the leader.
  */
+import { type NodeCache, NodeCacheResource } from "../api/nodeCache.ts";
 import { type KubeObject, Resources } from "../kube/client.ts";
 import type { Informer } from "../kube/informer.ts";
 import type { Manager } from "../kube/manager.ts";
@@ -22,6 +23,11 @@ export { HELD_FOR_ANNOTATION, HELD_REASON_ANNOTATION, parseHeldFor } from "./pat
 export { MUTATE_PODS_PATH, startWebhookServer } from "./server.ts";
 
 export const DEFAULT_WEBHOOK_SECRET = "stowage-webhook-tls";
+const REQUESTED_BY_INDEX = "requestedBy";
+
+function requesterKey(requester: { namespace: string; name: string; variant?: string }): string {
+  return `${requester.namespace}/${requester.name}/${requester.variant ?? ""}`;
+}
 export const DEFAULT_WEBHOOK_SERVICE = "stowage-webhook";
 export const DEFAULT_WEBHOOK_CONFIGURATION = "stowage";
 export const DEFAULT_WEBHOOK_PORT = 9443;
@@ -42,6 +48,11 @@ export interface WebhookDeps {
     WebhookCertificatesOptions,
     "validityMs" | "renewBeforeMs" | "overlapMs" | "ipAddresses" | "extraDnsNames"
   >;
+  /**
+   * Watch NodeCaches so a pod pinned to a ModelImage's per-platform child digest is matched (the
+   * NodeCache CRD must be installed: the controller passes it when pre-warming is on).
+   */
+  nodeCaches?: boolean;
   /** How often the certificates are checked (re-read, rotated); default 5 min. */
   certificateCheckIntervalMs?: number;
   clock?: Clock;
@@ -62,6 +73,14 @@ export function setupWebhook(manager: Manager, deps: WebhookDeps): AdmissionWebh
   const log = (deps.log ?? silentLogger()).child({ component: "webhook" });
   const modelImages = modelImageCache(manager, deps.namespaces);
   const namespaces = manager.addInformer<KubeObject>({ type: Resources.Namespace });
+  // The planner's NodeCaches (shared with its informer on the leader): which single-platform
+  // digests each ModelImage variant was planned as, for pods pinned to a child manifest.
+  const nodeCaches = deps.nodeCaches
+    ? manager.addInformer<NodeCache>({ type: NodeCacheResource })
+    : undefined;
+  nodeCaches?.addIndexer(REQUESTED_BY_INDEX, (nc) =>
+    (nc.spec?.images ?? []).flatMap((image) => (image.requestedBy ?? []).map(requesterKey)),
+  );
   const certificates = new WebhookCertificates({
     client: manager.client,
     certManagement: deps.certManagement ?? "self",
@@ -77,6 +96,18 @@ export function setupWebhook(manager: Manager, deps: WebhookDeps): AdmissionWebh
     modelImagesIn: (namespace) => modelImages.byNamespace(namespace),
     namespaceLabels: (namespace) => namespaces.get(namespace)?.metadata?.labels,
     controllerNamespace: deps.namespace,
+    ...(nodeCaches
+      ? {
+          platformDigests: (namespace: string, name: string, variant: string) => {
+            const key = requesterKey({ namespace, name, variant });
+            const digests = new Set<string>();
+            for (const nc of nodeCaches.byIndex(REQUESTED_BY_INDEX, key))
+              for (const image of nc.spec?.images ?? [])
+                if ((image.requestedBy ?? []).some((r) => requesterKey(r) === key)) digests.add(image.digest);
+            return digests;
+          },
+        }
+      : {}),
   };
   const stopSignal = new AbortController();
   let server: WebhookServer | undefined;
@@ -90,6 +121,7 @@ export function setupWebhook(manager: Manager, deps: WebhookDeps): AdmissionWebh
       await Promise.all([
         modelImages.waitForSync(stopSignal.signal),
         namespaces.waitForSync(stopSignal.signal),
+        nodeCaches?.waitForSync(stopSignal.signal),
       ]);
       const state = await certificates.reconcile();
       const started = await startWebhookServer({

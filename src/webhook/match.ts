@@ -45,6 +45,13 @@ export interface HoldContext {
   /** The controller's own namespace: never gated. */
   controllerNamespace?: string;
   modelImages: readonly ModelImage[];
+  /**
+   * The single-platform digests the pre-warm planner assigned to nodes for a ModelImage's variant
+   * (NodeCache spec images requested by it): a pod pinned to the child manifest of its platform,
+   * rather than to the index, names one of these. Children are copied byte-exact, so the digest
+   * is the upstream's and the cache's alike.
+   */
+  platformDigests?: (namespace: string, name: string, variant: string) => ReadonlySet<string> | undefined;
 }
 
 interface PodImage {
@@ -84,12 +91,13 @@ function tryParse(image: string | undefined): ImageReference | undefined {
 /**
  * True when the pod image names the variant: same normalised repository (the source or the cache
  * copy) and the same tag, or a digest the variant is known by (its reference, the source or cache
- * digest in status).
+ * digest in status, or one of its per-platform child digests).
  */
 export function imageMatchesVariant(
   podRef: ImageReference,
   variantImage: string,
   status: { image?: string; cacheImage?: string; sourceDigest?: string; cacheDigest?: string } | undefined,
+  platformDigests?: ReadonlySet<string>,
 ): boolean {
   const refs = [tryParse(variantImage), tryParse(status?.image), tryParse(status?.cacheImage)].filter(
     (r): r is ImageReference => r !== undefined,
@@ -102,7 +110,7 @@ export function imageMatchesVariant(
     for (const r of sameRepo) if (r.digest) digests.add(r.digest);
     if (status?.sourceDigest) digests.add(status.sourceDigest);
     if (status?.cacheDigest) digests.add(status.cacheDigest);
-    return digests.has(podRef.digest);
+    return digests.has(podRef.digest) || platformDigests?.has(podRef.digest) === true;
   }
   return sameRepo.some((r) => r.tag !== undefined && r.tag === podRef.tag);
 }
@@ -139,8 +147,13 @@ export function decideHold(pod: PodView, ctx: HoldContext): HoldDecision {
     if (!via) {
       const statusByName = new Map((mi.status?.variants ?? []).map((v) => [v.name, v]));
       for (const variant of variantsOf(mi.spec ?? {})) {
+        const children = ctx.platformDigests?.(
+          mi.metadata?.namespace ?? ctx.namespace,
+          mi.metadata?.name ?? "",
+          variant.name,
+        );
         const hit = images.find((img) =>
-          imageMatchesVariant(img.ref, variant.image, statusByName.get(variant.name)),
+          imageMatchesVariant(img.ref, variant.image, statusByName.get(variant.name), children),
         );
         if (hit) {
           via = `${hit.where} uses variant "${variant.name}"`;
