@@ -29,7 +29,7 @@ const anchor = (heading: string) =>
     .replace(/ /g, "-");
 
 describe("Stowage alert rules", () => {
-  it("ship the six alerts with the durations the issue asks for", () => {
+  it("ship the alerts with the durations the issues ask for", () => {
     expect(Object.fromEntries(rules.map((r) => [r.alert, r.for]))).toEqual({
       StowageSyncLagHigh: "15m",
       StowageSyncFailing: "30m",
@@ -37,12 +37,18 @@ describe("Stowage alert rules", () => {
       StowageNodeAgentDown: "5m",
       StowageControllerDown: "5m",
       StowageCacheRegistryDown: "5m",
+      StowageCacheFrontDown: "5m",
+      StowageCacheServingStaleTags: "15m",
+      StowageCacheUpstreamFetchFailing: "15m",
+      StowageCacheMissRatioHigh: "1h",
+      StowageCacheRegistryGcFailing: "5m",
+      StowageCacheRegistryReadOnly: "2h",
     });
   });
 
   it("pass promtool check rules", async () => {
     const result = await promtool(["check", "rules", rulesPath]);
-    expect(result.output).toContain("SUCCESS: 6 rules found");
+    expect(result.output).toContain("SUCCESS: 12 rules found");
     expect(result.code).toBe(0);
   });
 
@@ -104,7 +110,7 @@ describe("Stowage alert rules", () => {
       }
       return { from, to };
     });
-    expect(substitutions.length).toBe(7);
+    expect(substitutions.length).toBe(8);
     const rulesOnly = rulesText
       .split("\n")
       .filter((line) => !line.trimStart().startsWith("#"))
@@ -130,6 +136,8 @@ describe("Stowage alert rules", () => {
       "job ml-cache-controller-metrics",
     );
     expect(byName.StowageCacheRegistryDown.expr).toContain('job="ml-cache-cache"');
+    expect(byName.StowageCacheFrontDown.expr).toContain('job="ml-cache-cache-front"');
+    expect(byName.StowageCacheFrontDown.annotations?.description).toContain("job ml-cache-cache-front");
     for (const rule of renderedRules)
       expect(rule.annotations?.runbook_url).toMatch(
         /^https:\/\/docs\.example\.com\/stowage\/operations\.md#/,

@@ -22,7 +22,23 @@ const ALL = [
   "StowageNodeAgentDown",
   "StowageControllerDown",
   "StowageCacheRegistryDown",
+  "StowageCacheFrontDown",
+  "StowageCacheServingStaleTags",
+  "StowageCacheUpstreamFetchFailing",
+  "StowageCacheMissRatioHigh",
+  "StowageCacheRegistryGcFailing",
+  "StowageCacheRegistryReadOnly",
 ];
+/** Alerts on eviction and the registry's garbage collection: only with cache.gc.enabled. */
+const GC = ["StowageCacheMissRatioHigh", "StowageCacheRegistryGcFailing", "StowageCacheRegistryReadOnly"];
+/** Alerts on the front's metrics: only when the chart runs the front. */
+const FRONT = [
+  "StowageCacheFrontDown",
+  "StowageCacheServingStaleTags",
+  "StowageCacheUpstreamFetchFailing",
+  "StowageCacheMissRatioHigh",
+];
+const GC_ON = { cache: { gc: { enabled: true } } };
 const MONITORING = ["monitoring.coreos.com/v1"];
 const without = (...names: string[]) => ALL.filter((name) => !names.includes(name));
 
@@ -30,7 +46,20 @@ const cases: { name: string; options: RenderOptions; alerts: string[] }[] = [
   {
     name: "the defaults on a cluster serving the Prometheus operator API",
     options: { apiVersions: MONITORING },
+    alerts: without(...GC),
+  },
+  {
+    name: "cache.gc.enabled=true (eviction and the registry's garbage collection)",
+    options: { apiVersions: MONITORING, values: [GC_ON] },
     alerts: ALL,
+  },
+  {
+    name: "cache.front.enabled=false (nodes pull from the registry)",
+    options: {
+      apiVersions: MONITORING,
+      values: [{ cache: { front: { enabled: false }, gc: { enabled: true } } }],
+    },
+    alerts: without(...FRONT),
   },
   {
     name: "ci/gitops-values.yaml (forced, external cache), default thresholds",
@@ -38,35 +67,37 @@ const cases: { name: string; options: RenderOptions; alerts: string[] }[] = [
       files: [join(chartDir, "ci/gitops-values.yaml")],
       values: [{ prometheusRule: { syncLagThresholdSeconds: 3600 } }],
     },
-    alerts: without("StowageCacheRegistryDown"),
+    alerts: without("StowageCacheRegistryDown", ...FRONT, ...GC),
   },
   {
     name: "cache.enabled=false (an external registry)",
     options: {
       apiVersions: MONITORING,
-      values: [{ cache: { enabled: false, externalUrl: "https://registry.internal:5000" } }],
+      values: [
+        { cache: { enabled: false, externalUrl: "https://registry.internal:5000", gc: { enabled: true } } },
+      ],
     },
-    alerts: without("StowageCacheRegistryDown"),
+    alerts: without("StowageCacheRegistryDown", ...FRONT, ...GC),
   },
   {
     name: "cache.metricsPort=0 (no registry metrics)",
     options: { apiVersions: MONITORING, values: [{ cache: { metricsPort: 0 } }] },
-    alerts: without("StowageCacheRegistryDown"),
+    alerts: without("StowageCacheRegistryDown", ...GC),
   },
   {
     name: "metrics.service.enabled=false (no controller metrics Service)",
     options: { apiVersions: MONITORING, values: [{ metrics: { service: { enabled: false } } }] },
-    alerts: without("StowageControllerDown"),
+    alerts: without("StowageControllerDown", ...GC),
   },
   {
     name: "metrics.serviceMonitor.enabled=false (nothing scraped by the chart)",
     options: { apiVersions: MONITORING, values: [{ metrics: { serviceMonitor: { enabled: false } } }] },
-    alerts: without("StowageControllerDown", "StowageCacheRegistryDown"),
+    alerts: without("StowageControllerDown", "StowageCacheRegistryDown", "StowageCacheFrontDown", ...GC),
   },
   {
     name: "agent.enabled=false (no node agents)",
     options: { apiVersions: MONITORING, values: [{ agent: { enabled: false } }] },
-    alerts: without("StowageNodeAgentDown", "StowagePrewarmIncomplete"),
+    alerts: without("StowageNodeAgentDown", "StowagePrewarmIncomplete", ...GC),
   },
 ];
 

@@ -76,6 +76,29 @@ describe("Grafana dashboard", () => {
     expect(reads("workqueue_retries_total")).not.toEqual([]);
   });
 
+  it("shows the cache front's hits and misses by kind, bytes by source, single flight, stale tags, eviction and garbage collection", () => {
+    const reads = (metric: string) => queries.filter((q) => q.expr.includes(metric)).map((q) => q.panel);
+    for (const metric of [
+      "stowage_cache_hits_total",
+      "stowage_cache_misses_total",
+      "stowage_cache_served_bytes_total",
+      "stowage_cache_upstream_bytes_total",
+      "stowage_cache_singleflight_waiters",
+      "stowage_cache_stale_tags_total",
+      "stowage_cache_fetch_failures_total",
+      "stowage_cache_undeclared_bytes",
+      "stowage_cache_registry_gc_runs_total",
+      "stowage_cache_registry_read_only",
+    ])
+      expect(reads(metric), metric).not.toEqual([]);
+    expect(queries.some((q) => /stowage_cache_hits_total/.test(q.expr) && /by \(kind\)/.test(q.expr))).toBe(
+      true,
+    );
+    expect(
+      queries.some((q) => /stowage_cache_served_bytes_total/.test(q.expr) && /by \(source\)/.test(q.expr)),
+    ).toBe(true);
+  });
+
   it("is shipped in a ConfigMap the Grafana sidecar picks up", () => {
     const template = readFileSync(join(root, "charts/stowage/templates/dashboard-configmap.yaml"), "utf8");
     expect(template).toContain('.Files.Get "files/dashboards/stowage.json"');
