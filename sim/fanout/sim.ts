@@ -355,9 +355,15 @@ class Simulation {
   }
 
   private at(time: number, run: () => void): void {
-    this.timers.push({ at: time, run });
-    // Stable: timers due at the same moment run in the order they were set.
-    this.timers.sort((a, b) => a.at - b.at);
+    // Binary insertion after any timer due at the same moment, so those run in the order set.
+    let low = 0;
+    let high = this.timers.length;
+    while (low < high) {
+      const mid = (low + high) >> 1;
+      if (this.timers[mid].at <= time) low = mid + 1;
+      else high = mid;
+    }
+    this.timers.splice(low, 0, { at: time, run });
   }
 
   private scheduleReplan(): void {

@@ -41,23 +41,33 @@ export function warmCurvesSvg(title: string, curves: readonly Curve[], totalNode
   ];
   for (let t = minT; t <= maxT * 1.0001; t *= 10) {
     parts.push(
-      `<line x1="${x(t)}" y1="${top}" x2="${x(t)}" y2="${top + plotH}" stroke="#ddd"/>`,
-      `<text x="${x(t)}" y="${top + plotH + 16}" text-anchor="middle">${t >= 1 ? t.toFixed(0) : t}</text>`,
+      `<line x1="${x(t).toFixed(1)}" y1="${top}" x2="${x(t).toFixed(1)}" y2="${top + plotH}" stroke="#ddd"/>`,
+      `<text x="${x(t).toFixed(1)}" y="${top + plotH + 16}" text-anchor="middle">${t >= 1 ? t.toFixed(0) : t}</text>`,
     );
   }
   for (const fraction of [0, 0.25, 0.5, 0.75, 1]) {
     const count = Math.round(totalNodes * fraction);
-    parts.push(`<text x="${left - 6}" y="${y(count) + 4}" text-anchor="end">${count}</text>`);
+    parts.push(`<text x="${left - 6}" y="${(y(count) + 4).toFixed(1)}" text-anchor="end">${count}</text>`);
   }
   for (const [i, curve] of curves.entries()) {
     const colour = COLOURS[i % COLOURS.length];
-    // A step line: the count holds until the next node becomes warm.
+    // A step line: the count holds until the next node becomes warm. Points closer than half a
+    // pixel apart are merged (keeping the last count), so 10,000 nodes do not mean 20,000 points.
     const path: string[] = [];
     let previous = 0;
-    for (const [t, count] of curve.points) {
-      path.push(`${x(t).toFixed(1)},${y(previous).toFixed(1)}`, `${x(t).toFixed(1)},${y(count).toFixed(1)}`);
+    let pending: [number, number] | undefined;
+    const flush = () => {
+      if (!pending) return;
+      const [px, count] = pending;
+      path.push(`${px.toFixed(1)},${y(previous).toFixed(1)}`, `${px.toFixed(1)},${y(count).toFixed(1)}`);
       previous = count;
+      pending = undefined;
+    };
+    for (const [t, count] of curve.points) {
+      if (pending && x(t) - pending[0] >= 0.5) flush();
+      pending = [pending?.[0] ?? x(t), count];
     }
+    flush();
     parts.push(
       `<polyline fill="none" stroke="${colour}" stroke-width="2" points="${path.join(" ")}"><title>${escapeXml(curve.label)}</title></polyline>`,
       `<line x1="${left + plotW + 12}" y1="${top + 10 + i * 20}" x2="${left + plotW + 32}" y2="${top + 10 + i * 20}" stroke="${colour}" stroke-width="2"/>`,
