@@ -96,7 +96,8 @@ Flags:
   --cache-endpoint-for-nodes URL where nodes reach the cache registry, written to every NodeCache
                                  (default: the --cache-registry URL)
   --disk-budget-fraction F       share of a node's image filesystem the planned images may take
-                                 (default 0.8)
+                                 (default 0.7: under the kubelet's image GC thresholds, 80% low and
+                                 85% high, so pre-warmed images do not trigger the GC that evicts them)
   --warming-taint=BOOL           remove the stowage.dev/warming taint from nodes once every image
                                  planned for them is present (default true)
   --node-token-secret-file FILE  HMAC secret shared with \`stowage cache\` (>= 32 bytes): every
@@ -396,7 +397,7 @@ export async function parseControllerArgs(
     prewarm: booleanFlag(get("prewarm"), "prewarm", true)
       ? {
           cacheEndpointForNodes: cacheEndpointForNodes(get("cache-endpoint-for-nodes")),
-          diskBudgetFraction: fraction(get("disk-budget-fraction"), "disk-budget-fraction", 0.8),
+          diskBudgetFraction: fraction(get("disk-budget-fraction"), "disk-budget-fraction", 0.7),
           warmingTaint: booleanFlag(get("warming-taint"), "warming-taint", true),
           nodeTokenSecretFile: get("node-token-secret-file"),
           pullThroughHosts: list("pull-through-host").map(hostOf),

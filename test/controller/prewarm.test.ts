@@ -1,6 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { WARM_LABEL_VALUE, WARMING_TAINT_KEY, warmNodeLabel } from "../../src/api/labels.ts";
 import type { NodeCache } from "../../src/api/nodeCache.ts";
+import { parseControllerArgs } from "../../src/controller/command.ts";
+import { DEFAULT_PREWARM_CONFIG } from "../../src/controller/prewarm/config.ts";
 import { prewarmStatus } from "../../src/controller/prewarm/index.ts";
 import { Resources } from "../../src/kube/client.ts";
 import { RegistryClient } from "../../src/oci/registry.ts";
@@ -77,6 +79,17 @@ async function waitForSpec(node: string, check: (nc: NodeCache | undefined) => b
   });
   return last;
 }
+
+describe("the default disk budget", () => {
+  it("stays under the kubelet's image GC low threshold (80%), in the planner and in the controller's flag", async () => {
+    expect(DEFAULT_PREWARM_CONFIG.diskBudgetFraction).toBeLessThan(0.8);
+    const invocation = await parseControllerArgs(["--cache-registry", "http://127.0.0.1:5000"], {
+      POD_NAMESPACE: "stowage-system",
+    });
+    if (invocation === "help") throw new Error("unexpected help");
+    expect(invocation.prewarm?.diskBudgetFraction).toBe(DEFAULT_PREWARM_CONFIG.diskBudgetFraction);
+  });
+});
 
 describe("pre-warm planner", () => {
   it("puts each node's own platform digest in its NodeCache and skips a GPU node whose driver is too old for the image's CUDA", async () => {
@@ -279,8 +292,8 @@ describe("pre-warm planner", () => {
     await createNode(cluster.client, "q-1", { labels: t });
     const toolsSize = sizeOf(amd64(tools));
     const llamaSize = sizeOf(amd64(llamaCpu));
-    // 80% of the capacity fits the higher-priority tools image but not both.
-    const capacityBytes = Math.ceil((toolsSize + llamaSize / 2) / 0.8);
+    // The default budget (a share of the capacity) fits the higher-priority tools image but not both.
+    const capacityBytes = Math.ceil((toolsSize + llamaSize / 2) / DEFAULT_PREWARM_CONFIG.diskBudgetFraction);
     await agentStarted(cluster.client, "q-1", { capacityBytes, usedBytes: 0 });
     await createCachedModelImage(
       cluster.client,

@@ -6,7 +6,11 @@ export interface PrewarmConfig {
    * hostPort. Default: the cache registry the controller uses, `http://` when it is insecure.
    */
   cacheEndpointForNodes?: string;
-  /** Fraction of a node's image filesystem capacity the planned images may take (default 0.8). */
+  /**
+   * Fraction of a node's image filesystem capacity the planned images may take (default 0.7):
+   * below the kubelet's image GC low threshold (imageGCLowThresholdPercent 80; it collects from
+   * 85%), so pre-warming alone does not set off the GC that would evict what it pulled.
+   */
   diskBudgetFraction: number;
   /** Remove the `stowage.dev/warming:NoSchedule` taint once a node holds its planned images (default true). */
   warmingTaint: boolean;
@@ -31,7 +35,7 @@ export interface PrewarmConfig {
 }
 
 export const DEFAULT_PREWARM_CONFIG: PrewarmConfig = {
-  diskBudgetFraction: 0.8,
+  diskBudgetFraction: 0.7,
   warmingTaint: true,
 };
 
