@@ -8,14 +8,13 @@ import { readFile, stat } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { hostname, tmpdir } from "node:os";
-import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { collectDefaultMetrics } from "prom-client";
 import { type CacheMetrics, createCacheMetrics, createRegistry } from "../metrics.ts";
 import { RegistryClient } from "../oci/registry.ts";
 import { Transport } from "../oci/transport.ts";
 import { type Clock, systemClock } from "../util/clock.ts";
-import { asStowageError } from "../util/errors.ts";
+import { asStowageError, StowageError } from "../util/errors.ts";
 import {
   booleanFlag,
   durationFlag,
@@ -202,14 +201,6 @@ export async function parseCacheArgs(
     throw new UsageError(`--log-level must be one of ${logLevels.join(", ")}`);
   const storageCaFile = get("storage-ca-file");
   const storageRoot = get("storage-root");
-  if (storageRoot !== undefined) {
-    const layout = join(storageRoot, "docker", "registry", "v2");
-    const found = await stat(layout).catch(() => undefined);
-    // An empty registry has no docker/registry/v2 yet; the root itself must exist.
-    const root = found ?? (await stat(storageRoot).catch(() => undefined));
-    if (!root?.isDirectory())
-      throw new UsageError(`--storage-root ${storageRoot} is not a directory (distribution's rootdirectory)`);
-  }
   const secretFile = get("node-token-secret-file");
   let nodeTokenSecret: Buffer | undefined;
   if (secretFile) {
@@ -295,6 +286,15 @@ export async function startCache(
   config: CacheConfig,
   options: { logger?: Logger; clock?: Clock; metrics?: CacheMetrics } = {},
 ): Promise<RunningCache> {
+  if (config.storageRoot !== undefined) {
+    // Checked when starting, not when parsing: the volume is mounted only in the pod.
+    const root = await stat(config.storageRoot).catch(() => undefined);
+    if (!root?.isDirectory())
+      throw new StowageError(
+        "InvalidArgument",
+        `--storage-root ${config.storageRoot} is not a directory: give the storage registry's filesystem root (its storage.filesystem.rootdirectory), mounted read-only`,
+      );
+  }
   const logger = options.logger ?? silentLogger();
   const clock = options.clock ?? systemClock;
   const metrics = options.metrics ?? createCacheMetrics(createRegistry());

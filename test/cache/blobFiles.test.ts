@@ -5,13 +5,15 @@
  * registries (their filesystem layout is the one read), the front in-process.
  */
 import { createHash } from "node:crypto";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BlobFiles, parseRange } from "../../src/cache/blobFiles.ts";
+import { startCache } from "../../src/cache/command.ts";
 import { cacheRepository } from "../../src/oci/reference.ts";
 import type { RegistryClient } from "../../src/oci/registry.ts";
 import { pushSinglePlatformImage } from "../../testkit/images.ts";
 import { eventually } from "../support/eventually.ts";
-import { type CacheRig, fetchFrom, metricValue, rigClient, startRig } from "./support.ts";
+import { type CacheRig, fetchFrom, frontConfig, metricValue, rigClient, startRig } from "./support.ts";
 
 let rig: CacheRig;
 let client: RegistryClient;
@@ -111,6 +113,17 @@ describe("stowage cache: hits read from the registry's files", () => {
     expect(await files.open("127.0.0.1_1/team-b/public", layer.digest)).toBeUndefined();
     expect(await files.open("127.0.0.1_1/team-a/../team-a/private", layer.digest)).toBeUndefined();
     expect(await files.open("127.0.0.1_1/team-a/private", "sha256:not-a-digest")).toBeUndefined();
+  });
+});
+
+describe("stowage cache --storage-root", () => {
+  it("refuses to start on a storage root that is not a directory, saying what to give", async () => {
+    const config = frontConfig(rig.storage.url, rig.proxy.host, rig.spoolDir);
+    const missing = join(rig.spoolDir, "no-such-registry-root");
+    await expect(startCache({ ...config, storageRoot: missing })).rejects.toMatchObject({
+      reason: "InvalidArgument",
+      message: expect.stringContaining("storage.filesystem.rootdirectory"),
+    });
   });
 });
 
