@@ -30,6 +30,7 @@ function tiny(overrides: Partial<Scenario>): Scenario {
     reactionDelayS: 0,
     stallTimeoutS: 1,
     quantumS: 0,
+    quantumRelative: 0,
     startJitterS: 0,
     ...overrides,
   };
