@@ -159,8 +159,8 @@ export async function* rangedChunks(
   // target slower than the source) extra connections cost CPU and buy nothing, so one range
   // is fetched at a time (the next one as soon as it is done); when the reader spent most of a
   // range waiting for bytes, the link is the limit and the ranges in flight double, up to
-  // `concurrency`, as long as each doubling made the reader faster (else it is undone and the
-  // window stays). Never more than `concurrency` ranges past the reader's are started.
+  // `concurrency`, as long as each doubling made the reader faster (else it is undone, and
+  // tried again some ranges later). Never more than `concurrency` ranges past the reader's are started.
   let active = 1;
   let buffered = 0;
   const spaceWaiters: (() => void)[] = [];
@@ -209,7 +209,8 @@ export async function* rangedChunks(
         wake(parts[0]);
       },
     );
-    let growing = true;
+    // Ranges to read before the window may grow again after a doubling that did not pay.
+    let cooldown = 0;
     let trial: { activeBefore: number; rateBefore: number; partsLeft: number } | undefined;
     let segmentStarted = performance.now();
     let segmentBytes = 0;
@@ -240,21 +241,27 @@ export async function* rangedChunks(
       const now = performance.now();
       segmentBytes += part.end - part.start + 1;
       const rate = segmentBytes / Math.max(1e-3, now - segmentStarted);
+      if (cooldown > 0) cooldown--;
       if (trial && --trial.partsLeft <= 0) {
         segmentBytes = 0;
         segmentStarted = now;
-        // Did the extra connections pay? If the reader got less than a quarter more, the limit
-        // is elsewhere (the target, the CPU): go back and stop growing.
-        if (rate < 1.25 * trial.rateBefore) {
+        // Did the extra connections pay? If the reader got less than a tenth more, the limit
+        // is elsewhere (the target, the CPU): go back, and try again only after a while. Never
+        // for good: on a loaded machine one measurement is noise (seen here at load 20: one
+        // unlucky first trial kept a WAN copy on one connection, a third of crane's speed).
+        if (rate < 1.1 * trial.rateBefore) {
           active = trial.activeBefore;
-          growing = false;
+          cooldown = 8;
         }
         trial = undefined;
-      } else if (!trial && growing && active < window && waited > 0.5 * (now - partStarted)) {
+      } else if (!trial && cooldown === 0 && active < window && waited > 0.5 * (now - partStarted)) {
         segmentBytes = 0;
         segmentStarted = now;
-        trial = { activeBefore: active, rateBefore: rate, partsLeft: active * 2 };
-        active = Math.min(window, active * 2);
+        const doubled = Math.min(window, active * 2);
+        // Judged over two rounds of the new window, so the ramp of the ranges just started
+        // does not decide it.
+        trial = { activeBefore: active, rateBefore: rate, partsLeft: doubled * 2 };
+        active = doubled;
       }
     }
   } finally {
