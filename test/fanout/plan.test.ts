@@ -196,6 +196,16 @@ describe("fan-out planner", () => {
     expect(sourceName(of(plan).get("a1")!)).toBe("a-holder");
   });
 
+  it("prefers the source with more serving rate per child among equally near ones", () => {
+    const slow: FanoutNode = { name: "a-slow", holds: [D1], wants: [D1], servingBytesPerSecond: 100 };
+    const fast: FanoutNode = { name: "b-fast", holds: [D1], wants: [D1], servingBytesPerSecond: 300 };
+    const joiners = ["j1", "j2", "j3", "j4"].map((name) => ({ name, holds: [], wants: [D1] }));
+    const counts = childrenCount(planFanout(input([slow, fast, ...joiners])));
+    // Loads (children + 1) / rate: the fast one takes three before the slow one's first is worth it.
+    expect(counts.get("b-fast")).toBe(3);
+    expect(counts.get("a-slow")).toBe(1);
+  });
+
   it("has a late joiner pull from a node that holds the blob, not the cache or a node still pulling", () => {
     const holder: FanoutNode = { name: "h", holds: [D1], wants: [D1] };
     const pulling: FanoutNode = { name: "p", holds: [], wants: [D1] };
