@@ -53,6 +53,12 @@ export interface ControllerConfig {
    * AuthFailed) are read again, so a created or fixed Secret re-queues them (default 5 s).
    */
   pullSecretRecheckMs?: number;
+  /**
+   * How often a synced, unchanged image is read back from the cache with every blob hashed
+   * (src/oci/verify.ts), re-copying what is corrupt; 0 turns it off (default 24 h, counted from
+   * the controller's first check of the image, so a restart does not read every image at once).
+   */
+  verifyIntervalMs?: number;
   /** Keep cache tags when a ModelImage is deleted (default true). */
   retainOnDelete: boolean;
   /** 0..1: fraction of the sync interval added at random to each requeue (default 0.1). */

@@ -237,7 +237,7 @@ export async function verifyAndRepair(
       "DigestMismatch",
       `${target.registry}/${target.repository} still serves corrupt content after re-copying it (${names}): ` +
         "the registry keeps the data of a blob it already stores; delete this image's manifests from it, " +
-        `run its garbage collection, then copy again (${second.corrupt[0].message})`,
+        "run its garbage collection, then copy again",
     );
   }
   return { verified: second, repaired: first.corrupt.length };

@@ -4,6 +4,7 @@
  * CNCF distribution behind testkit/faultProxy.ts. The cache verifier reads the whole cache
  * after every case.
  */
+import { readFile, writeFile } from "node:fs/promises";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { verifyCache } from "../../testkit/cacheVerifier.ts";
 import { type FaultProxy, startFaultProxy } from "../../testkit/faultProxy.ts";
@@ -14,16 +15,22 @@ import {
   condition,
   createModelImage,
   createNamespaces,
+  eventsFor,
+  OffsetClock,
   startCluster,
   startController,
   waitForCondition,
 } from "../controller/modelimage-harness.ts";
+import { eventually } from "../kube/helpers.ts";
 
 let cluster: Awaited<ReturnType<typeof startCluster>>;
 let hostile: HostileRegistry;
 let cache: RunningRegistry;
 let front: FaultProxy;
 let controller: Awaited<ReturnType<typeof startController>>;
+/** Talks to the cache directly and verifies cached images every minute of its clock. */
+let verifying: Awaited<ReturnType<typeof startController>>;
+const verifyClock = new OffsetClock();
 /** One image per repository, with layers of its own, so the cache never mounts them from another. */
 const images = new Map<string, SyntheticImage>();
 
@@ -40,14 +47,24 @@ async function contents(of: SyntheticImage): Promise<Buffer[]> {
 beforeAll(async () => {
   [cluster, hostile, cache] = await Promise.all([startCluster(), startHostileRegistry(), startRegistry()]);
   front = await startFaultProxy(cache.url);
-  for (const repository of ["h/ok", "h/limited", "h/html", "h/metadata", "h/cut"]) {
+  for (const repository of ["h/ok", "h/limited", "h/html", "h/metadata", "h/cut", "h/corrupt"]) {
     const image = await buildImage({
       layers: [{ seed: `hostile-controller/${repository}`, size: 2_000_000 }],
     });
     images.set(repository, image);
     hostile.put(repository, "v1", image.manifest, await contents(image));
   }
-  await createNamespaces(cluster.client, "hostile");
+  await createNamespaces(cluster.client, "hostile", "verify");
+  verifying = await startController(
+    cluster.client,
+    {
+      cache: { registry: cache.host, insecure: true },
+      insecureRegistries: [hostile.host],
+      namespaces: ["verify"],
+      verifyIntervalMs: 60_000,
+    },
+    verifyClock,
+  );
   controller = await startController(cluster.client, {
     cache: { registry: front.host, insecure: true },
     insecureRegistries: [hostile.host],
@@ -61,7 +78,7 @@ afterEach(async () => {
 });
 
 afterAll(async () => {
-  await controller?.stop();
+  await Promise.all([controller?.stop(), verifying?.stop()]);
   await front?.stop();
   await Promise.all([cluster?.api.stop(), hostile?.stop(), cache?.stop()]);
 });
@@ -146,5 +163,54 @@ describe("what the controller reports about a hostile upstream", () => {
     await createModelImage(cluster.client, "hostile", "cut", { image: `${hostile.host}/h/cut:v1` });
     await waitForCondition(cluster.client, "hostile", "cut", "Synced", "True");
     expect(front.seen().some((r) => r.fault === "resetAfterRequestBytes")).toBe(true);
+  });
+});
+
+describe("corruption in the cache", () => {
+  it("finds a flipped byte in a cached blob on the verify schedule and reports DigestMismatch while the cache keeps it", async () => {
+    await createModelImage(cluster.client, "verify", "corrupt", { image: `${hostile.host}/h/corrupt:v1` });
+    await waitForCondition(cluster.client, "verify", "corrupt", "Synced", "True");
+    const hex = images.get("h/corrupt")?.layers[0].descriptor.digest.slice("sha256:".length) ?? "";
+    const dataPath = `${cache.storageDir}/docker/registry/v2/blobs/sha256/${hex.slice(0, 2)}/${hex}/data`;
+    const bytes = await readFile(dataPath);
+    bytes[4096] ^= 0xff;
+    await writeFile(dataPath, bytes);
+    try {
+      verifyClock.offsetMs += 120_000;
+      verifying.controller.enqueue("verify/corrupt");
+      const mi = await waitForCondition(
+        cluster.client,
+        "verify",
+        "corrupt",
+        "Synced",
+        "False",
+        "DigestMismatch",
+      );
+      const message = condition(mi, "Synced")?.message ?? "";
+      expect(message).toContain(`blob sha256:${hex}`);
+      expect(message).toContain("still serves corrupt content after re-copying it");
+    } finally {
+      bytes[4096] ^= 0xff;
+      await writeFile(dataPath, bytes);
+    }
+    verifyClock.offsetMs += 120_000;
+    verifying.controller.enqueue("verify/corrupt");
+    await waitForCondition(cluster.client, "verify", "corrupt", "Synced", "True");
+  });
+
+  it("re-copies a blob missing from the cached repository on the verify schedule", async () => {
+    await createModelImage(cluster.client, "verify", "missing", { image: `${hostile.host}/h/corrupt:v1` });
+    await waitForCondition(cluster.client, "verify", "missing", "Synced", "True");
+    const layer = images.get("h/corrupt")?.layers[0].descriptor.digest ?? "";
+    const repository = `${hostile.host.replace(":", "_")}/h/corrupt`;
+    const unlinked = await fetch(`${cache.url}/v2/${repository}/blobs/${layer}`, { method: "DELETE" });
+    expect(unlinked.status).toBe(202);
+    verifyClock.offsetMs += 120_000;
+    verifying.controller.enqueue("verify/missing");
+    await eventually("a CacheRepaired event", async () =>
+      (await eventsFor(cluster.client, "verify", "missing")).some((e) => e.reason === "CacheRepaired"),
+    );
+    const head = await fetch(`${cache.url}/v2/${repository}/blobs/${layer}`, { method: "HEAD" });
+    expect(head.status).toBe(200);
   });
 });

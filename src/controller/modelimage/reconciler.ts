@@ -37,6 +37,7 @@ import {
 } from "../../oci/reference.ts";
 import type { CredentialLookup } from "../../oci/registry.ts";
 import { retryAfterOf } from "../../oci/retry.ts";
+import { verifyAndRepair } from "../../oci/verify.ts";
 import type { Clock } from "../../util/clock.ts";
 import { formatDuration } from "../../util/duration.ts";
 import { asStowageError, StowageError } from "../../util/errors.ts";
@@ -76,6 +77,8 @@ export type CredentialSource = Pick<CredentialProvider, "forModelImage" | "forCa
 export interface CheckRecord {
   lastSuccessAt?: number;
   failing: boolean;
+  /** When the cached image was last read back and hashed (verifyCachedVariants). */
+  lastVerifiedAt?: number;
 }
 
 export interface ReconcilerDeps {
@@ -326,6 +329,10 @@ async function syncModelImage(mi: ModelImage, deps: ReconcilerDeps, ctx: Reconci
     if (spent === "end") return done();
   }
 
+  // 2b. The slower check: read unchanged cached images back and hash every blob, when due.
+  if (spent === undefined && credentials)
+    await verifyCachedVariants(mi, key, work, credentials, deps, ctx.budget);
+
   // 3. Report.
   const previousSyncedMessage = storedSyncedMessage(mi);
   const written = await write(mi, work, deps, ctx.signal);
@@ -521,6 +528,70 @@ async function copyVariant(
     outcome.syncing = false;
     outcome.error = classify(err, deps.registries.cacheRegistry, outcome);
   }
+}
+
+const DEFAULT_VERIFY_INTERVAL_MS = 24 * 60 * 60_000;
+
+/**
+ * Cache corruption (a flipped byte on the cache's disk) is invisible to the manifest check:
+ * every verifyIntervalMs an unchanged variant's cached image is read back with every blob
+ * hashed, and what is corrupt is re-copied from upstream (verifyAndRepair); a cache that still
+ * serves bad bytes makes the variant Synced=False DigestMismatch, saying what to do.
+ */
+async function verifyCachedVariants(
+  mi: ModelImage,
+  key: string,
+  work: VariantWork[],
+  credentials: CredentialLookup,
+  deps: ReconcilerDeps,
+  signal: AbortSignal,
+): Promise<void> {
+  const interval = deps.config.verifyIntervalMs ?? DEFAULT_VERIFY_INTERVAL_MS;
+  if (interval <= 0) return;
+  const now = deps.clock.now();
+  const checks = deps.checks.get(key) ?? new Map<string, CheckRecord>();
+  deps.checks.set(key, checks);
+  await Promise.all(
+    work.map(async ({ outcome, source, target }) => {
+      if (outcome.error || !outcome.cacheDigest || !source || !target) return;
+      const record = checks.get(outcome.variant.name) ?? { failing: false };
+      checks.set(outcome.variant.name, record);
+      // A copy just made was verified while it streamed; a first check after a restart waits one
+      // interval too, so a restart does not read every cached image at once.
+      if (record.lastVerifiedAt === undefined || outcome.syncing) record.lastVerifiedAt = now;
+      if (now - record.lastVerifiedAt < interval) return;
+      const cacheDigest = outcome.cacheDigest;
+      try {
+        const { repaired } = await deps.registries.withUpstreamCredentials(credentials, () =>
+          verifyAndRepair(
+            deps.registries.client,
+            { registry: source.registry, repository: source.repository },
+            { registry: target.registry, repository: target.repository },
+            cacheDigest,
+            { signal },
+          ),
+        );
+        record.lastVerifiedAt = now;
+        if (repaired > 0) {
+          void deps.events.event(mi, {
+            type: "Warning",
+            reason: "CacheRepaired",
+            action: "Verify",
+            note: `${variantLabel(outcome)}: ${repaired} corrupt or missing blob(s) of ${outcome.cacheImage} re-copied from upstream`,
+          });
+        }
+      } catch (err) {
+        // The cache serving bad bytes is DigestMismatch (its message names the blob and the cure).
+        outcome.error =
+          err instanceof StowageError && err.reason === "DigestMismatch"
+            ? new StowageError(err.reason, `${variantLabel(outcome)}: ${err.message}`, {
+                cause: err,
+                retryable: true,
+              })
+            : classify(err, deps.registries.cacheRegistry, outcome);
+      }
+    }),
+  );
 }
 
 /** Failures of calls that only talk to the cache registry. */
