@@ -66,6 +66,13 @@ Flags:
                                  --workers, at least 1): a host that never answers cannot take them all
   --sync-timeout DURATION        abort a ModelImage sync (checks and copy) still running after this
                                  long: Synced=False UpstreamTimeout, retried with backoff (default 30m)
+  --request-timeout DURATION     deadline for a registry to start answering a request (default 30s)
+  --stall-timeout DURATION       a transfer that moves no byte for this long is abandoned and
+                                 resumed (default 60s)
+  --max-retry-after DURATION     longest Retry-After honoured; a wait past 30s is reported in status
+                                 ("retrying in Ns") and the ModelImage requeued after it (default 5m)
+  --verify-interval DURATION     how often each synced image is read back from the cache and every
+                                 blob hashed, re-copying what is corrupt (default 24h; 0: never)
   --shutdown-timeout DURATION    on SIGTERM, finish within this long: reconciles get all but 5 s of it,
                                  then transfers are aborted, the Lease is released and the process
                                  exits (default 25s, inside a pod's default 30 s grace period)
@@ -138,6 +145,10 @@ export const controllerOptions = {
   "max-concurrent-syncs": { type: "string" },
   "max-syncs-per-upstream-host": { type: "string" },
   "sync-timeout": { type: "string" },
+  "request-timeout": { type: "string" },
+  "stall-timeout": { type: "string" },
+  "max-retry-after": { type: "string" },
+  "verify-interval": { type: "string" },
   "shutdown-timeout": { type: "string" },
   "retain-on-delete": { type: "string" },
   "health-port": { type: "string" },
@@ -193,6 +204,12 @@ export interface ControllerInvocation {
   maxConcurrentSyncs: number;
   maxSyncsPerUpstreamHost?: number;
   syncTimeoutMs: number;
+  /** Registry deadlines and the Retry-After cap (src/oci/deadlines.ts, retry.ts). */
+  requestTimeoutMs: number;
+  stallTimeoutMs: number;
+  maxRetryAfterMs: number;
+  /** Cached images read back and hashed this often; 0: never (--verify-interval). */
+  verifyIntervalMs: number;
   /** From SIGTERM to exit (--shutdown-timeout). */
   shutdownTimeoutMs: number;
   retainOnDelete: boolean;
@@ -378,6 +395,13 @@ export async function parseControllerArgs(
     maxSyncsPerUpstreamHost:
       perHost === undefined ? undefined : integerFlag(perHost, "max-syncs-per-upstream-host", 1, 1, workers),
     syncTimeoutMs: durationFlag(get("sync-timeout"), "sync-timeout", 30 * 60_000),
+    requestTimeoutMs: timerFlag(get("request-timeout"), "request-timeout", 30_000),
+    stallTimeoutMs: timerFlag(get("stall-timeout"), "stall-timeout", 60_000),
+    maxRetryAfterMs: timerFlag(get("max-retry-after"), "max-retry-after", 5 * 60_000),
+    verifyIntervalMs:
+      get("verify-interval")?.trim() === "0"
+        ? 0
+        : timerFlag(get("verify-interval"), "verify-interval", 24 * 60 * 60_000),
     shutdownTimeoutMs: durationFlag(get("shutdown-timeout"), "shutdown-timeout", 25_000),
     retainOnDelete: booleanFlag(get("retain-on-delete"), "retain-on-delete", true),
     healthPort: integerFlag(get("health-port"), "health-port", 8080, 0, 65535),
@@ -423,6 +447,13 @@ function registryGcSettings(
       interval?.trim() === "0" ? 0 : durationFlag(interval, "cache-gc-collect-interval", 24 * 60 * 60_000),
     timeoutMs: durationFlag(get("cache-gc-collect-timeout"), "cache-gc-collect-timeout", 60 * 60_000),
   };
+}
+
+/** A duration a timer can honour (at most 2^31-1 ms, about 596h): refused past it, not clamped. */
+function timerFlag(value: string | undefined, flag: string, fallbackMs: number): number {
+  const ms = durationFlag(value, flag, fallbackMs);
+  if (ms > 2 ** 31 - 1) throw new UsageError(`--${flag} must be at most 596h, got "${value}"`);
+  return ms;
 }
 
 function cacheGcSettings(budget: string | undefined, interval: string | undefined) {
@@ -729,6 +760,7 @@ export async function startController(
     maxConcurrentSyncs: invocation.maxConcurrentSyncs,
     maxSyncsPerUpstreamHost: invocation.maxSyncsPerUpstreamHost,
     syncTimeoutMs: invocation.syncTimeoutMs,
+    verifyIntervalMs: invocation.verifyIntervalMs,
     retainOnDelete: invocation.retainOnDelete,
     cacheAliases: [invocation.prewarm?.cacheEndpointForNodes, invocation.prewarm?.throughCache]
       .filter((endpoint): endpoint is string => endpoint !== undefined)
@@ -753,6 +785,11 @@ export async function startController(
   const modelImageController = setupModelImageController(manager, {
     client,
     config,
+    registryOptions: {
+      requestTimeoutMs: invocation.requestTimeoutMs,
+      stallTimeoutMs: invocation.stallTimeoutMs,
+      retry: { maxRetryAfterMs: invocation.maxRetryAfterMs },
+    },
     credentials,
     metrics: stowageMetrics,
     events,
