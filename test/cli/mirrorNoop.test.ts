@@ -1,8 +1,9 @@
 /**
  * Issue 14: an unchanged `stowage mirror` re-run answers from the plan's requests and loads
- * nothing that path does not need (no worker thread, no SQLite, no pino), against real
- * distribution registries. What a run loaded is read at its exit by a preloaded probe (CommonJS
- * files from require.cache, Node built-ins from process.moduleLoadList); timings are bench/mirror.ts's.
+ * nothing that path does not need (no worker thread, no SQLite, no pino, no more of undici than
+ * its Agent and request API), against real distribution registries. What a run loaded is read
+ * at its exit by a preloaded probe (CommonJS files from require.cache, Node built-ins from
+ * process.moduleLoadList); timings are bench/mirror.ts's.
  */
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -90,6 +91,10 @@ describe("an unchanged stowage mirror re-run", () => {
     expect(loadsPino(noop.loaded.files)).toBe(false);
     expect(noop.loaded.builtins).not.toContain("sqlite");
     expect(noop.loaded.builtins).not.toContain("worker_threads");
+    // undici is loaded part by part (transport.ts): none of its fetch, WebSocket or mock files.
+    const undici = noop.loaded.files.filter((f) => f.includes("/node_modules/undici/"));
+    expect(undici.length).toBeGreaterThan(0);
+    expect(undici.filter((f) => /\/lib\/(web|mock)\//.test(f))).toEqual([]);
   });
 
   it("copies a changed image in a worker thread", async () => {
