@@ -164,6 +164,29 @@ export type WatchEventType = "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK" | "ER
  * Custom resources and built-ins alike go through `resource(type)`; client-node's typed APIs
  * are available through `typed()`, imported on first use (see kubeconfig.ts for why).
  */
+/**
+ * HTTPS_PROXY/HTTP_PROXY/NO_PROXY for the API server connection, as kubectl honours them, through
+ * Node's built-in agent proxy support (`proxyEnv`, Node >= 24.5); undefined without a proxy. In a
+ * pod the API server (KUBERNETES_SERVICE_HOST) and cluster names are never sent to a proxy.
+ */
+export function apiServerProxyEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv | undefined {
+  const read = (name: string) =>
+    env[name.toLowerCase()]?.trim() || env[name.toUpperCase()]?.trim() || undefined;
+  const httpProxy = read("http_proxy");
+  const httpsProxy = read("https_proxy");
+  if (!httpProxy && !httpsProxy) return undefined;
+  const noProxy = [
+    read("no_proxy"),
+    env.KUBERNETES_SERVICE_HOST?.trim(),
+    "localhost",
+    ".svc",
+    ".cluster.local",
+  ]
+    .filter((entry): entry is string => Boolean(entry))
+    .join(",");
+  return { HTTP_PROXY: httpProxy, HTTPS_PROXY: httpsProxy, NO_PROXY: noProxy };
+}
+
 export class KubeClient {
   readonly config: ClusterConfig;
   readonly #agent: HttpAgent;
@@ -181,11 +204,17 @@ export class KubeClient {
    */
   readonly fieldManager: string;
 
-  constructor(config: ClusterConfig, userAgent = `stowage/${stowageVersion()}`, fieldManager?: string) {
+  constructor(
+    config: ClusterConfig,
+    userAgent = `stowage/${stowageVersion()}`,
+    fieldManager?: string,
+    env: NodeJS.ProcessEnv = process.env,
+  ) {
     this.config = config;
     this.userAgent = userAgent;
     this.fieldManager = fieldManager ?? (userAgent.split("/")[0].trim() || "stowage").slice(0, 128);
     this.#https = config.server.startsWith("https:");
+    const proxyEnv = apiServerProxyEnv(env);
     this.#agent = this.#https
       ? new HttpsAgent({
           keepAlive: true,
@@ -194,8 +223,9 @@ export class KubeClient {
           key: config.tls.key,
           rejectUnauthorized: !config.tls.insecureSkipTLSVerify,
           servername: config.tls.serverName,
+          proxyEnv,
         })
-      : new HttpAgent({ keepAlive: true });
+      : new HttpAgent({ keepAlive: true, proxyEnv });
   }
 
   /** A client for the cluster `loadClusterConfig` resolves (explicit file, KUBECONFIG, in-cluster, ~/.kube/config). */

@@ -8,9 +8,12 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { KubeClient, Resources } from "../../src/kube/client.ts";
+import { loadClusterConfig } from "../../src/kube/kubeconfig.ts";
 import { Copier } from "../../src/oci/copy.ts";
 import { parseReference } from "../../src/oci/reference.ts";
 import { RegistryClient } from "../../src/oci/registry.ts";
+import { startTestCluster } from "../../testkit/cluster.ts";
 import { pushSinglePlatformImage } from "../../testkit/images.ts";
 import { freePort } from "../../testkit/ports.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
@@ -162,6 +165,34 @@ describe("HTTPS_PROXY / HTTP_PROXY / NO_PROXY", () => {
       expect(err.message).toContain(upstream.host);
     } finally {
       await client.close();
+    }
+  });
+});
+
+describe("the Kubernetes API client", () => {
+  it("reaches the API server through HTTP_PROXY, except in a pod where the API server is never proxied", async () => {
+    const api = await startTestCluster();
+    try {
+      const config = loadClusterConfig({ path: api.kubeconfigPath });
+      const apiHost = new URL(config.server).host;
+      const before = (await proxy.targets()).length;
+      const proxied = new KubeClient(config, "stowage-test/0", undefined, {
+        HTTP_PROXY: proxy.url,
+        HTTPS_PROXY: proxy.url,
+      });
+      await proxied.resource(Resources.Namespace).list();
+      expect((await proxy.targets()).slice(before)).toContain(apiHost);
+
+      const between = (await proxy.targets()).length;
+      const inPod = new KubeClient(config, "stowage-test/0", undefined, {
+        HTTP_PROXY: proxy.url,
+        HTTPS_PROXY: proxy.url,
+        KUBERNETES_SERVICE_HOST: new URL(config.server).hostname,
+      });
+      await inPod.resource(Resources.Namespace).list();
+      expect((await proxy.targets()).slice(between)).toEqual([]);
+    } finally {
+      await api.stop();
     }
   });
 });
