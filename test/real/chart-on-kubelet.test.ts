@@ -21,6 +21,7 @@ import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { stringify } from "yaml";
 import { CriClient } from "../../src/agent/cri.ts";
+import { ContainerdPinner } from "../../src/agent/pin.ts";
 import { RegistryClient } from "../../src/oci/registry.ts";
 import { type ControlPlane, startControlPlane } from "../../testkit/controlplane/index.ts";
 import { dockerUnavailableHere, type RunningDocker, runCommand, startDocker } from "../../testkit/docker.ts";
@@ -224,6 +225,12 @@ describe.runIf(whyNoDocker === undefined)("the chart installed by helm onto a re
     });
     expect(agent.spec.containers[0].args).toContain("--health-bind-address=$(POD_IP)");
     expect(agent.spec.volumes.map((v: Json) => v.name)).not.toContain("containerd-config");
+    // Its metrics, where the PodMonitor scrapes them: the http-metrics port on the pod's IP.
+    const metricsPort = agent.spec.containers[0].ports.find(
+      (p: Json) => p.name === "http-metrics",
+    ).containerPort;
+    const metrics = await (await fetch(`http://${agent.status.podIP}:${metricsPort}/metrics`)).text();
+    expect(metrics).toMatch(/^stowage_agent_images_evicted_total 0$/m);
   }, 300_000);
 
   it("mirrors a ModelImage applied with kubectl into the cache pod, pre-pulls it on the node, and holds a user pod until then", async () => {
@@ -317,6 +324,24 @@ describe.runIf(whyNoDocker === undefined)("the chart installed by helm onto a re
     const messages = JSON.parse(events.stdout).items.map((e: Json) => `${e.reason}: ${e.message}`);
     expect(messages.join("\n")).toMatch(/already present on machine/);
     expect(messages.join("\n")).not.toMatch(/^Pulling:/m);
+    // The unprivileged agent pod labelled the image pinned through containerd's images API; the
+    // status says what the runtime makes of it (1.6, Debian's: nothing; 1.7+: CRI pinned).
+    const pinner = new ContainerdPinner(node.containerd.socketPath);
+    try {
+      expect(await pinner.isLabelled(modelRef)).toBe(true);
+    } finally {
+      pinner.close();
+    }
+    const criView = new CriClient(node.containerd.socketPath);
+    try {
+      const runtimePinned = (await criView.imageStatus(modelRef))?.pinned;
+      expect(runtimePinned).toBe(!/^v?1\.[0-6]\./.test((await criView.version()).runtimeVersion));
+      expect(nodeCache.status.images).toContainEqual(
+        expect.objectContaining({ digest: modelDigest, pinned: runtimePinned }),
+      );
+    } finally {
+      criView.close();
+    }
     // The unprivileged agent pod wrote containerd's mirror config on the host, and says so.
     expect(nodeCache.status.conditions).toContainEqual(
       expect.objectContaining({ type: "MirrorConfigured", status: "True", reason: "Configured" }),
