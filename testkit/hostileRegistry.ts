@@ -21,7 +21,14 @@ export type HostileAction =
   /** Answer with a 3xx to `location` (absolute, or relative to this registry). */
   | { kind: "redirect"; location: string; status?: number }
   /** Answer `status` with this body (default an OCI error) and Retry-After when given. */
-  | { kind: "status"; status: number; retryAfter?: string; body?: string | Buffer; contentType?: string }
+  | {
+      kind: "status";
+      status: number;
+      retryAfter?: string;
+      body?: string | Buffer;
+      contentType?: string;
+      headers?: Record<string, string>;
+    }
   /** Answer 200 with this body as a manifest (any bytes, any content type). */
   | { kind: "manifestBody"; body: Buffer; contentType?: string; declareLength?: boolean };
 
@@ -156,6 +163,7 @@ export async function startHostileRegistry(options: HostileOptions = {}): Promis
             )
           : Buffer.from(action.body);
       const headers: Record<string, string> = {
+        ...action.headers,
         "content-type": action.contentType ?? "application/json",
         "content-length": String(body.length),
       };

@@ -229,6 +229,35 @@ describe("redirects", () => {
     ]);
   });
 
+  it("never follows a redirect of a token request", async () => {
+    hostile.addRule({
+      match: { path: /\/manifests\/v1$/ },
+      action: {
+        kind: "status",
+        status: 401,
+        headers: { "www-authenticate": `Bearer realm="${elsewhere.url}/token",service="hostile"` },
+      },
+    });
+    elsewhere.addRule({
+      match: { path: /^\/token/ },
+      action: {
+        kind: "redirect",
+        location: "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+      },
+    });
+    const since = elsewhere.seen().length;
+    const err = await failure(
+      copy("token-redirect", { credentials: () => ({ username: "u", password: "p" }) }),
+    );
+    expect(err.message).toContain("redirects are followed only for blob downloads");
+    expect(
+      elsewhere
+        .seen()
+        .slice(since)
+        .map((r) => r.action),
+    ).toEqual(["redirect"]);
+  });
+
   it("never follows a redirect of a manifest", async () => {
     hostile.addRule({
       match: { path: /\/manifests\/v1$/ },
