@@ -6,8 +6,10 @@
  *   node bench/cache.ts --scale 0.25    # quicker (also STOWAGE_BENCH_SCALE)
  *
  * Figures: the hit path (the blob through the front vs straight from distribution, same run,
- * alternating, best of N), eight concurrent cold pulls (bytes read upstream as a multiple of
- * the blob, time against one cold pull), and the front's peak RSS (VmHWM) while serving.
+ * alternating, best of --rounds), eight concurrent cold pulls (bytes read upstream as a multiple
+ * of the blob, the best time against the best single cold pull over --cold-rounds), and the
+ * front's peak RSS (VmHWM) while serving. The front reads hits from the storage registry's
+ * files (--storage-root), as it does beside the registry in the chart.
  * Goals from issue 13: hit ≥ 0.9×, upstream bytes 1×, eight cold ≤ 1.2× one cold, RSS < 150 MB.
  * NODE_OPTIONS reaches the front too (e.g. --max-semi-space-size=2, which lowers its peak RSS).
  */
@@ -28,10 +30,16 @@ import { type RunningRegistry, startRegistry } from "../testkit/registry.ts";
 const MiB = 1024 * 1024;
 const root = fileURLToPath(new URL("..", import.meta.url));
 
-const { values } = parseArgs({ options: { scale: { type: "string" }, rounds: { type: "string" } } });
+const { values } = parseArgs({
+  options: { scale: { type: "string" }, rounds: { type: "string" }, "cold-rounds": { type: "string" } },
+});
 const scale = Number(values.scale ?? process.env.STOWAGE_BENCH_SCALE ?? "1");
 if (!(scale > 0)) throw new Error(`--scale must be a positive number, got ${values.scale}`);
 const rounds = Number(values.rounds ?? "3");
+// One cold pull and eight concurrent ones per round, the best of each compared: on a shared
+// two-core machine a single timing of either swings by 2x with the load.
+const coldRounds = Number(values["cold-rounds"] ?? "2");
+if (!(coldRounds >= 1)) throw new Error(`--cold-rounds must be at least 1, got ${values["cold-rounds"]}`);
 const blobSize = Math.max(MiB, Math.round(2048 * MiB * scale));
 
 /**
@@ -145,13 +153,16 @@ try {
   );
 
   // Callers finish once the blob is verified; storage's commit may still be under way.
-  for (let tries = 0; ; tries++) {
-    const head = await request(storageBlobUrl, { method: "HEAD" });
-    await head.body.dump();
-    if (head.statusCode === 200) break;
-    if (tries > 600) throw new Error("the blob never reached storage");
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
+  const waitStored = async () => {
+    for (let tries = 0; ; tries++) {
+      const head = await request(storageBlobUrl, { method: "HEAD" });
+      await head.body.dump();
+      if (head.statusCode === 200) break;
+      if (tries > 1200) throw new Error("the blob never reached storage");
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  };
+  await waitStored();
   let bestFront = Number.POSITIVE_INFINITY;
   let bestDirect = Number.POSITIVE_INFINITY;
   for (let round = 0; round < rounds; round++) {
@@ -163,18 +174,33 @@ try {
     `hit path, best of ${rounds}: front ${mbps(layer.size, bestFront).toFixed(0)} MB/s, distribution ${mbps(layer.size, bestDirect).toFixed(0)} MB/s, ratio ${hitRatio.toFixed(2)}x  ${verdict(hitRatio >= 0.9)} (goal >= 0.9x)\n`,
   );
 
-  await deleteBlob(storage, storageRepository, layer.digest);
-  const upstreamBefore = await metric(healthUrl, "stowage_cache_upstream_bytes_total");
-  const started = performance.now();
-  const eight = await Promise.all(Array.from({ length: 8 }, () => timedGet(frontBlobUrl)));
-  const eightSeconds = (performance.now() - started) / 1000;
-  if (eight.some((result) => result.bytes !== layer.size))
-    throw new Error(`a concurrent cold pull came up short: ${JSON.stringify(eight)} of ${layer.size}`);
-  const upstreamBytes = (await metric(healthUrl, "stowage_cache_upstream_bytes_total")) - upstreamBefore;
-  const multiple = upstreamBytes / layer.size;
-  const timeRatio = eightSeconds / cold.seconds;
+  let bestOne = cold.seconds;
+  let bestEight = Number.POSITIVE_INFINITY;
+  let worstMultiple = 0;
+  for (let round = 0; round < coldRounds; round++) {
+    if (round > 0) {
+      await deleteBlob(storage, storageRepository, layer.digest);
+      const one = await timedGet(frontBlobUrl);
+      if (one.bytes !== layer.size) throw new Error(`cold pull got ${one.bytes} of ${layer.size} bytes`);
+      bestOne = Math.min(bestOne, one.seconds);
+      await waitStored();
+    }
+    await deleteBlob(storage, storageRepository, layer.digest);
+    const upstreamBefore = await metric(healthUrl, "stowage_cache_upstream_bytes_total");
+    const started = performance.now();
+    const eight = await Promise.all(Array.from({ length: 8 }, () => timedGet(frontBlobUrl)));
+    const eightSeconds = (performance.now() - started) / 1000;
+    if (eight.some((result) => result.bytes !== layer.size))
+      throw new Error(`a concurrent cold pull came up short: ${JSON.stringify(eight)} of ${layer.size}`);
+    const upstreamBytes = (await metric(healthUrl, "stowage_cache_upstream_bytes_total")) - upstreamBefore;
+    worstMultiple = Math.max(worstMultiple, upstreamBytes / layer.size);
+    bestEight = Math.min(bestEight, eightSeconds);
+    process.stdout.write(`  cold round ${round + 1}: eight concurrent ${eightSeconds.toFixed(2)} s\n`);
+    await waitStored();
+  }
+  const timeRatio = bestEight / bestOne;
   process.stdout.write(
-    `eight concurrent cold pulls: ${eightSeconds.toFixed(2)} s, ${timeRatio.toFixed(2)}x one cold pull  ${verdict(timeRatio <= 1.2)} (goal <= 1.2x); upstream bytes ${multiple.toFixed(2)}x the blob  ${verdict(Math.abs(multiple - 1) < 1e-9)} (goal 1x)\n`,
+    `eight concurrent cold pulls, best of ${coldRounds}: ${bestEight.toFixed(2)} s vs one cold pull ${bestOne.toFixed(2)} s, ${timeRatio.toFixed(2)}x  ${verdict(timeRatio <= 1.2)} (goal <= 1.2x); upstream bytes ${worstMultiple.toFixed(2)}x the blob (worst round)  ${verdict(Math.abs(worstMultiple - 1) < 1e-9)} (goal 1x)\n`,
   );
 
   const rssMB = ((await peakRssKiB(front.pid as number)) * 1024) / 1e6;
