@@ -274,8 +274,9 @@ export async function runMirror(args: string[]): Promise<number> {
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
   try {
-    // An unchanged re-run is answered here from the plan's requests (manifest GET, HEADs),
-    // without the worker's start-up; only a real copy goes to the worker.
+    // An unchanged re-run, or a copy that uploads little (mounts of a shared base), is done
+    // here from the plan's requests, without the worker's start-up; only a long streaming copy
+    // goes to the worker.
     const answered = await executeMirror(invocation, processOutput(), abort.signal, !inline);
     if (answered !== "needsCopy") return answered;
   } finally {
@@ -420,8 +421,17 @@ export function deferredLogger(level: string, create: () => Logger): Logger {
 }
 
 /**
+ * Uploads up to this size are done in the main thread. The worker only pays off for a long
+ * streaming copy (its small young generation keeps RSS down); starting one costs ~40 MB and
+ * 0.1 s on an idle machine, over a second at load 30 (measured: mounting a shared 512 MiB
+ * base took 2.9 s through the worker, 1.5 s without).
+ */
+const inlineUploadBytes = 64 * 1024 * 1024;
+
+/**
  * Plans and copies. With `upToDateOnly`, stops after planning unless the target is already
- * up to date, answering "needsCopy" (nothing written, nothing printed).
+ * up to date or the copy uploads little (see inlineUploadBytes), answering "needsCopy"
+ * (nothing written, nothing printed).
  */
 async function executeMirror(
   invocation: MirrorInvocation,
@@ -472,8 +482,15 @@ async function executeMirror(
     const started = Date.now();
     const plan = await copier.plan(invocation.source, invocation.target, options);
     if (upToDateOnly && !plan.upToDate) {
-      progress.finish();
-      return "needsCopy";
+      // Blobs the index places in another repository of the target are likely mounts.
+      const toUpload = plan.blobs
+        .filter((b) => !plan.present.has(b.digest))
+        .filter((b) => blobIndex?.get(plan.targetRepo.registry, b.digest) === undefined)
+        .reduce((sum, b) => sum + b.size, 0);
+      if (toUpload > inlineUploadBytes) {
+        progress.finish();
+        return "needsCopy";
+      }
     }
     const result = await copier.execute(plan, options, started);
     if (invocation.verify) {

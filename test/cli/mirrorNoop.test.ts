@@ -13,7 +13,7 @@ import type { CopyResult } from "../../src/oci/copy.ts";
 import { deferredLogger } from "../../src/oci/mirrorCommand.ts";
 import { RegistryClient } from "../../src/oci/registry.ts";
 import { createLogger } from "../../src/util/log.ts";
-import { pushSinglePlatformImage } from "../../testkit/images.ts";
+import { pushSharedBaseImages, pushSinglePlatformImage } from "../../testkit/images.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
 import { stowage } from "../support/run.ts";
 
@@ -51,7 +51,7 @@ afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-async function mirrorProbed(name: string, env: Record<string, string> = {}) {
+async function mirrorProbed(name: string, env: Record<string, string> = {}, repository = "noop/app") {
   const out = join(dir, `${name}.json`);
   const run = await stowage(
     [
@@ -63,8 +63,8 @@ async function mirrorProbed(name: string, env: Record<string, string> = {}) {
       source.host,
       "--insecure-registry",
       target.host,
-      `${source.host}/noop/app:v1`,
-      `${target.host}/noop/app:v1`,
+      `${source.host}/${repository}:v1`,
+      `${target.host}/${repository}:v1`,
     ],
     { NODE_OPTIONS: `--require ${probe}`, PROBE_OUT: out, ...env },
   );
@@ -97,11 +97,11 @@ describe("an unchanged stowage mirror re-run", () => {
     expect(undici.filter((f) => /\/lib\/(web|mock)\//.test(f))).toEqual([]);
   });
 
-  it("copies a changed image in a worker thread", async () => {
+  it("copies a changed image with a layer past 64 MiB in a worker thread", async () => {
     const client = new RegistryClient({ insecureHosts: [source.host] });
     try {
       await pushSinglePlatformImage(client, { registry: source.host, repository: "noop/app" }, "v1", {
-        layers: [{ seed: "noop/app/changed", size: 64 * 1024 }],
+        layers: [{ seed: "noop/app/changed", size: 65 * 1024 * 1024 }],
       });
     } finally {
       await client.close();
@@ -109,6 +109,30 @@ describe("an unchanged stowage mirror re-run", () => {
     const copy = await mirrorProbed("changed");
     expect(copy.result.bytes.transferred).toBeGreaterThan(0);
     expect(copy.loaded.builtins).toContain("worker_threads");
+  });
+});
+
+describe("a stowage mirror that uploads little", () => {
+  it("mounts a shared base in the main thread, without starting a worker thread", async () => {
+    const client = new RegistryClient({ insecureHosts: [source.host] });
+    try {
+      await pushSharedBaseImages(client, source.host, {
+        prefix: "noop/shared",
+        count: 2,
+        baseSize: 65 * 1024 * 1024,
+        topSize: 16 * 1024,
+      });
+    } finally {
+      await client.close();
+    }
+    const first = await mirrorProbed("shared-0", {}, "noop/shared-0");
+    expect(first.result.bytes.transferred).toBeGreaterThan(65 * 1024 * 1024);
+    expect(first.loaded.builtins).toContain("worker_threads");
+
+    const second = await mirrorProbed("shared-1", {}, "noop/shared-1");
+    expect(second.result.bytes.mounted).toBeGreaterThanOrEqual(65 * 1024 * 1024);
+    expect(second.result.bytes.transferred).toBeLessThan(1024 * 1024);
+    expect(second.loaded.builtins).not.toContain("worker_threads");
   });
 });
 
