@@ -13,6 +13,16 @@ export interface ProxySettings {
   noProxy?: string[];
 }
 
+/**
+ * A host name of one label (`stowage-cache`, a Service in the same namespace) is always local
+ * (cluster DNS search paths or the LAN), so it is never proxied either; undici's NO_PROXY
+ * matching cannot say "no dot", hence this check in the transport.
+ */
+export function isSingleLabelHost(hostname: string): boolean {
+  const bare = hostname.replace(/^\[|\]$/g, "");
+  return bare.length > 0 && !bare.includes(".") && !bare.includes(":");
+}
+
 /** Names that are in-cluster in every Kubernetes cluster, never sent to an outside proxy. */
 export const IN_CLUSTER_NO_PROXY = ["localhost", ".svc", ".cluster.local"];
 

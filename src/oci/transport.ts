@@ -10,7 +10,7 @@ import type { Readable } from "node:stream";
 import { rootCertificates } from "node:tls";
 import type { Dispatcher, Agent as UndiciAgent } from "undici";
 import { type Deadlines, deadlines, watchStreamedBody } from "./deadlines.ts";
-import { type ProxySettings, proxyConfig } from "./proxy.ts";
+import { isSingleLabelHost, type ProxySettings, proxyConfig } from "./proxy.ts";
 import { checkRedirectHop, type HostResolver, MAX_REDIRECT_HOPS, mayFollowRedirects } from "./redirects.ts";
 import { registryApiHost } from "./reference.ts";
 
@@ -60,6 +60,8 @@ const requestApi = requireUndici("undici/lib/api/api-request.js") as (
 
 export class Transport {
   readonly dispatcher: Dispatcher;
+  /** With a proxy: the dispatcher for single-label (always local) hosts, which bypass it. */
+  private readonly direct?: Dispatcher;
   readonly userAgent: string;
   readonly deadlines: Deadlines;
   /** Where requests go through a proxy (for logs and tests); undefined without one. */
@@ -88,6 +90,7 @@ export class Transport {
         // The proxy's own TLS (an https:// proxy URL) trusts the same CAs.
         ...(agentOptions.connect ? { proxyTls: agentOptions.connect, requestTls: agentOptions.connect } : {}),
       });
+      this.direct = new Agent(agentOptions) as UndiciAgent;
     } else {
       this.dispatcher = new Agent(agentOptions) as UndiciAgent;
     }
@@ -135,7 +138,8 @@ export class Transport {
       const target = new URL(url);
       let response: ResponseData;
       try {
-        response = await requestApi.call(this.dispatcher, {
+        const dispatcher = this.direct && isSingleLabelHost(target.hostname) ? this.direct : this.dispatcher;
+        response = await requestApi.call(dispatcher, {
           origin: target.origin,
           path: `${target.pathname}${target.search}`,
           method: options.method,
@@ -164,8 +168,8 @@ export class Transport {
     }
   }
 
-  close(): Promise<void> {
-    return this.dispatcher.close();
+  async close(): Promise<void> {
+    await Promise.all([this.dispatcher.close(), this.direct?.close()]);
   }
 }
 

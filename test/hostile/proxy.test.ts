@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { KubeClient, Resources } from "../../src/kube/client.ts";
 import { loadClusterConfig } from "../../src/kube/kubeconfig.ts";
 import { Copier } from "../../src/oci/copy.ts";
+import { isSingleLabelHost, proxyConfig } from "../../src/oci/proxy.ts";
 import { parseReference } from "../../src/oci/reference.ts";
 import { RegistryClient } from "../../src/oci/registry.ts";
 import { startTestCluster } from "../../testkit/cluster.ts";
@@ -166,6 +167,37 @@ describe("HTTPS_PROXY / HTTP_PROXY / NO_PROXY", () => {
     } finally {
       await client.close();
     }
+  });
+});
+
+describe("what is never proxied", () => {
+  it("treats one-label host names (a Service in the same namespace) as local, never as proxy targets", () => {
+    expect(isSingleLabelHost("stowage-cache")).toBe(true);
+    expect(isSingleLabelHost("localhost")).toBe(true);
+    expect(isSingleLabelHost("registry-1.docker.io")).toBe(false);
+    expect(isSingleLabelHost("127.0.0.1")).toBe(false);
+    expect(isSingleLabelHost("[::1]")).toBe(false);
+  });
+
+  it("adds the cache, in-cluster names and the API server to NO_PROXY, and nothing without a proxy", () => {
+    expect(proxyConfig({ env: {} })).toBeUndefined();
+    const config = proxyConfig({
+      env: {
+        https_proxy: "http://proxy:3128",
+        NO_PROXY: "corp.example",
+        KUBERNETES_SERVICE_HOST: "10.96.0.1",
+      },
+      noProxy: ["cache.stowage:5000"],
+    });
+    expect(config?.httpsProxy).toBe("http://proxy:3128");
+    expect(config?.noProxy.split(",")).toEqual([
+      "corp.example",
+      "localhost",
+      ".svc",
+      ".cluster.local",
+      "10.96.0.1",
+      "cache.stowage:5000",
+    ]);
   });
 });
 
