@@ -44,8 +44,9 @@ function client(options: Partial<RegistryClientOptions> = {}): RegistryClient {
     insecureHosts: [hostile.host, guarded.host, elsewhere.host, cache.host],
     cacheRegistries: [cache.host],
     retry: { attempts: 2, baseDelayMs: 10, maxDelayMs: 100 },
-    requestTimeoutMs: 1_000,
-    stallTimeoutMs: 1_000,
+    // Short enough for the hang and stall cases, long enough for a loaded 2-core machine.
+    requestTimeoutMs: 3_000,
+    stallTimeoutMs: 3_000,
     rangedDownload: false,
     proxy: false,
     ...options,
