@@ -16,8 +16,9 @@
  * Timed from ModelImage creation to Synced and to Present on all three nodes.
  * Peer, in the same run and from the same cache: three FRESH containerd instances (clean roots)
  * each pulling the cached image with `ctr image pull --plain-http`, started together.
- * Checked: the upstream served every blob of the image exactly once (blob GETs by digest in
- * its access log), so the bytes read from upstream equal one copy of the image.
+ * Checked: the upstream served every blob of the image exactly once (blob GETs by digest, a
+ * ranged one counted by its Range, as the fault proxy before the upstream recorded them), so the
+ * bytes read from upstream equal one copy of the image.
  * Needs root (containerd snapshotter mounts). CI does not run it.
  */
 import { type ChildProcess, spawn } from "node:child_process";
@@ -28,7 +29,6 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { loadAllCrds } from "../src/api/crds.ts";
 import { KubeClient } from "../src/kube/client.ts";
-import { rangedDefaults } from "../src/oci/rangedDownload.ts";
 import { cacheRepository, parseReference } from "../src/oci/reference.ts";
 import { RegistryClient } from "../src/oci/registry.ts";
 import { gatherSnapshot } from "../src/status/gather.ts";
@@ -37,6 +37,7 @@ import { type AgentNode, startAgentNode } from "../testkit/agentNode.ts";
 import { startApiServer } from "../testkit/apiserver/index.ts";
 import { type RunningContainerd, startContainerd } from "../testkit/containerd.ts";
 import { type ControllerProcess, startControllerProcess } from "../testkit/controllerProcess.ts";
+import { startFaultProxy } from "../testkit/faultProxy.ts";
 import { pushSinglePlatformImage } from "../testkit/images.ts";
 import { freePort } from "../testkit/ports.ts";
 import { startRegistry } from "../testkit/registry.ts";
@@ -231,16 +232,20 @@ async function main(mode: Mode): Promise<number> {
     cleanups.push(() => api.stop());
     const client = KubeClient.load({ path: kubeconfigPath });
     cleanups.push(async () => client.close());
-    const upstream = await startRegistry();
+    const registry = await startRegistry();
+    cleanups.push(() => registry.stop());
+    // The upstream as Stowage sees it: behind the fault proxy (no faults), which records each
+    // request's Range, so the bytes read are counted whatever range size a reader uses.
+    const upstream = await startFaultProxy(registry.url);
     cleanups.push(() => upstream.stop());
     const cache = await startRegistry();
     cleanups.push(() => cache.stop());
 
     const seedStarted = performance.now();
-    const registryClient = new RegistryClient({ insecureHosts: [upstream.host] });
+    const registryClient = new RegistryClient({ insecureHosts: [registry.host] });
     const pushed = await pushSinglePlatformImage(
       registryClient,
-      { registry: upstream.host, repository: "acme/llm-serve" },
+      { registry: registry.host, repository: "acme/llm-serve" },
       "bench",
       { layerSizes, seed: `stowage-bench-prewarm-${scale}` },
     );
@@ -347,17 +352,25 @@ async function main(mode: Mode): Promise<number> {
     const agentRss = nodes.map((n) => peakRssKiB(n.agent.pid));
 
     // Bytes from upstream: every blob GET the upstream answered, by digest.
-    const gets = (await upstream.requests()).filter(
-      (r) => r.method === "GET" && /\/blobs\/sha256:/.test(r.path) && (r.status === 200 || r.status === 206),
-    );
-    // Copies read, by digest: a 200 is one; a large blob comes in Range requests (206) that
-    // tile it once per download (src/oci/rangedDownload.ts), so each counts as its share.
+    const gets = upstream
+      .seen()
+      .filter(
+        (r) =>
+          r.method === "GET" && /\/blobs\/sha256:/.test(r.path) && (r.status === 200 || r.status === 206),
+      );
+    // Copies read, by digest: a 200 is one; a Range request (206, a large blob comes in many,
+    // of whatever size the reader asks) counts as the share of the blob its range covers.
     const sizeOf = new Map(blobs.map((b) => [b.digest, b.size]));
     const getsByDigest = new Map<string, number>();
     for (const r of gets) {
       const digest = /\/blobs\/(sha256:[0-9a-f]{64})/.exec(r.path)?.[1] ?? r.path;
-      const parts = r.status === 206 ? Math.ceil((sizeOf.get(digest) ?? 1) / rangedDefaults.rangeBytes) : 1;
-      getsByDigest.set(digest, (getsByDigest.get(digest) ?? 0) + 1 / parts);
+      const size = sizeOf.get(digest) ?? 1;
+      const range = /^bytes=(\d+)-(\d*)$/.exec(r.range ?? "");
+      const bytes =
+        r.status === 206 && range
+          ? Math.min(range[2] === "" ? size - 1 : Number(range[2]), size - 1) - Number(range[1]) + 1
+          : size;
+      getsByDigest.set(digest, (getsByDigest.get(digest) ?? 0) + bytes / size);
     }
     for (const [digest, copies] of getsByDigest) getsByDigest.set(digest, Math.round(copies * 100) / 100);
     const upstreamBytes = blobs.reduce((sum, b) => sum + b.size * (getsByDigest.get(b.digest) ?? 0), 0);
