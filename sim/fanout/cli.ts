@@ -119,8 +119,9 @@ export function compareStrategies(
   return { scenario, alone, rows, failure, goals };
 }
 
+/** A failure that fed nobody proves nothing: it counts as not met. */
 function replanWasLocal(failure: FailureOutcome): boolean {
-  return failure.outsideSubtree === 0 && failure.replanned <= failure.fedByFailed;
+  return failure.fedByFailed > 0 && failure.outsideSubtree === 0 && failure.replanned <= failure.fedByFailed;
 }
 
 function pad(text: string, width: number, right = false): string {
