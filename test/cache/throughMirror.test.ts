@@ -14,6 +14,7 @@ import { cacheRepository } from "../../src/oci/reference.ts";
 import type { CredentialLookup, RegistryClient } from "../../src/oci/registry.ts";
 import { silentLogger } from "../../src/util/log.ts";
 import { pushSinglePlatformImage } from "../../testkit/images.ts";
+import { freePort } from "../../testkit/ports.ts";
 import { eventually } from "../support/eventually.ts";
 import { type CacheRig, fetchFrom, metricValue, rigClient, startRig, upstreamBlobGets } from "./support.ts";
 
@@ -117,5 +118,47 @@ describe("stowage cache: the mirror reads through the front", () => {
     // The layer was uploaded into storage once: by the front's flight, not again by the mirror.
 
     expect(await storageCommits(layer.digest)).toBe(1);
+  });
+
+  it("still mirrors, reading the upstream itself, when the front cannot be reached", async () => {
+    const pushed = await pushSinglePlatformImage(
+      client,
+      { registry: rig.upstream.host, repository: "acme/offline-front" },
+      "v1",
+      { layerSizes: [2 * 1024 * 1024] },
+    );
+    const upstreamCredentials: CredentialLookup = (registry) =>
+      registry === rig.proxy.host ? USER : undefined;
+    const unreachable = `http://127.0.0.1:${await freePort()}`;
+    const mirror = createRegistries({
+      config: controllerConfig(
+        { registry: rig.storage.host, insecure: true },
+        { insecureRegistries: [rig.proxy.host] },
+      ),
+      cacheCredentials: () => undefined,
+      logger: silentLogger(),
+      throughCache: unreachable,
+      options: { retry: { attempts: 1 } },
+    });
+    try {
+      const storedRepository = cacheRepository({
+        registry: rig.proxy.host,
+        repository: "acme/offline-front",
+      });
+      const copied = await mirror.withUpstreamCredentials(upstreamCredentials, () =>
+        mirror.copier.copy(
+          { registry: rig.proxy.host, repository: "acme/offline-front", digest: pushed.digest },
+          { registry: rig.storage.host, repository: storedRepository, tag: "v1" },
+        ),
+      );
+      expect(copied.targetDigest).toBe(pushed.digest);
+      const layer = pushed.image.layers[0].descriptor;
+      expect(
+        await client.hasBlob({ registry: rig.storage.host, repository: storedRepository }, layer.digest),
+      ).toBe(layer.size);
+      expect(upstreamBlobGets(rig.proxy).filter((path) => path.includes(layer.digest))).toHaveLength(1);
+    } finally {
+      await mirror.client.close();
+    }
   });
 });

@@ -10,12 +10,14 @@
  * the mirror does not upload those bytes a second time: it reads them to the end (the client
  * verifies the digest as they flow), then waits for the front's commit to show in the cache
  * registry; only if it never shows (the front could not store it) does it upload them itself.
+ * A front that is down or refuses (before its first byte) does not stop the mirror: the blob is
+ * then read from the upstream directly and uploaded, as without the front.
  *
  * Manifests (and referrers) are still read from the upstream directly: they are small, the
  * front does not serve the referrers API, and the mirror must see exactly what the upstream says.
  * The caller's upstream credentials are presented to the front for the front's privacy check.
  */
-import type { Readable } from "node:stream";
+import { Readable } from "node:stream";
 import { hostOfSegment } from "../../cache/layout.ts";
 import { cacheRepository } from "../../oci/reference.ts";
 import {
@@ -27,6 +29,8 @@ import {
 } from "../../oci/registry.ts";
 import type { Descriptor } from "../../oci/types.ts";
 import { type Clock, systemClock } from "../../util/clock.ts";
+import { asStowageError } from "../../util/errors.ts";
+import { type Logger, silentLogger } from "../../util/log.ts";
 
 export interface ThroughFrontOptions {
   /** The front as the controller reaches it: "http://stowage-cache:5000". */
@@ -64,8 +68,12 @@ export class ThroughFrontClient extends RegistryClient {
   readonly #clock: Clock;
   readonly #commitGraceMs: number;
   readonly #minStoreBytesPerSecond: number;
-  /** Blob streams this client opened on the front: the front stores what they carry. */
-  readonly #fromFront = new WeakSet<Readable>();
+  readonly #logger: Logger;
+  /**
+   * Blob streams this client opened on the front (the front stores what they carry), and
+   * whether one fell back to the upstream because the front could not serve it.
+   */
+  readonly #fromFront = new WeakMap<Readable, { direct: boolean }>();
 
   constructor(options: RegistryClientOptions & ThroughFrontOptions) {
     const frontUrl = new URL(options.frontUrl);
@@ -84,17 +92,44 @@ export class ThroughFrontClient extends RegistryClient {
     this.#clock = options.clock ?? systemClock;
     this.#commitGraceMs = options.commitGraceMs ?? 60_000;
     this.#minStoreBytesPerSecond = options.minStoreBytesPerSecond ?? 10_000_000;
+    this.#logger = options.logger ?? silentLogger();
   }
 
   override getBlob(repo: RepoRef, descriptor: Descriptor, options: BlobTransferOptions = {}): Readable {
     if (repo.registry === this.frontHost || repo.registry === this.#cacheRegistry)
       return super.getBlob(repo, descriptor, options);
-    const stream = super.getBlob(
+    const viaFront = super.getBlob(
       { registry: this.frontHost, repository: cacheRepository(repo) },
       descriptor,
       options,
     );
-    this.#fromFront.add(stream);
+    const direct = () => super.getBlob(repo, descriptor, options);
+    const state = { direct: false };
+    const logger = this.#logger;
+    const frontHost = this.frontHost;
+    // The front down or refusing must not stop the mirror: before its first byte, any failure
+    // but a digest mismatch falls back to reading the upstream directly, as without the front.
+    async function* chunks(): AsyncGenerator<Buffer> {
+      let received = false;
+      try {
+        for await (const chunk of viaFront) {
+          received = true;
+          yield chunk as Buffer;
+        }
+        return;
+      } catch (err) {
+        const failure = asStowageError(err);
+        if (received || options.signal?.aborted || failure.reason === "DigestMismatch") throw err;
+        logger.warn(
+          { front: frontHost, registry: repo.registry, repository: repo.repository, blob: descriptor.digest },
+          `the cache front could not serve a blob (${failure.reason}: ${failure.message}); reading it from the upstream`,
+        );
+      }
+      state.direct = true;
+      for await (const chunk of direct()) yield chunk as Buffer;
+    }
+    const stream = Readable.from(chunks(), { objectMode: false });
+    this.#fromFront.set(stream, state);
     return stream;
   }
 
@@ -106,19 +141,29 @@ export class ThroughFrontClient extends RegistryClient {
   ): Promise<void> {
     if (repo.registry !== this.#cacheRegistry) return super.pushBlob(repo, descriptor, open, options);
     const source = await open();
-    if (!this.#fromFront.has(source)) {
-      // Not read through the front (bytes already in hand, another registry): a plain upload,
-      // its first attempt from the stream just opened.
-      let opened: Readable | undefined = source;
+    // A plain upload, its first attempt from what was already opened or read.
+    const upload = (first: Readable) => {
+      let opened: Readable | undefined = first;
       const reopen = () => {
-        const first = opened;
+        const given = opened;
         opened = undefined;
-        return first ?? open();
+        return given ?? open();
       };
       return super.pushBlob(repo, descriptor, reopen, options);
-    }
+    };
+    const state = this.#fromFront.get(source);
+    // Not read through the front (bytes already in hand, another registry).
+    if (!state) return upload(source);
+    // Whether the front serves it is known by its first byte.
+    const chunks = source[Symbol.asyncIterator]();
+    const first = await chunks.next();
+    const rest = async function* (): AsyncGenerator<Buffer> {
+      if (!first.done) yield first.value as Buffer;
+      for (let next = await chunks.next(); !next.done; next = await chunks.next()) yield next.value as Buffer;
+    };
+    if (state.direct) return upload(Readable.from(rest(), { objectMode: false }));
     // The bytes come through the front, verified as they flow; the front stores them.
-    for await (const chunk of source) options.onBytes?.((chunk as Buffer).length);
+    for await (const chunk of rest()) options.onBytes?.(chunk.length);
     if (await this.#committedByFront(repo, descriptor, options.signal)) return;
     // The front could not store it (its upload failed): upload what it serves ourselves.
     await super.pushBlob(repo, descriptor, open, options);
