@@ -567,9 +567,15 @@ class Simulation {
     if (src === UPSTREAM) return;
     const index = src === CACHE ? this.totalNodes : src;
     this.uploads[index]--;
-    const waiting = [...this.waitingOnSource[index]];
-    this.waitingOnSource[index].clear();
-    for (const node of waiting) this.tryStart(node);
+    // Wake waiters in the order they came until the freed slot is taken; the rest stay queued
+    // (waking them all made every upload's end rescan hundreds of nodes' pieces).
+    const slots = src === CACHE ? this.s.cacheServingConcurrency : this.s.peerServingConcurrency;
+    const waiting = this.waitingOnSource[index];
+    for (const node of [...waiting]) {
+      if (this.uploads[index] >= slots) break;
+      waiting.delete(node);
+      this.tryStart(node);
+    }
   }
 
   private chooseSource(node: number, unit: number): number {
