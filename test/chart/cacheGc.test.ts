@@ -6,6 +6,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { parse } from "yaml";
+import { collectionJob, type StatefulSet } from "../../src/controller/cachegc/cluster.ts";
 import { parseControllerArgs } from "../../src/controller/command.ts";
 import {
   containerOf,
@@ -203,5 +204,87 @@ describe("the cache front's metrics in the chart", () => {
     expect(service.spec.ports.map((p: { name: string }) => p.name)).not.toContain("front-metrics");
     const monitor = getObject(objects, "ServiceMonitor", RELEASE);
     expect(monitor.spec.endpoints.map((e: { port: string }) => e.port)).toEqual(["http-metrics"]);
+  });
+});
+
+describe("the garbage-collect Job the controller makes from the rendered cache StatefulSet", () => {
+  const matches = (selector: Record<string, string>, labels: Record<string, string>) =>
+    Object.entries(selector).every(([k, v]) => labels[k] === v);
+
+  it("mounts replica 0's claim on its node, with the registry's image, config and user, never the read-only setting", async () => {
+    const objects = await render({ values: [{ cache: { gc: { enabled: true } } }] });
+    const sts = getObject(objects, "StatefulSet", `${RELEASE}-cache`) as unknown as StatefulSet;
+    const registry = containerOf(sts as unknown as RenderedObject, "registry");
+    // as the StatefulSet is while a collection holds it read-only
+    registry.env = [
+      ...(registry.env ?? []),
+      { name: "REGISTRY_STORAGE_MAINTENANCE_READONLY", value: '{"enabled":true}' },
+    ];
+    const job = collectionJob(sts, { namespace: NAMESPACE, jobTimeoutMs: 3600_000, node: "gpu-node-7" });
+    const pod = job.spec.template.spec;
+    expect(pod.nodeName).toBe("gpu-node-7");
+    expect(pod.restartPolicy).toBe("Never");
+    expect(job.spec).toMatchObject({ backoffLimit: 0, activeDeadlineSeconds: 3600 });
+    const [container] = pod.containers;
+    expect(container.image).toBe((registry as { image?: string }).image);
+    expect(container.image).toBeTruthy();
+    expect(container.args).toEqual(["garbage-collect", "/etc/docker/registry/config.yml"]);
+    expect(container.volumeMounts).toEqual(registry.volumeMounts);
+    expect((container.env ?? []).map((e: { name: string }) => e.name)).not.toContain(
+      "REGISTRY_STORAGE_MAINTENANCE_READONLY",
+    );
+    expect(pod.volumes).toContainEqual({
+      name: "data",
+      persistentVolumeClaim: { claimName: `data-${RELEASE}-cache-0` },
+    });
+    expect(pod.volumes).toContainEqual({ name: "config", configMap: { name: `${RELEASE}-cache` } });
+    expect(pod.securityContext).toEqual(
+      (sts.spec.template.spec as { securityContext: unknown }).securityContext,
+    );
+    // the cache Service and the StatefulSet never take this pod for a cache replica
+    const service = getObject(objects, "Service", `${RELEASE}-cache`);
+    expect(matches(service.spec.selector, job.spec.template.metadata.labels)).toBe(false);
+    expect(matches(sts.spec.selector.matchLabels ?? {}, job.spec.template.metadata.labels)).toBe(false);
+  });
+
+  it("on S3 takes the bucket credentials and the http secret and is pinned nowhere", async () => {
+    const objects = await render({
+      values: [
+        {
+          cache: {
+            replicas: 2,
+            s3: {
+              enabled: true,
+              bucket: "cache",
+              regionEndpoint: "http://s3.internal:8333",
+              existingSecret: "s3-keys",
+            },
+            httpSecret: { existingSecret: "cache-http" },
+            gc: { enabled: true },
+          },
+        },
+      ],
+    });
+    const sts = getObject(objects, "StatefulSet", `${RELEASE}-cache`) as unknown as StatefulSet;
+    const job = collectionJob(sts, { namespace: NAMESPACE, jobTimeoutMs: 600_000 });
+    const pod = job.spec.template.spec;
+    expect(pod.nodeName).toBeUndefined();
+    expect(pod.volumes.some((v: { persistentVolumeClaim?: unknown }) => v.persistentVolumeClaim)).toBe(false);
+    expect(pod.containers[0].env).toEqual(
+      expect.arrayContaining([
+        {
+          name: "REGISTRY_STORAGE_S3_ACCESSKEY",
+          valueFrom: { secretKeyRef: { name: "s3-keys", key: "accessKey" } },
+        },
+        {
+          name: "REGISTRY_STORAGE_S3_SECRETKEY",
+          valueFrom: { secretKeyRef: { name: "s3-keys", key: "secretKey" } },
+        },
+        {
+          name: "REGISTRY_HTTP_SECRET",
+          valueFrom: { secretKeyRef: { name: "cache-http", key: "http-secret" } },
+        },
+      ]),
+    );
   });
 });

@@ -35,7 +35,7 @@ const [READ_ONLY_NAME, READ_ONLY_VALUE] = Object.entries(READ_ONLY_REGISTRY_ENV)
 // biome-ignore lint/suspicious/noExplicitAny: pod templates are free-form JSON here, copied field by field
 type Json = any;
 
-interface StatefulSet extends KubeObject {
+export interface StatefulSet extends KubeObject {
   metadata: ObjectMeta;
   spec: {
     replicas?: number;
@@ -306,8 +306,7 @@ export class ClusterRegistryGc implements WritePause {
 
   /** The Job: the registry container's image, config, env and mounts; `garbage-collect` as args. */
   async #jobFor(sts: StatefulSet): Promise<{ job: Json; node?: string }> {
-    const template = sts.spec.template.spec;
-    const registry = this.#registryContainer(sts);
+    this.#registryContainer(sts);
     const claims = (sts.spec.volumeClaimTemplates ?? []).map((t) => t.metadata.name);
     let node: string | undefined;
     if (claims.length > 0) {
@@ -331,71 +330,108 @@ export class ClusterRegistryGc implements WritePause {
           { retryable: true },
         );
     }
-    const mounted = new Set((registry.volumeMounts ?? []).map((m: Json) => m.name));
-    const volumes = [
-      ...(template.volumes ?? []).filter((v: Json) => mounted.has(v.name) && !claims.includes(v.name)),
-      ...claims
-        .filter((name) => mounted.has(name))
-        .map((name) => ({ name, persistentVolumeClaim: { claimName: `${name}-${this.#o.statefulSet}-0` } })),
-    ];
-    const labels = {
-      ...Object.fromEntries(
-        Object.entries(sts.metadata.labels ?? {}).filter(([k]) =>
-          ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/part-of"].includes(k),
-        ),
-      ),
-      // not the cache's component label: the cache Service must never send pulls to this pod
-      "app.kubernetes.io/component": "cache-gc",
-      [GC_POD_LABEL]: this.#o.statefulSet,
-    };
-    const job = {
-      apiVersion: "batch/v1",
-      kind: "Job",
-      metadata: {
-        name: this.jobName,
-        namespace: this.#o.namespace,
-        labels,
-        ownerReferences: [
-          { apiVersion: "apps/v1", kind: "StatefulSet", name: this.#o.statefulSet, uid: sts.metadata.uid },
-        ],
-      },
-      spec: {
-        backoffLimit: 0,
-        activeDeadlineSeconds: Math.max(1, Math.round(this.#o.jobTimeoutMs / 1000)),
-        template: {
-          metadata: { labels },
-          spec: {
-            restartPolicy: "Never",
-            automountServiceAccountToken: false,
-            ...(node ? { nodeName: node } : {}),
-            ...pick(template, [
-              "hostNetwork",
-              "dnsPolicy",
-              "securityContext",
-              "imagePullSecrets",
-              "tolerations",
-              "nodeSelector",
-              "priorityClassName",
-            ]),
-            containers: [
-              {
-                name: "garbage-collect",
-                image: registry.image,
-                imagePullPolicy: registry.imagePullPolicy,
-                ...(registry.command ? { command: registry.command } : {}),
-                args: ["garbage-collect", this.#o.configPath],
-                env: (registry.env ?? []).filter((e: Json) => e.name !== READ_ONLY_NAME),
-                volumeMounts: registry.volumeMounts ?? [],
-                ...pick(registry, ["securityContext", "resources", "envFrom"]),
-              },
-            ],
-            volumes,
-          },
-        },
-      },
-    };
+    const job = collectionJob(sts, {
+      namespace: this.#o.namespace,
+      container: this.#o.container,
+      configPath: this.#o.configPath,
+      jobTimeoutMs: this.#o.jobTimeoutMs,
+      node,
+    });
     return { job, node };
   }
+}
+
+/**
+ * The garbage-collect Job for a cache StatefulSet: the registry container's image, env (without
+ * the read-only setting), mounts and security context, `garbage-collect CONFIG` as args, each
+ * volume claim template mounted by the name of replica 0's claim, pinned to `node` when given.
+ */
+export function collectionJob(
+  sts: StatefulSet,
+  options: {
+    namespace: string;
+    container?: string;
+    configPath?: string;
+    jobTimeoutMs: number;
+    node?: string;
+  },
+): Json {
+  const statefulSet = sts.metadata.name ?? "";
+  const template = sts.spec.template.spec;
+  const registry = (template.containers ?? []).find(
+    (c: Json) => c.name === (options.container ?? "registry"),
+  );
+  if (!registry)
+    throw new StowageError(
+      "CacheUnavailable",
+      `the cache StatefulSet ${statefulSet} has no registry container`,
+    );
+  const claims = (sts.spec.volumeClaimTemplates ?? []).map((t) => t.metadata.name);
+  const node = options.node;
+  const mounted = new Set((registry.volumeMounts ?? []).map((m: Json) => m.name));
+  const volumes = [
+    ...(template.volumes ?? []).filter((v: Json) => mounted.has(v.name) && !claims.includes(v.name)),
+    ...claims
+      .filter((name) => mounted.has(name))
+      .map((name) => ({ name, persistentVolumeClaim: { claimName: `${name}-${statefulSet}-0` } })),
+  ];
+  const labels = {
+    ...Object.fromEntries(
+      Object.entries(sts.metadata.labels ?? {}).filter(([k]) =>
+        ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/part-of"].includes(k),
+      ),
+    ),
+    // not the cache's component label: the cache Service must never send pulls to this pod
+    "app.kubernetes.io/component": "cache-gc",
+    [GC_POD_LABEL]: statefulSet,
+  };
+  const job = {
+    apiVersion: "batch/v1",
+    kind: "Job",
+    metadata: {
+      name: `${statefulSet}-gc`.slice(0, 63),
+      namespace: options.namespace,
+      labels,
+      ownerReferences: [
+        { apiVersion: "apps/v1", kind: "StatefulSet", name: statefulSet, uid: sts.metadata.uid },
+      ],
+    },
+    spec: {
+      backoffLimit: 0,
+      activeDeadlineSeconds: Math.max(1, Math.round(options.jobTimeoutMs / 1000)),
+      template: {
+        metadata: { labels },
+        spec: {
+          restartPolicy: "Never",
+          automountServiceAccountToken: false,
+          ...(node ? { nodeName: node } : {}),
+          ...pick(template, [
+            "hostNetwork",
+            "dnsPolicy",
+            "securityContext",
+            "imagePullSecrets",
+            "tolerations",
+            "nodeSelector",
+            "priorityClassName",
+          ]),
+          containers: [
+            {
+              name: "garbage-collect",
+              image: registry.image,
+              imagePullPolicy: registry.imagePullPolicy,
+              ...(registry.command ? { command: registry.command } : {}),
+              args: ["garbage-collect", options.configPath ?? "/etc/docker/registry/config.yml"],
+              env: (registry.env ?? []).filter((e: Json) => e.name !== READ_ONLY_NAME),
+              volumeMounts: registry.volumeMounts ?? [],
+              ...pick(registry, ["securityContext", "resources", "envFrom"]),
+            },
+          ],
+          volumes,
+        },
+      },
+    },
+  };
+  return job;
 }
 
 function pick(from: Json, keys: string[]): Json {
