@@ -79,14 +79,40 @@ export function choosePlatforms(
   const explicit = explicitPlatforms(mi.spec, variant);
   if (explicit)
     return { kind: "list", platforms: uniquePlatforms(explicit.map(parsePlatform)), fromNodes: false };
-  const platforms: Platform[] = [];
-  for (const node of nodes) {
-    if (!isNodeReady(node) || !selectorMatches(variant.nodeSelector, node.metadata?.labels)) continue;
-    const platform = nodePlatform(node);
-    if (platform) platforms.push(platform);
-  }
+  const platforms = readyNodePlatforms(nodes, variant.nodeSelector);
   if (platforms.length === 0) return { kind: "all", noMatchingNodes: true };
-  return { kind: "list", platforms: uniquePlatforms(platforms), fromNodes: true };
+  return { kind: "list", platforms, fromNodes: true };
+}
+
+/**
+ * The distinct platforms of the Ready nodes a selector matches, remembered per node list: the
+ * variants sharing an image are looked at on every sync (a hundred ModelImages over one image,
+ * 500 nodes: 50,000 node checks a sync), and they share a handful of selectors.
+ */
+const platformsByNodeList = new WeakMap<readonly Node[], Map<string, Platform[]>>();
+
+function readyNodePlatforms(
+  nodes: readonly Node[],
+  selector: Record<string, string> | undefined,
+): Platform[] {
+  let bySelector = platformsByNodeList.get(nodes);
+  if (!bySelector) {
+    bySelector = new Map();
+    platformsByNodeList.set(nodes, bySelector);
+  }
+  const key = JSON.stringify(Object.entries(selector ?? {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+  let platforms = bySelector.get(key);
+  if (!platforms) {
+    const found: Platform[] = [];
+    for (const node of nodes) {
+      if (!isNodeReady(node) || !selectorMatches(selector, node.metadata?.labels)) continue;
+      const platform = nodePlatform(node);
+      if (platform) found.push(platform);
+    }
+    platforms = uniquePlatforms(found);
+    bySelector.set(key, platforms);
+  }
+  return [...platforms];
 }
 
 /**
@@ -133,12 +159,22 @@ export function choosePlatformsForImage(
 
 /** Upstream references that mirror to the same cache tag compare equal; unparsable ones never do. */
 function sameImageKey(image: string): string | undefined {
+  // Every sync compares its image with every live ModelImage's: parse each reference once.
+  if (imageKeys.has(image)) return imageKeys.get(image);
+  let key: string | undefined;
   try {
-    return formatReference(parseReference(image));
+    key = formatReference(parseReference(image));
   } catch {
-    return undefined;
+    key = undefined;
   }
+  if (imageKeys.size >= IMAGE_KEYS_MAX) imageKeys.clear();
+  imageKeys.set(image, key);
+  return key;
 }
+
+/** Parsed references by text; cleared whole when full (a cluster has far fewer distinct images). */
+const imageKeys = new Map<string, string | undefined>();
+const IMAGE_KEYS_MAX = 20_000;
 
 function uniquePlatforms(platforms: Platform[]): Platform[] {
   const byName = new Map(platforms.map((p) => [formatPlatform(p), p]));

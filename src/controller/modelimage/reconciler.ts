@@ -306,7 +306,7 @@ async function syncModelImage(mi: ModelImage, deps: ReconcilerDeps, ctx: Reconci
       ),
     ),
   );
-  checkDone.abort();
+  checkDone.abort("checks finished"); // a reason of our own: no DOMException built per sync
   if (checkDeadline.signal.aborted && !ctx.budget.aborted) checksTimedOut(work, checkTimeoutMs);
   for (const { outcome } of work) noteHostHealth(outcome, deps.slots);
   let spent = budgetSpent(ctx, work, deps);
