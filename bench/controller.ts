@@ -1,4 +1,4 @@
-// Controller runtime benchmark: `npm run bench:controller`.
+// Controller runtime benchmark: `npm run bench:runtime` (bench/controllerScale.ts runs the real controller).
 //
 // The API server double runs in this process; the manager under test runs in a child process
 // (this same file with --child) so its peak RSS is measured alone. Figures: time from
