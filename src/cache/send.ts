@@ -47,6 +47,9 @@ export async function sendChunks(
   try {
     for await (const chunk of chunks) {
       const written = writeChunk(res, chunk);
+      // Handled now as well as awaited below: if the previous write fails, this one may fail
+      // too before anyone awaits it, and an unhandled rejection takes the process down.
+      written.catch(() => {});
       // The next read goes into the buffer of the previous chunk: wait until it is written.
       await previous;
       previous = written;
