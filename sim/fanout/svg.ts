@@ -32,6 +32,7 @@ export function warmCurvesSvg(title: string, curves: readonly Curve[], totalNode
   const y = (count: number) => top + plotH - (plotH * count) / Math.max(1, totalNodes);
   const parts: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="12">`,
+    `<title>${escapeXml(title)}</title>`,
     `<rect width="${width}" height="${height}" fill="white"/>`,
     `<text x="${left}" y="22" font-size="14">${escapeXml(title)}</text>`,
     `<line x1="${left}" y1="${top + plotH}" x2="${left + plotW}" y2="${top + plotH}" stroke="black"/>`,
