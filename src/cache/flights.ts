@@ -144,6 +144,10 @@ export class BlobFlights {
     // is over, so a pull in between reads the sealed spool instead of the upstream.
     spool.seal();
     const stored = await upload;
+    // Joinable no longer, at once: a caller from now on is answered from storage, or fetches
+    // again if storage lost the blob meanwhile (deleted, evicted). Joining this finished flight
+    // would serve its old spool without storing anything, or fail once the spool is gone.
+    forget();
     if (stored) this.options.onCommitted?.(target);
     logger.info(
       { upstream: target.upstream, repository: target.repository, digest, bytes: spool.size, stored },

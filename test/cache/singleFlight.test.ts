@@ -3,8 +3,14 @@ import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { BlobFlights } from "../../src/cache/flights.ts";
+import type { CacheTarget } from "../../src/cache/layout.ts";
 import { Spool } from "../../src/cache/spool.ts";
-import type { RegistryClient } from "../../src/oci/registry.ts";
+import { Storage } from "../../src/cache/storage.ts";
+import { createCacheMetrics, createRegistry } from "../../src/metrics.ts";
+import { cacheRepository } from "../../src/oci/reference.ts";
+import { RegistryClient } from "../../src/oci/registry.ts";
+import { silentLogger } from "../../src/util/log.ts";
 import { pushSinglePlatformImage } from "../../testkit/images.ts";
 import { eventually } from "../support/eventually.ts";
 import { type CacheRig, fetchFrom, metricValue, rigClient, startRig, upstreamBlobGets } from "./support.ts";
@@ -57,6 +63,58 @@ describe("stowage cache: single flight", () => {
       10_000,
       50,
     );
+  });
+});
+
+describe("stowage cache: a finished flight", () => {
+  it("is not joined once its blob is stored, so a blob storage loses right after is fetched and stored again", async () => {
+    const pushed = await pushSinglePlatformImage(
+      client,
+      { registry: rig.upstream.host, repository: "acme/evicted" },
+      "v1",
+      { layerSizes: [512 * 1024] },
+    );
+    const layer = pushed.image.layers[0].descriptor;
+    const target: CacheTarget = {
+      upstream: rig.proxy.host,
+      repository: "acme/evicted",
+      cacheRepository: cacheRepository({ registry: rig.proxy.host, repository: "acme/evicted" }),
+      kind: "blob",
+      reference: layer.digest,
+    };
+    const storage = new Storage({ url: rig.storage.url });
+    const upstream = new RegistryClient({ insecureHosts: [rig.proxy.host], retry: { attempts: 1 } });
+    const flights = new BlobFlights({
+      upstream,
+      storage,
+      spoolDir: rig.spoolDir,
+      metrics: createCacheMetrics(createRegistry()),
+      logger: silentLogger(),
+      stallTimeoutMs: 30_000,
+    });
+    try {
+      const { settled } = await flights.join(target, layer.size).flight;
+      expect(await settled).toBe(true);
+      // Stored: whoever asks from now on is answered by storage (or a new fetch), not this flight.
+      expect(flights.running(target)).toBeUndefined();
+      expect(
+        await storage.client.deleteBlob(
+          { registry: storage.registry, repository: target.cacheRepository },
+          layer.digest,
+        ),
+      ).toBe(true);
+      const again = await flights.join(target, layer.size).flight;
+      expect(await again.settled).toBe(true);
+      expect(
+        await client.hasBlob(
+          { registry: rig.storage.host, repository: target.cacheRepository },
+          layer.digest,
+        ),
+      ).toBe(layer.size);
+      expect(upstreamBlobGets(rig.proxy).filter((path) => path.includes(layer.digest))).toHaveLength(2);
+    } finally {
+      await Promise.all([storage.close(), upstream.close()]);
+    }
   });
 });
 
