@@ -116,7 +116,9 @@ describe("agent scheduling and scraping", () => {
   });
 
   it("renders a PodMonitor whose selector and port name match the agent pods, when the monitoring API is served", async () => {
-    const objects = await render({ apiVersions: ["monitoring.coreos.com/v1"] });
+    const objects = await render({
+      apiVersions: ["monitoring.coreos.com/v1", "monitoring.coreos.com/v1/PodMonitor"],
+    });
     const monitor = getObject(objects, "PodMonitor", "stowage-agent");
     const daemonSet = agentOf(objects);
     const podLabels = daemonSet.spec.template.metadata.labels as Record<string, string>;
@@ -133,11 +135,13 @@ describe("agent scheduling and scraping", () => {
     const kinds = async (values: Values, apiVersions: string[] = []) =>
       (await render({ values: [values], apiVersions })).map((o) => o.kind);
     expect(await kinds({})).not.toContain("PodMonitor");
+    // ServiceMonitor's group version alone is not the PodMonitor kind
+    expect(await kinds({}, ["monitoring.coreos.com/v1"])).not.toContain("PodMonitor");
     expect(await kinds({ agent: { podMonitor: { force: true } } })).toContain("PodMonitor");
     expect(
-      await kinds({ agent: { podMonitor: { enabled: false } } }, ["monitoring.coreos.com/v1"]),
+      await kinds({ agent: { podMonitor: { enabled: false } } }, ["monitoring.coreos.com/v1/PodMonitor"]),
     ).not.toContain("PodMonitor");
-    expect(await kinds({ agent: { enabled: false } }, ["monitoring.coreos.com/v1"])).not.toContain(
+    expect(await kinds({ agent: { enabled: false } }, ["monitoring.coreos.com/v1/PodMonitor"])).not.toContain(
       "PodMonitor",
     );
   });

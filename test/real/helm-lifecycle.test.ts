@@ -46,9 +46,17 @@ let controller: ControllerProcess | undefined;
 const ports = { health: 0, webhook: 0 };
 
 /** Values of revision 1: the chart's defaults (in-cluster cache on a volume), with the webhook on. */
+/**
+ * No kubelet runs pods on this control plane, so the pre-delete hook Job (`stowage uninstall`)
+ * would never finish and `helm uninstall` would wait for it; test/real/chart-on-kubelet.test.ts
+ * runs that hook on a real kubelet.
+ */
+const noUninstallHook = { uninstallCleanup: { enabled: false } };
+
 function installValues() {
   return {
     controller: { healthPort: ports.health },
+    agent: noUninstallHook,
     webhook: { enabled: true, port: ports.webhook },
   };
 }
@@ -57,6 +65,7 @@ function installValues() {
 function upgradeValues() {
   return {
     controller: { healthPort: ports.health, logLevel: "debug", insecureRegistries: [upstream.host] },
+    agent: noUninstallHook,
     webhook: { enabled: true, port: ports.webhook },
     cache: { enabled: false, externalUrl: cache.url },
     watchNamespaces: [WATCHED],

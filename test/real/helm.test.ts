@@ -202,6 +202,15 @@ const matrix: Case[] = [
     check(objects) {
       expect(find(objects, "ServiceMonitor", "stowage")).toBeDefined();
       expect(find(objects, "PrometheusRule", "stowage")).toBeDefined();
+      // the agents' PodMonitor needs its own kind served, not only the group version
+      expect(find(objects, "PodMonitor", "stowage-agent")).toBeUndefined();
+    },
+  },
+  {
+    name: "the agents' PodMonitor when the cluster serves monitoring.coreos.com/v1 PodMonitor",
+    apiVersions: ["monitoring.coreos.com/v1", "monitoring.coreos.com/v1/PodMonitor"],
+    check(objects) {
+      expect(find(objects, "PodMonitor", "stowage-agent")).toBeDefined();
     },
   },
   {
