@@ -9,9 +9,9 @@
 import { execFile } from "node:child_process";
 import { chmod, copyFile, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { promisify } from "node:util";
-import type { RunningDocker } from "./docker.ts";
+import { type RunningDocker, runCommand } from "./docker.ts";
 
 const run = promisify(execFile);
 export const REGISTRY_BINARY = "/usr/bin/docker-registry";
@@ -150,4 +150,37 @@ async function buildDistribution(docker: RunningDocker): Promise<string> {
 export async function saveImage(docker: RunningDocker, tag: string, file: string): Promise<void> {
   const result = await docker.docker(["save", "-o", file, tag], 300_000);
   if (result.code !== 0) throw new Error(`docker save ${tag} failed (${result.code}): ${result.err}`);
+}
+
+/** The archives of what the chart runs, ready for `ctr images import` on a kubelet node. */
+export interface ChartImageArchives {
+  stowage: string;
+  registry: string;
+  /** the distribution image's tag, for the chart's cache.image values */
+  registryTag: string;
+}
+
+/**
+ * Builds the Stowage image (scripts/build-image.sh, tagged `stowageTag`) and the distribution
+ * image, and `docker save`s both into `dir`: what the chart-on-kubelet tests import into their
+ * node's containerd.
+ */
+export async function buildChartImageArchives(
+  docker: RunningDocker,
+  dir: string,
+  stowageTag: string,
+): Promise<ChartImageArchives> {
+  const root = resolve(import.meta.dirname, "..");
+  const built = await runCommand("bash", [join(root, "scripts/build-image.sh")], {
+    env: { ...docker.env, STOWAGE_IMAGE_TAG: stowageTag },
+    timeoutMs: 600_000,
+  });
+  if (built.code !== 0)
+    throw new Error(`scripts/build-image.sh exited ${built.code}:\n${built.err.slice(-4000)}`);
+  const registryTag = await buildRegistryImage(docker);
+  const stowage = join(dir, "stowage.tar");
+  const registry = join(dir, "registry.tar");
+  await saveImage(docker, stowageTag, stowage);
+  await saveImage(docker, registryTag, registry);
+  return { stowage, registry, registryTag };
 }

@@ -24,7 +24,7 @@ import { CriClient } from "../../src/agent/cri.ts";
 import { ContainerdPinner } from "../../src/agent/pin.ts";
 import { RegistryClient } from "../../src/oci/registry.ts";
 import { type ControlPlane, startControlPlane } from "../../testkit/controlplane/index.ts";
-import { dockerUnavailableHere, type RunningDocker, runCommand, startDocker } from "../../testkit/docker.ts";
+import { dockerUnavailableHere, startDocker } from "../../testkit/docker.ts";
 import { type FaultProxy, startFaultProxy } from "../../testkit/faultProxy.ts";
 import { helmOk } from "../../testkit/helm.ts";
 import { pushImage } from "../../testkit/images.ts";
@@ -32,7 +32,7 @@ import { kubectl } from "../../testkit/kubectl.ts";
 import { type KubeletNode, startKubeletNode } from "../../testkit/kubeletNode.ts";
 import { freePort } from "../../testkit/ports.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
-import { buildRegistryImage, saveImage } from "../../testkit/registryImage.ts";
+import { buildChartImageArchives, type ChartImageArchives } from "../../testkit/registryImage.ts";
 import { runnableImage } from "../../testkit/runnableImage.ts";
 import { eventually } from "../support/eventually.ts";
 
@@ -62,23 +62,6 @@ let modelDigest: string;
 
 const run = (args: string[]) => kubectl(args, { kubeconfig: plane.kubeconfigPath, dir });
 
-async function buildImages(
-  docker: RunningDocker,
-): Promise<{ stowage: string; registry: string; registryTag: string }> {
-  const built = await runCommand("bash", [join(root, "scripts/build-image.sh")], {
-    env: { ...docker.env, STOWAGE_IMAGE_TAG: STOWAGE_IMAGE },
-    timeoutMs: 600_000,
-  });
-  if (built.code !== 0)
-    throw new Error(`scripts/build-image.sh exited ${built.code}:\n${built.err.slice(-4000)}`);
-  const registryTag = await buildRegistryImage(docker);
-  const stowage = join(dir, "stowage.tar");
-  const registry = join(dir, "registry.tar");
-  await saveImage(docker, STOWAGE_IMAGE, stowage);
-  await saveImage(docker, registryTag, registry);
-  return { stowage, registry, registryTag };
-}
-
 /** The Pods of one chart component, as the API server has them. */
 async function podsOf(component: string): Promise<Json[]> {
   const got = await plane.request(
@@ -92,9 +75,9 @@ describe.runIf(whyNoDocker === undefined)("the chart installed by helm onto a re
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), "chart-on-kubelet-"));
     const docker = await startDocker();
-    let archives: Awaited<ReturnType<typeof buildImages>>;
+    let archives: ChartImageArchives;
     try {
-      archives = await buildImages(docker);
+      archives = await buildChartImageArchives(docker, dir, STOWAGE_IMAGE);
     } finally {
       await docker.dispose();
     }
