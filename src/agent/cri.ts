@@ -82,8 +82,9 @@ type UnaryMethod = (
 ) => grpc.ClientUnaryCall;
 
 // The generated service clients are dynamic: look methods up by name.
-type DynamicClient = grpc.Client & Record<string, UnaryMethod>;
-type ServiceConstructor = new (
+export type DynamicClient = grpc.Client & Record<string, UnaryMethod>;
+/** A service client class grpc.loadPackageDefinition makes from a .proto (CRI's, containerd's). */
+export type ServiceConstructor = new (
   address: string,
   credentials: grpc.ChannelCredentials,
   options?: grpc.ChannelOptions,

@@ -13,7 +13,7 @@
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
-import { criError } from "./cri.ts";
+import { criError, type DynamicClient, type ServiceConstructor } from "./cri.ts";
 
 const PROTO_PATH = fileURLToPath(new URL("./proto/containerd_images.proto", import.meta.url));
 
@@ -31,19 +31,6 @@ export interface ImagePinner {
   isLabelled(name: string): Promise<boolean | undefined>;
   close(): void;
 }
-
-type Callback<R> = (err: grpc.ServiceError | null, response?: R) => void;
-type UnaryMethod = (
-  request: object,
-  metadata: grpc.Metadata,
-  callback: Callback<unknown>,
-) => grpc.ClientUnaryCall;
-type DynamicClient = grpc.Client & Record<string, UnaryMethod>;
-type ServiceConstructor = new (
-  address: string,
-  credentials: grpc.ChannelCredentials,
-  options?: grpc.ChannelOptions,
-) => DynamicClient;
 
 let imagesService: ServiceConstructor | undefined;
 
