@@ -98,13 +98,16 @@ function renderModelImage(mi: ModelImageReport, paint: typeof palette): string {
 }
 
 function cellText(cell: NodeCell): string {
+  // An image the kubelet's garbage collection removed is pulled again: say so, or the operator
+  // sees a node go from present back to pulling with no reason.
+  const evicted = cell.reason === "Evicted" ? " (evicted)" : "";
   switch (cell.state) {
     case "present":
       return "present";
     case "pulling":
-      return cell.percent !== undefined ? `pulling ${cell.percent}%` : "pulling";
+      return `${cell.percent !== undefined ? `pulling ${cell.percent}%` : "pulling"}${evicted}`;
     case "pending":
-      return "pending";
+      return `pending${evicted}`;
     case "removing":
       return "removing";
     case "failed":

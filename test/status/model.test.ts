@@ -90,6 +90,23 @@ describe("status report (pure)", () => {
     expect(text).toMatch(/c\s+pending/);
   });
 
+  it("marks a node pulling or queued again after the kubelet evicted the image", () => {
+    const report = buildReport({
+      takenAt,
+      modelImages: [modelImage()],
+      nodeCaches: [
+        nodeCache("a", "Pulling", { bytes: 420, reason: "Evicted" }),
+        nodeCache("b", "Pending", { reason: "Evicted" }),
+        nodeCache("c", "Pulling", { bytes: 420 }),
+      ],
+      events: [],
+    });
+    const text = renderText(report, { colour: false });
+    expect(text).toMatch(/a\s+pulling 42% \(evicted\)/);
+    expect(text).toMatch(/b\s+pending \(evicted\)/);
+    expect(text).toMatch(/c\s+pulling 42%\n/);
+  });
+
   it("ignores NodeCache entries requested by another ModelImage of the same name in another namespace", () => {
     const other = nodeCache("a", "Present");
     other.spec.images![0].requestedBy = [{ namespace: "ml", name: "vllm" }];
