@@ -35,6 +35,7 @@ describe("Stowage alert rules", () => {
       StowageSyncFailing: "30m",
       StowagePrewarmIncomplete: "1h",
       StowageNodeAgentDown: "5m",
+      StowageNodeImagesEvicted: "15m",
       StowageControllerDown: "5m",
       StowageCacheRegistryDown: "5m",
       StowageCacheFrontDown: "5m",
@@ -48,7 +49,7 @@ describe("Stowage alert rules", () => {
 
   it("pass promtool check rules", async () => {
     const result = await promtool(["check", "rules", rulesPath]);
-    expect(result.output).toContain("SUCCESS: 12 rules found");
+    expect(result.output).toContain("SUCCESS: 13 rules found");
     expect(result.code).toBe(0);
   });
 

@@ -20,6 +20,7 @@ const ALL = [
   "StowageSyncFailing",
   "StowagePrewarmIncomplete",
   "StowageNodeAgentDown",
+  "StowageNodeImagesEvicted",
   "StowageControllerDown",
   "StowageCacheRegistryDown",
   "StowageCacheFrontDown",
@@ -40,17 +41,21 @@ const FRONT = [
 ];
 const GC_ON = { cache: { gc: { enabled: true } } };
 const MONITORING = ["monitoring.coreos.com/v1"];
+/** A cluster that serves the PodMonitor kind too: the agents' own metrics are scraped. */
+const POD_MONITOR = [...MONITORING, "monitoring.coreos.com/v1/PodMonitor"];
+/** Alerts on the agents' own counters: only where the agents' PodMonitor is rendered. */
+const AGENT = ["StowageNodeImagesEvicted"];
 const without = (...names: string[]) => ALL.filter((name) => !names.includes(name));
 
 const cases: { name: string; options: RenderOptions; alerts: string[] }[] = [
   {
     name: "the defaults on a cluster serving the Prometheus operator API",
     options: { apiVersions: MONITORING },
-    alerts: without(...GC),
+    alerts: without(...GC, ...AGENT),
   },
   {
     name: "cache.gc.enabled=true (eviction and the registry's garbage collection)",
-    options: { apiVersions: MONITORING, values: [GC_ON] },
+    options: { apiVersions: POD_MONITOR, values: [GC_ON] },
     alerts: ALL,
   },
   {
@@ -59,7 +64,7 @@ const cases: { name: string; options: RenderOptions; alerts: string[] }[] = [
       apiVersions: MONITORING,
       values: [{ cache: { front: { enabled: false }, gc: { enabled: true } } }],
     },
-    alerts: without(...FRONT),
+    alerts: without(...FRONT, ...AGENT),
   },
   {
     name: "ci/gitops-values.yaml (forced, external cache), default thresholds",
@@ -67,7 +72,7 @@ const cases: { name: string; options: RenderOptions; alerts: string[] }[] = [
       files: [join(chartDir, "ci/gitops-values.yaml")],
       values: [{ prometheusRule: { syncLagThresholdSeconds: 3600 } }],
     },
-    alerts: without("StowageCacheRegistryDown", ...FRONT, ...GC),
+    alerts: without("StowageCacheRegistryDown", ...FRONT, ...GC, ...AGENT),
   },
   {
     name: "cache.enabled=false (an external registry)",
@@ -77,27 +82,48 @@ const cases: { name: string; options: RenderOptions; alerts: string[] }[] = [
         { cache: { enabled: false, externalUrl: "https://registry.internal:5000", gc: { enabled: true } } },
       ],
     },
-    alerts: without("StowageCacheRegistryDown", ...FRONT, ...GC),
+    alerts: without("StowageCacheRegistryDown", ...FRONT, ...GC, ...AGENT),
   },
   {
     name: "cache.metricsPort=0 (no registry metrics)",
     options: { apiVersions: MONITORING, values: [{ cache: { metricsPort: 0 } }] },
-    alerts: without("StowageCacheRegistryDown", ...GC),
+    alerts: without("StowageCacheRegistryDown", ...GC, ...AGENT),
   },
   {
     name: "metrics.service.enabled=false (no controller metrics Service)",
     options: { apiVersions: MONITORING, values: [{ metrics: { service: { enabled: false } } }] },
-    alerts: without("StowageControllerDown", ...GC),
+    alerts: without("StowageControllerDown", ...GC, ...AGENT),
   },
   {
     name: "metrics.serviceMonitor.enabled=false (nothing scraped by the chart)",
     options: { apiVersions: MONITORING, values: [{ metrics: { serviceMonitor: { enabled: false } } }] },
-    alerts: without("StowageControllerDown", "StowageCacheRegistryDown", "StowageCacheFrontDown", ...GC),
+    alerts: without(
+      "StowageControllerDown",
+      "StowageCacheRegistryDown",
+      "StowageCacheFrontDown",
+      ...GC,
+      ...AGENT,
+    ),
   },
   {
     name: "agent.enabled=false (no node agents)",
     options: { apiVersions: MONITORING, values: [{ agent: { enabled: false } }] },
-    alerts: without("StowageNodeAgentDown", "StowagePrewarmIncomplete", ...GC),
+    alerts: without("StowageNodeAgentDown", "StowagePrewarmIncomplete", ...GC, ...AGENT),
+  },
+  {
+    name: "agent.enabled=false on a cluster serving PodMonitor (no agents to scrape)",
+    options: { apiVersions: POD_MONITOR, values: [{ agent: { enabled: false } }] },
+    alerts: without("StowageNodeAgentDown", "StowagePrewarmIncomplete", ...GC, ...AGENT),
+  },
+  {
+    name: "agent.podMonitor.enabled=false on a cluster serving PodMonitor",
+    options: { apiVersions: POD_MONITOR, values: [{ agent: { podMonitor: { enabled: false } } }] },
+    alerts: without(...GC, ...AGENT),
+  },
+  {
+    name: "the defaults on a cluster serving PodMonitor (the agents are scraped)",
+    options: { apiVersions: POD_MONITOR },
+    alerts: without(...GC),
   },
 ];
 

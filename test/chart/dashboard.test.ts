@@ -99,6 +99,14 @@ describe("Grafana dashboard", () => {
     ).toBe(true);
   });
 
+  it("shows per node the pre-warmed images something other than the agent evicted, and which are pinned", () => {
+    for (const metric of ["stowage_agent_images_evicted_total", "stowage_agent_images_pinned"])
+      expect(
+        queries.some((q) => q.expr.includes(metric) && /by \(node/.test(q.expr)),
+        metric,
+      ).toBe(true);
+  });
+
   it("is shipped in a ConfigMap the Grafana sidecar picks up", () => {
     const template = readFileSync(join(root, "charts/stowage/templates/dashboard-configmap.yaml"), "utf8");
     expect(template).toContain('.Files.Get "files/dashboards/stowage.json"');
