@@ -10,9 +10,16 @@ import type { ServerResponse } from "node:http";
 /** Bytes per read and write: much below 1 MiB the per-call costs dominate; far above, caches miss. */
 export const SEND_CHUNK_BYTES = 1024 * 1024;
 
+/**
+ * Bytes per read and write for a caller tailing a spool: it mostly goes at the upstream fetch's
+ * pace (a few hundred MB/s, not the hit path's GB/s), and eight callers of one cold blob held
+ * 16 MiB of send buffers at 1 MiB against 4 MiB at this size (bench:cache's peak RSS).
+ */
+export const TAIL_CHUNK_BYTES = 256 * 1024;
+
 /** A pair of buffers owned by one response. */
-export function sendBuffers(): Buffer[] {
-  return [Buffer.allocUnsafeSlow(SEND_CHUNK_BYTES), Buffer.allocUnsafeSlow(SEND_CHUNK_BYTES)];
+export function sendBuffers(size = SEND_CHUNK_BYTES): Buffer[] {
+  return [Buffer.allocUnsafeSlow(size), Buffer.allocUnsafeSlow(size)];
 }
 
 /**

@@ -19,7 +19,7 @@ import { type CacheTarget, isDigestReference, parseCachePath } from "./layout.ts
 import type { Manifests } from "./manifests.ts";
 import type { PullLog } from "./pulls.ts";
 import { ociErrorOf, sendError, sendUnauthorized } from "./respond.ts";
-import { fileChunks, sendBuffers, sendChunks } from "./send.ts";
+import { fileChunks, sendBuffers, sendChunks, TAIL_CHUNK_BYTES } from "./send.ts";
 import type { RawResponse, Storage } from "./storage.ts";
 import type { TagResolver } from "./tags.ts";
 import { callerCredentials } from "./upstreamAuth.ts";
@@ -276,7 +276,11 @@ export class Front {
     res.writeHead(200, { ...blobHeaders, "content-length": String(size) });
     metrics.singleFlightWaiters.inc();
     try {
-      const chunks = spool.tail(0, size, { holdLast: true, signal: abort.signal, buffers: sendBuffers() });
+      const chunks = spool.tail(0, size, {
+        holdLast: true,
+        signal: abort.signal,
+        buffers: sendBuffers(TAIL_CHUNK_BYTES),
+      });
       await sendChunks(res, chunks, (bytes) => metrics.bytesServed.inc({ source: "upstream" }, bytes));
       if (res.destroyed) return;
       res.end();

@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BlobFlights } from "../../src/cache/flights.ts";
 import type { CacheTarget } from "../../src/cache/layout.ts";
@@ -60,6 +61,60 @@ describe("stowage cache: single flight", () => {
     await eventually(
       "the spool file removed once everyone is done",
       async () => (await readdir(rig.spoolDir)).filter((name) => name.endsWith(".part")).length === 0,
+      10_000,
+      50,
+    );
+  });
+});
+
+describe("stowage cache: callers of one flight at their own pace", () => {
+  it("serves the others to the end while one caller stops reading and another disconnects mid-blob", async () => {
+    const pushed = await pushSinglePlatformImage(
+      client,
+      { registry: rig.upstream.host, repository: "acme/uneven" },
+      "v1",
+      { layerSizes: [12 * 1024 * 1024] },
+    );
+    const layer = pushed.image.layers[0].descriptor;
+    // A slow upstream, so every caller joins while the blob is still arriving.
+    rig.proxy.addRule({
+      match: { method: "GET", path: /\/blobs\// },
+      action: { kind: "throttle", bytesPerSecond: 4 * 1024 * 1024, latencyMs: 0 },
+      times: Number.POSITIVE_INFINITY,
+    });
+    const upstreamBefore = await metricValue(rig.front, "stowage_cache_upstream_bytes_total");
+    const url = `${rig.front.url}${rig.prefix("acme/uneven")}/blobs/${layer.digest}`;
+    // One caller reads its first bytes, then nothing more until the others are done (its socket
+    // buffers fill up and its writes wait).
+    const stalled = await request(url);
+    const stalledReader = stalled.body[Symbol.asyncIterator]();
+    const stalledChunks: Buffer[] = [(await stalledReader.next()).value as Buffer];
+    // Another reads its first bytes and goes away.
+    const quitter = new AbortController();
+    const gone = await request(url, { signal: quitter.signal });
+    await gone.body[Symbol.asyncIterator]().next();
+    quitter.abort();
+    const path = `${rig.prefix("acme/uneven")}/blobs/${layer.digest}`;
+    const results = await Promise.all(Array.from({ length: 3 }, () => fetchFrom(rig.front.url, path)));
+    for (const result of results) {
+      expect(result.status).toBe(200);
+      expect(result.complete).toBe(true);
+      expect(`sha256:${createHash("sha256").update(result.body).digest("hex")}`).toBe(layer.digest);
+    }
+    // The stalled caller, reading again, gets exactly the digest's bytes, from where it stopped.
+    for (let next = await stalledReader.next(); !next.done; next = await stalledReader.next())
+      stalledChunks.push(next.value as Buffer);
+    const stalledBody = Buffer.concat(stalledChunks);
+    expect(stalledBody.length).toBe(layer.size);
+    expect(`sha256:${createHash("sha256").update(stalledBody).digest("hex")}`).toBe(layer.digest);
+    // All five were one read of the upstream.
+    expect((await metricValue(rig.front, "stowage_cache_upstream_bytes_total")) - upstreamBefore).toBe(
+      layer.size,
+    );
+    rig.proxy.clearRules();
+    await eventually(
+      "no caller left waiting on a flight",
+      async () => (await metricValue(rig.front, "stowage_cache_singleflight_waiters")) === 0,
       10_000,
       50,
     );
