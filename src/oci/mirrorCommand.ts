@@ -8,7 +8,7 @@ import { parseDuration } from "../util/duration.ts";
 import { asStowageError, StowageError } from "../util/errors.ts";
 import type { Logger } from "../util/log.ts";
 import { defaultBlobIndexPath } from "./blobIndex.ts";
-import type { CopyOptions } from "./copy.ts";
+import type { CopyOptions, CopyResult } from "./copy.ts";
 import { parsePlatformList } from "./platforms.ts";
 import { createProgressReporter, formatBytes } from "./progress.ts";
 import type { RangedDownloadOptions } from "./rangedDownload.ts";
@@ -334,14 +334,7 @@ async function executeMirror(
   output: Output,
   signal: AbortSignal,
 ): Promise<number> {
-  const [{ createLogger }, { Copier }, { RegistryClient }, { SqliteBlobIndex }] = await Promise.all([
-    import("../util/log.ts"),
-    import("./copy.ts"),
-    import("./registry.ts"),
-    import("./blobIndex.ts"),
-  ]);
   const level = process.env.STOWAGE_LOG_LEVEL ?? (invocation.quiet ? "error" : "warn");
-  const logger = deferredLogger(level, () => createLogger({ level }));
   const progress = createProgressReporter({
     stream: output.stderr,
     tty: output.tty,
@@ -351,8 +344,23 @@ async function executeMirror(
   let client: RegistryClient | undefined;
   let blobIndex: import("./blobIndex.ts").BlobIndex | undefined;
   try {
+    const credentials = await credentialLookup(invocation);
+    const noop = await upToDateAnswer(invocation, level, credentials, signal);
+    if (noop) {
+      for (const event of noop.events) progress.onProgress(event);
+      progress.finish();
+      report(noop.result, invocation, output);
+      return 0;
+    }
+    const [{ createLogger }, { Copier }, { RegistryClient }, { SqliteBlobIndex }] = await Promise.all([
+      import("../util/log.ts"),
+      import("./copy.ts"),
+      import("./registry.ts"),
+      import("./blobIndex.ts"),
+    ]);
+    const logger = deferredLogger(level, () => createLogger({ level }));
     client = new RegistryClient({
-      credentials: await credentialLookup(invocation),
+      credentials,
       insecureHosts: invocation.insecureHosts,
       caPem: invocation.caPem.length > 0 ? invocation.caPem : undefined,
       userAgent: "stowage-mirror",
@@ -387,16 +395,7 @@ async function executeMirror(
       }
     }
     progress.finish();
-    if (invocation.json) {
-      output.stdout(`${JSON.stringify(result)}\n`);
-    } else if (!invocation.quiet) {
-      output.stdout(
-        `mirrored ${result.source} -> ${result.target} ${result.targetDigest} ` +
-          `(${formatBytes(result.bytes.transferred)} transferred, ${formatBytes(result.bytes.mounted)} mounted, ` +
-          `${formatBytes(result.bytes.skipped)} skipped, ${result.platforms.join(",") || "no platform"}) ` +
-          `in ${(result.durationMs / 1000).toFixed(2)}s\n`,
-      );
-    }
+    report(result, invocation, output);
     return 0;
   } catch (err) {
     progress.finish();
@@ -406,5 +405,52 @@ async function executeMirror(
   } finally {
     blobIndex?.close();
     await client?.close().catch(() => undefined);
+  }
+}
+
+function report(result: CopyResult, invocation: MirrorInvocation, output: Output): void {
+  if (invocation.json) {
+    output.stdout(`${JSON.stringify(result)}\n`);
+  } else if (!invocation.quiet) {
+    output.stdout(
+      `mirrored ${result.source} -> ${result.target} ${result.targetDigest} ` +
+        `(${formatBytes(result.bytes.transferred)} transferred, ${formatBytes(result.bytes.mounted)} mounted, ` +
+        `${formatBytes(result.bytes.skipped)} skipped, ${result.platforms.join(",") || "no platform"}) ` +
+        `in ${(result.durationMs / 1000).toFixed(2)}s\n`,
+    );
+  }
+}
+
+/**
+ * An unchanged target answered by headCheck.ts on node:http(s), without undici (whose client
+ * loads node:http2) or the copy engine; undefined hands over to the full path, which then
+ * answers as it always did (a difference, any error or odd response, a proxy). Runs only where
+ * the full path would print nothing more: not for --referrers or --verify, a platform filter,
+ * or a log level that shows the copy's info line.
+ */
+async function upToDateAnswer(
+  invocation: MirrorInvocation,
+  level: string,
+  credentials: CredentialLookup,
+  signal: AbortSignal,
+) {
+  const { options } = invocation;
+  const filtered = !options.allPlatforms && options.platforms !== undefined && options.platforms.length > 0;
+  if (options.referrers || invocation.verify || filtered) return undefined;
+  if (["trace", "debug", "info"].includes(level)) return undefined;
+  const { checkUpToDate } = await import("./headCheck.ts");
+  try {
+    return await checkUpToDate({
+      source: invocation.source,
+      target: invocation.target,
+      credentials,
+      insecureHosts: invocation.insecureHosts,
+      caPem: invocation.caPem,
+      requestTimeoutMs: invocation.requestTimeoutMs,
+      signal,
+    });
+  } catch {
+    // HandOver, or anything else this check did not expect: the full path gives the answer.
+    return undefined;
   }
 }

@@ -1,9 +1,11 @@
 /**
- * Issue 14: an unchanged `stowage mirror` re-run answers from the plan's requests and loads
- * nothing that path does not need (no worker thread, no SQLite, no pino, no more of undici than
- * its Agent and request API), against real distribution registries. What a run loaded is read
- * at its exit by a preloaded probe (CommonJS files from require.cache, Node built-ins from
- * process.moduleLoadList); timings are bench/mirror.ts's.
+ * Issue 14: an unchanged `stowage mirror` re-run is answered by src/oci/headCheck.ts on
+ * node:http(s) and loads nothing else (no undici, so no node:http2; no worker thread, SQLite or
+ * pino), against real distribution registries (plain, token auth, htpasswd over TLS). Anything
+ * that is not up to date, or any odd answer, is handed to the full path, which answers exactly
+ * as a run that never tried the light check (forced here by STOWAGE_LOG_LEVEL=info). What a
+ * run loaded is read at its exit by a preloaded probe (CommonJS files from require.cache, Node
+ * built-ins from process.moduleLoadList); timings are bench/mirror.ts's.
  */
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -13,19 +15,32 @@ import type { CopyResult } from "../../src/oci/copy.ts";
 import { deferredLogger } from "../../src/oci/mirrorCommand.ts";
 import { RegistryClient } from "../../src/oci/registry.ts";
 import { createLogger } from "../../src/util/log.ts";
-import { pushSharedBaseImages, pushSinglePlatformImage } from "../../testkit/images.ts";
+import { type FaultProxy, startFaultProxy } from "../../testkit/faultProxy.ts";
+import { pushMultiArchIndex, pushSharedBaseImages, pushSinglePlatformImage } from "../../testkit/images.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
 import { stowage } from "../support/run.ts";
 
 let source: RunningRegistry;
 let target: RunningRegistry;
+/** Token auth (Bearer challenge, a token issuer) on plain HTTP. */
+let tokenSource: RunningRegistry;
+/** htpasswd (Basic challenge) over TLS with its own CA. */
+let basicTarget: RunningRegistry;
 let dir: string;
 let probe: string;
+let caFile: string;
 
 beforeAll(async () => {
-  [source, target] = await Promise.all([startRegistry(), startRegistry()]);
+  [source, target, tokenSource, basicTarget] = await Promise.all([
+    startRegistry(),
+    startRegistry(),
+    startRegistry({ auth: "token" }),
+    startRegistry({ auth: "htpasswd", tls: true }),
+  ]);
   dir = await mkdtemp(join(tmpdir(), "stowage-noop-"));
   probe = join(dir, "probe.cjs");
+  caFile = join(dir, "ca.pem");
+  await writeFile(caFile, basicTarget.caPem ?? "");
   await writeFile(
     probe,
     `const { writeFileSync } = require("node:fs");
@@ -39,62 +54,213 @@ process.on("exit", () => {
 `,
   );
   const client = new RegistryClient({ insecureHosts: [source.host] });
+  const [user] = tokenSource.users;
+  const tokenClient = new RegistryClient({ insecureHosts: [tokenSource.host], credentials: () => user });
   try {
     await pushSinglePlatformImage(client, { registry: source.host, repository: "noop/app" }, "v1");
+    await pushMultiArchIndex(tokenClient, { registry: tokenSource.host, repository: "noop/multi" }, "v1");
   } finally {
-    await client.close();
+    await Promise.all([client.close(), tokenClient.close()]);
   }
 });
 
 afterAll(async () => {
-  await Promise.all([source?.stop(), target?.stop()]);
+  await Promise.all([source?.stop(), target?.stop(), tokenSource?.stop(), basicTarget?.stop()]);
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-async function mirrorProbed(name: string, env: Record<string, string> = {}, repository = "noop/app") {
-  const out = join(dir, `${name}.json`);
+interface Loaded {
+  files: string[];
+  builtins: string[];
+}
+
+let runs = 0;
+
+/** One `stowage mirror --json` run with the probe; `args` go before SRC and DST. */
+async function probed(args: string[], src: string, dst: string, env: Record<string, string> = {}) {
+  const out = join(dir, `run-${runs++}.json`);
   const run = await stowage(
-    [
-      "mirror",
-      "--json",
-      "--blob-index",
-      join(dir, "index.sqlite"),
-      "--insecure-registry",
-      source.host,
-      "--insecure-registry",
-      target.host,
-      `${source.host}/${repository}:v1`,
-      `${target.host}/${repository}:v1`,
-    ],
+    ["mirror", "--json", "--blob-index", join(dir, "index.sqlite"), ...args, src, dst],
     { NODE_OPTIONS: `--require ${probe}`, PROBE_OUT: out, ...env },
   );
-  expect(run.code, run.stderr).toBe(0);
+  const loaded = JSON.parse(await readFile(out, "utf8")) as Loaded;
+  return { ...run, loaded };
+}
+
+async function mirrorProbed(name: string, env: Record<string, string> = {}, repository = "noop/app") {
+  const run = await probed(
+    ["--insecure-registry", source.host, "--insecure-registry", target.host],
+    `${source.host}/${repository}:v1`,
+    `${target.host}/${repository}:v1`,
+    env,
+  );
+  expect(run.code, `${name}: ${run.stderr}`).toBe(0);
   if (!env.STOWAGE_LOG_LEVEL) expect(run.stderr).toBe("");
-  const loaded = JSON.parse(await readFile(out, "utf8")) as { files: string[]; builtins: string[] };
-  return { result: JSON.parse(run.stdout) as CopyResult, loaded };
+  return { result: JSON.parse(run.stdout) as CopyResult, loaded: run.loaded };
 }
 
 const loadsPino = (files: string[]) => files.some((f) => f.includes("/node_modules/pino/"));
+const loadsUndici = (loaded: Loaded) => loaded.files.some((f) => f.includes("/node_modules/undici/"));
+const withoutDuration = (stdout: string) => {
+  const { durationMs: _, ...rest } = JSON.parse(stdout) as CopyResult;
+  return rest;
+};
+/** The `stowage: Reason: message` line (a forced full run's stderr also has pino's lines). */
+const errorLine = (stderr: string) => stderr.split("\n").find((line) => line.startsWith("stowage: "));
+
+/**
+ * Runs the mirror twice: as is (light check first) and with the light check off (info logging
+ * makes the full path answer, as it did before the light check existed). Both must agree.
+ */
+async function bothWays(args: string[], src: string, dst: string) {
+  const light = await probed(args, src, dst);
+  const full = await probed(args, src, dst, { STOWAGE_LOG_LEVEL: "info" });
+  expect(loadsUndici(full.loaded)).toBe(true);
+  expect(light.code, light.stderr).toBe(full.code);
+  if (full.code === 0) expect(withoutDuration(light.stdout)).toEqual(withoutDuration(full.stdout));
+  else expect(errorLine(light.stderr)).toBe(errorLine(full.stderr));
+  return { light, full };
+}
 
 describe("an unchanged stowage mirror re-run", () => {
-  it("answers without a worker thread, SQLite or pino, where the copy before it loaded SQLite and pino", async () => {
+  it("answers without undici, node:http2, a worker thread, SQLite or pino, where the copy before it loaded them", async () => {
     // The copy, logging at info: the probe sees pino and SQLite loaded.
     const copy = await mirrorProbed("copy", { STOWAGE_LOG_LEVEL: "info" });
     expect(copy.result.bytes.transferred).toBeGreaterThan(0);
     expect(loadsPino(copy.loaded.files)).toBe(true);
     expect(copy.loaded.builtins).toContain("sqlite");
+    expect(loadsUndici(copy.loaded)).toBe(true);
 
     const noop = await mirrorProbed("noop");
     expect(noop.result.bytes.transferred).toBe(0);
     expect(noop.result.manifests.pushed).toBe(0);
     expect(noop.result.targetDigest).toBe(copy.result.targetDigest);
+    expect(noop.result.bytes.skipped).toBe(copy.result.bytes.transferred);
     expect(loadsPino(noop.loaded.files)).toBe(false);
+    expect(loadsUndici(noop.loaded)).toBe(false);
+    expect(noop.loaded.builtins).not.toContain("http2");
+    // Plain-HTTP registries: not even TLS.
+    expect(noop.loaded.builtins).not.toContain("tls");
     expect(noop.loaded.builtins).not.toContain("sqlite");
     expect(noop.loaded.builtins).not.toContain("worker_threads");
-    // undici is loaded part by part (transport.ts): none of its fetch, WebSocket or mock files.
-    const undici = noop.loaded.files.filter((f) => f.includes("/node_modules/undici/"));
-    expect(undici.length).toBeGreaterThan(0);
-    expect(undici.filter((f) => /\/lib\/(web|mock)\//.test(f))).toEqual([]);
+  });
+
+  it("answers a multi-platform index from a token-auth source to an htpasswd TLS target as the full path does, without undici", async () => {
+    const [tokenUser] = tokenSource.users;
+    const [basicUser] = basicTarget.users;
+    const args = [
+      "--insecure-registry",
+      tokenSource.host,
+      "--src-creds",
+      `${tokenUser.username}:${tokenUser.password}`,
+      "--dest-creds",
+      `${basicUser.username}:${basicUser.password}`,
+      "--ca-file",
+      caFile,
+    ];
+    const src = `${tokenSource.host}/noop/multi:v1`;
+    const dst = `${basicTarget.host}/noop/multi:v1`;
+    const copy = await probed(args, src, dst);
+    expect(copy.code, copy.stderr).toBe(0);
+    expect((JSON.parse(copy.stdout) as CopyResult).bytes.transferred).toBeGreaterThan(0);
+
+    const { light } = await bothWays(args, src, dst);
+    const result = JSON.parse(light.stdout) as CopyResult;
+    expect(result.bytes.transferred).toBe(0);
+    expect(result.platforms.length).toBeGreaterThan(1);
+    expect(loadsUndici(light.loaded)).toBe(false);
+    expect(light.loaded.builtins).not.toContain("http2");
+  });
+});
+
+describe("a re-run the light check cannot answer goes to the full path", () => {
+  const plain = () => ["--insecure-registry", source.host, "--insecure-registry", target.host];
+
+  it("copies a tag changed upstream", async () => {
+    const src = `${source.host}/noop/changing:v1`;
+    const dst = `${target.host}/noop/changing:v1`;
+    const client = new RegistryClient({ insecureHosts: [source.host] });
+    try {
+      const repo = { registry: source.host, repository: "noop/changing" };
+      await pushSinglePlatformImage(client, repo, "v1", { seed: "first" });
+      expect((await probed(plain(), src, dst)).code).toBe(0);
+      const changed = await pushSinglePlatformImage(client, repo, "v1", { seed: "second" });
+      const run = await probed(plain(), src, dst);
+      expect(run.code, run.stderr).toBe(0);
+      const result = JSON.parse(run.stdout) as CopyResult;
+      expect(result.targetDigest).toBe(changed.digest);
+      expect(result.bytes.transferred).toBeGreaterThan(0);
+      expect(loadsUndici(run.loaded)).toBe(true);
+    } finally {
+      await client.close();
+    }
+  });
+
+  it("gives the full path's answer when the target lost the image's config blob", async () => {
+    const src = `${source.host}/noop/lost:v1`;
+    const dst = `${target.host}/noop/lost:v1`;
+    const client = new RegistryClient({ insecureHosts: [source.host, target.host] });
+    try {
+      const pushed = await pushSinglePlatformImage(
+        client,
+        { registry: source.host, repository: "noop/lost" },
+        "v1",
+        {
+          seed: "lost",
+        },
+      );
+      expect((await probed(plain(), src, dst)).code).toBe(0);
+      const config = pushed.image.config.descriptor.digest;
+      expect(await client.deleteBlob({ registry: target.host, repository: "noop/lost" }, config)).toBe(true);
+    } finally {
+      await client.close();
+    }
+    const { light } = await bothWays(plain(), src, dst);
+    expect(loadsUndici(light.loaded)).toBe(true);
+  });
+
+  it("fails as the full path does for wrong destination credentials (a 401)", async () => {
+    const [tokenUser] = tokenSource.users;
+    const args = [
+      "--insecure-registry",
+      tokenSource.host,
+      "--src-creds",
+      `${tokenUser.username}:${tokenUser.password}`,
+      "--dest-creds",
+      "stowage:wrong",
+      "--ca-file",
+      caFile,
+    ];
+    const { light } = await bothWays(
+      args,
+      `${tokenSource.host}/noop/multi:v1`,
+      `${basicTarget.host}/noop/multi:v1`,
+    );
+    expect(light.code).toBe(1);
+    expect(errorLine(light.stderr)).toMatch(/^stowage: AuthFailed: /);
+    expect(loadsUndici(light.loaded)).toBe(true);
+  });
+
+  describe("behind a proxy that redirects", () => {
+    let front: FaultProxy;
+    beforeAll(async () => {
+      front = await startFaultProxy(target.url);
+    });
+    afterAll(async () => {
+      await front?.stop();
+    });
+
+    it("answers as the full path does when the target's manifest HEAD is redirected", async () => {
+      front.addRule({
+        match: { method: "HEAD", path: /\/manifests\// },
+        times: Number.POSITIVE_INFINITY,
+        action: { kind: "redirect", to: target.url },
+      });
+      const args = ["--insecure-registry", source.host, "--insecure-registry", front.host];
+      const { light } = await bothWays(args, `${source.host}/noop/app:v1`, `${front.host}/noop/app:v1`);
+      expect(loadsUndici(light.loaded)).toBe(true);
+      expect(front.seen().filter((r) => r.fault === "redirect").length).toBeGreaterThanOrEqual(2);
+    });
   });
 });
 
