@@ -62,6 +62,30 @@ export interface NodeCacheImage {
   /** Higher first. */
   priority?: number;
   requestedBy?: ImageRequester[];
+  /**
+   * The fan-out plan for this image's blobs (docs/fanout.md, src/controller/fanout/toSpec.ts): one
+   * entry per piece, in offset order per digest. Blobs without entries come from the cache as today.
+   */
+  fanout?: FanoutPiece[];
+}
+
+/** The source name for "read this piece from the cache registry"; any other value is a node name. */
+export const FANOUT_CACHE_SOURCE = "cache";
+
+export interface FanoutPiece {
+  digest: string;
+  offset: number;
+  length: number;
+  /** `cache`, or the node to read the piece from (its endpoint is in spec.peers). */
+  source: string;
+  /** Depth in the digest's tree: 1 = fed by the cache or by a node that already holds it. */
+  wave: number;
+}
+
+/** A peer's fan-out endpoint: the node's IP and its agent's peer port, `http://10.0.0.7:5007`. */
+export interface FanoutPeer {
+  node: string;
+  endpoint: string;
 }
 
 export interface NodeCacheSpec {
@@ -76,6 +100,13 @@ export interface NodeCacheSpec {
    * to the cache front in CRI PullImage auth so private images are served to this node.
    */
   pullToken?: NodePullToken;
+  /** Endpoints of the nodes that `images[].fanout` names as sources. */
+  peers?: FanoutPeer[];
+  /**
+   * A peer token (`stwp1`, src/agent/peer/token.ts) naming this node as the receiver and the digests
+   * its fanout entries assign to peers; the agent presents it to those peers. Same shape as pullToken.
+   */
+  peerToken?: NodePullToken;
 }
 
 export interface NodePullToken {
@@ -97,6 +128,22 @@ export interface NodeImageStatus {
   ownedByAgent?: boolean;
   /** Present and pinned by the runtime: kept from the kubelet's image GC (containerd 1.7+). */
   pinned?: boolean;
+  /** Bytes of this image's fanned-out blobs by the source that served them (`cache` or a node). */
+  sources?: FanoutSourceBytes[];
+}
+
+export interface FanoutSourceBytes {
+  source: string;
+  bytes: number;
+}
+
+/** A peer this node's mirror stopped reading from; the planner treats it as unavailable here. */
+export interface PeerFailure {
+  node: string;
+  /** Failed: the request failed or the bytes did not verify; Stalled: no byte within the stall timeout. */
+  reason: "Failed" | "Stalled";
+  /** RFC 3339. */
+  since: string;
 }
 
 export interface ImageFsStatus {
@@ -122,6 +169,7 @@ export interface NodeCacheStatus {
   /** DISK USED column: `12.3 GiB / 100 GiB`. */
   diskUsed?: string;
   images?: NodeImageStatus[];
+  peerFailures?: PeerFailure[];
   conditions?: Condition[];
 }
 

@@ -34,9 +34,15 @@ const completeSpec: Complete<NodeCacheSpec> = {
       sizeBytes: 123,
       priority: 0,
       requestedBy: [{ namespace: "ml", name: "llama3-serve", variant: "cuda" }],
+      fanout: [
+        { digest, offset: 0, length: 64, source: "cache", wave: 1 },
+        { digest, offset: 64, length: 59, source: "gpu-node-2", wave: 2 },
+      ],
     },
   ],
   pullToken: { token: "stwn1.e30.c2ln", expiresAt: "2026-11-26T21:00:00Z" },
+  peers: [{ node: "gpu-node-2", endpoint: "http://10.0.0.7:5007" }],
+  peerToken: { token: "stwp1.e30.c2ln", expiresAt: "2026-11-26T21:00:00Z" },
 };
 
 const completeStatus: Complete<NodeCacheStatus> = {
@@ -58,8 +64,13 @@ const completeStatus: Complete<NodeCacheStatus> = {
       finishedAt: "2026-11-26T20:00:00Z",
       ownedByAgent: true,
       pinned: false,
+      sources: [
+        { source: "cache", bytes: 64 },
+        { source: "gpu-node-2", bytes: 59 },
+      ],
     },
   ],
+  peerFailures: [{ node: "gpu-node-3", reason: "Stalled", since: "2026-11-26T19:59:50Z" }],
   conditions: [
     {
       type: "Ready",
