@@ -61,6 +61,16 @@ Flags:
   --retry-max DURATION           longest delay between pull retries (default 5m)
   --health-port N                serve /healthz, /readyz, /metrics (default 8081; 0 picks one)
   --health-bind-address IP       address the health server listens on (default 0.0.0.0)
+  --fanout-mode MODE             planned: serve peers and be the node's mirror (docs/fanout.md); external:
+                                 put --fanout-external-mirror before the cache in hosts.toml; off (default)
+  --fanout-external-mirror URL   the node mirror of an external peer layer (Spegel, dfdaemon), external mode
+  --fanout-secret-file FILE      the fan-out secret peer tokens are signed with (planned mode; 16+ bytes)
+  --fanout-bind-address IP       address the peer endpoint listens on (default 0.0.0.0)
+  --fanout-peer-port N           peer endpoint port (default 5007)
+  --fanout-mirror-port N         the node mirror's port on 127.0.0.1 (default 5008)
+  --fanout-serving-rate BYTES    bytes/s served to peers over all requests (default 0: unlimited)
+  --fanout-serving-concurrency N peer requests served at once (default 3)
+  --fanout-stall-timeout DURATION a peer with no byte for this long is dropped for the cache (default 2s)
   --log-level LEVEL              trace, debug, info, warn, error (default info)
   -h, --help                     show this help
 
@@ -87,6 +97,15 @@ export const agentOptions = {
   "retry-max": { type: "string" },
   "health-port": { type: "string" },
   "health-bind-address": { type: "string" },
+  "fanout-mode": { type: "string" },
+  "fanout-external-mirror": { type: "string" },
+  "fanout-secret-file": { type: "string" },
+  "fanout-bind-address": { type: "string" },
+  "fanout-peer-port": { type: "string" },
+  "fanout-mirror-port": { type: "string" },
+  "fanout-serving-rate": { type: "string" },
+  "fanout-serving-concurrency": { type: "string" },
+  "fanout-stall-timeout": { type: "string" },
   "log-level": { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
@@ -101,6 +120,68 @@ export interface AgentInvocation {
   healthPort: number;
   healthBindAddress: string;
   logLevel: string;
+  fanout: FanoutFlags;
+}
+
+/** Issue 15's node side; src/agent/peer/ is loaded only when the mode is not off. */
+export interface FanoutFlags {
+  mode: "planned" | "external" | "off";
+  secretFile?: string;
+  bindAddress: string;
+  peerPort: number;
+  mirrorPort: number;
+  servingBytesPerSecond: number;
+  servingConcurrency: number;
+  stallTimeoutMs: number;
+}
+
+function fanoutFlags(get: (flag: keyof typeof agentOptions) => string | undefined): {
+  flags: FanoutFlags;
+  mirror: AgentConfig["fanoutMirror"];
+} {
+  const mode = get("fanout-mode") ?? "off";
+  if (mode !== "planned" && mode !== "external" && mode !== "off")
+    throw new UsageError(`--fanout-mode must be planned, external or off, got "${mode}"`);
+  const external = get("fanout-external-mirror");
+  if (mode === "external" && !external)
+    throw new UsageError(
+      "--fanout-mode external needs --fanout-external-mirror (the Spegel or dfdaemon URL)",
+    );
+  if (external !== undefined && !/^https?:\/\/[^/?#]+\/?$/.test(external))
+    throw new UsageError(
+      `--fanout-external-mirror must be an http(s):// URL with no path, got "${external}"`,
+    );
+  if (mode === "planned" && !get("fanout-secret-file"))
+    throw new UsageError("--fanout-mode planned needs --fanout-secret-file");
+  const flags: FanoutFlags = {
+    mode,
+    secretFile: get("fanout-secret-file"),
+    bindAddress: bindAddressFlag(get("fanout-bind-address"), "fanout-bind-address", "0.0.0.0"),
+    peerPort: integerFlag(get("fanout-peer-port"), "fanout-peer-port", 5007, 0, 65535),
+    mirrorPort: integerFlag(get("fanout-mirror-port"), "fanout-mirror-port", 5008, 1, 65535),
+    servingBytesPerSecond: integerFlag(
+      get("fanout-serving-rate"),
+      "fanout-serving-rate",
+      0,
+      0,
+      Number.MAX_SAFE_INTEGER,
+    ),
+    servingConcurrency: integerFlag(
+      get("fanout-serving-concurrency"),
+      "fanout-serving-concurrency",
+      3,
+      1,
+      1024,
+    ),
+    stallTimeoutMs: durationFlag(get("fanout-stall-timeout"), "fanout-stall-timeout", 2000),
+  };
+  const mirror =
+    mode === "planned"
+      ? { localMirror: { port: flags.mirrorPort } }
+      : mode === "external"
+        ? { externalMirror: external }
+        : undefined;
+  return { flags, mirror };
 }
 
 /** Flags (and NODE_NAME) to an invocation; throws UsageError on bad input. */
@@ -126,6 +207,7 @@ export function parseAgentArgs(
   const logLevel = get("log-level") ?? "info";
   if (!["trace", "debug", "info", "warn", "error", "fatal", "silent"].includes(logLevel))
     throw new UsageError(`--log-level must be one of trace, debug, info, warn, error, got "${logLevel}"`);
+  const fanout = fanoutFlags(get);
   return {
     config: {
       nodeName,
@@ -154,6 +236,7 @@ export function parseAgentArgs(
             ),
       retryInitialMs: durationFlag(get("retry-initial"), "retry-initial", defaultAgentConfig.retryInitialMs),
       retryMaxMs: durationFlag(get("retry-max"), "retry-max", defaultAgentConfig.retryMaxMs),
+      ...(fanout.mirror ? { fanoutMirror: fanout.mirror } : {}),
     },
     criSocket: get("cri-socket") ?? "/run/containerd/containerd.sock",
     containerdRoot: get("containerd-root"),
@@ -161,12 +244,15 @@ export function parseAgentArgs(
     healthPort: integerFlag(get("health-port"), "health-port", 8081, 0, 65535),
     healthBindAddress: bindAddressFlag(get("health-bind-address"), "health-bind-address", "0.0.0.0"),
     logLevel,
+    fanout: fanout.flags,
   };
 }
 
 export interface RunningAgent {
   manager: Manager;
   reconciler: NodeAgentReconciler;
+  /** This node's NodeCache as the informer holds it. */
+  nodeCache(): NodeCache | undefined;
   stop(): Promise<void>;
 }
 
@@ -234,6 +320,7 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
   return {
     manager,
     reconciler,
+    nodeCache: () => informer.get(config.nodeName),
     stop: async () => {
       reconciler.stop();
       await manager.stop();
@@ -287,6 +374,20 @@ export async function runAgent(args: string[]): Promise<number> {
       log,
       handleSignals: true,
     });
+    let fanout: { stop(): Promise<void> } | undefined;
+    if (invocation.fanout.mode === "planned") {
+      const { readFile } = await import("node:fs/promises");
+      const { startFanoutNode } = await import("./peer/node.ts");
+      const flags = invocation.fanout;
+      fanout = await startFanoutNode({
+        ...flags,
+        criSocket: invocation.criSocket,
+        secret: await readFile(flags.secretFile as string),
+        cacheEndpoint: () => agent.nodeCache()?.spec.cacheEndpoint,
+        getNodeCache: agent.nodeCache,
+        log: (message) => log.info(message),
+      });
+    }
     const address = agent.manager.healthAddress;
     log.info(
       { node: config.nodeName, criSocket: invocation.criSocket, healthPort: address?.port },
@@ -294,6 +395,7 @@ export async function runAgent(args: string[]): Promise<number> {
     );
     await agent.manager.stopped;
     agent.reconciler.stop();
+    await fanout?.stop();
     log.info("agent stopped");
     return 0;
   } catch (err) {

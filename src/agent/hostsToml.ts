@@ -25,6 +25,38 @@ export interface MirrorOptions {
   caPem?: string;
   /** containerd's per-host dial timeout, so a dead cache falls back quickly (default "3s"). */
   dialTimeout?: string;
+  /**
+   * Mirrors containerd tries before the cache (issue 15): in fan-out `planned` mode the node's own
+   * agent (`localMirror`: the agent's mirror port, paths as the cache's, override_path); in
+   * `external` mode a peer layer already running as the node mirror (`externalMirror`: Spegel's or
+   * dfdaemon's URL, asked with containerd's ordinary /v2/ paths).
+   */
+  localMirror?: { port: number };
+  externalMirror?: string;
+}
+
+/** The mirror tables that go before the cache's, per the fan-out mode. */
+function mirrorTables(host: string, options: MirrorOptions): string[] {
+  const lines: string[] = [];
+  const dial = `  dial_timeout = ${JSON.stringify(options.dialTimeout ?? "3s")}`;
+  if (options.externalMirror) {
+    lines.push(
+      `[host.${JSON.stringify(options.externalMirror.replace(/\/+$/, ""))}]`,
+      `  capabilities = ["pull", "resolve"]`,
+      dial,
+      "",
+    );
+  }
+  if (options.localMirror) {
+    lines.push(
+      `[host.${JSON.stringify(cacheHostUrl(`http://127.0.0.1:${options.localMirror.port}`, host))}]`,
+      `  capabilities = ["pull", "resolve"]`,
+      "  override_path = true",
+      dial,
+      "",
+    );
+  }
+  return lines;
 }
 
 /** The upstream server containerd falls back to: Docker Hub's API host for docker.io. */
@@ -73,6 +105,7 @@ export function renderHostsToml(
     lines.push(
       `server = ${JSON.stringify(upstreamServer(host))}`,
       "",
+      ...mirrorTables(host, options),
       ...cacheHostTable(host, options, caPath),
       "",
     );
@@ -85,6 +118,7 @@ export function renderHostsToml(
   lines.push(
     ...trimBlank(topLevel),
     "",
+    ...mirrorTables(host, options),
     ...cacheHostTable(host, options, caPath),
     "",
     ...trimBlank(tables),

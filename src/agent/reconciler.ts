@@ -80,6 +80,11 @@ export interface AgentConfig {
    * (containerd 1.7+; see pin.ts), and unlabel them when they leave the spec (default true).
    */
   pinImages?: boolean;
+  /**
+   * Fan-out (issue 15): the mirrors hosts.toml lists before the cache: this agent's own mirror
+   * (`planned` mode) or an external peer layer such as Spegel (`external` mode).
+   */
+  fanoutMirror?: { localMirror?: { port: number }; externalMirror?: string };
 }
 
 export const defaultAgentConfig: Omit<AgentConfig, "nodeName" | "agentVersion"> = {
@@ -367,6 +372,7 @@ export class NodeAgentReconciler {
         cacheEndpoint,
         skipVerify: this.#config.cacheSkipVerify,
         caPem,
+        ...this.#config.fanoutMirror,
       });
       const changed = Object.entries(result.hosts).filter(([, outcome]) => outcome !== "unchanged");
       if (changed.length > 0)

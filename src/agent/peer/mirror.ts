@@ -1,0 +1,370 @@
+/**
+ * The agent as its node's registry mirror (issue 15, docs/fanout.md "Wiring it in" 4). In
+ * `planned` mode containerd's hosts.toml lists this endpoint first (override_path, so requests
+ * arrive as `/v2/<cache prefix>/<repo>/...`, the same paths the cache serves), then the cache,
+ * then the upstream.
+ *
+ * - A blob GET whose digest has a fan-out assignment is assembled piece by piece, in offset
+ *   order, each piece from its assigned source: a peer agent (Range request with this node's
+ *   peer token) or the cache (Range request with the credentials containerd sent). A peer that
+ *   fails, or sends no byte for `stallTimeoutMs`, is dropped for the rest of the blob and the
+ *   piece's remaining bytes come from the cache; the peer is reported (peerFailures). The whole
+ *   blob is hashed on the way; on a mismatch the response is cut before its last byte, so
+ *   containerd never commits it.
+ * - Everything else (manifests, undeclared blobs, HEADs, containerd's own Range resumes) is
+ *   proxied to the cache unchanged, Authorization included and answers (401 challenges, 404)
+ *   passed back as they are: pull-through and private-image auth work as without the mirror,
+ *   and containerd moves on to the next host on a failure as it does today.
+ *
+ * node:http rather than fetch: streamed bodies with backpressure and per-request abort, without
+ * loading undici into the agent.
+ */
+import { createHash } from "node:crypto";
+import {
+  createServer,
+  request as httpRequest,
+  type IncomingHttpHeaders,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from "node:http";
+import { request as httpsRequest } from "node:https";
+import type { AddressInfo } from "node:net";
+import { FANOUT_CACHE_SOURCE, type FanoutPiece, type PeerFailure } from "../../api/nodeCache.ts";
+import { StowageError } from "../../util/errors.ts";
+import { PEER_BLOB_PATH } from "./server.ts";
+
+/** What the NodeCache spec says about one digest: its pieces, and how to reach their peers. */
+export interface BlobAssignment {
+  pieces: readonly FanoutPiece[];
+}
+
+export interface FanoutState {
+  /** The digest's pieces (spec images[].fanout), or undefined when it has none. */
+  assignment(digest: string): BlobAssignment | undefined;
+  /** A peer's endpoint (spec.peers). */
+  endpoint(node: string): string | undefined;
+  /** This node's peer token (spec.peerToken). */
+  token(): string | undefined;
+}
+
+export interface MirrorOptions {
+  /** The cache registry: `http://10.0.0.5:5000`, or a getter (the NodeCache spec's, read per request). */
+  cacheEndpoint: string | (() => string | undefined);
+  state: FanoutState;
+  host: string;
+  port: number;
+  /** No byte from a peer for this long → the piece's rest comes from the cache (default 2000). */
+  stallTimeoutMs?: number;
+  now?: () => number;
+  log?: (message: string) => void;
+}
+
+export interface MirrorStats {
+  /** Blob bytes sent to containerd, by digest and source (`cache` or a node). */
+  sources: Map<string, Map<string, number>>;
+  /** The latest failure of each peer. */
+  peerFailures: Map<string, PeerFailure>;
+  /** Requests passed to the cache unchanged. */
+  proxied: number;
+}
+
+export interface Mirror {
+  url: string;
+  port: number;
+  stats: MirrorStats;
+  close(): Promise<void>;
+}
+
+const BLOB_PATH = /^\/v2\/(.+)\/blobs\/(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$/;
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "transfer-encoding",
+  "upgrade",
+  "host",
+  "proxy-connection",
+]);
+
+function open(
+  url: string,
+  method: string,
+  headers: Record<string, string | string[] | undefined>,
+  signal?: AbortSignal,
+): Promise<IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    const request = url.startsWith("https:") ? httpsRequest : httpRequest;
+    const req = request(url, { method, headers, signal }, resolve);
+    req.once("error", reject);
+    req.end();
+  });
+}
+
+function forwardHeaders(headers: IncomingHttpHeaders): Record<string, string | string[] | undefined> {
+  const out: Record<string, string | string[] | undefined> = {};
+  for (const [name, value] of Object.entries(headers)) if (!HOP_BY_HOP.has(name)) out[name] = value;
+  return out;
+}
+
+function write(res: ServerResponse, chunk: Buffer): Promise<void> {
+  if (res.write(chunk)) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const onDrain = () => {
+      res.off("close", onClose);
+      resolve();
+    };
+    const onClose = () => {
+      res.off("drain", onDrain);
+      reject(new StowageError("Aborted", "containerd closed the connection"));
+    };
+    res.once("drain", onDrain);
+    res.once("close", onClose);
+  });
+}
+
+class PeerUnavailable extends Error {
+  readonly node: string;
+  readonly reason: "Failed" | "Stalled";
+
+  constructor(node: string, reason: "Failed" | "Stalled", message: string) {
+    super(message);
+    this.node = node;
+    this.reason = reason;
+  }
+}
+
+export async function startMirror(options: MirrorOptions): Promise<Mirror> {
+  const cacheOption = options.cacheEndpoint;
+  const cacheUrl = (): string => {
+    const endpoint = typeof cacheOption === "string" ? cacheOption : cacheOption();
+    if (!endpoint)
+      throw new StowageError("CacheUnavailable", "the NodeCache spec names no cache endpoint yet");
+    return endpoint.replace(/\/+$/, "");
+  };
+  const stallTimeoutMs = options.stallTimeoutMs ?? 2000;
+  if (!Number.isFinite(stallTimeoutMs) || stallTimeoutMs <= 0) {
+    throw new StowageError(
+      "InvalidArgument",
+      `the peer stall timeout must be positive, got ${stallTimeoutMs} ms`,
+    );
+  }
+  const now = options.now ?? Date.now;
+  const log = options.log ?? (() => {});
+  const stats: MirrorStats = { sources: new Map(), peerFailures: new Map(), proxied: 0 };
+
+  function count(digest: string, source: string, bytes: number): void {
+    let bySource = stats.sources.get(digest);
+    if (!bySource) {
+      bySource = new Map();
+      stats.sources.set(digest, bySource);
+    }
+    bySource.set(source, (bySource.get(source) ?? 0) + bytes);
+  }
+
+  async function proxy(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    stats.proxied++;
+    const upstream = await open(`${cacheUrl()}${req.url}`, req.method ?? "GET", forwardHeaders(req.headers));
+    const headers = forwardHeaders(upstream.headers);
+    res.writeHead(upstream.statusCode ?? 502, headers);
+    upstream.pipe(res);
+  }
+
+  /** Streams bytes [offset, offset + length) of a piece from a peer, stall-guarded. */
+  async function* fromPeer(
+    node: string,
+    digest: string,
+    offset: number,
+    length: number,
+  ): AsyncIterable<Buffer> {
+    const endpoint = options.state.endpoint(node);
+    const token = options.state.token();
+    if (!endpoint || !token) {
+      throw new PeerUnavailable(node, "Failed", `no ${endpoint ? "peer token" : "endpoint"} for ${node}`);
+    }
+    const abort = new AbortController();
+    let timer: NodeJS.Timeout | undefined;
+    const arm = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => abort.abort(), stallTimeoutMs);
+    };
+    arm();
+    try {
+      let res: IncomingMessage;
+      try {
+        res = await open(
+          `${endpoint}${PEER_BLOB_PATH}${digest}`,
+          "GET",
+          { authorization: `Bearer ${token}`, range: `bytes=${offset}-${offset + length - 1}` },
+          abort.signal,
+        );
+      } catch (err) {
+        throw abort.signal.aborted
+          ? new PeerUnavailable(node, "Stalled", `no answer within ${stallTimeoutMs} ms`)
+          : new PeerUnavailable(node, "Failed", (err as Error).message);
+      }
+      if (res.statusCode !== 206) {
+        res.resume();
+        throw new PeerUnavailable(node, "Failed", `answered ${res.statusCode} to a range of ${digest}`);
+      }
+      let got = 0;
+      try {
+        for await (const chunk of res as AsyncIterable<Buffer>) {
+          arm();
+          got += chunk.length;
+          yield chunk;
+        }
+      } catch (err) {
+        throw abort.signal.aborted
+          ? new PeerUnavailable(node, "Stalled", `no byte for ${stallTimeoutMs} ms after ${got} of ${length}`)
+          : new PeerUnavailable(node, "Failed", (err as Error).message);
+      }
+      if (got !== length) throw new PeerUnavailable(node, "Failed", `sent ${got} of ${length} bytes`);
+    } finally {
+      clearTimeout(timer);
+      abort.abort();
+    }
+  }
+
+  async function* fromCache(
+    path: string,
+    headers: IncomingHttpHeaders,
+    offset: number,
+    length: number,
+  ): AsyncIterable<Buffer> {
+    const res = await open(`${cacheUrl()}${path}`, "GET", {
+      ...(headers.authorization ? { authorization: headers.authorization } : {}),
+      range: `bytes=${offset}-${offset + length - 1}`,
+    });
+    if (res.statusCode !== 206 && !(res.statusCode === 200 && offset === 0)) {
+      res.resume();
+      throw new StowageError(
+        "CacheUnavailable",
+        `the cache answered ${res.statusCode} to a range of ${path}`,
+      );
+    }
+    let got = 0;
+    for await (const chunk of res as AsyncIterable<Buffer>) {
+      const piece = got + chunk.length > length ? chunk.subarray(0, length - got) : chunk;
+      got += piece.length;
+      yield piece;
+      if (got === length) {
+        res.destroy();
+        break;
+      }
+    }
+    if (got !== length)
+      throw new StowageError("SizeMismatch", `the cache sent ${got} of ${length} bytes of ${path}`);
+  }
+
+  async function assemble(
+    req: IncomingMessage,
+    res: ServerResponse,
+    digest: string,
+    pieces: readonly FanoutPiece[],
+  ): Promise<void> {
+    const size = pieces.reduce((total, p) => Math.max(total, p.offset + p.length), 0);
+    const ordered = [...pieces].sort((a, b) => a.offset - b.offset);
+    let expected = 0;
+    for (const p of ordered) {
+      if (p.offset !== expected) {
+        // The spec does not cover the blob contiguously: not ours to assemble.
+        log(`mirror: fan-out pieces of ${digest} are not contiguous at ${expected}; proxying`);
+        return proxy(req, res);
+      }
+      expected += p.length;
+    }
+    const path = req.url ?? "";
+    const algorithm = digest.split(":")[0];
+    const hash = createHash(algorithm);
+    const dropped = new Set<string>();
+    let sent = 0;
+    let held: Buffer | undefined;
+    // The last chunk is held back until the hash is known, so a wrong blob never arrives whole.
+    const emit = async (chunk: Buffer, source: string) => {
+      hash.update(chunk);
+      if (held) await write(res, held);
+      held = chunk;
+      sent += chunk.length;
+      count(digest, source, chunk.length);
+    };
+    res.writeHead(200, {
+      "content-type": "application/octet-stream",
+      "content-length": String(size),
+      "docker-content-digest": digest,
+    });
+    for (const piece of ordered) {
+      let done = 0;
+      if (piece.source !== FANOUT_CACHE_SOURCE && !dropped.has(piece.source)) {
+        try {
+          for await (const chunk of fromPeer(piece.source, digest, piece.offset, piece.length)) {
+            await emit(chunk, piece.source);
+            done += chunk.length;
+          }
+        } catch (err) {
+          if (!(err instanceof PeerUnavailable)) throw err;
+          dropped.add(err.node);
+          stats.peerFailures.set(err.node, {
+            node: err.node,
+            reason: err.reason,
+            since: new Date(now()).toISOString(),
+          });
+          log(
+            `mirror: peer ${err.node} ${err.reason} on ${digest}: ${err.message}; the cache serves the rest`,
+          );
+        }
+      }
+      if (done < piece.length) {
+        for await (const chunk of fromCache(path, req.headers, piece.offset + done, piece.length - done)) {
+          await emit(chunk, FANOUT_CACHE_SOURCE);
+        }
+      }
+    }
+    const got = `${algorithm}:${hash.digest("hex")}`;
+    if (sent !== size || got !== digest) {
+      throw new StowageError(
+        "DigestMismatch",
+        `${digest} assembled from its pieces hashes to ${got} (${sent} bytes)`,
+      );
+    }
+    if (held) await write(res, held);
+    res.end();
+  }
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = (req.url ?? "").split("?")[0];
+    const blob = BLOB_PATH.exec(path);
+    const assignment = blob ? options.state.assignment(blob[2]) : undefined;
+    if (req.method !== "GET" || !blob || !assignment || assignment.pieces.length === 0 || req.headers.range) {
+      return proxy(req, res);
+    }
+    return assemble(req, res, blob[2], assignment.pieces);
+  }
+
+  const server: Server = createServer((req, res) => {
+    handle(req, res).catch((err) => {
+      log(`mirror: ${req.method} ${req.url}: ${(err as Error).message}`);
+      if (!res.headersSent) {
+        res.writeHead(502, { "content-type": "text/plain" });
+        res.end(`${(err as Error).message}\n`);
+      } else res.destroy();
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(options.port, options.host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  return {
+    url: `http://${options.host.includes(":") ? `[${options.host}]` : options.host}:${port}`,
+    port,
+    stats,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}

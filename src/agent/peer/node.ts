@@ -1,0 +1,125 @@
+/**
+ * The fan-out side of one node's agent (issue 15): the mirror's view of this node's NodeCache spec,
+ * what its status reports back, and starting the peer endpoint and the mirror for a mode.
+ * Loaded only when --fanout-mode is not `off` (command.ts imports it lazily).
+ */
+import type { FanoutSourceBytes, NodeCache, NodeCacheImage, PeerFailure } from "../../api/nodeCache.ts";
+import { StowageError } from "../../util/errors.ts";
+import { ContainerdContent } from "./content.ts";
+import {
+  type BlobAssignment,
+  type FanoutState,
+  type Mirror,
+  type MirrorStats,
+  startMirror,
+} from "./mirror.ts";
+import { type PeerServer, startPeerServer } from "./server.ts";
+
+export type FanoutMode = "planned" | "external" | "off";
+export const FANOUT_MODES: readonly FanoutMode[] = ["planned", "external", "off"];
+
+/** The mirror's view of the node's current NodeCache spec (read on every request: no copy to go stale). */
+export function fanoutStateOf(getNodeCache: () => NodeCache | undefined): FanoutState {
+  let seen: NodeCache | undefined;
+  let byDigest = new Map<string, BlobAssignment>();
+  const index = (): Map<string, BlobAssignment> => {
+    const nc = getNodeCache();
+    if (nc !== seen) {
+      seen = nc;
+      byDigest = new Map();
+      for (const image of nc?.spec.images ?? []) {
+        for (const piece of image.fanout ?? []) {
+          const entry = byDigest.get(piece.digest) ?? { pieces: [] };
+          // A blob shared by two images is listed under both: keep one copy of each piece.
+          if (!entry.pieces.some((p) => p.offset === piece.offset))
+            (entry.pieces as (typeof piece)[]).push(piece);
+          byDigest.set(piece.digest, entry);
+        }
+      }
+    }
+    return byDigest;
+  };
+  return {
+    assignment: (digest) => index().get(digest),
+    endpoint: (node) => getNodeCache()?.spec.peers?.find((p) => p.node === node)?.endpoint,
+    token: () => getNodeCache()?.spec.peerToken?.token,
+  };
+}
+
+/** status.images[].sources for one spec image: its blobs' bytes by source, sorted by source. */
+export function imageSources(image: NodeCacheImage, stats: MirrorStats): FanoutSourceBytes[] | undefined {
+  const totals = new Map<string, number>();
+  for (const digest of new Set((image.fanout ?? []).map((p) => p.digest))) {
+    for (const [source, bytes] of stats.sources.get(digest) ?? [])
+      totals.set(source, (totals.get(source) ?? 0) + bytes);
+  }
+  if (totals.size === 0) return undefined;
+  return [...totals].sort(([a], [b]) => (a < b ? -1 : 1)).map(([source, bytes]) => ({ source, bytes }));
+}
+
+/** status.peerFailures, sorted by node. */
+export function peerFailures(stats: MirrorStats): PeerFailure[] {
+  return [...stats.peerFailures.values()].sort((a, b) => (a.node < b.node ? -1 : 1));
+}
+
+export interface FanoutNodeOptions {
+  mode: FanoutMode;
+  criSocket: string;
+  /** The fan-out secret (planned mode). */
+  secret?: Buffer;
+  bindAddress: string;
+  peerPort: number;
+  mirrorPort: number;
+  servingBytesPerSecond?: number;
+  servingConcurrency?: number;
+  stallTimeoutMs?: number;
+  cacheEndpoint: () => string | undefined;
+  getNodeCache: () => NodeCache | undefined;
+  log?: (message: string) => void;
+}
+
+export interface FanoutNode {
+  peer?: PeerServer;
+  mirror?: Mirror;
+  stop(): Promise<void>;
+}
+
+/**
+ * planned: the peer endpoint on bindAddress:peerPort and the mirror on 127.0.0.1:mirrorPort (only
+ * this node's containerd talks to it). external and off: nothing runs; external changes only hosts.toml.
+ */
+export async function startFanoutNode(options: FanoutNodeOptions): Promise<FanoutNode> {
+  if (options.mode !== "planned") return { stop: async () => {} };
+  if (!options.secret || options.secret.length < 16) {
+    throw new StowageError(
+      "InvalidArgument",
+      "fan-out mode planned needs the fan-out secret (--fanout-secret-file, 16+ bytes)",
+    );
+  }
+  const store = new ContainerdContent(options.criSocket);
+  const peer = await startPeerServer({
+    store,
+    secret: options.secret,
+    host: options.bindAddress,
+    port: options.peerPort,
+    maxConcurrent: options.servingConcurrency,
+    bytesPerSecond: options.servingBytesPerSecond,
+    log: options.log,
+  });
+  const mirror = await startMirror({
+    cacheEndpoint: options.cacheEndpoint,
+    state: fanoutStateOf(options.getNodeCache),
+    host: "127.0.0.1",
+    port: options.mirrorPort,
+    stallTimeoutMs: options.stallTimeoutMs,
+    log: options.log,
+  });
+  return {
+    peer,
+    mirror,
+    stop: async () => {
+      await Promise.all([peer.close(), mirror.close()]);
+      store.close();
+    },
+  };
+}
