@@ -4,7 +4,8 @@ import type { NodeCache } from "../../src/api/nodeCache.ts";
 import { prewarmConfig } from "../../src/controller/prewarm/config.ts";
 import type { Resolution } from "../../src/controller/prewarm/images.ts";
 import type { PlannerNode } from "../../src/controller/prewarm/nodes.ts";
-import { planPrewarm } from "../../src/controller/prewarm/plan.ts";
+import { nodesInState, planPrewarm } from "../../src/controller/prewarm/plan.ts";
+import { prewarmStatus } from "../../src/controller/prewarm/status.ts";
 import type { Platform } from "../../src/oci/types.ts";
 
 const digestFor = (arch: string) =>
@@ -103,6 +104,48 @@ describe("planPrewarm (pure)", () => {
       config: prewarmConfig(),
       cacheEndpoint: "http://cache:5000",
     });
+    expect(result.specs.size).toBe(0);
+  });
+
+  it("holds nodes past maxConcurrentNodes back as one waiting group that status counts as desired", () => {
+    const rollout = { ...mi, spec: { ...mi.spec, prewarm: { maxConcurrentNodes: 2 } } };
+    const nodes = ["a", "b", "c", "d", "e"].map((name) => node(name, "amd64"));
+    const result = planPrewarm({
+      modelImages: [rollout],
+      nodes,
+      nodeCaches: new Map(),
+      lookup,
+      config: prewarmConfig(),
+      cacheEndpoint: "http://cache:5000",
+    });
+    const [variant] = result.modelImages.get("ml/llama") ?? [];
+    expect(nodesInState(variant, "planned")).toEqual(["a", "b"]);
+    expect(variant.pending).toEqual({
+      state: "waiting",
+      reason: "RolloutWaiting",
+      message: "waiting: 2 node(s) pulling (maxConcurrentNodes 2)",
+      nodes: ["c", "d", "e"],
+    });
+    expect(variant.decisions.map((d) => d.node)).toEqual(["a", "b"]);
+    expect([...result.specs.keys()].sort()).toEqual(["a", "b"]);
+    const status = prewarmStatus(rollout, nodes, [], result);
+    expect(status.variants.cpu).toMatchObject({ desired: 5, ready: 0, pulling: 2 });
+  });
+
+  it("groups the nodes an uncached variant will want as unresolved (NotCached), planning none", () => {
+    const uncached = { ...mi, status: {} };
+    const result = planPrewarm({
+      modelImages: [uncached],
+      nodes: [node("a", "amd64"), node("down", "amd64", false)],
+      nodeCaches: new Map(),
+      lookup,
+      config: prewarmConfig(),
+      cacheEndpoint: "http://cache:5000",
+    });
+    const [variant] = result.modelImages.get("ml/llama") ?? [];
+    expect(variant).toMatchObject({ cached: false, decisions: [] });
+    expect(nodesInState(variant, "unresolved")).toEqual(["a"]);
+    expect(variant.pending?.reason).toBe("NotCached");
     expect(result.specs.size).toBe(0);
   });
 });

@@ -38,6 +38,8 @@ import {
   platformOf,
 } from "./nodes.ts";
 
+const NOT_CACHED_MESSAGE = "the cache does not hold this variant yet";
+
 export const PrewarmReasons = {
   CudaDriverTooOld: "CudaDriverTooOld",
   PlatformNotFound: "PlatformNotFound",
@@ -71,7 +73,30 @@ export interface VariantPlan {
   variant: string;
   /** False when the variant's status has no cache digest yet: nothing can be planned. */
   cached: boolean;
+  /** Every node the variant concerns, except those in `pending`. */
   decisions: NodeDecision[];
+  /**
+   * Nodes that want the variant but wait, as one group rather than a decision each: held back by
+   * the rollout (state "waiting", RolloutWaiting), or (uncached variant) waiting for the cache
+   * to hold it (state "unresolved", NotCached). At 2,000 ModelImages over 500 nodes a decision
+   * object and message per waiting node was most of the controller's heap and of each pass's
+   * garbage; node names here are the Node objects' own strings.
+   */
+  pending?: PendingNodes;
+}
+
+export interface PendingNodes {
+  state: "waiting" | "unresolved";
+  reason: string;
+  message: string;
+  nodes: string[];
+}
+
+/** The nodes of a variant plan in `state`, whether decided one by one or pending as a group. */
+export function nodesInState(plan: VariantPlan, state: DecisionState): string[] {
+  const nodes = plan.decisions.filter((d) => d.state === state).map((d) => d.node);
+  if (plan.pending?.state === state) nodes.push(...plan.pending.nodes);
+  return nodes;
 }
 
 export interface PrewarmPlan {
@@ -273,15 +298,11 @@ export function planPrewarm(input: PlanInput): PrewarmPlan {
   for (const [miKey, variants] of uncached) {
     for (const v of variants) {
       const plan = variantPlan(miKey, v.variant, false);
-      for (const node of matching(v.selector)) {
-        if (!acceptsNewImages(node)) continue;
-        plan.decisions.push({
-          node: node.metadata?.name ?? "",
-          state: "unresolved",
-          reason: "NotCached",
-          message: "the cache does not hold this variant yet",
-        });
-      }
+      const nodes: string[] = [];
+      for (const node of matching(v.selector))
+        if (acceptsNewImages(node)) nodes.push(node.metadata?.name ?? "");
+      if (nodes.length > 0)
+        plan.pending = { state: "unresolved", reason: "NotCached", message: NOT_CACHED_MESSAGE, nodes };
     }
   }
 
@@ -401,8 +422,10 @@ export function planPrewarm(input: PlanInput): PrewarmPlan {
     return state !== NodeImageStates.Present && state !== NodeImageStates.Failed;
   };
   const placed: Candidate[] = [];
+  const maxConcurrentNodes = new Map(targets.map((t) => [t.miKey, t.maxConcurrentNodes]));
+  const waiting = new Set<NodeDecision>();
   for (const [miKey, list] of groupBy(accepted, (c) => c.miKey)) {
-    const max = targets.find((t) => t.miKey === miKey)?.maxConcurrentNodes ?? 1;
+    const max = maxConcurrentNodes.get(miKey) ?? 1;
     const busyNodes = new Set(list.filter((c) => c.planned && inFlight(c)).map((c) => c.node));
     const waitingNodes = new Set<string>();
     for (const c of list.filter((c) => c.planned)) placed.push(c);
@@ -415,13 +438,21 @@ export function planPrewarm(input: PlanInput): PrewarmPlan {
         continue;
       }
       waitingNodes.add(c.node);
-      Object.assign(c.decision, {
+      waiting.add(c.decision);
+      const plan = variantPlan(miKey, c.variant, true);
+      plan.pending ??= {
         state: "waiting",
         reason: PrewarmReasons.RolloutWaiting,
         message: `waiting: ${busyNodes.size} node(s) pulling (maxConcurrentNodes ${max})`,
-      });
+        nodes: [],
+      };
+      plan.pending.nodes.push(c.node);
     }
   }
+  if (waiting.size > 0)
+    for (const variants of modelImages.values())
+      for (const v of variants)
+        if (v.pending?.state === "waiting") v.decisions = v.decisions.filter((d) => !waiting.has(d));
 
   // The specs.
   const specs = new Map<string, NodeCacheSpec>();

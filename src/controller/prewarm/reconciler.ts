@@ -103,7 +103,9 @@ export function createPrewarmReconciler(deps: PrewarmReconcilerDeps): Reconcile 
     deps.onPlan(plan);
 
     const unresolved = [...plan.modelImages.values()].some((variants) =>
-      variants.some((v) => v.decisions.some((d) => d.state === "unresolved")),
+      variants.some(
+        (v) => v.pending?.state === "unresolved" || v.decisions.some((d) => d.state === "unresolved"),
+      ),
     );
     const next = Math.min(unresolved ? RETRY_UNRESOLVED_MS : RESYNC_MS, nextRenewal - now);
     return requeueAfter(Math.max(1000, next));
@@ -227,6 +229,7 @@ async function maintainNodes(
     const [namespace, name] = miKey.split("/");
     const perNode = new Map<string, boolean>();
     for (const v of variants) {
+      for (const node of v.pending?.nodes ?? []) open.add(node);
       for (const d of v.decisions) {
         if (d.state === "waiting" || d.state === "unresolved") open.add(d.node);
         if (d.state === "refused")

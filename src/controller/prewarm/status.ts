@@ -101,6 +101,8 @@ export function prewarmStatus(
           countState(counts, imageStatusOf(byNode.get(d.node), d.digest)?.state);
         }
       }
+      // Held back by the rollout: desired, not yet pulling.
+      if (variantPlan.pending?.state === "waiting") counts.desired += variantPlan.pending.nodes.length;
       continue;
     }
     for (const node of nodes) {
