@@ -4,6 +4,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { KubeClient, type KubeObject, Resources } from "../../src/kube/client.ts";
+import { Informer } from "../../src/kube/informer.ts";
+import { createRuntimeMetrics } from "../../src/metrics.ts";
 import { stowageVersion } from "../../src/util/version.ts";
 import { createNamespace, startCluster, type TestCluster } from "./helpers.ts";
 
@@ -62,5 +64,34 @@ describe("field manager", () => {
       .create({ metadata: { name: "defaulted", namespace: "managers" }, data: { a: "1" } });
     expect(managers(created)).toEqual(["Update stowage-agent"]);
     client.close();
+  });
+
+  it("keeps every manager's managedFields when an update is made from an informer's copy, which drops them", async () => {
+    const kubectl = KubeClient.load({ path: cluster.kubeconfigPath, fieldManager: "kubectl-edit" });
+    const stowage = KubeClient.load({ path: cluster.kubeconfigPath, fieldManager: "stowage-controller" });
+    await kubectl
+      .resource<ConfigMap>(Resources.ConfigMap)
+      .create({ metadata: { name: "cached", namespace: "managers" }, data: { a: "1" } });
+    const informer = new Informer<ConfigMap>({
+      client: stowage,
+      type: Resources.ConfigMap,
+      namespace: "managers",
+      metrics: createRuntimeMetrics(),
+    });
+    informer.start();
+    try {
+      await informer.waitForSync();
+      const cached = informer.get("managers/cached");
+      expect(cached?.data).toEqual({ a: "1" });
+      expect(cached?.metadata.managedFields).toBeUndefined();
+      const updated = await stowage
+        .resource<ConfigMap>(Resources.ConfigMap)
+        .update({ ...(cached as ConfigMap), data: { a: "1", b: "2" } });
+      expect(managers(updated)).toEqual(["Update kubectl-edit", "Update stowage-controller"]);
+    } finally {
+      await informer.stop();
+      kubectl.close();
+      stowage.close();
+    }
   });
 });
