@@ -7,12 +7,13 @@
 // 2,000 Pods. Figures: time from process start to every ModelImage Synced, NodeCaches planned,
 // the controller's peak RSS (VmHWM) against the goal (< 150 MB), and API writes in steady state.
 // bench/controller.ts measures the controller runtime alone (a no-op reconciler).
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync, statSync } from "node:fs";
 import { parseArgs } from "node:util";
 import PQueue from "p-queue";
 import { loadCrd } from "../src/api/crds.ts";
 import { type ModelImage, ModelImageResource } from "../src/api/modelImage.ts";
 import { NodeCacheResource } from "../src/api/nodeCache.ts";
+import { CONTROLLER_RUNTIME_ENV } from "../src/controller/runtimeEnv.ts";
 import { KubeClient, type KubeObject, Resources } from "../src/kube/client.ts";
 import { getCondition } from "../src/kube/conditions.ts";
 import { RegistryClient } from "../src/oci/registry.ts";
@@ -29,6 +30,9 @@ const { values } = parseArgs({
     pods: { type: "string", default: "2000" },
     images: { type: "string", default: "20" },
     "steady-seconds": { type: "string", default: "10" },
+    // Writes a V8 heap snapshot of the controller (in this process's working directory) after
+    // the steady-state window: where the memory goes.
+    "heap-snapshot": { type: "boolean", default: false },
   },
 });
 const modelImageCount = Number(values.modelimages);
@@ -81,12 +85,17 @@ try {
       "--health-port",
       String(healthPort),
     ],
+    // The process environment the chart gives the controller container, plus what is asked here.
     env: {
       STOWAGE_LOG_LEVEL: "warn",
-      // e.g. --heapsnapshot-signal=SIGUSR2 to look at what the controller holds
-      ...(process.env.BENCH_CONTROLLER_NODE_OPTIONS
-        ? { NODE_OPTIONS: process.env.BENCH_CONTROLLER_NODE_OPTIONS }
-        : {}),
+      ...CONTROLLER_RUNTIME_ENV,
+      NODE_OPTIONS: [
+        CONTROLLER_RUNTIME_ENV.NODE_OPTIONS,
+        process.env.BENCH_CONTROLLER_NODE_OPTIONS ?? "",
+        values["heap-snapshot"] ? "--heapsnapshot-signal=SIGUSR2" : "",
+      ]
+        .join(" ")
+        .trim(),
     },
     readyTimeoutMs: 120_000,
     waitReady: false,
@@ -141,8 +150,10 @@ try {
     const syncedMs = performance.now() - started;
     const nodeCaches = (await client.resource(NodeCacheResource).list()).items.length;
 
+    const statusesBefore = await statusesByKey(client);
     await cluster.resetRequestLog();
     await new Promise((resolve) => setTimeout(resolve, Number(values["steady-seconds"]) * 1000));
+    const statusesAfter = await statusesByKey(client);
     const steady = await cluster.requestLog();
     const steadyWrites = steady.filter((r) => r.method !== "GET").length;
     peakKiB = Math.max(peakKiB, procStatusKiB(controller.pid, "VmHWM"));
@@ -163,7 +174,43 @@ try {
     console.log(
       `steady state (${values["steady-seconds"]} s): ${steadyWrites} API writes, ${steady.length} requests in all`,
     );
+    // Which writes, by verb, resource and answer (names and namespaces folded away).
+    const writeKinds = new Map<string, number>();
+    for (const r of steady.filter((r) => r.method !== "GET")) {
+      const shape = `${r.method} ${r.path
+        .replace(/\?.*$/, "")
+        .replace(/\/namespaces\/[^/]+/, "/namespaces/*")
+        .replace(/\/(nodecaches|modelimages|pods|nodes|events|leases)\/[^/]+/, "/$1/*")} ${r.status}`;
+      writeKinds.set(shape, (writeKinds.get(shape) ?? 0) + 1);
+    }
+    for (const [shape, count] of [...writeKinds].sort((a, b) => b[1] - a[1]).slice(0, 8))
+      console.log(`  ${count}  ${shape}`);
+    // A steady state should write nothing: say what the writes changed.
+    const changed = [...statusesAfter].filter(([key, status]) => statusesBefore.get(key) !== status);
+    if (changed.length > 0) {
+      const [key, after] = changed[0];
+      console.log(`  ModelImage statuses changed in steady state: ${changed.length}; e.g. ${key}:`);
+      for (const line of jsonDiff(JSON.parse(statusesBefore.get(key) ?? "{}"), JSON.parse(after)).slice(
+        0,
+        10,
+      ))
+        console.log(`    ${line}`);
+    }
     if (peakMB >= 150) exitCode = 1;
+    if (values["heap-snapshot"]) {
+      const before = new Set(readdirSync(".").filter((f) => f.endsWith(".heapsnapshot")));
+      process.kill(controller.pid, "SIGUSR2");
+      for (let waited = 0; waited < 120_000; waited += 500) {
+        await new Promise((resolve) => setTimeout(resolve, 500));
+        const written = readdirSync(".").find((f) => f.endsWith(".heapsnapshot") && !before.has(f));
+        // V8 writes the file in one go; its size stops changing once it is complete.
+        if (written && statSync(written).size > 0) {
+          await new Promise((resolve) => setTimeout(resolve, 3000));
+          console.log(`heap snapshot: ${written}`);
+          break;
+        }
+      }
+    }
   } finally {
     clearInterval(sampler);
     await controller.kill("SIGTERM");
@@ -299,4 +346,23 @@ function openFds(pid: number): number {
 
 function seconds(ms: number): string {
   return (ms / 1000).toFixed(1);
+}
+
+async function statusesByKey(client: KubeClient): Promise<Map<string, string>> {
+  const list = await client.resource<ModelImage>(ModelImageResource).list();
+  return new Map(
+    list.items.map((mi) => [`${mi.metadata.namespace}/${mi.metadata.name}`, JSON.stringify(mi.status ?? {})]),
+  );
+}
+
+/** Leaf-level differences between two JSON values, as `path: before → after`. */
+function jsonDiff(before: unknown, after: unknown, path = ""): string[] {
+  if (JSON.stringify(before) === JSON.stringify(after)) return [];
+  if (before && after && typeof before === "object" && typeof after === "object") {
+    const keys = new Set([...Object.keys(before), ...Object.keys(after)]);
+    return [...keys].flatMap((k) =>
+      jsonDiff((before as Record<string, unknown>)[k], (after as Record<string, unknown>)[k], `${path}.${k}`),
+    );
+  }
+  return [`${path || "."}: ${JSON.stringify(before)} → ${JSON.stringify(after)}`];
 }

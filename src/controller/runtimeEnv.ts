@@ -1,0 +1,25 @@
+/**
+ * How the controller process keeps its memory near what it holds. At 2,000 ModelImages and 500
+ * nodes it holds about 45 MB (informer caches, the pre-warm plan), but a sync pass and a plan
+ * pass each make short-lived garbage by the tens of MB, and with V8's defaults the heap grew to
+ * 560-880 MB before collecting it (bench:controller).
+ * - A 1 MB young-generation semi-space (default 16 MB): pass garbage dies young and is swept
+ *   while small. Only settable at process start, so the chart's controller container and
+ *   bench:controller pass it in NODE_OPTIONS (test/controller/runtimeEnv.test.ts keeps the chart
+ *   to this).
+ * - The old generation may grow 20% past what the last full collection kept (V8 grows it
+ *   1.1–4× by its speed heuristics): the controller sets that itself at start, since V8 accepts
+ *   the flag only on the command line or at run time, not in NODE_OPTIONS.
+ */
+import { setFlagsFromString } from "node:v8";
+
+export const CONTROLLER_RUNTIME_ENV: Readonly<Record<string, string>> = {
+  NODE_OPTIONS: "--max-semi-space-size=1",
+};
+
+export const CONTROLLER_HEAP_GROWING_PERCENT = 20;
+
+/** Applies the old-generation growth limit; V8 reads it at each full collection. */
+export function limitHeapGrowth(percent = CONTROLLER_HEAP_GROWING_PERCENT): void {
+  setFlagsFromString(`--heap-growing-percent=${percent}`);
+}
