@@ -39,6 +39,26 @@ export function setCondition(
   return list;
 }
 
+/**
+ * `next` with each condition's lastTransitionTime as `stored` has it wherever the status did not
+ * change against `stored`. A status computed in steps (one step sets Ready True, the next sets it
+ * False again) is a transition only against what is stored; otherwise every pass that ends
+ * where it began would move the time, and write.
+ */
+export function keepTransitionTimes(
+  stored: readonly Condition[] | undefined,
+  next: readonly Condition[],
+): Condition[] {
+  return next.map((condition) => {
+    const before = stored?.find((c) => c.type === condition.type);
+    return before &&
+      before.status === condition.status &&
+      before.lastTransitionTime !== condition.lastTransitionTime
+      ? { ...condition, lastTransitionTime: before.lastTransitionTime }
+      : condition;
+  });
+}
+
 export function getCondition(
   conditions: readonly Condition[] | undefined,
   type: string,

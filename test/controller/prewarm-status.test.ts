@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import type { ModelImage, ModelImageSpec } from "../../src/api/modelImage.ts";
 import type { NodeCache, NodeImageState } from "../../src/api/nodeCache.ts";
+import { reportedStatus } from "../../src/controller/modelimage/reconciler.ts";
 import {
   mapNodeCacheToModelImages,
   nodesColumn,
@@ -8,6 +9,7 @@ import {
   prewarmStatus,
 } from "../../src/controller/prewarm/index.ts";
 import { cudaForDriver, nodeCudaDriver, parseCudaVersion } from "../../src/controller/prewarm/nodes.ts";
+import { getCondition } from "../../src/kube/conditions.ts";
 
 const d = (n: number) => `sha256:${String(n).repeat(64).slice(0, 64)}`;
 
@@ -160,5 +162,42 @@ describe("CUDA awareness", () => {
     // node is not skipped (as for a node with no driver labels).
     expect(nodeCudaDriver(node("590", "44"))).toBeUndefined();
     expect(nodeCudaDriver(node("600", "0"))).toBeUndefined();
+  });
+});
+
+describe("the status a sync reports while nodes pull", () => {
+  it("keeps Ready's and Reconciling's transition times when a sync finds nothing changed", () => {
+    const object = mi({});
+    const outcome = {
+      variant: object.spec.variants![0],
+      image: "docker.io/acme/llama:1",
+      upstreamDigest: d(8),
+      cacheDigest: d(9),
+      noMatchingNodes: false,
+    };
+    const source = { nodeCaches: () => [nodeCache("a", "Pulling")], plan: () => undefined };
+    const input = {
+      outcomes: [outcome],
+      nodes: [node("a")],
+      prewarm: source,
+      checkedAtResolutionMs: 1000,
+    };
+    const first = reportedStatus(object.status, object, {
+      ...input,
+      now: Date.parse("2026-12-05T09:00:00Z"),
+    });
+    expect(getCondition(first.conditions, "Ready")).toMatchObject({
+      status: "False",
+      reason: "NodesPulling",
+    });
+    expect(getCondition(first.conditions, "Reconciling")).toMatchObject({
+      status: "True",
+      reason: "NodesPulling",
+    });
+
+    const later = Date.parse("2026-12-05T09:10:00Z");
+    const again = reportedStatus(first, { ...object, status: first }, { ...input, now: later });
+    for (const type of ["Ready", "Reconciling", "Prewarmed", "Synced"])
+      expect(getCondition(again.conditions, type)?.lastTransitionTime, type).toBe("2026-12-05T09:00:00Z");
   });
 });

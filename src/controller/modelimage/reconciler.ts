@@ -19,6 +19,7 @@ import {
 import type { NodeCache } from "../../api/nodeCache.ts";
 import type { CredentialProvider } from "../../auth/index.ts";
 import type { ObjectClient } from "../../kube/client.ts";
+import { keepTransitionTimes } from "../../kube/conditions.ts";
 import {
   budgetReason,
   done,
@@ -62,6 +63,7 @@ import {
   invalidSpecStatus,
   isStalledReason,
   noMatchingNodesNote,
+  type StatusInput,
   statusFrom,
   storedSyncedMessage,
   suspendedStatus,
@@ -383,22 +385,42 @@ async function syncModelImage(mi: ModelImage, deps: ReconcilerDeps, ctx: Reconci
   return requeueAfter(nextSyncDelay(syncIntervalMs(spec), deps.config.syncJitter, deps.random));
 }
 
+/**
+ * The status a sync reports: what the checks and copies found (statusFrom), then the pre-warm
+ * part folded in. Pre-warm reads from status which variants the cache holds: from the status
+ * written now, not the one it replaces (on a first sync that one held none, so Prewarmed and
+ * Ready stayed "waiting for the cache" until a plan change refreshed them). statusFrom sets
+ * Ready and Reconciling from the sync alone and the fold may set them back, so transition times
+ * are kept wherever a condition ends as it was stored.
+ */
+export function reportedStatus(
+  stored: ModelImageStatus | undefined,
+  current: ModelImage,
+  input: Omit<StatusInput, "mi"> & { nodes: Node[]; prewarm: PrewarmSource | undefined },
+): ModelImageStatus {
+  const next = statusFrom(stored, {
+    mi: current,
+    outcomes: input.outcomes,
+    now: input.now,
+    checkedAtResolutionMs: input.checkedAtResolutionMs,
+  });
+  const folded = foldPrewarm(next, { ...current, status: next }, input.nodes, input.prewarm, input.now);
+  if (!folded.conditions) return folded;
+  return { ...folded, conditions: keepTransitionTimes(stored?.conditions, folded.conditions) };
+}
+
 function write(mi: ModelImage, work: VariantWork[], deps: ReconcilerDeps, signal: AbortSignal) {
   return writeStatus<ModelImageStatus, ModelImage>(
     deps.objects,
     mi,
-    (status, current) => {
-      const next = statusFrom(status, {
-        mi: current,
+    (status, current) =>
+      reportedStatus(status, current, {
         outcomes: work.map((w) => w.outcome),
         now: deps.clock.now(),
         checkedAtResolutionMs: deps.config.checkedAtResolutionMs,
-      });
-      // Pre-warm reads from status which variants the cache holds: from the status written now,
-      // not the one it replaces. On a first sync that one held none, so Prewarmed (and Ready)
-      // stayed "waiting for the cache" until something else (a plan change) refreshed it.
-      return foldPrewarm(next, { ...current, status: next }, deps.nodes(), deps.prewarm, deps.clock.now());
-    },
+        nodes: deps.nodes(),
+        prewarm: deps.prewarm,
+      }),
     { clock: deps.clock, signal },
   );
 }
