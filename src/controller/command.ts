@@ -40,7 +40,7 @@ import { clampTimerMs } from "../util/timer.ts";
 import { stowageVersion } from "../util/version.ts";
 import { parseByteSize } from "./cachegc/budget.ts";
 import { controllerConfig } from "./config.ts";
-import { limitHeapGrowth } from "./runtimeEnv.ts";
+import { tuneHeapForMemory } from "./runtimeEnv.ts";
 
 export const controllerHelp = `Usage: stowage controller [flags]
 
@@ -551,7 +551,7 @@ export async function runController(args: string[]): Promise<number> {
     return 0;
   }
   const log = createLogger({ level: invocation.logLevel, name: "stowage-controller" });
-  limitHeapGrowth();
+  tuneHeapForMemory();
   let running: RunningController;
   try {
     running = await startController(invocation, log);
