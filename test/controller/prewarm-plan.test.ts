@@ -148,4 +148,56 @@ describe("planPrewarm (pure)", () => {
     expect(variant.pending?.reason).toBe("NotCached");
     expect(result.specs.size).toBe(0);
   });
+
+  it("fits a node's disk budget by priority, counting a digest two ModelImages share once, and refuses the rest", () => {
+    const withCapacity = (name: string, capacityBytes: number): NodeCache => ({
+      apiVersion: "stowage.dev/v1alpha1",
+      kind: "NodeCache",
+      metadata: { name },
+      spec: { nodeName: name, images: [] },
+      status: { imageFs: { capacityBytes } },
+    });
+    const sized = (digest: string, sizeBytes: number) => (): Resolution => ({
+      ok: true,
+      image: { digest, sizeBytes },
+    });
+    const model = (name: string, image: string, priority: number): ModelImage => ({
+      ...mi,
+      metadata: { name, namespace: "ml" },
+      spec: { variants: [{ name: "cpu", image, nodeSelector: { role: "cpu" } }], prewarm: { priority } },
+      status: {
+        variants: [
+          {
+            name: "cpu",
+            cacheDigest: `sha256:${name
+              .padEnd(64, "0")
+              .slice(0, 64)
+              .replace(/[^0-9a-f]/g, "b")}`,
+          },
+        ],
+      },
+    });
+    const big = digestFor("big");
+    const small = digestFor("small");
+    const result = planPrewarm({
+      modelImages: [
+        model("low", "docker.io/acme/big:1", 1),
+        model("high", "docker.io/acme/small:1", 9),
+        model("also", "docker.io/acme/small:1", 0),
+      ],
+      nodes: [node("a", "amd64")],
+      nodeCaches: new Map([["a", withCapacity("a", 1000)]]),
+      // default diskBudgetFraction 0.7: 700 bytes; small (600) fits once for both, big (200) no longer does
+      lookup: (repository) => (repository.includes("big") ? sized(big, 200)() : sized(small, 600)()),
+      config: prewarmConfig(),
+      cacheEndpoint: "http://cache:5000",
+    });
+    expect(result.specs.get("a")?.images?.map((e) => [e.digest, e.requestedBy?.map((r) => r.name)])).toEqual([
+      [small, ["also", "high"]],
+    ]);
+    expect(result.modelImages.get("ml/low")?.[0].decisions).toEqual([
+      expect.objectContaining({ node: "a", state: "refused", reason: "QuotaExceeded" }),
+    ]);
+    expect(result.modelImages.get("ml/low")?.[0].decisions[0].message).toMatch(/600 bytes are planned/);
+  });
 });

@@ -316,12 +316,12 @@ export function planPrewarm(input: PlanInput): PrewarmPlan {
     return byRequester.get(requester) ?? [];
   };
 
-  // 1–3: selection, platform, CUDA. Nodes the variant cannot use get a decision now; the others
-  // become candidates, decided by the budget and the rollout below (a candidate is small: at
-  // 2,000 ModelImages over 125 nodes a pass makes a quarter of a million of them).
-  const candidates: Candidate[] = [];
-  for (const t of targets) {
-    const plan = variantPlan(t.miKey, t.variant, true);
+  // 1–3: selection, platform, CUDA, for one variant: its candidates, and with `plan` a decision
+  // for each node it cannot use. Candidates are made per ModelImage and dropped once it is
+  // decided: at 2,000 ModelImages over 125 nodes a pass has a quarter of a million pairs, and
+  // holding them all until the end made each pass's peak (and the controller's).
+  const candidatesOf = (t: VariantTarget, plan: VariantPlan | undefined): Candidate[] => {
+    const out: Candidate[] = [];
     const requester = requesterKey(t.miKey, t.variant);
     for (const node of matching(t.selector)) {
       const nodeName = node.metadata?.name ?? "";
@@ -330,7 +330,7 @@ export function planPrewarm(input: PlanInput): PrewarmPlan {
       if (!(t.acceptsNew && acceptsNewImages(node)) && !currentEntry) continue;
       const platform = platformOf(node);
       if (!platform) {
-        plan.decisions.push({
+        plan?.decisions.push({
           node: nodeName,
           state: "skipped",
           reason: PrewarmReasons.PlatformNotFound,
@@ -343,13 +343,13 @@ export function planPrewarm(input: PlanInput): PrewarmPlan {
         const platformMissing = resolved?.reason === PrewarmReasons.PlatformNotFound;
         if (currentEntry && !platformMissing) {
           // Keep what the node was given while the cache cannot be read.
-          candidates.push(candidate(t, nodeName, currentEntry.digest, currentEntry.sizeBytes ?? 0, true));
+          out.push(candidate(t, nodeName, currentEntry.digest, currentEntry.sizeBytes ?? 0, true));
           continue;
         }
-        plan.decisions.push({
+        plan?.decisions.push({
           node: nodeName,
           state: platformMissing ? "skipped" : "unresolved",
-          ...(platformMissing ? { reason: PrewarmReasons.PlatformNotFound } : { reason: resolved?.reason }),
+          reason: platformMissing ? PrewarmReasons.PlatformNotFound : resolved?.reason,
           message: resolved?.message,
         });
         continue;
@@ -357,7 +357,7 @@ export function planPrewarm(input: PlanInput): PrewarmPlan {
       const need = resolved.image.cuda;
       const driver = nodeCudaDriver(node);
       if (need && driver && !(driver.cuda && cudaAtLeast(driver.cuda, need))) {
-        plan.decisions.push({
+        plan?.decisions.push({
           node: nodeName,
           state: "skipped",
           digest: resolved.image.digest,
@@ -367,69 +367,86 @@ export function planPrewarm(input: PlanInput): PrewarmPlan {
         continue;
       }
       const inSpec = current.some((e) => e.digest === resolved.image.digest);
-      candidates.push(candidate(t, nodeName, resolved.image.digest, resolved.image.sizeBytes, inSpec));
+      out.push(candidate(t, nodeName, resolved.image.digest, resolved.image.sizeBytes, inSpec));
     }
-  }
+    return out;
+  };
 
-  // 4: disk budget per node.
-  const accepted: Candidate[] = [];
-  for (const [nodeName, list] of groupBy(candidates, (c) => c.node)) {
-    const capacity = input.nodeCaches.get(nodeName)?.status?.imageFs?.capacityBytes;
-    if (capacity === undefined) {
-      // No capacity reported (yet): no budget to order candidates for.
-      for (const c of list) accepted.push(c);
-      continue;
-    }
-    const budget = capacity * input.config.diskBudgetFraction;
-    list.sort(
-      (a, b) =>
-        Number(b.planned) - Number(a.planned) ||
-        b.t.priority - a.t.priority ||
-        compareStrings(a.t.miKey, b.t.miKey) ||
-        compareStrings(a.t.variant, b.t.variant),
-    );
-    const counted = new Set<string>();
+  // 4: disk budget per node that reports its capacity. Every candidate of a digest on a node
+  // shares its fate (a digest is stored once), so each node's digests are ordered by their best
+  // candidate (already planned, then priority, then name) and fitted in that order.
+  const budgets = new Map<string, { budget: number; capacity: number; best: Map<string, Candidate> }>();
+  for (const [nodeName, nc] of input.nodeCaches) {
+    const capacity = nc.status?.imageFs?.capacityBytes;
+    if (capacity !== undefined)
+      budgets.set(nodeName, {
+        budget: capacity * input.config.diskBudgetFraction,
+        capacity,
+        best: new Map(),
+      });
+  }
+  if (budgets.size > 0)
+    for (const t of targets)
+      for (const c of candidatesOf(t, undefined)) {
+        const best = budgets.get(c.node)?.best;
+        if (!best) continue;
+        const current = best.get(c.digest);
+        if (!current || budgetOrder(c, current) < 0) best.set(c.digest, c);
+      }
+  /** node → digest → the refusal, for digests that do not fit. */
+  const refusals = new Map<string, Map<string, { used: number; budget: number; capacity: number }>>();
+  for (const [nodeName, { budget, capacity, best }] of budgets) {
     let used = 0;
-    for (const c of list) {
-      if (counted.has(c.digest)) {
-        accepted.push(c);
-        continue;
-      }
-      if (used + c.sizeBytes > budget) {
-        c.outcome = {
-          node: nodeName,
-          state: "refused",
-          digest: c.digest,
-          reason: PrewarmReasons.QuotaExceeded,
-          message: `node ${nodeName}: ${c.t.image} (${c.sizeBytes} bytes) does not fit the disk budget of ${Math.floor(budget)} bytes (${input.config.diskBudgetFraction * 100}% of ${capacity}); ${used} bytes are planned`,
-        };
-        continue;
-      }
-      used += c.sizeBytes;
-      counted.add(c.digest);
-      accepted.push(c);
+    const refused = new Map<string, { used: number; budget: number; capacity: number }>();
+    for (const c of [...best.values()].sort(budgetOrder)) {
+      if (used + c.sizeBytes > budget) refused.set(c.digest, { used, budget, capacity });
+      else used += c.sizeBytes;
     }
+    if (refused.size > 0) refusals.set(nodeName, refused);
   }
 
-  // 5: rollout per ModelImage.
+  // 5: rollout per ModelImage, and each ModelImage's decisions (targets are grouped by it).
   const nodeState = (nodeName: string, digest: string) =>
     imageStatusOf(input.nodeCaches.get(nodeName), digest)?.state;
   const inFlight = (c: Candidate) => {
     const state = nodeState(c.node, c.digest);
     return state !== NodeImageStates.Present && state !== NodeImageStates.Failed;
   };
-  const placed: Candidate[] = [];
-  for (const [miKey, list] of groupBy(accepted, (c) => c.t.miKey)) {
-    const max = list[0].t.maxConcurrentNodes;
-    const busyNodes = new Set(list.filter((c) => c.planned && inFlight(c)).map((c) => c.node));
+  const specEntries = new Map<string, Map<string, NodeCacheImage>>();
+  for (let first = 0; first < targets.length; ) {
+    const miKey = targets[first].miKey;
+    let end = first;
+    while (end < targets.length && targets[end].miKey === miKey) end++;
+    const found: Candidate[] = [];
+    const accepted: Candidate[] = [];
+    for (const t of targets.slice(first, end)) {
+      for (const c of candidatesOf(t, variantPlan(miKey, t.variant, true))) {
+        found.push(c);
+        const refusal = refusals.get(c.node)?.get(c.digest);
+        if (!refusal) {
+          accepted.push(c);
+          continue;
+        }
+        c.outcome = {
+          node: c.node,
+          state: "refused",
+          digest: c.digest,
+          reason: PrewarmReasons.QuotaExceeded,
+          message: `node ${c.node}: ${t.image} (${c.sizeBytes} bytes) does not fit the disk budget of ${Math.floor(refusal.budget)} bytes (${input.config.diskBudgetFraction * 100}% of ${refusal.capacity}); ${refusal.used} bytes are planned`,
+        };
+      }
+    }
+    first = end;
+    const max = targets[end - 1].maxConcurrentNodes;
+    const busyNodes = new Set(accepted.filter((c) => c.planned && inFlight(c)).map((c) => c.node));
     const waitingNodes = new Set<string>();
-    for (const c of list.filter((c) => c.planned)) placed.push(c);
-    const fresh = list.filter((c) => !c.planned).sort((a, b) => compareStrings(a.node, b.node));
+    for (const c of accepted) if (c.planned) place(specEntries, c);
+    const fresh = accepted.filter((c) => !c.planned).sort((a, b) => compareStrings(a.node, b.node));
     for (const c of fresh) {
       const alreadyOnNode = nodeState(c.node, c.digest) === NodeImageStates.Present;
       if (alreadyOnNode || busyNodes.has(c.node) || (busyNodes.size < max && !waitingNodes.has(c.node))) {
         if (!alreadyOnNode) busyNodes.add(c.node);
-        placed.push(c);
+        place(specEntries, c);
         continue;
       }
       waitingNodes.add(c.node);
@@ -443,14 +460,14 @@ export function planPrewarm(input: PlanInput): PrewarmPlan {
       };
       plan.pending.nodes.push(c.node);
     }
-  }
-  // Decisions for the candidates, in the order they were found: refused, or planned (waiting
-  // ones are in their variant's pending group).
-  for (const c of candidates) {
-    if (c.outcome === "waiting") continue;
-    variantPlan(c.t.miKey, c.t.variant, true).decisions.push(
-      c.outcome ?? { node: c.node, state: "planned", digest: c.digest },
-    );
+    // Decisions in the order the candidates were found: refused, or planned (waiting ones are in
+    // their variant's pending group).
+    for (const c of found) {
+      if (c.outcome === "waiting") continue;
+      variantPlan(miKey, c.t.variant, true).decisions.push(
+        c.outcome ?? { node: c.node, state: "planned", digest: c.digest },
+      );
+    }
   }
 
   // The specs.
@@ -458,31 +475,7 @@ export function planPrewarm(input: PlanInput): PrewarmPlan {
   const pullThrough = input.config.pullThroughHosts ?? [];
   for (const [nodeName] of input.nodeCaches)
     specs.set(nodeName, emptySpec(nodeName, input.cacheEndpoint, pullThrough));
-  for (const [nodeName, list] of groupBy(placed, (c) => c.node)) {
-    const entries = new Map<string, NodeCacheImage>();
-    for (const c of list) {
-      const entry = entries.get(c.digest);
-      const { t } = c;
-      const requester: ImageRequester = {
-        namespace: t.mi.metadata.namespace ?? "",
-        name: t.mi.metadata.name ?? "",
-        variant: t.variant,
-      };
-      if (!entry) {
-        entries.set(c.digest, {
-          image: t.image,
-          digest: c.digest,
-          cacheRepository: t.cacheRepository,
-          sizeBytes: c.sizeBytes,
-          priority: t.priority,
-          requestedBy: [requester],
-        });
-        continue;
-      }
-      if (t.image < entry.image) entry.image = t.image;
-      entry.priority = Math.max(entry.priority ?? 0, t.priority);
-      entry.requestedBy?.push(requester);
-    }
+  for (const [nodeName, entries] of specEntries) {
     const images = [...entries.values()];
     for (const e of images)
       e.requestedBy?.sort((a, b) =>
@@ -509,6 +502,46 @@ function candidate(
   return { t, node, digest, sizeBytes, planned };
 }
 
+/** A placed candidate into its node's spec entries: one entry per digest, with every requester. */
+function place(specEntries: Map<string, Map<string, NodeCacheImage>>, c: Candidate): void {
+  let entries = specEntries.get(c.node);
+  if (!entries) {
+    entries = new Map();
+    specEntries.set(c.node, entries);
+  }
+  const { t } = c;
+  const requester: ImageRequester = {
+    namespace: t.mi.metadata.namespace ?? "",
+    name: t.mi.metadata.name ?? "",
+    variant: t.variant,
+  };
+  const entry = entries.get(c.digest);
+  if (!entry) {
+    entries.set(c.digest, {
+      image: t.image,
+      digest: c.digest,
+      cacheRepository: t.cacheRepository,
+      sizeBytes: c.sizeBytes,
+      priority: t.priority,
+      requestedBy: [requester],
+    });
+    return;
+  }
+  if (t.image < entry.image) entry.image = t.image;
+  entry.priority = Math.max(entry.priority ?? 0, t.priority);
+  entry.requestedBy?.push(requester);
+}
+
+/** The disk budget's order: already planned first, then higher priority, then by name. */
+function budgetOrder(a: Candidate, b: Candidate): number {
+  return (
+    Number(b.planned) - Number(a.planned) ||
+    b.t.priority - a.t.priority ||
+    compareStrings(a.t.miKey, b.t.miKey) ||
+    compareStrings(a.t.variant, b.t.variant)
+  );
+}
+
 function requesterKey(miKey: string, variant: string): string {
   return `${miKey}|${variant}`;
 }
@@ -530,15 +563,4 @@ function emptySpec(
 ): NodeCacheSpec {
   const hosts = new Set([...pullThroughHosts, ...images.map((e) => parseReference(e.image).registry)]);
   return { nodeName, cacheEndpoint, mirrorHosts: [...hosts].sort(), images: [] };
-}
-
-function groupBy<T>(items: readonly T[], key: (item: T) => string): Map<string, T[]> {
-  const groups = new Map<string, T[]>();
-  for (const item of items) {
-    const k = key(item);
-    const list = groups.get(k);
-    if (list) list.push(item);
-    else groups.set(k, [item]);
-  }
-  return groups;
 }
