@@ -6,11 +6,11 @@
  */
 
 import { parseArgs } from "node:util";
-import { type NodeCache, NodeCacheResource } from "../api/nodeCache.ts";
-import { KubeClient } from "../kube/client.ts";
-import { EventRecorder } from "../kube/events.ts";
-import { Manager } from "../kube/manager.ts";
-import { createAgentMetrics, createRegistry, createRuntimeMetrics } from "../metrics.ts";
+// Only types, flag parsing and errors are imported here: what the running agent needs is loaded
+// by startAgent and runAgent, after runAgent has tuned V8 for it (runtimeEnv.ts).
+import type { NodeCache } from "../api/nodeCache.ts";
+import type { KubeClient } from "../kube/client.ts";
+import type { Manager } from "../kube/manager.ts";
 import type { Clock } from "../util/clock.ts";
 import { asStowageError } from "../util/errors.ts";
 import {
@@ -21,12 +21,14 @@ import {
   normaliseBooleanFlags,
   UsageError,
 } from "../util/flags.ts";
-import { createLogger, type Logger } from "../util/log.ts";
+import type { Logger } from "../util/log.ts";
 import { stowageVersion } from "../util/version.ts";
-import { CriClient, type ImageRuntime } from "./cri.ts";
-import { ContainerdPinner, type ImagePinner } from "./pin.ts";
-import { containerdProgressProbe, type ProgressProbe } from "./progress.ts";
-import { type AgentConfig, defaultAgentConfig, NodeAgentReconciler } from "./reconciler.ts";
+import { type AgentConfig, defaultAgentConfig } from "./config.ts";
+import type { CriClient, ImageRuntime } from "./cri.ts";
+import type { ContainerdPinner, ImagePinner } from "./pin.ts";
+import type { ProgressProbe } from "./progress.ts";
+import type { NodeAgentReconciler } from "./reconciler.ts";
+import { interpretOnly } from "./runtimeEnv.ts";
 
 export const agentHelp = `Usage: stowage agent [flags]
 
@@ -275,6 +277,15 @@ export interface StartAgentOptions {
 /** Wire the agent: an informer on this node's NodeCache only, one reconcile worker, health server. */
 export async function startAgent(options: StartAgentOptions): Promise<RunningAgent> {
   const { config, client } = options;
+  const [{ NodeCacheResource }, { EventRecorder }, { Manager }, metrics, { NodeAgentReconciler }] =
+    await Promise.all([
+      import("../api/nodeCache.ts"),
+      import("../kube/events.ts"),
+      import("../kube/manager.ts"),
+      import("../metrics.ts"),
+      import("./reconciler.ts"),
+    ]);
+  const { createAgentMetrics, createRegistry, createRuntimeMetrics } = metrics;
   const registry = createRegistry();
   const manager = new Manager({
     client,
@@ -350,6 +361,16 @@ export async function runAgent(args: string[]): Promise<number> {
     process.stdout.write(agentHelp);
     return 0;
   }
+  // Before anything of the running agent is loaded: V8 compiles it for the interpreter only.
+  if (invocation.fanout.mode !== "planned") interpretOnly();
+  const [{ createLogger }, { KubeClient }, { CriClient }, { ContainerdPinner }, { containerdProgressProbe }] =
+    await Promise.all([
+      import("../util/log.ts"),
+      import("../kube/client.ts"),
+      import("./cri.ts"),
+      import("./pin.ts"),
+      import("./progress.ts"),
+    ]);
   const log = createLogger({ level: invocation.logLevel, name: "stowage-agent" });
   let runtime: CriClient | undefined;
   let pinner: ContainerdPinner | undefined;

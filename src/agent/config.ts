@@ -1,0 +1,59 @@
+/** What one node agent is told to do: `stowage agent`'s flags, and the defaults tests start from. */
+export interface AgentConfig {
+  nodeName: string;
+  agentVersion: string;
+  /** Write containerd hosts.toml for `spec.mirrorHosts` (default true). */
+  mirrorConfig: boolean;
+  /** containerd's registry `config_path` (hosts.toml dirs live here). */
+  containerdConfigPath: string;
+  /** containerd's config.toml, read to check that `config_path` is set; optional. */
+  containerdConfigFile?: string;
+  /** containerd's root (e.g. /var/lib/containerd), if mounted: image filesystem capacity when the runtime's mountpoint is not visible. */
+  containerdRoot?: string;
+  /** skip_verify for the cache host in hosts.toml. */
+  cacheSkipVerify?: boolean;
+  /**
+   * PEM file with the CA of an HTTPS cache, copied beside each hosts.toml for containerd. Read on
+   * every pass, so a renewed CA reaches the node; a missing file means no CA (the cache's
+   * certificate must then chain to one the node trusts already).
+   */
+  cacheCaFile?: string;
+  maxConcurrentPulls: number;
+  /** A pull with no progress for this long is cancelled and retried. */
+  stallTimeoutMs: number;
+  /** status.heartbeatTime is refreshed this often: the only periodic write. */
+  heartbeatIntervalMs: number;
+  /** How often the runtime is re-checked without any change (images removed behind our back). */
+  resyncIntervalMs: number;
+  /** Backoff between attempts of a failing pull. */
+  retryInitialMs: number;
+  retryMaxMs: number;
+  /**
+   * How often a pull's bytes so far reach status while it runs (`pulling 42%`), read from
+   * containerd's content store under containerdRoot; 0 reports bytes only at Present.
+   */
+  progressIntervalMs?: number;
+  /**
+   * Label present spec images so the runtime pins them against the kubelet's image GC
+   * (containerd 1.7+; see pin.ts), and unlabel them when they leave the spec (default true).
+   */
+  pinImages?: boolean;
+  /**
+   * Fan-out (issue 15): the mirrors hosts.toml lists before the cache: this agent's own mirror
+   * (`planned` mode) or an external peer layer such as Spegel (`external` mode).
+   */
+  fanoutMirror?: { localMirror?: { port: number }; externalMirror?: string };
+}
+
+export const defaultAgentConfig: Omit<AgentConfig, "nodeName" | "agentVersion"> = {
+  mirrorConfig: true,
+  containerdConfigPath: "/etc/containerd/certs.d",
+  maxConcurrentPulls: 2,
+  stallTimeoutMs: 5 * 60_000,
+  heartbeatIntervalMs: 60_000,
+  resyncIntervalMs: 30_000,
+  retryInitialMs: 10_000,
+  retryMaxMs: 5 * 60_000,
+  progressIntervalMs: 10_000,
+  pinImages: true,
+};
