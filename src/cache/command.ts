@@ -5,12 +5,11 @@
  * Exit codes: 0 after SIGTERM/SIGINT, 1 on a fatal startup error, 2 on bad usage.
  */
 import { readFile, stat } from "node:fs/promises";
-import { createServer, type Server } from "node:http";
+import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { hostname, tmpdir } from "node:os";
 import { parseArgs } from "node:util";
-import { collectDefaultMetrics } from "prom-client";
-import { type CacheMetrics, createCacheMetrics, createRegistry } from "../metrics.ts";
+import { type CacheMetrics, createCacheMetrics, createRegistry, promClient } from "../metrics.ts";
 import { RegistryClient } from "../oci/registry.ts";
 import { Transport } from "../oci/transport.ts";
 import { type Clock, systemClock } from "../util/clock.ts";
@@ -24,6 +23,7 @@ import {
   UsageError,
 } from "../util/flags.ts";
 import { createLogger, type Logger, silentLogger } from "../util/log.ts";
+import { nodeHttp } from "../util/nodeHttp.ts";
 import { stowageVersion } from "../util/version.ts";
 import { AccessControl } from "./access.ts";
 import { BlobFiles } from "./blobFiles.ts";
@@ -255,7 +255,7 @@ function listenHealth(
   metrics: CacheMetrics,
   ready: () => Promise<boolean>,
 ): Promise<Server> {
-  const server = createServer(async (req, res) => {
+  const server = nodeHttp.createServer(async (req, res) => {
     const path = (req.url ?? "/").split("?")[0];
     if (path === "/healthz" || path === "/livez") {
       res.writeHead(200, { "content-type": "text/plain" }).end("ok");
@@ -437,7 +437,7 @@ export async function runCache(args: string[]): Promise<number> {
   }
   const logger = createLogger({ level: parsed.logLevel, name: "stowage-cache" });
   const registry = createRegistry();
-  collectDefaultMetrics({ register: registry });
+  promClient.collectDefaultMetrics({ register: registry });
   let cache: RunningCache;
   try {
     cache = await startCache(parsed.config, { logger, metrics: createCacheMetrics(registry) });

@@ -3,7 +3,7 @@
  * object request is authorized first (nothing is read from storage for a refused caller),
  * then served from storage when it is there and fetched upstream when it is not.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -12,6 +12,7 @@ import type { RegistryClient } from "../oci/registry.ts";
 import { headerValue } from "../oci/transport.ts";
 import { asStowageError, StowageError } from "../util/errors.ts";
 import type { Logger } from "../util/log.ts";
+import { nodeHttp } from "../util/nodeHttp.ts";
 import { type AccessControl, AccessRefused } from "./access.ts";
 import { type BlobFile, type BlobFiles, parseRange } from "./blobFiles.ts";
 import type { BlobFlights } from "./flights.ts";
@@ -379,7 +380,7 @@ export interface RunningFront {
 }
 
 export async function listenFront(front: Front, port: number, host = "0.0.0.0"): Promise<RunningFront> {
-  const server = createServer(front.handle);
+  const server = nodeHttp.createServer(front.handle);
   // Large blobs to slow nodes: no whole-request timeout, only the per-socket idle one.
   server.requestTimeout = 0;
   server.keepAliveTimeout = 30_000;

@@ -10,7 +10,7 @@ import { readFile } from "node:fs/promises";
 import { isIP } from "node:net";
 import { hostname } from "node:os";
 import { parseArgs } from "node:util";
-import { collectDefaultMetrics, type Registry } from "prom-client";
+import type { Registry } from "prom-client";
 import { ModelImageResource } from "../api/modelImage.ts";
 import { isNotFound, KubeClient, Resources } from "../kube/client.ts";
 import { EventRecorder } from "../kube/events.ts";
@@ -23,6 +23,7 @@ import {
   createRuntimeMetrics,
   createStowageMetrics,
   nodeCacheHeartbeatCollector,
+  promClient,
 } from "../metrics.ts";
 import { systemClock } from "../util/clock.ts";
 import { asStowageError, StowageError } from "../util/errors.ts";
@@ -727,7 +728,7 @@ export async function startController(
   const prewarmOn = invocation.prewarm !== undefined && (await nodeCachesServed(client, log));
 
   const registry = createRegistry();
-  collectDefaultMetrics({ register: registry });
+  promClient.collectDefaultMetrics({ register: registry });
   const runtimeMetrics = createRuntimeMetrics(registry);
   const stowageMetrics = createStowageMetrics(registry);
   const manager = new Manager({

@@ -1,5 +1,5 @@
 import { readFile } from "node:fs/promises";
-import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from "node:http";
+import type { IncomingMessage } from "node:http";
 import {
   Agent as HttpsAgent,
   type RequestOptions as HttpsRequestOptions,
@@ -13,6 +13,7 @@ import type {
   KubeConfig,
 } from "@kubernetes/client-node";
 import { type Reason, StowageError } from "../util/errors.ts";
+import { nodeHttp } from "../util/nodeHttp.ts";
 import { clampTimerMs } from "../util/timer.ts";
 import { stowageVersion } from "../util/version.ts";
 import { type ClusterConfig, clientNodeKubeConfig, loadClusterConfig } from "./kubeconfig.ts";
@@ -189,7 +190,7 @@ export function apiServerProxyEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv | u
 
 export class KubeClient {
   readonly config: ClusterConfig;
-  readonly #agent: HttpAgent;
+  readonly #agent: import("node:http").Agent;
   readonly #https: boolean;
   #typed: Promise<TypedApis> | undefined;
   #delegate: Promise<KubeConfig> | undefined;
@@ -225,7 +226,7 @@ export class KubeClient {
           servername: config.tls.serverName,
           proxyEnv,
         })
-      : new HttpAgent({ keepAlive: true, proxyEnv });
+      : new nodeHttp.Agent({ keepAlive: true, proxyEnv });
   }
 
   /** A client for the cluster `loadClusterConfig` resolves (explicit file, KUBECONFIG, in-cluster, ~/.kube/config). */
@@ -381,7 +382,7 @@ export class KubeClient {
     await this.#authorize(options);
     return new Promise((resolve, reject) => {
       let response: IncomingMessage | undefined;
-      const request = (this.#https ? httpsRequest : httpRequest)(url, options, (received) => {
+      const request = (this.#https ? httpsRequest : nodeHttp.request)(url, options, (received) => {
         response = received;
         // Readers see stream errors through iteration; this keeps a late one (after the reader
         // stopped) from becoming an uncaught exception.

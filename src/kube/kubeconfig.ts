@@ -1,9 +1,19 @@
 import { existsSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { homedir } from "node:os";
 import { dirname, isAbsolute, join, resolve } from "node:path";
 import type { KubeConfig } from "@kubernetes/client-node";
-import { parse } from "yaml";
 import { StowageError } from "../util/errors.ts";
+
+const requireDependency = createRequire(import.meta.url);
+/**
+ * Parses a kubeconfig's YAML with `yaml`, required on first use. Why not imported at the top:
+ * a process in a pod (every agent, the controller) reads its in-cluster credentials and never
+ * parses a kubeconfig, and the parser costs it ≈ 4 MB of resident memory.
+ */
+function parseYaml(text: string): unknown {
+  return (requireDependency("yaml") as typeof import("yaml")).parse(text);
+}
 
 const serviceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount";
 
@@ -107,7 +117,7 @@ export function loadClusterConfig(
 
 /** A kubeconfig given as text (tests, or a Secret). */
 export function clusterConfigFromString(text: string, context?: string): ClusterConfig {
-  return fromParsed([{ doc: parse(text) as KubeconfigFile, dir: process.cwd() }], context, {
+  return fromParsed([{ doc: parseYaml(text) as KubeconfigFile, dir: process.cwd() }], context, {
     kind: "string",
     text,
     context,
@@ -139,7 +149,7 @@ function fromKubeconfigFiles(
   const docs = paths
     .filter((path) => existsSync(path))
     .map((path) => ({
-      doc: (parse(readFileSync(path, "utf8")) ?? {}) as KubeconfigFile,
+      doc: (parseYaml(readFileSync(path, "utf8")) ?? {}) as KubeconfigFile,
       dir: dirname(resolve(path)),
     }));
   if (docs.length === 0)

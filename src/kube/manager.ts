@@ -1,9 +1,10 @@
-import { createServer, type Server } from "node:http";
+import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { hostname } from "node:os";
 import { defaultRuntimeMetrics, type RuntimeMetrics } from "../metrics.ts";
 import { type Clock, systemClock } from "../util/clock.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
+import { nodeHttp } from "../util/nodeHttp.ts";
 import type { KubeClient, KubeObject } from "./client.ts";
 import { Controller, type ControllerOptions, type StuckReconcile } from "./controller.ts";
 import { Informer, type InformerOptions } from "./informer.ts";
@@ -241,7 +242,7 @@ export class Manager {
   }
 
   #listen(port: number): Promise<void> {
-    const server = createServer(async (req, res) => {
+    const server = nodeHttp.createServer(async (req, res) => {
       const path = (req.url ?? "/").split("?")[0];
       if (path === "/healthz" || path === "/livez") {
         const ok = this.alive();

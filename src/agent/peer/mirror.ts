@@ -20,18 +20,12 @@
  * loading undici into the agent.
  */
 import { createHash } from "node:crypto";
-import {
-  createServer,
-  request as httpRequest,
-  type IncomingHttpHeaders,
-  type IncomingMessage,
-  type Server,
-  type ServerResponse,
-} from "node:http";
+import type { IncomingHttpHeaders, IncomingMessage, Server, ServerResponse } from "node:http";
 import { request as httpsRequest } from "node:https";
 import type { AddressInfo } from "node:net";
 import { FANOUT_CACHE_SOURCE, type FanoutPiece, type PeerFailure } from "../../api/nodeCache.ts";
 import { StowageError } from "../../util/errors.ts";
+import { nodeHttp } from "../../util/nodeHttp.ts";
 import { PEER_BLOB_PATH } from "./server.ts";
 
 /** What the NodeCache spec says about one digest: its pieces, and how to reach their peers. */
@@ -93,7 +87,7 @@ function open(
   signal?: AbortSignal,
 ): Promise<IncomingMessage> {
   return new Promise((resolve, reject) => {
-    const request = url.startsWith("https:") ? httpsRequest : httpRequest;
+    const request = url.startsWith("https:") ? httpsRequest : nodeHttp.request;
     const req = request(url, { method, headers, signal }, resolve);
     req.once("error", reject);
     req.end();
@@ -340,7 +334,7 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
     return assemble(req, res, blob[2], assignment.pieces);
   }
 
-  const server: Server = createServer((req, res) => {
+  const server: Server = nodeHttp.createServer((req, res) => {
     handle(req, res).catch((err) => {
       log(`mirror: ${req.method} ${req.url}: ${(err as Error).message}`);
       if (!res.headersSent) {

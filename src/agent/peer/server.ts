@@ -16,9 +16,10 @@
  * node:http rather than a framework: two routes, and the agent must stay small (its memory is budgeted).
  */
 import { createHash } from "node:crypto";
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { StowageError } from "../../util/errors.ts";
+import { nodeHttp } from "../../util/nodeHttp.ts";
 import type { BlobStore } from "./content.ts";
 import { verifyPeerToken } from "./token.ts";
 
@@ -264,7 +265,7 @@ export async function startPeerServer(options: PeerServerOptions): Promise<PeerS
     }
   }
 
-  const server: Server = createServer((req, res) => {
+  const server: Server = nodeHttp.createServer((req, res) => {
     serve(req, res).catch((err) => {
       log(`peer: ${(err as Error).message}`);
       if (!res.headersSent) refuse(res, 500, err instanceof StowageError ? err.reason : "Internal");
