@@ -70,6 +70,38 @@ describe.runIf(whyNoDocker === undefined)("the Stowage image", () => {
     expect(result.out).toMatch(/^Usage: stowage agent \[flags\]\n/);
     expect(result.out).toContain("Run the node agent");
   });
+  it.each([
+    ["65532", "the controller and the cache front"],
+    ["0", "the agent"],
+  ])(
+    "ships its compile cache: as uid %s (%s) nothing loads the type stripper, on a read-only root",
+    async (uid) => {
+      const probe = [
+        "await import('/app/src/agent/command.ts');",
+        "await import('/app/src/controller/command.ts');",
+        "await import('/app/src/cache/command.ts');",
+        "const { getCompileCacheDir } = await import('node:module');",
+        "console.log(JSON.stringify({ dir: getCompileCacheDir(), stripper: process.moduleLoadList.filter((m) => m.includes('amaro')) }));",
+      ].join(" ");
+      const result = await run([
+        "--read-only",
+        "--user",
+        `${uid}:${uid}`,
+        "--entrypoint",
+        "/nodejs/bin/node",
+        tag,
+        "--input-type=module",
+        "-e",
+        probe,
+      ]);
+      expect(result.err).toBe("");
+      expect(result.code).toBe(0);
+      const loaded = JSON.parse(result.out.trim()) as { dir: string; stripper: string[] };
+      expect(loaded.dir).toMatch(new RegExp(`^/app/compile-cache/v[^/]+-${uid}$`));
+      // Without the image's cache Node loads internal/deps/amaro (swc) to strip the sources.
+      expect(loaded.stripper).toEqual([]);
+    },
+  );
 });
 
 describe.runIf(whyNoDocker !== undefined)("the Stowage image (no Docker engine here)", () => {
