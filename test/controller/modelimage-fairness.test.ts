@@ -56,6 +56,60 @@ describe("upstream host slots", () => {
     expect(slots.isSlow("a.example")).toBe(false);
   });
 
+  it("wakes one parked key per freed slot, the longest parked first, not every parked key", () => {
+    const woken: string[] = [];
+    const slots = new UpstreamSlots(2, (key) => woken.push(key));
+    const held = [
+      slots.tryAcquire("ml/a", ["registry.example"]),
+      slots.tryAcquire("ml/b", ["registry.example"]),
+    ];
+    for (const key of ["ml/c", "ml/d", "ml/e", "ml/f"])
+      expect(slots.tryAcquire(key, ["registry.example"])).toBeUndefined();
+    held[0]?.();
+    expect(woken).toEqual(["ml/c"]);
+    expect(slots.parked("registry.example")).toEqual(["ml/d", "ml/e", "ml/f"]);
+    held[1]?.();
+    expect(woken).toEqual(["ml/c", "ml/d"]);
+    // Both woken keys take the freed slots; nobody else is woken until one of them ends.
+    const c = slots.tryAcquire("ml/c", ["registry.example"]);
+    expect(slots.tryAcquire("ml/d", ["registry.example"])).toBeTruthy();
+    expect(woken).toEqual(["ml/c", "ml/d"]);
+    c?.();
+    expect(woken).toEqual(["ml/c", "ml/d", "ml/e"]);
+  });
+
+  it("hands a freed slot to the next parked key when the woken key does not come back for it", () => {
+    const woken: string[] = [];
+    const slots = new UpstreamSlots(1, (key) => woken.push(key));
+    const a = slots.tryAcquire("ml/a", ["registry.example"]);
+    for (const key of ["ml/deleted", "ml/next"]) slots.tryAcquire(key, ["registry.example"]);
+    a?.();
+    expect(woken).toEqual(["ml/deleted"]);
+    // Its reconcile found it deleted (or suspended, or invalid) and never asked for a slot.
+    slots.forget("ml/deleted");
+    expect(woken).toEqual(["ml/deleted", "ml/next"]);
+    expect(slots.parked("registry.example")).toEqual([]);
+    expect(slots.tryAcquire("ml/next", ["registry.example"])).toBeTruthy();
+  });
+
+  it("hands a freed slot on when the woken key must park again for another host", () => {
+    const woken: string[] = [];
+    const slots = new UpstreamSlots(1, (key) => woken.push(key));
+    const onA = slots.tryAcquire("ml/a", ["a.example"]);
+    const onB = slots.tryAcquire("ml/b", ["b.example"]);
+    expect(slots.tryAcquire("ml/both", ["a.example", "b.example"])).toBeUndefined();
+    expect(slots.tryAcquire("ml/only-a", ["a.example"])).toBeUndefined();
+    onA?.();
+    expect(woken).toEqual(["ml/both"]);
+    // b.example is still full: ml/both parks there, and a.example's slot goes to the next in line.
+    expect(slots.tryAcquire("ml/both", ["a.example", "b.example"])).toBeUndefined();
+    expect(woken).toEqual(["ml/both", "ml/only-a"]);
+    expect(slots.parked("b.example")).toEqual(["ml/both"]);
+    expect(slots.tryAcquire("ml/only-a", ["a.example"])).toBeTruthy();
+    onB?.();
+    expect(woken).toEqual(["ml/both", "ml/only-a", "ml/both"]);
+  });
+
   it("refuses a slot count below one", () => {
     expect(() => new UpstreamSlots(0, () => {})).toThrow(/at least 1/);
   });

@@ -10,6 +10,13 @@
  * timed out once (the first round is bounded by the check deadline). A slow host is forgiven after
  * `slowForMs` or its first answered check.
  *
+ * A freed slot wakes one parked key, the longest parked, not all of them: with 2,000 ModelImages
+ * on one registry, waking every parked key at each release made each sync cost a pass over all
+ * the others (each woken key re-read its spec and parked again), which kept the controller busy
+ * and allocating long after the last sync (bench:controller). A woken key that does not come back
+ * for its slot (deleted, suspended, now parked on another host) passes it on (`forget`, or its
+ * next `tryAcquire`), so a wake-up is never lost; the reconciler's late recheck is the safety net.
+ *
  * Hand-written rather than p-queue/p-limit: those queue the work and keep a worker awaiting it;
  * here the point is to give the worker back and come back later through the work queue.
  */
@@ -23,8 +30,10 @@ export class UpstreamSlots {
   readonly #slowUntil = new Map<string, number>();
   readonly #now: () => number;
   readonly #slowForMs: number;
-  /** host → keys waiting for one of its slots */
+  /** host → keys waiting for one of its slots, longest parked first */
   readonly #parked = new Map<string, Set<string>>();
+  /** key → hosts whose freed slot it was woken for and has not yet come back for */
+  readonly #wokenFor = new Map<string, Set<string>>();
   readonly #wake: (key: string) => void;
 
   /** `wake(key)` queues a parked key again once a host it waits for frees a slot. */
@@ -65,6 +74,8 @@ export class UpstreamSlots {
    * undefined with `key` parked on the hosts that are full.
    */
   tryAcquire(key: string, hosts: Iterable<string>): (() => void) | undefined {
+    const wokenFor = this.#wokenFor.get(key);
+    this.#wokenFor.delete(key);
     const wanted = [...new Set(hosts)];
     const full = wanted.filter((host) => (this.#inUse.get(host) ?? 0) >= this.perHost);
     const slow = wanted.some((host) => this.isSlow(host));
@@ -75,16 +86,34 @@ export class UpstreamSlots {
         parked.add(key);
         this.#parked.set(host, parked);
       }
+      // A slot this key was woken for and cannot use now goes to the next key parked there.
+      for (const host of wokenFor ?? []) if (!full.includes(host)) this.#wakeNext(host);
       return undefined;
     }
     if (slow) wanted.push(SLOW_HOSTS);
     for (const host of wanted) this.#inUse.set(host, (this.#inUse.get(host) ?? 0) + 1);
+    // Woken for a host it no longer names (its spec changed): that slot goes to the next key.
+    for (const host of wokenFor ?? []) if (!wanted.includes(host)) this.#wakeNext(host);
     let released = false;
     return () => {
       if (released) return;
       released = true;
       for (const host of wanted) this.#release(host);
     };
+  }
+
+  /**
+   * `key` will not ask for a slot now (deleted, suspended, invalid): it leaves every parking spot,
+   * and a slot it was woken for goes to the next key parked there.
+   */
+  forget(key: string): void {
+    for (const [host, parked] of this.#parked) {
+      parked.delete(key);
+      if (parked.size === 0) this.#parked.delete(host);
+    }
+    const wokenFor = this.#wokenFor.get(key);
+    this.#wokenFor.delete(key);
+    for (const host of wokenFor ?? []) this.#wakeNext(host);
   }
 
   /** Slots of `host` in use now. */
@@ -101,11 +130,21 @@ export class UpstreamSlots {
     const left = (this.#inUse.get(host) ?? 1) - 1;
     if (left > 0) this.#inUse.set(host, left);
     else this.#inUse.delete(host);
+    this.#wakeNext(host);
+  }
+
+  /** Wakes the longest-parked key of `host` if the host has a free slot. */
+  #wakeNext(host: string): void {
+    if ((this.#inUse.get(host) ?? 0) >= this.perHost) return;
     const parked = this.#parked.get(host);
-    if (!parked) return;
-    this.#parked.delete(host);
-    // All of them: the work queue hands them out one by one, and those that find the host full
-    // again park again. Waking only one could strand a key whose wake-up found the key deleted.
-    for (const key of parked) this.#wake(key);
+    const next = parked?.values().next();
+    if (!parked || !next || next.done) return;
+    const key = next.value;
+    parked.delete(key);
+    if (parked.size === 0) this.#parked.delete(host);
+    const wokenFor = this.#wokenFor.get(key) ?? new Set<string>();
+    wokenFor.add(host);
+    this.#wokenFor.set(key, wokenFor);
+    this.#wake(key);
   }
 }

@@ -152,6 +152,23 @@ export function createReconciler(deps: ReconcilerDeps) {
     log: deps.log,
   };
   return async function reconcileModelImage(key: string, ctx: ReconcileContext): Promise<Result> {
+    let askedForSlots = false;
+    try {
+      return await reconcileKey(key, ctx, () => {
+        askedForSlots = true;
+      });
+    } finally {
+      // A key that returned before asking for upstream slots leaves the parking spots, and hands
+      // on any freed slot it was woken for (fairness.ts).
+      if (!askedForSlots) deps.slots?.forget(key);
+    }
+  };
+
+  async function reconcileKey(
+    key: string,
+    ctx: ReconcileContext,
+    askingForSlots: () => void,
+  ): Promise<Result> {
     let mi = deps.getModelImage(key);
     if (!mi) {
       deps.checks.delete(key);
@@ -191,6 +208,7 @@ export function createReconciler(deps: ReconcilerDeps) {
       ctx.log.warn({ reason: "InvalidSpec", problems }, "spec cannot be honoured");
       return done(); // a spec change queues it again
     }
+    askingForSlots();
     const release = deps.slots ? deps.slots.tryAcquire(key, upstreamHosts(spec)) : () => {};
     if (!release) {
       ctx.log.debug(
@@ -204,7 +222,7 @@ export function createReconciler(deps: ReconcilerDeps) {
     } finally {
       release();
     }
-  };
+  }
 }
 
 const DEFAULT_CHECK_TIMEOUT_MS = 20_000;
