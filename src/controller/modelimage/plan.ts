@@ -44,8 +44,10 @@ export function selectorMatches(
   selector: Record<string, string> | undefined,
   labels: Record<string, string> | undefined,
 ): boolean {
-  for (const [key, value] of Object.entries(selector ?? {})) {
-    if (labels?.[key] !== value) return false;
+  // for...in rather than Object.entries: called for every node on every sync and plan pass, and
+  // entries() allocates an array per key.
+  for (const key in selector) {
+    if (Object.hasOwn(selector, key) && labels?.[key] !== selector[key]) return false;
   }
   return true;
 }
