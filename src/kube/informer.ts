@@ -61,6 +61,8 @@ export class Informer<T extends KubeObject = KubeObject> implements EventSource<
   readonly #metrics: RuntimeMetrics;
   readonly #log: Logger;
   readonly #cache = new Map<string, T>();
+  /** `list()`'s snapshot, dropped at every change of the cache. */
+  #listed: readonly T[] | undefined;
   readonly #indexers = new Map<string, (obj: T) => string[]>();
   readonly #indices = new Map<string, Map<string, Set<string>>>();
   readonly #handlers = new Set<EventHandler<T>>();
@@ -123,8 +125,15 @@ export class Informer<T extends KubeObject = KubeObject> implements EventSource<
     return this.#cache.get(key);
   }
 
-  list(): T[] {
-    return [...this.#cache.values()];
+  /**
+   * Every cached object. The same array until the cache next changes (frozen: callers copy before
+   * sorting): controllers list the Nodes on every sync and plan pass, and a fresh copy each time
+   * was a large share of the controller's garbage at 2,000 ModelImages (bench:controller); it also
+   * lets callers memoise work per list.
+   */
+  list(): readonly T[] {
+    this.#listed ??= Object.freeze([...this.#cache.values()]);
+    return this.#listed;
   }
 
   keys(): string[] {
@@ -321,6 +330,7 @@ export class Informer<T extends KubeObject = KubeObject> implements EventSource<
     const old = this.#cache.get(key);
     if (!old) return;
     this.#cache.delete(key);
+    this.#listed = undefined;
     for (const [name, indexFunc] of this.#indexers) {
       const index = this.#indices.get(name)!;
       for (const value of indexFunc(old)) removeFromIndex(index, value, key);
@@ -330,6 +340,7 @@ export class Informer<T extends KubeObject = KubeObject> implements EventSource<
 
   #store(key: string, obj: T, old: T | undefined): void {
     this.#cache.set(key, obj);
+    this.#listed = undefined;
     for (const [name, indexFunc] of this.#indexers) {
       const index = this.#indices.get(name)!;
       if (old) for (const value of indexFunc(old)) removeFromIndex(index, value, key);

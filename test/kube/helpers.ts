@@ -91,7 +91,7 @@ export async function metricSum(
   );
 }
 
-export function rvByKey(objects: KubeObject[]): Map<string, string> {
+export function rvByKey(objects: readonly KubeObject[]): Map<string, string> {
   return new Map(
     objects.map((o) => [
       o.metadata?.namespace ? `${o.metadata.namespace}/${o.metadata.name}` : (o.metadata?.name ?? ""),

@@ -87,7 +87,7 @@ export interface ReconcilerDeps {
   objects: ObjectClient<ModelImage>;
   getModelImage: (key: string) => ModelImage | undefined;
   allModelImages: () => ModelImage[];
-  nodes: () => Node[];
+  nodes: () => readonly Node[];
   config: ControllerConfig;
   credentials: CredentialSource;
   registries: Registries;
@@ -125,7 +125,7 @@ function upstreamHosts(spec: ModelImage["spec"]): string[] {
 
 /** What the ModelImage status needs from the pre-warm planner. */
 export interface PrewarmSource {
-  nodeCaches: () => NodeCache[];
+  nodeCaches: () => readonly NodeCache[];
   plan: () => PrewarmPlan | undefined;
 }
 
@@ -133,7 +133,7 @@ export interface PrewarmSource {
 export function foldPrewarm(
   status: ModelImageStatus,
   mi: ModelImage,
-  nodes: Node[],
+  nodes: readonly Node[],
   prewarm: PrewarmSource | undefined,
   now: number,
 ): ModelImageStatus {
@@ -414,7 +414,7 @@ async function syncModelImage(mi: ModelImage, deps: ReconcilerDeps, ctx: Reconci
 export function reportedStatus(
   stored: ModelImageStatus | undefined,
   current: ModelImage,
-  input: Omit<StatusInput, "mi"> & { nodes: Node[]; prewarm: PrewarmSource | undefined },
+  input: Omit<StatusInput, "mi"> & { nodes: readonly Node[]; prewarm: PrewarmSource | undefined },
 ): ModelImageStatus {
   const next = statusFrom(stored, {
     mi: current,
@@ -446,7 +446,7 @@ function write(mi: ModelImage, work: VariantWork[], deps: ReconcilerDeps, signal
 async function checkVariant(
   mi: ModelImage,
   variant: ModelImageVariant,
-  nodes: Node[],
+  nodes: readonly Node[],
   credentials: CredentialLookup | undefined,
   credentialError: StowageError | undefined,
   deps: ReconcilerDeps,

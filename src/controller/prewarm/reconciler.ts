@@ -37,8 +37,8 @@ const RETRY_UNRESOLVED_MS = 15_000;
 
 export interface PrewarmReconcilerDeps {
   modelImages: () => ModelImage[];
-  nodes: () => PlannerNode[];
-  nodeCaches: () => NodeCache[];
+  nodes: () => readonly PlannerNode[];
+  nodeCaches: () => readonly NodeCache[];
   nodeCacheClient: ObjectClient<NodeCache>;
   nodeClient: ObjectClient<PlannerNode>;
   resolver: ImageResolver;
@@ -147,7 +147,7 @@ async function resolveThrough(
 async function writeSpecs(
   plan: PrewarmPlan,
   modelImages: ModelImage[],
-  nodes: PlannerNode[],
+  nodes: readonly PlannerNode[],
   nodeCaches: Map<string, NodeCache>,
   plannedAt: Map<string, number>,
   now: number,
@@ -217,7 +217,7 @@ function observeDurations(
 /** Warm labels (`warm.stowage.dev/<ns>.<name>=true`) and the warming taint. */
 async function maintainNodes(
   plan: PrewarmPlan,
-  nodes: PlannerNode[],
+  nodes: readonly PlannerNode[],
   nodeCaches: Map<string, NodeCache>,
   deps: PrewarmReconcilerDeps,
 ): Promise<void> {
