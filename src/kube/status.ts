@@ -78,7 +78,55 @@ export function observedGeneration(obj: KubeObject): number | undefined {
 
 /** Equal once serialised: `undefined` members and key order do not count as changes. */
 export function sameJson(a: unknown, b: unknown): boolean {
-  return isDeepStrictEqual(normalise(a), normalise(b));
+  const fast = plainJsonEqual(a, b);
+  return fast ?? isDeepStrictEqual(normalise(a), normalise(b));
+}
+
+/**
+ * `sameJson` over plain JSON data (objects, arrays, strings, finite numbers, booleans, null,
+ * undefined members) without serialising: every status write compares two statuses, and the
+ * round trip through JSON made a sizeable share of the controller's garbage at 2,000
+ * ModelImages (bench:controller). Undefined when a value is anything else (a Date, a NaN, an
+ * undefined array element...): the caller then serialises, as before.
+ */
+function plainJsonEqual(a: unknown, b: unknown): boolean | undefined {
+  const ta = typeof a;
+  const tb = typeof b;
+  const jsonType = (t: string) =>
+    t === "string" || t === "boolean" || t === "number" || t === "object" || t === "undefined";
+  if (!jsonType(ta) || !jsonType(tb)) return undefined;
+  if ((ta === "number" && !Number.isFinite(a)) || (tb === "number" && !Number.isFinite(b))) return undefined;
+  if (a === b) return true;
+  // A Date or other class instance serialises through its toJSON: compare serialised.
+  const notPlain = (v: unknown) =>
+    v !== null && typeof v === "object" && !Array.isArray(v) && Object.getPrototypeOf(v) !== Object.prototype;
+  if (notPlain(a) || notPlain(b)) return undefined;
+  if (a === null || b === null || ta !== "object" || tb !== "object") return false;
+  const arrayA = Array.isArray(a);
+  if (arrayA !== Array.isArray(b)) return false;
+  if (arrayA) {
+    const x = a as unknown[];
+    const y = b as unknown[];
+    if (x.length !== y.length) return false;
+    for (let i = 0; i < x.length; i++) {
+      if (x[i] === undefined || y[i] === undefined) return undefined;
+      const equal = plainJsonEqual(x[i], y[i]);
+      if (equal !== true) return equal;
+    }
+    return true;
+  }
+  const x = a as Record<string, unknown>;
+  const y = b as Record<string, unknown>;
+  let definedInX = 0;
+  for (const key in x) {
+    if (x[key] === undefined) continue;
+    definedInX++;
+    const equal = plainJsonEqual(x[key], y[key]);
+    if (equal !== true) return equal;
+  }
+  let definedInY = 0;
+  for (const key in y) if (y[key] !== undefined) definedInY++;
+  return definedInX === definedInY;
 }
 
 function normalise(value: unknown): unknown {
