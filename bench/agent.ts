@@ -25,7 +25,7 @@
 //                                             # into this process's working directory
 //
 // Needs root (containerd's snapshotter mounts). Not a test; CI does not run it.
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { mkdir, mkdtemp, open, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -41,6 +41,7 @@ import { type RunningContainerd, startContainerd } from "../testkit/containerd.t
 import { pushSinglePlatformImage } from "../testkit/images.ts";
 import { freePort } from "../testkit/ports.ts";
 import { startRegistry } from "../testkit/registry.ts";
+import { makeImageCompileCache } from "./imageCompileCache.ts";
 
 const GOAL_MB = 80;
 const MB = 1e6;
@@ -319,14 +320,7 @@ try {
 
   const floorKiB = await measureFloorKiB();
   // The image's compile cache, made by the script the Dockerfile runs at build time.
-  const imageCompileCache = join(dir, "image-compile-cache");
-  execFileSync(
-    process.execPath,
-    [join(import.meta.dirname, "../bin/warm-compile-cache.js"), imageCompileCache],
-    {
-      stdio: ["ignore", "ignore", "inherit"],
-    },
-  );
+  const imageCompileCache = makeImageCompileCache(dir);
   const emptyCompileCache = join(dir, "empty-compile-cache");
   await mkdir(emptyCompileCache);
   say(
