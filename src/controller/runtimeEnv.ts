@@ -13,6 +13,13 @@
  *   NODE_OPTIONS. At 2,000 ModelImages, optimize-for-size alone took the controller's resident
  *   size between passes from ~175 to ~120 MiB; syncs ran ~15% slower, which upstream
  *   round trips hide in a real cluster.
+ * - No optimising compiler (TurboFan, Maglev): Sparkplug's baseline code only. With them, a plan
+ *   pass or a status burst at 2,000 ModelImages grew the heap by ~30 MB in a few dozen
+ *   milliseconds before a collection caught up, and the compilers' own buffers came on top:
+ *   peaks of 150-160 MB with TurboFan off alone, 134.9-147.2 MB with both off (bench:controller,
+ *   goal < 150 MB). The cost is CPU: all 2,000 ModelImages Synced in ~120 s instead of ~45 s
+ *   here, where the bench's upstream is on loopback; in a cluster a sync waits on registries.
+ *   Set by the process at start like the two above (V8 reads them when it compiles a function).
  * - One malloc arena, and glibc's mmap threshold fixed at 128 KiB: V8's compiler and GC threads
  *   each kept an arena of 6-12 MB of freed zone memory resident (four of them at 2,000
  *   ModelImages), and the fixed threshold keeps larger freed blocks from staying in the heap.
@@ -29,7 +36,15 @@ export const CONTROLLER_RUNTIME_ENV: Readonly<Record<string, string>> = {
 
 export const CONTROLLER_HEAP_GROWING_PERCENT = 20;
 
+/** V8 flags the controller sets on itself at start (V8 takes them at run time, not in NODE_OPTIONS). */
+export const CONTROLLER_V8_FLAGS = [
+  "--optimize-for-size",
+  `--heap-growing-percent=${CONTROLLER_HEAP_GROWING_PERCENT}`,
+  "--no-opt",
+  "--no-maglev",
+] as const;
+
 /** Favours memory over speed in V8's heap and compiler heuristics, which it reads as it runs. */
-export function tuneHeapForMemory(percent = CONTROLLER_HEAP_GROWING_PERCENT): void {
-  setFlagsFromString(`--optimize-for-size --heap-growing-percent=${percent}`);
+export function tuneHeapForMemory(): void {
+  setFlagsFromString(CONTROLLER_V8_FLAGS.join(" "));
 }

@@ -5,6 +5,7 @@ import { defaultRuntimeMetrics, type RuntimeMetrics } from "../metrics.ts";
 import { type Clock, systemClock } from "../util/clock.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
 import { nodeHttp } from "../util/nodeHttp.ts";
+import { compareStrings } from "../util/order.ts";
 import type { KubeClient, KubeObject } from "./client.ts";
 import { Controller, type ControllerOptions, type StuckReconcile } from "./controller.ts";
 import { Informer, type InformerOptions } from "./informer.ts";
@@ -108,7 +109,7 @@ export class Manager {
     }
     const scope = Object.entries(rest)
       .filter(([, value]) => value !== undefined)
-      .sort(([a], [b]) => a.localeCompare(b));
+      .sort(([a], [b]) => compareStrings(a, b));
     return JSON.stringify([type.group ?? "", type.version, type.plural, transformId, scope]);
   }
 

@@ -5,6 +5,7 @@
  * blobs no remaining image references. Least recently pulled goes first; an image with no known
  * pull is older than any pulled one.
  */
+import { compareStrings } from "../../util/order.ts";
 
 export interface StoredImage {
   repository: string;
@@ -47,7 +48,7 @@ export function planEviction(
   let undeclaredBytes = 0;
   for (const { size } of references.values()) undeclaredBytes += size;
   const order = [...candidates].sort(
-    (a, b) => a.lastPulledAt - b.lastPulledAt || a.repository.localeCompare(b.repository),
+    (a, b) => a.lastPulledAt - b.lastPulledAt || compareStrings(a.repository, b.repository),
   );
   const evict: CandidateImage[] = [];
   let remaining = undeclaredBytes;
