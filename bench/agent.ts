@@ -42,6 +42,7 @@ import { pushSinglePlatformImage } from "../testkit/images.ts";
 import { freePort } from "../testkit/ports.ts";
 import { startRegistry } from "../testkit/registry.ts";
 import { makeImageCompileCache } from "./imageCompileCache.ts";
+import { procStatusKiB } from "./procStatus.ts";
 
 const GOAL_MB = 80;
 const MB = 1e6;
@@ -70,18 +71,6 @@ const runtimeEnv: Record<string, string> = values["no-runtime-env"] ? {} : { ...
 
 function say(line = ""): void {
   process.stdout.write(`${line}\n`);
-}
-
-function procStatusKiB(pid: number | undefined, field: string): number {
-  if (pid === undefined) return 0;
-  try {
-    const match = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(
-      readFileSync(`/proc/${pid}/status`, "utf8"),
-    );
-    return match ? Number(match[1]) : 0;
-  } catch {
-    return 0;
-  }
 }
 
 const mb = (kib: number) => `${((kib * 1024) / MB).toFixed(1)} MB`;

@@ -7,7 +7,7 @@
 // 2,000 Pods. Figures: time from process start to every ModelImage Synced, NodeCaches planned,
 // the controller's peak RSS (VmHWM) against the goal (< 150 MB), and API writes in steady state.
 // bench/controller.ts measures the controller runtime alone (a no-op reconciler).
-import { readdirSync, readFileSync, statSync } from "node:fs";
+import { readdirSync, statSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { parseArgs } from "node:util";
 import PQueue from "p-queue";
@@ -24,6 +24,7 @@ import { pushSinglePlatformImage } from "../testkit/images.ts";
 import { freePort } from "../testkit/ports.ts";
 import { startRegistry } from "../testkit/registry.ts";
 import { makeImageCompileCache } from "./imageCompileCache.ts";
+import { procStatusKiB } from "./procStatus.ts";
 
 const { values } = parseArgs({
   options: {
@@ -368,17 +369,6 @@ function workloadPod(i: number): KubeObject {
     },
     status: { phase: "Running", podIP: `10.200.${i >> 8}.${i & 255}` },
   } as KubeObject;
-}
-
-function procStatusKiB(pid: number, field: string): number {
-  try {
-    const match = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(
-      readFileSync(`/proc/${pid}/status`, "utf8"),
-    );
-    return match ? Number(match[1]) : 0;
-  } catch {
-    return 0;
-  }
 }
 
 function openFds(pid: number): number {
