@@ -8,12 +8,16 @@
  * Figures: the hit path (the blob through the front vs straight from distribution, same run,
  * alternating, best of --rounds), eight concurrent cold pulls (bytes read upstream as a multiple
  * of the blob, the best time against the best single cold pull over --cold-rounds), and the
- * front's peak RSS (VmHWM) while serving. The front reads hits from the storage registry's
- * files (--storage-root), as it does beside the registry in the chart.
+ * front's peak RSS (VmHWM) while serving, with the highest sample of each phase split into
+ * anonymous and file-backed memory (the node binary alone is ~55 MB of the latter), and the
+ * front's CPU seconds per phase by thread (main, libuv's pool, V8's workers). The front reads
+ * hits from the storage registry's files (--storage-root), as it does beside the registry in
+ * the chart.
  * Goals from issue 13: hit ≥ 0.9×, upstream bytes 1×, eight cold ≤ 1.2× one cold, RSS < 150 MB.
  * The front runs with the chart's environment (src/cache/runtimeEnv.ts); NODE_OPTIONS reaches it too, after it.
  */
 import { type ChildProcess, spawn } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
 import { mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -82,6 +86,110 @@ async function peakRssKiB(pid: number): Promise<number> {
   return Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? "0");
 }
 
+/** The front's resident memory now, split as the kernel counts it (kB). */
+interface RssSample {
+  rss: number;
+  anon: number;
+  file: number;
+}
+
+async function rssNow(pid: number): Promise<RssSample | undefined> {
+  const status = await readFile(`/proc/${pid}/status`, "utf8").catch(() => undefined);
+  if (!status) return undefined;
+  const field = (name: string) => Number(new RegExp(`${name}:\\s+(\\d+) kB`).exec(status)?.[1] ?? "0");
+  return { rss: field("VmRSS"), anon: field("RssAnon"), file: field("RssFile") };
+}
+
+/**
+ * Samples the front's RSS every 20 ms and keeps the highest sample of each phase: VmHWM says how
+ * high, this says when (cold fan-out or hit path) and what (anonymous memory, or the node binary
+ * and other file pages).
+ */
+class RssSampler {
+  #phase = "ready";
+  readonly peaks = new Map<string, RssSample>();
+  /** CPU seconds per phase and thread name (the main thread, libuv's pool, V8's workers). */
+  readonly cpu = new Map<string, Map<string, number>>();
+  private readonly timer: NodeJS.Timeout;
+  private readonly pid: number;
+  private phaseStarted: Map<string, number> = new Map();
+  private phaseWall = performance.now();
+
+  get phase(): string {
+    return this.#phase;
+  }
+
+  set phase(name: string) {
+    const previous = this.#phase;
+    const started = this.phaseStarted;
+    const wall = (performance.now() - this.phaseWall) / 1000;
+    this.#phase = name;
+    this.phaseWall = performance.now();
+    const now = threadCpu(this.pid);
+    this.phaseStarted = now;
+    const spent = this.cpu.get(previous) ?? new Map<string, number>();
+    for (const [thread, seconds] of now)
+      spent.set(thread, (spent.get(thread) ?? 0) + seconds - (started.get(thread) ?? 0));
+    spent.set("wall", (spent.get("wall") ?? 0) + wall);
+    this.cpu.set(previous, spent);
+  }
+
+  constructor(pid: number) {
+    this.pid = pid;
+    this.phaseStarted = threadCpu(pid);
+    this.timer = setInterval(async () => {
+      const sample = await rssNow(pid);
+      if (!sample) return;
+      const peak = this.peaks.get(this.phase);
+      if (!peak || sample.rss > peak.rss) this.peaks.set(this.phase, sample);
+    }, 20);
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  cpuReport(): string {
+    return [...this.cpu]
+      .map(
+        ([phase, threads]) =>
+          `${phase}: ${[...threads]
+            .filter(([, seconds]) => seconds >= 0.05)
+            .map(([thread, seconds]) => `${thread} ${seconds.toFixed(1)}`)
+            .join(", ")}`,
+      )
+      .join("; ");
+  }
+
+  report(): string {
+    const mb = (kB: number) => ((kB * 1024) / 1e6).toFixed(1);
+    return [...this.peaks]
+      .map(([phase, peak]) => `${phase} ${mb(peak.rss)} (anon ${mb(peak.anon)}, file ${mb(peak.file)})`)
+      .join("; ");
+  }
+}
+
+/** CPU seconds (user + system) of each of a process's threads, summed by thread name. */
+function threadCpu(pid: number): Map<string, number> {
+  const seconds = new Map<string, number>();
+  let tasks: string[] = [];
+  try {
+    tasks = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return seconds;
+  }
+  for (const task of tasks) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${task}/stat`, "utf8");
+      const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")).replace(/\d+$/, "");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      const ticks = Number(fields[11]) + Number(fields[12]);
+      seconds.set(name, (seconds.get(name) ?? 0) + ticks / 100);
+    } catch {}
+  }
+  return seconds;
+}
+
 async function deleteBlob(storage: RunningRegistry, repository: string, digest: string): Promise<void> {
   const response = await request(`${storage.url}/v2/${repository}/blobs/${digest}`, { method: "DELETE" });
   await response.body.dump();
@@ -101,6 +209,7 @@ const verdict = (ok: boolean) => (ok ? "ok" : "MISSED");
 let upstream: RunningRegistry | undefined;
 let storage: RunningRegistry | undefined;
 let front: ChildProcess | undefined;
+let sampler: RssSampler | undefined;
 const spoolDir = await mkdtemp(join(tmpdir(), "stowage-bench-cache-"));
 try {
   [upstream, storage] = await Promise.all([startRegistry(), startRegistry()]);
@@ -149,10 +258,15 @@ try {
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
   const readyRssMB = ((await peakRssKiB(front.pid as number)) * 1024) / 1e6;
+  sampler = new RssSampler(front.pid as number);
+  const phase = (name: string) => {
+    if (sampler) sampler.phase = name;
+  };
   const frontBlobUrl = `http://127.0.0.1:${port}/v2/${cacheHostSegment(upstream.host)}/bench/big/blobs/${layer.digest}`;
   const storageRepository = cacheRepository({ registry: upstream.host, repository: "bench/big" });
   const storageBlobUrl = `${storage.url}/v2/${storageRepository}/blobs/${layer.digest}`;
 
+  phase("first cold pull");
   const cold = await timedGet(frontBlobUrl);
   if (cold.bytes !== layer.size) throw new Error(`cold pull got ${cold.bytes} of ${layer.size} bytes`);
   process.stdout.write(
@@ -175,7 +289,9 @@ try {
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
   };
+  phase("storing");
   await waitStored();
+  phase("hit path");
   let bestFront = Number.POSITIVE_INFINITY;
   let bestDirect = Number.POSITIVE_INFINITY;
   for (let round = 0; round < rounds; round++) {
@@ -204,6 +320,7 @@ try {
     let oneSeconds = cold.seconds;
     if (round > 0) {
       await deleteBlob(storage, storageRepository, layer.digest);
+      phase("one cold pull");
       const oneBefore = await metric(healthUrl, "stowage_cache_upstream_bytes_total");
       const one = await timedGet(frontBlobUrl);
       if (one.bytes !== layer.size) throw new Error(`cold pull got ${one.bytes} of ${layer.size} bytes`);
@@ -212,10 +329,12 @@ try {
       );
       oneSeconds = one.seconds;
       bestOne = Math.min(bestOne, one.seconds);
+      phase("storing");
       await waitStored();
     }
     await deleteBlob(storage, storageRepository, layer.digest);
     const upstreamBefore = await metric(healthUrl, "stowage_cache_upstream_bytes_total");
+    phase("eight cold pulls");
     const started = performance.now();
     const eight = await Promise.all(Array.from({ length: 8 }, () => timedGet(frontBlobUrl)));
     const eightSeconds = (performance.now() - started) / 1000;
@@ -229,6 +348,7 @@ try {
       `  cold round ${round + 1}: one ${oneSeconds.toFixed(2)} s, eight concurrent ${eightSeconds.toFixed(2)} s (${(eightSeconds / oneSeconds).toFixed(2)}x, upstream ${(upstreamBytes / layer.size).toFixed(2)}x the blob)\n`,
     );
     // The next round deletes the blob again once the front stored it and its flight is over.
+    phase("storing");
     if (round + 1 < coldRounds) await waitStored();
   }
   const timeRatio = bestEight / bestOne;
@@ -238,10 +358,13 @@ try {
   );
 
   const rssMB = ((await peakRssKiB(front.pid as number)) * 1024) / 1e6;
+  sampler.phase = "end";
+  sampler.stop();
   process.stdout.write(
-    `front peak RSS: ${rssMB.toFixed(1)} MB  ${verdict(rssMB < 150)} (goal < 150 MB; ${readyRssMB.toFixed(1)} MB of it before serving anything)\n`,
+    `front peak RSS: ${rssMB.toFixed(1)} MB  ${verdict(rssMB < 150)} (goal < 150 MB; ${readyRssMB.toFixed(1)} MB of it before serving anything)\n  highest sample per phase, MB: ${sampler.report()}\n  front CPU s per phase: ${sampler.cpuReport()}\n`,
   );
 } finally {
+  sampler?.stop();
   if (front && front.exitCode === null) {
     const exited = new Promise((resolve) => front?.once("exit", resolve));
     front.kill("SIGTERM");

@@ -27,6 +27,7 @@ import { nodeHttp } from "../util/nodeHttp.ts";
 import { stowageVersion } from "../util/version.ts";
 import { AccessControl } from "./access.ts";
 import { BlobFiles } from "./blobFiles.ts";
+import { CollectionPacer, fullCollection } from "./collect.ts";
 import { BlobFlights } from "./flights.ts";
 import { Manifests } from "./manifests.ts";
 import { ManifestPromotion } from "./promotion.ts";
@@ -284,7 +285,13 @@ function listenHealth(
 /** Starts the front (and its health server when `healthPort` is set). */
 export async function startCache(
   config: CacheConfig,
-  options: { logger?: Logger; clock?: Clock; metrics?: CacheMetrics } = {},
+  options: {
+    logger?: Logger;
+    clock?: Clock;
+    metrics?: CacheMetrics;
+    /** Full collections paced by fetched bytes (collect.ts); `stowage cache` paces V8's. */
+    collection?: CollectionPacer;
+  } = {},
 ): Promise<RunningCache> {
   if (config.storageRoot !== undefined) {
     // Checked when starting, not when parsing: the volume is mounted only in the pod.
@@ -355,6 +362,7 @@ export async function startCache(
     onCommitted: (target) => {
       promotion.blobCommitted(target.cacheRepository, target.reference).catch(() => {});
     },
+    collection: options.collection,
   });
   const pulls =
     config.pullRecordIntervalMs && config.pullRecordIntervalMs > 0
@@ -440,7 +448,11 @@ export async function runCache(args: string[]): Promise<number> {
   promClient.collectDefaultMetrics({ register: registry });
   let cache: RunningCache;
   try {
-    cache = await startCache(parsed.config, { logger, metrics: createCacheMetrics(registry) });
+    cache = await startCache(parsed.config, {
+      logger,
+      metrics: createCacheMetrics(registry),
+      collection: new CollectionPacer(fullCollection()),
+    });
   } catch (err) {
     const failure = asStowageError(err);
     logger.fatal({ reason: failure.reason }, `cache could not start: ${failure.message}`);

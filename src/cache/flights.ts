@@ -12,6 +12,7 @@ import type { RegistryClient } from "../oci/registry.ts";
 import type { Descriptor } from "../oci/types.ts";
 import { asStowageError, StowageError } from "../util/errors.ts";
 import type { Logger } from "../util/log.ts";
+import type { CollectionPacer } from "./collect.ts";
 import type { CacheTarget } from "./layout.ts";
 import { Spool } from "./spool.ts";
 import type { Storage } from "./storage.ts";
@@ -32,6 +33,8 @@ export interface BlobFlightsOptions {
   stallTimeoutMs: number;
   /** Told when a fetched blob is committed to storage (manifest promotion). */
   onCommitted?: (target: CacheTarget) => void;
+  /** Counts every fetched byte, to collect the fetch's dead buffers at its pace (collect.ts). */
+  collection?: CollectionPacer;
 }
 
 export class BlobFlights {
@@ -98,7 +101,7 @@ export class BlobFlights {
     // spool that failed, so it is not retryable.
     const upload = storage
       .pushBlob(target.cacheRepository, descriptor, () =>
-        Readable.from(uploadTail(spool), { objectMode: false }),
+        Readable.from(uploadTail(spool, this.options.collection), { objectMode: false }),
       )
       .then(
         () => true,
@@ -123,6 +126,7 @@ export class BlobFlights {
         armStallTimer();
         await spool.append(chunk as Buffer);
         metrics.upstreamBytes.inc((chunk as Buffer).length);
+        this.options.collection?.count((chunk as Buffer).length);
       }
       await spool.flush();
     } catch (err) {
@@ -157,9 +161,13 @@ export class BlobFlights {
   }
 }
 
-async function* uploadTail(spool: Spool): AsyncGenerator<Buffer> {
+/** The spool to storage, in fresh buffers (counted: they are garbage once sent, see collect.ts). */
+async function* uploadTail(spool: Spool, collection: CollectionPacer | undefined): AsyncGenerator<Buffer> {
   try {
-    yield* spool.tail(0, spool.size);
+    for await (const chunk of spool.tail(0, spool.size)) {
+      collection?.count(chunk.length);
+      yield chunk;
+    }
   } catch (err) {
     const failure = asStowageError(err);
     throw new StowageError(failure.reason === "Aborted" ? "Aborted" : failure.reason, failure.message, {

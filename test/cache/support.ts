@@ -7,6 +7,7 @@ import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { request } from "undici";
+import type { CollectionPacer } from "../../src/cache/collect.ts";
 import { type CacheConfig, type RunningCache, startCache } from "../../src/cache/command.ts";
 import { cacheHostSegment } from "../../src/cache/layout.ts";
 import { RegistryClient } from "../../src/oci/registry.ts";
@@ -55,6 +56,8 @@ export async function startRig(
     frontCredentials?: { username: string; password: string };
     /** The front reads hits from the storage registry's files (`--storage-root`), as beside it in a pod. */
     readStorageFiles?: boolean;
+    /** Collections paced by fetched bytes (src/cache/collect.ts). */
+    collection?: CollectionPacer;
   } = {},
 ): Promise<CacheRig> {
   const [upstream, storage] = await Promise.all([startRegistry(options.upstream), startRegistry()]);
@@ -80,7 +83,7 @@ export async function startRig(
       storageRoot,
       ...options.config,
     },
-    { clock: options.clock },
+    { clock: options.clock, collection: options.collection },
   );
   return {
     upstream,
