@@ -40,8 +40,8 @@ export function writeChunk(res: ServerResponse, chunk: Buffer): Promise<void> {
 }
 
 /**
- * Sends chunks from `chunks` (each a view of one of the two `sendBuffers()`), keeping one write
- * in flight while the next chunk is read. Returns the bytes written; stops early when the
+ * Sends chunks from `chunks` (views of the two `sendBuffers()`, or buffers nobody writes into
+ * again, such as a spool's recent chunks), keeping one write in flight while the next chunk is read. Returns the bytes written; stops early when the
  * response is gone.
  */
 export async function sendChunks(
