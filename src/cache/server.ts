@@ -280,7 +280,7 @@ export class Front {
       const chunks = spool.tail(0, size, {
         holdLast: true,
         signal: abort.signal,
-        buffers: sendBuffers(TAIL_CHUNK_BYTES),
+        buffers: () => sendBuffers(TAIL_CHUNK_BYTES),
       });
       await sendChunks(res, chunks, (bytes) => metrics.bytesServed.inc({ source: "upstream" }, bytes));
       if (res.destroyed) return;

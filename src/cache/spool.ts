@@ -18,8 +18,9 @@ import { join } from "node:path";
 import { StowageError } from "../util/errors.ts";
 
 // Reads for tails without their own buffers (the storage upload, whose HTTP client keeps what it
-// was given until sent, so its buffers cannot be reused).
-const READ_SIZE = 1024 * 1024;
+// was given until sent, so its buffers cannot be reused). The upload's stream chain holds about
+// four of them at once.
+const READ_SIZE = 256 * 1024;
 // Queued bytes before the fetch waits for the file: enough to batch dozens of network chunks
 // into one write, small enough not to show in the front's resident memory.
 const WRITE_HIGH_WATER = 2 * 1024 * 1024;
@@ -169,12 +170,16 @@ export class Spool {
     options: {
       holdLast?: boolean;
       signal?: AbortSignal;
-      /** Read into these in turn (send.ts): the consumer must be done with a chunk two chunks later. */
-      buffers?: Buffer[];
+      /**
+       * Read the file into these in turn (send.ts): the consumer must be done with a chunk two
+       * chunks later. Made on the first read of the file, which a tail that keeps up never does.
+       */
+      buffers?: () => Buffer[];
     } = {},
   ) {
     this.#readers++;
     let turn = 0;
+    let buffers: Buffer[] | undefined;
     try {
       let position = start;
       while (position < end) {
@@ -203,8 +208,9 @@ export class Spool {
         // Behind the recent chunks, so in the file (chunks are dropped only once written).
         const handle = this.#handle;
         const available = Math.min(until, this.#recentStart) - position;
-        const buffer = options.buffers
-          ? options.buffers[turn++ % options.buffers.length]
+        if (options.buffers) buffers ??= options.buffers();
+        const buffer = buffers
+          ? buffers[turn++ % buffers.length]
           : Buffer.allocUnsafe(Math.min(available, READ_SIZE));
         const { bytesRead } = await handle.read(buffer, 0, Math.min(available, buffer.length), position);
         if (bytesRead === 0) throw new StowageError("Internal", `spool ${this.path} returned no bytes`);

@@ -204,14 +204,19 @@ describe("spool", () => {
     }
   });
 
-  it("hands a reader that keeps up the fetched chunks themselves, and one that fell behind the file's bytes", async () => {
+  it("hands a reader that keeps up the fetched chunks themselves (no read buffers made), and one that fell behind the file's bytes", async () => {
     const dir = await mkdtemp(join(tmpdir(), "stowage-spool-test-"));
     try {
       const chunkSize = 64 * 1024;
       const chunks = Array.from({ length: 64 }, (_, index) => Buffer.alloc(chunkSize, index));
       const size = chunks.length * chunkSize;
       const spool = await Spool.create(dir, "sha256:edge", size);
-      const edge = spool.tail(0, size)[Symbol.asyncIterator]();
+      let buffersMade = 0;
+      const readBuffers = () => {
+        buffersMade++;
+        return [Buffer.alloc(chunkSize), Buffer.alloc(chunkSize)];
+      };
+      const edge = spool.tail(0, size, { buffers: readBuffers })[Symbol.asyncIterator]();
       await spool.append(chunks[0]);
       // No file read: the very bytes the fetch appended (and before they reach the file).
       expect(((await edge.next()).value as Buffer).buffer).toBe(chunks[0].buffer);
@@ -220,8 +225,9 @@ describe("spool", () => {
       spool.seal();
       // 4 MiB appended: the first chunks are only in the file now; the last ones still in memory.
       const late: Buffer[] = [];
-      for await (const chunk of spool.tail(0, size)) late.push(Buffer.from(chunk));
+      for await (const chunk of spool.tail(0, size, { buffers: readBuffers })) late.push(Buffer.from(chunk));
       expect(Buffer.concat(late).equals(Buffer.concat(chunks))).toBe(true);
+      expect(buffersMade).toBe(1);
       const fromMemory: Buffer[] = [];
       for await (const chunk of spool.tail(size - chunkSize, size)) fromMemory.push(chunk);
       expect(fromMemory.map((chunk) => chunk.buffer)).toEqual([chunks[63].buffer]);
@@ -229,9 +235,11 @@ describe("spool", () => {
       for await (const chunk of spool.tail(0, chunkSize)) fromFile.push(chunk);
       expect(fromFile.some((chunk) => chunk.buffer === chunks[0].buffer)).toBe(false);
       expect(Buffer.concat(fromFile).equals(chunks[0])).toBe(true);
+      // The reader that kept up read the file only for what went past it meanwhile.
       let rest = 0;
       for await (const chunk of edge) rest += chunk.length;
       expect(rest).toBe(size - chunkSize);
+      expect(buffersMade).toBe(2);
       await spool.dispose();
       expect(await readdir(dir)).toEqual([]);
     } finally {
