@@ -425,8 +425,14 @@ describe("pre-warm planner", () => {
       // No taints left: the API server drops an empty list (omitempty), so it reads back absent.
       async () => (await getNode(cluster.client, "w-2")).spec?.taints === undefined,
     );
-    const events = await eventsAbout(cluster.client, "default", "w-2");
-    const warmed = events.find((e) => e.reason === "WarmingComplete");
+    // The event is recorded after the Node update: on the real API server it can land a moment
+    // after the taint is seen gone.
+    let warmed: Awaited<ReturnType<typeof eventsAbout>>[number] | undefined;
+    await eventually("a WarmingComplete event about w-2", async () => {
+      const events = await eventsAbout(cluster.client, "default", "w-2");
+      warmed = events.find((e) => e.reason === "WarmingComplete");
+      return warmed !== undefined;
+    });
     expect(warmed?.type).toBe("Warning");
     expect(warmed?.note).toContain(`ml/taint-failed (${llamaDigest}: PullFailed)`);
     // Not every image is Present: no warm label.
