@@ -40,6 +40,7 @@ import {
   type PlannerNode,
   platformOf,
 } from "./nodes.ts";
+import { entriesByRequester, requesterKey } from "./requesters.ts";
 
 const NOT_CACHED_MESSAGE = "the cache does not hold this variant yet";
 /** A node's spec entries for a requester it has none for (shared: most pairs have none). */
@@ -354,24 +355,10 @@ export function planPrewarm(input: PlanInput): PrewarmPlan {
     }
   }
 
-  // Per node, its NodeCache's spec entries by requester, indexed once a pass: looking each
-  // (variant, node) pair up by scanning every entry's requesters was most of a pass's time and
-  // garbage at 2,000 ModelImages.
-  const requestedIndex = new Map<string, Map<string, NodeCacheImage[]>>();
+  // A node's NodeCache spec entries for a requester, from the per-object index (requesters.ts).
   const requestedEntries = (nodeName: string, requester: string): readonly NodeCacheImage[] => {
-    let byRequester = requestedIndex.get(nodeName);
-    if (!byRequester) {
-      byRequester = new Map();
-      for (const entry of input.nodeCaches.get(nodeName)?.spec.images ?? [])
-        for (const r of entry.requestedBy ?? []) {
-          const key = requesterKey(`${r.namespace}/${r.name}`, r.variant ?? "");
-          const list = byRequester.get(key);
-          if (list) list.push(entry);
-          else byRequester.set(key, [entry]);
-        }
-      requestedIndex.set(nodeName, byRequester);
-    }
-    return byRequester.get(requester) ?? NO_ENTRIES;
+    const nc = input.nodeCaches.get(nodeName);
+    return (nc && entriesByRequester(nc).get(requester)) || NO_ENTRIES;
   };
 
   // 1–3: selection, platform, CUDA, for one variant: its candidates, and with `plan` a decision
@@ -619,10 +606,6 @@ function budgetOrder(a: Candidate, b: Candidate): number {
     compareStrings(a.t.miKey, b.t.miKey) ||
     compareStrings(a.t.variant, b.t.variant)
   );
-}
-
-function requesterKey(miKey: string, variant: string): string {
-  return `${miKey}|${variant}`;
 }
 
 /**

@@ -20,18 +20,13 @@ import {
   variantsOf,
   withDefaults,
 } from "../../api/modelImage.ts";
-import {
-  imageStatusOf,
-  type NodeCache,
-  type NodeCacheImage,
-  type NodeImageState,
-  NodeImageStates,
-} from "../../api/nodeCache.ts";
+import { imageStatusOf, type NodeCache, type NodeImageState, NodeImageStates } from "../../api/nodeCache.ts";
 import { type ConditionInput, getCondition, setCondition } from "../../kube/conditions.ts";
 import { objectKey } from "../../kube/controller.ts";
 import { selectorMatches } from "../modelimage/plan.ts";
 import { acceptsNewImages, type PlannerNode } from "./nodes.ts";
 import type { NodeDecision, PrewarmPlan } from "./plan.ts";
+import { entriesByRequester, requesterKey } from "./requesters.ts";
 
 export interface PrewarmStatus {
   /** Node counts by variant name (every variant of the spec has an entry). */
@@ -44,10 +39,8 @@ export interface PrewarmStatus {
 
 /**
  * A status is worked out for every ModelImage at each pass of the status controller and at each
- * metrics scrape, over the same few NodeCaches: indexing them once per list (by node) and once per
- * object (by requester) replaced a scan that built a string per requester of every entry of every
- * node, per ModelImage: ~16 million strings per scrape at 2,000 ModelImages (bench:controller).
- * Informer objects are replaced, never changed in place, so an object is a sound memo key.
+ * metrics scrape, over the same few NodeCaches: they are indexed once per list (by node, here)
+ * and once per object (by requester, requesters.ts), not scanned per ModelImage.
  */
 const byNodeMemo = new WeakMap<readonly NodeCache[], Map<string, NodeCache>>();
 function nodeCachesByNode(nodeCaches: readonly NodeCache[]): Map<string, NodeCache> {
@@ -55,23 +48,6 @@ function nodeCachesByNode(nodeCaches: readonly NodeCache[]): Map<string, NodeCac
   if (!found) {
     found = new Map(nodeCaches.map((nc) => [nc.spec?.nodeName || (nc.metadata.name ?? ""), nc]));
     byNodeMemo.set(nodeCaches, found);
-  }
-  return found;
-}
-
-const byRequesterMemo = new WeakMap<NodeCache, Map<string, NodeCacheImage>>();
-const requesterKey = (modelImageKey: string, variant: string) => `${modelImageKey}\u0000${variant}`;
-/** A NodeCache's spec entries by requester (`ns/name` and variant); the first entry of each wins. */
-function entriesByRequester(nc: NodeCache): Map<string, NodeCacheImage> {
-  let found = byRequesterMemo.get(nc);
-  if (!found) {
-    found = new Map();
-    for (const entry of nc.spec?.images ?? [])
-      for (const r of entry.requestedBy ?? []) {
-        const k = requesterKey(`${r.namespace}/${r.name}`, r.variant ?? "");
-        if (!found.has(k)) found.set(k, entry);
-      }
-    byRequesterMemo.set(nc, found);
   }
   return found;
 }
@@ -148,7 +124,7 @@ export function prewarmStatus(
     for (const node of nodes) {
       const name = node.metadata?.name ?? "";
       const nc = byNode.get(name);
-      const entry = nc ? entriesByRequester(nc).get(requesterKey(key, variant.name)) : undefined;
+      const entry = nc ? entriesByRequester(nc).get(requesterKey(key, variant.name))?.[0] : undefined;
       const matches = selectorMatches(variant.nodeSelector, node.metadata?.labels) && acceptsNewImages(node);
       if (!entry && !matches) continue;
       counts.desired++;
