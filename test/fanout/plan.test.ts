@@ -103,6 +103,19 @@ describe("fan-out planner", () => {
     expect(of(plan).size).toBe(10);
   });
 
+  it("gives the cache's slot to a node that can serve, so the cache feeds no more than its slots and the next pass changes nothing", () => {
+    // n000 serves no peers and comes first in D1's order: it must not take the cache's only slot.
+    const list = nodes(5).map((node) => (node.name === "n000" ? { ...node, peerSlots: 0 } : node));
+    const once = planFanout(input(list, { config: { peerSlots: 2, cacheSlots: 1 } }));
+    expect(childrenCount(once).get("cache")).toBe(1);
+    expect(sourceName(of(once).get("n000") as FanoutAssignment)).not.toBe("cache");
+    const twice = planFanout(
+      input(list, { config: { peerSlots: 2, cacheSlots: 1 }, current: once.assignments }),
+    );
+    expect(twice.assignments).toEqual(once.assignments);
+    expect(twice.replanned).toEqual([]);
+  });
+
   it("gives each digest a different set of feeding nodes, so uploads are spread over the cluster", () => {
     const plan = planFanout(input(nodes(30, { wants: [D1, D2] })));
     const feeders = (digest: string) =>

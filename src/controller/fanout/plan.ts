@@ -367,12 +367,16 @@ function planDigest(
     }
     free.add(parent);
   }
-  // Re-attach orphans first (a failed peer's children resume soonest), then newcomers in this
-  // digest's own order.
+  // Re-attach orphans first (a failed peer's children resume soonest), then newcomers: those
+  // that can serve before those that cannot (a node with no peer slots taking the cache's slot
+  // would leave the next node nowhere but one cache slot too many, re-planned OverCapacity on
+  // the next pass), each group in this digest's own order.
   const rank = (name: string) => rotation.rank(name, digest);
+  const serves = (node: FanoutNode) => peerSlotsOf(node) > 0;
   orphans.sort((a, b) => {
     if ((a.from === undefined) !== (b.from === undefined)) return a.from === undefined ? 1 : -1;
     if (a.from !== undefined) return byName(a.node.name, b.node.name);
+    if (serves(a.node) !== serves(b.node)) return serves(a.node) ? -1 : 1;
     return rank(a.node.name) - rank(b.node.name);
   });
 
