@@ -41,6 +41,7 @@ import { clampTimerMs } from "../util/timer.ts";
 import { stowageVersion } from "../util/version.ts";
 import { parseByteSize } from "./cachegc/budget.ts";
 import { controllerConfig } from "./config.ts";
+import { DEFAULT_FANOUT } from "./prewarm/config.ts";
 import { tuneHeapForMemory } from "./runtimeEnv.ts";
 
 export const controllerHelp = `Usage: stowage controller [flags]
@@ -115,6 +116,17 @@ Flags:
                                  written into every NodeCache's mirrorHosts (repeatable)
   --prewarm-through-cache URL    the cache front (\`stowage cache\`) as the controller reaches it:
                                  plan pre-pulls before the mirror is Synced, resolved there
+  --fanout-mode MODE             planned: each NodeCache names a source per blob piece, the cache
+                                 or a peer node's agent (docs/fanout.md); external or off (default):
+                                 every node pulls from the cache (external: a peer layer such as
+                                 Spegel runs beside the agents, which the controller does not plan)
+  --fanout-secret-file FILE      the fan-out secret peer tokens are signed with, the same file the
+                                 agents verify with (planned mode; 16+ bytes)
+  --fanout-peer-port N           the agents' peer port: peers are reached at http://<InternalIP>:N
+                                 (default 5007)
+  --fanout-peer-slots K          nodes each node feeds per blob (default 3; 0: only the cache serves)
+  --fanout-cache-slots C         nodes the cache feeds per blob, i.e. its copies (default 1)
+  --fanout-piece-size SIZE       bytes per planned piece, e.g. 64Mi (default 64Mi)
   --cache-size-budget SIZE       bytes the images nobody declared (cached on first pull through
                                  \`stowage cache\`) may take, e.g. 200Gi; beyond it the least recently
                                  pulled are evicted (default: no eviction)
@@ -176,6 +188,12 @@ export const controllerOptions = {
   "node-token-secret-file": { type: "string" },
   "pull-through-host": { type: "string", multiple: true },
   "prewarm-through-cache": { type: "string" },
+  "fanout-mode": { type: "string" },
+  "fanout-secret-file": { type: "string" },
+  "fanout-peer-port": { type: "string" },
+  "fanout-peer-slots": { type: "string" },
+  "fanout-cache-slots": { type: "string" },
+  "fanout-piece-size": { type: "string" },
   "cache-size-budget": { type: "string" },
   "cache-gc-interval": { type: "string" },
   "cache-gc-statefulset": { type: "string" },
@@ -246,6 +264,8 @@ export interface ControllerInvocation {
     nodeTokenSecretFile?: string;
     pullThroughHosts?: string[];
     throughCache?: string;
+    /** `--fanout-mode planned`; the secret file is read when the planner starts. */
+    fanout?: FanoutFlags;
   };
   /** Eviction of undeclared images (src/controller/cachegc); undefined without --cache-size-budget. */
   cacheGc?: { budgetBytes: number; intervalMs: number };
@@ -428,6 +448,7 @@ export async function parseControllerArgs(
           nodeTokenSecretFile: get("node-token-secret-file"),
           pullThroughHosts: list("pull-through-host").map(hostOf),
           throughCache: cacheEndpointForNodes(get("prewarm-through-cache"), "prewarm-through-cache"),
+          fanout: fanoutFlags(get),
         }
       : undefined,
     cacheGc: cacheGcSettings(get("cache-size-budget"), get("cache-gc-interval")),
@@ -471,6 +492,61 @@ function fraction(value: string | undefined, flag: string, fallback: number): nu
     throw new UsageError(`--${flag} must be a number above 0 and at most 1, got "${value}"`);
   }
   return n;
+}
+
+/** The fan-out planner's flags (planned mode only; external and off plan nothing). */
+export interface FanoutFlags {
+  secretFile: string;
+  peerPort: number;
+  peerSlots: number;
+  cacheSlots: number;
+  pieceBytes: number;
+}
+
+function fanoutFlags(get: (flag: FlagName) => string | undefined): FanoutFlags | undefined {
+  const mode = get("fanout-mode") ?? "off";
+  if (mode !== "planned" && mode !== "external" && mode !== "off")
+    throw new UsageError(`--fanout-mode must be planned, external or off, got "${mode}"`);
+  if (mode !== "planned") return undefined;
+  const secretFile = get("fanout-secret-file");
+  if (!secretFile) throw new UsageError("--fanout-mode planned needs --fanout-secret-file");
+  const pieceBytes =
+    parseByteSize(get("fanout-piece-size"), "fanout-piece-size") ?? DEFAULT_FANOUT.pieceBytes;
+  if (pieceBytes < 1024 * 1024)
+    throw new UsageError(
+      `--fanout-piece-size must be at least 1Mi (each piece is a request), got "${get("fanout-piece-size")}"`,
+    );
+  return {
+    secretFile,
+    peerPort: integerFlag(get("fanout-peer-port"), "fanout-peer-port", DEFAULT_FANOUT.peerPort, 1, 65535),
+    peerSlots: integerFlag(get("fanout-peer-slots"), "fanout-peer-slots", DEFAULT_FANOUT.peerSlots, 0, 1000),
+    cacheSlots: integerFlag(
+      get("fanout-cache-slots"),
+      "fanout-cache-slots",
+      DEFAULT_FANOUT.cacheSlots,
+      1,
+      1000,
+    ),
+    pieceBytes,
+  };
+}
+
+/**
+ * The fan-out secret, byte for byte as the file holds it: the agents read the same file the same
+ * way (src/agent/command.ts), so trimming here would make every peer token fail to verify.
+ */
+export async function readFanoutSecret(file: string): Promise<Buffer> {
+  let secret: Buffer;
+  try {
+    secret = await readFile(file);
+  } catch (err) {
+    throw new UsageError(`--fanout-secret-file ${file}: ${(err as Error).message}`);
+  }
+  if (secret.length < 16)
+    throw new UsageError(
+      `--fanout-secret-file ${file} holds fewer than 16 bytes; use a longer random secret`,
+    );
+  return secret;
 }
 
 /** The node-token HMAC key from --node-token-secret-file (at least 32 bytes, surrounding whitespace trimmed). */
@@ -776,6 +852,13 @@ export async function startController(
         prewarm: {
           ...invocation.prewarm,
           nodeTokenSecret: await readNodeTokenSecret(invocation.prewarm?.nodeTokenSecretFile),
+          fanout: invocation.prewarm?.fanout && {
+            secret: await readFanoutSecret(invocation.prewarm.fanout.secretFile),
+            peerPort: invocation.prewarm.fanout.peerPort,
+            peerSlots: invocation.prewarm.fanout.peerSlots,
+            cacheSlots: invocation.prewarm.fanout.cacheSlots,
+            pieceBytes: invocation.prewarm.fanout.pieceBytes,
+          },
         },
         events,
         metrics: createPrewarmMetrics(registry),

@@ -32,12 +32,14 @@ interface NodeShape extends KubeObject {
   status?: {
     conditions?: { type: string; status: string }[];
     nodeInfo?: { operatingSystem?: string; architecture?: string };
+    addresses?: { type: string; address: string }[];
   };
 }
 
 /**
  * A Node as the planners read it: labels (selectors, platform, CUDA driver, zone), taints and
- * unschedulable (the warming taint, cordons), Ready, and the OS/architecture fallback.
+ * unschedulable (the warming taint, cordons), Ready, the OS/architecture fallback, and its
+ * InternalIP (where peers reach its agent in fan-out; the other addresses are dropped).
  */
 export function trimNode(obj: KubeObject): KubeObject {
   const node = obj as NodeShape;
@@ -52,6 +54,8 @@ export function trimNode(obj: KubeObject): KubeObject {
     status.conditions = node.status.conditions.map(({ type, status }) => ({ type, status }));
   const info = node.status?.nodeInfo;
   if (info) status.nodeInfo = { operatingSystem: info.operatingSystem, architecture: info.architecture };
+  const internal = node.status?.addresses?.find((a) => a.type === "InternalIP");
+  if (internal) status.addresses = [{ type: internal.type, address: internal.address }];
   out.status = status;
   return out;
 }

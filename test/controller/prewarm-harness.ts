@@ -69,6 +69,8 @@ export interface NodeOptions {
   arch?: string;
   ready?: boolean;
   taints?: Taint[];
+  /** The node's InternalIP (where peers reach its agent in fan-out). */
+  internalIp?: string;
 }
 
 export async function createNode(
@@ -86,7 +88,10 @@ export async function createNode(
       },
     },
     spec: options.taints ? { taints: options.taints } : {},
-    status: { conditions: [{ type: "Ready", status: options.ready === false ? "False" : "True" }] },
+    status: {
+      conditions: [{ type: "Ready", status: options.ready === false ? "False" : "True" }],
+      ...(options.internalIp ? { addresses: [{ type: "InternalIP", address: options.internalIp }] } : {}),
+    },
   });
 }
 

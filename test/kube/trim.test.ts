@@ -4,6 +4,7 @@ import { nodePlatform } from "../../src/controller/modelimage/plan.ts";
 import {
   acceptsNewImages,
   hasWarmingTaint,
+  internalIpOf,
   isNodeReady,
   nodeCudaDriver,
   type PlannerNode,
@@ -60,7 +61,11 @@ function gpuNode(name: string, extra: { ready?: boolean; cordoned?: boolean } = 
         kubeletVersion: "v1.37.2",
         machineID: "m",
       },
-      addresses: [{ type: "InternalIP", address: "10.0.0.7" }],
+      addresses: [
+        { type: "InternalIP", address: "10.0.0.7" },
+        { type: "ExternalIP", address: "192.0.2.7" },
+        { type: "Hostname", address: "gpu-host-7" },
+      ],
       capacity: { cpu: "96", memory: "1Ti", "nvidia.com/gpu": "8" },
       images: Array.from({ length: 50 }, (_, i) => ({
         names: [`registry.example/team/model-${i}@sha256:${String(i).padStart(64, "0")}`],
@@ -81,6 +86,7 @@ describe("trimmed informer caches", () => {
       expect(platformOf(trimmed)).toEqual(platformOf(full));
       expect(nodePlatform(trimmed)).toEqual(nodePlatform(full));
       expect(nodeCudaDriver(trimmed)).toEqual(nodeCudaDriver(full));
+      expect(internalIpOf(trimmed)).toBe(internalIpOf(full));
       expect(trimmed.metadata).toMatchObject({
         name: full.metadata?.name,
         uid: "3f1c",
@@ -90,12 +96,14 @@ describe("trimmed informer caches", () => {
     }
   });
 
-  it("a trimmed Node drops the image list, addresses, capacity and managed fields", () => {
+  it("a trimmed Node drops the image list, addresses but the InternalIP, capacity and managed fields", () => {
     const full = gpuNode("a");
     const trimmed = trimNode(full);
     const text = JSON.stringify(trimmed);
+    expect(internalIpOf(trimmed as PlannerNode)).toBe("10.0.0.7");
     expect(text).not.toContain("model-1");
-    expect(text).not.toContain("10.0.0.7");
+    expect(text).not.toContain("192.0.2.7");
+    expect(text).not.toContain("gpu-host-7");
     expect(text).not.toContain("managedFields");
     expect(text).not.toContain('nvidia.com/gpu":"8');
     expect(text.length).toBeLessThan(JSON.stringify(full).length / 5);

@@ -1,3 +1,5 @@
+import type { FanoutSettings } from "./fanout.ts";
+
 /** Settings of the pre-warm planner (controller flags / Helm values). */
 export interface PrewarmConfig {
   /**
@@ -32,7 +34,20 @@ export interface PrewarmConfig {
    * upstream read. Unset: a node pulls only once the ModelImage is Synced.
    */
   throughCache?: string;
+  /**
+   * Peer-assisted pre-warm (`--fanout-mode planned`, docs/fanout.md): NodeCache specs name a
+   * source (the cache or a peer node) per blob piece. Unset: every node pulls from the cache.
+   */
+  fanout?: FanoutSettings;
 }
+
+/** The fan-out defaults the flags and the chart share (docs/fanout.md; the simulator's defaults). */
+export const DEFAULT_FANOUT = {
+  peerPort: 5007,
+  peerSlots: 3,
+  cacheSlots: 1,
+  pieceBytes: 64 * 1024 * 1024,
+} as const;
 
 export const DEFAULT_PREWARM_CONFIG: PrewarmConfig = {
   diskBudgetFraction: 0.7,

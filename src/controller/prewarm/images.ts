@@ -25,10 +25,18 @@ export interface PlatformImage {
 
 export type Resolution = { ok: true; image: PlatformImage } | { ok: false; reason: string; message: string };
 
+/** A blob of a single-platform image (config or layer), compressed size. */
+export interface ImageBlob {
+  digest: string;
+  size: number;
+}
+
 interface ManifestInfo {
   platform?: Platform;
   sizeBytes: number;
   cuda?: CudaVersion;
+  /** Config, then layers: what a node fetches, and what the fan-out planner spreads. */
+  blobs: readonly ImageBlob[];
 }
 
 /** Key for a lookup: repository, top-level digest, platform. */
@@ -45,6 +53,14 @@ export class ImageResolver {
   constructor(client: RegistryClient, cacheRegistry: string) {
     this.#client = client;
     this.#registry = cacheRegistry;
+  }
+
+  /**
+   * The config and layers of single-platform manifest `digest`, when a resolve() has read it (the
+   * fan-out planner asks only for images the pre-warm plan placed, which were resolved first).
+   */
+  blobsOf(digest: string): readonly ImageBlob[] | undefined {
+    return this.#manifests.get(digest)?.blobs;
   }
 
   /** Resolve `digest` (an index or a single manifest) in cache `repository` for `platform`. */
@@ -111,6 +127,7 @@ export class ImageResolver {
   async #describe(repository: string, bytes: Buffer): Promise<ManifestInfo> {
     const manifest = JSON.parse(bytes.toString("utf8")) as ImageManifest;
     const sizeBytes = manifest.config.size + manifest.layers.reduce((sum, l) => sum + l.size, 0);
+    const blobs = [manifest.config, ...manifest.layers].map(({ digest, size }) => ({ digest, size }));
     const chunks: Buffer[] = [];
     for await (const chunk of this.#client.getBlob({ registry: this.#registry, repository }, manifest.config))
       chunks.push(chunk as Buffer);
@@ -132,6 +149,6 @@ export class ImageResolver {
             ...(config.variant ? { variant: config.variant } : {}),
           }
         : undefined;
-    return { sizeBytes, ...(cuda ? { cuda } : {}), ...(platform ? { platform } : {}) };
+    return { sizeBytes, blobs, ...(cuda ? { cuda } : {}), ...(platform ? { platform } : {}) };
   }
 }

@@ -21,7 +21,13 @@ export interface PlannerNode extends KubeObject {
   status?: {
     conditions?: { type: string; status: string }[];
     nodeInfo?: { operatingSystem?: string; architecture?: string };
+    addresses?: { type: string; address: string }[];
   };
+}
+
+/** The node's InternalIP (the address peers reach its agent on), if it reports one. */
+export function internalIpOf(node: PlannerNode): string | undefined {
+  return node.status?.addresses?.find((a) => a.type === "InternalIP")?.address;
 }
 
 /** Ready and not cordoned: a node that may be given new images. (The warming taint is tolerated; it exists for us.) */

@@ -7,7 +7,13 @@
 import { WARM_LABEL_PREFIX, WARM_LABEL_VALUE, WARMING_TAINT_KEY, warmNodeLabel } from "../../api/labels.ts";
 import type { ModelImage } from "../../api/modelImage.ts";
 import { API_VERSION } from "../../api/modelImage.ts";
-import { imageStatusOf, NODE_CACHE_KIND, type NodeCache, NodeImageStates } from "../../api/nodeCache.ts";
+import {
+  imageStatusOf,
+  NODE_CACHE_KIND,
+  type NodeCache,
+  type NodeCacheSpec,
+  NodeImageStates,
+} from "../../api/nodeCache.ts";
 import type { ObjectClient } from "../../kube/client.ts";
 import { type Reconcile, requeueAfter } from "../../kube/controller.ts";
 import type { EventRecorder } from "../../kube/events.ts";
@@ -20,6 +26,7 @@ import type { Clock } from "../../util/clock.ts";
 import { asStowageError } from "../../util/errors.ts";
 import type { Logger } from "../../util/log.ts";
 import type { PrewarmConfig } from "./config.ts";
+import { planPeerFanout } from "./fanout.ts";
 import { type ImageResolver, type Resolution, resolutionKey } from "./images.ts";
 import { hasWarmingTaint, isNodeReady, type PlannerNode } from "./nodes.ts";
 import { imagesAwaitingMirror, type PrewarmPlan, planPrewarm, resolutionNeeds } from "./plan.ts";
@@ -96,7 +103,47 @@ export function createPrewarmReconciler(deps: PrewarmReconcilerDeps): Reconcile 
           ttlMs: deps.config.nodeTokenTtlMs ?? DEFAULT_NODE_TOKEN_TTL_MS,
         }
       : undefined;
-    const nextRenewal = await writeSpecs(plan, modelImages, nodes, nodeCaches, plannedAt, now, tokens, deps);
+    let specs = plan.specs;
+    let fanoutRenewal = Number.POSITIVE_INFINITY;
+    if (deps.config.fanout) {
+      const fanout = planPeerFanout({
+        specs: plan.specs,
+        nodes,
+        nodeCaches,
+        blobsOf: (digest) => deps.resolver.blobsOf(digest) ?? deps.through?.resolver.blobsOf(digest),
+        settings: deps.config.fanout,
+        now,
+      });
+      specs = fanout.specs;
+      fanoutRenewal = fanout.nextRenewal;
+      if (fanout.replanned.length > 0) {
+        // One line per pass (a failed peer at a thousand nodes re-plans hundreds of pairs); the pairs at debug.
+        const reasons: Record<string, number> = {};
+        const peers = new Set<string>();
+        for (const r of fanout.replanned) {
+          reasons[r.reason] = (reasons[r.reason] ?? 0) + 1;
+          if (r.from.kind === "peer") peers.add(r.from.node);
+          deps.log.debug(
+            {
+              node: r.node,
+              digest: r.digest,
+              from: r.from.kind === "peer" ? r.from.node : "cache",
+              to: r.to.kind === "peer" ? r.to.node : "cache",
+              reason: r.reason,
+            },
+            "fan-out source re-planned",
+          );
+        }
+        deps.log.info(
+          { pairs: fanout.replanned.length, reasons, fromPeers: [...peers].sort() },
+          "fan-out re-planned the nodes fed by unavailable or gone peers",
+        );
+      }
+    }
+    const nextRenewal = Math.min(
+      fanoutRenewal,
+      await writeSpecs(specs, modelImages, nodes, nodeCaches, plannedAt, now, tokens, deps),
+    );
     observeDurations(nodeCaches, plannedAt, deps);
     await maintainNodes(plan, nodes, nodeCaches, deps);
     await reportProblems(plan, modelImages, reported, deps);
@@ -145,7 +192,7 @@ async function resolveThrough(
 }
 
 async function writeSpecs(
-  plan: PrewarmPlan,
+  specs: ReadonlyMap<string, NodeCacheSpec>,
   modelImages: ModelImage[],
   nodes: readonly PlannerNode[],
   nodeCaches: Map<string, NodeCache>,
@@ -156,7 +203,7 @@ async function writeSpecs(
 ): Promise<number> {
   const nodesByName = new Map(nodes.map((n) => [n.metadata?.name ?? "", n]));
   let nextRenewal = Number.POSITIVE_INFINITY;
-  for (const [nodeName, planned] of plan.specs) {
+  for (const [nodeName, planned] of specs) {
     const pullToken =
       tokens && pullTokenFor(planned, nodeCaches.get(nodeName)?.spec.pullToken, tokens, now, modelImages);
     const spec = pullToken ? { ...planned, pullToken } : planned;

@@ -1,0 +1,236 @@
+import { describe, expect, it } from "vitest";
+import { verifyPeerToken } from "../../src/agent/peer/token.ts";
+import type { FanoutPiece, NodeCache, NodeCacheSpec } from "../../src/api/nodeCache.ts";
+import { type FanoutSettings, planPeerFanout } from "../../src/controller/prewarm/fanout.ts";
+import type { ImageBlob } from "../../src/controller/prewarm/images.ts";
+import type { PlannerNode } from "../../src/controller/prewarm/nodes.ts";
+
+const MiB = 1024 * 1024;
+const secret = Buffer.from("a-fan-out-secret-of-some-bytes");
+const now = Date.parse("2026-12-05T19:00:00Z");
+const manifest = `sha256:${"m".repeat(64)}`;
+const blobs: ImageBlob[] = [
+  { digest: `sha256:${"c".repeat(64)}`, size: 700 },
+  { digest: `sha256:${"1".repeat(64)}`, size: 3 * MiB + 5 },
+  { digest: `sha256:${"2".repeat(64)}`, size: MiB },
+];
+const settings: FanoutSettings = { secret, peerPort: 5007, peerSlots: 2, cacheSlots: 1, pieceBytes: MiB };
+const names = ["n1", "n2", "n3", "n4", "n5"];
+
+function node(name: string, ip?: string): PlannerNode {
+  return {
+    metadata: { name, labels: { "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64" } },
+    status: {
+      conditions: [{ type: "Ready", status: "True" }],
+      ...(ip ? { addresses: [{ type: "InternalIP", address: ip }] } : {}),
+    },
+  };
+}
+
+// n5 reports no InternalIP: it may pull but can never serve.
+const nodes = names.map((n, i) => node(n, n === "n5" ? undefined : `127.0.0.${11 + i}`));
+
+function specs(): Map<string, NodeCacheSpec> {
+  return new Map(
+    names.map((n) => [
+      n,
+      {
+        nodeName: n,
+        cacheEndpoint: "http://10.0.0.5:5000",
+        images: [{ image: "docker.io/acme/llama:1.0", digest: manifest }],
+      },
+    ]),
+  );
+}
+
+function asNodeCaches(
+  written: ReadonlyMap<string, NodeCacheSpec>,
+  status: Record<string, NodeCache["status"]> = {},
+): Map<string, NodeCache> {
+  return new Map(
+    [...written].map(([n, spec]) => [
+      n,
+      {
+        apiVersion: "stowage.dev/v1alpha1",
+        kind: "NodeCache",
+        metadata: { name: n },
+        spec,
+        ...(status[n] ? { status: status[n] } : {}),
+      } as NodeCache,
+    ]),
+  );
+}
+
+const blobsOf = (digest: string) => (digest === manifest ? blobs : undefined);
+
+/** Per node, per digest: the source of its pieces (one planner decision per (node, digest)). */
+function sources(written: ReadonlyMap<string, NodeCacheSpec>): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const [n, spec] of written) {
+    for (const piece of spec.images?.[0]?.fanout ?? []) out.set(`${n}|${piece.digest}`, piece.source);
+  }
+  return out;
+}
+
+describe("peer fan-out in the pre-warm pass", () => {
+  it("names one source per blob piece: the cache for one node per blob, peers for the rest, with their endpoints and a token for exactly the peer-read digests", () => {
+    const result = planPeerFanout({ specs: specs(), nodes, nodeCaches: new Map(), blobsOf, settings, now });
+    for (const blob of blobs) {
+      const fromCache = names.filter((n) =>
+        result.specs
+          .get(n)
+          ?.images?.[0]?.fanout?.some((p) => p.digest === blob.digest && p.source === "cache"),
+      );
+      expect(fromCache, blob.digest).toHaveLength(1);
+    }
+    for (const n of names) {
+      const spec = result.specs.get(n) as NodeCacheSpec;
+      const pieces = spec.images?.[0]?.fanout ?? [];
+      for (const blob of blobs) {
+        const own = pieces.filter((p) => p.digest === blob.digest);
+        // contiguous pieces of at most pieceBytes covering the blob, one source per blob
+        let offset = 0;
+        for (const p of own) {
+          expect(p.offset).toBe(offset);
+          expect(p.length).toBeLessThanOrEqual(MiB);
+          offset += p.length;
+        }
+        expect(offset, `${n} ${blob.digest}`).toBe(blob.size);
+        expect(new Set(own.map((p) => p.source)).size).toBe(1);
+      }
+      const peerPieces = pieces.filter((p) => p.source !== "cache");
+      expect(peerPieces.map((p) => p.source)).not.toContain("n5");
+      expect(peerPieces.map((p) => p.source)).not.toContain(n);
+      const peerNodes = [...new Set(peerPieces.map((p) => p.source))].sort();
+      expect(spec.peers ?? []).toEqual(
+        peerNodes.map((p) => ({ node: p, endpoint: `http://127.0.0.${11 + names.indexOf(p)}:5007` })),
+      );
+      const peerDigests = [...new Set(peerPieces.map((p) => p.digest))].sort();
+      if (peerDigests.length === 0) {
+        expect(spec.peerToken).toBeUndefined();
+        continue;
+      }
+      const claims = verifyPeerToken(secret, spec.peerToken?.token ?? "", now);
+      expect(claims.receiver).toBe(n);
+      expect(claims.digests).toEqual(peerDigests);
+    }
+    // Every node but the cache-fed first wave reads something from a peer.
+    expect(names.filter((n) => result.specs.get(n)?.peerToken).length).toBeGreaterThanOrEqual(3);
+    expect(result.nextRenewal).toBe(
+      Date.parse(result.specs.get("n2")?.peerToken?.expiresAt ?? "") - 30 * 60_000,
+    );
+  });
+
+  it("plans the same specs, tokens included, from its own output: a steady cluster writes nothing", () => {
+    const first = planPeerFanout({ specs: specs(), nodes, nodeCaches: new Map(), blobsOf, settings, now });
+    const again = planPeerFanout({
+      specs: specs(),
+      nodes,
+      nodeCaches: asNodeCaches(first.specs),
+      blobsOf,
+      settings,
+      now: now + 60_000,
+    });
+    expect(again.specs).toEqual(first.specs);
+    expect(again.replanned).toEqual([]);
+  });
+
+  it("re-signs a peer token past half its life, and at once under another secret", () => {
+    const first = planPeerFanout({ specs: specs(), nodes, nodeCaches: new Map(), blobsOf, settings, now });
+    const token = (r: typeof first, n: string) => r.specs.get(n)?.peerToken?.token;
+    const receiver = names.find((n) => token(first, n)) as string;
+    const later = planPeerFanout({
+      specs: specs(),
+      nodes,
+      nodeCaches: asNodeCaches(first.specs),
+      blobsOf,
+      settings,
+      now: now + 31 * 60_000,
+    });
+    expect(token(later, receiver)).not.toBe(token(first, receiver));
+    const rotated = planPeerFanout({
+      specs: specs(),
+      nodes,
+      nodeCaches: asNodeCaches(first.specs),
+      blobsOf,
+      settings: { ...settings, secret: Buffer.from("another-fan-out-secret-bytes") },
+      now: now + 60_000,
+    });
+    expect(token(rotated, receiver)).not.toBe(token(first, receiver));
+    expect(sources(rotated.specs)).toEqual(sources(first.specs));
+  });
+
+  it("stops reading from a peer an agent reported failed, and moves only the nodes it fed", () => {
+    const first = planPeerFanout({ specs: specs(), nodes, nodeCaches: new Map(), blobsOf, settings, now });
+    const before = sources(first.specs);
+    const failed = [...before.values()].find((s) => s !== "cache") as string;
+    expect(failed).toBeDefined();
+    const reporter = names.find((n) => n !== failed) as string;
+    const second = planPeerFanout({
+      specs: specs(),
+      nodes,
+      nodeCaches: asNodeCaches(first.specs, {
+        [reporter]: { peerFailures: [{ node: failed, reason: "Failed", since: "2026-12-05T19:00:00Z" }] },
+      }),
+      blobsOf,
+      settings,
+      now: now + 60_000,
+    });
+    const after = sources(second.specs);
+    expect([...after.values()]).not.toContain(failed);
+    for (const [key, source] of before) {
+      if (source !== failed) expect(after.get(key), key).toBe(source);
+    }
+    expect(second.replanned.length).toBe([...before.values()].filter((s) => s === failed).length);
+    expect(second.replanned.every((r) => r.reason === "PeerUnavailable")).toBe(true);
+  });
+
+  it("gives a node that holds the image no pieces and lets it serve the others", () => {
+    const present = {
+      images: [{ image: "docker.io/acme/llama:1.0", digest: manifest, state: "Present" as const }],
+    };
+    const result = planPeerFanout({
+      specs: specs(),
+      nodes,
+      nodeCaches: asNodeCaches(specs(), { n3: present }),
+      blobsOf,
+      settings,
+      now,
+    });
+    expect(result.specs.get("n3")?.images?.[0]?.fanout).toBeUndefined();
+    expect(result.specs.get("n3")?.peerToken).toBeUndefined();
+    const fedByHolder = [...sources(result.specs).values()].filter((s) => s === "n3");
+    expect(fedByHolder.length).toBeGreaterThan(0);
+  });
+
+  it("leaves an image whose manifest was not read to the cache: no pieces, peers or token", () => {
+    const result = planPeerFanout({
+      specs: specs(),
+      nodes,
+      nodeCaches: new Map(),
+      blobsOf: () => undefined,
+      settings,
+      now,
+    });
+    for (const n of names) {
+      expect(result.specs.get(n)).toEqual(specs().get(n));
+    }
+  });
+
+  it("drops the fan-out fields from a spec the plan no longer gives pieces", () => {
+    const first = planPeerFanout({ specs: specs(), nodes, nodeCaches: new Map(), blobsOf, settings, now });
+    const withPieces = names.find((n) => first.specs.get(n)?.peers) as string;
+    const gone = new Map(specs());
+    gone.set(withPieces, { nodeName: withPieces, cacheEndpoint: "http://10.0.0.5:5000", images: [] });
+    const second = planPeerFanout({
+      specs: gone,
+      nodes,
+      nodeCaches: asNodeCaches(first.specs),
+      blobsOf,
+      settings,
+      now,
+    });
+    const spec = second.specs.get(withPieces) as NodeCacheSpec & { fanout?: FanoutPiece[] };
+    expect(spec).toEqual({ nodeName: withPieces, cacheEndpoint: "http://10.0.0.5:5000", images: [] });
+  });
+});
