@@ -35,6 +35,7 @@ const onBothApiServers = [
   "test/controller/prewarm.test.ts",
   "test/controller/prewarm-integration.test.ts",
   "test/controller/prewarm-process.test.ts",
+  "test/controller/prewarm-fanout.test.ts",
   "test/controller/gates.test.ts",
   "test/webhook/certificates.test.ts",
   "test/webhook/controller.test.ts",

@@ -1,6 +1,10 @@
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { verifyPeerToken } from "../../src/agent/peer/token.ts";
 import type { FanoutPiece, NodeCache, NodeCacheSpec } from "../../src/api/nodeCache.ts";
+import { parseControllerArgs, readFanoutSecret } from "../../src/controller/command.ts";
 import { type FanoutSettings, planPeerFanout } from "../../src/controller/prewarm/fanout.ts";
 import type { ImageBlob } from "../../src/controller/prewarm/images.ts";
 import type { PlannerNode } from "../../src/controller/prewarm/nodes.ts";
@@ -232,5 +236,71 @@ describe("peer fan-out in the pre-warm pass", () => {
     });
     const spec = second.specs.get(withPieces) as NodeCacheSpec & { fanout?: FanoutPiece[] };
     expect(spec).toEqual({ nodeName: withPieces, cacheEndpoint: "http://10.0.0.5:5000", images: [] });
+  });
+});
+
+describe("the controller's fan-out flags", () => {
+  const base = ["--cache-registry", "http://127.0.0.1:5000"];
+  const parse = async (args: string[]) => {
+    const invocation = await parseControllerArgs([...base, ...args], { POD_NAMESPACE: "stowage-system" });
+    if (invocation === "help") throw new Error("unexpected help");
+    return invocation;
+  };
+
+  it("plans nothing by default and in external mode", async () => {
+    expect((await parse([])).prewarm?.fanout).toBeUndefined();
+    expect((await parse(["--fanout-mode", "external"])).prewarm?.fanout).toBeUndefined();
+  });
+
+  it("takes planned mode's settings, with the defaults the agents and the simulator use", async () => {
+    expect((await parse(["--fanout-mode", "planned", "--fanout-secret-file", "/s"])).prewarm?.fanout).toEqual(
+      {
+        secretFile: "/s",
+        peerPort: 5007,
+        peerSlots: 3,
+        cacheSlots: 1,
+        pieceBytes: 64 * MiB,
+      },
+    );
+    const tuned = await parse([
+      "--fanout-mode=planned",
+      "--fanout-secret-file=/s",
+      "--fanout-peer-port=6007",
+      "--fanout-peer-slots=0",
+      "--fanout-cache-slots=2",
+      "--fanout-piece-size=16Mi",
+    ]);
+    expect(tuned.prewarm?.fanout).toEqual({
+      secretFile: "/s",
+      peerPort: 6007,
+      peerSlots: 0,
+      cacheSlots: 2,
+      pieceBytes: 16 * MiB,
+    });
+  });
+
+  it("refuses a mode typo, planned without a secret, a piece under 1Mi and no cache slot, naming the flag", async () => {
+    await expect(parse(["--fanout-mode", "planed"])).rejects.toThrow(
+      /--fanout-mode must be planned, external or off/,
+    );
+    await expect(parse(["--fanout-mode", "planned"])).rejects.toThrow(/needs --fanout-secret-file/);
+    const planned = ["--fanout-mode", "planned", "--fanout-secret-file", "/s"];
+    await expect(parse([...planned, "--fanout-piece-size", "512Ki"])).rejects.toThrow(/--fanout-piece-size/);
+    await expect(parse([...planned, "--fanout-cache-slots", "0"])).rejects.toThrow(/--fanout-cache-slots/);
+    await expect(parse([...planned, "--fanout-peer-port", "70000"])).rejects.toThrow(/--fanout-peer-port/);
+  });
+
+  it("reads the secret byte for byte as the agents do, and refuses a missing or short one", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "fanout-secret-"));
+    try {
+      const file = join(dir, "secret");
+      await writeFile(file, "sixteen-bytes-or-more\n");
+      expect((await readFanoutSecret(file)).toString()).toBe("sixteen-bytes-or-more\n");
+      await writeFile(file, "short");
+      await expect(readFanoutSecret(file)).rejects.toThrow(/fewer than 16 bytes/);
+      await expect(readFanoutSecret(join(dir, "missing"))).rejects.toThrow(/--fanout-secret-file .*missing/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
