@@ -63,6 +63,10 @@ const valueSets: { name: string; options: RenderOptions }[] = [
     },
   },
   {
+    name: "fan-out through an external peer layer",
+    options: { values: [{ fanout: { mode: "external", externalMirror: "http://$(HOST_IP):30020" } }] },
+  },
+  {
     name: "leader election off, no containerd root or config file",
     options: {
       values: [

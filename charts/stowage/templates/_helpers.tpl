@@ -164,3 +164,34 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/*
+The fan-out mode: "off", "planned" or "external" (a bare YAML `off` arrives as false). Fails the
+render, saying what to set, for what the schema cannot check or say clearly: planned needs the
+agent on the host network, since containerd on the node pulls through the agent's mirror on
+127.0.0.1; external needs the peer layer's URL; either needs the agent writing hosts.toml.
+*/}}
+{{- define "stowage.fanoutMode" -}}
+{{- $mode := .Values.fanout.mode -}}
+{{- if kindIs "bool" $mode }}{{ $mode = "off" }}{{ end -}}
+{{- if ne $mode "off" -}}
+{{- if not .Values.agent.enabled -}}
+{{- fail (printf "fanout.mode %s needs the node agent: set agent.enabled true, or fanout.mode off" $mode) -}}
+{{- end -}}
+{{- if not .Values.agent.mirrorConfig -}}
+{{- fail (printf "fanout.mode %s needs agent.mirrorConfig true: the agents write the hosts.toml that puts the peer mirror before the cache" $mode) -}}
+{{- end -}}
+{{- end -}}
+{{- if and (eq $mode "planned") (not .Values.agent.hostNetwork) -}}
+{{- fail "fanout.mode planned needs agent.hostNetwork true: containerd on each node pulls through the agent's mirror on 127.0.0.1 (fanout.mirrorPort), which an agent reaches only in the node's network namespace, and peers reach each other at the node's InternalIP (fanout.peerPort). Set agent.hostNetwork true (both ports and agent.healthPort are then taken on every node)" -}}
+{{- end -}}
+{{- if and (eq $mode "external") (not .Values.fanout.externalMirror) -}}
+{{- fail "fanout.mode external needs fanout.externalMirror: the URL of the peer layer's node mirror (Spegel, dfdaemon) as containerd on each node reaches it, e.g. http://$(HOST_IP):30020" -}}
+{{- end -}}
+{{- $mode -}}
+{{- end -}}
+
+{{/* The Secret with the fan-out peer-token secret (key fanout.secret.key): the user's, else the chart's own. */}}
+{{- define "stowage.fanoutSecretName" -}}
+{{- default (printf "%s-fanout" (include "stowage.fullname" .)) .Values.fanout.secret.existingSecret -}}
+{{- end -}}
