@@ -23,8 +23,10 @@ import {
 } from "../util/flags.ts";
 import type { Logger } from "../util/log.ts";
 import { stowageVersion } from "../util/version.ts";
-import { type AgentConfig, defaultAgentConfig } from "./config.ts";
+import { type AgentConfig, defaultAgentConfig, PEER_FAILURE_EXPIRY_MS } from "./config.ts";
 import type { CriClient, ImageRuntime } from "./cri.ts";
+import type { MirrorStats } from "./peer/mirror.ts";
+import type { FanoutNode } from "./peer/node.ts";
 import type { ContainerdPinner, ImagePinner } from "./pin.ts";
 import type { ProgressProbe } from "./progress.ts";
 import type { NodeAgentReconciler } from "./reconciler.ts";
@@ -73,6 +75,8 @@ Flags:
   --fanout-serving-rate BYTES    bytes/s served to peers over all requests (default 0: unlimited)
   --fanout-serving-concurrency N peer requests served at once (default 3)
   --fanout-stall-timeout DURATION a peer with no byte for this long is dropped for the cache (default 2s)
+  --fanout-failure-expiry DURATION how long a failed peer stays in status.peerFailures, so the controller
+                                 plans no piece from it, before it may be planned again (default 10m)
   --log-level LEVEL              trace, debug, info, warn, error (default info)
   -h, --help                     show this help
 
@@ -108,6 +112,7 @@ export const agentOptions = {
   "fanout-serving-rate": { type: "string" },
   "fanout-serving-concurrency": { type: "string" },
   "fanout-stall-timeout": { type: "string" },
+  "fanout-failure-expiry": { type: "string" },
   "log-level": { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
@@ -140,6 +145,7 @@ export interface FanoutFlags {
 function fanoutFlags(get: (flag: keyof typeof agentOptions) => string | undefined): {
   flags: FanoutFlags;
   mirror: AgentConfig["fanoutMirror"];
+  failureExpiryMs: number;
 } {
   const mode = get("fanout-mode") ?? "off";
   if (mode !== "planned" && mode !== "external" && mode !== "off")
@@ -183,7 +189,12 @@ function fanoutFlags(get: (flag: keyof typeof agentOptions) => string | undefine
       : mode === "external"
         ? { externalMirror: external }
         : undefined;
-  return { flags, mirror };
+  const failureExpiryMs = durationFlag(
+    get("fanout-failure-expiry"),
+    "fanout-failure-expiry",
+    PEER_FAILURE_EXPIRY_MS,
+  );
+  return { flags, mirror, failureExpiryMs };
 }
 
 /** Flags (and NODE_NAME) to an invocation; throws UsageError on bad input. */
@@ -239,6 +250,7 @@ export function parseAgentArgs(
       retryInitialMs: durationFlag(get("retry-initial"), "retry-initial", defaultAgentConfig.retryInitialMs),
       retryMaxMs: durationFlag(get("retry-max"), "retry-max", defaultAgentConfig.retryMaxMs),
       ...(fanout.mirror ? { fanoutMirror: fanout.mirror } : {}),
+      ...(fanout.flags.mode === "planned" ? { peerFailureExpiryMs: fanout.failureExpiryMs } : {}),
     },
     criSocket: get("cri-socket") ?? "/run/containerd/containerd.sock",
     containerdRoot: get("containerd-root"),
@@ -272,6 +284,8 @@ export interface StartAgentOptions {
   clock?: Clock;
   log?: Logger;
   handleSignals?: boolean;
+  /** Fan-out planned mode: the node mirror's counts, for status (omit in off and external modes). */
+  fanoutStats?: () => MirrorStats | undefined;
 }
 
 /** Wire the agent: an informer on this node's NodeCache only, one reconcile worker, health server. */
@@ -315,6 +329,7 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
     progress: options.progress,
     pinner: options.pinner,
     metrics: createAgentMetrics(registry),
+    ...(options.fanoutStats ? { fanoutStats: options.fanoutStats } : {}),
     clock: options.clock,
     log: options.log,
     getNodeCache: () => informer.get(config.nodeName),
@@ -374,6 +389,7 @@ export async function runAgent(args: string[]): Promise<number> {
   const log = createLogger({ level: invocation.logLevel, name: "stowage-agent" });
   let runtime: CriClient | undefined;
   let pinner: ContainerdPinner | undefined;
+  let fanout: FanoutNode | undefined;
   try {
     const config: AgentConfig = { ...invocation.config, agentVersion: stowageVersion() };
     const client = KubeClient.load({
@@ -384,7 +400,25 @@ export async function runAgent(args: string[]): Promise<number> {
     if (config.pinImages !== false) pinner = new ContainerdPinner(invocation.criSocket);
     const root = invocation.containerdRoot ?? (await existingDir("/var/lib/containerd"));
     config.containerdRoot = root;
-    const agent = await startAgent({
+    let agent: RunningAgent | undefined;
+    // The fan-out node first, so that the reconciler's first pass already sees the mirror's counts
+    // (otherwise it would read planned mode as off and drop the peer failures status carries); it
+    // reads the NodeCache through the agent's informer once that has started.
+    if (invocation.fanout.mode === "planned") {
+      const { readFile } = await import("node:fs/promises");
+      const { startFanoutNode } = await import("./peer/node.ts");
+      const flags = invocation.fanout;
+      fanout = await startFanoutNode({
+        ...flags,
+        criSocket: invocation.criSocket,
+        secret: await readFile(flags.secretFile as string),
+        cacheEndpoint: () => agent?.nodeCache()?.spec.cacheEndpoint,
+        getNodeCache: () => agent?.nodeCache(),
+        log: (message) => log.info(message),
+      });
+    }
+    const mirror = fanout?.mirror;
+    agent = await startAgent({
       config,
       client,
       runtime,
@@ -394,21 +428,8 @@ export async function runAgent(args: string[]): Promise<number> {
       healthHost: invocation.healthBindAddress,
       log,
       handleSignals: true,
+      ...(mirror ? { fanoutStats: () => mirror.stats } : {}),
     });
-    let fanout: { stop(): Promise<void> } | undefined;
-    if (invocation.fanout.mode === "planned") {
-      const { readFile } = await import("node:fs/promises");
-      const { startFanoutNode } = await import("./peer/node.ts");
-      const flags = invocation.fanout;
-      fanout = await startFanoutNode({
-        ...flags,
-        criSocket: invocation.criSocket,
-        secret: await readFile(flags.secretFile as string),
-        cacheEndpoint: () => agent.nodeCache()?.spec.cacheEndpoint,
-        getNodeCache: agent.nodeCache,
-        log: (message) => log.info(message),
-      });
-    }
     const address = agent.manager.healthAddress;
     log.info(
       { node: config.nodeName, criSocket: invocation.criSocket, healthPort: address?.port },
@@ -416,7 +437,6 @@ export async function runAgent(args: string[]): Promise<number> {
     );
     await agent.manager.stopped;
     agent.reconciler.stop();
-    await fanout?.stop();
     log.info("agent stopped");
     return 0;
   } catch (err) {
@@ -424,6 +444,7 @@ export async function runAgent(args: string[]): Promise<number> {
     log.fatal({ reason: failure.reason }, `agent could not start: ${failure.message}`);
     return 1;
   } finally {
+    await fanout?.stop();
     runtime?.close();
     pinner?.close();
   }

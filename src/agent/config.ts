@@ -43,7 +43,27 @@ export interface AgentConfig {
    * (`planned` mode) or an external peer layer such as Spegel (`external` mode).
    */
   fanoutMirror?: { localMirror?: { port: number }; externalMirror?: string };
+  /**
+   * How long a peer failure stays in status.peerFailures after its `since` (planned mode;
+   * default PEER_FAILURE_EXPIRY_MS below, which says why ten minutes).
+   */
+  peerFailureExpiryMs?: number;
 }
+
+/**
+ * How long a peer failure stays in status.peerFailures after its `since` (default of
+ * --fanout-failure-expiry). The controller plans no piece from a peer any NodeCache lists there,
+ * so an entry that never left would keep a recovered peer out of every later plan. Ten minutes:
+ * - long enough that a peer that is really gone (a node rebooting, an agent crash-looping) is not
+ *   planned again and again: each retry costs its new receivers a stall timeout per blob and the
+ *   controller a re-plan of their pieces. It also outlasts one fan-out
+ *   (seconds to a few minutes for a 20 GB image, docs/fanout.md), so a failed peer is not handed
+ *   children again within the rollout that saw it fail;
+ * - short enough that a peer back after a restart serves the next rollout, rather than leaving
+ *   its share to the cache for the rest of the agent's life.
+ * A peer that fails again when planned again is reported again, with a new `since`.
+ */
+export const PEER_FAILURE_EXPIRY_MS = 10 * 60_000;
 
 export const defaultAgentConfig: Omit<AgentConfig, "nodeName" | "agentVersion"> = {
   mirrorConfig: true,

@@ -23,6 +23,7 @@ import {
   type NodeCacheSpec,
   type NodeCacheStatus,
   type NodeImageStatus,
+  type PeerFailure,
 } from "../api/nodeCache.ts";
 import { NODE_TOKEN_USER } from "../cache/nodeToken.ts";
 import type { KubeClient } from "../kube/client.ts";
@@ -39,6 +40,16 @@ import { type Logger, silentLogger } from "../util/log.ts";
 import type { AgentConfig } from "./config.ts";
 import type { CriAuth, ImageRuntime } from "./cri.ts";
 import { applyMirrorConfig, checkConfigPath } from "./hostsToml.ts";
+import type { MirrorStats } from "./peer/mirror.ts";
+import {
+  currentPeerFailures,
+  imageTally,
+  nextPeerFailureExpiry,
+  PEER_FAILURE_EXPIRY_MS,
+  peerFailures,
+  type SourceTally,
+  sourcesOf,
+} from "./peer/report.ts";
 import type { ImagePinner } from "./pin.ts";
 import { type ProgressProbe, pulledBytes, runtimeProgressProbe } from "./progress.ts";
 
@@ -60,6 +71,12 @@ export interface AgentDeps {
   /** Pins images against the kubelet's GC (containerd's images API); none: nothing is pinned. */
   pinner?: ImagePinner;
   metrics?: AgentMetrics;
+  /**
+   * Fan-out planned mode (issue 15): what the node's mirror did, for status.images[].sources and
+   * status.peerFailures. Omitted (off and external modes): neither field is written, and a
+   * leftover of an earlier planned-mode agent is removed.
+   */
+  fanoutStats?: () => MirrorStats | undefined;
   clock?: Clock;
   log?: Logger;
 }
@@ -83,6 +100,11 @@ interface PullTask {
   bytesReportedAt?: number;
   /** Set when the image was Present and vanished without the agent removing it (kubelet GC). */
   evictedAt?: number;
+  /**
+   * The mirror's bytes by source for this image's blobs when the first attempt started: the mirror
+   * counts since the agent started, and an image pulled again (evicted) reports only its new pull.
+   */
+  sourcesBaseline?: SourceTally;
 }
 
 const NAME = "node-agent";
@@ -149,6 +171,9 @@ export class NodeAgentReconciler {
       this.#log.warn({ error: runtimeError.message }, "container runtime unavailable; keeping last status");
     }
     const imageFs = runtimeError ? nc.status?.imageFs : await this.#imageFs().catch(() => nc.status?.imageFs);
+    const fanout = this.#deps.fanoutStats?.();
+    const failureExpiryMs = this.#config.peerFailureExpiryMs ?? PEER_FAILURE_EXPIRY_MS;
+    let failures: PeerFailure[] = [];
 
     const written = await writeStatus<NodeCacheStatus, NodeCache>(
       this.#deps.client.resource<NodeCache>(NodeCacheResource),
@@ -172,6 +197,13 @@ export class NodeAgentReconciler {
         conditions = setCondition(conditions, mirror.condition, now);
         conditions = setCondition(conditions, readyCondition(list, wanted.length, runtimeError), now);
         status.conditions = conditions;
+        // Read on this pass, like every other field: the mirror's counts reach status at the
+        // writes the agent makes anyway, never at a cadence of their own.
+        failures = fanout
+          ? currentPeerFailures(current?.peerFailures ?? [], peerFailures(fanout), now, failureExpiryMs)
+          : [];
+        if (failures.length > 0) status.peerFailures = failures;
+        else delete status.peerFailures;
         const changed = !sameJson(
           { ...status, heartbeatTime: undefined },
           { ...current, heartbeatTime: undefined },
@@ -187,7 +219,12 @@ export class NodeAgentReconciler {
       .filter((t) => t.state === "failed" && t.retryAt !== undefined)
       .map((t) => Math.max(0, (t.retryAt as number) - now));
     const runtimeRetry = runtimeError ? [Math.min(this.#config.retryInitialMs, 5000)] : [];
-    return requeueAfter(Math.min(untilHeartbeat, this.#config.resyncIntervalMs, ...retries, ...runtimeRetry));
+    // A pass when the first peer failure expires, so the controller may plan that peer again then.
+    const expiresAt = nextPeerFailureExpiry(failures, failureExpiryMs);
+    const expiry = expiresAt !== undefined ? [Math.max(0, expiresAt - now)] : [];
+    return requeueAfter(
+      Math.min(untilHeartbeat, this.#config.resyncIntervalMs, ...retries, ...runtimeRetry, ...expiry),
+    );
   }
 
   /**
@@ -375,6 +412,7 @@ export class NodeAgentReconciler {
       // runtime does with the label.
       if (!tagPulling && (await this.#pin(entry, refs, present.id, now)))
         present = (await this.#deps.runtime.imageStatus(refs.byDigest)) ?? present;
+      const sources = this.#sources(entry, task, previous);
       return {
         ...base,
         state: "Present",
@@ -383,6 +421,7 @@ export class NodeAgentReconciler {
         ...(startedAt ? { startedAt: formatTime(startedAt) } : {}),
         ...(finishedAt ? { finishedAt: formatTime(finishedAt) } : {}),
         ownedByAgent: owned,
+        ...(sources ? { sources } : {}),
       };
     }
     if (task?.state === "done") {
@@ -411,6 +450,27 @@ export class NodeAgentReconciler {
       if (evictedAt !== undefined) task.evictedAt = evictedAt;
     }
     return taskStatus(base, task, now);
+  }
+
+  /**
+   * A present image's bytes by source (fan-out planned mode). Reported once the image is Present
+   * and not while it is pulled: the counts grow with every chunk, so each pass would write, and the
+   * watch event of each write would bring the next pass, a write loop for the whole pull. Present,
+   * the tally is final; the next passes keep what status says (which also survives a restart, when
+   * the mirror's counts start from zero).
+   */
+  #sources(
+    entry: NodeCacheImage,
+    task: PullTask | undefined,
+    previous: NodeImageStatus | undefined,
+  ): NodeImageStatus["sources"] {
+    const stats = this.#deps.fanoutStats?.();
+    if (!stats) return undefined;
+    if (task?.sourcesBaseline) return sourcesOf(imageTally(entry, stats), task.sourcesBaseline);
+    // Reported Present before: what was said then stands (the fanout entries may be gone from spec by now).
+    if (previous?.state === "Present") return previous.sources;
+    // Not pulled by this agent: the kubelet's pull through the mirror, say.
+    return sourcesOf(imageTally(entry, stats));
   }
 
   /**
@@ -479,6 +539,10 @@ export class NodeAgentReconciler {
       ownsImage,
       abort: new AbortController(),
     };
+    const stats = this.#deps.fanoutStats?.();
+    // A retry or a tag pull continues the same pull: its bytes so far count.
+    const baseline = previous?.sourcesBaseline ?? (stats ? imageTally(entry, stats) : undefined);
+    if (baseline) task.sourcesBaseline = baseline;
     this.#tasks.set(entry.digest, task);
     void this.#queue.add(() => this.#pull(entry, task));
     return task;

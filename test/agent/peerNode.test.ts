@@ -2,6 +2,13 @@ import { describe, expect, it } from "vitest";
 import { parseAgentArgs } from "../../src/agent/command.ts";
 import type { MirrorStats } from "../../src/agent/peer/mirror.ts";
 import { fanoutStateOf, imageSources, peerFailures, startFanoutNode } from "../../src/agent/peer/node.ts";
+import {
+  currentPeerFailures,
+  imageTally,
+  nextPeerFailureExpiry,
+  PEER_FAILURE_EXPIRY_MS,
+  sourcesOf,
+} from "../../src/agent/peer/report.ts";
 import type { NodeCache } from "../../src/api/nodeCache.ts";
 
 const D1 = `sha256:${"1".repeat(64)}`;
@@ -85,6 +92,48 @@ describe("the agent's fan-out view of its NodeCache", () => {
     expect(peerFailures(stats).map((f) => f.node)).toEqual(["node-a", "node-c"]);
   });
 
+  it("reports only the bytes since a baseline, so an image pulled again counts its new pull alone", () => {
+    const stats: MirrorStats = {
+      sources: new Map([[D1, new Map([["cache", 10]])]]),
+      peerFailures: new Map(),
+      proxied: 0,
+    };
+    const [a] = nodeCache("t").spec.images ?? [];
+    const baseline = imageTally(a, stats);
+    (stats.sources.get(D1) as Map<string, number>).set("cache", 25);
+    (stats.sources.get(D1) as Map<string, number>).set("node-a", 5);
+    expect(sourcesOf(imageTally(a, stats), baseline)).toEqual([
+      { source: "cache", bytes: 15 },
+      { source: "node-a", bytes: 5 },
+    ]);
+    expect(sourcesOf(imageTally(a, stats), imageTally(a, stats))).toBeUndefined();
+  });
+
+  it("keeps a peer failure, from status or from the mirror, until the expiry after its latest since", () => {
+    const at = (iso: string) => Date.parse(iso);
+    const reported = [
+      { node: "node-a", reason: "Stalled" as const, since: "2026-12-05T02:00:00.000Z" },
+      { node: "node-c", reason: "Failed" as const, since: "2026-12-05T02:00:00.000Z" },
+      { node: "node-x", reason: "Failed" as const, since: "not a time" },
+    ];
+    const observed = [{ node: "node-a", reason: "Failed" as const, since: "2026-12-05T02:08:00.000Z" }];
+    // 02:09: node-c (a restarted agent's status only) and node-a's later failure are both current.
+    expect(currentPeerFailures(reported, observed, at("2026-12-05T02:09:00Z"))).toEqual([
+      observed[0],
+      reported[1],
+    ]);
+    // 02:10: ten minutes after node-c's since it expires; node-a's later since keeps it.
+    expect(currentPeerFailures(reported, observed, at("2026-12-05T02:10:00Z"))).toEqual([observed[0]]);
+    expect(currentPeerFailures(reported, observed, at("2026-12-05T02:18:00Z"))).toEqual([]);
+    expect(currentPeerFailures(reported, observed, at("2026-12-05T02:01:00Z"), 30_000)).toEqual([
+      observed[0],
+    ]);
+    expect(nextPeerFailureExpiry([...reported, ...observed])).toBe(
+      at("2026-12-05T02:00:00Z") + PEER_FAILURE_EXPIRY_MS,
+    );
+    expect(nextPeerFailureExpiry([])).toBeUndefined();
+  });
+
   it("refuses planned mode without a fan-out secret and starts nothing in external or off mode", async () => {
     const base = {
       criSocket: "/nonexistent.sock",
@@ -130,6 +179,14 @@ describe("the agent's fan-out flags", () => {
       servingConcurrency: 3,
       stallTimeoutMs: 2000,
     });
+  });
+
+  it("lets a peer failure expire after ten minutes by default, or --fanout-failure-expiry, in planned mode only", () => {
+    const planned = ["--fanout-mode", "planned", "--fanout-secret-file", "/etc/stowage/fanout/secret"];
+    expect(parse(...planned).config.peerFailureExpiryMs).toBe(10 * 60_000);
+    expect(parse(...planned, "--fanout-failure-expiry", "90s").config.peerFailureExpiryMs).toBe(90_000);
+    expect(parse().config.peerFailureExpiryMs).toBeUndefined();
+    expect(() => parse(...planned, "--fanout-failure-expiry", "0")).toThrow(/fanout-failure-expiry/);
   });
 
   it("puts the external mirror first in external mode", () => {

@@ -1,18 +1,12 @@
 /**
  * The fan-out side of one node's agent (issue 15): the mirror's view of this node's NodeCache spec,
- * what its status reports back, and starting the peer endpoint and the mirror for a mode.
+ * and starting the peer endpoint and the mirror for a mode (what status reports of them: report.ts).
  * Loaded only when --fanout-mode is not `off` (command.ts imports it lazily).
  */
-import type { FanoutSourceBytes, NodeCache, NodeCacheImage, PeerFailure } from "../../api/nodeCache.ts";
+import type { NodeCache } from "../../api/nodeCache.ts";
 import { StowageError } from "../../util/errors.ts";
 import { ContainerdContent } from "./content.ts";
-import {
-  type BlobAssignment,
-  type FanoutState,
-  type Mirror,
-  type MirrorStats,
-  startMirror,
-} from "./mirror.ts";
+import { type BlobAssignment, type FanoutState, type Mirror, startMirror } from "./mirror.ts";
 import { type PeerServer, startPeerServer } from "./server.ts";
 
 export type FanoutMode = "planned" | "external" | "off";
@@ -46,21 +40,8 @@ export function fanoutStateOf(getNodeCache: () => NodeCache | undefined): Fanout
   };
 }
 
-/** status.images[].sources for one spec image: its blobs' bytes by source, sorted by source. */
-export function imageSources(image: NodeCacheImage, stats: MirrorStats): FanoutSourceBytes[] | undefined {
-  const totals = new Map<string, number>();
-  for (const digest of new Set((image.fanout ?? []).map((p) => p.digest))) {
-    for (const [source, bytes] of stats.sources.get(digest) ?? [])
-      totals.set(source, (totals.get(source) ?? 0) + bytes);
-  }
-  if (totals.size === 0) return undefined;
-  return [...totals].sort(([a], [b]) => (a < b ? -1 : 1)).map(([source, bytes]) => ({ source, bytes }));
-}
-
-/** status.peerFailures, sorted by node. */
-export function peerFailures(stats: MirrorStats): PeerFailure[] {
-  return [...stats.peerFailures.values()].sort((a, b) => (a.node < b.node ? -1 : 1));
-}
+// The status side lives in report.ts (the reconciler loads it in every mode); kept importable from here.
+export { imageSources, peerFailures } from "./report.ts";
 
 export interface FanoutNodeOptions {
   mode: FanoutMode;
