@@ -10,7 +10,7 @@ import {
   shortDigest,
   variantsOf,
 } from "../api/modelImage.ts";
-import { imageStatusOf, type NodeCache } from "../api/nodeCache.ts";
+import { type FanoutSourceBytes, imageStatusOf, type NodeCache, type PeerFailure } from "../api/nodeCache.ts";
 import type { Condition } from "../kube/conditions.ts";
 import type { ClusterSnapshot, StatusEvent } from "./gather.ts";
 
@@ -50,6 +50,15 @@ export interface NodeCell {
   percent?: number;
   reason?: string;
   message?: string;
+  /** Present with fan-out: the image's fanned-out blob bytes by where they came from (`cache` or a node). */
+  sources?: FanoutSourceBytes[];
+}
+
+/** A node's own fan-out report: the peers its agent stopped reading from (planned fan-out). */
+export interface NodeReport {
+  node: string;
+  /** `node` here is the peer; the controller plans no piece from it for this node's images meanwhile. */
+  peerFailures: PeerFailure[];
 }
 
 export interface ModelImageReport {
@@ -73,17 +82,31 @@ export interface StatusReport {
   version: typeof STATUS_REPORT_VERSION;
   generatedAt: string;
   modelImages: ModelImageReport[];
+  /** Nodes with something of their own to report (peer failures); absent when none has. */
+  nodes?: NodeReport[];
 }
 
 const unknownCondition: ConditionSummary = { status: "Unknown", reason: "NotObserved", message: "" };
 
 export function buildReport(snapshot: ClusterSnapshot): StatusReport {
+  const nodes = nodeReports(snapshot.nodeCaches);
   return {
     kind: STATUS_REPORT_KIND,
     version: STATUS_REPORT_VERSION,
     generatedAt: new Date(snapshot.takenAt).toISOString(),
     modelImages: snapshot.modelImages.map((mi) => modelImageReport(mi, snapshot)),
+    ...(nodes.length > 0 ? { nodes } : {}),
   };
+}
+
+function nodeReports(nodeCaches: readonly NodeCache[]): NodeReport[] {
+  return nodeCaches
+    .filter((nc) => (nc.status?.peerFailures ?? []).length > 0)
+    .map((nc) => ({
+      node: nc.spec?.nodeName ?? nc.metadata.name ?? "",
+      peerFailures: [...(nc.status?.peerFailures ?? [])].sort((a, b) => (a.node < b.node ? -1 : 1)),
+    }))
+    .sort((a, b) => (a.node < b.node ? -1 : 1));
 }
 
 function modelImageReport(mi: ModelImage, snapshot: ClusterSnapshot): ModelImageReport {
@@ -190,6 +213,7 @@ function cellFromNodeCache(
     percent: state === "present" ? 100 : percent,
     reason: observed?.reason,
     message: observed?.message,
+    sources: state === "present" && observed?.sources?.length ? observed.sources : undefined,
   });
 }
 

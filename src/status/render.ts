@@ -2,11 +2,17 @@
  * The status report as text: one block per ModelImage (conditions, variants, node × variant
  * matrix), ANSI-coloured only when asked (a TTY without NO_COLOR), or as JSON for scripts.
  */
-import { formatBytes } from "../api/nodeCache.ts";
+import {
+  FANOUT_CACHE_SOURCE,
+  type FanoutSourceBytes,
+  formatBytes,
+  type PeerFailure,
+} from "../api/nodeCache.ts";
 import {
   type ConditionSummary,
   type ModelImageReport,
   type NodeCell,
+  type NodeReport,
   type StatusReport,
   shortDigest,
 } from "./model.ts";
@@ -36,10 +42,23 @@ export function renderJson(report: StatusReport): string {
 export function renderText(report: StatusReport, options: RenderOptions): string {
   const paint = options.colour ? palette : plain;
   if (report.modelImages.length === 0) return "No ModelImages found.\n";
-  return `${report.modelImages.map((mi) => renderModelImage(mi, paint)).join("\n")}`;
+  const context: BlockContext = {
+    paint,
+    failures: new Map((report.nodes ?? []).map((n: NodeReport) => [n.node, n.peerFailures])),
+    takenAt: Date.parse(report.generatedAt),
+  };
+  return `${report.modelImages.map((mi) => renderModelImage(mi, context)).join("\n")}`;
 }
 
-function renderModelImage(mi: ModelImageReport, paint: typeof palette): string {
+interface BlockContext {
+  paint: typeof palette;
+  /** Peer failures by the node that reported them. */
+  failures: ReadonlyMap<string, readonly PeerFailure[]>;
+  takenAt: number;
+}
+
+function renderModelImage(mi: ModelImageReport, context: BlockContext): string {
+  const { paint } = context;
   const lines: string[] = [];
   const lag = mi.lag ? `lagging ${formatAge(mi.lag.seconds)} (since ${mi.lag.since})` : "in sync";
   lines.push(
@@ -93,8 +112,56 @@ function renderModelImage(mi: ModelImageReport, paint: typeof palette): string {
       }),
     ]);
     lines.push(...table(["  NODE", ...variantNames.map((v) => v.toUpperCase())], rows, colours));
+    lines.push(...fanoutLines(mi.cells, nodes, context));
   }
   return `${lines.join("\n")}\n`;
+}
+
+/**
+ * Fan-out (issue 15), only where there is some: where the present images' bytes came from, and the
+ * peers the block's nodes stopped reading from (the controller plans around them until they expire).
+ */
+function fanoutLines(cells: readonly NodeCell[], nodes: readonly string[], context: BlockContext): string[] {
+  const lines: string[] = [];
+  const withSources = cells.filter((c) => c.sources && c.sources.length > 0);
+  if (withSources.length > 0) {
+    lines.push(
+      ...table(
+        ["  NODE", "VARIANT", "BYTES BY SOURCE"],
+        withSources.map((c) => [`  ${c.node}`, c.variant, sourcesText(c.sources ?? [])]),
+      ),
+    );
+  }
+  const failures = nodes.flatMap((node) => (context.failures.get(node) ?? []).map((f) => ({ node, f })));
+  if (failures.length > 0) {
+    lines.push(
+      ...table(
+        ["  NODE", "PEER FAILED", "REASON", "SINCE"],
+        failures.map(({ node, f }) => [`  ${node}`, f.node, f.reason, sinceText(f.since, context.takenAt)]),
+        failures.map(({ f }) => [
+          undefined,
+          undefined,
+          f.reason === "Failed" ? context.paint.red : context.paint.yellow,
+        ]),
+      ),
+    );
+  }
+  return lines;
+}
+
+/** `cache 1.0 GiB, gpu-2 3.0 GiB`: the cache first, then the peers as the agent listed them. */
+export function sourcesText(sources: readonly FanoutSourceBytes[]): string {
+  const ordered = [
+    ...sources.filter((s) => s.source === FANOUT_CACHE_SOURCE),
+    ...sources.filter((s) => s.source !== FANOUT_CACHE_SOURCE),
+  ];
+  return ordered.map((s) => `${s.source} ${formatBytes(s.bytes)}`).join(", ");
+}
+
+function sinceText(since: string, takenAt: number): string {
+  const at = Date.parse(since);
+  if (Number.isNaN(at) || Number.isNaN(takenAt)) return since;
+  return `${since} (${formatAge(Math.max(0, Math.round((takenAt - at) / 1000)))} ago)`;
 }
 
 function cellText(cell: NodeCell): string {

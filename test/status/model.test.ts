@@ -107,6 +107,62 @@ describe("status report (pure)", () => {
     expect(text).toMatch(/c\s+pulling 42%\n/);
   });
 
+  it("shows where a present image's bytes came from, the cache first, and each node's peer failures with their age", () => {
+    const GiB = 1024 ** 3;
+    const sources = [
+      { source: "cache", bytes: GiB },
+      { source: "gpu-2", bytes: 3 * GiB },
+    ];
+    const warm = nodeCache("gpu-1", "Present", { sources });
+    warm.status = {
+      ...warm.status,
+      peerFailures: [
+        { node: "gpu-3", reason: "Stalled", since: "2026-01-01T11:58:00Z" },
+        { node: "gpu-2", reason: "Failed", since: "2026-01-01T11:00:00Z" },
+      ],
+    };
+    // Sources of an image not (or no longer) present are not shown: they describe a finished pull.
+    const pulling = nodeCache("gpu-4", "Pulling", { bytes: 10, sources });
+    const report = buildReport({
+      takenAt,
+      modelImages: [modelImage()],
+      nodeCaches: [warm, pulling, nodeCache("gpu-5", "Present")],
+      events: [],
+    });
+    const cells = report.modelImages[0].cells;
+    expect(cells.find((c) => c.node === "gpu-1")?.sources).toEqual(sources);
+    expect(cells.find((c) => c.node === "gpu-4")?.sources).toBeUndefined();
+    expect(cells.find((c) => c.node === "gpu-5")?.sources).toBeUndefined();
+    expect(report.nodes).toEqual([
+      {
+        node: "gpu-1",
+        peerFailures: [
+          { node: "gpu-2", reason: "Failed", since: "2026-01-01T11:00:00Z" },
+          { node: "gpu-3", reason: "Stalled", since: "2026-01-01T11:58:00Z" },
+        ],
+      },
+    ]);
+
+    const text = renderText(report, { colour: false });
+    expect(text).toMatch(
+      /NODE\s+VARIANT\s+BYTES BY SOURCE\n\s+gpu-1\s+default\s+cache 1\.0 GiB, gpu-2 3\.0 GiB\n/,
+    );
+    expect(text).not.toMatch(/gpu-[45]\s+default\s+cache/);
+    expect(text).toMatch(/gpu-1\s+gpu-2\s+Failed\s+2026-01-01T11:00:00Z \(1h ago\)/);
+    expect(text).toMatch(/gpu-1\s+gpu-3\s+Stalled\s+2026-01-01T11:58:00Z \(2m ago\)/);
+    expect(renderText(report, { colour: true })).toContain("\u001b[31mFailed\u001b[0m");
+
+    // Without fan-out, nothing of it is shown.
+    const plain = buildReport({
+      takenAt,
+      modelImages: [modelImage()],
+      nodeCaches: [nodeCache("a", "Present")],
+      events: [],
+    });
+    expect(plain.nodes).toBeUndefined();
+    expect(renderText(plain, { colour: false })).not.toMatch(/BYTES BY SOURCE|PEER FAILED/);
+  });
+
   it("ignores NodeCache entries requested by another ModelImage of the same name in another namespace", () => {
     const other = nodeCache("a", "Present");
     other.spec.images![0].requestedBy = [{ namespace: "ml", name: "vllm" }];

@@ -140,15 +140,32 @@ beforeAll(async () => {
     sizeBytes: 2 * GiB,
     requestedBy: requester("cuda"),
   };
+  // gpu-1 warmed with fan-out: part from the cache, part from gpu-3; gpu-2's agent gave up on gpu-3.
   await createNodeCache({
     metadata: { name: "gpu-1" },
     spec: { nodeName: "gpu-1", images: [cudaImage] },
-    status: { images: [{ image: cudaImage.image, digest: digest("1"), state: "Present", bytes: 2 * GiB }] },
+    status: {
+      images: [
+        {
+          image: cudaImage.image,
+          digest: digest("1"),
+          state: "Present",
+          bytes: 2 * GiB,
+          sources: [
+            { source: "cache", bytes: GiB / 2 },
+            { source: "gpu-3", bytes: (3 * GiB) / 2 },
+          ],
+        },
+      ],
+    },
   });
   await createNodeCache({
     metadata: { name: "gpu-2" },
     spec: { nodeName: "gpu-2", images: [cudaImage] },
-    status: { images: [{ image: cudaImage.image, digest: digest("1"), state: "Pulling", bytes: GiB / 2 }] },
+    status: {
+      images: [{ image: cudaImage.image, digest: digest("1"), state: "Pulling", bytes: GiB / 2 }],
+      peerFailures: [{ node: "gpu-3", reason: "Stalled", since: "2026-01-01T10:30:00Z" }],
+    },
   });
   await createNodeCache({
     metadata: { name: "cpu-1" },
@@ -278,6 +295,29 @@ describe("stowage status", () => {
     expect(vllm.lag?.since).toBe("2026-01-01T09:00:00Z");
     expect(vllm.lag?.seconds).toBeGreaterThan(0);
     expect(vllm.cells).toEqual([]);
+  });
+
+  it("shows where a warm node's bytes came from and the peers a node stopped reading from, in text and JSON", async () => {
+    const text = await stowage(["--kubeconfig", api.kubeconfigPath]);
+    expect(text.code).toBe(0);
+    expect(text.stdout).toMatch(
+      /NODE\s+VARIANT\s+BYTES BY SOURCE\n\s+gpu-1\s+cuda\s+cache 512 MiB, gpu-3 1\.5 GiB\n/,
+    );
+    expect(text.stdout).toMatch(
+      /NODE\s+PEER FAILED\s+REASON\s+SINCE\n\s+gpu-2\s+gpu-3\s+Stalled\s+2026-01-01T10:30:00Z \(/,
+    );
+    // Only in the block of the ModelImage whose nodes they concern.
+    expect(text.stdout.split("web/vllm")[1]).not.toMatch(/BYTES BY SOURCE|PEER FAILED/);
+
+    const json = await stowage(["--kubeconfig", api.kubeconfigPath, "-o", "json"]);
+    const report = JSON.parse(json.stdout) as StatusReport;
+    expect(report.modelImages[0].cells.find((c) => c.node === "gpu-1")?.sources).toEqual([
+      { source: "cache", bytes: GiB / 2 },
+      { source: "gpu-3", bytes: (3 * GiB) / 2 },
+    ]);
+    expect(report.nodes).toEqual([
+      { node: "gpu-2", peerFailures: [{ node: "gpu-3", reason: "Stalled", since: "2026-01-01T10:30:00Z" }] },
+    ]);
   });
 
   it("shows only one namespace with -n", async () => {
