@@ -4,6 +4,9 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type RunningAgent, startAgent } from "../../src/agent/command.ts";
@@ -37,6 +40,7 @@ import { eventually } from "../support/eventually.ts";
 const MiB = 1024 * 1024;
 const secret = Buffer.alloc(32, 7);
 const PEER_PROCESS = fileURLToPath(new URL("./support/peerProcess.ts", import.meta.url));
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 
 let api: TestCluster;
 let client: KubeClient;
@@ -418,6 +422,68 @@ describe("the agent reports what fan-out did in its NodeCache status", () => {
     const later = (await nodeCaches().get("node-b")).status;
     const steady = (s: NodeCache["status"]) => ({ ...s, heartbeatTime: 0, imageFs: 0, diskUsed: 0 });
     expect(steady(later)).toEqual(steady(settled));
+  });
+
+  it("`stowage agent --fanout-mode planned` serves peers, keeps the peer failures status carries until they expire, and stops cleanly", async () => {
+    await nodeCaches().create({
+      apiVersion: "stowage.dev/v1alpha1",
+      kind: "NodeCache",
+      metadata: { name: "node-p" },
+      spec: { nodeName: "node-p", cacheEndpoint: cacheProxy.url, mirrorHosts: [upstreamHost] },
+    });
+    // What an earlier agent of this node reported: one failure still current, one long expired.
+    const recent = { node: "node-a", reason: "Stalled" as const, since: new Date().toISOString() };
+    const old = { node: "node-c", reason: "Failed" as const, since: "2026-01-01T00:00:00Z" };
+    await nodeCaches().updateStatus({
+      ...(await nodeCaches().get("node-p")),
+      status: { peerFailures: [recent, old] },
+    });
+    const work = await mkdtemp(join(tmpdir(), "stowage-fanout-agent-"));
+    cleanups.push(() => rm(work, { recursive: true, force: true }));
+    await writeFile(join(work, "secret"), secret);
+    const [peerPort, mirrorPort] = [await freePort(), await freePort()];
+    const child = spawn(
+      process.execPath,
+      [
+        join(ROOT, "bin/stowage.js"),
+        "agent",
+        "--cri-socket",
+        nodeB.socketPath,
+        "--containerd-config-path",
+        nodeB.certsDir,
+        "--containerd-config",
+        nodeB.configFile,
+        "--kubeconfig",
+        api.kubeconfigPath,
+        "--health-port",
+        "0",
+        "--fanout-mode",
+        "planned",
+        "--fanout-secret-file",
+        join(work, "secret"),
+        "--fanout-bind-address",
+        "127.0.0.1",
+        "--fanout-peer-port",
+        String(peerPort),
+        "--fanout-mirror-port",
+        String(mirrorPort),
+      ],
+      { env: { ...process.env, NODE_NAME: "node-p" }, stdio: ["ignore", "ignore", "pipe"] },
+    );
+    const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
+    cleanups.push(() => {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    });
+    const status = await eventually("the agent's first status", async () => {
+      const s = (await nodeCaches().get("node-p")).status;
+      return s?.agentVersion ? s : undefined;
+    });
+    expect(status.peerFailures).toEqual([recent]);
+    // Its peer endpoint is up and wants a peer token.
+    const refused = await fetch(`http://127.0.0.1:${peerPort}/fanout/v1/blobs/sha256:${"0".repeat(64)}`);
+    expect(refused.status).toBe(401);
+    child.kill("SIGTERM");
+    expect(await exited).toBe(0);
   });
 
   it("removes peer failures from status when the agent runs without planned fan-out", async () => {
