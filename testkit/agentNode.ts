@@ -58,7 +58,13 @@ export interface AgentNode {
  */
 export async function startAgentNode(
   name: string,
-  options: { kubeconfig: string; logsDir: string; containerd?: RunningContainerd },
+  options: {
+    kubeconfig: string;
+    logsDir: string;
+    containerd?: RunningContainerd;
+    /** More `stowage agent` flags, after the defaults (a later flag wins): bench:fanout's --fanout-* flags. */
+    extraArgs?: string[];
+  },
 ): Promise<AgentNode> {
   const ownsContainerd = !options.containerd;
   const containerd = options.containerd ?? (await startContainerd());
@@ -86,6 +92,7 @@ export async function startAgentNode(
         "15s",
         "--retry-initial",
         "2s",
+        ...(options.extraArgs ?? []),
       ],
       logFile,
     );
