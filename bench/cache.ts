@@ -19,7 +19,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -126,6 +126,7 @@ class RssSampler {
     this.#phase = name;
     this.phaseWall = performance.now();
     const now = threadCpu(this.pid);
+    now.set(MACHINE, machineBusySeconds());
     this.phaseStarted = now;
     const spent = this.cpu.get(previous) ?? new Map<string, number>();
     for (const [thread, seconds] of now)
@@ -137,6 +138,7 @@ class RssSampler {
   constructor(pid: number) {
     this.pid = pid;
     this.phaseStarted = threadCpu(pid);
+    this.phaseStarted.set(MACHINE, machineBusySeconds());
     this.timer = setInterval(async () => {
       const sample = await rssNow(pid);
       if (!sample) return;
@@ -154,9 +156,11 @@ class RssSampler {
       .map(
         ([phase, threads]) =>
           `${phase}: ${[...threads]
-            .filter(([, seconds]) => seconds >= 0.05)
+            .filter(([thread, seconds]) => seconds >= 0.05 && thread !== MACHINE)
             .map(([thread, seconds]) => `${thread} ${seconds.toFixed(1)}`)
-            .join(", ")}`,
+            .join(
+              ", ",
+            )}, machine ${((threads.get(MACHINE) ?? 0) / (threads.get("wall") || 1)).toFixed(2)} of ${cpus().length} cores busy`,
       )
       .join("; ");
   }
@@ -167,6 +171,18 @@ class RssSampler {
       .map(([phase, peak]) => `${phase} ${mb(peak.rss)} (anon ${mb(peak.anon)}, file ${mb(peak.file)})`)
       .join("; ");
   }
+}
+
+/**
+ * The whole machine's busy CPU seconds (every core; /proc/stat, all but idle and iowait): with the
+ * eight curl clients and both registries on the same two cores as the front, whether the machine
+ * was saturated says how far the front's own costs can explain a phase's time.
+ */
+const MACHINE = "machine";
+function machineBusySeconds(): number {
+  const fields = readFileSync("/proc/stat", "utf8").split("\n")[0].trim().split(/\s+/).slice(1).map(Number);
+  const total = fields.reduce((sum, n) => sum + n, 0);
+  return (total - fields[3] - (fields[4] ?? 0)) / 100;
 }
 
 /** CPU seconds (user + system) of each of a process's threads, summed by thread name. */
