@@ -411,6 +411,7 @@ export async function runAgent(args: string[]): Promise<number> {
       fanout = await startFanoutNode({
         ...flags,
         criSocket: invocation.criSocket,
+        containerdRoot: root,
         secret: await readFile(flags.secretFile as string),
         cacheEndpoint: () => agent?.nodeCache()?.spec.cacheEndpoint,
         getNodeCache: () => agent?.nodeCache(),

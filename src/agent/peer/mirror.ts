@@ -7,7 +7,8 @@
  * - A blob GET whose digest has a fan-out assignment is assembled piece by piece, in offset
  *   order, each piece from its assigned source: a peer agent (Range request with this node's
  *   peer token) or the cache (Range request with the credentials containerd sent). A peer that
- *   fails, or sends no byte for `stallTimeoutMs`, is dropped for the rest of the blob and the
+ *   fails, or sends no byte for `stallTimeoutMs`, or has not got the piece `sourceWaitMs` after
+ *   it was first asked (the plan is made ahead: a source may still be pulling it), is dropped for the rest of the blob and the
  *   piece's remaining bytes come from the cache; the peer is reported (peerFailures). The whole
  *   blob is hashed on the way; on a mismatch the response is cut before its last byte, so
  *   containerd never commits it.
@@ -50,6 +51,12 @@ export interface MirrorOptions {
   port: number;
   /** No byte from a peer for this long → the piece's rest comes from the cache (default 2000). */
   stallTimeoutMs?: number;
+  /**
+   * How long a source that does not have a piece yet (404 BlobNotHeld, 503 NotYetSpooled or busy)
+   * is asked again before it counts as Stalled (default 30 s): its own pull may still be queued.
+   */
+  sourceWaitMs?: number;
+  sleep?: (ms: number) => Promise<void>;
   now?: () => number;
   log?: (message: string) => void;
 }
@@ -69,6 +76,10 @@ export interface Mirror {
   stats: MirrorStats;
   close(): Promise<void>;
 }
+
+export const DEFAULT_SOURCE_WAIT_MS = 30_000;
+/** How often a source without the piece yet is asked again: a wave's delay is about this. */
+const SOURCE_POLL_MS = 100;
 
 const BLOB_PATH = /^\/v2\/(.+)\/blobs\/(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$/;
 const HOP_BY_HOP = new Set([
@@ -142,7 +153,9 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
       `the peer stall timeout must be positive, got ${stallTimeoutMs} ms`,
     );
   }
+  const sourceWaitMs = options.sourceWaitMs ?? DEFAULT_SOURCE_WAIT_MS;
   const now = options.now ?? Date.now;
+  const sleep = options.sleep ?? ((ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms)));
   const log = options.log ?? (() => {});
   const stats: MirrorStats = { sources: new Map(), peerFailures: new Map(), proxied: 0 };
 
@@ -181,20 +194,37 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
       clearTimeout(timer);
       timer = setTimeout(() => abort.abort(), stallTimeoutMs);
     };
-    arm();
+    const waitUntil = now() + sourceWaitMs;
     try {
       let res: IncomingMessage;
-      try {
-        res = await open(
-          `${endpoint}${PEER_BLOB_PATH}${digest}`,
-          "GET",
-          { authorization: `Bearer ${token}`, range: `bytes=${offset}-${offset + length - 1}` },
-          abort.signal,
-        );
-      } catch (err) {
-        throw abort.signal.aborted
-          ? new PeerUnavailable(node, "Stalled", `no answer within ${stallTimeoutMs} ms`)
-          : new PeerUnavailable(node, "Failed", (err as Error).message);
+      for (;;) {
+        arm();
+        try {
+          res = await open(
+            `${endpoint}${PEER_BLOB_PATH}${digest}`,
+            "GET",
+            { authorization: `Bearer ${token}`, range: `bytes=${offset}-${offset + length - 1}` },
+            abort.signal,
+          );
+        } catch (err) {
+          throw abort.signal.aborted
+            ? new PeerUnavailable(node, "Stalled", `no answer within ${stallTimeoutMs} ms`)
+            : new PeerUnavailable(node, "Failed", (err as Error).message);
+        }
+        // The plan is made ahead: a source may not have started, or not got this far, or be
+        // serving its other children. It is waited for (as the simulator's nodes wait for theirs)
+        // until sourceWaitMs pass without the piece, then treated as stalled.
+        if (res.statusCode !== 404 && res.statusCode !== 503) break;
+        res.resume();
+        if (now() >= waitUntil) {
+          throw new PeerUnavailable(
+            node,
+            "Stalled",
+            `answered ${res.statusCode} to bytes ${offset}-${offset + length - 1} of ${digest} for ${sourceWaitMs} ms`,
+          );
+        }
+        clearTimeout(timer);
+        await sleep(SOURCE_POLL_MS);
       }
       if (res.statusCode !== 206) {
         res.resume();

@@ -6,6 +6,7 @@
 import type { NodeCache } from "../../api/nodeCache.ts";
 import { StowageError } from "../../util/errors.ts";
 import { ContainerdContent } from "./content.ts";
+import { containerdIngests } from "./ingest.ts";
 import { type BlobAssignment, type FanoutState, type Mirror, startMirror } from "./mirror.ts";
 import { type PeerServer, startPeerServer } from "./server.ts";
 
@@ -46,6 +47,8 @@ export { imageSources, peerFailures } from "./report.ts";
 export interface FanoutNodeOptions {
   mode: FanoutMode;
   criSocket: string;
+  /** containerd's root (its content store), where blobs still downloading are read from. */
+  containerdRoot?: string;
   /** The fan-out secret (planned mode). */
   secret?: Buffer;
   bindAddress: string;
@@ -80,6 +83,8 @@ export async function startFanoutNode(options: FanoutNodeOptions): Promise<Fanou
   const store = new ContainerdContent(options.criSocket);
   const peer = await startPeerServer({
     store,
+    // Blobs still downloading are served as far as containerd has them, when its root is readable.
+    ...(options.containerdRoot ? { partial: containerdIngests(options.containerdRoot) } : {}),
     secret: options.secret,
     host: options.bindAddress,
     port: options.peerPort,

@@ -31,10 +31,12 @@ export interface PartialBlob {
   size: number;
   available(): number;
   read(offset: number, length: number): AsyncIterable<Buffer>;
+  /** Frees what get() opened when nothing is read (a refusal, a HEAD); read() frees it itself. */
+  close?(): Promise<void>;
 }
 
 export interface PartialBlobs {
-  get(digest: string): PartialBlob | undefined;
+  get(digest: string): PartialBlob | undefined | Promise<PartialBlob | undefined>;
 }
 
 export interface PeerServerOptions {
@@ -209,26 +211,31 @@ export async function startPeerServer(options: PeerServerOptions): Promise<PeerS
     let size = await options.store.size(digest);
     let reader: (offset: number, length: number) => AsyncIterable<Buffer>;
     let limit: number;
+    let partial: PartialBlob | undefined;
     if (size !== undefined) {
       reader = (offset, length) => options.store.read(digest, offset, length);
       limit = size;
     } else {
-      const partial = options.partial?.get(digest);
+      partial = await options.partial?.get(digest);
       if (!partial) return refuse(res, 404, "BlobNotHeld");
-      size = partial.size;
-      limit = partial.available();
-      reader = (offset, length) => partial.read(offset, length);
+      const held = partial;
+      size = held.size;
+      limit = held.available();
+      reader = (offset, length) => held.read(offset, length);
     }
     const range = parseRange(req.headers.range, size);
     if (typeof range === "string") {
+      await partial?.close?.();
       return refuse(res, 416, "RangeNotSatisfiable", { "content-range": `bytes */${size}` });
     }
     const start = range?.start ?? 0;
     const end = range?.end ?? size - 1;
     if (end >= limit) {
-      // Still being fetched and not that far yet: the receiver retries or falls back.
+      // Still being fetched and not that far yet: the receiver waits and asks again.
+      await partial?.close?.();
       return refuse(res, 503, "NotYetSpooled", { "retry-after": "1" });
     }
+    if (req.method === "HEAD") await partial?.close?.();
     const length = end - start + 1;
     const whole = start === 0 && end === size - 1;
     res.writeHead(range ? 206 : 200, {

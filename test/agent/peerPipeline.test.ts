@@ -1,0 +1,170 @@
+/**
+ * A fan-out plan is written ahead: a node's source may not have started its own pull, or be part
+ * way through it, when the node asks. On two real containerds: the receiver waits for its source,
+ * and the source serves the pieces its containerd has already downloaded (its ingest), so pieces
+ * pass down the tree while the source is still pulling.
+ */
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CriClient } from "../../src/agent/cri.ts";
+import { applyMirrorConfig } from "../../src/agent/hostsToml.ts";
+import { ContainerdContent } from "../../src/agent/peer/content.ts";
+import { containerdIngests } from "../../src/agent/peer/ingest.ts";
+import { type BlobAssignment, type Mirror, startMirror } from "../../src/agent/peer/mirror.ts";
+import { type PartialBlobs, type PeerServer, startPeerServer } from "../../src/agent/peer/server.ts";
+import { issuePeerToken } from "../../src/agent/peer/token.ts";
+import type { FanoutPiece } from "../../src/api/nodeCache.ts";
+import { RegistryClient } from "../../src/oci/registry.ts";
+import { type RunningContainerd, startContainerd } from "../../testkit/containerd.ts";
+import { type FaultProxy, startFaultProxy } from "../../testkit/faultProxy.ts";
+import { type PushedImage, pushSinglePlatformImage } from "../../testkit/images.ts";
+import { freePort } from "../../testkit/ports.ts";
+import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
+
+const MiB = 1024 * 1024;
+const secret = Buffer.alloc(32, 9);
+let nodeA: RunningContainerd;
+let nodeB: RunningContainerd;
+let cache: RunningRegistry;
+let cacheProxy: FaultProxy;
+let registryClient: RegistryClient;
+let runtimeA: CriClient;
+let runtimeB: CriClient;
+let storeA: ContainerdContent;
+let peerA: PeerServer;
+let upstreamHost: string;
+const assignments = new Map<string, BlobAssignment>();
+let peerToken = "";
+/** Ranges A served from its containerd's ingest (a blob it was still downloading): digest → count. */
+const servedWhileDownloading = new Map<string, number>();
+
+function allFromA(image: PushedImage): void {
+  assignments.clear();
+  for (const { digest, size } of image.image.layers.map((l) => l.descriptor)) {
+    const pieces: FanoutPiece[] = [];
+    for (let offset = 0; offset < size; offset += MiB)
+      pieces.push({ digest, offset, length: Math.min(MiB, size - offset), source: "node-a", wave: 2 });
+    assignments.set(digest, { pieces });
+  }
+  peerToken = issuePeerToken(secret, {
+    receiver: "node-b",
+    digests: [...assignments.keys()].sort(),
+    exp: Date.now() / 1000 + 600,
+  });
+}
+
+async function mirrorForB(sourceWaitMs?: number): Promise<Mirror> {
+  const mirror = await startMirror({
+    cacheEndpoint: cacheProxy.url,
+    host: "127.0.0.1",
+    port: 0,
+    stallTimeoutMs: 2000,
+    ...(sourceWaitMs ? { sourceWaitMs } : {}),
+    state: {
+      assignment: (digest) => assignments.get(digest),
+      endpoint: (node) => (node === "node-a" ? peerA.url : undefined),
+      token: () => peerToken,
+    },
+  });
+  await applyMirrorConfig(nodeB.certsDir, [upstreamHost], {
+    cacheEndpoint: cacheProxy.url,
+    localMirror: { port: mirror.port },
+  });
+  return mirror;
+}
+
+const cacheBlobGets = (digest: string) =>
+  cacheProxy.seen().filter((r) => r.method === "GET" && r.path.split("?")[0].endsWith(`/blobs/${digest}`));
+
+beforeAll(async () => {
+  [nodeA, nodeB, cache] = await Promise.all([startContainerd(), startContainerd(), startRegistry()]);
+  cacheProxy = await startFaultProxy(cache.url);
+  registryClient = new RegistryClient({ insecureHosts: [cache.host] });
+  upstreamHost = `127.0.0.1:${await freePort()}`;
+  runtimeA = new CriClient(nodeA.socketPath);
+  runtimeB = new CriClient(nodeB.socketPath);
+  // A pulls from the cache (through the proxy, which paces its blobs in the first test).
+  await applyMirrorConfig(nodeA.certsDir, [upstreamHost], { cacheEndpoint: cacheProxy.url });
+  storeA = new ContainerdContent(nodeA.socketPath);
+  const ingests = containerdIngests(join(nodeA.dir, "root"));
+  const watched: PartialBlobs = {
+    async get(digest) {
+      const partial = await ingests.get(digest);
+      if (partial && partial.available() < partial.size)
+        servedWhileDownloading.set(digest, (servedWhileDownloading.get(digest) ?? 0) + 1);
+      return partial;
+    },
+  };
+  peerA = await startPeerServer({ store: storeA, partial: watched, secret, host: "127.0.0.1", port: 0 });
+});
+
+afterAll(async () => {
+  await peerA?.close();
+  storeA?.close();
+  runtimeA?.close();
+  runtimeB?.close();
+  await registryClient?.close();
+  await cacheProxy?.stop();
+  await Promise.all([nodeA?.dispose(), nodeB?.dispose(), cache?.stop()]);
+});
+
+describe("pieces passing down a fan-out tree while the source still pulls, on two real containerds", () => {
+  it("B waits for A, which has not started, and reads every piece from A, the first ones from A's download in progress", async () => {
+    const image = await pushSinglePlatformImage(
+      registryClient,
+      { registry: cache.host, repository: `${upstreamHost.replace(":", "_")}/acme/pipeline` },
+      "1.0",
+      { layerSizes: [6 * MiB + 11, 300 * 1024], seed: "pipeline" },
+    );
+    allFromA(image);
+    const mirrorB = await mirrorForB();
+    try {
+      const [big, small] = image.image.layers.map((l) => l.descriptor);
+      // A's blobs come at 3 MiB/s: its 6 MiB layer takes about two seconds to download.
+      cacheProxy.addRule({
+        match: { method: "GET", path: /\/blobs\// },
+        times: Number.POSITIVE_INFINITY,
+        action: { kind: "throttle", bytesPerSecond: 3 * MiB, latencyMs: 0 },
+      });
+      const reference = `${upstreamHost}/acme/pipeline@${image.digest}`;
+      const pullB = runtimeB.pullImage(reference);
+      await new Promise((resolve) => setTimeout(resolve, 300)); // A has not started
+      const [idA, idB] = await Promise.all([runtimeA.pullImage(reference), pullB]);
+      expect(idB).toBe(idA);
+
+      expect(mirrorB.stats.peerFailures.size).toBe(0);
+      expect(Object.fromEntries(mirrorB.stats.sources.get(big.digest) ?? [])).toEqual({ "node-a": big.size });
+      expect(Object.fromEntries(mirrorB.stats.sources.get(small.digest) ?? [])).toEqual({
+        "node-a": small.size,
+      });
+      // The cache sent the layers once, to A; B's blobs came from A.
+      expect(cacheBlobGets(big.digest)).toHaveLength(1);
+      expect(cacheBlobGets(small.digest)).toHaveLength(1);
+      // Some of B's pieces were served from A's ingest, before A had the whole layer.
+      expect(servedWhileDownloading.get(big.digest) ?? 0).toBeGreaterThan(0);
+    } finally {
+      cacheProxy.clearRules();
+      await mirrorB.close();
+    }
+  });
+
+  it("B gives up on a source that never gets the piece after the wait, reports it Stalled, and the cache serves it", async () => {
+    const image = await pushSinglePlatformImage(
+      registryClient,
+      { registry: cache.host, repository: `${upstreamHost.replace(":", "_")}/acme/never` },
+      "1.0",
+      { layerSizes: [2 * MiB + 5, 100 * 1024], seed: "never" },
+    );
+    allFromA(image);
+    const mirrorB = await mirrorForB(800);
+    try {
+      const reference = `${upstreamHost}/acme/never@${image.digest}`;
+      expect(await runtimeB.pullImage(reference)).toMatch(/^sha256:/);
+      expect(mirrorB.stats.peerFailures.get("node-a")).toMatchObject({ node: "node-a", reason: "Stalled" });
+      const [big] = image.image.layers.map((l) => l.descriptor);
+      expect(Object.fromEntries(mirrorB.stats.sources.get(big.digest) ?? [])).toEqual({ cache: big.size });
+    } finally {
+      await mirrorB.close();
+    }
+  });
+});
