@@ -31,7 +31,8 @@
  * Then the simulator (sim/fanout/sim.ts, the same planner code) runs in-process on the same
  * scenario: N, k, cache slots, the image's blob sizes, the rates, disks and download NICs fast,
  * the start spread the agents showed. The pull phase is compared with the simulated all-warm time:
- * issue 15's goal is within 25%.
+ * issue 15's goal is within 25% of the simulator's piece mode (the same piece size); its whole-blob
+ * mode and star are printed beside it (see DIFFERENCES at the end for what each leaves out).
  * Modes: `planned` (controller --fanout-mode planned) and `star` (controller --fanout-mode off:
  * every node from the throttled cache, the same agents and mirror path), each on fresh registries,
  * API server, controller and nodes; the upstream registry with the image is shared.
@@ -144,6 +145,8 @@ function say(line = ""): void {
 }
 const seconds = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
 const mib = (bytes: number) => `${(bytes / MiB).toFixed(1)} MiB`;
+/** Source tallies: the config blob is a few hundred bytes, which MiB would show as 0.0. */
+const amount = (bytes: number) => (bytes < MiB ? `${(bytes / 1024).toFixed(1)} KiB` : mib(bytes));
 const short = (digest: string) => `${digest.slice(7, 15)}`;
 
 /**
@@ -569,7 +572,7 @@ function printMode(r: ModeResult, imageBytes: number, digests: string[]): void {
     const pull =
       n.startedAt !== undefined && n.finishedAt !== undefined ? seconds(n.finishedAt - n.startedAt) : "-";
     const sources = n.sources
-      .map((s) => `${s.source.replace("fanout-node-", "n")} ${mib(s.bytes)}`)
+      .map((s) => `${s.source.replace("fanout-node-", "n")} ${amount(s.bytes)}`)
       .join(", ");
     say(
       `${n.name.padEnd(15)} ${rel(n.startedAt).padStart(7)}  ${rel(n.finishedAt).padStart(7)}  ${pull.padStart(7)}  ` +
@@ -659,16 +662,17 @@ async function main(): Promise<number> {
     const blobSizes = fetched.map((b) => b.size);
     const spreadS = (results.get("planned")?.startSpreadMs ?? results.get("star")?.startSpreadMs ?? 0) / 1000;
     const alone = simulate({ ...simScenario(blobSizes, 0, 0), nodes: 1 }, "star");
+    // The issue's scenario (the same piece size) first: the goal is judged on it.
     const sims: { label: string; mode: Mode; result: RunResult }[] = [
-      {
-        label: "planned, whole blobs (as wired: one source per blob)",
-        mode: "planned",
-        result: simulate(simScenario(blobSizes, spreadS, 0), "planned"),
-      },
       {
         label: `planned, ${pieceMiB} MiB pieces (a tree per piece)`,
         mode: "planned",
         result: simulate(simScenario(blobSizes, spreadS, pieceBytes), "planned"),
+      },
+      {
+        label: "planned, whole blobs (store-and-forward per blob)",
+        mode: "planned",
+        result: simulate(simScenario(blobSizes, spreadS, 0), "planned"),
       },
       { label: "star", mode: "star", result: simulate(simScenario(blobSizes, spreadS, 0), "star") },
     ];
@@ -696,14 +700,14 @@ async function main(): Promise<number> {
       );
     }
     const planned = results.get("planned");
-    const wired = sims[0].result;
+    const simulated = sims[0].result;
     if (planned?.pullPhaseMs !== undefined) {
-      const ratio = planned.pullPhaseMs / 1000 / wired.allWarmS;
+      const ratio = planned.pullPhaseMs / 1000 / simulated.allWarmS;
       const pass = Math.abs(ratio - 1) <= GOAL;
       say("");
       say(
         `goal (issue 15): planned fan-out on ${nodeCount} real nodes within 25% of the simulator's time: ` +
-          `${seconds(planned.pullPhaseMs)} real vs ${wired.allWarmS.toFixed(1)} s simulated = ${ratio.toFixed(2)}x  ${pass ? "PASS" : "FAIL"}`,
+          `${seconds(planned.pullPhaseMs)} real vs ${simulated.allWarmS.toFixed(1)} s simulated (${pieceMiB} MiB pieces) = ${ratio.toFixed(2)}x  ${pass ? "PASS" : "FAIL"}`,
       );
       if (planned.allPresentMs !== undefined)
         say(
@@ -721,23 +725,23 @@ async function main(): Promise<number> {
 
 /** Where reality and the model differ, printed with every run (the figures above show how much). */
 const DIFFERENCES = [
-  "where they differ (by design of the comparison, not measured above):",
+  "where reality and the model differ:",
   "- The simulated time starts at the first node's pull; the real create → Present adds the mirror into",
   "  the cache, the controller's pre-warm pass and each agent's reaction, which the simulator leaves out.",
-  "- The wiring plans one source per blob (pieces only split that blob's requests), and a peer serves a",
-  "  blob only once containerd has committed all of it (the spool-serving path, PartialBlobs, is not",
-  "  wired): whole-blob store-and-forward, the first simulated row. The piece row is the simulator's",
-  "  per-piece trees, which the wiring does not do yet.",
-  "- The simulator starts a node's pull only once its source holds the blob. A real agent asks its",
-  "  planned peer at once; a peer that does not hold the blob yet answers 404, the mirror drops it for",
-  "  that blob, takes the rest from the cache and reports the peer in status.peerFailures, and the",
-  "  controller then plans nothing from that peer until the failure expires. With every node starting",
-  "  together, the peers hold nothing yet: the status sources above show how many bytes came from peers.",
-  "- containerd unpacks each layer after it is fetched, and holds the image Present only after; the",
+  "- Trees: the controller plans one source per blob and writes it on every piece of that blob; a source",
+  "  serves the pieces its containerd has already downloaded (the content store's ingest), so the pieces",
+  "  pipeline down one tree per blob, whose inner nodes upload k copies of that blob. The simulator's",
+  "  piece mode plans a tree per piece (rotated per piece), which spreads the uploads over more nodes;",
+  "  its whole-blob mode passes a blob on only once it is complete. The wiring sits between the two rows.",
+  "- Waiting for a source: a real receiver asks at once and, while its source lacks the piece (404, 503),",
+  "  asks again every 100 ms for up to 30 s; the simulator starts the transfer the moment the piece is",
+  "  complete. Up to ~100 ms per wave, and a source at its serving concurrency answers 503 the same way",
+  "  (the simulator queues the request).",
+  "- containerd unpacks each layer after it is fetched, and the image is Present only after that; the",
   "  simulator has no unpack (a node is warm when its last byte arrives). The agents' pull times include it.",
-  "- Real pacing is a schedule per agent and one for the cache link, with TCP and Node's event loop on",
-  "  a shared machine; the simulator's max-min fair shares are exact. Every process here shares the",
-  "  same CPUs, so at high rates the CPU (hashing, gRPC reads, unpacking) can become the bound.",
+  "- Real pacing is one schedule per agent and one for the cache link, over TCP and Node's event loop on a",
+  "  shared machine; the simulator's max-min fair shares are exact. Every process here shares the same",
+  "  CPUs, so at high rates the CPU (hashing, gRPC reads, unpacking) can become the bound.",
 ];
 
 process.exitCode = await main().catch((err) => {
