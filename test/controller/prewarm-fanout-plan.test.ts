@@ -207,6 +207,30 @@ describe("peer fan-out in the pre-warm pass", () => {
     expect(fedByHolder.length).toBeGreaterThan(0);
   });
 
+  it("feeds a node from a holder in its own zone (topology.kubernetes.io/zone) before one in another", () => {
+    const zoned = nodes.map((n, i) => ({
+      ...n,
+      metadata: {
+        ...n.metadata,
+        labels: { ...n.metadata?.labels, "topology.kubernetes.io/zone": i % 2 === 0 ? "zone-a" : "zone-b" },
+      },
+    }));
+    const present = {
+      images: [{ image: "docker.io/acme/llama:1.0", digest: manifest, state: "Present" as const }],
+    };
+    // n1 (zone-a) and n2 (zone-b) hold the image; n4 is in zone-b.
+    const result = planPeerFanout({
+      specs: specs(),
+      nodes: zoned,
+      nodeCaches: asNodeCaches(specs(), { n1: present, n2: present }),
+      blobsOf,
+      settings,
+      now,
+    });
+    const fed = sources(result.specs);
+    for (const blob of blobs) expect(fed.get(`n4|${blob.digest}`), blob.digest).toBe("n2");
+  });
+
   it("leaves an image whose manifest was not read to the cache: no pieces, peers or token", () => {
     const result = planPeerFanout({
       specs: specs(),
