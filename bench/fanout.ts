@@ -42,7 +42,7 @@ import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { connect, createServer, type Server, type Socket } from "node:net";
-import { tmpdir } from "node:os";
+import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { defaultScenario, type RunResult, type Scenario, simulate } from "../sim/fanout/sim.ts";
@@ -71,6 +71,8 @@ const NAME = "fanout-bench";
 const REPOSITORY = "acme/llm-serve";
 /** Within this fraction of the simulator's time (issue 15). */
 const GOAL = 0.25;
+/** A run with this share of the machine's cores busy on average was bound by the CPU, not the links. */
+const CPU_BOUND = 0.9;
 
 const USAGE = `usage: node bench/fanout.ts [options]
   --nodes N               containerd nodes, 4 to 8 (default 6)
@@ -294,6 +296,29 @@ function pullTimes(logFile: string): { startedAt?: number; finishedAt?: number }
   return times;
 }
 
+/**
+ * The whole machine's busy CPU seconds (/proc/stat: all but idle and iowait). Every process of a run
+ * (containerds, agents, registries, controller) and whatever else runs here share these cores: a
+ * run whose cores were all busy was bound by the CPU, not by the paced links.
+ */
+function machineBusySeconds(): number {
+  const fields = readFileSync("/proc/stat", "utf8").split("\n")[0].trim().split(/\s+/).slice(1).map(Number);
+  const total = fields.reduce((sum, n) => sum + n, 0);
+  return (total - fields[3] - (fields[4] ?? 0)) / 100;
+}
+
+/** CPU seconds (user + system) a live process used so far. */
+function processCpuSeconds(pid: number | undefined): number {
+  if (pid === undefined) return 0;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return 0;
+  }
+}
+
 interface NodeResult {
   name: string;
   /** Bench clock, ms after the ModelImage was created. */
@@ -319,6 +344,9 @@ interface ModeResult {
   cacheEgressRangeBytes: number;
   cacheEgressLinkBytes: number;
   blobGets: number;
+  /** Average busy cores of the machine from creation to all Present, and the agents' CPU seconds. */
+  busyCores?: number;
+  agentCpuSeconds?: number;
   failure?: string;
 }
 
@@ -449,6 +477,8 @@ async function runMode(mode: Mode, upstream: RunningRegistry, pushed: PushedImag
     const results = new Map<string, NodeResult>(
       nodeNames.map((name) => [name, { name, sources: [], peerFailures: [], plannedSources: new Map() }]),
     );
+    const agentCpuBefore = nodes.reduce((sum, n) => sum + processCpuSeconds(n.agent.pid), 0);
+    const busyBefore = machineBusySeconds();
     const started = performance.now();
     result.createdAt = Date.now();
     await api.create({
@@ -487,6 +517,9 @@ async function runMode(mode: Mode, upstream: RunningRegistry, pushed: PushedImag
       }
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
+    result.busyCores = (machineBusySeconds() - busyBefore) / ((performance.now() - started) / 1000);
+    result.agentCpuSeconds =
+      nodes.reduce((sum, n) => sum + processCpuSeconds(n.agent.pid), 0) - agentCpuBefore;
     if (result.allPresentMs === undefined)
       result.failure = `not all Present within ${seconds(timeoutMs)}: ${lastLine}`;
 
@@ -610,6 +643,11 @@ function printMode(r: ModeResult, imageBytes: number, digests: string[]): void {
     say(
       `by NodeCache status sources: cache ${copies(sourceTotals.get("cache") ?? 0)}, peers ${copies(sourceTotals.get("peers") ?? 0)}`,
     );
+  if (r.busyCores !== undefined)
+    say(
+      `CPU, creation → all Present: ${r.busyCores.toFixed(2)} of the machine's ${availableParallelism()} cores busy on average (other jobs included); ` +
+        `the agents used ${(r.agentCpuSeconds ?? 0).toFixed(1)} CPU s together`,
+    );
   const failures = r.nodes.reduce((sum, n) => sum + n.peerFailures.length, 0);
   if (r.mode === "planned") say(`peer failures reported (status.peerFailures): ${failures}`);
 }
@@ -709,6 +747,11 @@ async function main(): Promise<number> {
         `goal (issue 15): planned fan-out on ${nodeCount} real nodes within 25% of the simulator's time: ` +
           `${seconds(planned.pullPhaseMs)} real vs ${simulated.allWarmS.toFixed(1)} s simulated (${pieceMiB} MiB pieces) = ${ratio.toFixed(2)}x  ${pass ? "PASS" : "FAIL"}`,
       );
+      if (planned.busyCores !== undefined && planned.busyCores >= CPU_BOUND * availableParallelism())
+        say(
+          `  CPU-bound: ${planned.busyCores.toFixed(2)} of ${availableParallelism()} cores busy, so the links were not the only bound ` +
+            "(peers can stall past --fanout-stall-timeout and send their children to the cache); lower --rate-mbps or --nodes",
+        );
       if (planned.allPresentMs !== undefined)
         say(
           `  (create → all Present ${seconds(planned.allPresentMs)}: the mirror into the cache, the plan and the agents' reaction come before the pull phase)`,
