@@ -148,6 +148,75 @@ describe("pieces passing down a fan-out tree while the source still pulls, on tw
     }
   });
 
+  it("A and B each feed the other's next piece: each passes on a piece as soon as it has it, so neither waits on the other", async () => {
+    const image = await pushSinglePlatformImage(
+      registryClient,
+      { registry: cache.host, repository: `${upstreamHost.replace(":", "_")}/acme/mutual` },
+      "1.0",
+      { layerSizes: [2 * MiB], seed: "mutual" },
+    );
+    const [layer] = image.image.layers.map((l) => l.descriptor);
+    // Piece 0: A from the cache, B from A. Piece 1: B from the cache, A from B.
+    const plan = (first: string, second: string): BlobAssignment => ({
+      pieces: [
+        { digest: layer.digest, offset: 0, length: MiB, source: first, wave: first === "cache" ? 1 : 2 },
+        { digest: layer.digest, offset: MiB, length: MiB, source: second, wave: second === "cache" ? 1 : 2 },
+      ],
+    });
+    const forA = plan("cache", "node-b");
+    const forB = plan("node-a", "cache");
+    const tokenFor = (receiver: string) =>
+      issuePeerToken(secret, { receiver, digests: [layer.digest], exp: Date.now() / 1000 + 600 });
+    const storeB = new ContainerdContent(nodeB.socketPath);
+    const peerB = await startPeerServer({
+      store: storeB,
+      partial: containerdIngests(join(nodeB.dir, "root")),
+      secret,
+      host: "127.0.0.1",
+      port: 0,
+    });
+    const mirrorOf = async (node: RunningContainerd, assignment: BlobAssignment, receiver: string) => {
+      const mirror = await startMirror({
+        cacheEndpoint: cacheProxy.url,
+        host: "127.0.0.1",
+        port: 0,
+        // A deadlock would show as a Stalled source after this long, and the cache serving the rest.
+        sourceWaitMs: 5000,
+        state: {
+          assignment: (digest) => (digest === layer.digest ? assignment : undefined),
+          endpoint: (peer) => (peer === "node-a" ? peerA.url : peer === "node-b" ? peerB.url : undefined),
+          token: () => tokenFor(receiver),
+        },
+      });
+      await applyMirrorConfig(node.certsDir, [upstreamHost], {
+        cacheEndpoint: cacheProxy.url,
+        localMirror: { port: mirror.port },
+      });
+      return mirror;
+    };
+    const mirrorA = await mirrorOf(nodeA, forA, "node-a");
+    const mirrorB = await mirrorOf(nodeB, forB, "node-b");
+    try {
+      const reference = `${upstreamHost}/acme/mutual@${image.digest}`;
+      const [idA, idB] = await Promise.all([runtimeA.pullImage(reference), runtimeB.pullImage(reference)]);
+      expect(idA).toBe(idB);
+      expect([...mirrorA.stats.peerFailures.values()]).toEqual([]);
+      expect([...mirrorB.stats.peerFailures.values()]).toEqual([]);
+      expect(Object.fromEntries(mirrorA.stats.sources.get(layer.digest) ?? [])).toEqual({
+        cache: MiB,
+        "node-b": MiB,
+      });
+      expect(Object.fromEntries(mirrorB.stats.sources.get(layer.digest) ?? [])).toEqual({
+        cache: MiB,
+        "node-a": MiB,
+      });
+    } finally {
+      await Promise.all([mirrorA.close(), mirrorB.close(), peerB.close()]);
+      storeB.close();
+      await applyMirrorConfig(nodeA.certsDir, [upstreamHost], { cacheEndpoint: cacheProxy.url });
+    }
+  });
+
   it("B gives up on a source that never gets the piece after the wait, reports it Stalled, and the cache serves it", async () => {
     const image = await pushSinglePlatformImage(
       registryClient,

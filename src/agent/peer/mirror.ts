@@ -303,13 +303,16 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
     const dropped = new Set<string>();
     let sent = 0;
     let held: Buffer | undefined;
-    // The last chunk is held back until the hash is known, so a wrong blob never arrives whole.
+    // The chunk that completes the blob is held back until the hash is known, so a wrong blob
+    // never arrives whole. Only that one: every other byte goes to containerd at once, because
+    // this node's peers read its pieces from containerd's ingest, and a piece short of its last
+    // chunk until the next piece arrives deadlocked two nodes that fed each other's next piece.
     const emit = async (chunk: Buffer, source: string) => {
       hash.update(chunk);
-      if (held) await write(res, held);
-      held = chunk;
       sent += chunk.length;
       count(digest, source, chunk.length);
+      if (sent === size) held = chunk;
+      else await write(res, chunk);
     };
     res.writeHead(200, {
       "content-type": "application/octet-stream",
