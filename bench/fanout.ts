@@ -385,7 +385,7 @@ process.once("SIGINT", () => {
 
 async function runMode(mode: Mode, upstream: RunningRegistry, pushed: PushedImage): Promise<ModeResult> {
   const dir = await mkdtemp(join(tmpdir(), `stowage-bench-fanout-${mode}-`));
-  cleanups.push(() => rm(dir, { recursive: true, force: true }));
+  if (!process.env.STOWAGE_BENCH_KEEP) cleanups.push(() => rm(dir, { recursive: true, force: true }));
   const result: ModeResult = {
     mode,
     createdAt: 0,
