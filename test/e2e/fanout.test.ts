@@ -8,7 +8,6 @@
  */
 import { randomBytes } from "node:crypto";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -22,7 +21,7 @@ import { startApiServer, type TestApiServer } from "../../testkit/apiserver/inde
 import { type ControllerProcess, startControllerProcess } from "../../testkit/controllerProcess.ts";
 import { type FaultProxy, startFaultProxy } from "../../testkit/faultProxy.ts";
 import { type PushedImage, pushSinglePlatformImage } from "../../testkit/images.ts";
-import { freePort } from "../../testkit/ports.ts";
+import { freePort, portFreeOnAll } from "../../testkit/ports.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
 import { eventually } from "../support/eventually.ts";
 
@@ -40,21 +39,6 @@ let controller: ControllerProcess | undefined;
 const nodes: AgentNode[] = [];
 let image: PushedImage;
 let secret: Buffer;
-
-/** A port nothing listens on at any of `addresses` (every agent binds its own address, one port). */
-async function portFreeOnAll(addresses: string[]): Promise<number> {
-  const freeOn = (host: string, port: number) =>
-    new Promise<boolean>((resolve) => {
-      const server = createServer();
-      server.once("error", () => resolve(false));
-      server.listen(port, host, () => server.close(() => resolve(true)));
-    });
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const port = await freePort();
-    if ((await Promise.all(addresses.map((a) => freeOn(a, port)))).every(Boolean)) return port;
-  }
-  throw new Error(`no port free on all of ${addresses.join(", ")}`);
-}
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "stowage-e2e-fanout-"));
