@@ -6,10 +6,23 @@
 import { writeFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
 import { StowageError } from "../../src/util/errors.ts";
-import { defaultScenario, GB, Gbps, mlImageLayers, type RunResult, type Scenario, simulate } from "./sim.ts";
+import {
+  defaultScenario,
+  GB,
+  Gbps,
+  mlImageLayers,
+  type RunResult,
+  type Scenario,
+  type Strategy,
+  simulate,
+} from "./sim.ts";
 import { warmCurvesSvg } from "./svg.ts";
 
 const MiB = 2 ** 20;
+
+/** The rows the CLI can run. */
+export const Modes = ["star", "random", "layers", "pieces", "wired"] as const;
+export type Mode = (typeof Modes)[number];
 
 export const USAGE = `usage: npm run sim:fanout -- [options]
   --nodes N              nodes pre-warming the image (default 1000; 10 to 10000 is the intended range)
@@ -21,12 +34,19 @@ export const USAGE = `usage: npm run sim:fanout -- [options]
   --zones Z              zones the nodes are spread over (default 3)
   --peer-slots K         planner: nodes each node feeds per layer/piece (default 3)
   --cache-slots C        planner: nodes the cache feeds per layer/piece, i.e. its copies (default 1)
-  --fail-at F            fail the busiest node at F x the planned all-warm time (default 0.3; 0: no failure run)
+  --fail-at F            fail the busiest node at F x the planned all-warm time, in the piece mode and in the
+                         as-wired mode (default 0.3; 0: no failure run)
+  --modes LIST           comma-separated, of ${Modes.join(",")} (default all); "pieces" is the planner
+                         given every piece as a digest, "wired" one tree per blob with pieces in order as
+                         the controller and agents run it
   --join N@S             N more nodes join at S seconds (repeatable)
   --svg PATH             where to write the plot (default fanout.svg)
   --seed S               seed of the random-peer strategy (default 1)`;
 
+export const WIRED_LABEL = "planned tree per blob, pieces in order (as wired)";
+
 export interface Row {
+  mode: Mode;
   label: string;
   result: RunResult;
 }
@@ -49,39 +69,82 @@ export interface Goal {
   detail: string;
 }
 
-export interface Comparison {
-  scenario: Scenario;
-  alone: RunResult;
-  rows: Row[];
+/** Issue 15's goals judged on one planned row. */
+export interface Verdict {
+  mode: Mode;
+  label: string;
+  /** What the row stands for, printed in the heading. */
+  role: string;
   failure?: FailureOutcome;
   goals: Goal[];
 }
 
-/** Run every strategy on the scenario (and a failure run of the planned tree when asked). */
+export interface Comparison {
+  scenario: Scenario;
+  alone: RunResult;
+  rows: Row[];
+  /** One per planned row judged: the piece mode (the design) and the as-wired mode (what runs). */
+  verdicts: Verdict[];
+}
+
+/** Run the selected strategies on the scenario, a failure run of each judged planned row when asked. */
 export function compareStrategies(
   scenario: Scenario,
   failAtFraction: number,
   progress: (line: string) => void = () => {},
+  modes: readonly Mode[] = Modes,
 ): Comparison {
   const alone = simulate({ ...scenario, nodes: 1, joins: [], failures: [], startJitterS: 0 }, "star");
   const rows: Row[] = [];
-  const run = (label: string, s: Scenario, strategy: "star" | "planned" | "random") => {
-    progress(`running ${label}`);
-    const result = simulate(s, strategy);
-    rows.push({ label, result });
-    return result;
+  const pieced = scenario.pieceBytes > 0;
+  const plans: Record<Mode, { label: string; scenario: Scenario; strategy: Strategy }> = {
+    star: { label: "star: every node from the cache (today)", scenario, strategy: "star" },
+    random: { label: "random peer, whole layers (Spegel-like)", scenario, strategy: "random" },
+    layers: {
+      label: "planned tree, whole layers",
+      scenario: { ...scenario, pieceBytes: 0 },
+      strategy: "planned",
+    },
+    pieces: {
+      label: `planned tree, ${(scenario.pieceBytes / MiB).toFixed(0)} MiB pieces`,
+      scenario,
+      strategy: "planned",
+    },
+    wired: { label: WIRED_LABEL, scenario, strategy: "wired" },
   };
-  run("star: every node from the cache (today)", scenario, "star");
-  run("random peer, whole layers (Spegel-like)", scenario, "random");
-  let planned = run("planned tree, whole layers", { ...scenario, pieceBytes: 0 }, "planned");
-  if (scenario.pieceBytes > 0) {
-    planned = run(`planned tree, ${(scenario.pieceBytes / MiB).toFixed(0)} MiB pieces`, scenario, "planned");
+  for (const mode of Modes) {
+    if (!modes.includes(mode) || (mode === "pieces" && !pieced)) continue;
+    const plan = plans[mode];
+    progress(`running ${plan.label}`);
+    rows.push({ mode, label: plan.label, result: simulate(plan.scenario, plan.strategy) });
   }
+  // The goals are judged on the piece mode (the design that met them) and on the as-wired mode
+  // (what runs); on whole layers only when neither ran.
+  const judged = rows.filter((row) => row.mode === "pieces" || row.mode === "wired");
+  if (judged.length === 0) judged.push(...rows.filter((row) => row.mode === "layers"));
+  const verdicts = judged.map((row) => judge(row, plans[row.mode], alone, failAtFraction, progress));
+  return { scenario, alone, rows, verdicts };
+}
+
+const ROLES: Partial<Record<Mode, string>> = {
+  pieces: "the planner given every piece as a digest (not what runs)",
+  wired: "what the controller and agents run",
+  layers: "whole layers",
+};
+
+function judge(
+  row: Row,
+  plan: { scenario: Scenario; strategy: Strategy },
+  alone: RunResult,
+  failAtFraction: number,
+  progress: (line: string) => void,
+): Verdict {
+  const planned = row.result;
   let failure: FailureOutcome | undefined;
   if (failAtFraction > 0 && Number.isFinite(planned.allWarmS)) {
     const atS = planned.allWarmS * failAtFraction;
-    progress(`running the planned tree with the busiest node failing at ${atS.toFixed(2)} s`);
-    const result = simulate({ ...scenario, failures: [{ node: "busiest", atS }] }, "planned");
+    progress(`running ${row.label} with the busiest node failing at ${atS.toFixed(2)} s`);
+    const result = simulate({ ...plan.scenario, failures: [{ node: "busiest", atS }] }, plan.strategy);
     const replan = result.failureReplans[0];
     failure = {
       failedNode: replan?.node ?? "none",
@@ -95,6 +158,8 @@ export function compareStrategies(
   }
   const ratio = planned.allWarmS / alone.allWarmS;
   const copies = planned.cacheEgressBytes / planned.imageBytes;
+  const pairs =
+    row.mode === "wired" ? "(node, blob)" : row.mode === "pieces" ? "(node, piece)" : "(node, layer)";
   const goals: Goal[] = [
     {
       text: "all nodes warm within 1.5x one node pulling alone",
@@ -109,14 +174,14 @@ export function compareStrategies(
       text: "a node failure mid fan-out costs no more than one re-planned subtree",
       met: replanWasLocal(failure) && survivorsWarm,
       detail:
-        `${failure.failedNode} failed at ${failure.atS.toFixed(2)} s feeding ${failure.fedByFailed} (node, piece) pairs; ` +
+        `${failure.failedNode} failed at ${failure.atS.toFixed(2)} s feeding ${failure.fedByFailed} ${pairs} pairs; ` +
         `re-planned ${failure.replanned}, ${failure.outsideSubtree} outside its subtree; ` +
         `all surviving nodes warm at ${failure.result.allWarmS.toFixed(2)} s ` +
         `(+${(failure.result.allWarmS - failure.baseline.allWarmS).toFixed(2)} s), cache egress ` +
         `${(failure.result.cacheEgressBytes / failure.result.imageBytes).toFixed(2)} copies`,
     });
   }
-  return { scenario, alone, rows, failure, goals };
+  return { mode: row.mode, label: row.label, role: ROLES[row.mode] ?? "", failure, goals };
 }
 
 /** A failure that fed nobody proves nothing: it counts as not met. */
@@ -133,12 +198,13 @@ export function formatComparison(c: Comparison): string[] {
   const lines = [
     `${s.nodes} nodes in ${s.zones} zones, ${(c.rows[0].result.imageBytes / GB).toFixed(1)} GB image in ${s.layerBytes.length} layers, ` +
       `node NIC ${(s.nodeDownBps / Gbps).toFixed(0)} Gb/s, cache NIC ${(s.cacheNicBps / Gbps).toFixed(0)} Gb/s, ` +
-      `disk ${(s.nodeDiskWriteBps / GB).toFixed(1)} GB/s, k=${s.peerSlots}, cache slots=${s.cacheSlots}`,
+      `disk ${(s.nodeDiskWriteBps / GB).toFixed(1)} GB/s, k=${s.peerSlots}, cache slots=${s.cacheSlots}` +
+      (s.pieceBytes > 0 ? `, pieces ${(s.pieceBytes / MiB).toFixed(0)} MiB` : ""),
     `one node alone: ${c.alone.allWarmS.toFixed(2)} s`,
     "",
   ];
   const header = ["strategy", "all warm", "x alone", "p50 node", "p99 node", "cache egress", "cross-zone"];
-  const widths = [44, 11, 8, 10, 10, 13, 11];
+  const widths = [50, 11, 8, 10, 10, 13, 11];
   lines.push(header.map((h, i) => pad(h, widths[i], i > 0)).join(" "));
   for (const { label, result } of c.rows) {
     const cells = [
@@ -152,9 +218,19 @@ export function formatComparison(c: Comparison): string[] {
     ];
     lines.push(cells.map((cell, i) => pad(cell, widths[i], i > 0)).join(" "));
   }
-  lines.push("", "goals (issue 15):");
-  for (const goal of c.goals)
-    lines.push(`  ${goal.met ? "MET    " : "NOT MET"} ${goal.text}: ${goal.detail}`);
+  for (const verdict of c.verdicts) {
+    lines.push("", `goals (issue 15), ${verdict.label}${verdict.role ? `: ${verdict.role}` : ""}:`);
+    for (const goal of verdict.goals)
+      lines.push(`  ${goal.met ? "MET    " : "NOT MET"} ${goal.text}: ${goal.detail}`);
+  }
+  const wired = c.rows.find((row) => row.mode === "wired");
+  if (wired) {
+    lines.push(
+      "",
+      `as wired, the longest a blob stream waited for its next piece: ${wired.result.longestPieceWaitS.toFixed(2)} s ` +
+        "(the agent's mirror gives up on a source after 30 s; the simulator does not model that limit)",
+    );
+  }
   return lines;
 }
 
@@ -170,7 +246,12 @@ function number(value: string | undefined, name: string, fallback: number, min =
   return parsed;
 }
 
-export function scenarioFromArgs(argv: string[]): { scenario: Scenario; failAt: number; svgPath: string } {
+export function scenarioFromArgs(argv: string[]): {
+  scenario: Scenario;
+  failAt: number;
+  svgPath: string;
+  modes: Mode[];
+} {
   const { values } = parseArgs({
     args: argv,
     options: {
@@ -187,6 +268,7 @@ export function scenarioFromArgs(argv: string[]): { scenario: Scenario; failAt: 
       join: { type: "string", multiple: true },
       svg: { type: "string" },
       seed: { type: "string" },
+      modes: { type: "string" },
     },
     strict: true,
   });
@@ -223,7 +305,20 @@ export function scenarioFromArgs(argv: string[]): { scenario: Scenario; failAt: 
     seed: number(values.seed, "seed", base.seed),
     joins,
   };
-  return { scenario, failAt: number(values["fail-at"], "fail-at", 0.3), svgPath: values.svg ?? "fanout.svg" };
+  const modes = values.modes === undefined ? [...Modes] : values.modes.split(",").map((m) => m.trim());
+  const unknown = modes.filter((m) => !(Modes as readonly string[]).includes(m));
+  if (modes.length === 0 || unknown.length > 0) {
+    throw new StowageError(
+      "InvalidArgument",
+      `--modes must list some of ${Modes.join(",")}, got "${values.modes}"`,
+    );
+  }
+  return {
+    scenario,
+    failAt: number(values["fail-at"], "fail-at", 0.3),
+    svgPath: values.svg ?? "fanout.svg",
+    modes: modes as Mode[],
+  };
 }
 
 export async function runCli(argv: string[], write: (line: string) => void): Promise<number> {
@@ -239,11 +334,18 @@ export async function runCli(argv: string[], write: (line: string) => void): Pro
     write(USAGE);
     return 2;
   }
-  const comparison = compareStrategies(parsed.scenario, parsed.failAt, (line) => write(`.. ${line}`));
+  const comparison = compareStrategies(
+    parsed.scenario,
+    parsed.failAt,
+    (line) => write(`.. ${line}`),
+    parsed.modes,
+  );
   for (const line of formatComparison(comparison)) write(line);
   const curves = comparison.rows.map((row) => ({ label: row.label, points: row.result.warmCurve }));
-  if (comparison.failure) {
-    curves.push({ label: "planned, busiest node fails", points: comparison.failure.result.warmCurve });
+  for (const verdict of comparison.verdicts) {
+    if (!verdict.failure) continue;
+    const which = verdict.mode === "wired" ? "as wired" : verdict.mode === "pieces" ? "pieces" : "planned";
+    curves.push({ label: `${which}, busiest node fails`, points: verdict.failure.result.warmCurve });
   }
   const total = parsed.scenario.nodes + parsed.scenario.joins.reduce((sum, join) => sum + join.count, 0);
   await writeFile(

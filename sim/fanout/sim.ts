@@ -38,7 +38,17 @@ import {
 import { StowageError } from "../../src/util/errors.ts";
 import { maxMinRates } from "./bandwidth.ts";
 
-export const Strategies = ["star", "planned", "random"] as const;
+/**
+ * `wired`: what the controller and agents run (src/controller/prewarm/fanout.ts, toSpec.ts,
+ * src/agent/peer/mirror.ts): the planner plans one tree per blob (blobs as digests), every piece
+ * of a blob gets the blob's source; containerd reads each blob as one stream in offset order
+ * through the agent's mirror, at most `downloadsPerNode` blobs at a time in manifest order,
+ * holding its slot while it waits; the stream's next piece starts once the previous one is
+ * complete and its source holds the whole piece; the source is read from the spec when the
+ * stream opens (a re-plan changes only blobs not yet opened), and a source that fails or
+ * stalls is dropped for the cache for the rest of that blob.
+ */
+export const Strategies = ["star", "planned", "random", "wired"] as const;
 export type Strategy = (typeof Strategies)[number];
 
 export interface Scenario {
@@ -101,6 +111,11 @@ export interface RunResult {
   /** (time, nodes warm) at each node becoming warm. */
   warmCurve: [number, number][];
   planCalls: number;
+  /**
+   * wired: the longest a blob stream waited for its next piece (source still lacking it or at its
+   * serving concurrency). The agent's mirror gives up on a source after 30 s, which is not modelled.
+   */
+  longestPieceWaitS: number;
   /** Per re-plan after a failure: pairs whose source changed, and how many were not fed by it. */
   failureReplans: {
     node: string;
@@ -213,6 +228,25 @@ class Simulation {
   private readonly random: () => number;
   private readonly unitBytes: number[] = [];
   private readonly unitIds: string[] = [];
+  /** Per unit: its layer (blob). Per layer: its first unit; units of a layer are contiguous, in offset order. */
+  private readonly unitLayer: number[] = [];
+  private readonly layerFirstUnit: number[] = [];
+  private readonly layers: number;
+  /** wired, per (node, layer): the planned source of the blob. */
+  private readonly blobSource: Int32Array;
+  /** wired, per (node, layer): the open stream's source (read once when it opened; CACHE once dropped). */
+  private readonly streamSource: Int32Array;
+  /** wired, per (node, layer): the next piece (index within the blob) of the stream; pieces held. */
+  private readonly nextPiece: Int32Array;
+  /** wired, per (node, layer): since when the stream waits for its next piece. */
+  private readonly waitSince: Float64Array;
+  /** wired, per (node, layer): a dead source is being noticed (stall timeout pending). */
+  private readonly deadSourcePending: Uint8Array;
+  /** wired, per node: the blobs whose streams are open, and the next blob in manifest order to open. */
+  private readonly openStreams: number[][] = [];
+  private readonly nextLayerToOpen: Int32Array;
+  /** wired: (source, unit) keys → nodes whose stream waits for the source to hold that piece. */
+  private readonly waitingOnPiece = new Map<number, number[]>();
   private readonly totalNodes: number;
   private readonly units: number;
   private readonly capacities: number[] = [];
@@ -257,14 +291,19 @@ class Simulation {
     for (const [layer, bytes] of scenario.layerBytes.entries()) {
       // Pieces are a planned-mode feature (the agent serves ranges it holds); containerd and
       // Spegel move whole blobs.
-      const piece = strategy === "planned" && scenario.pieceBytes > 0 ? scenario.pieceBytes : bytes;
+      const pieced = strategy === "planned" || strategy === "wired";
+      const piece = pieced && scenario.pieceBytes > 0 ? scenario.pieceBytes : bytes;
       const pieces = Math.max(1, Math.ceil(bytes / piece));
+      this.layerFirstUnit.push(this.unitBytes.length);
       for (let p = 0; p < pieces; p++) {
         this.unitBytes.push(Math.min(piece, bytes - p * piece));
         this.unitIds.push(pieces === 1 ? `layer-${layer}` : `layer-${layer}#${p}`);
+        this.unitLayer.push(layer);
       }
     }
     this.units = this.unitBytes.length;
+    this.layers = scenario.layerBytes.length;
+    this.layerFirstUnit.push(this.units);
     this.totalNodes = scenario.nodes + scenario.joins.reduce((sum, join) => sum + join.count, 0);
     const n = this.totalNodes;
     for (let i = 0; i < n; i++) {
@@ -294,6 +333,13 @@ class Simulation {
     this.cacheHolds = new Uint8Array(this.units).fill(scenario.cacheWarm ? 1 : 0);
     this.cacheFilling = new Uint8Array(this.units);
     this.uploads = new Int32Array(n + 1);
+    this.blobSource = new Int32Array(n * this.layers).fill(NO_SOURCE);
+    this.streamSource = new Int32Array(n * this.layers).fill(NO_SOURCE);
+    this.nextPiece = new Int32Array(n * this.layers);
+    this.waitSince = new Float64Array(n * this.layers);
+    this.deadSourcePending = new Uint8Array(n * this.layers);
+    this.nextLayerToOpen = new Int32Array(n);
+    for (let i = 0; i < n; i++) this.openStreams.push([]);
     this.waitingOnSource = Array.from({ length: n + 1 }, () => new Set<number>());
     this.result = {
       strategy,
@@ -307,6 +353,7 @@ class Simulation {
       crossZoneBytes: 0,
       warmCurve: [[0, 0]],
       planCalls: 0,
+      longestPieceWaitS: 0,
       failureReplans: [],
       events: 0,
     };
@@ -358,7 +405,7 @@ class Simulation {
 
   private afterMembershipChange(): void {
     // Joiners are activated when the controller has written their NodeCache, with the plan.
-    if (this.strategy === "planned") this.replan();
+    if (this.planned()) this.replan();
     for (let i = 0; i < this.totalNodes; i++) if (this.alive[i]) this.tryStart(i);
   }
 
@@ -383,8 +430,21 @@ class Simulation {
     });
   }
 
+  /** The strategies the fan-out planner drives. */
+  private planned(): boolean {
+    return this.strategy === "planned" || this.strategy === "wired";
+  }
+
+  private layerUnits(layer: number): number {
+    return this.layerFirstUnit[layer + 1] - this.layerFirstUnit[layer];
+  }
+
   /** What the controller would read from NodeCache status, planned by the real planner. */
   private replan(): void {
+    if (this.strategy === "wired") {
+      this.replanBlobs();
+      return;
+    }
     const nodes: FanoutNode[] = [];
     for (let i = 0; i < this.totalNodes; i++) {
       if (!this.alive[i]) continue;
@@ -442,25 +502,74 @@ class Simulation {
       const key = flow.dest * this.units + flow.unit;
       if (this.source[key] !== flow.src && !this.fallback.has(key)) this.abort(flow, NONE);
     }
-    if (this.pendingFailure) {
-      const failure = this.pendingFailure;
-      this.pendingFailure = undefined;
-      let changed = 0;
-      let outside = 0;
-      for (let i = 0; i < before.length; i++) {
-        if (before[i] === NO_SOURCE || this.source[i] === NO_SOURCE || before[i] === this.source[i]) continue;
-        changed++;
-        if (before[i] !== failure.index) outside++;
-      }
-      this.result.failureReplans.push({
-        node: nodeName(failure.index),
-        atS: failure.atS,
-        fedByFailed: failure.fedBy.size,
-        replanned: changed,
-        outsideSubtree: outside,
-      });
-    }
+    if (this.pendingFailure) this.recordFailureReplan(before, this.source);
     for (let i = 0; i < this.totalNodes; i++) if (this.alive[i]) this.tryStart(i);
+  }
+
+  /**
+   * wired: one tree per blob, as src/controller/prewarm/fanout.ts plans it. A node holds a blob
+   * once it holds every piece of it (the controller reads it from the images the agent reports
+   * Present, which is coarser; that moves no bytes except for late joiners' choice of roots).
+   * Streams already open keep their source: the agent's mirror reads a blob's pieces from the
+   * spec when containerd's GET arrives.
+   */
+  private replanBlobs(): void {
+    const layerIds = this.s.layerBytes.map((_, layer) => `layer-${layer}`);
+    const nodes: FanoutNode[] = [];
+    for (let i = 0; i < this.totalNodes; i++) {
+      if (!this.alive[i]) continue;
+      const holds = layerIds.filter(
+        (_, layer) => this.nextPiece[i * this.layers + layer] === this.layerUnits(layer),
+      );
+      nodes.push({ name: nodeName(i), zone: `zone-${this.zone[i]}`, holds, wants: layerIds });
+    }
+    const plan: FanoutPlan = planFanout({
+      config: { peerSlots: this.s.peerSlots, cacheSlots: this.s.cacheSlots },
+      blobs: layerIds.map((id, layer) => ({
+        digest: id,
+        sizeBytes: this.s.layerBytes[layer],
+        declared: true,
+      })),
+      nodes,
+      current: this.assignments,
+    });
+    this.result.planCalls++;
+    const before = this.blobSource.slice();
+    this.blobSource.fill(NO_SOURCE);
+    for (const assignment of plan.assignments) {
+      const node = Number(assignment.node.slice("node-".length));
+      const layer = Number(assignment.digest.slice("layer-".length));
+      this.blobSource[node * this.layers + layer] =
+        assignment.source.kind === "cache" ? CACHE : Number(assignment.source.node.slice("node-".length));
+    }
+    this.assignments = plan.assignments;
+    if (this.pendingFailure) this.recordFailureReplan(before, this.blobSource);
+    for (let i = 0; i < this.totalNodes; i++) if (this.alive[i]) this.tryStart(i);
+  }
+
+  private recordFailureReplan(before: Int32Array, after: Int32Array): void {
+    const failure = this.pendingFailure!;
+    this.pendingFailure = undefined;
+    let changed = 0;
+    let outside = 0;
+    for (let i = 0; i < before.length; i++) {
+      if (before[i] === NO_SOURCE || after[i] === NO_SOURCE || before[i] === after[i]) continue;
+      changed++;
+      if (before[i] !== failure.index) outside++;
+    }
+    this.result.failureReplans.push({
+      node: nodeName(failure.index),
+      atS: failure.atS,
+      fedByFailed: failure.fedBy.size,
+      replanned: changed,
+      outsideSubtree: outside,
+    });
+  }
+
+  /** wired: whether `node` still lacks `layer` and `src` is assigned to feed it. */
+  private feedsBlob(src: number, node: number, layer: number): boolean {
+    const key = node * this.layers + layer;
+    return this.blobSource[key] === src && this.nextPiece[key] < this.layerUnits(layer);
   }
 
   private fail(which: number | "busiest"): void {
@@ -469,7 +578,12 @@ class Simulation {
       // The node whose death re-plans the most: the most (child, layer) pairs assigned to it
       // (planned) or the most transfers it serves (other strategies).
       const fed = new Int32Array(this.totalNodes);
-      if (this.strategy === "planned") {
+      if (this.strategy === "wired") {
+        for (let i = 0; i < this.blobSource.length; i++) {
+          const src = this.blobSource[i];
+          if (src >= 0 && this.feedsBlob(src, Math.floor(i / this.layers), i % this.layers)) fed[src]++;
+        }
+      } else if (this.strategy === "planned") {
         for (let i = 0; i < this.source.length; i++) {
           const src = this.source[i];
           if (src >= 0 && this.state[i] !== HELD) fed[src]++;
@@ -484,9 +598,17 @@ class Simulation {
     if (!this.alive[index]) return;
     this.alive[index] = 0;
     const fedBy = new Set<string>();
-    for (let i = 0; i < this.source.length; i++) {
-      if (this.source[i] === index && this.state[i] !== HELD)
-        fedBy.add(`${Math.floor(i / this.units)}/${i % this.units}`);
+    if (this.strategy === "wired") {
+      // (node, blob) pairs: the wiring plans per blob.
+      for (let i = 0; i < this.blobSource.length; i++) {
+        if (this.feedsBlob(index, Math.floor(i / this.layers), i % this.layers))
+          fedBy.add(`${Math.floor(i / this.layers)}/${i % this.layers}`);
+      }
+    } else {
+      for (let i = 0; i < this.source.length; i++) {
+        if (this.source[i] === index && this.state[i] !== HELD)
+          fedBy.add(`${Math.floor(i / this.units)}/${i % this.units}`);
+      }
     }
     this.pendingFailure = { index, atS: this.now, fedBy };
     for (const flow of [...this.flows]) {
@@ -499,7 +621,13 @@ class Simulation {
           if (this.state[key] !== STALLED) return;
           this.state[key] = NONE;
           this.downloads[flow.dest]--;
-          if (this.strategy === "planned") {
+          if (this.strategy === "wired") {
+            // The mirror drops the peer for the rest of the blob: the cache serves the piece's
+            // remaining bytes and every later piece of it; the peer is reported.
+            const stream = flow.dest * this.layers + this.unitLayer[flow.unit];
+            if (this.streamSource[stream] === index) this.streamSource[stream] = CACHE;
+            this.scheduleReplan();
+          } else if (this.strategy === "planned") {
             // The agent falls back to the cache for what it was fetching (hosts.toml order:
             // peer, cache, upstream) and reports the peer; the controller re-plans the rest.
             this.fallback.add(key);
@@ -509,9 +637,14 @@ class Simulation {
         });
       }
     }
-    if (this.strategy === "planned") {
+    if (this.planned()) {
       // Children that had not started yet find out when they try it: also after the timeout.
       this.at(this.now + this.s.stallTimeoutS, () => this.scheduleReplan());
+    }
+    if (this.strategy === "wired") {
+      // Streams waiting on the dead node for their next piece ask it again and get nothing.
+      this.waitingOnSource[index].clear();
+      for (let i = 0; i < this.totalNodes; i++) if (this.alive[i]) this.tryStart(i);
     }
   }
 
@@ -555,7 +688,7 @@ class Simulation {
    * forward rewards finishing a layer early, because its subtree can start only then.
    */
   private hasUploadSlot(src: number, waiter: number): boolean {
-    if (this.strategy !== "planned" || src === UPSTREAM) return true;
+    if (!this.planned() || src === UPSTREAM) return true;
     const index = src === CACHE ? this.totalNodes : src;
     const slots = src === CACHE ? this.s.cacheServingConcurrency : this.s.peerServingConcurrency;
     if (this.uploads[index] < slots) return true;
@@ -591,6 +724,10 @@ class Simulation {
 
   private tryStart(node: number): void {
     if (!this.alive[node] || this.now < this.startAt[node]) return;
+    if (this.strategy === "wired") {
+      this.tryStreams(node);
+      return;
+    }
     const base = node * this.units;
     const order = this.strategy === "planned" ? this.order[node] : undefined;
     const unitAt = (i: number) => (order ? order[i] : i);
@@ -610,6 +747,77 @@ class Simulation {
       this.downloads[node]++;
       this.startFlow(src, node, unit, this.partial.get(base + unit) ?? 0);
     }
+  }
+
+  /**
+   * wired: containerd opens blob streams in manifest order, at most `downloadsPerNode` at once,
+   * each holding its slot until its last byte (also while it waits for a source); each stream
+   * fetches its pieces one after the other from the source it read when it opened.
+   */
+  private tryStreams(node: number): void {
+    const open = this.openStreams[node];
+    while (open.length < this.s.downloadsPerNode && this.nextLayerToOpen[node] < this.layers) {
+      const layer = this.nextLayerToOpen[node]++;
+      const stream = node * this.layers + layer;
+      if (this.nextPiece[stream] === this.layerUnits(layer)) continue;
+      const planned = this.blobSource[stream];
+      // A blob with no assignment is proxied to the cache unchanged.
+      this.streamSource[stream] = planned === NO_SOURCE ? CACHE : planned;
+      this.waitSince[stream] = this.now;
+      open.push(layer);
+    }
+    for (const layer of open) {
+      const stream = node * this.layers + layer;
+      const unit = this.layerFirstUnit[layer] + this.nextPiece[stream];
+      const key = node * this.units + unit;
+      if (this.state[key] !== NONE) continue;
+      const src = this.streamSource[stream];
+      if (src >= 0 && !this.alive[src]) {
+        this.noticeDeadSource(node, layer, src);
+        continue;
+      }
+      if (!this.holdsPiece(src, unit, node) || !this.hasUploadSlot(src, node)) continue;
+      this.result.longestPieceWaitS = Math.max(
+        this.result.longestPieceWaitS,
+        this.now - this.waitSince[stream],
+      );
+      this.state[key] = ACTIVE;
+      this.downloads[node]++;
+      this.startFlow(src, node, unit, this.partial.get(key) ?? 0);
+    }
+  }
+
+  /** wired: whether the source holds the whole piece; if not, wait to be woken when it does. */
+  private holdsPiece(src: number, unit: number, waiter: number): boolean {
+    if (src === CACHE) {
+      if (this.cacheHolds[unit]) return true;
+      this.waitingOnCache.add(waiter);
+      if (!this.cacheFilling[unit]) {
+        this.cacheFilling[unit] = 1;
+        this.startFlow(UPSTREAM, CACHE, unit, 0);
+      }
+      return false;
+    }
+    const key = src * this.units + unit;
+    if (this.state[key] === HELD) return true;
+    const waiting = this.waitingOnPiece.get(key);
+    if (!waiting) this.waitingOnPiece.set(key, [waiter]);
+    else if (!waiting.includes(waiter)) waiting.push(waiter);
+    return false;
+  }
+
+  /** wired: a dead source answers nothing; after the stall timeout the mirror drops it for the cache. */
+  private noticeDeadSource(node: number, layer: number, src: number): void {
+    const stream = node * this.layers + layer;
+    if (this.deadSourcePending[stream]) return;
+    this.deadSourcePending[stream] = 1;
+    this.at(this.now + this.s.stallTimeoutS, () => {
+      this.deadSourcePending[stream] = 0;
+      if (this.streamSource[stream] !== src) return;
+      this.streamSource[stream] = CACHE;
+      this.scheduleReplan();
+      this.tryStart(node);
+    });
   }
 
   private startFlow(src: number, dest: number, unit: number, done: number): void {
@@ -637,6 +845,16 @@ class Simulation {
     }
     const node = flow.dest;
     const key = node * this.units + flow.unit;
+    if (this.strategy === "wired") {
+      const layer = this.unitLayer[flow.unit];
+      const stream = node * this.layers + layer;
+      this.nextPiece[stream]++;
+      this.waitSince[stream] = this.now;
+      if (this.nextPiece[stream] === this.layerUnits(layer)) {
+        const open = this.openStreams[node];
+        open.splice(open.indexOf(layer), 1);
+      }
+    }
     this.uploadEnded(flow.src);
     this.state[key] = HELD;
     this.partial.delete(key);
@@ -649,6 +867,11 @@ class Simulation {
     }
     this.tryStart(node);
     for (const child of this.children.get(key) ?? []) this.tryStart(child);
+    const waiting = this.waitingOnPiece.get(key);
+    if (waiting) {
+      this.waitingOnPiece.delete(key);
+      for (const waiter of waiting) this.tryStart(waiter);
+    }
   }
 
   private loop(): void {
