@@ -31,8 +31,10 @@
  * Then the simulator (sim/fanout/sim.ts, the same planner code) runs in-process on the same
  * scenario: N, k, cache slots, the image's blob sizes, the rates, disks and download NICs fast,
  * the start spread the agents showed. The pull phase is compared with the simulated all-warm time:
- * issue 15's goal is within 25% of the simulator's piece mode (the same piece size); its whole-blob
- * mode and star are printed beside it (see DIFFERENCES at the end for what each leaves out).
+ * issue 15's goal is within 25% of the simulator's as-wired mode (one tree per blob, each blob one
+ * stream of pieces in order, the same piece size), which models what runs here; the piece mode (a
+ * tree per piece), the whole-blob mode and star are printed beside it, and the goal line gives the
+ * ratio to the piece mode too (see DIFFERENCES at the end for what each leaves out).
  * Modes: `planned` (controller --fanout-mode planned) and `star` (controller --fanout-mode off:
  * every node from the throttled cache, the same agents and mirror path), each on fresh registries,
  * API server, controller and nodes; the upstream registry with the image is shared.
@@ -714,8 +716,13 @@ async function main(): Promise<number> {
     const blobSizes = fetched.map((b) => b.size);
     const spreadS = (results.get("planned")?.startSpreadMs ?? results.get("star")?.startSpreadMs ?? 0) / 1000;
     const alone = simulate({ ...simScenario(blobSizes, 0, 0), nodes: 1 }, "star");
-    // The issue's scenario (the same piece size) first: the goal is judged on it.
+    // The wiring's model (the same piece size) first: the goal is judged on it.
     const sims: { label: string; mode: Mode; result: RunResult }[] = [
+      {
+        label: `planned, ${pieceMiB} MiB pieces in order (as wired)`,
+        mode: "planned",
+        result: simulate(simScenario(blobSizes, spreadS, pieceBytes), "wired"),
+      },
       {
         label: `planned, ${pieceMiB} MiB pieces (a tree per piece)`,
         mode: "planned",
@@ -753,13 +760,18 @@ async function main(): Promise<number> {
     }
     const planned = results.get("planned");
     const simulated = sims[0].result;
+    const pieceMode = sims[1].result;
     if (planned?.pullPhaseMs !== undefined) {
       const ratio = planned.pullPhaseMs / 1000 / simulated.allWarmS;
       const pass = Math.abs(ratio - 1) <= GOAL;
       say("");
       say(
-        `goal (issue 15): planned fan-out on ${nodeCount} real nodes within 25% of the simulator's time: ` +
-          `${seconds(planned.pullPhaseMs)} real vs ${simulated.allWarmS.toFixed(1)} s simulated (${pieceMiB} MiB pieces) = ${ratio.toFixed(2)}x  ${pass ? "PASS" : "FAIL"}`,
+        `goal (issue 15): planned fan-out on ${nodeCount} real nodes within 25% of the simulator's time as wired: ` +
+          `${seconds(planned.pullPhaseMs)} real vs ${simulated.allWarmS.toFixed(1)} s simulated (${pieceMiB} MiB pieces in order, a tree per blob) = ${ratio.toFixed(2)}x  ${pass ? "PASS" : "FAIL"}`,
+      );
+      say(
+        `  against the piece mode (a tree per piece, not what runs): ${pieceMode.allWarmS.toFixed(1)} s simulated = ` +
+          `${(planned.pullPhaseMs / 1000 / pieceMode.allWarmS).toFixed(2)}x`,
       );
       if (planned.busyCores !== undefined && planned.busyCores >= CPU_BOUND * availableParallelism())
         say(
@@ -788,8 +800,8 @@ const DIFFERENCES = [
   "- Trees: the controller plans one source per blob and writes it on every piece of that blob; a source",
   "  serves the pieces its containerd has already downloaded (the content store's ingest), so the pieces",
   "  pipeline down one tree per blob, whose inner nodes upload k copies of that blob. The simulator's",
-  "  piece mode plans a tree per piece (rotated per piece), which spreads the uploads over more nodes;",
-  "  its whole-blob mode passes a blob on only once it is complete. The wiring sits between the two rows.",
+  "  as-wired mode models that (the goal row); its piece mode plans a tree per piece (rotated per piece),",
+  "  which spreads the uploads over more nodes; its whole-blob mode passes a blob on only once complete.",
   "- Waiting for a source: a real receiver asks at once and, while its source lacks the piece (404, 503),",
   "  asks again every 100 ms for up to 30 s; the simulator starts the transfer the moment the piece is",
   "  complete. Up to ~100 ms per wave, and a source at its serving concurrency answers 503 the same way",
