@@ -3,11 +3,17 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { verifyPeerToken } from "../../src/agent/peer/token.ts";
+import type { ModelImage } from "../../src/api/modelImage.ts";
 import type { FanoutPiece, NodeCache, NodeCacheSpec } from "../../src/api/nodeCache.ts";
 import { parseControllerArgs, readFanoutSecret } from "../../src/controller/command.ts";
+import { prewarmConfig } from "../../src/controller/prewarm/config.ts";
 import { type FanoutSettings, planPeerFanout } from "../../src/controller/prewarm/fanout.ts";
-import type { ImageBlob } from "../../src/controller/prewarm/images.ts";
+import type { ImageBlob, ImageResolver, Resolution } from "../../src/controller/prewarm/images.ts";
 import type { PlannerNode } from "../../src/controller/prewarm/nodes.ts";
+import { createPrewarmReconciler } from "../../src/controller/prewarm/reconciler.ts";
+import type { ObjectClient } from "../../src/kube/client.ts";
+import type { EventRecorder } from "../../src/kube/events.ts";
+import { createLogger } from "../../src/util/log.ts";
 
 const MiB = 1024 * 1024;
 const secret = Buffer.from("a-fan-out-secret-of-some-bytes");
@@ -326,5 +332,56 @@ describe("the controller's fan-out flags", () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe("the pre-warm pass when fan-out cannot be planned", () => {
+  it("still writes every node's images, without pieces, and says why in a warning", async () => {
+    const modelImage: ModelImage = {
+      apiVersion: "stowage.dev/v1alpha1",
+      kind: "ModelImage",
+      metadata: { name: "llama", namespace: "ml" },
+      spec: {
+        variants: [{ name: "cpu", image: "docker.io/acme/llama:1.0", nodeSelector: {} }],
+        prewarm: { maxConcurrentNodes: 10 },
+      },
+      status: { variants: [{ name: "cpu", cacheDigest: manifest }] },
+    };
+    const resolver = {
+      resolve: async (): Promise<Resolution> => ({ ok: true, image: { digest: manifest, sizeBytes: 1000 } }),
+      blobsOf,
+    } as unknown as ImageResolver;
+    const stored = new Map<string, NodeCache>();
+    const write = async (nc: NodeCache) => {
+      stored.set(nc.metadata.name ?? "", structuredClone(nc));
+      return nc;
+    };
+    const lines: string[] = [];
+    const log = createLogger({ level: "warn", destination: { write: (line: string) => lines.push(line) } });
+    const reconcile = createPrewarmReconciler({
+      modelImages: () => [modelImage],
+      nodes: () => nodes,
+      nodeCaches: () => [...stored.values()],
+      nodeCacheClient: { create: write, update: write } as unknown as ObjectClient<NodeCache>,
+      nodeClient: { patch: async () => ({}) } as unknown as ObjectClient<PlannerNode>,
+      resolver,
+      // A piece size of 0 makes the fan-out spec refuse the plan (the flag parser never allows it).
+      config: prewarmConfig({ warmingTaint: false, fanout: { ...settings, pieceBytes: 0 } }),
+      cacheEndpoint: "http://10.0.0.5:5000",
+      events: { event: async () => {} } as unknown as EventRecorder,
+      clock: { now: () => now, sleep: async () => {} },
+      log,
+      onPlan: () => {},
+    });
+    await reconcile("cluster", { signal: new AbortController().signal } as never);
+    expect([...stored.keys()].sort()).toEqual(names);
+    for (const nc of stored.values()) {
+      expect(nc.spec.images?.map((i) => i.digest)).toEqual([manifest]);
+      expect(nc.spec.images?.[0].fanout).toBeUndefined();
+      expect(nc.spec.peerToken).toBeUndefined();
+    }
+    const warning = lines.map((line) => JSON.parse(line)).find((entry) => entry.level === "warn");
+    expect(warning?.msg).toMatch(/fan-out not planned this pass, nodes pull from the cache: .*pieceBytes/);
+    expect(warning?.reason).toBe("InvalidArgument");
   });
 });

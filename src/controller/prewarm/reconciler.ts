@@ -105,15 +105,27 @@ export function createPrewarmReconciler(deps: PrewarmReconcilerDeps): Reconcile 
       : undefined;
     let specs = plan.specs;
     let fanoutRenewal = Number.POSITIVE_INFINITY;
+    let fanout: ReturnType<typeof planPeerFanout> | undefined;
     if (deps.config.fanout) {
-      const fanout = planPeerFanout({
-        specs: plan.specs,
-        nodes,
-        nodeCaches,
-        blobsOf: (digest) => deps.resolver.blobsOf(digest) ?? deps.through?.resolver.blobsOf(digest),
-        settings: deps.config.fanout,
-        now,
-      });
+      try {
+        fanout = planPeerFanout({
+          specs: plan.specs,
+          nodes,
+          nodeCaches,
+          blobsOf: (digest) => deps.resolver.blobsOf(digest) ?? deps.through?.resolver.blobsOf(digest),
+          settings: deps.config.fanout,
+          now,
+        });
+      } catch (err) {
+        // Fan-out saves cache egress; it must never stop pre-warm: the nodes pull from the cache.
+        const failure = asStowageError(err);
+        deps.log.warn(
+          { reason: failure.reason },
+          `fan-out not planned this pass, nodes pull from the cache: ${failure.message}`,
+        );
+      }
+    }
+    if (fanout) {
       specs = fanout.specs;
       fanoutRenewal = fanout.nextRenewal;
       if (fanout.replanned.length > 0) {
