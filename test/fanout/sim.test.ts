@@ -2,7 +2,7 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { runCli } from "../../sim/fanout/cli.ts";
+import { runCli, scenarioFromArgs } from "../../sim/fanout/cli.ts";
 import { defaultScenario, type Scenario, simulate } from "../../sim/fanout/sim.ts";
 import { StowageError } from "../../src/util/errors.ts";
 
@@ -290,6 +290,13 @@ describe("npm run sim:fanout", () => {
     expect(text).not.toContain("planned tree, whole layers");
     expect(text).not.toContain("MiB pieces ");
     expect(text).toMatch(/goals \(issue 15\), planned tree per blob/);
+  });
+
+  it("takes a fixed time quantum in ms instead of the default relative one", () => {
+    const { scenario } = scenarioFromArgs(["--quantum-ms", "0.5"]);
+    expect(scenario.quantumS).toBeCloseTo(0.0005, 12);
+    expect(scenario.quantumRelative).toBe(0);
+    expect(scenarioFromArgs([]).scenario.quantumRelative).toBeGreaterThan(0);
   });
 
   it("refuses a bad option with the reason and the usage", async () => {
