@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type RunningAgent, startAgent } from "../../src/agent/command.ts";
-import { CriClient } from "../../src/agent/cri.ts";
+import type { CriClient } from "../../src/agent/cri.ts";
 import { applyMirrorConfig } from "../../src/agent/hostsToml.ts";
 import { ContainerdContent } from "../../src/agent/peer/content.ts";
 import { type Mirror, startMirror } from "../../src/agent/peer/mirror.ts";
@@ -27,15 +27,16 @@ import {
   type NodeCacheSpec,
 } from "../../src/api/nodeCache.ts";
 import type { KubeClient } from "../../src/kube/client.ts";
-import { RegistryClient } from "../../src/oci/registry.ts";
+import type { RegistryClient } from "../../src/oci/registry.ts";
 import type { TestCluster } from "../../testkit/cluster.ts";
-import { type RunningContainerd, startContainerd } from "../../testkit/containerd.ts";
-import { type FaultProxy, startFaultProxy } from "../../testkit/faultProxy.ts";
+import type { RunningContainerd } from "../../testkit/containerd.ts";
+import type { FaultProxy } from "../../testkit/faultProxy.ts";
 import { type PushedImage, pushSinglePlatformImage } from "../../testkit/images.ts";
 import { freePort } from "../../testkit/ports.ts";
-import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
+import type { RunningRegistry } from "../../testkit/registry.ts";
 import { startCluster } from "../kube/helpers.ts";
 import { eventually } from "../support/eventually.ts";
+import { startTwoNodes, type TwoNodes } from "./support/twoNodes.ts";
 
 const MiB = 1024 * 1024;
 const secret = Buffer.alloc(32, 7);
@@ -44,6 +45,7 @@ const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 
 let api: TestCluster;
 let client: KubeClient;
+let two: TwoNodes;
 let nodeA: RunningContainerd;
 let nodeB: RunningContainerd;
 let cache: RunningRegistry;
@@ -163,20 +165,13 @@ async function peerProcess(bytesPerSecond: number): Promise<{ url: string; child
 }
 
 beforeAll(async () => {
-  [{ cluster: api, client }, nodeA, nodeB, cache] = await Promise.all([
+  [{ cluster: api, client }, two] = await Promise.all([
     startCluster({ crds: [loadCrd("stowage.dev_nodecaches") as never] }),
-    startContainerd(),
-    startContainerd(),
-    startRegistry(),
+    startTwoNodes(),
   ]);
-  cacheProxy = await startFaultProxy(cache.url);
-  registryClient = new RegistryClient({ insecureHosts: [cache.host] });
-  upstreamHost = `127.0.0.1:${await freePort()}`;
-  runtimeA = new CriClient(nodeA.socketPath);
-  runtimeB = new CriClient(nodeB.socketPath);
+  ({ nodeA, nodeB, cache, cacheProxy, registryClient, upstreamHost, runtimeA, runtimeB } = two);
   storeA = new ContainerdContent(nodeA.socketPath);
   storeB = new ContainerdContent(nodeB.socketPath);
-  await applyMirrorConfig(nodeA.certsDir, [upstreamHost], { cacheEndpoint: cache.url });
 });
 
 afterEach(async () => {
@@ -188,11 +183,7 @@ afterEach(async () => {
 afterAll(async () => {
   storeA?.close();
   storeB?.close();
-  runtimeA?.close();
-  runtimeB?.close();
-  await registryClient?.close();
-  await cacheProxy?.stop();
-  await Promise.all([nodeA?.dispose(), nodeB?.dispose(), cache?.stop(), api?.stop()]);
+  await Promise.all([two?.stop(), api?.stop()]);
 });
 
 describe("fan-out when a peer fails, on real containerds", () => {

@@ -1,20 +1,21 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { CriClient } from "../../src/agent/cri.ts";
+import type { CriClient } from "../../src/agent/cri.ts";
 import { applyMirrorConfig, renderHostsToml } from "../../src/agent/hostsToml.ts";
 import { ContainerdContent } from "../../src/agent/peer/content.ts";
 import { type BlobAssignment, type Mirror, startMirror } from "../../src/agent/peer/mirror.ts";
 import { type PeerServer, startPeerServer } from "../../src/agent/peer/server.ts";
 import { issuePeerToken } from "../../src/agent/peer/token.ts";
 import type { FanoutPiece } from "../../src/api/nodeCache.ts";
-import { RegistryClient } from "../../src/oci/registry.ts";
-import { type RunningContainerd, startContainerd } from "../../testkit/containerd.ts";
-import { type FaultProxy, startFaultProxy } from "../../testkit/faultProxy.ts";
+import type { RegistryClient } from "../../src/oci/registry.ts";
+import type { RunningContainerd } from "../../testkit/containerd.ts";
+import type { FaultProxy } from "../../testkit/faultProxy.ts";
 import { type PushedImage, pushSinglePlatformImage } from "../../testkit/images.ts";
-import { freePort } from "../../testkit/ports.ts";
-import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
+import type { RunningRegistry } from "../../testkit/registry.ts";
+import { startTwoNodes, type TwoNodes } from "./support/twoNodes.ts";
 
 const MiB = 1024 * 1024;
 const secret = Buffer.alloc(32, 5);
+let two: TwoNodes;
 let nodeA: RunningContainerd;
 let nodeB: RunningContainerd;
 let cache: RunningRegistry;
@@ -67,17 +68,11 @@ function planFor(
   return { big: big.digest, small: small.digest, bigSize: big.size, smallSize: small.size };
 }
 
-const cacheBlobRequests = (digest: string) =>
-  cacheProxy.seen().filter((r) => r.method === "GET" && r.path.split("?")[0].endsWith(`/blobs/${digest}`));
+const cacheBlobRequests = (digest: string) => two.blobGets(digest);
 
 beforeAll(async () => {
-  [nodeA, nodeB, cache] = await Promise.all([startContainerd(), startContainerd(), startRegistry()]);
-  cacheProxy = await startFaultProxy(cache.url);
-  registryClient = new RegistryClient({ insecureHosts: [cache.host] });
-  upstreamHost = `127.0.0.1:${await freePort()}`;
-  runtimeA = new CriClient(nodeA.socketPath);
-  runtimeB = new CriClient(nodeB.socketPath);
-  await applyMirrorConfig(nodeA.certsDir, [upstreamHost], { cacheEndpoint: cache.url });
+  two = await startTwoNodes();
+  ({ nodeA, nodeB, cache, cacheProxy, registryClient, upstreamHost, runtimeA, runtimeB } = two);
   storeA = new ContainerdContent(nodeA.socketPath);
   peerA = await startPeerServer({ store: storeA, secret, host: "127.0.0.1", port: 0 });
   endpointA = peerA.url;
@@ -103,11 +98,7 @@ afterAll(async () => {
   await mirrorB?.close();
   await peerA?.close();
   storeA?.close();
-  runtimeA?.close();
-  runtimeB?.close();
-  await registryClient?.close();
-  await cacheProxy?.stop();
-  await Promise.all([nodeA?.dispose(), nodeB?.dispose(), cache?.stop()]);
+  await two?.stop();
 });
 
 describe("the agent as its node's mirror, on two real containerds", () => {

@@ -6,7 +6,7 @@
  */
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { CriClient } from "../../src/agent/cri.ts";
+import type { CriClient } from "../../src/agent/cri.ts";
 import { applyMirrorConfig } from "../../src/agent/hostsToml.ts";
 import { ContainerdContent } from "../../src/agent/peer/content.ts";
 import { containerdIngests } from "../../src/agent/peer/ingest.ts";
@@ -14,15 +14,16 @@ import { type BlobAssignment, type Mirror, startMirror } from "../../src/agent/p
 import { type PartialBlobs, type PeerServer, startPeerServer } from "../../src/agent/peer/server.ts";
 import { issuePeerToken } from "../../src/agent/peer/token.ts";
 import type { FanoutPiece } from "../../src/api/nodeCache.ts";
-import { RegistryClient } from "../../src/oci/registry.ts";
-import { type RunningContainerd, startContainerd } from "../../testkit/containerd.ts";
-import { type FaultProxy, startFaultProxy } from "../../testkit/faultProxy.ts";
+import type { RegistryClient } from "../../src/oci/registry.ts";
+import type { RunningContainerd } from "../../testkit/containerd.ts";
+import type { FaultProxy } from "../../testkit/faultProxy.ts";
 import { type PushedImage, pushSinglePlatformImage } from "../../testkit/images.ts";
-import { freePort } from "../../testkit/ports.ts";
-import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
+import type { RunningRegistry } from "../../testkit/registry.ts";
+import { startTwoNodes, type TwoNodes } from "./support/twoNodes.ts";
 
 const MiB = 1024 * 1024;
 const secret = Buffer.alloc(32, 9);
+let two: TwoNodes;
 let nodeA: RunningContainerd;
 let nodeB: RunningContainerd;
 let cache: RunningRegistry;
@@ -73,18 +74,12 @@ async function mirrorForB(sourceWaitMs?: number): Promise<Mirror> {
   return mirror;
 }
 
-const cacheBlobGets = (digest: string) =>
-  cacheProxy.seen().filter((r) => r.method === "GET" && r.path.split("?")[0].endsWith(`/blobs/${digest}`));
+const cacheBlobGets = (digest: string) => two.blobGets(digest);
 
 beforeAll(async () => {
-  [nodeA, nodeB, cache] = await Promise.all([startContainerd(), startContainerd(), startRegistry()]);
-  cacheProxy = await startFaultProxy(cache.url);
-  registryClient = new RegistryClient({ insecureHosts: [cache.host] });
-  upstreamHost = `127.0.0.1:${await freePort()}`;
-  runtimeA = new CriClient(nodeA.socketPath);
-  runtimeB = new CriClient(nodeB.socketPath);
-  // A pulls from the cache (through the proxy, which paces its blobs in the first test).
-  await applyMirrorConfig(nodeA.certsDir, [upstreamHost], { cacheEndpoint: cacheProxy.url });
+  // A pulls from the cache through the proxy, which paces its blobs in the first test.
+  two = await startTwoNodes({ aViaProxy: true });
+  ({ nodeA, nodeB, cache, cacheProxy, registryClient, upstreamHost, runtimeA, runtimeB } = two);
   storeA = new ContainerdContent(nodeA.socketPath);
   const ingests = containerdIngests(join(nodeA.dir, "root"));
   const watched: PartialBlobs = {
@@ -101,11 +96,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await peerA?.close();
   storeA?.close();
-  runtimeA?.close();
-  runtimeB?.close();
-  await registryClient?.close();
-  await cacheProxy?.stop();
-  await Promise.all([nodeA?.dispose(), nodeB?.dispose(), cache?.stop()]);
+  await two?.stop();
 });
 
 describe("pieces passing down a fan-out tree while the source still pulls, on two real containerds", () => {
