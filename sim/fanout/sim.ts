@@ -4,7 +4,9 @@
  *  - `planned`: each node pulls each layer from the source the fan-out planner assigned
  *    (src/controller/fanout, imported, not reimplemented): the cache or a peer;
  *  - `random`: each node pulls a layer from a peer chosen at random among those that hold it,
- *    else from the cache (Spegel-like: peers found by lookup, no coordination of load).
+ *    else from the cache (Spegel-like: peers found by lookup, no coordination of load);
+ *  - `wired`: what the controller and agents run: a planner tree per blob, each blob read by
+ *    containerd as one stream of pieces in order (see `Strategies`).
  *
  * What is modelled (see docs/fanout.md for the numbers it gives):
  *  - Nodes: NIC down and NIC up (full duplex, separate links), disk write, an optional cap on
