@@ -5,6 +5,8 @@
  * 1 on a fatal startup error, 2 on bad usage.
  */
 
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { parseArgs } from "node:util";
 // Only types, flag parsing and errors are imported here: what the running agent needs is loaded
 // by startAgent and runAgent, after runAgent has tuned V8 for it (runtimeEnv.ts).
@@ -75,6 +77,9 @@ Flags:
   --fanout-serving-rate BYTES    bytes/s served to peers over all requests (default 0: unlimited)
   --fanout-serving-concurrency N peer requests served at once (default 3)
   --fanout-stall-timeout DURATION a peer with no byte for this long is dropped for the cache (default 2s)
+  --fanout-spool-dir DIR         where the node mirror spools blobs it fetches piece by piece, several
+                                 pieces at once (planned mode; default <tmpdir>/stowage-fanout); needs
+                                 room for the largest layers being pulled at once
   --fanout-failure-expiry DURATION how long a failed peer stays in status.peerFailures, so the controller
                                  plans no piece from it, before it may be planned again (default 10m)
   --log-level LEVEL              trace, debug, info, warn, error (default info)
@@ -112,6 +117,7 @@ export const agentOptions = {
   "fanout-serving-rate": { type: "string" },
   "fanout-serving-concurrency": { type: "string" },
   "fanout-stall-timeout": { type: "string" },
+  "fanout-spool-dir": { type: "string" },
   "fanout-failure-expiry": { type: "string" },
   "log-level": { type: "string" },
   help: { type: "boolean", short: "h" },
@@ -140,6 +146,7 @@ export interface FanoutFlags {
   servingBytesPerSecond: number;
   servingConcurrency: number;
   stallTimeoutMs: number;
+  spoolDir: string;
 }
 
 function fanoutFlags(get: (flag: keyof typeof agentOptions) => string | undefined): {
@@ -182,6 +189,7 @@ function fanoutFlags(get: (flag: keyof typeof agentOptions) => string | undefine
       1024,
     ),
     stallTimeoutMs: durationFlag(get("fanout-stall-timeout"), "fanout-stall-timeout", 2000),
+    spoolDir: get("fanout-spool-dir") ?? join(tmpdir(), "stowage-fanout"),
   };
   const mirror =
     mode === "planned"

@@ -1,3 +1,5 @@
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parseAgentArgs } from "../../src/agent/command.ts";
 import type { MirrorStats } from "../../src/agent/peer/mirror.ts";
@@ -178,7 +180,12 @@ describe("the agent's fan-out flags", () => {
       servingBytesPerSecond: 0,
       servingConcurrency: 3,
       stallTimeoutMs: 2000,
+      spoolDir: join(tmpdir(), "stowage-fanout"),
     });
+    expect(
+      parse("--fanout-mode", "planned", "--fanout-secret-file", "/s", "--fanout-spool-dir", "/spool").fanout
+        .spoolDir,
+    ).toBe("/spool");
   });
 
   it("lets a peer failure expire after ten minutes by default, or --fanout-failure-expiry, in planned mode only", () => {

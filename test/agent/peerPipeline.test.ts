@@ -4,6 +4,8 @@
  * and the source serves the pieces its containerd has already downloaded (its ingest), so pieces
  * pass down the tree while the source is still pulling.
  */
+import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { CriClient } from "../../src/agent/cri.ts";
@@ -19,6 +21,7 @@ import type { RunningContainerd } from "../../testkit/containerd.ts";
 import type { FaultProxy } from "../../testkit/faultProxy.ts";
 import { type PushedImage, pushSinglePlatformImage } from "../../testkit/images.ts";
 import type { RunningRegistry } from "../../testkit/registry.ts";
+import { eventually } from "../support/eventually.ts";
 import { startTwoNodes, type TwoNodes } from "./support/twoNodes.ts";
 
 const MiB = 1024 * 1024;
@@ -205,6 +208,70 @@ describe("pieces passing down a fan-out tree while the source still pulls, on tw
       await Promise.all([mirrorA.close(), mirrorB.close(), peerB.close()]);
       storeB.close();
       await applyMirrorConfig(nodeA.certsDir, [upstreamHost], { cacheEndpoint: cacheProxy.url });
+    }
+  });
+
+  it("with a spool, B fetches a later piece while an earlier one waits for its source, and serves it to peers out of order", async () => {
+    const image = await pushSinglePlatformImage(
+      registryClient,
+      { registry: cache.host, repository: `${upstreamHost.replace(":", "_")}/acme/spooled` },
+      "1.0",
+      { layerSizes: [3 * MiB], seed: "spooled" },
+    );
+    const [layer] = image.image.layers.map((l) => l.descriptor);
+    // Piece 0 from A (which has not pulled yet), pieces 1 and 2 from the cache.
+    assignments.clear();
+    assignments.set(layer.digest, {
+      pieces: [0, 1, 2].map((i) => ({
+        digest: layer.digest,
+        offset: i * MiB,
+        length: MiB,
+        source: i === 0 ? "node-a" : "cache",
+        wave: i === 0 ? 2 : 1,
+      })),
+    });
+    peerToken = issuePeerToken(secret, {
+      receiver: "node-b",
+      digests: [layer.digest],
+      exp: Date.now() / 1000 + 600,
+    });
+    const spoolDir = await mkdtemp(join(tmpdir(), "stowage-spool-test-"));
+    const mirrorB = await startMirror({
+      cacheEndpoint: cacheProxy.url,
+      host: "127.0.0.1",
+      port: 0,
+      spoolDir,
+      state: {
+        assignment: (digest) => assignments.get(digest),
+        endpoint: (node) => (node === "node-a" ? peerA.url : undefined),
+        token: () => peerToken,
+      },
+    });
+    await applyMirrorConfig(nodeB.certsDir, [upstreamHost], {
+      cacheEndpoint: cacheProxy.url,
+      localMirror: { port: mirrorB.port },
+    });
+    try {
+      const reference = `${upstreamHost}/acme/spooled@${image.digest}`;
+      const pullB = runtimeB.pullImage(reference);
+      // Pieces 1 and 2 arrive from the cache while piece 0 still waits for A: the spool holds
+      // them, and would serve them to B's own peers, though the prefix is not there.
+      await eventually("B's spool holds pieces 1 and 2 but not piece 0", async () => {
+        const partial = await mirrorB.partial.get(layer.digest);
+        await partial?.close?.();
+        return partial?.covers?.(MiB, 3 * MiB - 1) === true && partial.covers(0, MiB - 1) === false;
+      });
+      const idA = await runtimeA.pullImage(reference);
+      expect(await pullB).toBe(idA);
+      expect(Object.fromEntries(mirrorB.stats.sources.get(layer.digest) ?? [])).toEqual({
+        "node-a": MiB,
+        cache: 2 * MiB,
+      });
+      expect([...mirrorB.stats.peerFailures.values()]).toEqual([]);
+      expect(await readdir(spoolDir)).toEqual([]); // the spool is gone with the response
+    } finally {
+      await mirrorB.close();
+      await rm(spoolDir, { recursive: true, force: true });
     }
   });
 

@@ -73,26 +73,30 @@ function asNodeCaches(
 
 const blobsOf = (digest: string) => (digest === manifest ? blobs : undefined);
 
-/** Per node, per digest: the source of its pieces (one planner decision per (node, digest)). */
+/** Per node and piece (`node|digest@offset`): its source (one planner decision per piece). */
 function sources(written: ReadonlyMap<string, NodeCacheSpec>): Map<string, string> {
   const out = new Map<string, string>();
   for (const [n, spec] of written) {
-    for (const piece of spec.images?.[0]?.fanout ?? []) out.set(`${n}|${piece.digest}`, piece.source);
+    for (const piece of spec.images?.[0]?.fanout ?? [])
+      out.set(`${n}|${piece.digest}@${piece.offset}`, piece.source);
   }
   return out;
 }
 
 describe("peer fan-out in the pre-warm pass", () => {
-  it("names one source per blob piece: the cache for one node per blob, peers for the rest, with their endpoints and a token for exactly the peer-read digests", () => {
+  it("names a source for every piece: the cache for one node per piece, peers for the rest, with their endpoints and a token for exactly the peer-read blobs", () => {
     const result = planPeerFanout({ specs: specs(), nodes, nodeCaches: new Map(), blobsOf, settings, now });
+    const planned = sources(result.specs);
     for (const blob of blobs) {
-      const fromCache = names.filter((n) =>
-        result.specs
-          .get(n)
-          ?.images?.[0]?.fanout?.some((p) => p.digest === blob.digest && p.source === "cache"),
-      );
-      expect(fromCache, blob.digest).toHaveLength(1);
+      for (let offset = 0; offset < blob.size; offset += MiB) {
+        const fromCache = names.filter((n) => planned.get(`${n}|${blob.digest}@${offset}`) === "cache");
+        expect(fromCache, `${blob.digest}@${offset}`).toHaveLength(1);
+      }
     }
+    // Each piece has its own tree: the big layer's four pieces are not all fed by the same nodes.
+    const big = blobs[1].digest;
+    const feeders = (offset: number) => names.map((n) => planned.get(`${n}|${big}@${offset}`)).join(",");
+    expect(new Set([0, MiB, 2 * MiB, 3 * MiB].map(feeders)).size).toBeGreaterThan(1);
     for (const n of names) {
       const spec = result.specs.get(n) as NodeCacheSpec;
       const pieces = spec.images?.[0]?.fanout ?? [];
@@ -106,7 +110,6 @@ describe("peer fan-out in the pre-warm pass", () => {
           offset += p.length;
         }
         expect(offset, `${n} ${blob.digest}`).toBe(blob.size);
-        expect(new Set(own.map((p) => p.source)).size).toBe(1);
       }
       const peerPieces = pieces.filter((p) => p.source !== "cache");
       expect(peerPieces.map((p) => p.source)).not.toContain("n5");
@@ -234,7 +237,9 @@ describe("peer fan-out in the pre-warm pass", () => {
       now,
     });
     const fed = sources(result.specs);
-    for (const blob of blobs) expect(fed.get(`n4|${blob.digest}`), blob.digest).toBe("n2");
+    for (const blob of blobs)
+      for (let offset = 0; offset < blob.size; offset += MiB)
+        expect(fed.get(`n4|${blob.digest}@${offset}`), `${blob.digest}@${offset}`).toBe("n2");
   });
 
   it("leaves an image whose manifest was not read to the cache: no pieces, peers or token", () => {

@@ -71,12 +71,13 @@ afterAll(async () => {
 
 const blobs = () => image.image.blobs.map((b) => b.descriptor);
 
-/** Per node and digest, the source its NodeCache names (every piece of a blob has the same one). */
+/** Per node and piece (`node|digest@offset`), the source its NodeCache names. */
 async function sources(): Promise<Map<string, string>> {
   const out = new Map<string, string>();
   for (const node of NODES) {
     const nc = await findNodeCache(cluster.client, node);
-    for (const piece of nc?.spec.images?.[0]?.fanout ?? []) out.set(`${node}|${piece.digest}`, piece.source);
+    for (const piece of nc?.spec.images?.[0]?.fanout ?? [])
+      out.set(`${node}|${piece.digest}@${piece.offset}`, piece.source);
   }
   return out;
 }
@@ -89,15 +90,17 @@ function fullyPlanned(nc: NodeCache | undefined): boolean {
 }
 
 describe("pre-warm with peer fan-out", () => {
-  it("writes each node's pieces, its peers' endpoints and a peer token naming exactly what it reads from peers", async () => {
+  it("writes each node's pieces, each from the cache for one node only, its peers' endpoints and a peer token naming exactly what it reads from peers", async () => {
     await eventually("every node's blobs planned piece by piece", async () => {
       for (const node of NODES) if (!fullyPlanned(await findNodeCache(cluster.client, node))) return false;
       return true;
     });
     const planned = await sources();
     for (const blob of blobs()) {
-      const fromCache = NODES.filter((n) => planned.get(`${n}|${blob.digest}`) === "cache");
-      expect(fromCache, `${blob.digest} read from the cache by`).toHaveLength(1);
+      for (let offset = 0; offset < blob.size; offset += MiB) {
+        const fromCache = NODES.filter((n) => planned.get(`${n}|${blob.digest}@${offset}`) === "cache");
+        expect(fromCache, `${blob.digest}@${offset} read from the cache by`).toHaveLength(1);
+      }
     }
     expect([...planned.values()]).not.toContain("fo-5"); // no InternalIP: it pulls, it never serves
     for (const node of NODES) {

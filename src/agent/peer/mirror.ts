@@ -21,13 +21,15 @@
  * loading undici into the agent.
  */
 import { createHash } from "node:crypto";
+import { type FileHandle, open as openFile, rm } from "node:fs/promises";
 import type { IncomingHttpHeaders, IncomingMessage, Server, ServerResponse } from "node:http";
 import { request as httpsRequest } from "node:https";
 import type { AddressInfo } from "node:net";
+import { join } from "node:path";
 import { FANOUT_CACHE_SOURCE, type FanoutPiece, type PeerFailure } from "../../api/nodeCache.ts";
 import { StowageError } from "../../util/errors.ts";
 import { nodeHttp } from "../../util/nodeHttp.ts";
-import { PEER_BLOB_PATH } from "./server.ts";
+import { type PartialBlobs, PEER_BLOB_PATH } from "./server.ts";
 
 /** What the NodeCache spec says about one digest: its pieces, and how to reach their peers. */
 export interface BlobAssignment {
@@ -57,6 +59,13 @@ export interface MirrorOptions {
    */
   sourceWaitMs?: number;
   sleep?: (ms: number) => Promise<void>;
+  /**
+   * A directory for spools: with it, a blob's pieces are fetched several at once, each from its
+   * own source and in any order, into a file there, and streamed to containerd in order from it;
+   * peers are served every piece the spool holds (`partial`). Without it, pieces are fetched one
+   * after another straight into containerd's stream.
+   */
+  spoolDir?: string;
   now?: () => number;
   log?: (message: string) => void;
 }
@@ -74,10 +83,15 @@ export interface Mirror {
   url: string;
   port: number;
   stats: MirrorStats;
+  /** The blobs being spooled, for the peer endpoint (only with `spoolDir`). */
+  partial: PartialBlobs;
   close(): Promise<void>;
 }
 
 export const DEFAULT_SOURCE_WAIT_MS = 30_000;
+/** Pieces of one blob fetched at once into its spool (containerd's own downloads per node are 3). */
+const SPOOL_FETCHES = 3;
+const SPOOL_READ_BYTES = 256 * 1024;
 /** How often a source without the piece yet is asked again: a wave's delay is about this. */
 const SOURCE_POLL_MS = 100;
 
@@ -177,14 +191,29 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
   }
 
   /** Streams bytes [offset, offset + length) of a piece from a peer, stall-guarded. */
+  /**
+   * The peers' endpoints and this node's token as the spec had them when a blob's assembly began:
+   * the controller may rewrite the spec meanwhile (a node finished, a peer was re-planned), and
+   * the pieces already assigned keep the sources, endpoints and token they were planned with.
+   */
+  type Snapshot = { token?: string; endpoints: Map<string, string | undefined> };
+  function snapshotFor(pieces: readonly FanoutPiece[]): Snapshot {
+    const endpoints = new Map<string, string | undefined>();
+    for (const piece of pieces)
+      if (piece.source !== FANOUT_CACHE_SOURCE && !endpoints.has(piece.source))
+        endpoints.set(piece.source, options.state.endpoint(piece.source));
+    return { token: options.state.token(), endpoints };
+  }
+
   async function* fromPeer(
     node: string,
     digest: string,
     offset: number,
     length: number,
+    snapshot?: Snapshot,
   ): AsyncIterable<Buffer> {
-    const endpoint = options.state.endpoint(node);
-    const token = options.state.token();
+    const endpoint = snapshot?.endpoints.get(node) ?? options.state.endpoint(node);
+    const token = snapshot?.token ?? options.state.token();
     if (!endpoint || !token) {
       throw new PeerUnavailable(node, "Failed", `no ${endpoint ? "peer token" : "endpoint"} for ${node}`);
     }
@@ -297,7 +326,9 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
       }
       expected += p.length;
     }
+    if (options.spoolDir && !spools.has(digest)) return assembleSpooled(req, res, digest, ordered, size);
     const path = req.url ?? "";
+    const snapshot = snapshotFor(ordered);
     const algorithm = digest.split(":")[0];
     const hash = createHash(algorithm);
     const dropped = new Set<string>();
@@ -323,7 +354,7 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
       let done = 0;
       if (piece.source !== FANOUT_CACHE_SOURCE && !dropped.has(piece.source)) {
         try {
-          for await (const chunk of fromPeer(piece.source, digest, piece.offset, piece.length)) {
+          for await (const chunk of fromPeer(piece.source, digest, piece.offset, piece.length, snapshot)) {
             await emit(chunk, piece.source);
             done += chunk.length;
           }
@@ -357,6 +388,177 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
     res.end();
   }
 
+  /** Blobs being spooled, by digest: which pieces the file holds complete. */
+  const spools = new Map<
+    string,
+    { path: string; size: number; pieces: readonly FanoutPiece[]; done: boolean[] }
+  >();
+  let spoolCount = 0;
+
+  /** One piece into the spool at its offset: from its peer while it answers, the rest from the cache. */
+  async function fetchPiece(
+    file: FileHandle,
+    path: string,
+    headers: IncomingHttpHeaders,
+    digest: string,
+    piece: FanoutPiece,
+    dropped: Set<string>,
+    snapshot: Snapshot,
+  ): Promise<void> {
+    let done = 0;
+    const put = async (chunk: Buffer, source: string) => {
+      await file.write(chunk, 0, chunk.length, piece.offset + done);
+      done += chunk.length;
+      count(digest, source, chunk.length);
+    };
+    if (piece.source !== FANOUT_CACHE_SOURCE && !dropped.has(piece.source)) {
+      try {
+        for await (const chunk of fromPeer(piece.source, digest, piece.offset, piece.length, snapshot))
+          await put(chunk, piece.source);
+      } catch (err) {
+        if (!(err instanceof PeerUnavailable)) throw err;
+        dropped.add(err.node);
+        stats.peerFailures.set(err.node, {
+          node: err.node,
+          reason: err.reason,
+          since: new Date(now()).toISOString(),
+        });
+        log(`mirror: peer ${err.node} ${err.reason} on ${digest}: ${err.message}; the cache serves the rest`);
+      }
+    }
+    if (done < piece.length) {
+      for await (const chunk of fromCache(path, headers, piece.offset + done, piece.length - done))
+        await put(chunk, FANOUT_CACHE_SOURCE);
+    }
+  }
+
+  /**
+   * The piece mode on a node: up to SPOOL_FETCHES pieces fetched at once into a spool file, each
+   * from its own source, so a piece whose source is behind does not hold up the next ones; the
+   * blob goes to containerd in order from the file, hashed as it goes, its last chunk held back
+   * until the digest checks out. Peers read every complete piece from the same file meanwhile.
+   */
+  async function assembleSpooled(
+    req: IncomingMessage,
+    res: ServerResponse,
+    digest: string,
+    ordered: readonly FanoutPiece[],
+    size: number,
+  ): Promise<void> {
+    const path = req.url ?? "";
+    const file = join(
+      options.spoolDir as string,
+      `${digest.replace(":", "-")}-${process.pid}-${++spoolCount}.part`,
+    );
+    const handle = await openFile(file, "w+");
+    const entry = { path: file, size, pieces: ordered, done: ordered.map(() => false) };
+    const snapshot = snapshotFor(ordered);
+    spools.set(digest, entry);
+    const dropped = new Set<string>();
+    const waiters: (() => void)[] = [];
+    const wake = () => {
+      for (const waiter of waiters.splice(0)) waiter();
+    };
+    let failure: unknown;
+    let next = 0;
+    const worker = async () => {
+      while (failure === undefined && next < ordered.length) {
+        const index = next++;
+        try {
+          await fetchPiece(handle, path, req.headers, digest, ordered[index], dropped, snapshot);
+          entry.done[index] = true;
+        } catch (err) {
+          failure ??= err;
+        }
+        wake();
+      }
+    };
+    const workers = Array.from({ length: Math.min(SPOOL_FETCHES, ordered.length) }, worker);
+    const algorithm = digest.split(":")[0];
+    const hash = createHash(algorithm);
+    let sent = 0;
+    let held: Buffer | undefined;
+    try {
+      res.writeHead(200, {
+        "content-type": "application/octet-stream",
+        "content-length": String(size),
+        "docker-content-digest": digest,
+      });
+      for (const [index, piece] of ordered.entries()) {
+        while (!entry.done[index]) {
+          if (failure !== undefined) throw failure;
+          await new Promise<void>((resolve) => waiters.push(resolve));
+        }
+        for (let offset = 0; offset < piece.length; ) {
+          const buffer = Buffer.allocUnsafe(Math.min(SPOOL_READ_BYTES, piece.length - offset));
+          const { bytesRead } = await handle.read(buffer, 0, buffer.length, piece.offset + offset);
+          if (bytesRead === 0)
+            throw new StowageError("Internal", `spool ${file} ended inside piece ${piece.offset}`);
+          const chunk = buffer.subarray(0, bytesRead);
+          offset += bytesRead;
+          hash.update(chunk);
+          sent += bytesRead;
+          if (sent === size) held = chunk;
+          else await write(res, chunk);
+        }
+      }
+      const got = `${algorithm}:${hash.digest("hex")}`;
+      if (got !== digest) {
+        throw new StowageError(
+          "DigestMismatch",
+          `${digest} assembled from its pieces hashes to ${got} (${sent} bytes)`,
+        );
+      }
+      if (held) await write(res, held);
+      res.end();
+    } finally {
+      failure ??= new StowageError("Aborted", "the response ended");
+      await Promise.allSettled(workers);
+      spools.delete(digest);
+      await handle.close().catch(() => {});
+      await rm(file, { force: true });
+    }
+  }
+
+  const partial: PartialBlobs = {
+    async get(digest) {
+      const entry = spools.get(digest);
+      if (!entry) return undefined;
+      // Its own handle: the spool's file may be closed and removed while a peer reads (the open
+      // descriptor keeps its bytes).
+      const reader = await openFile(entry.path, "r").catch(() => undefined);
+      if (!reader) return undefined;
+      const covers = (start: number, end: number) =>
+        entry.pieces.every((p, i) => entry.done[i] || p.offset > end || p.offset + p.length <= start);
+      return {
+        size: entry.size,
+        available: () => {
+          let upTo = 0;
+          for (const [i, p] of entry.pieces.entries()) {
+            if (!entry.done[i]) break;
+            upTo = p.offset + p.length;
+          }
+          return upTo;
+        },
+        covers,
+        async *read(offset: number, length: number) {
+          try {
+            for (let position = offset; position < offset + length; ) {
+              const buffer = Buffer.allocUnsafe(Math.min(SPOOL_READ_BYTES, offset + length - position));
+              const { bytesRead } = await reader.read(buffer, 0, buffer.length, position);
+              if (bytesRead === 0) return;
+              position += bytesRead;
+              yield buffer.subarray(0, bytesRead);
+            }
+          } finally {
+            await reader.close().catch(() => {});
+          }
+        },
+        close: () => reader.close().catch(() => {}),
+      };
+    },
+  };
+
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? "").split("?")[0];
     const blob = BLOB_PATH.exec(path);
@@ -388,6 +590,7 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
     url: `http://${options.host.includes(":") ? `[${options.host}]` : options.host}:${port}`,
     port,
     stats,
+    partial,
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());

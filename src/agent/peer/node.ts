@@ -3,6 +3,8 @@
  * and starting the peer endpoint and the mirror for a mode (what status reports of them: report.ts).
  * Loaded only when --fanout-mode is not `off` (command.ts imports it lazily).
  */
+
+import { mkdir } from "node:fs/promises";
 import type { NodeCache } from "../../api/nodeCache.ts";
 import { StowageError } from "../../util/errors.ts";
 import { ContainerdContent } from "./content.ts";
@@ -49,6 +51,8 @@ export interface FanoutNodeOptions {
   criSocket: string;
   /** containerd's root (its content store), where blobs still downloading are read from. */
   containerdRoot?: string;
+  /** Where the mirror spools the blobs it fetches piece by piece (src/agent/peer/mirror.ts). */
+  spoolDir?: string;
   /** The fan-out secret (planned mode). */
   secret?: Buffer;
   bindAddress: string;
@@ -81,10 +85,15 @@ export async function startFanoutNode(options: FanoutNodeOptions): Promise<Fanou
     );
   }
   const store = new ContainerdContent(options.criSocket);
+  let mirror: Mirror | undefined;
+  const ingests = options.containerdRoot ? containerdIngests(options.containerdRoot) : undefined;
   const peer = await startPeerServer({
     store,
-    // Blobs still downloading are served as far as containerd has them, when its root is readable.
-    ...(options.containerdRoot ? { partial: containerdIngests(options.containerdRoot) } : {}),
+    // Blobs still downloading: every piece the mirror's spool holds, else as far as containerd
+    // has them (its ingest, when its root is readable).
+    partial: {
+      get: async (digest) => (await mirror?.partial.get(digest)) ?? (await ingests?.get(digest)),
+    },
     secret: options.secret,
     host: options.bindAddress,
     port: options.peerPort,
@@ -92,7 +101,9 @@ export async function startFanoutNode(options: FanoutNodeOptions): Promise<Fanou
     bytesPerSecond: options.servingBytesPerSecond,
     log: options.log,
   });
-  const mirror = await startMirror({
+  if (options.spoolDir) await mkdir(options.spoolDir, { recursive: true, mode: 0o700 });
+  mirror = await startMirror({
+    spoolDir: options.spoolDir,
     cacheEndpoint: options.cacheEndpoint,
     state: fanoutStateOf(options.getNodeCache),
     host: "127.0.0.1",

@@ -31,6 +31,8 @@ export interface PartialBlob {
   size: number;
   available(): number;
   read(offset: number, length: number): AsyncIterable<Buffer>;
+  /** Whether bytes [start, end] are all held (a spool filled out of order); default: end < available(). */
+  covers?(start: number, end: number): boolean;
   /** Frees what get() opened when nothing is read (a refusal, a HEAD); read() frees it itself. */
   close?(): Promise<void>;
 }
@@ -230,7 +232,7 @@ export async function startPeerServer(options: PeerServerOptions): Promise<PeerS
     }
     const start = range?.start ?? 0;
     const end = range?.end ?? size - 1;
-    if (end >= limit) {
+    if (partial?.covers ? !partial.covers(start, end) : end >= limit) {
       // Still being fetched and not that far yet: the receiver waits and asks again.
       await partial?.close?.();
       return refuse(res, 503, "NotYetSpooled", { "retry-after": "1" });

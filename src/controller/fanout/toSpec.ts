@@ -1,9 +1,12 @@
 /**
- * From a fan-out plan (plan.ts) to NodeCache spec entries (src/api/nodeCache.ts): pure, so the
- * pre-warm planner's wiring is a call. The planner decides one source per (node, digest); the
- * spec carries one entry per piece (docs/fanout.md "Wiring it in") so the receiving agent can
- * fetch, verify progress and fall back to the cache piece by piece, and so a later planner may
- * give pieces of one blob different sources without changing the contract.
+ * Between the fan-out planner (plan.ts) and NodeCache spec entries (src/api/nodeCache.ts): pure,
+ * so the pre-warm pass's wiring is a few calls.
+ *
+ * The planner plans every piece of a blob as a digest of its own (`<digest>@<offset>`), as the
+ * simulator's piece mode does (docs/fanout.md): each piece gets its own tree, so a node feeds
+ * other nodes for about one piece in k of every blob instead of feeding k nodes the whole of a
+ * few blobs. With one tree per blob, the nodes inside a blob's tree had to upload k copies of it
+ * while the others uploaded nothing, and that tree ran at 1/k of a node's uplink.
  */
 import {
   FANOUT_CACHE_SOURCE,
@@ -12,15 +15,23 @@ import {
   type NodeCacheImage,
 } from "../../api/nodeCache.ts";
 import { StowageError } from "../../util/errors.ts";
-import type { FanoutAssignment, FanoutPlan } from "./plan.ts";
+import type { FanoutAssignment, FanoutBlob, FanoutPlan } from "./plan.ts";
 
-export interface ToSpecOptions {
-  /** Piece size in bytes (the simulator's default is 64 MiB); the last piece of a blob is shorter. */
-  pieceBytes: number;
-  /** Compressed size of every digest the plan may assign. */
-  blobSizes: ReadonlyMap<string, number>;
-  /** Each node's agent peer endpoint (`http://<node IP>:<peer port>`). */
-  endpoints: ReadonlyMap<string, string>;
+/** One piece of a blob, as the planner sees it (its id is the planner's digest). */
+export interface PieceUnit {
+  digest: string;
+  offset: number;
+  length: number;
+}
+
+/** The pieces of a set of blobs, for planning and for reading a plan back. */
+export interface PieceLayout {
+  /** One planner blob per piece, blob by blob in offset order (the planner rotates its trees by this order). */
+  units: FanoutBlob[];
+  /** Piece id → the piece. */
+  pieces: Map<string, PieceUnit>;
+  /** Blob digest → its piece ids in offset order. */
+  byBlob: Map<string, string[]>;
 }
 
 /** What one receiving node's NodeCache spec gets from a plan. */
@@ -29,7 +40,7 @@ export interface NodeFanoutSpec {
   pieces: Map<string, FanoutPiece[]>;
   /** The endpoints of the peers those pieces name, sorted by node. */
   peers: FanoutPeer[];
-  /** The digests assigned to a peer, sorted: what the node's peer token must name. */
+  /** The blob digests with a piece assigned to a peer, sorted: what the node's peer token must name. */
   peerDigests: string[];
 }
 
@@ -37,33 +48,67 @@ function invalid(message: string): StowageError {
   return new StowageError("InvalidArgument", `fan-out spec: ${message}`);
 }
 
-function piecesOf(assignment: FanoutAssignment, size: number, pieceBytes: number): FanoutPiece[] {
-  const source = assignment.source.kind === "cache" ? FANOUT_CACHE_SOURCE : assignment.source.node;
-  const pieces: FanoutPiece[] = [];
-  for (let offset = 0; offset < size; offset += pieceBytes) {
-    pieces.push({
-      digest: assignment.digest,
-      offset,
-      length: Math.min(pieceBytes, size - offset),
-      source,
-      wave: assignment.wave,
-    });
-  }
-  return pieces;
-}
+export const pieceId = (digest: string, offset: number): string => `${digest}@${offset}`;
 
-/** Every receiving node's spec entries, keyed by node name. */
-export function fanoutSpecs(plan: FanoutPlan, options: ToSpecOptions): Map<string, NodeFanoutSpec> {
-  const { pieceBytes, blobSizes, endpoints } = options;
+/** Cuts each blob into pieces of `pieceBytes` (the last one shorter). */
+export function pieceLayout(
+  blobs: readonly { digest: string; size: number }[],
+  pieceBytes: number,
+): PieceLayout {
   if (!Number.isSafeInteger(pieceBytes) || pieceBytes < 1) {
     throw invalid(`pieceBytes must be a positive integer, got ${pieceBytes}`);
   }
+  const layout: PieceLayout = { units: [], pieces: new Map(), byBlob: new Map() };
+  for (const { digest, size } of blobs) {
+    if (!Number.isSafeInteger(size) || size < 1) throw invalid(`no positive size for ${digest}`);
+    if (layout.byBlob.has(digest)) continue;
+    const ids: string[] = [];
+    for (let offset = 0; offset < size; offset += pieceBytes) {
+      const id = pieceId(digest, offset);
+      const length = Math.min(pieceBytes, size - offset);
+      layout.pieces.set(id, { digest, offset, length });
+      layout.units.push({ digest: id, sizeBytes: length, declared: true });
+      ids.push(id);
+    }
+    layout.byBlob.set(digest, ids);
+  }
+  return layout;
+}
+
+/** The previous plan's assignments as a spec carries them (pieces of the current layout only). */
+export function assignmentsOfSpec(
+  node: string,
+  images: readonly NodeCacheImage[] | undefined,
+  layout: PieceLayout,
+): FanoutAssignment[] {
+  const out = new Map<string, FanoutAssignment>();
+  for (const image of images ?? []) {
+    for (const piece of image.fanout ?? []) {
+      const id = pieceId(piece.digest, piece.offset);
+      if (layout.pieces.get(id)?.length !== piece.length || out.has(id)) continue;
+      out.set(id, {
+        node,
+        digest: id,
+        source:
+          piece.source === FANOUT_CACHE_SOURCE ? { kind: "cache" } : { kind: "peer", node: piece.source },
+        wave: piece.wave,
+      });
+    }
+  }
+  return [...out.values()];
+}
+
+/** Every receiving node's spec entries, keyed by node name. */
+export function fanoutSpecs(
+  plan: FanoutPlan,
+  options: { layout: PieceLayout; endpoints: ReadonlyMap<string, string> },
+): Map<string, NodeFanoutSpec> {
+  const { layout, endpoints } = options;
   const byNode = new Map<string, NodeFanoutSpec>();
   for (const assignment of plan.assignments) {
-    const size = blobSizes.get(assignment.digest);
-    if (size === undefined || !Number.isSafeInteger(size) || size < 1) {
-      throw invalid(`no positive size for ${assignment.digest} (assigned to ${assignment.node})`);
-    }
+    const piece = layout.pieces.get(assignment.digest);
+    if (!piece)
+      throw invalid(`${assignment.node} was assigned ${assignment.digest}, which is no piece of the layout`);
     if (assignment.source.kind === "peer" && !endpoints.has(assignment.source.node)) {
       throw invalid(
         `${assignment.node} reads ${assignment.digest} from ${assignment.source.node}, which has no peer endpoint`,
@@ -74,16 +119,26 @@ export function fanoutSpecs(plan: FanoutPlan, options: ToSpecOptions): Map<strin
       spec = { pieces: new Map(), peers: [], peerDigests: [] };
       byNode.set(assignment.node, spec);
     }
-    spec.pieces.set(assignment.digest, piecesOf(assignment, size, pieceBytes));
+    const source = assignment.source.kind === "cache" ? FANOUT_CACHE_SOURCE : assignment.source.node;
+    const list = spec.pieces.get(piece.digest) ?? [];
+    list.push({
+      digest: piece.digest,
+      offset: piece.offset,
+      length: piece.length,
+      source,
+      wave: assignment.wave,
+    });
+    spec.pieces.set(piece.digest, list);
     if (assignment.source.kind === "peer") {
       const peer = assignment.source.node;
-      spec.peerDigests.push(assignment.digest);
+      spec.peerDigests.push(piece.digest);
       if (!spec.peers.some((p) => p.node === peer)) {
         spec.peers.push({ node: peer, endpoint: endpoints.get(peer) as string });
       }
     }
   }
   for (const spec of byNode.values()) {
+    for (const list of spec.pieces.values()) list.sort((a, b) => a.offset - b.offset);
     spec.peers.sort((a, b) => (a.node < b.node ? -1 : a.node > b.node ? 1 : 0));
     spec.peerDigests = [...new Set(spec.peerDigests)].sort();
   }
@@ -93,7 +148,7 @@ export function fanoutSpecs(plan: FanoutPlan, options: ToSpecOptions): Map<strin
 /**
  * A node's spec images with `fanout` set from its plan: each image gets the pieces of its own
  * blobs (`blobsOf(image)`: config and layers of that image's manifest), a blob shared by two
- * images is listed under both. An image with no assigned blob has no `fanout`.
+ * images is listed under both. An image with no assigned piece has no `fanout`.
  */
 export function withFanout(
   images: readonly NodeCacheImage[],

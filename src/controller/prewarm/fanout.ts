@@ -20,16 +20,14 @@
 
 import { issuePeerToken, verifyPeerToken } from "../../agent/peer/token.ts";
 import type { NodeCache, NodeCacheSpec, NodePullToken } from "../../api/nodeCache.ts";
-import { FANOUT_CACHE_SOURCE } from "../../api/nodeCache.ts";
 import {
   type FanoutAssignment,
-  type FanoutBlob,
   type FanoutNode,
   type FanoutReplan,
   planFanout,
   type UnavailablePeer,
 } from "../fanout/plan.ts";
-import { fanoutSpecs, withFanout } from "../fanout/toSpec.ts";
+import { assignmentsOfSpec, fanoutSpecs, pieceLayout, withFanout } from "../fanout/toSpec.ts";
 import type { ImageBlob } from "./images.ts";
 import { internalIpOf, isNodeReady, type PlannerNode } from "./nodes.ts";
 import { DEFAULT_NODE_TOKEN_TTL_MS } from "./pullToken.ts";
@@ -75,34 +73,27 @@ export function peerEndpoint(ip: string, port: number): string {
   return `http://${ip.includes(":") ? `[${ip}]` : ip}:${port}`;
 }
 
-/** The assignments as the specs carry them: one per (node, digest), from the digest's first piece. */
-function currentAssignments(nodeName: string, nc: NodeCache | undefined): FanoutAssignment[] {
-  const seen = new Map<string, FanoutAssignment>();
-  for (const image of nc?.spec.images ?? []) {
-    for (const piece of image.fanout ?? []) {
-      if (piece.offset !== 0 || seen.has(piece.digest)) continue;
-      seen.set(piece.digest, {
-        node: nodeName,
-        digest: piece.digest,
-        source:
-          piece.source === FANOUT_CACHE_SOURCE ? { kind: "cache" } : { kind: "peer", node: piece.source },
-        wave: piece.wave,
-      });
-    }
-  }
-  return [...seen.values()];
-}
-
 export function planPeerFanout(input: FanoutInput): FanoutResult {
   const { settings, now } = input;
   const nodesByName = new Map(input.nodes.map((n) => [n.metadata?.name ?? "", n]));
+  const blobOfImage = (digest: string) => input.blobsOf(digest) ?? [];
+  // Blobs of size 0 cannot be cut into pieces; they come from the cache.
   const blobSizes = new Map<string, number>();
+  for (const [nodeName, spec] of input.specs) {
+    for (const image of [...(spec.images ?? []), ...(input.nodeCaches.get(nodeName)?.status?.images ?? [])]) {
+      for (const blob of blobOfImage(image.digest)) if (blob.size > 0) blobSizes.set(blob.digest, blob.size);
+    }
+  }
+  const layout = pieceLayout(
+    [...blobSizes].map(([digest, size]) => ({ digest, size })),
+    settings.pieceBytes,
+  );
+  const piecesOf = (digests: Iterable<string>) => [...digests].flatMap((d) => layout.byBlob.get(d) ?? []);
+
   const planNodes: FanoutNode[] = [];
   const endpoints = new Map<string, string>();
   const current: FanoutAssignment[] = [];
   const unavailable = new Map<string, UnavailablePeer>();
-  const blobsOfImage = (digest: string) => input.blobsOf(digest) ?? [];
-
   for (const [nodeName, spec] of input.specs) {
     const node = nodesByName.get(nodeName);
     if (!node) continue;
@@ -110,52 +101,36 @@ export function planPeerFanout(input: FanoutInput): FanoutResult {
     const holds = new Set<string>();
     for (const image of nc?.status?.images ?? []) {
       if (image.state !== "Present") continue;
-      for (const blob of blobsOfImage(image.digest)) holds.add(blob.digest);
+      for (const blob of blobOfImage(image.digest)) holds.add(blob.digest);
     }
     const wants = new Set<string>();
-    for (const image of spec.images ?? []) {
-      for (const blob of blobsOfImage(image.digest)) {
-        wants.add(blob.digest);
-        blobSizes.set(blob.digest, blob.size);
-      }
-    }
-    for (const image of nc?.status?.images ?? []) {
-      for (const blob of blobsOfImage(image.digest)) blobSizes.set(blob.digest, blob.size);
-    }
+    for (const image of spec.images ?? [])
+      for (const blob of blobOfImage(image.digest)) wants.add(blob.digest);
     const ip = internalIpOf(node);
     if (ip) endpoints.set(nodeName, peerEndpoint(ip, settings.peerPort));
     const zone = node.metadata?.labels?.[ZONE_LABEL];
     planNodes.push({
       name: nodeName,
       ...(zone ? { zone } : {}),
-      holds: [...holds],
-      wants: [...wants],
+      holds: piecesOf(holds),
+      wants: piecesOf(wants),
       ...(ip && isNodeReady(node) ? {} : { peerSlots: 0 }),
     });
-    current.push(...currentAssignments(nodeName, nc));
+    current.push(...assignmentsOfSpec(nodeName, nc?.spec.images, layout));
     for (const failure of nc?.status?.peerFailures ?? []) {
       if (!unavailable.has(failure.node))
         unavailable.set(failure.node, { node: failure.node, reason: failure.reason });
     }
   }
 
-  // Blobs of size 0 cannot be cut into pieces; they are tiny and come from the cache.
-  const blobs: FanoutBlob[] = [...blobSizes]
-    .filter(([, size]) => size > 0)
-    .map(([digest, sizeBytes]) => ({ digest, sizeBytes, declared: true }));
-  const known = new Set(blobs.map((b) => b.digest));
-  for (const node of planNodes) {
-    node.wants = node.wants.filter((d) => known.has(d));
-    node.holds = node.holds.filter((d) => known.has(d));
-  }
   const plan = planFanout({
     config: { peerSlots: settings.peerSlots, cacheSlots: settings.cacheSlots },
-    blobs,
+    blobs: layout.units,
     nodes: planNodes,
     unavailablePeers: [...unavailable.values()],
-    current: current.filter((a) => known.has(a.digest)),
+    current,
   });
-  const perNode = fanoutSpecs(plan, { pieceBytes: settings.pieceBytes, blobSizes, endpoints });
+  const perNode = fanoutSpecs(plan, { layout, endpoints });
 
   const specs = new Map<string, NodeCacheSpec>();
   let nextRenewal = Number.POSITIVE_INFINITY;
@@ -163,7 +138,7 @@ export function planPeerFanout(input: FanoutInput): FanoutResult {
     const { peers: _peers, peerToken: _token, ...base } = spec;
     const fanout = perNode.get(nodeName);
     const images = spec.images
-      ? withFanout(spec.images, fanout, (image) => blobsOfImage(image.digest).map((b) => b.digest))
+      ? withFanout(spec.images, fanout, (image) => blobOfImage(image.digest).map((b) => b.digest))
       : undefined;
     const peerToken = fanout?.peerDigests.length
       ? peerTokenFor(
