@@ -167,6 +167,24 @@ describe("fanout.mode planned", () => {
     expect((await readFanoutSecret(join(dir, "secret"))).equals(value)).toBe(true);
   });
 
+  it("gives the agent's mirror a writable spool on the node's disk, not the 64 MiB /tmp, limited by fanout.spoolSizeLimit", async () => {
+    for (const [limit, expected] of [
+      [undefined, {}],
+      ["200Gi", { sizeLimit: "200Gi" }],
+    ] as const) {
+      const objects = await render({
+        values: [planned, ...(limit ? [{ fanout: { spoolSizeLimit: limit } }] : [])],
+      });
+      const agent = agentOf(objects);
+      const spoolDir = (await agentInvocation(objects)).fanout.spoolDir;
+      const mounted = volumeFor(agent, containerOf(agent, "agent"), spoolDir);
+      expect(mounted?.file, "the spool dir is a volume's root").toBe("");
+      expect(mounted?.volume.emptyDir).toEqual(expected);
+      const mount = containerOf(agent, "agent").volumeMounts?.find((m) => m.mountPath === mounted?.mountPath);
+      expect(mount?.readOnly).toBeFalsy();
+    }
+  });
+
   it("uses fanout.secret.existingSecret and its key instead of generating one", async () => {
     const objects = await render({
       values: [planned, { fanout: { secret: { existingSecret: "peer-tokens", key: "hmac" } } }],
