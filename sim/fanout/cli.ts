@@ -35,7 +35,7 @@ export const USAGE = `usage: npm run sim:fanout -- [options]
   --peer-slots K         planner: nodes each node feeds per layer/piece (default 3)
   --cache-slots C        planner: nodes the cache feeds per layer/piece, i.e. its copies (default 1)
   --fail-at F            fail the busiest node at F x the planned all-warm time, in the piece mode and in the
-                         as-wired mode (default 0.3; 0: no failure run)
+                         tree-per-blob mode (default 0.3; 0: no failure run)
   --modes LIST           comma-separated, of ${Modes.join(",")} (default all); "pieces" is the planner
                          given every piece as a digest, "wired" one tree per blob with pieces in order as
                          the controller and agents run it
@@ -47,7 +47,7 @@ export const USAGE = `usage: npm run sim:fanout -- [options]
   --svg PATH             where to write the plot (default fanout.svg)
   --seed S               seed of the random-peer strategy (default 1)`;
 
-export const WIRED_LABEL = "planned tree per blob, pieces in order (as wired)";
+export const WIRED_LABEL = "planned tree per blob, pieces in order (first wiring)";
 
 export interface Row {
   mode: Mode;
@@ -87,7 +87,7 @@ export interface Comparison {
   scenario: Scenario;
   alone: RunResult;
   rows: Row[];
-  /** One per planned row judged: the piece mode (the design) and the as-wired mode (what runs). */
+  /** One per planned row judged: the piece mode (what runs) and the tree-per-blob mode (the first wiring). */
   verdicts: Verdict[];
 }
 
@@ -122,8 +122,8 @@ export function compareStrategies(
     progress(`running ${plan.label}`);
     rows.push({ mode, label: plan.label, result: simulate(plan.scenario, plan.strategy) });
   }
-  // The goals are judged on the piece mode (the design that met them) and on the as-wired mode
-  // (what runs); on whole layers only when neither ran.
+  // The goals are judged on the piece mode (what the controller and agents run) and on the
+  // tree-per-blob mode (the first wiring, kept for comparison); on whole layers only when neither ran.
   const judged = rows.filter((row) => row.mode === "pieces" || row.mode === "wired");
   if (judged.length === 0) judged.push(...rows.filter((row) => row.mode === "layers"));
   const verdicts = judged.map((row) => judge(row, plans[row.mode], alone, failAtFraction, progress));
@@ -131,8 +131,8 @@ export function compareStrategies(
 }
 
 const ROLES: Partial<Record<Mode, string>> = {
-  pieces: "the planner given every piece as a digest (not what runs)",
-  wired: "what the controller and agents run",
+  pieces: "what the controller and agents run: a tree per piece, pieces fetched in any order into a spool",
+  wired: "the first wiring: a tree per blob, each blob one stream in order",
   layers: "whole layers",
 };
 
@@ -231,7 +231,7 @@ export function formatComparison(c: Comparison): string[] {
   if (wired) {
     lines.push(
       "",
-      `as wired, the longest a blob stream waited for its next piece: ${wired.result.longestPieceWaitS.toFixed(2)} s ` +
+      `tree per blob, the longest a blob stream waited for its next piece: ${wired.result.longestPieceWaitS.toFixed(2)} s ` +
         "(the agent's mirror gives up on a source after 30 s; the simulator does not model that limit)",
     );
   }
@@ -352,7 +352,8 @@ export async function runCli(argv: string[], write: (line: string) => void): Pro
   const curves = comparison.rows.map((row) => ({ label: row.label, points: row.result.warmCurve }));
   for (const verdict of comparison.verdicts) {
     if (!verdict.failure) continue;
-    const which = verdict.mode === "wired" ? "as wired" : verdict.mode === "pieces" ? "pieces" : "planned";
+    const which =
+      verdict.mode === "wired" ? "tree per blob" : verdict.mode === "pieces" ? "pieces" : "planned";
     curves.push({ label: `${which}, busiest node fails`, points: verdict.failure.result.warmCurve });
   }
   const total = parsed.scenario.nodes + parsed.scenario.joins.reduce((sum, join) => sum + join.count, 0);

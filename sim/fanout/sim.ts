@@ -5,8 +5,9 @@
  *    (src/controller/fanout, imported, not reimplemented): the cache or a peer;
  *  - `random`: each node pulls a layer from a peer chosen at random among those that hold it,
  *    else from the cache (Spegel-like: peers found by lookup, no coordination of load);
- *  - `wired`: what the controller and agents run: a planner tree per blob, each blob read by
- *    containerd as one stream of pieces in order (see `Strategies`).
+ *  - `wired`: the first wiring of fan-out: a planner tree per blob, each blob read by containerd
+ *    as one stream of pieces in order (see `Strategies`). What runs now is `planned` with
+ *    pieces: a tree per piece, each node fetching its pieces in any order into a spool.
  *
  * What is modelled (see docs/fanout.md for the numbers it gives):
  *  - Nodes: NIC down and NIC up (full duplex, separate links), disk write, an optional cap on
@@ -41,8 +42,7 @@ import { StowageError } from "../../src/util/errors.ts";
 import { maxMinRates } from "./bandwidth.ts";
 
 /**
- * `wired`: what the controller and agents run (src/controller/prewarm/fanout.ts, toSpec.ts,
- * src/agent/peer/mirror.ts): the planner plans one tree per blob (blobs as digests), every piece
+ * `wired`: the first wiring of fan-out (before the agent's spool): the planner plans one tree per blob (blobs as digests), every piece
  * of a blob gets the blob's source; containerd reads each blob as one stream in offset order
  * through the agent's mirror, at most `downloadsPerNode` blobs at a time in manifest order,
  * holding its slot while it waits; the stream's next piece starts once the previous one is

@@ -117,7 +117,7 @@ describe("fan-out simulator", () => {
     expect(result.warmCurve.at(-1)![1]).toBe(29);
   });
 
-  it("as wired: the second node of a k = 1 chain follows the first one piece behind, piece by piece", () => {
+  it("tree per blob (the first wiring): the second node of a k = 1 chain follows the first one piece behind, piece by piece", () => {
     // Four 250 MB pieces of one blob: the first node reads them from the cache, one after the
     // other, holding piece i at 0.25(i+1) s; the second node's stream asks its source for piece
     // i once it has piece i-1 and the source holds all of piece i: 0.25 s later each time.
@@ -129,7 +129,7 @@ describe("fan-out simulator", () => {
     expect(result.longestPieceWaitS).toBeCloseTo(0.25, 9);
   });
 
-  it("as wired: a source feeding two nodes the same blob splits its uplink between the two streams", () => {
+  it("tree per blob (the first wiring): a source feeding two nodes the same blob splits its uplink between the two streams", () => {
     // k = 2: the cache feeds one node (pieces at 0.25, 0.5, 0.75, 1 s); it feeds the two others
     // at 0.5 GB/s each, so each piece takes them 0.5 s: piece 0 over [0.25, 0.75], piece 1 (held
     // at 0.5) over [0.75, 1.25], then [1.25, 1.75] and [1.75, 2.25].
@@ -142,7 +142,7 @@ describe("fan-out simulator", () => {
     expect(result.p50S).toBeCloseTo(2.25, 9);
   });
 
-  it("as wired: a source at its serving concurrency makes the other stream wait for a whole piece", () => {
+  it("tree per blob (the first wiring): a source at its serving concurrency makes the other stream wait for a whole piece", () => {
     // The same tree, but the source serves one request at a time: its two children take turns,
     // piece by piece, each piece at the full 1 GB/s (0.25 s): the source's uplink carries the
     // eight pieces one after the other from 0.25 s, the last ending at 2.25 s, and one child's
@@ -161,7 +161,7 @@ describe("fan-out simulator", () => {
     ]);
   });
 
-  it("as wired: a node streams at most its download slots of blobs at a time, in manifest order", () => {
+  it("tree per blob (the first wiring): a node streams at most its download slots of blobs at a time, in manifest order", () => {
     // Two 0.5 GB blobs in two pieces each, two nodes, k = 1: the planner roots each blob's tree
     // at a different node. With one slot, the node fed blob 1 by the cache opens it only after
     // its blob 0 (fed by the other node, which reads it from the cache) is complete: 0.75 s, and
@@ -184,7 +184,7 @@ describe("fan-out simulator", () => {
     expect(copies(two)).toBeCloseTo(1, 9);
   });
 
-  it("as wired: with one cache slot the cache sends one copy of the image to thirty nodes", () => {
+  it("tree per blob (the first wiring): with one cache slot the cache sends one copy of the image to thirty nodes", () => {
     const result = simulate(
       tiny({
         nodes: 30,
@@ -204,7 +204,7 @@ describe("fan-out simulator", () => {
     expect(result.planCalls).toBe(1);
   });
 
-  it("as wired: a node failing mid fan-out re-plans only the blobs it fed, its children's open streams finish from the cache", () => {
+  it("tree per blob (the first wiring): a node failing mid fan-out re-plans only the blobs it fed, its children's open streams finish from the cache", () => {
     const scenario = tiny({
       nodes: 30,
       peerSlots: 2,
@@ -260,13 +260,15 @@ describe("npm run sim:fanout", () => {
       "random peer",
       "planned tree, whole layers",
       "planned tree, 128 MiB pieces",
-      "planned tree per blob, pieces in order (as wired)",
+      "planned tree per blob, pieces in order (first wiring)",
     ]) {
       expect(text).toContain(row);
     }
-    // The goals twice: on the piece mode and on the as-wired mode, each under its own heading.
+    // The goals twice: on the piece mode and on the tree-per-blob mode, each under its own heading.
     const pieceGoals = text.indexOf("goals (issue 15), planned tree, 128 MiB pieces");
-    const wiredGoals = text.indexOf("goals (issue 15), planned tree per blob, pieces in order (as wired)");
+    const wiredGoals = text.indexOf(
+      "goals (issue 15), planned tree per blob, pieces in order (first wiring)",
+    );
     expect(pieceGoals).toBeGreaterThan(0);
     expect(wiredGoals).toBeGreaterThan(pieceGoals);
     for (const section of [text.slice(pieceGoals, wiredGoals), text.slice(wiredGoals)]) {
@@ -277,7 +279,7 @@ describe("npm run sim:fanout", () => {
     expect(text.slice(wiredGoals)).toContain("(node, blob) pairs");
     const plot = await readFile(svg, "utf8");
     expect(plot.startsWith("<svg")).toBe(true);
-    // Five strategies and the failure runs of the piece and as-wired modes.
+    // Five strategies and the failure runs of the piece and tree-per-blob modes.
     expect(plot.match(/<polyline /g)).toHaveLength(7);
   });
 
@@ -291,7 +293,7 @@ describe("npm run sim:fanout", () => {
     expect(code).toBe(0);
     const text = lines.join("\n");
     expect(text).toContain("star: every node");
-    expect(text).toContain("(as wired)");
+    expect(text).toContain("(first wiring)");
     expect(text).not.toContain("random peer");
     expect(text).not.toContain("planned tree, whole layers");
     expect(text).not.toContain("MiB pieces ");
