@@ -1,3 +1,4 @@
+import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -151,6 +152,30 @@ describe("the agent's fan-out view of its NodeCache", () => {
       expect(node.peer).toBeUndefined();
       expect(node.mirror).toBeUndefined();
       await node.stop();
+    }
+  });
+
+  it("clears the spools a previous agent process left in its spool directory when planned mode starts", async () => {
+    const spoolDir = await mkdtemp(join(tmpdir(), "stowage-fanout-spool-"));
+    try {
+      await writeFile(join(spoolDir, "sha256-abc-1-1.part"), "left behind");
+      await writeFile(join(spoolDir, "notes.txt"), "not ours");
+      const node = await startFanoutNode({
+        mode: "planned",
+        criSocket: "/nonexistent.sock",
+        secret: Buffer.alloc(32, 3),
+        bindAddress: "127.0.0.1",
+        peerPort: 0,
+        mirrorPort: 0,
+        spoolDir,
+        cacheEndpoint: () => "http://127.0.0.1:1",
+        getNodeCache: () => undefined,
+      });
+      expect(node.peer?.port).toBeGreaterThan(0);
+      expect(await readdir(spoolDir)).toEqual(["notes.txt"]);
+      await node.stop();
+    } finally {
+      await rm(spoolDir, { recursive: true, force: true });
     }
   });
 });

@@ -4,7 +4,8 @@
  * Loaded only when --fanout-mode is not `off` (command.ts imports it lazily).
  */
 
-import { mkdir } from "node:fs/promises";
+import { mkdir, readdir, rm } from "node:fs/promises";
+import { join } from "node:path";
 import type { NodeCache } from "../../api/nodeCache.ts";
 import { StowageError } from "../../util/errors.ts";
 import { ContainerdContent } from "./content.ts";
@@ -101,7 +102,12 @@ export async function startFanoutNode(options: FanoutNodeOptions): Promise<Fanou
     bytesPerSecond: options.servingBytesPerSecond,
     log: options.log,
   });
-  if (options.spoolDir) await mkdir(options.spoolDir, { recursive: true, mode: 0o700 });
+  if (options.spoolDir) {
+    await mkdir(options.spoolDir, { recursive: true, mode: 0o700 });
+    // Spools a previous agent process left behind (it was killed mid-pull): nothing reads them.
+    for (const name of await readdir(options.spoolDir))
+      if (name.endsWith(".part")) await rm(join(options.spoolDir, name), { force: true });
+  }
   mirror = await startMirror({
     spoolDir: options.spoolDir,
     cacheEndpoint: options.cacheEndpoint,
