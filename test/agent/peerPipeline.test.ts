@@ -57,13 +57,14 @@ function allFromA(image: PushedImage): void {
   });
 }
 
-async function mirrorForB(sourceWaitMs?: number): Promise<Mirror> {
+/** B's mirror over `assignments`, A as its one peer, and B's containerd pointed at it. */
+async function mirrorForB(options: { sourceWaitMs?: number; spoolDir?: string } = {}): Promise<Mirror> {
   const mirror = await startMirror({
     cacheEndpoint: cacheProxy.url,
     host: "127.0.0.1",
     port: 0,
     stallTimeoutMs: 2000,
-    ...(sourceWaitMs ? { sourceWaitMs } : {}),
+    ...options,
     state: {
       assignment: (digest) => assignments.get(digest),
       endpoint: (node) => (node === "node-a" ? peerA.url : undefined),
@@ -236,21 +237,7 @@ describe("pieces passing down a fan-out tree while the source still pulls, on tw
       exp: Date.now() / 1000 + 600,
     });
     const spoolDir = await mkdtemp(join(tmpdir(), "stowage-spool-test-"));
-    const mirrorB = await startMirror({
-      cacheEndpoint: cacheProxy.url,
-      host: "127.0.0.1",
-      port: 0,
-      spoolDir,
-      state: {
-        assignment: (digest) => assignments.get(digest),
-        endpoint: (node) => (node === "node-a" ? peerA.url : undefined),
-        token: () => peerToken,
-      },
-    });
-    await applyMirrorConfig(nodeB.certsDir, [upstreamHost], {
-      cacheEndpoint: cacheProxy.url,
-      localMirror: { port: mirrorB.port },
-    });
+    const mirrorB = await mirrorForB({ spoolDir });
     try {
       const reference = `${upstreamHost}/acme/spooled@${image.digest}`;
       const pullB = runtimeB.pullImage(reference);
@@ -283,7 +270,7 @@ describe("pieces passing down a fan-out tree while the source still pulls, on tw
       { layerSizes: [2 * MiB + 5, 100 * 1024], seed: "never" },
     );
     allFromA(image);
-    const mirrorB = await mirrorForB(800);
+    const mirrorB = await mirrorForB({ sourceWaitMs: 800 });
     try {
       const reference = `${upstreamHost}/acme/never@${image.digest}`;
       expect(await runtimeB.pullImage(reference)).toMatch(/^sha256:/);
