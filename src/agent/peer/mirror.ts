@@ -141,6 +141,16 @@ function write(res: ServerResponse, chunk: Buffer): Promise<void> {
   });
 }
 
+/** A source that does not have the piece yet, or is busy (404, 503): ask again later. */
+class NotReady extends Error {
+  readonly node: string;
+
+  constructor(node: string) {
+    super(`${node} does not have the piece yet`);
+    this.node = node;
+  }
+}
+
 class PeerUnavailable extends Error {
   readonly node: string;
   readonly reason: "Failed" | "Stalled";
@@ -211,6 +221,8 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
     offset: number,
     length: number,
     snapshot?: Snapshot,
+    /** Throw NotReady at the first 404/503 instead of waiting (the spool tries another piece). */
+    once = false,
   ): AsyncIterable<Buffer> {
     const endpoint = snapshot?.endpoints.get(node) ?? options.state.endpoint(node);
     const token = snapshot?.token ?? options.state.token();
@@ -245,6 +257,7 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
         // until sourceWaitMs pass without the piece, then treated as stalled.
         if (res.statusCode !== 404 && res.statusCode !== 503) break;
         res.resume();
+        if (once) throw new NotReady(node);
         if (now() >= waitUntil) {
           throw new PeerUnavailable(
             node,
@@ -404,7 +417,9 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
     piece: FanoutPiece,
     dropped: Set<string>,
     snapshot: Snapshot,
-  ): Promise<void> {
+    /** The piece's source has been asked this long without having it: past sourceWaitMs, it is Stalled. */
+    waitedMs: number,
+  ): Promise<"done" | "notReady"> {
     let done = 0;
     const put = async (chunk: Buffer, source: string) => {
       await file.write(chunk, 0, chunk.length, piece.offset + done);
@@ -413,9 +428,19 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
     };
     if (piece.source !== FANOUT_CACHE_SOURCE && !dropped.has(piece.source)) {
       try {
-        for await (const chunk of fromPeer(piece.source, digest, piece.offset, piece.length, snapshot))
+        if (waitedMs >= sourceWaitMs) {
+          throw new PeerUnavailable(
+            piece.source,
+            "Stalled",
+            `did not have bytes ${piece.offset}-${piece.offset + piece.length - 1} of ${digest} for ${sourceWaitMs} ms`,
+          );
+        }
+        for await (const chunk of fromPeer(piece.source, digest, piece.offset, piece.length, snapshot, true))
           await put(chunk, piece.source);
       } catch (err) {
+        if (err instanceof NotReady && done === 0) return "notReady";
+        if (err instanceof NotReady)
+          throw new StowageError("Internal", "a source stopped having a piece mid-way");
         if (!(err instanceof PeerUnavailable)) throw err;
         dropped.add(err.node);
         stats.peerFailures.set(err.node, {
@@ -430,6 +455,7 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
       for await (const chunk of fromCache(path, headers, piece.offset + done, piece.length - done))
         await put(chunk, FANOUT_CACHE_SOURCE);
     }
+    return "done";
   }
 
   /**
@@ -460,12 +486,53 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
       for (const waiter of waiters.splice(0)) waiter();
     };
     let failure: unknown;
-    let next = 0;
+    // Per piece: not started (with the time its source may be asked again, and when it was first
+    // asked), in flight, or done. A worker takes the first piece, in offset order, whose source may
+    // be asked now; a source without the piece yet puts it back for SOURCE_POLL_MS and the worker
+    // moves on, as the simulator's nodes start only transfers whose source is ready: workers that
+    // waited on sources that were behind kept the pieces others needed from this node unfetched,
+    // and the waits chained through the tree (bench:fanout, 8 nodes: sources Stalled after 30 s).
+    const pending = ordered.map(() => ({ notBefore: 0, firstAsked: undefined as number | undefined }));
+    const started = ordered.map(() => false);
+    const pick = (): number | "wait" | "none" => {
+      let any = false;
+      for (let i = 0; i < ordered.length; i++) {
+        if (started[i]) continue;
+        any = true;
+        if (pending[i].notBefore <= now()) return i;
+      }
+      return any ? "wait" : "none";
+    };
     const worker = async () => {
-      while (failure === undefined && next < ordered.length) {
-        const index = next++;
+      while (failure === undefined) {
+        const index = pick();
+        if (index === "none") return;
+        if (index === "wait") {
+          await sleep(SOURCE_POLL_MS);
+          continue;
+        }
+        started[index] = true;
+        const state = pending[index];
         try {
-          await fetchPiece(handle, path, req.headers, digest, ordered[index], dropped, snapshot);
+          const waited = state.firstAsked === undefined ? 0 : now() - state.firstAsked;
+          const outcome = await fetchPiece(
+            handle,
+            path,
+            req.headers,
+            digest,
+            ordered[index],
+            dropped,
+            snapshot,
+            waited,
+          );
+          if (outcome === "notReady") {
+            // Only the piece containerd's stream waits on counts toward the source's deadline: later
+            // pieces are asked early and often, and their sources may rightly be far from them yet.
+            if (entry.done.findIndex((done) => !done) === index) state.firstAsked ??= now();
+            state.notBefore = now() + SOURCE_POLL_MS;
+            started[index] = false;
+            continue;
+          }
           entry.done[index] = true;
         } catch (err) {
           failure ??= err;
