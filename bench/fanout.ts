@@ -74,8 +74,9 @@ import { startApiServer } from "../testkit/apiserver/index.ts";
 import { type ControllerProcess, startControllerProcess } from "../testkit/controllerProcess.ts";
 import { type FaultProxy, startFaultProxy } from "../testkit/faultProxy.ts";
 import { type PushedImage, pushSinglePlatformImage } from "../testkit/images.ts";
-import { freePort } from "../testkit/ports.ts";
+import { freePort, portFreeOnAll } from "../testkit/ports.ts";
 import { type RunningRegistry, startRegistry } from "../testkit/registry.ts";
+import { benchNodeObject, waitForLogLine } from "./sandboxNode.ts";
 
 const MiB = 1024 * 1024;
 const MB = 1e6;
@@ -230,67 +231,6 @@ async function startEgressLink(
         for (const socket of sockets) socket.destroy();
       }),
   };
-}
-
-function portFreeOn(address: string, port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const probe = createServer();
-    probe.once("error", () => resolve(false));
-    probe.listen(port, address, () => probe.close(() => resolve(true)));
-  });
-}
-
-/** A port free on every one of `addresses` (each agent binds its own address, all the same port). */
-async function portFreeOnAll(addresses: string[]): Promise<number> {
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const port = await freePort();
-    const free = await Promise.all(addresses.map((a) => portFreeOn(a, port)));
-    if (free.every(Boolean)) return port;
-  }
-  throw new StowageError("Conflict", `no port was free on all of ${addresses.join(", ")} in 20 tries`);
-}
-
-function nodeObject(name: string, ip: string) {
-  const now = new Date().toISOString().replace(/\.\d+Z$/, "Z");
-  return {
-    apiVersion: "v1",
-    kind: "Node",
-    metadata: {
-      name,
-      labels: { "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64" },
-    },
-    spec: {},
-    status: {
-      addresses: [
-        { type: "InternalIP", address: ip },
-        { type: "Hostname", address: name },
-      ],
-      conditions: [
-        {
-          type: "Ready",
-          status: "True",
-          reason: "KubeletReady",
-          message: "bench node",
-          lastHeartbeatTime: now,
-          lastTransitionTime: now,
-        },
-      ],
-      nodeInfo: { architecture: "amd64", operatingSystem: "linux" },
-    },
-  };
-}
-
-async function waitForLogLine(file: string, text: string, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    try {
-      if (readFileSync(file, "utf8").includes(text)) return true;
-    } catch {
-      // not written yet
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  return false;
 }
 
 /** The agent's own pull timing (pino `time`, ms since the epoch): status times have whole seconds. */
@@ -455,7 +395,7 @@ async function runMode(mode: Mode, upstream: RunningRegistry, pushed: PushedImag
 
     const nodes: AgentNode[] = [];
     for (const [i, name] of nodeNames.entries()) {
-      await api.create(nodeObject(name, nodeIps[i]));
+      await api.create(benchNodeObject(name, nodeIps[i]));
       const mirrorPort = await freePort();
       const node = await startAgentNode(name, {
         kubeconfig: kubeconfigPath,

@@ -41,6 +41,7 @@ import { startFaultProxy } from "../testkit/faultProxy.ts";
 import { pushSinglePlatformImage } from "../testkit/images.ts";
 import { freePort } from "../testkit/ports.ts";
 import { startRegistry } from "../testkit/registry.ts";
+import { benchNodeObject, waitForLogLine } from "./sandboxNode.ts";
 
 const MiB = 1024 * 1024;
 const NAMESPACE = "bench";
@@ -125,45 +126,6 @@ function run(command: string, args: string[]): Promise<{ code: number | null; ou
       resolve({ code, output });
     });
   });
-}
-
-function nodeObject(name: string) {
-  const now = new Date().toISOString().replace(/\.\d+Z$/, "Z");
-  return {
-    apiVersion: "v1",
-    kind: "Node",
-    metadata: {
-      name,
-      labels: { "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64" },
-    },
-    spec: {},
-    status: {
-      conditions: [
-        {
-          type: "Ready",
-          status: "True",
-          reason: "KubeletReady",
-          message: "bench node",
-          lastHeartbeatTime: now,
-          lastTransitionTime: now,
-        },
-      ],
-      nodeInfo: { architecture: "amd64", operatingSystem: "linux" },
-    },
-  };
-}
-
-async function waitForLogLine(file: string, text: string, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    try {
-      if (readFileSync(file, "utf8").includes(text)) return true;
-    } catch {
-      // not written yet
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  return false;
 }
 
 /** `stowage cache` as its own process before the cache registry, on free loopback ports. */
@@ -295,7 +257,7 @@ async function main(mode: Mode): Promise<number> {
 
     const nodes: AgentNode[] = [];
     for (const name of NODE_NAMES) {
-      await api.create(nodeObject(name));
+      await api.create(benchNodeObject(name));
       const node = await startAgentNode(name, { kubeconfig: kubeconfigPath, logsDir: dir });
       cleanups.push(() => node.stop());
       nodes.push(node);
