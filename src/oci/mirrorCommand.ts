@@ -33,8 +33,10 @@ Flags:
   --dest-creds USER:PASS        credentials for the destination registry
   --ca-file PATH                extra CA certificate(s) to trust, PEM (repeatable)
   --concurrency N               blob transfers in flight per registry (default 4)
-  --download-ranges N           Range requests in flight per large blob (default 8; 1 = one stream)
-  --range-size MIB              size of each Range request in MiB (default 8; blobs from 64 MiB are ranged)
+  --download-ranges N           Range requests in flight per large blob (default 8; 1 = one stream).
+                                A blob from 64 MiB starts as one stream and is split into ranges
+                                only while the link, not the target, is the slow side
+  --range-size MIB              size of each Range request in MiB (default 8)
   --blob-index PATH             where blob locations in targets are remembered across runs, so a shared
                                 base is mounted, not uploaded (default $XDG_CACHE_HOME/stowage/blob-index.sqlite)
   --no-blob-index               remember nothing across runs

@@ -39,7 +39,10 @@ function client(ranges: boolean): RegistryClient {
   return new RegistryClient({
     insecureHosts: [proxy.host, target.host],
     retry,
-    rangedDownload: ranges ? { minBlobBytes: 512 * KiB, rangeBytes, concurrency: 2 } : false,
+    // Ranges from the first byte: these cases are about ranges, not the stream a blob starts as.
+    rangedDownload: ranges
+      ? { minBlobBytes: 512 * KiB, rangeBytes, concurrency: 2, streamFirst: false }
+      : false,
   });
 }
 

@@ -47,6 +47,7 @@ describe("rangedChunks' window after a doubling that did not pay", () => {
     for await (const chunk of rangedChunks(64 * 4 * KiB, openRange, noRetry, {
       rangeBytes: 4 * KiB,
       concurrency: 4,
+      streamFirst: false,
     }))
       total += chunk.length;
     expect(total).toBe(64 * 4 * KiB);
