@@ -43,11 +43,17 @@ export const rangedDefaults: Required<RangedDownloadOptions> = {
 // Unbounded, the whole-blob stream filled the heap (310 MB resident) and the collector's work
 // cost more than the ranges saved.
 const READER_AHEAD_BYTES = 1024 * 1024;
-// A stream's first slice is not judged (the connection's ramp). Loopback still looks starved for
-// the next four or so 8 MiB slices (the reader waited 70-86% of each while the target's buffers
-// filled, then 15-40%), so a split there is tried and undone; waiting those out as well cost a
-// WAN copy (where the reader waits on every slice) a tenth of its speed at 537 MB.
-const STREAM_WARMUP_SLICES = 1;
+// A stream's first slices are not judged: on loopback the reader waited on the source for 70-86%
+// of each of the first four or five 8 MiB slices (the target taking its first tens of MB at
+// memory speed), then 15-40%, with two slices in a row above 50% now and then. Judged from the
+// first slice, with two starved slices enough, a loopback copy split and merged back in about
+// half the runs (bench:mirror at 537 MB: 189-232 MB/s in those against 275). On a WAN link the
+// reader waits on every slice, and the later split costs a 2 GiB copy a few per cent.
+const STREAM_WARMUP_SLICES = 4;
+// Starved slices in a row (the reader waiting on the stream more than STARVED_SHARE of each)
+// that split it.
+const STARVED_SLICES = 3;
+const STARVED_SHARE = 0.6;
 
 /** One ranged response: whether the server honoured the range, and its body. */
 export interface RangeResponse {
@@ -311,9 +317,9 @@ export async function* rangedChunks(
               streamStarted = now;
               streamRead = 0;
             }
-          } else if (sliceWaited > 0.5 * (now - sliceStarted)) starvedSlices++;
+          } else if (sliceWaited > STARVED_SHARE * (now - sliceStarted)) starvedSlices++;
           else starvedSlices = 0;
-          if (starvedSlices >= 2 && window > 1) {
+          if (starvedSlices >= STARVED_SLICES && window > 1) {
             // The reader waits on the one connection: the link may be the limit. The stream
             // keeps the slice it is in and the rest becomes ranges, two connections at first,
             // judged like a doubling below (against the stream's rate since its warm-up).
