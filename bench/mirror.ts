@@ -298,33 +298,37 @@ async function main(): Promise<void> {
       `${loopback.stowage.toFixed(0)} of ${ingestRate.toFixed(0)} MB/s = ${((100 * loopback.stowage) / ingestRate).toFixed(0)}%`,
     );
 
-    // Upstream alone over the WAN link: what stowage's ranged download gets with no target.
-    const wan = await startFaultProxy(source.url);
-    proxies.push(wan);
-    wan.addRule({
-      times: Number.POSITIVE_INFINITY,
-      action: { kind: "throttle", bytesPerSecond: wanBytesPerSecond, latencyMs: wanLatencyMs },
-    });
-    const wanClient = new RegistryClient({ insecureHosts: [wan.host] });
-    started = performance.now();
-    await drain(wanClient.getBlob({ registry: wan.host, repository: "bench/big" }, layer.descriptor));
-    const wanDownload = mbps(layer.descriptor.size, performance.now() - started);
-    await wanClient.close();
-    console.log(
-      `stowage download alone through the WAN proxy (ranged, verified, no target): ${wanDownload.toFixed(0)} MB/s`,
-    );
-
-    // (b) behind the WAN proxy.
-    console.log(
-      `(b) through the fault proxy (${wanBytesPerSecond / 1e6} MB/s per connection, ${wanLatencyMs} ms latency), ${wanRounds} round(s):`,
-    );
-    const throttled = await coldRows("(b) WAN", wan.host, wanRounds);
-    if (peers.length > 0)
-      verdict(
-        "(b) WAN >= 3x the faster peer",
-        throttled.stowage >= 3 * throttled.bestPeer,
-        `${(throttled.stowage / throttled.bestPeer).toFixed(2)}x`,
+    // --wan-rounds 0 skips (b) and the WAN download.
+    let wanDownload: number | undefined;
+    if (wanRounds > 0) {
+      // Upstream alone over the WAN link: what stowage's ranged download gets with no target.
+      const wan = await startFaultProxy(source.url);
+      proxies.push(wan);
+      wan.addRule({
+        times: Number.POSITIVE_INFINITY,
+        action: { kind: "throttle", bytesPerSecond: wanBytesPerSecond, latencyMs: wanLatencyMs },
+      });
+      const wanClient = new RegistryClient({ insecureHosts: [wan.host] });
+      started = performance.now();
+      await drain(wanClient.getBlob({ registry: wan.host, repository: "bench/big" }, layer.descriptor));
+      wanDownload = mbps(layer.descriptor.size, performance.now() - started);
+      await wanClient.close();
+      console.log(
+        `stowage download alone through the WAN proxy (ranged, verified, no target): ${wanDownload.toFixed(0)} MB/s`,
       );
+
+      // (b) behind the WAN proxy.
+      console.log(
+        `(b) through the fault proxy (${wanBytesPerSecond / 1e6} MB/s per connection, ${wanLatencyMs} ms latency), ${wanRounds} round(s):`,
+      );
+      const throttled = await coldRows("(b) WAN", wan.host, wanRounds);
+      if (peers.length > 0)
+        verdict(
+          "(b) WAN >= 3x the faster peer",
+          throttled.stowage >= 3 * throttled.bestPeer,
+          `${(throttled.stowage / throttled.bestPeer).toFixed(2)}x`,
+        );
+    }
 
     // (c) three images sharing a base, one process each, one target per tool.
     console.log(
@@ -392,7 +396,7 @@ async function main(): Promise<void> {
         `${(noopMs("stowage") / noopMs("skopeo")).toFixed(2)}x`,
       );
     console.log(
-      `where stowage's time goes: upstream over loopback is the source registry (ranged), over the WAN ${wanDownload.toFixed(0)} MB/s ranged; ` +
+      `where stowage's time goes: upstream over loopback is the source registry (one stream, split into ranges only if it starves)${wanDownload === undefined ? "" : `, over the WAN ${wanDownload.toFixed(0)} MB/s`}; ` +
         `hashing ${hashRate.toFixed(0)} MB/s; target ingest ${ingestRate.toFixed(0)} MB/s (one PUT: distribution cannot take parallel chunks)`,
     );
     await seeding.close();
