@@ -67,6 +67,20 @@ function expectPattern(chunks: Buffer[], size: number) {
   for (let i = 0; i < size; i++) if (all[i] !== byteAt(i)) throw new Error(`byte ${i} is ${all[i]}`);
 }
 
+/**
+ * Downloads a blob of `size` in `rangeBytes` slices from `upstream` as fast as it comes, checks every byte
+ * and that the first request asked for the whole blob; returns the requests after it.
+ */
+async function downloadFast(upstream: ReturnType<typeof fakeUpstream>, size: number, rangeBytes: number) {
+  const chunks: Buffer[] = [];
+  for await (const chunk of rangedChunks(size, upstream.openRange, noRetry, { rangeBytes, concurrency: 4 }))
+    chunks.push(chunk);
+  expectPattern(chunks, size);
+  const [first, ...later] = upstream.requests;
+  expect(first).toEqual([0, size - 1]);
+  return later;
+}
+
 describe("a large blob's download as one stream first", () => {
   it("asks once for the whole blob when the reader is the slow side, and holds only about a MiB unread", async () => {
     const size = 8 * MiB;
@@ -94,12 +108,7 @@ describe("a large blob's download as one stream first", () => {
     const size = 2 * MiB;
     const rangeBytes = 64 * KiB;
     const upstream = fakeUpstream({ pieceBytes: 16 * KiB, delayMs: 3 });
-    const chunks: Buffer[] = [];
-    for await (const chunk of rangedChunks(size, upstream.openRange, noRetry, { rangeBytes, concurrency: 4 }))
-      chunks.push(chunk);
-    expectPattern(chunks, size);
-    const [first, ...later] = upstream.requests;
-    expect(first).toEqual([0, size - 1]);
+    const later = await downloadFast(upstream, size, rangeBytes);
     expect(later.length).toBeGreaterThan(0);
     // The stream kept the slice it was in; the rest came as whole slices.
     for (const [start, end] of later) {
@@ -113,12 +122,7 @@ describe("a large blob's download as one stream first", () => {
     const size = 2 * MiB;
     const rangeBytes = 64 * KiB;
     const upstream = fakeUpstream({ pieceBytes: 16 * KiB, delayMs: 4, sharedLink: true });
-    const chunks: Buffer[] = [];
-    for await (const chunk of rangedChunks(size, upstream.openRange, noRetry, { rangeBytes, concurrency: 4 }))
-      chunks.push(chunk);
-    expectPattern(chunks, size);
-    const [first, ...later] = upstream.requests;
-    expect(first).toEqual([0, size - 1]);
+    const later = await downloadFast(upstream, size, rangeBytes);
     // Split into ranges, and then one request again from a slice boundary to the blob's end.
     expect(later.some(([start, end]) => end === start + rangeBytes - 1)).toBe(true);
     expect(
