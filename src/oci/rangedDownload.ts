@@ -143,7 +143,9 @@ export async function* rangedChunks(
     for (;;) {
       receivedAtAttempt = received;
       try {
-        const response = pending ?? (await open(part.start + received, part.end, signal));
+        // The end this request asked for: the part's end now, unless a split moves it down.
+        const askedEnd = part.end;
+        const response = pending ?? (await open(part.start + received, askedEnd, signal));
         pending = undefined;
         if (!response.partial) {
           response.body.destroy();
@@ -163,7 +165,9 @@ export async function* rangedChunks(
             part.received = received;
             buffered += piece.length;
             wake(part);
-            if (complete()) break;
+            // Split while it ran: the rest of this response belongs to other ranges. (A range
+            // read to its natural end is not cut short: its connection stays reusable.)
+            if (complete() && part.end < askedEnd) break;
             // Hold the connection (TCP backpressure): ahead of the reader, once the ranges
             // waiting for it hold a range per connection in flight (a slow target then keeps
             // memory at that, not the whole window); the reader's own, past READER_AHEAD_BYTES.
