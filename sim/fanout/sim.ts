@@ -669,18 +669,21 @@ class Simulation {
     else if (this.zone[flow.src] !== this.zone[flow.dest]) this.result.crossZoneBytes += bytes;
   }
 
+  /** Whether the cache holds `unit`; if not, `waiter` waits on it and the cache starts filling it from upstream. */
+  private cacheHas(unit: number, waiter: number): boolean {
+    if (this.cacheHolds[unit]) return true;
+    this.waitingOnCache.add(waiter);
+    if (!this.cacheFilling[unit]) {
+      this.cacheFilling[unit] = 1;
+      this.startFlow(UPSTREAM, CACHE, unit, 0);
+    }
+    return false;
+  }
+
   /** Whether `src` can serve `unit` now; asks the cache to fill from upstream when it lacks it. */
   private ready(src: number, unit: number, waiter: number): boolean {
     if (!this.hasUploadSlot(src, waiter)) return false;
-    if (src === CACHE) {
-      if (this.cacheHolds[unit]) return true;
-      this.waitingOnCache.add(waiter);
-      if (!this.cacheFilling[unit]) {
-        this.cacheFilling[unit] = 1;
-        this.startFlow(UPSTREAM, CACHE, unit, 0);
-      }
-      return false;
-    }
+    if (src === CACHE) return this.cacheHas(unit, waiter);
     return src >= 0 && this.alive[src] === 1 && this.state[src * this.units + unit] === HELD;
   }
 
@@ -791,15 +794,7 @@ class Simulation {
 
   /** wired: whether the source holds the whole piece; if not, wait to be woken when it does. */
   private holdsPiece(src: number, unit: number, waiter: number): boolean {
-    if (src === CACHE) {
-      if (this.cacheHolds[unit]) return true;
-      this.waitingOnCache.add(waiter);
-      if (!this.cacheFilling[unit]) {
-        this.cacheFilling[unit] = 1;
-        this.startFlow(UPSTREAM, CACHE, unit, 0);
-      }
-      return false;
-    }
+    if (src === CACHE) return this.cacheHas(unit, waiter);
     const key = src * this.units + unit;
     if (this.state[key] === HELD) return true;
     const waiting = this.waitingOnPiece.get(key);

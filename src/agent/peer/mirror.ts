@@ -322,6 +322,17 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
       throw new StowageError("SizeMismatch", `the cache sent ${got} of ${length} bytes of ${path}`);
   }
 
+  /** A peer that failed a transfer: not asked again for this blob, reported in status, logged. */
+  function dropPeer(err: PeerUnavailable, digest: string, dropped: Set<string>): void {
+    dropped.add(err.node);
+    stats.peerFailures.set(err.node, {
+      node: err.node,
+      reason: err.reason,
+      since: new Date(now()).toISOString(),
+    });
+    log(`mirror: peer ${err.node} ${err.reason} on ${digest}: ${err.message}; the cache serves the rest`);
+  }
+
   async function assemble(
     req: IncomingMessage,
     res: ServerResponse,
@@ -373,15 +384,7 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
           }
         } catch (err) {
           if (!(err instanceof PeerUnavailable)) throw err;
-          dropped.add(err.node);
-          stats.peerFailures.set(err.node, {
-            node: err.node,
-            reason: err.reason,
-            since: new Date(now()).toISOString(),
-          });
-          log(
-            `mirror: peer ${err.node} ${err.reason} on ${digest}: ${err.message}; the cache serves the rest`,
-          );
+          dropPeer(err, digest, dropped);
         }
       }
       if (done < piece.length) {
@@ -442,13 +445,7 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
         if (err instanceof NotReady)
           throw new StowageError("Internal", "a source stopped having a piece mid-way");
         if (!(err instanceof PeerUnavailable)) throw err;
-        dropped.add(err.node);
-        stats.peerFailures.set(err.node, {
-          node: err.node,
-          reason: err.reason,
-          since: new Date(now()).toISOString(),
-        });
-        log(`mirror: peer ${err.node} ${err.reason} on ${digest}: ${err.message}; the cache serves the rest`);
+        dropPeer(err, digest, dropped);
       }
     }
     if (done < piece.length) {
