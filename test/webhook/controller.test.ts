@@ -107,6 +107,13 @@ describe("stowage controller with the admission webhook enabled", () => {
       const pod: Json = await client.resource(Resources.Pod).get(held.metadata.name, "ml");
       return (pod.spec.schedulingGates ?? []).length === 0;
     });
+    // The test can see the released pod before the controller has observed its own patch's
+    // answer (a CI run read the metric in between): wait for the count, then check the rest.
+    await eventually("the release counted", async () =>
+      /^stowage_pod_gate_seconds_count\{outcome="deleted"\} [1-9]/m.test(
+        (await controller.health("/metrics")).body,
+      ),
+    );
     const metrics = await controller.health("/metrics");
     expect(metrics.body).toMatch(/^stowage_pod_gate_seconds_count\{outcome="deleted"\} [1-9]/m);
     expect(metrics.body).toMatch(/^stowage_pod_gate_timeouts_total 0/m);
