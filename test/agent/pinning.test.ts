@@ -14,7 +14,12 @@ import { ContainerdPinner } from "../../src/agent/pin.ts";
 import { containerdProgressProbe } from "../../src/agent/progress.ts";
 import { defaultAgentConfig, pullReferences } from "../../src/agent/reconciler.ts";
 import { loadCrd } from "../../src/api/crds.ts";
-import { type NodeCache, type NodeCacheImage, NodeCacheResource } from "../../src/api/nodeCache.ts";
+import {
+  type NodeCache,
+  type NodeCacheImage,
+  NodeCacheResource,
+  type NodeImageStatus,
+} from "../../src/api/nodeCache.ts";
 import { type KubeClient, Resources } from "../../src/kube/client.ts";
 import { RegistryClient } from "../../src/oci/registry.ts";
 import type { TestCluster } from "../../testkit/cluster.ts";
@@ -131,16 +136,33 @@ describe("pinning and evictions on the real containerd", () => {
       match: { method: "GET", path: /\/blobs\/sha256:/ },
       action: { kind: "throttle", bytesPerSecond: 512 * 1024, latencyMs: 0 },
     });
+    // Every status the agent writes from here on, through a watch: a poll can miss a transient
+    // one when the re-pull is quick on an idle machine or the poll slow on a loaded one.
+    const written: NodeImageStatus[] = [];
+    const stopWatch = new AbortController();
+    const watching = client
+      .watch(
+        nodeCaches().collectionPath(),
+        { resourceVersion: (await nodeCaches().get("node-pin")).metadata?.resourceVersion },
+        (_type, object) => {
+          const image = (object as NodeCache).status?.images?.find((i) => i.digest === model.digest);
+          if ((object as NodeCache).metadata?.name === "node-pin" && image) written.push(image);
+        },
+        { signal: stopWatch.signal },
+      )
+      .catch((err: unknown) => err);
     await runtime.removeImage(present?.id ?? "");
     const evicted = await eventually(
       "reason Evicted while pulling again",
-      async () => {
-        const s = await imageStatus(model.digest);
-        return s?.reason === "Evicted" ? s : undefined;
+      () => {
+        const seen = written.find((s) => s.reason === "Evicted");
+        if (seen) return seen;
+        throw new Error(`statuses written: ${JSON.stringify(written.map((s) => [s.state, s.reason]))}`);
       },
       60_000,
-      50,
     );
+    stopWatch.abort();
+    expect(await watching).toBeUndefined();
     expect(["Pending", "Pulling"]).toContain(evicted.state);
     expect(evicted.message).toContain("without the agent removing it");
     expect(await evictedCount()).toBe(1);

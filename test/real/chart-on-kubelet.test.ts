@@ -15,9 +15,11 @@
  * to), the API server calls the webhook by URL (`webhook.url`) and the controller pushes to the
  * cache at its node address (`cache.controllerEndpoint`). Ports are free ones picked here.
  */
+import { execFile } from "node:child_process";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { stringify } from "yaml";
 import { CriClient } from "../../src/agent/cri.ts";
@@ -38,6 +40,7 @@ import { eventually } from "../support/eventually.ts";
 
 // biome-ignore lint/suspicious/noExplicitAny: objects read back as free-form JSON
 type Json = any;
+const execFileAsync = promisify(execFile);
 
 const whyNoDocker = dockerUnavailableHere();
 const root = resolve(import.meta.dirname, "../..");
@@ -462,6 +465,25 @@ describe.runIf(whyNoDocker === undefined)("the chart installed by helm onto a re
 
     // The node forgets the image; the next pull is served from the front's storage.
     expect((await run(["-n", "ml", "delete", "pod", "undeclared-1", "--wait=true"])).code).toBe(0);
+    // The kubelet removes a deleted pod's dead container on its own schedule: at once on most
+    // runs, at its next container GC (a minute) otherwise. Until then the container holds the
+    // image's unpacked layer, and containerd's re-pull skips fetching a layer whose snapshot
+    // exists. Wait for the container to go, so the node has truly forgotten the image.
+    const ctr = (...args: string[]) =>
+      execFileAsync("ctr", ["--address", node.containerd.socketPath, "-n", "k8s.io", ...args]);
+    await eventually(
+      "the deleted pod's container removed from the node's containerd",
+      async () => {
+        const { stdout } = await ctr(
+          "containers",
+          "ls",
+          "-q",
+          'labels."io.kubernetes.pod.name"==undeclared-1',
+        );
+        return stdout.trim() === "" ? true : undefined;
+      },
+      150_000,
+    );
     const runtime = new CriClient(node.containerd.socketPath);
     try {
       await runtime.removeImage(undeclaredRef);
@@ -469,6 +491,9 @@ describe.runIf(whyNoDocker === undefined)("the chart installed by helm onto a re
     } finally {
       runtime.close();
     }
+    // The runtime's removal collects the image's content at once; checked, not assumed.
+    const { stdout: content } = await ctr("content", "ls", "-q");
+    expect(fresh.filter((digest) => content.includes(digest))).toEqual([]);
     const hitsAfterFirst = await frontBlobHits();
     const second = await runPod("undeclared-2");
     expect(second.status.containerStatuses[0].imageID).toContain(undeclaredDigest);
