@@ -12,6 +12,7 @@ import type { Clock } from "../util/clock.ts";
 import { systemClock } from "../util/clock.ts";
 import { StowageError } from "../util/errors.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
+import { settle, unsettle } from "../util/settle.ts";
 import { type BlobIndex, MemoryBlobIndex } from "./blobIndex.ts";
 import { checkSinglePlatform, formatPlatform, selectManifests } from "./platforms.ts";
 import { formatReference, type ImageReference } from "./reference.ts";
@@ -250,6 +251,11 @@ export class Copier {
     const sourceRepo = repoOf(source);
     const targetRepo = repoOf(target);
     const sourceName = formatReference(source);
+    // The target's HEAD does not wait for the source's GET when the target names its reference
+    // (a tag or a digest): each is a round trip, and on a cold copy's critical path. Its failure
+    // is reported only after the source's, as when they ran one after the other.
+    const named = target.tag ?? target.digest;
+    const earlyHead = named !== undefined ? settle(client.headManifest(targetRepo, named)) : undefined;
     const sourceManifest = await client.getManifest(sourceRepo, source.digest ?? source.tag ?? "latest");
     const mediaType = mediaTypeOf(sourceManifest);
     const keepAll = options.allPlatforms === true || !options.platforms || options.platforms.length === 0;
@@ -281,32 +287,22 @@ export class Copier {
     }
 
     // The fast path of an unchanged re-sync: one GET of the source, one HEAD of the target.
-    const existing = await client.headManifest(targetRepo, targetReference);
+    const existing = earlyHead
+      ? unsettle(await earlyHead)
+      : await client.headManifest(targetRepo, targetReference);
     const upToDate = existing?.digest === rootRaw.digest;
     const from = upToDate ? targetRepo : sourceRepo;
 
     const root: ManifestNode = { raw: rootRaw, blobs: [], children: [] };
     const fetched = new Map<string, Buffer>();
     const platforms: string[] = [];
-    if (isIndexMediaType(mediaType)) {
-      root.children = await Promise.all(selectedChildren.map((d) => this.#loadNode(from, d)));
-      for (const d of selectedChildren)
-        if (d.platform && d.platform.os !== "unknown") platforms.push(formatPlatform(d.platform));
-    } else {
-      const manifest = parseJson<ImageManifest>(sourceManifest, `manifest ${sourceName}`);
-      root.blobs = blobsOf(manifest);
-      const config = await this.#readConfig(from, manifest);
-      if (config && !upToDate) fetched.set(manifest.config.digest, config.bytes);
-      const platform = config?.platform;
-      if (!keepAll) checkSinglePlatform(platform ?? {}, options.platforms, sourceName);
-      if (platform?.os && platform.architecture) platforms.push(formatPlatform(platform as Platform));
-    }
-
-    const blobs = uniqueBlobs(root);
     const present = new Set<string>();
-    if (upToDate) {
-      for (const blob of blobs) present.add(blob.digest);
-    } else {
+    /** Which of `blobs` the target already holds (all of them when the image is up to date). */
+    const findPresent = async (blobs: Descriptor[]) => {
+      if (upToDate) {
+        for (const blob of blobs) present.add(blob.digest);
+        return;
+      }
       const checks = new PQueue({ concurrency: 8 });
       await Promise.all(
         blobs.map((blob) =>
@@ -315,7 +311,28 @@ export class Copier {
           }),
         ),
       );
+    };
+    if (isIndexMediaType(mediaType)) {
+      root.children = await Promise.all(selectedChildren.map((d) => this.#loadNode(from, d)));
+      for (const d of selectedChildren)
+        if (d.platform && d.platform.os !== "unknown") platforms.push(formatPlatform(d.platform));
+      await findPresent(uniqueBlobs(root));
+    } else {
+      const manifest = parseJson<ImageManifest>(sourceManifest, `manifest ${sourceName}`);
+      root.blobs = blobsOf(manifest);
+      // The config's GET and the target's blob HEADs do not depend on each other: one round trip.
+      // A config or platform error still comes first, as when the HEADs waited for the config.
+      const [config, checked] = await Promise.all([
+        this.#readConfig(from, manifest),
+        settle(findPresent(uniqueBlobs(root))),
+      ]);
+      if (config && !upToDate) fetched.set(manifest.config.digest, config.bytes);
+      const platform = config?.platform;
+      if (!keepAll) checkSinglePlatform(platform ?? {}, options.platforms, sourceName);
+      if (platform?.os && platform.architecture) platforms.push(formatPlatform(platform as Platform));
+      unsettle(checked);
     }
+    const blobs = uniqueBlobs(root);
     return {
       source,
       target,

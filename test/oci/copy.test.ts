@@ -15,6 +15,7 @@ import {
   pushSinglePlatformImage,
 } from "../../testkit/images.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
+import { eventually } from "../support/eventually.ts";
 
 let source: RunningRegistry;
 let target: RunningRegistry;
@@ -38,6 +39,15 @@ async function rejection(promise: Promise<unknown>): Promise<StowageError> {
     throw err;
   }
   throw new Error("expected the copy to fail");
+}
+
+/** A Copier whose client also reaches `extra` (a proxy started by the test) over plain HTTP. */
+function copierReaching(extra: FaultProxy): { copier: Copier; client: RegistryClient } {
+  const reaching = new RegistryClient({
+    insecureHosts: [source.host, target.host, proxy.host, extra.host],
+    retry: { attempts: 1 },
+  });
+  return { copier: new Copier({ client: reaching }), client: reaching };
 }
 
 function total(result: CopyResult): number {
@@ -154,6 +164,66 @@ describe("Copier against real registries", () => {
     expect([...perDigest.values()].every((n) => n === 1)).toBe(true);
     const copied = await client.getManifest(repo(target, "oci/read-once"), "1.0");
     expect(copied.digest).toBe(pushed.digest);
+  });
+
+  it("asks the target for a named tag while the source's manifest is still coming, and for blobs while the config is", async () => {
+    await pushSinglePlatformImage(client, repo(source, "oci/overlap"), "1.0");
+    const targetProxy = await startFaultProxy(target.url);
+    const reaching = copierReaching(targetProxy);
+    try {
+      // Held for long enough that the sequential order could not pass: the target's HEAD only
+      // goes out after the held answer, whose request would then no longer be pending.
+      proxy.addRule({
+        match: { method: "GET", path: /\/oci\/overlap\/manifests\// },
+        action: { kind: "delay", ms: 1500 },
+      });
+      proxy.addRule({
+        match: { method: "GET", path: /\/oci\/overlap\/blobs\// },
+        action: { kind: "delay", ms: 1500 },
+      });
+      const pending = (path: RegExp) => proxy.seen().filter((r) => path.test(r.path) && r.status === 0);
+      const planning = reaching.copier.plan(
+        ref(proxy, "oci/overlap:1.0"),
+        ref(targetProxy, "oci/overlap:1.0"),
+      );
+      await eventually("the target's manifest HEAD", () =>
+        targetProxy.seen().some((r) => r.method === "HEAD" && r.path.includes("/manifests/1.0")),
+      );
+      expect(pending(/\/manifests\//)).toHaveLength(1);
+      await eventually("the target's blob HEADs", () =>
+        targetProxy.seen().some((r) => r.method === "HEAD" && r.path.includes("/blobs/")),
+      );
+      expect(pending(/\/blobs\//)).toHaveLength(1);
+      const plan = await planning;
+      expect(plan.platforms).toEqual(["linux/amd64"]);
+      expect(plan.upToDate).toBe(false);
+      expect(plan.present.size).toBe(0);
+      expect(plan.fetched.size).toBe(1);
+    } finally {
+      proxy.clearRules();
+      await reaching.client.close();
+      await targetProxy.stop();
+    }
+  });
+
+  it("reports the source's failure, not the target's, when both fail while planning", async () => {
+    const targetProxy = await startFaultProxy(target.url);
+    const reaching = copierReaching(targetProxy);
+    try {
+      targetProxy.addRule({
+        times: Number.POSITIVE_INFINITY,
+        match: { method: "HEAD" },
+        action: { kind: "status", status: 403 },
+      });
+      const error = await rejection(
+        reaching.copier.copy(ref(source, "multi/app:no-such-tag"), ref(targetProxy, "x/y:z")),
+      );
+      expect(error.reason).toBe("ImageNotFound");
+      expect(targetProxy.seen().some((r) => r.method === "HEAD")).toBe(true);
+    } finally {
+      await reaching.client.close();
+      await targetProxy.stop();
+    }
   });
 
   it("copies an artifact with a non-image config media type and arbitrary layer media types", async () => {
