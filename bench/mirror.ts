@@ -103,6 +103,15 @@ function runMeasured(command: string, args: string[], env: Record<string, string
   });
 }
 
+/**
+ * Writes back what earlier steps left dirty in the page cache (the seeded source, the previous
+ * copy's target), untimed, before each timed run. Otherwise the kernel may flush it during the
+ * next run, which then pays for its predecessor's writes.
+ */
+function settleDisk(): void {
+  execFileSync("sync");
+}
+
 const median = (numbers: number[]): number => {
   const sorted = [...numbers].sort((a, b) => a - b);
   const mid = Math.floor(sorted.length / 2);
@@ -177,6 +186,7 @@ async function main(): Promise<void> {
     ) => {
       const src = `${from}/${repository}:v1`;
       const dst = `${target.host}/${repository}:v1`;
+      settleDisk();
       let run: ProcessRun;
       if (tool === "stowage") {
         run = await runMeasured(
@@ -220,6 +230,7 @@ async function main(): Promise<void> {
     const layer = big.image.layers[0];
     const measureIngest = async () => {
       const ingestTarget = await fresh();
+      settleDisk();
       const ingestStarted = performance.now();
       const ingestClient = new RegistryClient({ insecureHosts: [ingestTarget.host] });
       await ingestClient.pushBlob(
