@@ -283,6 +283,18 @@ async function main(): Promise<void> {
       }
       const medians = new Map(tools.map((t) => [t, median(rates.get(t) ?? [0])]));
       const bestPeer = Math.max(...peers.map((p) => medians.get(p) ?? 0), 0);
+      if (peers.length > 0) {
+        // Each round's tools share that moment's machine: the ratio within a round is steadier
+        // than the ratio of medians when the whole machine drifts during the run. Printed
+        // beside the verdict, which keeps the ratio of medians.
+        const paired = Array.from({ length: count }, (_, round) => {
+          const fastestPeer = Math.max(...peers.map((p) => rates.get(p)?.[round] ?? 0));
+          return (rates.get("stowage")?.[round] ?? 0) / fastestPeer;
+        });
+        console.log(
+          `${label}: per round, stowage / that round's faster peer ${paired.map((r) => `${r.toFixed(2)}x`).join(", ")} (median ${median(paired).toFixed(2)}x)`,
+        );
+      }
       console.log(
         `${label}: median MB/s ${tools.map((t) => `${t} ${(medians.get(t) ?? 0).toFixed(1)} (RSS ${fmtRss(Math.max(...(rss.get(t) ?? [0])))})`).join(", ")}` +
           (bestPeer > 0
