@@ -215,12 +215,22 @@ describe("Copier against real registries", () => {
         match: { method: "HEAD" },
         action: { kind: "status", status: 403 },
       });
-      const error = await rejection(
-        reaching.copier.copy(ref(source, "multi/app:no-such-tag"), ref(targetProxy, "x/y:z")),
+      // The source's answer is held so that the target's refusal is in before it: the order of
+      // the reports must not follow the order the answers arrive in.
+      proxy.addRule({
+        match: { method: "GET", path: /\/multi\/app\/manifests\/no-such-tag/ },
+        action: { kind: "delay", ms: 1500 },
+      });
+      const copying = rejection(
+        reaching.copier.copy(ref(proxy, "multi/app:no-such-tag"), ref(targetProxy, "x/y:z")),
       );
+      await eventually("the target's refused HEAD", () =>
+        targetProxy.seen().some((r) => r.method === "HEAD" && r.status === 403),
+      );
+      const error = await copying;
       expect(error.reason).toBe("ImageNotFound");
-      expect(targetProxy.seen().some((r) => r.method === "HEAD")).toBe(true);
     } finally {
+      proxy.clearRules();
       await reaching.client.close();
       await targetProxy.stop();
     }
