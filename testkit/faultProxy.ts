@@ -23,6 +23,8 @@ export interface FaultRule {
      */
     | { kind: "dropAfterBytes"; bytes: number; unframed?: boolean }
     | { kind: "delay"; ms: number }
+    /** Forward once `until` settles: a test holds an answer until it saw what must come first. */
+    | { kind: "hold"; until: Promise<unknown> }
     /** Forward without the Range header, as a server that does not support ranges would answer. */
     | { kind: "ignoreRange" }
     /** Answer 307 to the same path on another origin (object storage, a CDN). */
@@ -235,6 +237,7 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
     };
 
     if (action?.kind === "delay") setTimeout(forward, action.ms);
+    else if (action?.kind === "hold") action.until.then(forward, forward);
     else if (action?.kind === "throttle" && action.latencyMs > 0) setTimeout(forward, action.latencyMs);
     else forward();
   });

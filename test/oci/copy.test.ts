@@ -5,6 +5,7 @@ import { type ImageReference, parseReference } from "../../src/oci/reference.ts"
 import { RegistryClient, type RepoRef } from "../../src/oci/registry.ts";
 import { type ImageIndex, MediaType } from "../../src/oci/types.ts";
 import { StowageError } from "../../src/util/errors.ts";
+import { settle, unsettle } from "../../src/util/settle.ts";
 import { type FaultProxy, startFaultProxy } from "../../testkit/faultProxy.ts";
 import {
   ModelConfigMediaType,
@@ -170,36 +171,44 @@ describe("Copier against real registries", () => {
     await pushSinglePlatformImage(client, repo(source, "oci/overlap"), "1.0");
     const targetProxy = await startFaultProxy(target.url);
     const reaching = copierReaching(targetProxy);
+    // The source's answers are held until the target's HEADs arrive: done one after the other,
+    // the HEADs would wait for the held answers and never come (the checks time out).
+    const manifest = Promise.withResolvers<void>();
+    const config = Promise.withResolvers<void>();
     try {
-      // Held for long enough that the sequential order could not pass: the target's HEAD only
-      // goes out after the held answer, whose request would then no longer be pending.
       proxy.addRule({
         match: { method: "GET", path: /\/oci\/overlap\/manifests\// },
-        action: { kind: "delay", ms: 1500 },
+        action: { kind: "hold", until: manifest.promise },
       });
       proxy.addRule({
         match: { method: "GET", path: /\/oci\/overlap\/blobs\// },
-        action: { kind: "delay", ms: 1500 },
+        action: { kind: "hold", until: config.promise },
       });
-      const pending = (path: RegExp) => proxy.seen().filter((r) => path.test(r.path) && r.status === 0);
-      const planning = reaching.copier.plan(
-        ref(proxy, "oci/overlap:1.0"),
-        ref(targetProxy, "oci/overlap:1.0"),
+      const planning = settle(
+        reaching.copier.plan(ref(proxy, "oci/overlap:1.0"), ref(targetProxy, "oci/overlap:1.0")),
       );
-      await eventually("the target's manifest HEAD", () =>
-        targetProxy.seen().some((r) => r.method === "HEAD" && r.path.includes("/manifests/1.0")),
+      await eventually(
+        "the target's manifest HEAD while the source's manifest is held",
+        () => targetProxy.seen().some((r) => r.method === "HEAD" && r.path.includes("/manifests/1.0")),
+        10_000,
+        20,
       );
-      expect(pending(/\/manifests\//)).toHaveLength(1);
-      await eventually("the target's blob HEADs", () =>
-        targetProxy.seen().some((r) => r.method === "HEAD" && r.path.includes("/blobs/")),
+      manifest.resolve();
+      await eventually(
+        "the target's blob HEADs while the source's config is held",
+        () => targetProxy.seen().some((r) => r.method === "HEAD" && r.path.includes("/blobs/")),
+        10_000,
+        20,
       );
-      expect(pending(/\/blobs\//)).toHaveLength(1);
-      const plan = await planning;
+      config.resolve();
+      const plan = unsettle(await planning);
       expect(plan.platforms).toEqual(["linux/amd64"]);
       expect(plan.upToDate).toBe(false);
       expect(plan.present.size).toBe(0);
       expect(plan.fetched.size).toBe(1);
     } finally {
+      manifest.resolve();
+      config.resolve();
       proxy.clearRules();
       await reaching.client.close();
       await targetProxy.stop();
@@ -209,27 +218,33 @@ describe("Copier against real registries", () => {
   it("reports the source's failure, not the target's, when both fail while planning", async () => {
     const targetProxy = await startFaultProxy(target.url);
     const reaching = copierReaching(targetProxy);
+    // The source's 404 is held until the target's 403 is in: the report must not follow the
+    // order the answers arrive in.
+    const held = Promise.withResolvers<void>();
     try {
       targetProxy.addRule({
         times: Number.POSITIVE_INFINITY,
         match: { method: "HEAD" },
         action: { kind: "status", status: 403 },
       });
-      // The source's answer is held so that the target's refusal is in before it: the order of
-      // the reports must not follow the order the answers arrive in.
       proxy.addRule({
         match: { method: "GET", path: /\/multi\/app\/manifests\/no-such-tag/ },
-        action: { kind: "delay", ms: 1500 },
+        action: { kind: "hold", until: held.promise },
       });
       const copying = rejection(
         reaching.copier.copy(ref(proxy, "multi/app:no-such-tag"), ref(targetProxy, "x/y:z")),
       );
-      await eventually("the target's refused HEAD", () =>
-        targetProxy.seen().some((r) => r.method === "HEAD" && r.status === 403),
+      await eventually(
+        "the target's refused HEAD while the source's answer is held",
+        () => targetProxy.seen().some((r) => r.method === "HEAD" && r.status === 403),
+        10_000,
+        20,
       );
+      held.resolve();
       const error = await copying;
       expect(error.reason).toBe("ImageNotFound");
     } finally {
+      held.resolve();
       proxy.clearRules();
       await reaching.client.close();
       await targetProxy.stop();
