@@ -554,6 +554,8 @@ export class Copier {
         await client.pushBlob(targetRepo, blob, open, {
           signal,
           onBytes,
+          // The download goes to this upload alone: its buffers are reused once sent.
+          exclusiveChunks: true,
         });
         return "transferred" as const;
       },

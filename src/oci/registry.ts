@@ -54,6 +54,11 @@ export interface RegistryClientOptions {
   /** Parallel ranged downloads of large blobs; false downloads every blob as one stream. */
   rangedDownload?: RangedDownloadOptions | false;
   /**
+   * Blobs at least this large move on connections of their own, read into reused buffers
+   * (bulkHttp.ts; not through a proxy). Default 16 MiB; Infinity: never.
+   */
+  bulkMinBytes?: number;
+  /**
    * The cache: registries whose failures (no answer, timeouts, 5xx) are CacheUnavailable rather
    * than UpstreamUnavailable, and which are never reached through a proxy.
    */
@@ -79,7 +84,15 @@ export interface BlobTransferOptions {
   signal?: AbortSignal;
   /** Called with the number of new bytes each time some arrive (a delta, not a total). */
   onBytes?: (n: number) => void;
+  /**
+   * pushBlob: the stream's chunks are this upload's alone (nothing else reads them, as with a
+   * getBlob stream handed straight to it), so a downloaded chunk's buffer is reused once sent.
+   */
+  exclusiveChunks?: boolean;
 }
+
+/** Blobs at least this large are downloaded and uploaded on connections of their own (bulkHttp.ts). */
+export const DEFAULT_BULK_MIN_BYTES = 16 * 1024 * 1024;
 
 /** Manifests larger than this are refused (distribution itself caps them at 4 MiB). */
 export const MANIFEST_SIZE_LIMIT = 4 * 1024 * 1024;
@@ -101,6 +114,9 @@ interface ExchangeRequest {
   subject: string;
   notFound?: StowageError["reason"];
   signal?: AbortSignal;
+  /** A whole large blob's body (transport.ts's `bulk`), and whether its upload's chunks may be reused. */
+  bulk?: boolean;
+  recycleBody?: boolean;
 }
 
 function isDigest(reference: string): boolean {
@@ -179,6 +195,7 @@ export class RegistryClient {
   private readonly chunkSize: number;
   private readonly ranged: Required<RangedDownloadOptions> | undefined;
   private readonly cacheRegistries: Set<string>;
+  private readonly bulkMinBytes: number;
 
   constructor(options: RegistryClientOptions = {}) {
     this.cacheRegistries = new Set(options.cacheRegistries ?? []);
@@ -205,6 +222,7 @@ export class RegistryClient {
       clock: this.clock,
     });
     this.chunkSize = options.chunkSizeBytes ?? DEFAULT_CHUNK_SIZE;
+    this.bulkMinBytes = options.bulkMinBytes ?? DEFAULT_BULK_MIN_BYTES;
     this.ranged =
       options.rangedDownload === false ? undefined : { ...rangedDefaults, ...options.rangedDownload };
   }
@@ -438,6 +456,7 @@ export class RegistryClient {
           subject,
           notFound: "BlobNotFound",
           signal,
+          bulk: descriptor.size - start >= this.bulkMinBytes,
         });
         let skip = 0;
         if (start > 0) {
@@ -544,6 +563,11 @@ export class RegistryClient {
           subject,
           notFound: "BlobNotFound",
           signal: rangeSignal,
+          // The whole-blob stream (and a resume of it), not the ranges split off it: those
+          // reuse undici's pooled connections, a handshake fewer each.
+          bulk:
+            end === descriptor.size - 1 &&
+            end - start + 1 >= Math.max(this.bulkMinBytes, 2 * ranged.rangeBytes),
         });
       } catch (err) {
         if (via === undefined) throw err;
@@ -676,6 +700,8 @@ export class RegistryClient {
           expect: [201, 204, 400, 405, 413, 416],
           subject,
           signal: options.signal,
+          bulk: descriptor.size >= this.bulkMinBytes,
+          recycleBody: options.exclusiveChunks === true,
         });
         const text = await readCappedText(response.body);
         if (response.statusCode === 201 || response.statusCode === 204) return;
@@ -1013,6 +1039,8 @@ export class RegistryClient {
           headers,
           body: request.body,
           signal: request.signal,
+          bulk: request.bulk,
+          recycleBody: request.recycleBody,
         });
       } catch (err) {
         if (request.signal?.aborted) {

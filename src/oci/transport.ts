@@ -9,6 +9,7 @@ import { createRequire } from "node:module";
 import type { Readable } from "node:stream";
 import { rootCertificates } from "node:tls";
 import type { Dispatcher, Agent as UndiciAgent } from "undici";
+import { bulkRequest } from "./bulkHttp.ts";
 import { type Deadlines, deadlines, watchStreamedBody } from "./deadlines.ts";
 import { isSingleLabelHost, type ProxySettings, proxyConfig } from "./proxy.ts";
 import { checkRedirectHop, type HostResolver, MAX_REDIRECT_HOPS, mayFollowRedirects } from "./redirects.ts";
@@ -41,6 +42,13 @@ export interface SendOptions {
   signal?: AbortSignal;
   /** Follow at most this many redirects of a blob read (redirects.ts; never more than 5). */
   maxRedirects?: number;
+  /**
+   * A whole large blob's GET or monolithic PUT: on a connection of its own, its body read into
+   * reused buffers (bulkHttp.ts), unless a proxy is configured.
+   */
+  bulk?: boolean;
+  /** With `bulk`: the upload's chunks are its alone, and their buffers may be reused once sent. */
+  recycleBody?: boolean;
 }
 
 export type ResponseData = Dispatcher.ResponseData;
@@ -68,6 +76,8 @@ export class Transport {
   readonly proxied?: { httpProxy?: string; httpsProxy?: string; noProxy: string };
   private readonly insecureHosts: Set<string>;
   private readonly resolveHost?: HostResolver;
+  /** CAs of a bulk exchange's TLS (undefined: the system's). */
+  private readonly bulkCa?: string[];
 
   constructor(options: TransportOptions = {}) {
     const extraCas = options.caPem === undefined ? [] : [options.caPem].flat();
@@ -80,6 +90,7 @@ export class Transport {
       // Node replaces its built-in roots when `ca` is given, so pass both.
       connect: extraCas.length > 0 ? { ca: [...rootCertificates, ...extraCas] } : undefined,
     };
+    this.bulkCa = agentOptions.connect?.ca;
     const proxy = options.proxy === false ? undefined : proxyConfig(options.proxy);
     if (proxy) {
       const EnvHttpProxyAgent = loadEnvHttpProxyAgent();
@@ -139,16 +150,33 @@ export class Transport {
       let response: ResponseData;
       try {
         const dispatcher = this.direct && isSingleLabelHost(target.hostname) ? this.direct : this.dispatcher;
-        response = await requestApi.call(dispatcher, {
-          origin: target.origin,
-          path: `${target.pathname}${target.search}`,
-          method: options.method,
-          headers,
-          body: streamed?.body ?? options.body ?? null,
-          signal,
-          // A streamed body is watched by its own stall and commit timers instead.
-          ...(streamed ? { headersTimeout: 0 } : {}),
-        });
+        const bulk =
+          options.bulk === true &&
+          this.proxied === undefined &&
+          (options.method === "GET" || options.method === "PUT") &&
+          (options.method === "GET" || streamed !== undefined);
+        response = bulk
+          ? ((await bulkRequest({
+              method: options.method as "GET" | "PUT",
+              url: target,
+              headers,
+              body: streamed?.body,
+              recycleBody: options.recycleBody,
+              signal,
+              headersTimeoutMs: streamed ? 0 : this.deadlines.requestTimeoutMs,
+              stallTimeoutMs: this.deadlines.stallTimeoutMs,
+              ca: this.bulkCa,
+            })) as unknown as ResponseData)
+          : await requestApi.call(dispatcher, {
+              origin: target.origin,
+              path: `${target.pathname}${target.search}`,
+              method: options.method,
+              headers,
+              body: streamed?.body ?? options.body ?? null,
+              signal,
+              // A streamed body is watched by its own stall and commit timers instead.
+              ...(streamed ? { headersTimeout: 0 } : {}),
+            });
       } finally {
         streamed?.settle();
       }
