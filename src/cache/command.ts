@@ -329,6 +329,9 @@ export async function startCache(
     // Ranges arriving out of order are held in memory until their turn: the client's default
     // (8 x 8 MiB) put up to 64 MiB on the front's resident memory for each blob in flight.
     rangedDownload: { concurrency: 4, rangeBytes: 4 * 1024 * 1024 },
+    // A miss's chunks go to every waiting node and to storage, so none is ever recycled, and a
+    // bulk read's 256 KiB buffer per chunk would hold more of the front's memory than undici's.
+    bulkMinBytes: Number.POSITIVE_INFINITY,
   });
   const probeTransport = new Transport({
     insecureHosts: config.insecureRegistries,

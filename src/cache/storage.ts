@@ -85,6 +85,8 @@ export class Storage {
       clock: options.clock,
       logger: options.logger,
       retry: { attempts: 3 },
+      // The front's uploads carry chunks other readers hold too (see command.ts's upstream).
+      bulkMinBytes: Number.POSITIVE_INFINITY,
     });
     this.logger = options.logger;
   }
