@@ -368,6 +368,8 @@ export function bulkRequest(request: BulkRequest): Promise<BulkResponse> {
       }
       const more = pieces.length > 0 ? body.push(pieces) : true;
       if ((framing as Framing).done) complete();
+      // Reading stops for a slow reader: the stall timer judges the server, not the reader.
+      else if (!more) clearTimeout(stallTimer);
       return more;
     };
 
@@ -442,7 +444,10 @@ export function bulkRequest(request: BulkRequest): Promise<BulkResponse> {
         })
       : netConnect(options);
     socket.setNoDelay(true);
-    body.resumeSocket = () => socket.resume();
+    body.resumeSocket = () => {
+      armStall();
+      socket.resume();
+    };
     body.closeSocket = () => {
       clearTimeout(stallTimer);
       socket.destroy();

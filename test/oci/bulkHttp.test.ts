@@ -124,6 +124,29 @@ describe("bulk HTTP exchanges", () => {
     expect(err?.message).toMatch(/stalled/);
   });
 
+  it("does not call a server stalled while its reader, not the server, is behind", async () => {
+    const bytes = randomBytes(8 * 1024 * 1024);
+    const url = await listen(
+      createHttpServer((_req, res) => {
+        res.writeHead(200, { "content-length": String(bytes.length) });
+        res.end(bytes);
+      }),
+    );
+    // A second without a byte from a local server while it is read would be a real stall.
+    const response = await get(url, { stallTimeoutMs: 1_000 });
+    const chunks: Buffer[] = [];
+    let paused = false;
+    for await (const chunk of response.body) {
+      chunks.push(Buffer.from(chunk));
+      if (!paused) {
+        paused = true;
+        // Long enough for the body to fill what it holds and stop reading, three stall timeouts.
+        await new Promise((resolve) => setTimeout(resolve, 3_000));
+      }
+    }
+    expect(Buffer.concat(chunks).equals(bytes)).toBe(true);
+  });
+
   it("fails when no response head comes within the request timeout", async () => {
     const { url } = await rawServer("", () => {});
     const err = await get(url, { headersTimeoutMs: 300 }).then(
