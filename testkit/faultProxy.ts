@@ -49,6 +49,8 @@ export interface SeenRequest {
   range?: string;
   /** Whether the request carried an Authorization header. */
   authorized: boolean;
+  /** Whether the client asked for the connection to close after this exchange (Connection: close). */
+  closes: boolean;
   /** The fault applied to this request, if any. */
   fault?: FaultRule["action"]["kind"];
 }
@@ -106,6 +108,7 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
       status: 0,
       range: typeof req.headers.range === "string" ? req.headers.range : undefined,
       authorized: req.headers.authorization !== undefined,
+      closes: /\bclose\b/i.test(req.headers.connection ?? ""),
       fault: rule?.action.kind,
     };
     seenRequests.push(record);

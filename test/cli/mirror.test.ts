@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { RegistryClient } from "../../src/oci/registry.ts";
+import { startFaultProxy } from "../../testkit/faultProxy.ts";
 import { pushMultiArchIndex, pushSinglePlatformImage } from "../../testkit/images.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
 import { stowage } from "../support/run.ts";
@@ -79,6 +80,50 @@ describe("stowage mirror", () => {
     expect(result.platforms).toEqual(["linux/arm64/v8"]);
     expect(result.target).toBe(`${target.host}/cli/arm-only:v1`);
     expect(result.targetDigest).not.toBe(indexDigest);
+  });
+
+  it("downloads a large layer on a connection of its own, and through the pooled client with --no-bulk", async () => {
+    const pushed = await pushSinglePlatformImage(
+      client,
+      { registry: source.host, repository: "cli/large" },
+      "v1",
+      {
+        layers: [{ seed: "cli/large/0", size: 17 * 1024 * 1024 }],
+      },
+    );
+    const { digest: layer, size: layerSize } = pushed.image.layers[0].descriptor;
+    const proxy = await startFaultProxy(source.url);
+    try {
+      const layerGets = () => proxy.seen().filter((r) => r.method === "GET" && r.path.endsWith(layer));
+      for (const [flags, repository, closes] of [
+        [[], "cli/large-bulk", true],
+        [["--no-bulk"], "cli/large-pooled", false],
+      ] as const) {
+        const since = layerGets().length;
+        const run = await stowage([
+          "mirror",
+          ...insecure(),
+          "--insecure-registry",
+          proxy.host,
+          "--no-blob-index",
+          "--json",
+          ...flags,
+          `${proxy.host}/cli/large:v1`,
+          `${target.host}/${repository}:v1`,
+        ]);
+        expect(run.stderr).toBe("");
+        expect(run.code).toBe(0);
+        expect(JSON.parse(run.stdout).targetDigest).toBe(pushed.digest);
+        expect(
+          layerGets()
+            .slice(since)
+            .map((r) => [r.status, r.closes]),
+        ).toEqual([[200, closes]]);
+        expect(await client.hasBlob({ registry: target.host, repository }, layer)).toBe(layerSize);
+      }
+    } finally {
+      await proxy.stop();
+    }
   });
 
   it("prints plain progress lines on stderr when not a TTY, and nothing with --quiet", async () => {
