@@ -126,6 +126,24 @@ for (const [over, bulk] of [
         ]);
       });
 
+      it("follows a blob download's redirect to another origin, on the same kind of connection", async () => {
+        const content = await seedBlob("redirect/blob", 1_500_000);
+        const store = await startFaultProxy(source.url);
+        try {
+          proxy.addRule({ match: { path: /\/blobs\/sha256:/ }, action: { kind: "redirect", to: store.url } });
+          const since = proxy.seen().length;
+          const fetched = await readAll(
+            clientWith(recordingClock()).getBlob(viaProxy("redirect/blob"), content.descriptor),
+          );
+          expect(fetched.equals(content.bytes)).toBe(true);
+          expect(seenFor(/\/blobs\/sha256:/, since).map((r) => r.status)).toEqual([307]);
+          const bulk = bulkMinBytes !== undefined;
+          expect(store.seen().map((r) => [r.status, r.closes])).toEqual([[200, bulk]]);
+        } finally {
+          await store.stop();
+        }
+      });
+
       it("resumes correctly when the server ignores Range and sends the blob from the start", async () => {
         const content = await seedBlob("resume/norange", 1_500_000);
         proxy.addRule({
