@@ -26,7 +26,7 @@ export interface BulkRequest {
   url: URL;
   headers: Record<string, string>;
   /** A PUT's body; its Content-Length must be in `headers`. */
-  body?: AsyncIterable<unknown> & { destroy?(err?: Error): void };
+  body?: AsyncIterable<unknown> & { destroy?(err?: Error): void; return?(value?: unknown): unknown };
   /** Hand each body chunk to `recycle()` once the socket took it (the body's chunks are this upload's alone). */
   recycleBody?: boolean;
   signal?: AbortSignal;
@@ -319,11 +319,19 @@ export function bulkRequest(request: BulkRequest): Promise<BulkResponse> {
     // The buffer the next read goes into (net.Socket asks for it after each read).
     let next: Buffer = takeBuffer();
 
+    // A stream is destroyed, a generator returned (its `finally` blocks run, and the sources
+    // it iterates are closed in turn).
+    const stopBody = (err?: Error) => {
+      const source = request.body;
+      if (source === undefined) return;
+      if (typeof source.destroy === "function") source.destroy(err);
+      else void Promise.resolve(source.return?.()).catch(() => {});
+    };
     const fail = (err: Error) => {
       clearTimeout(headTimer);
       clearTimeout(stallTimer);
       signal?.removeEventListener("abort", onAbort);
-      request.body?.destroy?.(err);
+      stopBody(err);
       if (!settled) {
         settled = true;
         reject(err);
@@ -412,7 +420,7 @@ export function bulkRequest(request: BulkRequest): Promise<BulkResponse> {
       settled = true;
       resolve({ statusCode: head.statusCode, headers: head.headers, body });
       // An answer before the upload's end (an error): stop sending.
-      if (!uploaded) request.body?.destroy?.();
+      if (!uploaded) stopBody();
       if (framing.done) {
         complete();
         return false;

@@ -18,7 +18,6 @@
  * be cut while still moving. The watchdog below replaces it for streamed bodies.
  * Like the agent's stall detector, progress, not total time, decides.
  */
-import { Readable } from "node:stream";
 
 export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
 export const DEFAULT_STALL_TIMEOUT_MS = 60_000;
@@ -67,9 +66,9 @@ function seconds(ms: number): string {
  * the body's last byte. Call `settle()` once the response headers arrived or the request failed.
  */
 export function watchStreamedBody(
-  body: Readable,
+  body: AsyncIterable<unknown>,
   limits: Deadlines,
-): { body: Readable; signal: AbortSignal; settle(): void } {
+): { body: AsyncGenerator<Buffer>; signal: AbortSignal; settle(): void } {
   const controller = new AbortController();
   let timer: NodeJS.Timeout | undefined;
   let settled = false;
@@ -94,7 +93,7 @@ export function watchStreamedBody(
     );
   }
   return {
-    body: Readable.from(watched(), { objectMode: false, highWaterMark: 64 * 1024 }),
+    body: watched(),
     signal: controller.signal,
     settle() {
       settled = true;

@@ -107,7 +107,7 @@ interface ExchangeRequest {
   /** A path under the registry ("/v2/...") or an absolute URL (upload locations). */
   target: string;
   headers?: Record<string, string>;
-  body?: Buffer | string | Readable | null;
+  body?: Buffer | string | Readable | AsyncIterable<Buffer> | null;
   scopes: string[];
   /** Statuses handed back to the caller; anything else becomes a StowageError. */
   expect: number[];
@@ -695,7 +695,7 @@ export class RegistryClient {
           method: "PUT",
           target: appendQuery(location, { digest: descriptor.digest }),
           headers: { "content-type": "application/octet-stream", "content-length": String(descriptor.size) },
-          body: Readable.from(counted, { objectMode: false }),
+          body: counted,
           scopes: [pushScope(repo.repository)],
           expect: [201, 204, 400, 405, 413, 416],
           subject,
@@ -722,7 +722,7 @@ export class RegistryClient {
             "content-length": String(length),
             "content-range": `${offset}-${offset + length - 1}`,
           },
-          body: Readable.from(reader.take(length), { objectMode: false }),
+          body: reader.take(length),
           scopes: [pushScope(repo.repository)],
           expect: [202, 204],
           subject,
@@ -976,7 +976,10 @@ export class RegistryClient {
     const repository = repositoryOfScopes(request.scopes);
     const candidates = await this.auth.candidates(registry, repository);
     const order = this.auth.candidateOrder(registry, repository, candidates.length);
-    const canResend = !(request.body instanceof Readable);
+    // A streamed body is consumed by the refused attempt: it cannot go out again.
+    const body = request.body;
+    const canResend =
+      body === undefined || body === null || typeof body === "string" || Buffer.isBuffer(body);
     const refusedBy: string[] = [];
     let realmError: StowageError | undefined;
     for (const index of order) {

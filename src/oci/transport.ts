@@ -6,7 +6,7 @@
  */
 
 import { createRequire } from "node:module";
-import type { Readable } from "node:stream";
+import { Readable } from "node:stream";
 import { rootCertificates } from "node:tls";
 import type { Dispatcher, Agent as UndiciAgent } from "undici";
 import { bulkRequest } from "./bulkHttp.ts";
@@ -38,7 +38,8 @@ export interface SendOptions {
   method: HttpMethod;
   url: string;
   headers?: Record<string, string>;
-  body?: Buffer | string | Readable | null;
+  /** A stream or async iterable of Buffers is sent as it comes, watched by deadlines.ts. */
+  body?: Buffer | string | Readable | AsyncIterable<Buffer> | null;
   signal?: AbortSignal;
   /** Follow at most this many redirects of a blob read (redirects.ts; never more than 5). */
   maxRedirects?: number;
@@ -172,7 +173,9 @@ export class Transport {
               path: `${target.pathname}${target.search}`,
               method: options.method,
               headers,
-              body: streamed?.body ?? options.body ?? null,
+              body: streamed
+                ? Readable.from(streamed.body, { objectMode: false, highWaterMark: 64 * 1024 })
+                : ((options.body ?? null) as Buffer | string | null),
               signal,
               // A streamed body is watched by its own stall and commit timers instead.
               ...(streamed ? { headersTimeout: 0 } : {}),
