@@ -29,7 +29,14 @@ export interface FaultRule {
     | { kind: "ignoreRange" }
     /** Answer 307 to the same path on another origin (object storage, a CDN). */
     | { kind: "redirect"; to: string }
-    | { kind: "status"; status: number; retryAfterSeconds?: number; body?: string }
+    | {
+        kind: "status";
+        status: number;
+        retryAfterSeconds?: number;
+        body?: string;
+        /** More response headers (a 401's WWW-Authenticate). */
+        headers?: Record<string, string>;
+      }
     /**
      * A WAN link: the response body goes out at most `bytesPerSecond` on each client connection
      * (a token bucket per socket, so parallel connections each get the rate, as a registry's
@@ -118,6 +125,7 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
       req.resume();
       const headers: OutgoingHttpHeaders = { "content-type": "application/json" };
       if (action.retryAfterSeconds !== undefined) headers["retry-after"] = String(action.retryAfterSeconds);
+      Object.assign(headers, action.headers);
       const body =
         action.body ??
         JSON.stringify({

@@ -291,6 +291,51 @@ for (const [over, bulk] of [
         expect(seenFor(/missing\/image\/manifests/, since).length).toBe(1);
       });
 
+      it("never sends a consumed upload body again after a 401: the retry opens the source anew", async () => {
+        const secured = await startRegistry({ auth: "htpasswd" });
+        const front = await startFaultProxy(secured.url);
+        try {
+          const [user] = secured.users;
+          const client = new RegistryClient({
+            insecureHosts: [front.host],
+            credentials: () => [{ username: user.username, password: user.password }],
+            clock: recordingClock(),
+            retry: { attempts: 3, baseDelayMs: 10, maxDelayMs: 10 },
+            bulkMinBytes,
+          });
+          clients.push(client);
+          // An expired token, as a registry answers it in the middle of an upload.
+          front.addRule({
+            match: { method: "PUT", path: /\/blobs\/uploads\// },
+            action: {
+              kind: "status",
+              status: 401,
+              headers: { "www-authenticate": 'Basic realm="registry"' },
+            },
+          });
+          const bytes = randomBytes(60_000);
+          const descriptor = {
+            mediaType: MediaType.OciLayerTar,
+            digest: digestOf(bytes),
+            size: bytes.length,
+          };
+          let opened = 0;
+          await client.pushBlob({ registry: front.host, repository: "auth/upload" }, descriptor, () => {
+            opened++;
+            return Readable.from([bytes]);
+          });
+          expect(opened).toBe(2);
+          const puts = front.seen().filter((r) => r.method === "PUT");
+          expect(puts.map((r) => r.status)).toEqual([401, 201]);
+          expect(
+            await client.hasBlob({ registry: front.host, repository: "auth/upload" }, descriptor.digest),
+          ).toBe(60_000);
+        } finally {
+          await front.stop();
+          await secured.stop();
+        }
+      });
+
       it("opens the source again and starts a fresh upload when a blob PUT fails with 503", async () => {
         const bytes = randomBytes(50_000);
         const descriptor = { mediaType: MediaType.OciLayerTar, digest: digestOf(bytes), size: bytes.length };
