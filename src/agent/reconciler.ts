@@ -395,22 +395,26 @@ export class NodeAgentReconciler {
     let task = this.#tasks.get(entry.digest);
     if (task?.state === "queued" || task?.state === "pulling") return taskStatus(base, task, now);
     let present = await this.#deps.runtime.imageStatus(refs.byDigest);
+    // Content here but not the tag the kubelet will ask for: resolving the tag is cheap.
+    const tagRetryDue = task?.state !== "failed" || (task.retryAt ?? 0) <= now;
+    const tagMissing =
+      present !== undefined &&
+      refs.byTag !== undefined &&
+      tagRetryDue &&
+      !(await this.#deps.runtime.imageStatus(refs.byTag));
+    // The kubelet's image GC removes by id, every name at once, and may do so between the two
+    // questions: the tag is only missing if the digest is still here; otherwise the image is.
+    if (tagMissing) present = await this.#deps.runtime.imageStatus(refs.byDigest);
     if (present) {
       const owned = previous?.ownedByAgent === true || (task?.state === "done" && task.ownsImage);
       const startedAt = task?.startedAt ?? parseTime(previous?.startedAt);
       const finishedAt = task?.finishedAt ?? parseTime(previous?.finishedAt);
       if (task?.state === "done") this.#tasks.delete(entry.digest);
-      // Content here but not the tag the kubelet will ask for: resolving the tag is cheap.
-      const tagRetryDue = task?.state !== "failed" || (task.retryAt ?? 0) <= now;
-      let tagPulling = false;
-      if (refs.byTag && tagRetryDue && !(await this.#deps.runtime.imageStatus(refs.byTag))) {
-        this.#startPull(entry, task, owned);
-        tagPulling = true;
-      }
+      if (tagMissing) this.#startPull(entry, task, owned);
       // Pinned once no pull of it is running: a CRI pull rewrites the labels of the names it
       // creates (containerd 1.6 drops ours). Just labelled: ask again, so status says what the
       // runtime does with the label.
-      if (!tagPulling && (await this.#pin(entry, refs, present.id, now)))
+      if (!tagMissing && (await this.#pin(entry, refs, present.id, now)))
         present = (await this.#deps.runtime.imageStatus(refs.byDigest)) ?? present;
       const sources = this.#sources(entry, task, previous);
       return {

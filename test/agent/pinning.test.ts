@@ -9,7 +9,7 @@
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type RunningAgent, startAgent } from "../../src/agent/command.ts";
-import { CriClient } from "../../src/agent/cri.ts";
+import { CriClient, type ImageRuntime } from "../../src/agent/cri.ts";
 import { ContainerdPinner } from "../../src/agent/pin.ts";
 import { containerdProgressProbe } from "../../src/agent/progress.ts";
 import { defaultAgentConfig, pullReferences } from "../../src/agent/reconciler.ts";
@@ -54,14 +54,85 @@ async function cachedImage(repo: string, sizes: number[]): Promise<NodeCacheImag
   return { image: `${upstreamHost}/${repo}:1.0`, digest: pushed.digest };
 }
 
-const imageStatus = async (digest: string) =>
-  (await nodeCaches().get("node-pin")).status?.images?.find((i) => i.digest === digest);
+const imageStatus = async (digest: string, nodeName = "node-pin") =>
+  (await nodeCaches().get(nodeName)).status?.images?.find((i) => i.digest === digest);
 
-async function evictedCount(): Promise<number> {
-  const port = agent?.manager.healthAddress?.port;
+async function evictedCount(of: RunningAgent | undefined = agent): Promise<number> {
+  const port = of?.manager.healthAddress?.port;
   const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
   const line = text.split("\n").find((l) => l.startsWith("stowage_agent_images_evicted_total "));
   return Number(line?.split(" ")[1] ?? Number.NaN);
+}
+
+/** An agent for `nodeName`, whose NodeCache asks for `images` through the proxy in front of the cache. */
+async function startNodeAgent(
+  nodeName: string,
+  images: NodeCacheImage[],
+  through: ImageRuntime = runtime,
+): Promise<RunningAgent> {
+  await nodeCaches().create({
+    apiVersion: "stowage.dev/v1alpha1",
+    kind: "NodeCache",
+    metadata: { name: nodeName },
+    spec: { nodeName, cacheEndpoint: proxy.url, mirrorHosts: [upstreamHost], images },
+  });
+  const root = join(node.dir, "root");
+  return startAgent({
+    config: {
+      ...defaultAgentConfig,
+      nodeName,
+      agentVersion: "0.0.0-test",
+      containerdConfigPath: node.certsDir,
+      containerdConfigFile: node.configFile,
+      containerdRoot: root,
+      stallTimeoutMs: 60_000,
+      resyncIntervalMs: 500,
+    },
+    client,
+    runtime: through,
+    progress: containerdProgressProbe(runtime, root),
+    pinner,
+    healthPort: 0,
+    healthHost: "127.0.0.1",
+  });
+}
+
+/**
+ * Every status of `digest` the agent writes to `nodeName` from now on, through a watch: a poll can
+ * miss a transient one when the re-pull is quick on an idle machine or the poll slow on a loaded one.
+ */
+async function watchStatuses(nodeName: string, digest: string) {
+  const written: NodeImageStatus[] = [];
+  const stop = new AbortController();
+  const watching = client
+    .watch(
+      nodeCaches().collectionPath(),
+      { resourceVersion: (await nodeCaches().get(nodeName)).metadata?.resourceVersion },
+      (_type, object) => {
+        const image = (object as NodeCache).status?.images?.find((i) => i.digest === digest);
+        if ((object as NodeCache).metadata?.name === nodeName && image) written.push(image);
+      },
+      { signal: stop.signal },
+    )
+    .catch((err: unknown) => err);
+  return {
+    /** The first written status with reason Evicted (waits up to a minute for it). */
+    evicted: () =>
+      eventually(
+        "reason Evicted while pulling again",
+        () => {
+          const seen = written.find((s) => s.reason === "Evicted");
+          if (seen) return seen;
+          throw new Error(`statuses written: ${JSON.stringify(written.map((s) => [s.state, s.reason]))}`);
+        },
+        60_000,
+      ),
+    /** Ends the watch; resolves to its error, if it failed. */
+    stop: async () => {
+      stop.abort();
+      return watching;
+    },
+  };
 }
 
 beforeAll(async () => {
@@ -90,31 +161,7 @@ describe("pinning and evictions on the real containerd", () => {
   it("labels a present image pinned, reports the runtime's answer, counts and reports its eviction, and unlabels it when it leaves the spec", async () => {
     const model = await cachedImage("acme/pinned", [2 * 1024 * 1024, 1024 * 1024]);
     const refs = pullReferences(model);
-    await nodeCaches().create({
-      apiVersion: "stowage.dev/v1alpha1",
-      kind: "NodeCache",
-      metadata: { name: "node-pin" },
-      spec: { nodeName: "node-pin", cacheEndpoint: proxy.url, mirrorHosts: [upstreamHost], images: [model] },
-    });
-    const root = join(node.dir, "root");
-    agent = await startAgent({
-      config: {
-        ...defaultAgentConfig,
-        nodeName: "node-pin",
-        agentVersion: "0.0.0-test",
-        containerdConfigPath: node.certsDir,
-        containerdConfigFile: node.configFile,
-        containerdRoot: root,
-        stallTimeoutMs: 60_000,
-        resyncIntervalMs: 500,
-      },
-      client,
-      runtime,
-      progress: containerdProgressProbe(runtime, root),
-      pinner,
-      healthPort: 0,
-      healthHost: "127.0.0.1",
-    });
+    agent = await startNodeAgent("node-pin", [model]);
 
     await eventually("Present and labelled", async () => {
       const s = await imageStatus(model.digest);
@@ -136,33 +183,10 @@ describe("pinning and evictions on the real containerd", () => {
       match: { method: "GET", path: /\/blobs\/sha256:/ },
       action: { kind: "throttle", bytesPerSecond: 512 * 1024, latencyMs: 0 },
     });
-    // Every status the agent writes from here on, through a watch: a poll can miss a transient
-    // one when the re-pull is quick on an idle machine or the poll slow on a loaded one.
-    const written: NodeImageStatus[] = [];
-    const stopWatch = new AbortController();
-    const watching = client
-      .watch(
-        nodeCaches().collectionPath(),
-        { resourceVersion: (await nodeCaches().get("node-pin")).metadata?.resourceVersion },
-        (_type, object) => {
-          const image = (object as NodeCache).status?.images?.find((i) => i.digest === model.digest);
-          if ((object as NodeCache).metadata?.name === "node-pin" && image) written.push(image);
-        },
-        { signal: stopWatch.signal },
-      )
-      .catch((err: unknown) => err);
+    const statuses = await watchStatuses("node-pin", model.digest);
     await runtime.removeImage(present?.id ?? "");
-    const evicted = await eventually(
-      "reason Evicted while pulling again",
-      () => {
-        const seen = written.find((s) => s.reason === "Evicted");
-        if (seen) return seen;
-        throw new Error(`statuses written: ${JSON.stringify(written.map((s) => [s.state, s.reason]))}`);
-      },
-      60_000,
-    );
-    stopWatch.abort();
-    expect(await watching).toBeUndefined();
+    const evicted = await statuses.evicted();
+    expect(await statuses.stop()).toBeUndefined();
     expect(["Pending", "Pulling"]).toContain(evicted.state);
     expect(evicted.message).toContain("without the agent removing it");
     expect(await evictedCount()).toBe(1);
@@ -205,4 +229,47 @@ describe("pinning and evictions on the real containerd", () => {
     expect(await runtime.imageStatus(ownRefs.byDigest)).toBeDefined();
     expect(await pinner.isLabelled(refs.byDigest)).toBe(true);
   }, 240_000);
+
+  it("reports an image removed between its digest's and its tag's lookups as evicted, not as a missing tag", async () => {
+    const model = await cachedImage("acme/gc-race", [1024 * 1024]);
+    const refs = pullReferences(model);
+    // The kubelet's GC runs when it runs: here it removes the image just after the agent found
+    // its digest and before the agent asks for its tag, the window a busy machine may hit.
+    let removeBeforeTagLookup: string | undefined;
+    const racing: ImageRuntime = {
+      version: () => runtime.version(),
+      imageStatus: async (image) => {
+        const id = removeBeforeTagLookup;
+        if (id && image === refs.byTag) {
+          removeBeforeTagLookup = undefined;
+          await runtime.removeImage(id);
+        }
+        return runtime.imageStatus(image);
+      },
+      pullImage: (image, options) => runtime.pullImage(image, options),
+      removeImage: (image) => runtime.removeImage(image),
+      imageFsInfo: () => runtime.imageFsInfo(),
+      listImages: () => runtime.listImages(),
+      runtimeConfig: () => runtime.runtimeConfig(),
+    };
+    const raced = await startNodeAgent("node-gc-race", [model], racing);
+    try {
+      await eventually("Present", async () =>
+        (await imageStatus(model.digest, "node-gc-race"))?.state === "Present" ? true : undefined,
+      );
+      const present = await runtime.imageStatus(refs.byDigest);
+      const statuses = await watchStatuses("node-gc-race", model.digest);
+      removeBeforeTagLookup = present?.id;
+      const evicted = await statuses.evicted();
+      expect(await statuses.stop()).toBeUndefined();
+      expect(removeBeforeTagLookup).toBeUndefined();
+      expect(evicted.message).toContain("without the agent removing it");
+      expect(await evictedCount(raced)).toBe(1);
+      await eventually("Present again", async () =>
+        (await imageStatus(model.digest, "node-gc-race"))?.state === "Present" ? true : undefined,
+      );
+    } finally {
+      await raced.stop();
+    }
+  }, 120_000);
 });
