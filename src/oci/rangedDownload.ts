@@ -100,8 +100,11 @@ export async function* rangedChunks(
   options: RangedDownloadOptions & {
     signal?: AbortSignal;
     onRetry?: (start: number, err: StowageError) => void;
+    /** The clock, in ms, that the reader's waits and rates are measured on (tests pass a virtual one). */
+    clock?: () => number;
   },
 ): AsyncGenerator<Buffer, void, undefined> {
+  const clock = options.clock ?? (() => performance.now());
   const rangeBytes = Math.max(1, options.rangeBytes ?? rangedDefaults.rangeBytes);
   const window = Math.max(1, options.concurrency ?? rangedDefaults.concurrency);
   const stop = new AbortController();
@@ -277,7 +280,7 @@ export async function* rangedChunks(
     // Ranges to read before the window may grow again after a doubling that did not pay.
     let cooldown = 0;
     let trial: { activeBefore: number; rateBefore: number; partsLeft: number } | undefined;
-    let segmentStarted = performance.now();
+    let segmentStarted = clock();
     let segmentBytes = 0;
     // Slices of the whole-blob stream to read before it is judged again: a stream's first
     // slices always look starved (the target's socket buffers fill at memory speed), and after
@@ -291,7 +294,7 @@ export async function* rangedChunks(
       freeSpace();
       startMore();
       const part = parts[index];
-      const partStarted = performance.now();
+      const partStarted = clock();
       let waited = 0;
       // The whole-blob stream is judged every rangeBytes read, as a range is when it ends.
       let sliceStarted = partStarted;
@@ -315,7 +318,7 @@ export async function* rangedChunks(
         if (part.error !== undefined) throw part.error;
         if (part.done) break;
         if (part === stream && sliceRead >= rangeBytes) {
-          const now = performance.now();
+          const now = clock();
           if (streamCooldown > 0) {
             if (--streamCooldown === 0) {
               streamStarted = now;
@@ -347,17 +350,17 @@ export async function* rangedChunks(
           sliceWaited = 0;
           sliceRead = 0;
         }
-        const waitStarted = performance.now();
+        const waitStarted = clock();
         await new Promise<void>((resolve) => {
           part.wake = resolve;
         });
-        const waitedNow = performance.now() - waitStarted;
+        const waitedNow = clock() - waitStarted;
         waited += waitedNow;
         sliceWaited += waitedNow;
       }
       // The reader's rate over the ranges since the last decision (one range alone is noisy:
       // ranges fetched ahead arrive in bursts).
-      const now = performance.now();
+      const now = clock();
       const rate = segmentBytes / Math.max(1e-3, now - segmentStarted);
       if (cooldown > 0) cooldown--;
       if (trial && --trial.partsLeft <= 0) {

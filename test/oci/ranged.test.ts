@@ -7,6 +7,7 @@ import { digestOf, RegistryClient, type RepoRef } from "../../src/oci/registry.t
 import { type Descriptor, MediaType } from "../../src/oci/types.ts";
 import { type FaultProxy, startFaultProxy } from "../../testkit/faultProxy.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
+import { type VirtualTime, virtualTime } from "../support/virtualTime.ts";
 
 const KiB = 1024;
 const rangeBytes = 256 * KiB;
@@ -174,8 +175,11 @@ describe("rangedChunks' window", () => {
     toError: (caught: unknown) => caught as never,
   };
 
-  /** An upstream whose every range arrives in 4 pieces, `pieceDelayMs` apart; counts ranges open at once. */
-  function slowUpstream(pieceDelayMs: number) {
+  /**
+   * An upstream whose every range arrives in 4 pieces, `pieceDelayMs` apart (virtual ms on `time`,
+   * else real ones); counts ranges open at once.
+   */
+  function slowUpstream(pieceDelayMs: number, time?: VirtualTime) {
     let open = 0;
     let maxOpen = 0;
     const openRange = async (start: number, end: number) => {
@@ -186,7 +190,8 @@ describe("rangedChunks' window", () => {
         (async function* pieces() {
           try {
             for (let i = 0; i < 4; i++) {
-              await sleep(pieceDelayMs);
+              if (time) await time.until(time.now() + pieceDelayMs);
+              else await sleep(pieceDelayMs);
               const from = Math.floor((i * length) / 4);
               yield Buffer.alloc(Math.floor(((i + 1) * length) / 4) - from, 1);
             }
@@ -201,12 +206,14 @@ describe("rangedChunks' window", () => {
   }
 
   it("opens more ranges at once while the reader waits on a slow link", async () => {
-    const upstream = slowUpstream(20);
+    const time = virtualTime();
+    const upstream = slowUpstream(20, time);
     let total = 0;
     for await (const chunk of rangedChunks(64 * KiB, upstream.openRange, noRetry, {
       rangeBytes: 4 * KiB,
       concurrency: 4,
       streamFirst: false,
+      clock: time.now,
     }))
       total += chunk.length;
     expect(total).toBe(64 * KiB);

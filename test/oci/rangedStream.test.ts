@@ -12,6 +12,7 @@ import { digestOf, RegistryClient } from "../../src/oci/registry.ts";
 import { MediaType } from "../../src/oci/types.ts";
 import { type FaultProxy, startFaultProxy } from "../../testkit/faultProxy.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
+import { type VirtualTime, virtualTime } from "../support/virtualTime.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -21,16 +22,35 @@ const noRetry = { attempts: 1, sleep: async () => {}, toError: (caught: unknown)
 const byteAt = (i: number) => i % 251;
 
 /**
- * An upstream serving the pattern in `pieceBytes` pieces, each after `delayMs`. `sharedLink`: one
- * piece at a time across every connection (a link that more connections do not make faster).
- * Records each request, the bytes each body produced, and how many were open at once.
+ * An upstream serving the pattern in `pieceBytes` pieces, each `delayMs` after the one before on
+ * its connection (virtual ms on `time`, else real ones). `sharedLink`: one piece at a time across
+ * every connection (a link that more connections do not make faster). Records each request, the
+ * bytes each body produced, and how many were open at once.
  */
-function fakeUpstream(options: { pieceBytes: number; delayMs: number; sharedLink?: boolean }) {
+function fakeUpstream(options: {
+  pieceBytes: number;
+  delayMs: number;
+  sharedLink?: boolean;
+  time?: VirtualTime;
+}) {
   const requests: [number, number][] = [];
   let produced = 0;
   let open = 0;
   let maxOpen = 0;
   let link: Promise<void> = Promise.resolve();
+  let linkFreeAt = 0;
+  const pace = async () => {
+    const { time, delayMs } = options;
+    if (time) {
+      const at = options.sharedLink ? Math.max(linkFreeAt, time.now()) + delayMs : time.now() + delayMs;
+      if (options.sharedLink) linkFreeAt = at;
+      await time.until(at);
+    } else if (options.sharedLink) {
+      const turn = link.then(() => sleep(delayMs));
+      link = turn;
+      await turn;
+    } else await sleep(delayMs);
+  };
   const openRange = async (start: number, end: number) => {
     requests.push([start, end]);
     open++;
@@ -39,13 +59,7 @@ function fakeUpstream(options: { pieceBytes: number; delayMs: number; sharedLink
       (async function* pieces() {
         try {
           for (let at = start; at <= end; at += options.pieceBytes) {
-            if (options.delayMs > 0) {
-              if (options.sharedLink) {
-                const turn = link.then(() => sleep(options.delayMs));
-                link = turn;
-                await turn;
-              } else await sleep(options.delayMs);
-            }
+            if (options.delayMs > 0) await pace();
             const piece = Buffer.alloc(Math.min(options.pieceBytes, end - at + 1));
             for (let i = 0; i < piece.length; i++) piece[i] = byteAt(at + i);
             produced += piece.length;
@@ -71,9 +85,18 @@ function expectPattern(chunks: Buffer[], size: number) {
  * Downloads a blob of `size` in `rangeBytes` slices from `upstream` as fast as it comes, checks every byte
  * and that the first request asked for the whole blob; returns the requests after it.
  */
-async function downloadFast(upstream: ReturnType<typeof fakeUpstream>, size: number, rangeBytes: number) {
+async function downloadFast(
+  upstream: ReturnType<typeof fakeUpstream>,
+  size: number,
+  rangeBytes: number,
+  time?: VirtualTime,
+) {
   const chunks: Buffer[] = [];
-  for await (const chunk of rangedChunks(size, upstream.openRange, noRetry, { rangeBytes, concurrency: 4 }))
+  for await (const chunk of rangedChunks(size, upstream.openRange, noRetry, {
+    rangeBytes,
+    concurrency: 4,
+    ...(time ? { clock: time.now } : {}),
+  }))
     chunks.push(chunk);
   expectPattern(chunks, size);
   const [first, ...later] = upstream.requests;
@@ -107,8 +130,9 @@ describe("a large blob's download as one stream first", () => {
   it("splits the rest into ranges fetched in parallel when the reader waits on a slow link", async () => {
     const size = 2 * MiB;
     const rangeBytes = 64 * KiB;
-    const upstream = fakeUpstream({ pieceBytes: 16 * KiB, delayMs: 3 });
-    const later = await downloadFast(upstream, size, rangeBytes);
+    const time = virtualTime();
+    const upstream = fakeUpstream({ pieceBytes: 16 * KiB, delayMs: 3, time });
+    const later = await downloadFast(upstream, size, rangeBytes, time);
     expect(later.length).toBeGreaterThan(0);
     // The stream kept the slice it was in; the rest came as whole slices.
     for (const [start, end] of later) {
@@ -121,8 +145,9 @@ describe("a large blob's download as one stream first", () => {
   it("goes back to one stream for the rest when more connections did not make the link faster", async () => {
     const size = 2 * MiB;
     const rangeBytes = 64 * KiB;
-    const upstream = fakeUpstream({ pieceBytes: 16 * KiB, delayMs: 4, sharedLink: true });
-    const later = await downloadFast(upstream, size, rangeBytes);
+    const time = virtualTime();
+    const upstream = fakeUpstream({ pieceBytes: 16 * KiB, delayMs: 4, sharedLink: true, time });
+    const later = await downloadFast(upstream, size, rangeBytes, time);
     // Split into ranges, and then one request again from a slice boundary to the blob's end.
     expect(later.some(([start, end]) => end === start + rangeBytes - 1)).toBe(true);
     expect(

@@ -4,9 +4,9 @@
  * one connection for good.
  */
 import { Readable } from "node:stream";
-import { setTimeout as sleep } from "node:timers/promises";
 import { describe, expect, it } from "vitest";
 import { rangedChunks } from "../../src/oci/rangedDownload.ts";
+import { virtualTime } from "../support/virtualTime.ts";
 
 const KiB = 1024;
 const noRetry = { attempts: 1, sleep: async () => {}, toError: (caught: unknown) => caught as never };
@@ -18,6 +18,7 @@ describe("rangedChunks' window after a doubling that did not pay", () => {
     let maxOpen = 0;
     let maxOpenAfterFirstTrial = 0;
     const pieceDelayMs = 15;
+    const time = virtualTime();
     const openRange = async (start: number, end: number) => {
       opened++;
       // Requests 2-5 are the first trial's (two at a time): four times slower, so it looks as
@@ -32,7 +33,7 @@ describe("rangedChunks' window after a doubling that did not pay", () => {
         (async function* pieces() {
           try {
             for (let i = 0; i < 4; i++) {
-              await sleep(delay);
+              await time.until(time.now() + delay);
               const from = Math.floor((i * length) / 4);
               yield Buffer.alloc(Math.floor(((i + 1) * length) / 4) - from, 1);
             }
@@ -48,6 +49,7 @@ describe("rangedChunks' window after a doubling that did not pay", () => {
       rangeBytes: 4 * KiB,
       concurrency: 4,
       streamFirst: false,
+      clock: time.now,
     }))
       total += chunk.length;
     expect(total).toBe(64 * 4 * KiB);
