@@ -3,6 +3,7 @@ import type { KubeClient, KubeObject } from "../../src/kube/client.ts";
 import { Resources } from "../../src/kube/client.ts";
 import { Informer } from "../../src/kube/informer.ts";
 import { createRuntimeMetrics } from "../../src/metrics.ts";
+import { eventually as eventuallyValue } from "../support/eventually.ts";
 import { cuttableClient } from "./apiFaults.ts";
 import { FakeClock } from "./fakeClock.ts";
 import {
@@ -116,12 +117,26 @@ describe("informer", () => {
     churning = false;
     await disruptions;
 
-    const serverList = await (await client.typed()).core.listNamespacedConfigMap({ namespace: "churn" });
-    const expected = rvByKey(serverList.items as KubeObject[]);
-    await eventually("the informer cache matches the server", () => {
-      const cached = rvByKey(informer.list());
-      return cached.size === expected.size && [...expected].every(([k, rv]) => cached.get(k) === rv);
-    });
+    // Compared with the server's list of the moment, not one taken once: the controller-manager
+    // publishes kube-root-ca.crt into the namespace when it gets to it, which on a busy machine
+    // can be after the writers are done.
+    const expected = await eventuallyValue(
+      "the informer cache matches the server",
+      async () => {
+        const serverList = await (await client.typed()).core.listNamespacedConfigMap({ namespace: "churn" });
+        const server = rvByKey(serverList.items as KubeObject[]);
+        const cached = rvByKey(informer.list());
+        const differing = [...new Set([...server.keys(), ...cached.keys()])].filter(
+          (key) => server.get(key) !== cached.get(key),
+        );
+        if (differing.length === 0) return server;
+        const shown = differing
+          .slice(0, 5)
+          .map((key) => `${key}: server ${server.get(key) ?? "none"}, cache ${cached.get(key) ?? "none"}`);
+        throw new Error(`${differing.length} differ (${shown.join("; ")})`);
+      },
+      30_000,
+    );
     for (const [key, rv] of expected) expect(seen.lastSeen.get(key)?.metadata?.resourceVersion).toBe(rv);
     for (const [key, last] of seen.lastSeen) if (!expected.has(key)) expect(last).toBeUndefined();
     expect(seen.counts()).toEqual({ duplicateAdds: 0, deletesOfUnknown: 0 });
