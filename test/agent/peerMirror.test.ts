@@ -80,7 +80,9 @@ beforeAll(async () => {
     cacheEndpoint: cacheProxy.url,
     host: "127.0.0.1",
     port: 0,
-    stallTimeoutMs: 500,
+    // Long enough that a busy machine's pause in A's serving is not taken for a stall (the first
+    // test expects no peer failure); the stall test's A never resumes, so it only waits this long.
+    stallTimeoutMs: 3_000,
     state: {
       assignment: (digest) => assignments.get(digest),
       endpoint: (node) => (node === "node-a" ? endpointA : undefined),
