@@ -133,7 +133,9 @@ describe("a cache that stops reading", () => {
     const stalled = new RegistryClient({
       insecureHosts: [upstream.host, front.host],
       cacheRegistries: [front.host],
-      stallTimeoutMs: 500,
+      // The upstream's reads share this timeout: long enough that a busy machine's pause in
+      // them is not a stall, while the front's PUT is held for a minute.
+      stallTimeoutMs: 1_500,
       commitTimeoutMs: 1_000,
       retry: { attempts: 2, baseDelayMs: 10, maxDelayMs: 50 },
       proxy: false,

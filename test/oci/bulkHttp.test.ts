@@ -132,15 +132,16 @@ describe("bulk HTTP exchanges", () => {
         res.end(bytes);
       }),
     );
-    // A second without a byte from a local server while it is read would be a real stall.
-    const response = await get(url, { stallTimeoutMs: 1_000 });
+    // Two seconds without a byte from a local server while it is read would be a real stall.
+    const response = await get(url, { stallTimeoutMs: 2_000 });
     const chunks: Buffer[] = [];
     let paused = false;
     for await (const chunk of response.body) {
       chunks.push(Buffer.from(chunk));
       if (!paused) {
         paused = true;
-        // Long enough for the body to fill what it holds and stop reading, three stall timeouts.
+        // Long enough for the body to fill what it holds and stop reading, and half as long again
+        // as the stall timeout.
         await new Promise((resolve) => setTimeout(resolve, 3_000));
       }
     }
