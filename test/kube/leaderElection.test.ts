@@ -27,7 +27,9 @@ afterAll(async () => {
   await cluster?.stop();
 });
 
-const timing = { leaseDurationMs: 1500, renewDeadlineMs: 1000, retryPeriodMs: 200 };
+// Short enough to keep the takeovers quick, long enough that a renewal slowed by a busy machine
+// (a lease PUT through the real apiserver) does not lose the lease by accident.
+const timing = { leaseDurationMs: 3000, renewDeadlineMs: 2000, retryPeriodMs: 300 };
 
 /** A manager whose reconciler records which replica reconciled what. */
 function replica(
