@@ -6,6 +6,7 @@ import { RegistryClient } from "../../src/oci/registry.ts";
 import { type ControllerProcess, startControllerProcess } from "../../testkit/controllerProcess.ts";
 import { type PushedImage, pushSinglePlatformImage } from "../../testkit/images.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
+import { eventually } from "../support/eventually.ts";
 import {
   type Cluster,
   condition,
@@ -137,9 +138,14 @@ describe("stowage controller, end to end", () => {
     expect(managers).toContain("stowage-controller:status");
     expect(managers).not.toContain("unknown:status");
 
-    const metrics = await controller.health("/metrics");
-    expect(metrics.status).toBe(200);
-    expect(sampleValue(metrics.body, "stowage_modelimage_ready", { namespace: "default", name })).toBe(1);
+    // The gauge reads the controller's informer, which may see the Ready status a moment after kubectl did.
+    const metrics = await eventually("stowage_modelimage_ready at 1", async () => {
+      const scraped = await controller.health("/metrics");
+      expect(scraped.status).toBe(200);
+      return sampleValue(scraped.body, "stowage_modelimage_ready", { namespace: "default", name }) === 1
+        ? scraped
+        : undefined;
+    });
     expect(metrics.body).toMatch(/^stowage_sync_total\{/m);
     expect(metrics.body).toMatch(/^process_resident_memory_bytes /m);
     expect((await controller.health("/readyz")).status).toBe(200);
