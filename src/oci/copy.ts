@@ -12,7 +12,7 @@ import type { Clock } from "../util/clock.ts";
 import { systemClock } from "../util/clock.ts";
 import { StowageError } from "../util/errors.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
-import { settle, unsettle } from "../util/settle.ts";
+import { type Settled, settle, unsettle } from "../util/settle.ts";
 import { type BlobIndex, MemoryBlobIndex } from "./blobIndex.ts";
 import { checkSinglePlatform, formatPlatform, selectManifests } from "./platforms.ts";
 import { formatReference, type ImageReference } from "./reference.ts";
@@ -256,7 +256,16 @@ export class Copier {
     // is reported only after the source's, as when they ran one after the other.
     const named = target.tag ?? target.digest;
     const earlyHead = named !== undefined ? settle(client.headManifest(targetRepo, named)) : undefined;
-    const sourceManifest = await client.getManifest(sourceRepo, source.digest ?? source.tag ?? "latest");
+    const sourceReference = source.digest ?? source.tag ?? "latest";
+    const sourceManifest =
+      (await this.#heldByTarget(
+        sourceRepo,
+        sourceReference,
+        source.digest,
+        targetRepo,
+        earlyHead,
+        options.signal,
+      )) ?? (await client.getManifest(sourceRepo, sourceReference));
     const mediaType = mediaTypeOf(sourceManifest);
     const keepAll = options.allPlatforms === true || !options.platforms || options.platforms.length === 0;
 
@@ -286,7 +295,7 @@ export class Copier {
       );
     }
 
-    // The fast path of an unchanged re-sync: one GET of the source, one HEAD of the target.
+    // The fast path of an unchanged re-sync: one HEAD of the source, the target's HEAD and GET.
     const existing = earlyHead
       ? unsettle(await earlyHead)
       : await client.headManifest(targetRepo, targetReference);
@@ -347,6 +356,41 @@ export class Copier {
       upToDate,
       fetched,
     };
+  }
+
+  /**
+   * The source's manifest read from the target, when the target's reference already holds the
+   * digest the source serves: an unchanged re-sync then asks the upstream one HEAD and no GET.
+   * Registries such as Docker Hub count every manifest GET as a pull against the rate limit
+   * (HEADs not), and `stowage mirror` is re-run from cron jobs and CI. Undefined whenever that is not
+   * certain (no digest on either side, a difference, any failure): the source's GET then
+   * answers as before, errors included. getManifest by digest checks the target's bytes.
+   */
+  async #heldByTarget(
+    sourceRepo: RepoRef,
+    sourceReference: string,
+    sourceDigest: string | undefined,
+    targetRepo: RepoRef,
+    targetHead: Promise<Settled<{ digest: string } | undefined>> | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<RawManifest | undefined> {
+    // Nothing is asked of the source until the target says it holds something: a cold copy
+    // goes straight to the source's GET.
+    const held = targetHead ? await targetHead : undefined;
+    if (!held?.ok || held.value === undefined) return undefined;
+    try {
+      const digest =
+        sourceDigest ?? (await this.#client.peekManifestDigest(sourceRepo, sourceReference, { signal }));
+      if (digest === undefined || digest !== held.value.digest) return undefined;
+      return await this.#client.getManifest(targetRepo, digest, { signal });
+    } catch (err) {
+      if (signal?.aborted) throw err;
+      this.#logger.debug(
+        { source: `${sourceRepo.registry}/${sourceRepo.repository}`, err: (err as Error).message },
+        "could not read the unchanged manifest from the target; asking the source",
+      );
+      return undefined;
+    }
   }
 
   async #loadNode(repo: RepoRef, descriptor: Descriptor): Promise<ManifestNode> {

@@ -1,7 +1,8 @@
 /**
- * Issue 14, "an instant no-op": is the target already up to date? Answered with the same
- * requests as Copier.plan's fast path (GET of the source manifest, HEAD of the target's, then the
- * target's child manifests or image config for the platforms and sizes), on node:http/https.
+ * Issue 14, "an instant no-op": is the target already up to date? Answered from a HEAD of the
+ * source's manifest and, at the same time, a GET of the target's; then the target's child
+ * manifests or image config for the platforms and sizes, as Copier.plan's fast path reads them
+ * (it asks the source no more than that HEAD either), on node:http/https.
  *
  * Hand-written rather than undici because undici's client loads node:http2 (and with it ~12 MB)
  * when imported, which was most of what an unchanged re-run still cost. This client does only
@@ -100,15 +101,20 @@ class LightClient {
     const { source, target } = this.#options;
     const now = this.#options.now ?? Date.now;
     const started = now();
-    const sourceManifest = await this.#manifest(source, source.digest ?? source.tag ?? "latest");
+    // The source is asked for its digest with a HEAD, and the manifest itself is read from the
+    // target, which holds the same bytes when the image is up to date: registries such as
+    // Docker Hub count every manifest GET as a pull against the rate limit, and a HEAD as none.
+    const named = target.tag ?? target.digest;
+    const [rootDigest, held] = await Promise.all([
+      source.digest ?? this.#digest(source, source.tag ?? "latest"),
+      named !== undefined ? this.#manifest(target, named) : undefined,
+    ]);
+    const sourceManifest = held ?? (await this.#manifest(target, rootDigest));
+    if (sourceManifest.digest !== rootDigest)
+      throw new HandOver(`target holds ${sourceManifest.digest}, not ${rootDigest}`);
     const mediaType = mediaTypeOf(sourceManifest.bytes, sourceManifest.mediaType);
     const isIndex = isIndexMediaType(mediaType);
     if (!isIndex && !manifestTypes.has(mediaType)) throw new HandOver(`source is a ${mediaType}`);
-    const rootDigest = sourceManifest.digest;
-    const targetReference = target.tag ?? target.digest ?? rootDigest;
-    const head = await this.#request(target, "HEAD", `manifests/${targetReference}`, ACCEPT);
-    const served = header(head.headers, "docker-content-digest");
-    if (served !== rootDigest) throw new HandOver(`target holds ${served ?? "no digest"}, not ${rootDigest}`);
 
     const root: Node = { digest: rootDigest, bytes: sourceManifest.bytes, blobs: [], children: [] };
     const platforms: string[] = [];
@@ -181,6 +187,15 @@ class LightClient {
       architecture: body.architecture,
       ...(body.variant ? { variant: body.variant } : {}),
     };
+  }
+
+  /** The digest `repo` serves for `reference`, from a HEAD (no body, so no pull counted). */
+  async #digest(repo: ImageReference, reference: string): Promise<string> {
+    const response = await this.#request(repo, "HEAD", `manifests/${reference}`, ACCEPT);
+    const served = header(response.headers, "docker-content-digest");
+    if (!served || !/^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/.test(served))
+      throw new HandOver(`HEAD of ${reference} gave no digest`);
+    return served;
   }
 
   async #manifest(repo: ImageReference, reference: string) {

@@ -320,6 +320,35 @@ export class RegistryClient {
     return { digest: manifest.digest, mediaType: manifest.mediaType, size: manifest.bytes.length };
   }
 
+  /**
+   * One HEAD of a manifest, with no retry and no GET behind it: the digest the registry serves
+   * for `reference`, or undefined when it holds none or does not say. For a caller with another
+   * way to the manifest (Copier.plan reads an unchanged image from its target): registries such
+   * as Docker Hub count every manifest GET as a pull against the rate limit, and a HEAD as none.
+   */
+  async peekManifestDigest(
+    repo: RepoRef,
+    reference: string,
+    options: { signal?: AbortSignal } = {},
+  ): Promise<string | undefined> {
+    const name = displayName(repo, reference);
+    const response = await this.exchange({
+      registry: repo.registry,
+      method: "HEAD",
+      target: `/v2/${repo.repository}/manifests/${reference}`,
+      headers: { accept: MANIFEST_ACCEPT },
+      scopes: [pullScope(repo.repository)],
+      signal: options.signal,
+      expect: [200, 404],
+      subject: `image ${name}`,
+      notFound: "ImageNotFound",
+    });
+    await response.body.dump();
+    if (response.statusCode === 404) return undefined;
+    const digest = headerValue(response.headers, "docker-content-digest");
+    return digest !== undefined && isDigest(digest) ? digest : undefined;
+  }
+
   /** Pushes the exact bytes under a tag or digest; returns the digest the registry stored. */
   async putManifest(repo: RepoRef, reference: string, manifest: RawManifest): Promise<string> {
     const name = displayName(repo, reference);

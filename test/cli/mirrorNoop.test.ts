@@ -145,6 +145,40 @@ describe("an unchanged stowage mirror re-run", () => {
     expect(noop.loaded.builtins).not.toContain("worker_threads");
   });
 
+  it("asks the source one HEAD and no GET (a pull, to Docker Hub's rate limit), as the full path does", async () => {
+    const upstream = await startFaultProxy(source.url);
+    try {
+      const args = ["--insecure-registry", upstream.host, "--insecure-registry", target.host];
+      const src = `${upstream.host}/noop/app:v1`;
+      const dst = `${target.host}/noop/headonly:v1`;
+      /** One run, and what it asked the source. */
+      const watched = async (env: Record<string, string> = {}) => {
+        const before = upstream.seen().length;
+        const run = await probed(args, src, dst, env);
+        expect(run.code, run.stderr).toBe(0);
+        return {
+          run,
+          asked: upstream
+            .seen()
+            .slice(before)
+            .map((r) => `${r.method} ${r.path}`),
+        };
+      };
+      const copy = await watched();
+      expect(copy.asked).toContain("GET /v2/noop/app/manifests/v1");
+
+      const light = await watched();
+      const full = await watched({ STOWAGE_LOG_LEVEL: "info" });
+      expect(light.asked).toEqual(["HEAD /v2/noop/app/manifests/v1"]);
+      expect(full.asked).toEqual(["HEAD /v2/noop/app/manifests/v1"]);
+      expect(loadsUndici(light.run.loaded)).toBe(false);
+      expect((JSON.parse(light.run.stdout) as CopyResult).bytes.transferred).toBe(0);
+      expect(withoutDuration(light.run.stdout)).toEqual(withoutDuration(full.run.stdout));
+    } finally {
+      await upstream.stop();
+    }
+  });
+
   it("answers a multi-platform index from a token-auth source to an htpasswd TLS target as the full path does, without undici", async () => {
     const [tokenUser] = tokenSource.users;
     const [basicUser] = basicTarget.users;
@@ -250,9 +284,9 @@ describe("a re-run the light check cannot answer goes to the full path", () => {
       await front?.stop();
     });
 
-    it("answers as the full path does when the target's manifest HEAD is redirected", async () => {
+    it("answers as the full path does when the target's manifest requests are redirected", async () => {
       front.addRule({
-        match: { method: "HEAD", path: /\/manifests\// },
+        match: { path: /\/manifests\// },
         times: Number.POSITIVE_INFINITY,
         action: { kind: "redirect", to: target.url },
       });

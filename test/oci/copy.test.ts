@@ -286,6 +286,88 @@ describe("Copier against real registries", () => {
     expect(writesAfter).toBe(writesBefore);
   });
 
+  it("re-syncs an unchanged image asking the source one HEAD, its manifests read from the target", async () => {
+    await pushMultiArchIndex(client, repo(source, "headonly/app"), "v1", { layerSizes: [50_000] });
+    const first = await copier.copy(ref(proxy, "headonly/app:v1"), ref(target, "headonly/app:v1"));
+    expect(first.blobs.transferred).toBeGreaterThan(0);
+    const before = proxy.seen().length;
+
+    const again = await copier.copy(ref(proxy, "headonly/app:v1"), ref(target, "headonly/app:v1"));
+    // A manifest GET is what registries such as Docker Hub count as a pull.
+    expect(
+      proxy
+        .seen()
+        .slice(before)
+        .map((r) => `${r.method} ${r.path}`),
+    ).toEqual(["HEAD /v2/headonly/app/manifests/v1"]);
+    const { durationMs: _a, ...firstResult } = first;
+    const { durationMs: _b, ...againResult } = again;
+    expect(againResult).toEqual({
+      ...firstResult,
+      bytes: { transferred: 0, mounted: 0, skipped: total(first) },
+      blobs: { transferred: 0, mounted: 0, skipped: first.blobs.transferred },
+      manifests: { pushed: 0, skipped: first.manifests.pushed },
+    });
+  });
+
+  it("reads the source's manifest when the source's HEAD does not name a digest", async () => {
+    await pushSinglePlatformImage(client, repo(source, "headonly/nodigest"), "v1");
+    const first = await copier.copy(ref(proxy, "headonly/nodigest:v1"), ref(target, "headonly/nodigest:v1"));
+    const before = proxy.seen().length;
+    proxy.addRule({
+      match: { method: "HEAD", path: /\/headonly\/nodigest\/manifests\/v1$/ },
+      times: 1,
+      action: { kind: "status", status: 200, body: "" },
+    });
+    try {
+      const again = await copier.copy(
+        ref(proxy, "headonly/nodigest:v1"),
+        ref(target, "headonly/nodigest:v1"),
+      );
+      expect(again.targetDigest).toBe(first.targetDigest);
+      expect(again.bytes.transferred).toBe(0);
+    } finally {
+      proxy.clearRules();
+    }
+    expect(
+      proxy
+        .seen()
+        .slice(before)
+        .map((r) => `${r.method} ${r.path}`),
+    ).toEqual(["HEAD /v2/headonly/nodigest/manifests/v1", "GET /v2/headonly/nodigest/manifests/v1"]);
+  });
+
+  it("reads the source's manifest when the target's copy does not hash to its digest", async () => {
+    const targetProxy = await startFaultProxy(target.url);
+    const reaching = copierReaching(targetProxy);
+    try {
+      const pushed = await pushSinglePlatformImage(client, repo(source, "headonly/corrupt"), "v1");
+      await reaching.copier.copy(ref(proxy, "headonly/corrupt:v1"), ref(targetProxy, "headonly/corrupt:v1"));
+      const before = proxy.seen().length;
+      targetProxy.addRule({
+        match: { method: "GET", path: new RegExp(`/headonly/corrupt/manifests/${pushed.digest}$`) },
+        times: 1,
+        action: { kind: "flipByte", offset: 10 },
+      });
+      const again = await reaching.copier.copy(
+        ref(proxy, "headonly/corrupt:v1"),
+        ref(targetProxy, "headonly/corrupt:v1"),
+      );
+      expect(again.targetDigest).toBe(pushed.digest);
+      expect(again.bytes.transferred).toBe(0);
+      expect(targetProxy.seen().some((r) => r.fault === "flipByte")).toBe(true);
+      expect(
+        proxy
+          .seen()
+          .slice(before)
+          .map((r) => `${r.method} ${r.path}`),
+      ).toEqual(["HEAD /v2/headonly/corrupt/manifests/v1", "GET /v2/headonly/corrupt/manifests/v1"]);
+    } finally {
+      await reaching.client.close();
+      await targetProxy.stop();
+    }
+  });
+
   it("skips blobs the target repository already has and copies only the rest", async () => {
     const v1 = await pushSinglePlatformImage(client, repo(source, "partial/app"), "v1", {
       layers: [
