@@ -29,6 +29,7 @@ import { RegistryClient } from "../src/oci/registry.ts";
 import { type FaultProxy, startFaultProxy } from "../testkit/faultProxy.ts";
 import { drain, type PushedImage, pushSharedBaseImages, pushSinglePlatformImage } from "../testkit/images.ts";
 import { type RunningRegistry, startRegistry } from "../testkit/registry.ts";
+import { procCpuSeconds } from "./procStatus.ts";
 
 const MiB = 1024 * 1024;
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -192,6 +193,7 @@ async function main(): Promise<void> {
       const src = `${from}/${repository}:v1`;
       const dst = `${target.host}/${repository}:v1`;
       settleDisk(source.storageDir);
+      const targetCpuBefore = procCpuSeconds(target.pid);
       let run: ProcessRun;
       if (tool === "stowage") {
         run = await runMeasured(
@@ -226,7 +228,10 @@ async function main(): Promise<void> {
       }
       if (run.code !== 0) throw new Error(`${tool} failed: ${run.stderr.slice(-2000)}`);
       const result = tool === "stowage" ? (JSON.parse(run.stdout) as CopyResult) : undefined;
-      return { run, result };
+      // How busy the target registry was: near one core, its upload handler (which hashes every
+      // byte on one goroutine) is what limits the copy, whichever client sends the bytes.
+      const targetCores = (procCpuSeconds(target.pid) - targetCpuBefore) / (run.wallMs / 1000);
+      return { run, result, targetCores };
     };
 
     // Target ingest: one monolithic PUT of the big layer from the generator into a fresh
@@ -237,6 +242,7 @@ async function main(): Promise<void> {
       const ingestTarget = await fresh();
       settleDisk();
       const ingestStarted = performance.now();
+      const cpuBefore = procCpuSeconds(ingestTarget.pid);
       const ingestClient = new RegistryClient({ insecureHosts: [ingestTarget.host] });
       await ingestClient.pushBlob(
         { registry: ingestTarget.host, repository: "bench/ingest" },
@@ -244,11 +250,13 @@ async function main(): Promise<void> {
         layer.open,
       );
       await ingestClient.close();
-      const rate = mbps(layer.descriptor.size, performance.now() - ingestStarted);
+      const ms = performance.now() - ingestStarted;
+      const cores = (procCpuSeconds(ingestTarget.pid) - cpuBefore) / (ms / 1000);
       await stop(ingestTarget);
-      return rate;
+      return { rate: mbps(layer.descriptor.size, ms), cores };
     };
-    const ingestRates = [await measureIngest()];
+    const firstIngest = await measureIngest();
+    const ingestRates = [firstIngest.rate];
     started = performance.now();
     const generated = await drain(layer.open());
     const generateRate = mbps(generated, performance.now() - started);
@@ -257,7 +265,7 @@ async function main(): Promise<void> {
     createHash("sha256").update(hashBuffer).digest();
     const hashRate = mbps(hashBuffer.length, performance.now() - started);
     console.log(
-      `target registry ingest (one PUT from the generator): ${ingestRates[0].toFixed(0)} MB/s; generator alone ${generateRate.toFixed(0)} MB/s; sha256 ${hashRate.toFixed(0)} MB/s`,
+      `target registry ingest (one PUT from the generator): ${ingestRates[0].toFixed(0)} MB/s, the registry busy ${firstIngest.cores.toFixed(2)} cores; generator alone ${generateRate.toFixed(0)} MB/s; sha256 ${hashRate.toFixed(0)} MB/s`,
     );
 
     const coldRows = async (label: string, from: string, count: number, withIngest = false) => {
@@ -268,21 +276,21 @@ async function main(): Promise<void> {
         const order = tools.map((_, i) => tools[(i + round) % tools.length]);
         for (const tool of order) {
           const target = await fresh();
-          const { run, result } = await copyOnce(tool, from, "bench/big", target);
+          const { run, result, targetCores } = await copyOnce(tool, from, "bench/big", target);
           const rate = mbps(bigBytes, run.wallMs);
           rates.get(tool)?.push(rate);
           rss.get(tool)?.push(run.peakRssKiB ?? 0);
           console.log(
-            `  ${label} round ${round + 1} ${tool.padEnd(7)} ${(run.wallMs / 1000).toFixed(2)} s → ${rate.toFixed(1)} MB/s, peak RSS ${fmtRss(run.peakRssKiB)}` +
+            `  ${label} round ${round + 1} ${tool.padEnd(7)} ${(run.wallMs / 1000).toFixed(2)} s → ${rate.toFixed(1)} MB/s, peak RSS ${fmtRss(run.peakRssKiB)}, target registry busy ${targetCores.toFixed(2)} cores` +
               (result ? ` (uploaded ${fmtMB(result.bytes.transferred)})` : ""),
           );
           await stop(target);
         }
         if (withIngest) {
-          const rate = await measureIngest();
+          const { rate, cores } = await measureIngest();
           ingestRates.push(rate);
           console.log(
-            `  ${label} round ${round + 1} target ingest (one PUT from the generator) ${rate.toFixed(1)} MB/s`,
+            `  ${label} round ${round + 1} target ingest (one PUT from the generator) ${rate.toFixed(1)} MB/s, the registry busy ${cores.toFixed(2)} cores`,
           );
         }
       }

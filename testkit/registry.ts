@@ -88,6 +88,8 @@ export interface RunningRegistry {
   caPem?: string;
   users: { username: string; password: string }[];
   tokenIssuer?: { url: string; requests: () => { scope: string[]; account?: string }[] };
+  /** The registry's process (benchmarks read its CPU time). */
+  pid?: number;
   /** Request lines from the registry's access log, oldest first. */
   requests(): Promise<{ method: string; path: string; status: number }[]>;
   stop(): Promise<void>;
@@ -255,6 +257,7 @@ async function startOnce(opts: RegistryOptions): Promise<RunningRegistry> {
     return {
       host,
       url,
+      pid: child.pid,
       storageDir,
       caPem,
       users,
