@@ -15,7 +15,8 @@
  * What it speaks: a request with a Content-Length body or none; a response framed by
  * Content-Length, chunked transfer coding or the connection's close; 1xx answers skipped.
  * The connection is closed after the exchange (a whole blob per connection). No proxies:
- * the transport uses this only when none is configured.
+ * the transport uses this only where none is in the way (none configured, or a host that is
+ * never proxied: a one-label name, or one the caller named, such as the cache registry).
  */
 import { connect as netConnect, type Socket } from "node:net";
 import { connect as tlsConnect } from "node:tls";

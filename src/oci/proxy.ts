@@ -23,6 +23,27 @@ export function isSingleLabelHost(hostname: string): boolean {
   return bare.length > 0 && !bare.includes(".") && !bare.includes(":");
 }
 
+/**
+ * Whether `url` goes to one of `hosts` (host or host:port, as ProxySettings.noProxy names them).
+ * Such a host is never proxied, since it is in NO_PROXY as an exact name. Only exact names are
+ * read, not NO_PROXY's suffix and wildcard forms: that is undici's matching, and a guess about
+ * it could send a request around the proxy that was meant to carry it.
+ */
+export function isNamedHost(url: URL, hosts: readonly string[]): boolean {
+  const hostname = url.hostname.toLowerCase();
+  return hosts.some((entry) => {
+    let named: URL;
+    try {
+      named = new URL(`${url.protocol}//${entry}`);
+    } catch {
+      return false;
+    }
+    // An entry without a port names every port of the host; with one, only that port.
+    const portMatches = /:\d+$/.test(entry) ? named.port === url.port : true;
+    return named.hostname.toLowerCase() === hostname && portMatches;
+  });
+}
+
 /** Names that are in-cluster in every Kubernetes cluster, never sent to an outside proxy. */
 export const IN_CLUSTER_NO_PROXY = ["localhost", ".svc", ".cluster.local"];
 

@@ -11,7 +11,7 @@ import { rootCertificates } from "node:tls";
 import type { Dispatcher, Agent as UndiciAgent } from "undici";
 import { bulkRequest } from "./bulkHttp.ts";
 import { type Deadlines, deadlines, watchStreamedBody } from "./deadlines.ts";
-import { isSingleLabelHost, type ProxySettings, proxyConfig } from "./proxy.ts";
+import { isNamedHost, isSingleLabelHost, type ProxySettings, proxyConfig } from "./proxy.ts";
 import { checkRedirectHop, type HostResolver, MAX_REDIRECT_HOPS, mayFollowRedirects } from "./redirects.ts";
 import { registryApiHost } from "./reference.ts";
 
@@ -45,7 +45,7 @@ export interface SendOptions {
   maxRedirects?: number;
   /**
    * A whole large blob's GET or monolithic PUT: on a connection of its own, its body read into
-   * reused buffers (bulkHttp.ts), unless a proxy is configured.
+   * reused buffers (bulkHttp.ts), unless it goes through a proxy.
    */
   bulk?: boolean;
   /** With `bulk`: the upload's chunks are its alone, and their buffers may be reused once sent. */
@@ -79,6 +79,8 @@ export class Transport {
   private readonly resolveHost?: HostResolver;
   /** CAs of a bulk exchange's TLS (undefined: the system's). */
   private readonly bulkCa?: string[];
+  /** With a proxy: the hosts the caller named as never proxied (the cache registries). */
+  private readonly namedDirect: readonly string[];
 
   constructor(options: TransportOptions = {}) {
     const extraCas = options.caPem === undefined ? [] : [options.caPem].flat();
@@ -93,6 +95,7 @@ export class Transport {
     };
     this.bulkCa = agentOptions.connect?.ca;
     const proxy = options.proxy === false ? undefined : proxyConfig(options.proxy);
+    this.namedDirect = (options.proxy !== false && options.proxy?.noProxy) || [];
     if (proxy) {
       const EnvHttpProxyAgent = loadEnvHttpProxyAgent();
       this.proxied = proxy;
@@ -151,9 +154,13 @@ export class Transport {
       let response: ResponseData;
       try {
         const dispatcher = this.direct && isSingleLabelHost(target.hostname) ? this.direct : this.dispatcher;
+        // The bulk path speaks to the registry itself, never to a proxy: it is taken only where
+        // no proxy is in the way (none configured, a one-label host, a host named never proxied).
         const bulk =
           options.bulk === true &&
-          this.proxied === undefined &&
+          (this.proxied === undefined ||
+            isSingleLabelHost(target.hostname) ||
+            isNamedHost(target, this.namedDirect)) &&
           (options.method === "GET" || options.method === "PUT") &&
           (options.method === "GET" || streamed !== undefined);
         response = bulk

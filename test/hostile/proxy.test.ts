@@ -11,10 +11,11 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { KubeClient, Resources } from "../../src/kube/client.ts";
 import { loadClusterConfig } from "../../src/kube/kubeconfig.ts";
 import { Copier } from "../../src/oci/copy.ts";
-import { isSingleLabelHost, proxyConfig } from "../../src/oci/proxy.ts";
+import { isNamedHost, isSingleLabelHost, proxyConfig } from "../../src/oci/proxy.ts";
 import { parseReference } from "../../src/oci/reference.ts";
 import { RegistryClient } from "../../src/oci/registry.ts";
 import { startTestCluster } from "../../testkit/cluster.ts";
+import { startFaultProxy } from "../../testkit/faultProxy.ts";
 import { pushSinglePlatformImage } from "../../testkit/images.ts";
 import { freePort } from "../../testkit/ports.ts";
 import { type RunningRegistry, startRegistry } from "../../testkit/registry.ts";
@@ -119,6 +120,35 @@ describe("HTTPS_PROXY / HTTP_PROXY / NO_PROXY", () => {
     expect(targets).not.toContain(cache.host);
   });
 
+  it("pushes to the cache on the bulk path (a connection of its own) while the upstream goes through the proxy", async () => {
+    const front = await startFaultProxy(cache.url);
+    const client = new RegistryClient({
+      insecureHosts: [upstream.host, front.host],
+      cacheRegistries: [front.host],
+      proxy: { env: { HTTP_PROXY: proxy.url, HTTPS_PROXY: proxy.url } },
+      // Every blob is "large": each one's GET and PUT would take the bulk path with no proxy.
+      bulkMinBytes: 1,
+    });
+    const before = (await proxy.targets()).length;
+    try {
+      const result = await new Copier({ client }).copy(
+        parseReference(`${upstream.host}/p/app:v1`),
+        parseReference(`${front.host}/p/bulk:v1`),
+      );
+      expect(result.blobs.transferred).toBeGreaterThan(0);
+      // The bulk path asks for its connection's close; undici's pooled requests never do.
+      const puts = front.seen().filter((r) => r.method === "PUT" && r.path.includes("/blobs/uploads/"));
+      expect(puts.length).toBe(result.blobs.transferred);
+      expect(puts.every((r) => r.closes)).toBe(true);
+    } finally {
+      await client.close();
+      await front.stop();
+    }
+    const targets = (await proxy.targets()).slice(before);
+    expect(targets).toContain(upstream.host);
+    expect(targets).not.toContain(front.host);
+  });
+
   it("leaves a host named in NO_PROXY alone", async () => {
     const before = (await proxy.targets()).length;
     const client = new RegistryClient({
@@ -177,6 +207,20 @@ describe("what is never proxied", () => {
     expect(isSingleLabelHost("registry-1.docker.io")).toBe(false);
     expect(isSingleLabelHost("127.0.0.1")).toBe(false);
     expect(isSingleLabelHost("[::1]")).toBe(false);
+  });
+
+  it("knows a host the caller named as never proxied by its exact name only, with its port if the name has one", () => {
+    const named = ["cache.stowage:5000", "registry.corp", "[::1]:5000"];
+    expect(isNamedHost(new URL("http://cache.stowage:5000/v2/"), named)).toBe(true);
+    expect(isNamedHost(new URL("https://CACHE.stowage:5000/v2/"), named)).toBe(true);
+    expect(isNamedHost(new URL("http://cache.stowage:5001/v2/"), named)).toBe(false);
+    expect(isNamedHost(new URL("https://registry.corp/v2/"), named)).toBe(true);
+    expect(isNamedHost(new URL("https://registry.corp:8443/v2/"), named)).toBe(true);
+    expect(isNamedHost(new URL("https://mirror.registry.corp/v2/"), named)).toBe(false);
+    expect(isNamedHost(new URL("http://[::1]:5000/v2/"), named)).toBe(true);
+    // Suffix and wildcard forms are NO_PROXY's matching, left to undici: never "named".
+    expect(isNamedHost(new URL("http://cache.svc/v2/"), [".svc", "*.svc"])).toBe(false);
+    expect(isNamedHost(new URL("http://cache.svc/v2/"), [])).toBe(false);
   });
 
   it("adds the cache, in-cluster names and the API server to NO_PROXY, and nothing without a proxy", () => {
