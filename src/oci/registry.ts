@@ -290,28 +290,10 @@ export class RegistryClient {
     reference: string,
     options: { signal?: AbortSignal } = {},
   ): Promise<{ digest: string; mediaType: string; size: number } | undefined> {
-    const name = displayName(repo, reference);
-    const head = await this.retrying(`head manifest ${name}`, options.signal, async () => {
-      const response = await this.exchange({
-        registry: repo.registry,
-        method: "HEAD",
-        target: `/v2/${repo.repository}/manifests/${reference}`,
-        headers: { accept: MANIFEST_ACCEPT },
-        scopes: [pullScope(repo.repository)],
-        signal: options.signal,
-        expect: [200, 404],
-        subject: `image ${name}`,
-        notFound: "ImageNotFound",
-      });
-      await response.body.dump();
-      if (response.statusCode === 404) return null;
-      return {
-        digest: headerValue(response.headers, "docker-content-digest"),
-        mediaType: (headerValue(response.headers, "content-type") ?? "").split(";")[0].trim(),
-        size: Number(headerValue(response.headers, "content-length") ?? "-1"),
-      };
-    });
-    if (head === null) return undefined;
+    const head = await this.retrying(`head manifest ${displayName(repo, reference)}`, options.signal, () =>
+      this.headOnce(repo, reference, options.signal),
+    );
+    if (head === undefined) return undefined;
     if (head.digest && head.size >= 0 && KNOWN_MANIFEST_TYPES.has(head.mediaType)) {
       return { digest: head.digest, mediaType: head.mediaType, size: head.size };
     }
@@ -331,22 +313,30 @@ export class RegistryClient {
     reference: string,
     options: { signal?: AbortSignal } = {},
   ): Promise<string | undefined> {
-    const name = displayName(repo, reference);
+    const digest = (await this.headOnce(repo, reference, options.signal))?.digest;
+    return digest !== undefined && isDigest(digest) ? digest : undefined;
+  }
+
+  /** One manifest HEAD: what its headers say, or undefined for a 404. */
+  private async headOnce(repo: RepoRef, reference: string, signal: AbortSignal | undefined) {
     const response = await this.exchange({
       registry: repo.registry,
       method: "HEAD",
       target: `/v2/${repo.repository}/manifests/${reference}`,
       headers: { accept: MANIFEST_ACCEPT },
       scopes: [pullScope(repo.repository)],
-      signal: options.signal,
+      signal,
       expect: [200, 404],
-      subject: `image ${name}`,
+      subject: `image ${displayName(repo, reference)}`,
       notFound: "ImageNotFound",
     });
     await response.body.dump();
     if (response.statusCode === 404) return undefined;
-    const digest = headerValue(response.headers, "docker-content-digest");
-    return digest !== undefined && isDigest(digest) ? digest : undefined;
+    return {
+      digest: headerValue(response.headers, "docker-content-digest"),
+      mediaType: (headerValue(response.headers, "content-type") ?? "").split(";")[0].trim(),
+      size: Number(headerValue(response.headers, "content-length") ?? "-1"),
+    };
   }
 
   /** Pushes the exact bytes under a tag or digest; returns the digest the registry stored. */

@@ -51,6 +51,13 @@ function copierReaching(extra: FaultProxy): { copier: Copier; client: RegistryCl
   return { copier: new Copier({ client: reaching }), client: reaching };
 }
 
+/** What `seen` was asked after its `before`-th request, as "METHOD path" lines. */
+const askedSince = (seen: FaultProxy, before: number) =>
+  seen
+    .seen()
+    .slice(before)
+    .map((r) => `${r.method} ${r.path}`);
+
 function total(result: CopyResult): number {
   return result.bytes.transferred + result.bytes.mounted + result.bytes.skipped;
 }
@@ -294,12 +301,7 @@ describe("Copier against real registries", () => {
 
     const again = await copier.copy(ref(proxy, "headonly/app:v1"), ref(target, "headonly/app:v1"));
     // A manifest GET is what registries such as Docker Hub count as a pull.
-    expect(
-      proxy
-        .seen()
-        .slice(before)
-        .map((r) => `${r.method} ${r.path}`),
-    ).toEqual(["HEAD /v2/headonly/app/manifests/v1"]);
+    expect(askedSince(proxy, before)).toEqual(["HEAD /v2/headonly/app/manifests/v1"]);
     const { durationMs: _a, ...firstResult } = first;
     const { durationMs: _b, ...againResult } = again;
     expect(againResult).toEqual({
@@ -329,12 +331,10 @@ describe("Copier against real registries", () => {
     } finally {
       proxy.clearRules();
     }
-    expect(
-      proxy
-        .seen()
-        .slice(before)
-        .map((r) => `${r.method} ${r.path}`),
-    ).toEqual(["HEAD /v2/headonly/nodigest/manifests/v1", "GET /v2/headonly/nodigest/manifests/v1"]);
+    expect(askedSince(proxy, before)).toEqual([
+      "HEAD /v2/headonly/nodigest/manifests/v1",
+      "GET /v2/headonly/nodigest/manifests/v1",
+    ]);
   });
 
   it("reads the source's manifest when the target's copy does not hash to its digest", async () => {
@@ -356,12 +356,10 @@ describe("Copier against real registries", () => {
       expect(again.targetDigest).toBe(pushed.digest);
       expect(again.bytes.transferred).toBe(0);
       expect(targetProxy.seen().some((r) => r.fault === "flipByte")).toBe(true);
-      expect(
-        proxy
-          .seen()
-          .slice(before)
-          .map((r) => `${r.method} ${r.path}`),
-      ).toEqual(["HEAD /v2/headonly/corrupt/manifests/v1", "GET /v2/headonly/corrupt/manifests/v1"]);
+      expect(askedSince(proxy, before)).toEqual([
+        "HEAD /v2/headonly/corrupt/manifests/v1",
+        "GET /v2/headonly/corrupt/manifests/v1",
+      ]);
     } finally {
       await reaching.client.close();
       await targetProxy.stop();
