@@ -153,6 +153,39 @@ describe("informer", () => {
     await watcher.stop();
   });
 
+  it("drops an object deleted while it watches on that watch's DELETE event alone, with no relist", async () => {
+    await createNamespace(client, "deletes");
+    const configMaps = client.resource<ConfigMap>(Resources.ConfigMap);
+    await configMaps.create({ metadata: { name: "doomed", namespace: "deletes" } });
+    await configMaps.create({ metadata: { name: "stays", namespace: "deletes" } });
+    const informer = new Informer<ConfigMap>({
+      client,
+      type: Resources.ConfigMap,
+      namespace: "deletes",
+      metrics: createRuntimeMetrics(),
+    });
+    const seen = recordEvents(informer);
+    await cluster.resetRequestLog();
+    informer.start();
+    await informer.waitForSync();
+    expect(seen.lastSeen.get("deletes/doomed")).toBeDefined();
+
+    await configMaps.delete("doomed", "deletes");
+    await eventually(
+      "the delete handler saw doomed go",
+      () => seen.lastSeen.get("deletes/doomed") === undefined,
+    );
+    expect(informer.keys()).not.toContain("deletes/doomed");
+    expect(informer.keys()).toContain("deletes/stays");
+    expect(seen.counts()).toEqual({ duplicateAdds: 0, deletesOfUnknown: 0 });
+    // One list at the start: the delete came from the watch, not from a relist that repaired it.
+    const lists = (await cluster.requestLog()).filter(
+      (r) => r.path.endsWith("/namespaces/deletes/configmaps") && r.verb === "list",
+    );
+    expect(lists).toHaveLength(1);
+    await informer.stop();
+  });
+
   it("reports objects that vanished while it was not watching as deleted when a 410 forces a relist", async () => {
     await createNamespace(client, "relist");
     const configMaps = client.resource<ConfigMap>(Resources.ConfigMap);
