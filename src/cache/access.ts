@@ -5,7 +5,9 @@
  * the upstream for the very object with them, token dance included); a node with a valid
  * node token gets the digests the controller planned for it. Answers are remembered for a
  * short TTL, keyed by a hash (never the password); while the upstream cannot be reached, the
- * last answer stands, and without one the caller is refused.
+ * last answer stands, and without one the caller is refused. Anonymous "served" answers also
+ * outlive a restart of the front (kept in its pull record), so a public image already in the
+ * cache is still served when the front restarts during an upstream outage.
  */
 import { createHash } from "node:crypto";
 import { Authenticator, type Credentials, pullScope } from "../oci/challenge.ts";
@@ -43,6 +45,12 @@ export interface AccessOptions {
   referencesOf: ReferencesOf;
   /** Bound on remembered answers, so a stream of distinct wrong passwords cannot grow memory. */
   maxEntries?: number;
+  /**
+   * Told each answer the upstream gives an anonymous caller (served or not; never a 404), so
+   * the front can keep the public ones across a restart (pulls.ts) and hand them back to
+   * rememberPublic. Credentialed answers are never handed out.
+   */
+  onAnonymousVerdict?: (upstream: string, repository: string, served: boolean) => void;
 }
 
 interface Remembered {
@@ -228,6 +236,8 @@ export class AccessControl {
       if (verdict !== "absent") {
         this.bounded(this.remembered);
         this.remembered.set(key, { verdict, at: this.options.clock.now() });
+        if (!credentials)
+          this.options.onAnonymousVerdict?.(target.upstream, target.repository, verdict === "allowed");
       }
       return verdict;
     } catch (err) {
@@ -235,6 +245,18 @@ export class AccessControl {
       if (known) return known.verdict;
       throw err;
     }
+  }
+
+  /**
+   * An anonymous "served" answer the upstream gave at `at` (kept across a restart): like any
+   * remembered answer it is asked again once older than the TTL, and stands only while the
+   * upstream cannot answer. A fresher answer already here wins.
+   */
+  rememberPublic(upstream: string, repository: string, at: number): void {
+    const key = `${upstream}|${repository}|anonymous`;
+    if ((this.remembered.get(key)?.at ?? Number.NEGATIVE_INFINITY) >= at) return;
+    this.bounded(this.remembered);
+    this.remembered.set(key, { verdict: "allowed", at });
   }
 
   private bounded(map: Map<string, unknown>): void {

@@ -340,12 +340,15 @@ export async function startCache(
   });
   const promotion = new ManifestPromotion({ storage, logger });
   const manifests = new Manifests({ upstream, storage, metrics, logger, promotion });
+  // Declared before the access control, which tells it the public repositories it finds.
+  let pulls: PullLog | undefined;
   const access = new AccessControl({
     transport: probeTransport,
     clock,
     ttlMs: config.accessTtlMs,
     nodeTokenSecret: config.nodeTokenSecret,
     referencesOf: (target, digest) => manifests.referencesOf(target, digest),
+    onAnonymousVerdict: (upstream, repository, served) => pulls?.notePublic(upstream, repository, served),
   });
   const tags = new TagResolver({
     upstream,
@@ -367,7 +370,7 @@ export async function startCache(
     },
     collection: options.collection,
   });
-  const pulls =
+  pulls =
     config.pullRecordIntervalMs && config.pullRecordIntervalMs > 0
       ? new PullLog({
           client: storage.client,
@@ -378,6 +381,9 @@ export async function startCache(
         })
       : undefined;
   await pulls?.load();
+  // What the upstream last served anonymously stands while it cannot answer, as before the restart.
+  for (const known of pulls?.knownPublic() ?? [])
+    access.rememberPublic(known.upstream, known.repository, known.at);
   const front = new Front({
     storage,
     upstream,

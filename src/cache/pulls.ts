@@ -23,6 +23,12 @@ export interface PullRecord {
   version: 1;
   /** "cacheRepository@digest" → epoch ms of the last pull of that manifest. */
   pulls: Record<string, number>;
+  /**
+   * "upstream/repository" → epoch ms when the upstream last served that repository to an
+   * anonymous caller: after a restart, the front's access check has this last answer to stand
+   * on while the upstream cannot be reached. Absent in records written before it existed.
+   */
+  public?: Record<string, number>;
 }
 
 /** `cacheRepository@digest`, the key of a pull. */
@@ -39,19 +45,31 @@ export function splitPullKey(key: string): { repository: string; digest: string 
 
 /** A pull record's entries; entries that are not a key and a time are dropped. */
 export function parsePullRecord(bytes: Buffer): Map<string, number> {
-  const entries = new Map<string, number>();
-  let document: { version?: unknown; pulls?: unknown };
+  return parsePullDocument(bytes).pulls;
+}
+
+/** A pull record's pulls and public repositories; entries that are not a key and a time are dropped. */
+export function parsePullDocument(bytes: Buffer): {
+  pulls: Map<string, number>;
+  public: Map<string, number>;
+} {
+  const read = { pulls: new Map<string, number>(), public: new Map<string, number>() };
+  let document: { version?: unknown; pulls?: unknown; public?: unknown };
   try {
     document = JSON.parse(bytes.toString("utf8"));
   } catch {
-    return entries;
+    return read;
   }
-  if (document?.version !== 1 || typeof document.pulls !== "object" || document.pulls === null)
-    return entries;
-  for (const [key, at] of Object.entries(document.pulls as Record<string, unknown>)) {
-    if (typeof at === "number" && Number.isFinite(at) && splitPullKey(key)) entries.set(key, at);
-  }
-  return entries;
+  if (document?.version !== 1) return read;
+  const times = (field: unknown, valid: (key: string) => boolean, into: Map<string, number>) => {
+    if (typeof field !== "object" || field === null) return;
+    for (const [key, at] of Object.entries(field as Record<string, unknown>)) {
+      if (typeof at === "number" && Number.isFinite(at) && valid(key)) into.set(key, at);
+    }
+  };
+  times(document.pulls, (key) => splitPullKey(key) !== undefined, read.pulls);
+  times(document.public, (key) => key.includes("/"), read.public);
+  return read;
 }
 
 /** A tag from an instance name (a pod name, a hostname): the characters a tag allows, at most 128. */
@@ -66,6 +84,11 @@ export async function readPullRecord(
   registry: string,
   tag: string,
 ): Promise<Map<string, number> | undefined> {
+  return (await readPullDocument(client, registry, tag))?.pulls;
+}
+
+/** Reads one replica's whole record: pulls and public repositories (undefined when it has none). */
+async function readPullDocument(client: RegistryClient, registry: string, tag: string) {
   const repo = { registry, repository: PULL_RECORD_REPOSITORY };
   let manifestBytes: Buffer;
   try {
@@ -80,7 +103,7 @@ export async function readPullRecord(
   if (manifest.config?.mediaType !== PULL_RECORD_MEDIA_TYPE) return undefined;
   const chunks: Buffer[] = [];
   for await (const chunk of client.getBlob(repo, manifest.config)) chunks.push(chunk as Buffer);
-  return parsePullRecord(Buffer.concat(chunks));
+  return parsePullDocument(Buffer.concat(chunks));
 }
 
 export interface PullLogOptions {
@@ -99,6 +122,8 @@ export class PullLog {
   private readonly options: PullLogOptions;
   private readonly tag: string;
   private readonly pulls = new Map<string, number>();
+  /** "upstream/repository" → when the upstream last served it anonymously (PullRecord.public). */
+  private readonly publicRepositories = new Map<string, number>();
   private dirty = false;
   private flushing: Promise<void> | undefined;
 
@@ -118,12 +143,34 @@ export class PullLog {
     return this.pulls.get(pullKey(cacheRepository, digest));
   }
 
+  /**
+   * Notes what the upstream just answered an anonymous caller for `upstream/repository`: served
+   * (kept, with the time) or not (forgotten). Memory only until the next flush.
+   */
+  notePublic(upstream: string, repository: string, served: boolean): void {
+    const key = `${upstream}/${repository}`;
+    if (served) this.publicRepositories.set(key, this.options.clock.now());
+    else if (!this.publicRepositories.delete(key)) return;
+    this.dirty = true;
+  }
+
+  /** The repositories the upstream last served anonymously, as far as this replica knows. */
+  knownPublic(): { upstream: string; repository: string; at: number }[] {
+    return [...this.publicRepositories].map(([key, at]) => {
+      const slash = key.indexOf("/");
+      return { upstream: key.slice(0, slash), repository: key.slice(slash + 1), at };
+    });
+  }
+
   /** Merges this replica's stored record (after a restart); a failure leaves the log empty, logged. */
   async load(): Promise<void> {
     try {
-      const stored = await readPullRecord(this.options.client, this.options.registry, this.tag);
-      for (const [key, at] of stored ?? []) {
+      const stored = await readPullDocument(this.options.client, this.options.registry, this.tag);
+      for (const [key, at] of stored?.pulls ?? []) {
         if ((this.pulls.get(key) ?? 0) < at) this.pulls.set(key, at);
+      }
+      for (const [key, at] of stored?.public ?? []) {
+        if (!this.publicRepositories.has(key)) this.publicRepositories.set(key, at);
       }
     } catch (err) {
       this.options.logger.warn(
@@ -151,7 +198,16 @@ export class PullLog {
       this.pulls.clear();
       for (const [key, at] of newest) this.pulls.set(key, at);
     }
-    const record: PullRecord = { version: 1, pulls: Object.fromEntries(newest) };
+    const newestPublic = [...this.publicRepositories].sort((a, b) => b[1] - a[1]).slice(0, maxEntries);
+    if (newestPublic.length < this.publicRepositories.size) {
+      this.publicRepositories.clear();
+      for (const [key, at] of newestPublic) this.publicRepositories.set(key, at);
+    }
+    const record: PullRecord = {
+      version: 1,
+      pulls: Object.fromEntries(newest),
+      ...(newestPublic.length > 0 ? { public: Object.fromEntries(newestPublic) } : {}),
+    };
     const bytes = Buffer.from(JSON.stringify(record));
     const config = { mediaType: PULL_RECORD_MEDIA_TYPE, digest: digestOf(bytes), size: bytes.length };
     const repo = { registry, repository: PULL_RECORD_REPOSITORY };

@@ -1,7 +1,10 @@
 import { createHash, randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AccessControl } from "../../src/cache/access.ts";
 import { issueNodeToken, NODE_TOKEN_USER } from "../../src/cache/nodeToken.ts";
 import type { RegistryClient } from "../../src/oci/registry.ts";
+import { Transport } from "../../src/oci/transport.ts";
+import { systemClock } from "../../src/util/clock.ts";
 import { type PushedImage, pushMultiArchIndex, pushSinglePlatformImage } from "../../testkit/images.ts";
 import { startScopedUpstream } from "./scopedRealm.ts";
 import {
@@ -64,6 +67,33 @@ describe("stowage cache: private stays private (htpasswd upstream)", () => {
   afterAll(async () => {
     await client?.close();
     await rig?.stop();
+  });
+
+  it("hands only anonymous answers to what outlives a restart, never one given to credentials", async () => {
+    const told: [string, string, boolean][] = [];
+    const transport = new Transport({ insecureHosts: [rig.upstream.host] });
+    const access = new AccessControl({
+      transport,
+      clock: systemClock,
+      ttlMs: 60_000,
+      referencesOf: async () => [],
+      onAnonymousVerdict: (upstream, repository, served) => told.push([upstream, repository, served]),
+    });
+    const target = {
+      upstream: rig.upstream.host,
+      repository: "team-a/private",
+      cacheRepository: `${rig.upstream.host}/team-a/private`,
+      kind: "manifest" as const,
+      reference: "v1",
+    };
+    try {
+      await expect(access.authorize(undefined, target)).rejects.toThrow(/not public upstream/);
+      const grant = await access.authorize(basic(users[1].username, users[1].password), target);
+      expect(grant.via).toBe("credentials");
+      expect(told).toEqual([[rig.upstream.host, "team-a/private", false]]);
+    } finally {
+      await transport.close();
+    }
   });
 
   it("refuses a caller without credentials with 401 and a Basic challenge, and sends no bytes", async () => {

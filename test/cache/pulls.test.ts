@@ -55,6 +55,28 @@ describe("pull records", () => {
     expect(await readPullRecord(client, storage.host, "cache-2")).toBeUndefined();
   });
 
+  it("keep the repositories the upstream last served anonymously, and forget one it stopped serving", async () => {
+    now = 8_000;
+    const first = log("cache-public");
+    first.notePublic("docker.io", "library/alpine", true);
+    first.notePublic("ghcr.io", "acme/private-now", true);
+    now = 9_000;
+    first.notePublic("ghcr.io", "acme/private-now", false);
+    first.notePublic("nvcr.io", "never/seen", false);
+    first.record("docker.io/library/alpine", "sha256:aa");
+    await first.flush();
+
+    const restarted = log("cache-public");
+    await restarted.load();
+    expect(restarted.knownPublic()).toEqual([
+      { upstream: "docker.io", repository: "library/alpine", at: 8_000 },
+    ]);
+    // Readers of pulls (the controller's eviction) see only pulls.
+    expect(Object.fromEntries((await readPullRecord(client, storage.host, "cache-public")) ?? [])).toEqual({
+      "docker.io/library/alpine@sha256:aa": 9_000,
+    });
+  });
+
   it("name a replica by a tag-safe form of its name and ignore entries that are not pulls", () => {
     expect(pullRecordTag("stowage-cache-7d9f/x:1")).toBe("stowage-cache-7d9f-x-1");
     expect(pullRecordTag("..")).toBe("front");

@@ -74,6 +74,53 @@ describe("stowage cache: tags", () => {
     }
   });
 
+  it("after a restart with the upstream down, still serves anonymous callers a repository the upstream served them before (kept in its pull record)", async () => {
+    await pushSinglePlatformImage(client, { registry: rig.upstream.host, repository: "acme/outage" }, "v1", {
+      seed: "outage",
+      layerSizes: [8192],
+    });
+    const declared = await pushSinglePlatformImage(
+      client,
+      {
+        registry: rig.storage.host,
+        repository: cacheRepository({ registry: rig.proxy.host, repository: "acme/outage" }),
+      },
+      "v1",
+      { seed: "outage", layerSizes: [8192] },
+    );
+    const path = `${rig.prefix("acme/outage")}/manifests/v1`;
+    const spoolDir = await mkdtemp(join(tmpdir(), "stowage-spool-"));
+    const config = (instance: string) => ({
+      ...frontConfig(rig.storage.url, rig.proxy.host, spoolDir),
+      pullRecordIntervalMs: 60_000,
+      instance,
+    });
+    try {
+      // With the upstream up: the anonymous access check says public; stop() writes the record.
+      const before = await startCache(config("front-outage"));
+      try {
+        expect((await fetchFrom(before.url, path)).status).toBe(200);
+      } finally {
+        await before.stop();
+      }
+      rig.proxy.addRule({ times: 1000, action: { kind: "status", status: 503 } });
+      const restarted = await startCache(config("front-outage"));
+      // Another replica never saw the repository served: it has nothing to stand on.
+      const stranger = await startCache(config("front-stranger"));
+      try {
+        const got = await fetchFrom(restarted.url, path);
+        expect(got.status).toBe(200);
+        expect(got.headers["docker-content-digest"]).toBe(declared.digest);
+        expect((await fetchFrom(stranger.url, path)).status).not.toBe(200);
+      } finally {
+        await Promise.all([restarted.stop(), stranger.stop()]);
+      }
+    } finally {
+      rig.proxy.clearRules();
+      await rm(spoolDir, { recursive: true, force: true });
+    }
+  });
+
   it("after a restart with the upstream down, serves the digest storage holds under the tag (a declared image)", async () => {
     // A declared image: upstream, and mirrored by the controller into storage under the cache layout.
     await pushSinglePlatformImage(
