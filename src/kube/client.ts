@@ -267,10 +267,47 @@ export class KubeClient {
     return new ObjectClient<T>(this, type);
   }
 
+  /**
+   * Longest a REST call (anything but a watch) may take to be answered in full, in ms. The API
+   * server ends its own requests after 60 s (--request-timeout), so past this the connection is
+   * taken for dead (a half-open socket behind a load balancer, a connection attempt lost under
+   * load): the call fails with reason Timeout, which callers retry, instead of holding its
+   * informer or reconcile until TCP gives up minutes later.
+   */
+  requestTimeoutMs = 70_000;
+
   /** One REST call; JSON in, JSON out; non-2xx answers become KubeApiError. */
   async request<R>(method: Method, path: string, init: RequestInit = {}): Promise<R> {
-    const response = await this.#send(method, path, init);
-    const text = await readText(response);
+    // One controller for the caller's signal and the deadline, with the listener removed after:
+    // AbortSignal.any on a long-lived caller signal (a controller's stop) keeps every request's
+    // signal reachable from it until that signal is collected.
+    const exchange = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      exchange.abort(new Error(`no answer within ${this.requestTimeoutMs} ms`));
+    }, clampTimerMs(this.requestTimeoutMs));
+    timer.unref();
+    const callerAbort = () => exchange.abort(init.signal?.reason);
+    if (init.signal?.aborted) callerAbort();
+    else init.signal?.addEventListener("abort", callerAbort, { once: true });
+    let response: IncomingMessage;
+    let text: string;
+    try {
+      response = await this.#send(method, path, { ...init, signal: exchange.signal });
+      text = await readText(response);
+    } catch (err) {
+      if (!timedOut || init.signal?.aborted) throw err;
+      throw new KubeApiError(
+        0,
+        "Timeout",
+        `${method} ${path}: no complete answer within ${this.requestTimeoutMs} ms; the connection is taken for dead`,
+        { cause: err },
+      );
+    } finally {
+      clearTimeout(timer);
+      init.signal?.removeEventListener("abort", callerAbort);
+    }
     const status = response.statusCode ?? 0;
     if (status < 200 || status > 299)
       throw apiError(method, path, status, response.statusMessage ?? "", text);

@@ -174,6 +174,52 @@ describe("kube client", () => {
     }
   });
 
+  it("fails a call with reason Timeout when the server never answers, or stops halfway, instead of waiting on TCP", async () => {
+    // Accepts, reads, answers nothing (a half-open connection behind a load balancer).
+    const silent = createHttpServer(() => {});
+    // Sends the headers and part of the body, then nothing.
+    const stalling = createHttpServer((_req, res) => {
+      res.writeHead(200, { "content-type": "application/json", "content-length": "100" });
+      res.write('{"kind":"NamespaceList",');
+    });
+    for (const server of [silent, stalling]) {
+      servers.push(server);
+      await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    }
+    for (const server of [silent, stalling]) {
+      const { port } = server.address() as { port: number };
+      const client = new KubeClient({
+        server: `http://127.0.0.1:${port}`,
+        tls: { insecureSkipTLSVerify: false },
+        delegateAuth: false,
+        source: { kind: "string", text: "" },
+      });
+      client.requestTimeoutMs = 300;
+      const started = performance.now();
+      const error = await client.request("GET", "/api/v1/namespaces").then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+      expect(error).toBeInstanceOf(KubeApiError);
+      expect((error as KubeApiError).reason).toBe("Timeout");
+      expect((error as KubeApiError).retryable).toBe(true);
+      expect((error as KubeApiError).message).toMatch(
+        /GET \/api\/v1\/namespaces: no complete answer within 300 ms/,
+      );
+      // The deadline, not TCP, ended it (generous bound: a loaded machine is slow, TCP is minutes).
+      expect(performance.now() - started).toBeLessThan(20_000);
+      // A caller's own abort is still reported as its abort, not as a timeout.
+      const abort = new AbortController();
+      const aborted = client.request("GET", "/api/v1/namespaces", { signal: abort.signal }).then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+      abort.abort(new Error("caller gave up"));
+      expect(((await aborted) as Error).message).toMatch(/caller gave up/);
+      client.close();
+    }
+  });
+
   it("sends merge patches with the merge-patch content type and JSON patches with the json-patch one", async () => {
     const { seen, port } = await recordingServer(() => ({ status: 200, body: {} }));
     const path = join(dir, "kubeconfig-patch");

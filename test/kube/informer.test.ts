@@ -73,12 +73,17 @@ describe("informer", () => {
     const metrics = createRuntimeMetrics();
     // The informer's connections pass through a proxy the test cuts; the writers' do not.
     const watcher = await cuttableClient(cluster);
+    // A list or watch whose connection hangs (seen once in a CI run with three busy loops: the
+    // cache three events behind the server for 30 s) is given up after 10 s, as the product's
+    // own deadlines do after 70 s (lists) and 120 s (silent watches).
+    watcher.client.requestTimeoutMs = 10_000;
     const informer = new Informer<ConfigMap>({
       client: watcher.client,
       type: Resources.ConfigMap,
       namespace: "churn",
       metrics,
       backoff: { initialMs: 10, maxMs: 200 },
+      watchInactivityMs: 10_000,
     });
     const seen = recordEvents(informer);
     await cluster.resetRequestLog();
