@@ -27,6 +27,23 @@ afterAll(async () => {
 const manifestHeads = () =>
   rig.proxy.seen().filter((seen) => seen.method === "HEAD" && seen.path.includes("/manifests/latest"));
 
+/**
+ * A declared image: pushed upstream, and mirrored by the controller into storage under the cache
+ * layout, tagged v1.
+ */
+async function declareImage(repository: string, seed: string) {
+  await pushSinglePlatformImage(client, { registry: rig.upstream.host, repository }, "v1", {
+    seed,
+    layerSizes: [8192],
+  });
+  return pushSinglePlatformImage(
+    client,
+    { registry: rig.storage.host, repository: cacheRepository({ registry: rig.proxy.host, repository }) },
+    "v1",
+    { seed, layerSizes: [8192] },
+  );
+}
+
 describe("stowage cache: tags", () => {
   it("trusts a tag's upstream digest for the TTL, then asks again and follows a moved tag", async () => {
     const repo = { registry: rig.upstream.host, repository: "acme/moving" };
@@ -75,19 +92,7 @@ describe("stowage cache: tags", () => {
   });
 
   it("after a restart with the upstream down, still serves anonymous callers a repository the upstream served them before (kept in its pull record)", async () => {
-    await pushSinglePlatformImage(client, { registry: rig.upstream.host, repository: "acme/outage" }, "v1", {
-      seed: "outage",
-      layerSizes: [8192],
-    });
-    const declared = await pushSinglePlatformImage(
-      client,
-      {
-        registry: rig.storage.host,
-        repository: cacheRepository({ registry: rig.proxy.host, repository: "acme/outage" }),
-      },
-      "v1",
-      { seed: "outage", layerSizes: [8192] },
-    );
+    const declared = await declareImage("acme/outage", "outage");
     const path = `${rig.prefix("acme/outage")}/manifests/v1`;
     const spoolDir = await mkdtemp(join(tmpdir(), "stowage-spool-"));
     const config = (instance: string) => ({
@@ -122,25 +127,7 @@ describe("stowage cache: tags", () => {
   });
 
   it("after a restart with the upstream down, serves the digest storage holds under the tag (a declared image)", async () => {
-    // A declared image: upstream, and mirrored by the controller into storage under the cache layout.
-    await pushSinglePlatformImage(
-      client,
-      { registry: rig.upstream.host, repository: "acme/declared" },
-      "v1",
-      {
-        seed: "declared",
-        layerSizes: [8192],
-      },
-    );
-    const declared = await pushSinglePlatformImage(
-      client,
-      {
-        registry: rig.storage.host,
-        repository: cacheRepository({ registry: rig.proxy.host, repository: "acme/declared" }),
-      },
-      "v1",
-      { seed: "declared", layerSizes: [8192] },
-    );
+    const declared = await declareImage("acme/declared", "declared");
     const spoolDir = await mkdtemp(join(tmpdir(), "stowage-spool-"));
     const fresh = await startCache(frontConfig(rig.storage.url, rig.proxy.host, spoolDir));
     // The upstream answers the access check (a HEAD: the repository is public), then no more.
